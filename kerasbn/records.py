@@ -1,0 +1,171 @@
+"""The record contract between `data_tools` and `kerasbn`: TFRecord keys and manifest.json.
+
+Keys follow TensorFlow's image-record convention (`image/encoded`, `image/class/label`, ...)
+so TFRecords made by other tools train once they are described by a manifest.
+"""
+
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+ENCODINGS = ("raw", "png", "jpeg")
+SPLITS = ("train", "test", "holdout")
+
+_FEATURES = {
+    "image/encoded": tf.io.FixedLenFeature([], tf.string),
+    "image/format": tf.io.FixedLenFeature([], tf.string, default_value="raw"),
+    "image/height": tf.io.FixedLenFeature([], tf.int64),
+    "image/width": tf.io.FixedLenFeature([], tf.int64),
+    "image/channels": tf.io.FixedLenFeature([], tf.int64, default_value=1),
+    "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+    "image/filename": tf.io.FixedLenFeature([], tf.string, default_value=""),
+}
+
+
+class DataError(ValueError):
+    """A dataset on disk that cannot be used as it is; the message names the file and the fix."""
+
+
+def _bytes(value):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int(value):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+def encode_image(image, encoding):
+    """Returns the bytes stored under `image/encoded` for a uint8 HxWxC array."""
+    if encoding == "raw":
+        return image.tobytes()
+    if encoding == "png":
+        return tf.io.encode_png(image).numpy()
+    if encoding == "jpeg":
+        return tf.io.encode_jpeg(image, quality=95).numpy()
+    raise ValueError(f"unknown encoding {encoding!r}; use one of {', '.join(ENCODINGS)}")
+
+
+def encode_example(image, label, encoding="raw", filename=""):
+    """Serializes one uint8 image (HxW or HxWxC) and its integer label as a tf.train.Example."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"images must be uint8, got {image.dtype}")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    height, width, channels = image.shape
+    feature = {
+        "image/encoded": _bytes(encode_image(np.ascontiguousarray(image), encoding)),
+        "image/format": _bytes(encoding.encode()),
+        "image/height": _int(height),
+        "image/width": _int(width),
+        "image/channels": _int(channels),
+        "image/class/label": _int(label),
+        "image/filename": _bytes(filename.encode("utf-8")),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def _decode_one(encoded, channels):
+    return tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+
+
+def parse_batch(serialized, image_size, channels, encoding="raw"):
+    """Parses a 1-D batch of serialized examples into (uint8 [N, H, W, C] images, int32 labels).
+
+    `raw` decodes the whole batch in one op; `png` and `jpeg` decode image by image. A record
+    whose stored size disagrees with `image_size`/`channels` fails with a message naming it.
+    """
+    height, width = image_size
+    parsed = tf.io.parse_example(serialized, _FEATURES)
+    shape = tf.stack(
+        [parsed["image/height"], parsed["image/width"], parsed["image/channels"]], axis=1)
+    expected = tf.constant([height, width, channels], tf.int64)
+    bad = ~tf.reduce_all(tf.equal(shape, expected), axis=1)
+    check = tf.debugging.Assert(
+        ~tf.reduce_any(bad),
+        ["a record's image size (height, width, channels) disagrees with manifest.json:",
+         tf.boolean_mask(shape, bad)[:1], f"expected {height}x{width}x{channels}; record:",
+         tf.boolean_mask(parsed["image/filename"], bad)[:1],
+         "fix: rebuild the shards or describe them again with inspect_records --write_manifest"],
+        summarize=3)
+    with tf.control_dependencies([check]):
+        encoded = tf.identity(parsed["image/encoded"])
+    if encoding == "raw":
+        images = tf.reshape(tf.io.decode_raw(encoded, tf.uint8), [-1, height, width, channels])
+    elif encoding in ("png", "jpeg"):
+        images = tf.map_fn(lambda e: _decode_one(e, channels), encoded,
+                           fn_output_signature=tf.TensorSpec([None, None, channels], tf.uint8))
+        images = tf.ensure_shape(images, [None, height, width, channels])
+    else:
+        raise ValueError(f"unknown encoding {encoding!r}; use one of {', '.join(ENCODINGS)}")
+    return images, tf.cast(parsed["image/class/label"], tf.int32)
+
+
+def shard_name(split, index, num_shards):
+    """File name of one shard, as TensorFlow's own dataset tools name them."""
+    return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
+
+
+def manifest_path(data_dir):
+    return os.path.join(data_dir, MANIFEST_NAME)
+
+
+def write_manifest(data_dir, manifest):
+    """Writes manifest.json atomically: a reader sees the old file or the whole new one."""
+    manifest = dict(manifest, schema_version=SCHEMA_VERSION)
+    path = manifest_path(data_dir)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+_REQUIRED = ("image_size", "channels", "encoding", "class_names", "splits", "mean", "std")
+
+
+def read_manifest(data_dir, check_files=True):
+    """Reads and checks manifest.json; raises DataError naming the file and the fix."""
+    path = manifest_path(data_dir)
+    if not os.path.isfile(path):
+        raise DataError(
+            f"{path} not found: --data_dir must be a directory made by "
+            "`python -m data_tools.synth` or `python -m data_tools.build_records`")
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} is not valid JSON ({e}); rebuild the dataset") from None
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise DataError(
+            f"{path} has schema_version {version!r}, this kerasbn reads version "
+            f"{SCHEMA_VERSION}; rebuild the dataset with this version's data_tools")
+    missing = [key for key in _REQUIRED if key not in manifest]
+    if missing:
+        raise DataError(f"{path} lacks {', '.join(missing)}; rebuild the dataset")
+    if manifest["encoding"] not in ENCODINGS:
+        raise DataError(f"{path}: unknown encoding {manifest['encoding']!r} "
+                        f"(one of {', '.join(ENCODINGS)})")
+    if check_files:
+        for split, info in manifest["splits"].items():
+            absent = [name for name in info["files"]
+                      if not os.path.isfile(os.path.join(data_dir, name))]
+            if absent:
+                raise DataError(
+                    f"{path} lists {len(absent)} {split} shard(s) that are missing, first "
+                    f"{os.path.join(data_dir, absent[0])}; restore them or rebuild the dataset")
+    return manifest
+
+
+def split_files(data_dir, manifest, split):
+    """Absolute shard paths of one split; DataError when the split is absent or empty."""
+    info = manifest["splits"].get(split)
+    if not info or not info["files"] or not info.get("count"):
+        raise DataError(f"{manifest_path(data_dir)} has no {split!r} records; "
+                        "rebuild the dataset with a non-empty split")
+    return [os.path.join(data_dir, name) for name in info["files"]]

@@ -1,0 +1,26 @@
+"""Installs kerasbn (training, evaluation, export) and data_tools (dataset building)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="kerasbn",
+    version="0.1.0",
+    description="The Batch Normalization face-recognition study, rebuilt on TensorFlow/Keras",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["kerasbn", "kerasbn.*", "data_tools", "data_tools.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "keras>=3.15,<3.16",
+        "tensorboard>=2.20",
+        "pillow>=10",
+        "absl-py>=2.1",
+        "numpy>=1.26",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "and-cuda": ["tensorflow[and-cuda]>=2.21,<2.22"],
+        "test": ["pytest>=8"],
+    },
+)

@@ -1,0 +1,31 @@
+"""Shared fixtures: small synthetic datasets built once per test session."""
+
+import os
+
+import pytest
+
+from data_tools import synth
+
+
+def make_synth(out, identities=6, images_per_identity=20, encoding="raw", shard_size=32,
+               seed=0, image_size=50):
+    return synth.build(str(out), identities, images_per_identity, 0.25, image_size, seed,
+                       encoding, shard_size, overwrite=False)
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory):
+    """6 identities x 20 images (90 train / 30 test), raw, 32-record shards."""
+    out = tmp_path_factory.mktemp("synth_raw")
+    make_synth(out)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def att_faces():
+    path = os.environ.get("KERASBN_ATT_FACES",
+                          os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
+                                       "att_faces"))
+    if not os.path.isdir(path):
+        pytest.skip(f"AT&T faces not found at {path} (set KERASBN_ATT_FACES)")
+    return path

@@ -1,0 +1,86 @@
+import hashlib
+import os
+
+import numpy as np
+import pytest
+
+from conftest import make_synth
+from data_tools import synth
+from kerasbn import bench, records
+
+
+def _digest(directory):
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(directory)):
+        if name.endswith(".tfrecord"):
+            h.update(open(os.path.join(directory, name), "rb").read())
+    return h.hexdigest()
+
+
+def test_same_seed_same_bytes(tmp_path):
+    make_synth(tmp_path / "a", seed=3)
+    make_synth(tmp_path / "b", seed=3)
+    make_synth(tmp_path / "c", seed=4)
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+
+
+def test_manifest_describes_the_shards(small_data):
+    manifest = records.read_manifest(small_data)
+    assert manifest["image_size"] == [50, 50] and manifest["channels"] == 1
+    assert len(manifest["class_names"]) == 6
+    assert manifest["splits"]["train"]["count"] == 6 * 15
+    assert manifest["splits"]["test"]["count"] == 6 * 5
+    assert len(manifest["splits"]["train"]["files"]) == 3  # 90 records, 32 per shard
+    assert not [n for n in os.listdir(small_data) if n.endswith(".partial")]
+
+
+def test_manifest_mean_std_match_the_pixels(small_data):
+    manifest = records.read_manifest(small_data)
+    pixels = _pixels(small_data, manifest, "train")
+    assert manifest["mean"][0] == pytest.approx(pixels.mean(), rel=1e-9)
+    assert manifest["std"][0] == pytest.approx(pixels.std(), rel=1e-9)
+
+
+def _pixels(data_dir, manifest, split):
+    import tensorflow as tf
+    files = records.split_files(data_dir, manifest, split)
+    batch = tf.data.TFRecordDataset(files).batch(10_000).get_single_element()
+    images, _ = records.parse_batch(batch, (50, 50), 1, "raw")
+    return images.numpy().astype(np.float64)
+
+
+def test_every_shard_mixes_identities(tmp_path):
+    make_synth(tmp_path, identities=6, images_per_identity=40, shard_size=40)
+    manifest = records.read_manifest(tmp_path)
+    import tensorflow as tf
+    for name in manifest["splits"]["train"]["files"]:
+        batch = tf.data.TFRecordDataset(str(tmp_path / name)).batch(1000).get_single_element()
+        _, labels = records.parse_batch(batch, (50, 50), 1, "raw")
+        assert len(set(labels.numpy().tolist())) >= 4, name
+
+
+def test_refuses_to_overwrite_another_dataset(tmp_path, small_data):
+    make_synth(tmp_path)
+    before = _digest(tmp_path)
+    with pytest.raises(records.DataError, match="--overwrite"):
+        make_synth(tmp_path, seed=9)
+    assert _digest(tmp_path) == before
+    synth.build(str(tmp_path), 4, 10, 0.2, 50, 9, "raw", 32, overwrite=True)
+    assert len(records.read_manifest(tmp_path)["class_names"]) == 4
+    assert len([n for n in os.listdir(tmp_path) if n.endswith(".tfrecord")]) == 2
+
+
+def test_render_is_face_sized_and_varied():
+    params = synth.identity_params(0, 3)
+    images = synth.render(params, np.random.default_rng(0), 50)
+    assert images.shape == (3, 50, 50) and images.dtype == np.uint8
+    assert images.std() > 20
+
+
+def test_linear_classifier_is_clearly_worse_than_a_small_cnn(tmp_path):
+    """The set must be learnable but not trivial (BENCHMARKS.md has the full-size figures)."""
+    synth.build(str(tmp_path), 20, 60, 0.2, 50, 0, "raw", 4096, overwrite=False)
+    result = bench.separability(str(tmp_path), epochs=20)
+    assert result["small_cnn"] >= 0.5, result
+    assert result["small_cnn"] >= result["linear"] + 0.15, result
