@@ -22,15 +22,7 @@ from kerasbn import records
 from kerasbn.progress import Progress
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out", None, "Directory to write the shards and manifest.json into.")
-flags.DEFINE_integer("identities", 100, "Number of identities (classes).")
-flags.DEFINE_integer("images_per_identity", 150, "Images per identity, train and test together.")
-flags.DEFINE_float("test_fraction", 0.2, "Fraction of each identity's images in the test split.")
-flags.DEFINE_integer("image_size", 50, "Height and width of the square images, in pixels.")
-flags.DEFINE_integer("seed", 0, "Seed: the same seed and flags give the same bytes.")
-flags.DEFINE_enum("encoding", "raw", records.ENCODINGS, "How images are stored in the records.")
-flags.DEFINE_integer("shard_size", 8192, "Records per shard.")
-flags.DEFINE_bool("overwrite", False, "Replace a dataset already in --out.")
+
 
 RENDER_BATCH = 512
 _SPLIT_STREAM = {"train": 1, "test": 2}
@@ -216,5 +208,19 @@ def main(argv):
           f"({total / seconds:.0f} images/s)")
 
 
+def define_flags():
+    """Defines this command's flags (only when run as a command, so modules import together)."""
+    flags.DEFINE_string("out", None, "Directory to write the shards and manifest.json into.")
+    flags.DEFINE_integer("identities", 100, "Number of identities (classes).")
+    flags.DEFINE_integer("images_per_identity", 150, "Images per identity, train and test together.")
+    flags.DEFINE_float("test_fraction", 0.2, "Fraction of each identity's images in the test split.")
+    flags.DEFINE_integer("image_size", 50, "Height and width of the square images, in pixels.")
+    flags.DEFINE_integer("seed", 0, "Seed: the same seed and flags give the same bytes.")
+    flags.DEFINE_enum("encoding", "raw", records.ENCODINGS, "How images are stored in the records.")
+    flags.DEFINE_integer("shard_size", 8192, "Records per shard.")
+    flags.DEFINE_bool("overwrite", False, "Replace a dataset already in --out.")
+
+
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

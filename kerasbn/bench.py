@@ -17,12 +17,7 @@ from kerasbn import input as input_lib
 from kerasbn import records
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("bench", "input", ["input", "separability"], "What to measure.")
-flags.DEFINE_multi_string("data_dir", None, "Dataset directory (repeat to compare several).")
-flags.DEFINE_integer("batch_size", 128, "Images per batch.")
-flags.DEFINE_integer("batches", 300, "Batches timed per pipeline (input bench).")
-flags.DEFINE_integer("repeats", 3, "Timed repeats per pipeline; the best one counts.")
-flags.DEFINE_integer("epochs", 20, "Training epochs per classifier (separability bench).")
+
 
 
 def _images_per_second(dataset, batches):
@@ -118,5 +113,16 @@ def main(argv):
                   f"small CNN {r['small_cnn']:.3f}")
 
 
+def define_flags():
+    """Defines this command's flags (only when run as a command, so modules import together)."""
+    flags.DEFINE_enum("bench", "input", ["input", "separability"], "What to measure.")
+    flags.DEFINE_multi_string("data_dir", None, "Dataset directory (repeat to compare several).")
+    flags.DEFINE_integer("batch_size", 128, "Images per batch.")
+    flags.DEFINE_integer("batches", 300, "Batches timed per pipeline (input bench).")
+    flags.DEFINE_integer("repeats", 3, "Timed repeats per pipeline; the best one counts.")
+    flags.DEFINE_integer("epochs", 20, "Training epochs per classifier (separability bench).")
+
+
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -1,0 +1,74 @@
+"""Checkpoints of a run (weights, optimizer state, iteration, wall time) and --weights loading.
+
+tf.train.CheckpointManager writes the data files before it updates its index, so an
+interrupted save leaves the previous checkpoint as the newest complete one.
+"""
+
+import os
+
+import tensorflow as tf
+
+from kerasbn import records
+
+
+def checkpoint_dir(run_dir):
+    return os.path.join(run_dir, "checkpoints")
+
+
+def make_manager(run_dir, model, optimizer, wall_time, keep):
+    """A manager over run_dir/checkpoints, numbering checkpoints by iteration."""
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, wall_time=wall_time)
+    return tf.train.CheckpointManager(checkpoint, checkpoint_dir(run_dir),
+                                      max_to_keep=max(1, keep))
+
+
+def _checkpoint_in(path):
+    """The newest checkpoint prefix found at `path` (a run dir, a checkpoint dir or prefix)."""
+    for directory in (checkpoint_dir(path), path):
+        if os.path.isdir(directory):
+            latest = tf.train.latest_checkpoint(directory)
+            if latest:
+                return latest
+    if tf.io.gfile.exists(path + ".index"):
+        return path
+    return None
+
+
+def load_weights(model, path):
+    """Initialises `model` from another run's checkpoint or exported SavedModel (--weights).
+
+    Only weights are taken, not the optimizer state or iteration: a new run starts from them.
+    """
+    if not os.path.exists(path) and not tf.io.gfile.exists(path + ".index"):
+        raise records.DataError(f"--weights={path} does not exist; give a run dir, a "
+                                "checkpoint or an exported SavedModel")
+    prefix = _checkpoint_in(path)
+    if prefix:
+        # A Keras model tracks its optimizer, so reading restores that too; put it back.
+        fresh = [(v, v.numpy()) for v in getattr(model.optimizer, "variables", [])]
+        status = tf.train.Checkpoint(model=model).read(prefix)
+        for v, value in fresh:
+            v.assign(value)
+        try:
+            status.assert_existing_objects_matched()
+        except (AssertionError, ValueError) as e:
+            raise records.DataError(f"--weights={path}: the checkpoint {prefix} does not fit "
+                                    f"--model and its flags ({e}); use a run of the same "
+                                    "network") from None
+        status.expect_partial()
+        return prefix
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        loaded = tf.saved_model.load(path)
+        source = list(getattr(loaded, "variables", []))
+        target = model.variables
+        shapes = lambda vs: [tuple(v.shape) for v in vs]
+        if shapes(source) != shapes(target):
+            raise records.DataError(f"--weights={path}: the SavedModel's variables "
+                                    "do not fit --model and its flags; use an export of the "
+                                    "same network")
+        for v, w in zip(target, source):
+            v.assign(w)
+        return path
+    raise records.DataError(f"--weights={path} holds nothing loadable: no checkpoint and no "
+                            "saved_model.pb; give a run dir, a checkpoint or an exported "
+                            "SavedModel")

@@ -1,0 +1,150 @@
+"""The training flags (DESIGN.md's core flags), their validation, and the run's flagfile.
+
+Other commands define their own flags in their own module.
+"""
+
+import os
+
+from absl import flags
+
+from kerasbn import models, norms, records, schedules
+
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+flags.DEFINE_string("data_dir", None, "Directory holding manifest.json and the TFRecord shards.")
+flags.DEFINE_enum("model", "bn", models.MODELS, "Network: the study's baseline, its BN network, "
+                  "or bn_all (BN after every convolution).")
+flags.DEFINE_enum("norm", "keras", norms.NORMS, "BN implementation for networks with BN.")
+flags.DEFINE_integer("num_classes", None, "Classes; default (and must equal): the manifest's.")
+flags.DEFINE_integer("image_size", None, "Input height and width; default (and must equal): "
+                     "the manifest's.")
+flags.DEFINE_list("widths", None, "Convolution widths in order (default: the study's).")
+flags.DEFINE_float("dropout", None, "Dropout before the classifier (default: the network's, "
+                   "0.4 for baseline, 0 for bn).")
+flags.DEFINE_float("bn_momentum", 0.99, "BN moving-average momentum, Keras convention: weight "
+                   "of the old statistic (PyTorch momentum = 1 - this; Caffe "
+                   "moving_average_fraction = this).")
+flags.DEFINE_float("bn_epsilon", 1e-3, "BN epsilon added to the variance.")
+flags.DEFINE_integer("batch_size", 128, "Images per iteration (global, over all replicas).")
+flags.DEFINE_float("base_lr", 0.01, "Caffe base_lr.")
+flags.DEFINE_enum("lr_policy", "multistep", schedules.POLICIES, "Caffe lr_policy.")
+flags.DEFINE_multi_integer("stepvalue", [], "multistep: iterations at which lr *= gamma.")
+flags.DEFINE_float("gamma", 0.1, "multistep: the factor at each stepvalue.")
+flags.DEFINE_float("momentum", 0.9, "SGD momentum (BN's is --bn_momentum).")
+flags.DEFINE_float("weight_decay", 5e-4, "Caffe weight_decay on kernels (= Keras L2 of wd/2).")
+flags.DEFINE_integer("max_iter", 420000, "Iterations (weight updates) to train.")
+flags.DEFINE_integer("test_interval", 5000, "Test every this many iterations.")
+flags.DEFINE_integer("test_iter", 0, "Test batches per test; 0 = the whole test split.")
+flags.DEFINE_bool("test_initialization", True, "Also test at iteration 0, as Caffe does.")
+flags.DEFINE_integer("display", 100, "Print and log loss, lr and images/s every N iterations.")
+flags.DEFINE_integer("snapshot", 5000, "Checkpoint every N iterations (0: only at the end).")
+flags.DEFINE_integer("keep_checkpoints", 3, "Newest checkpoints kept.")
+flags.DEFINE_string("run_dir", None, "Directory for everything about the run; rerunning on it "
+                    "resumes.")
+flags.DEFINE_bool("overwrite", False, "Start over in a --run_dir that holds another run.")
+flags.DEFINE_enum("precision", "float32", PRECISIONS, "Keras dtype policy.")
+flags.DEFINE_integer("seed", 0, "Seed for weights and data order.")
+flags.DEFINE_float("target_accuracy", 0.8, "Test top-1 whose first reaching is reported.")
+flags.DEFINE_string("weights", None, "Initialise from another run: its run dir, a checkpoint, "
+                    "or its exported SavedModel (as Caffe's --weights).")
+flags.DEFINE_integer("crop_pad", 0, "Training augmentation: pad by N pixels, random crop back.")
+flags.DEFINE_bool("mirror", False, "Training augmentation: random horizontal mirror.")
+
+FLAGS = flags.FLAGS
+# Flags that may differ between a run and its resumption.
+_NOT_RUN_DEFINING = ("run_dir", "overwrite", "display", "keep_checkpoints", "weights")
+
+
+class FlagError(ValueError):
+    """A flag value that cannot be used; the message names the flag and the fix."""
+
+
+def resolve(manifest, data_dir):
+    """Checks the flags against each other and the manifest; returns the run's config dict."""
+    f = FLAGS
+    config = {name: FLAGS[name].value for name in flag_names()}
+    classes = len(manifest["class_names"])
+    height, width = manifest["image_size"]
+    if f.num_classes is not None and f.num_classes != classes:
+        raise FlagError(f"--num_classes={f.num_classes} but {records.manifest_path(data_dir)} "
+                        f"has {classes} classes; drop --num_classes or use the right dataset")
+    if f.image_size is not None and [f.image_size] * 2 != [height, width]:
+        raise FlagError(f"--image_size={f.image_size} but {records.manifest_path(data_dir)} "
+                        f"holds {height}x{width} images; drop --image_size or rebuild the data")
+    for name in ("max_iter", "test_interval", "batch_size", "display"):
+        if config[name] < 1:
+            raise FlagError(f"--{name} must be at least 1, got {config[name]}")
+    for name in ("test_iter", "snapshot", "keep_checkpoints"):
+        if config[name] < 0:
+            raise FlagError(f"--{name} must not be negative, got {config[name]}")
+    if f.test_interval > f.max_iter:
+        raise FlagError(f"--test_interval={f.test_interval} is larger than "
+                        f"--max_iter={f.max_iter}; lower it so the run is tested")
+    if f.base_lr <= 0:
+        raise FlagError(f"--base_lr must be positive, got {f.base_lr}")
+    if list(f.stepvalue) != sorted(set(f.stepvalue)) or any(v <= 0 for v in f.stepvalue):
+        raise FlagError(f"--stepvalue must be positive and strictly increasing, got "
+                        f"{f.stepvalue}")
+    if f.dropout is not None and not 0 <= f.dropout < 1:
+        raise FlagError(f"--dropout must lie in [0, 1), got {f.dropout}")
+    if not 0 < f.target_accuracy <= 1:
+        raise FlagError(f"--target_accuracy must lie in (0, 1], got {f.target_accuracy}")
+    try:
+        widths = [int(w) for w in f.widths] if f.widths else None
+    except ValueError:
+        raise FlagError(f"--widths must be integers, got {f.widths}") from None
+    if widths is not None and len(widths) != len(models.default_widths(f.model)):
+        raise FlagError(f"--widths for --model={f.model} takes "
+                        f"{len(models.default_widths(f.model))} values, got {len(widths)}")
+    config.update(num_classes=classes, image_size=[height, width], widths=widths,
+                  channels=manifest["channels"])
+    return config
+
+
+def flag_names():
+    """Names of the training flags, in definition order."""
+    return [flag.name for flag in FLAGS.get_flags_for_module(__name__)]
+
+
+def flagfile_text():
+    """The training flags as a flagfile (`--name=value` lines), as given on the command line."""
+    lines = []
+    for flag in FLAGS.get_flags_for_module(__name__):
+        if flag.value is not None and flag.name != "overwrite":
+            lines.append(flag.serialize())
+    return "\n".join(line for line in lines if line) + "\n"
+
+
+def parse_flagfile(text):
+    """{name: its `--name=value` lines} of a flagfile's text, as `flagfile_text` writes it."""
+    entries = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("--"):
+            name = line[2:].split("=", 1)[0]
+            entries.setdefault(name[2:] if name.startswith("no") and name[2:] in FLAGS
+                               and FLAGS[name[2:]].boolean else name, []).append(line)
+    return entries
+
+
+def differences(path):
+    """(name, there, now) for each run-defining flag whose value differs from flagfile `path`."""
+    with open(path, encoding="utf-8") as f:
+        old = parse_flagfile(f.read())
+    new = parse_flagfile(flagfile_text())
+    names = sorted((set(old) | set(new)) - set(_NOT_RUN_DEFINING))
+    return [(name, old.get(name), new.get(name)) for name in names
+            if old.get(name) != new.get(name)]
+
+
+def model_kwargs(config):
+    """Keyword arguments of `models.build` from a run config."""
+    return {"name": config["model"], "num_classes": config["num_classes"],
+            "image_size": tuple(config["image_size"]), "channels": config["channels"],
+            "widths": config["widths"], "dropout": config["dropout"], "norm": config["norm"],
+            "bn_momentum": config["bn_momentum"], "bn_epsilon": config["bn_epsilon"],
+            "weight_decay": config["weight_decay"]}
+
+
+def flags_path(run_dir):
+    return os.path.join(run_dir, "flags.txt")

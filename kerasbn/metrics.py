@@ -1,0 +1,89 @@
+"""Test metrics of a model over a dataset, and a run's metrics.jsonl and summary.json.
+
+"Reached a target" is REFERENCE.md's: the first tested iteration whose test top-1 >= target.
+"""
+
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+METRICS_NAME = "metrics.jsonl"
+SUMMARY_NAME = "summary.json"
+
+
+def make_test_step(model):
+    """A compiled step returning (summed loss, top-1 hits, top-5 hits, count) of one batch."""
+
+    @tf.function(reduce_retracing=True)
+    def step(images, labels):
+        logits = tf.cast(model(images, training=False), tf.float32)
+        labels = tf.cast(labels, tf.int32)
+        loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+        k = min(5, logits.shape[-1])
+        top1 = tf.math.in_top_k(labels, logits, 1)
+        topk = tf.math.in_top_k(labels, logits, k)
+        return (tf.reduce_sum(loss), tf.reduce_sum(tf.cast(top1, tf.float32)),
+                tf.reduce_sum(tf.cast(topk, tf.float32)), tf.size(labels))
+
+    return step
+
+
+def evaluate(test_step, dataset, max_batches=0):
+    """{loss, top1, top5} over `dataset` (the first `max_batches` batches when > 0)."""
+    if max_batches:
+        dataset = dataset.take(max_batches)
+    totals = np.zeros(4)
+    for images, labels in dataset:
+        totals += [float(t) for t in test_step(images, labels)]
+    loss, top1, top5, count = totals
+    if not count:
+        raise ValueError("the test split yielded no images")
+    return {"loss": loss / count, "top1": top1 / count, "top5": top5 / count, "count": int(count)}
+
+
+def read_metrics(run_dir):
+    """The run's test records, oldest first ([] when none were written yet)."""
+    path = os.path.join(run_dir, METRICS_NAME)
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_metrics(run_dir, entries):
+    """Rewrites metrics.jsonl atomically (used on resume to drop tests past the checkpoint)."""
+    path = os.path.join(run_dir, METRICS_NAME)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(e) + "\n" for e in entries)
+    os.replace(path + ".tmp", path)
+
+
+def append_metrics(run_dir, entry):
+    with open(os.path.join(run_dir, METRICS_NAME), "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def summarize(entries, targets):
+    """Best and final test top-1, and for each target the first iteration and wall time."""
+    if not entries:
+        return {"tests": 0}
+    best = max(entries, key=lambda e: (e["test_top1"], -e["iteration"]))
+    reached = {}
+    for target in targets:
+        hit = next((e for e in entries if e["test_top1"] >= target), None)
+        reached[f"{target:g}"] = (None if hit is None else
+                                  {"iteration": hit["iteration"], "wall_time": hit["wall_time"]})
+    final = entries[-1]
+    return {"tests": len(entries),
+            "best_test_top1": best["test_top1"], "best_iteration": best["iteration"],
+            "final_test_top1": final["test_top1"], "final_iteration": final["iteration"],
+            "final_wall_time": final["wall_time"], "targets": reached}
+
+
+def write_summary(run_dir, summary):
+    path = os.path.join(run_dir, SUMMARY_NAME)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=1)
+    os.replace(path + ".tmp", path)

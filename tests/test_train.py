@@ -1,0 +1,164 @@
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags as absl_flags
+
+from kerasbn import callbacks, export, input as input_lib, metrics, records, train
+
+FLAGS = absl_flags.FLAGS
+
+
+def _args(data_dir, run_dir, **extra):
+    args = {"data_dir": data_dir, "run_dir": run_dir, "model": "bn", "batch_size": 16,
+            "max_iter": 30, "test_interval": 10, "display": 5, "snapshot": 10,
+            "base_lr": 0.02, "bn_momentum": 0.9, "widths": "16,16,32,24,48,40,64", "seed": 1}
+    args.update(extra)
+    return [f"--{k}={v}" for k, v in args.items()]
+
+
+def run_train(args):
+    FLAGS.unparse_flags()
+    FLAGS(["train"] + args)
+    train.main(["train"])
+
+
+def _error(args):
+    with pytest.raises(SystemExit) as info:
+        run_train(args)
+    return str(info.value)
+
+
+@pytest.fixture(scope="module")
+def finished_run(small_data, tmp_path_factory):
+    run_dir = str(tmp_path_factory.mktemp("run"))
+    run_train(_args(small_data, run_dir, max_iter=40))
+    return run_dir
+
+
+def _tags(event_dir):
+    tags = set()
+    for path in glob.glob(os.path.join(event_dir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags.update(value.tag for value in event.summary.value)
+    return tags
+
+
+def test_run_writes_everything_and_loss_falls(finished_run, capsys):
+    entries = metrics.read_metrics(finished_run)
+    assert [e["iteration"] for e in entries] == [0, 10, 20, 30, 40]
+    assert set(entries[1]) == {"iteration", "wall_time", "lr", "train_loss", "test_loss",
+                               "test_top1", "test_top5", "images_per_sec"}
+    assert entries[-1]["train_loss"] < entries[1]["train_loss"]
+    assert entries[-1]["test_top1"] > 1 / 6
+    summary = json.load(open(os.path.join(finished_run, "summary.json")))
+    assert summary["final_iteration"] == 40
+    assert summary["best_test_top1"] == max(e["test_top1"] for e in entries)
+    flagfile = open(os.path.join(finished_run, "flags.txt")).read()
+    assert "--max_iter=40" in flagfile and "--model=bn" in flagfile
+    assert {"loss", "learning_rate", "images_per_sec"} <= _tags(
+        os.path.join(finished_run, "tensorboard", "train"))
+    assert {"top1", "top5", "loss"} <= _tags(os.path.join(finished_run, "tensorboard", "test"))
+
+
+def test_saved_model_serves_uint8_and_matches_keras(finished_run, small_data):
+    manifest = records.read_manifest(small_data)
+    files = records.split_files(small_data, manifest, "test")
+    batch = next(iter(tf.data.TFRecordDataset(files).batch(8)))
+    images, _ = records.parse_batch(batch, (50, 50), 1, "raw")
+    served = tf.saved_model.load(os.path.join(finished_run, "export"))
+    out = served.signatures["serving_default"](images=images)
+    FLAGS.unparse_flags()
+    FLAGS(["train", f"--flagfile={os.path.join(finished_run, 'flags.txt')}"])
+    config = train.train_flags.resolve(manifest, small_data)
+    model = train.build_and_compile(config)
+    manager = train.checkpoints.make_manager(finished_run, model, model.optimizer,
+                                             tf.Variable(0.0, dtype=tf.float64), 3)
+    manager.checkpoint.restore(manager.latest_checkpoint).expect_partial()
+    logits = model(input_lib.normalize(images, manifest), training=False)
+    np.testing.assert_allclose(out["probabilities"].numpy(), tf.nn.softmax(logits).numpy(),
+                               atol=1e-5)
+    norms = np.linalg.norm(out["embedding"].numpy(), axis=1)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+    assert out["embedding"].shape == (8, 64)
+
+
+def test_interrupted_run_resumes_at_the_right_iteration_and_rate(small_data, tmp_path,
+                                                                 monkeypatch, capsys):
+    policy = dict(lr_policy="multistep", stepvalue=15, max_iter=30)
+    whole = str(tmp_path / "whole")
+    run_train(_args(small_data, whole, **policy))
+    cut = str(tmp_path / "cut")
+    real_snapshot = callbacks.IterationEvents._snapshot
+
+    def snapshot_then_die(self, iteration):
+        real_snapshot(self, iteration)
+        if iteration == 10:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(callbacks.IterationEvents, "_snapshot", snapshot_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(_args(small_data, cut, **policy))
+    monkeypatch.setattr(callbacks.IterationEvents, "_snapshot", real_snapshot)
+    capsys.readouterr()
+    run_train(_args(small_data, cut, **policy))
+    assert "resuming from" in capsys.readouterr().out
+    got = [(e["iteration"], e["lr"]) for e in metrics.read_metrics(cut)]
+    want = [(e["iteration"], e["lr"]) for e in metrics.read_metrics(whole)]
+    assert got == want
+    assert [lr for _, lr in got] == pytest.approx([0.02, 0.02, 0.002, 0.002])
+
+
+def test_weights_start_from_the_given_run(finished_run, small_data, tmp_path):
+    run_train(_args(small_data, str(tmp_path / "a"), max_iter=10,
+                    weights=finished_run))
+    first = metrics.read_metrics(str(tmp_path / "a"))[0]
+    final = metrics.read_metrics(finished_run)[-1]
+    assert first["iteration"] == 0
+    assert first["test_top1"] == pytest.approx(final["test_top1"])
+    assert first["test_loss"] == pytest.approx(final["test_loss"], rel=1e-4)
+    run_train(_args(small_data, str(tmp_path / "b"), max_iter=10,
+                    weights=os.path.join(finished_run, "export")))
+    assert metrics.read_metrics(str(tmp_path / "b"))[0]["test_loss"] == pytest.approx(
+        final["test_loss"], rel=1e-4)
+
+
+def test_test_interval_beyond_max_iter_is_refused(small_data, tmp_path):
+    message = _error(_args(small_data, str(tmp_path), max_iter=10, test_interval=20))
+    assert "--test_interval=20" in message and "--max_iter=10" in message
+
+
+def test_class_count_disagreeing_with_manifest_is_refused(small_data, tmp_path):
+    message = _error(_args(small_data, str(tmp_path), num_classes=10))
+    assert "--num_classes=10" in message and "6 classes" in message
+
+
+def test_image_size_disagreeing_with_manifest_is_refused(small_data, tmp_path):
+    assert "--image_size=64" in _error(_args(small_data, str(tmp_path), image_size=64))
+
+
+def test_unloadable_weights_are_refused(small_data, tmp_path):
+    (tmp_path / "empty").mkdir()
+    message = _error(_args(small_data, str(tmp_path / "run"), weights=str(tmp_path / "empty")))
+    assert "holds nothing loadable" in message
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_run_dir_of_another_run_is_refused_unless_overwrite(finished_run, small_data, tmp_path):
+    message = _error(_args(small_data, finished_run, max_iter=40, base_lr=0.5))
+    assert "--base_lr" in message and "--overwrite" in message
+    assert len(metrics.read_metrics(finished_run)) == 5
+
+
+def test_missing_data_dir_is_named(tmp_path):
+    message = _error(_args(str(tmp_path / "nowhere"), str(tmp_path / "run")))
+    assert "manifest.json not found" in message
+
+
+def test_unknown_enum_value_is_refused(small_data, tmp_path):
+    FLAGS.unparse_flags()
+    with pytest.raises(absl_flags.IllegalFlagValueError, match="--precision"):
+        FLAGS(["train"] + _args(small_data, str(tmp_path), precision="float8"))
