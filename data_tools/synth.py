@@ -211,7 +211,7 @@ def main(argv):
 def define_flags():
     """Defines this command's flags (only when run as a command, so modules import together)."""
     flags.DEFINE_string("out", None, "Directory to write the shards and manifest.json into.")
-    flags.DEFINE_integer("identities", 100, "Number of identities (classes).")
+    flags.DEFINE_integer("identities", 50, "Number of identities (classes).")
     flags.DEFINE_integer("images_per_identity", 150, "Images per identity, train and test together.")
     flags.DEFINE_float("test_fraction", 0.2, "Fraction of each identity's images in the test split.")
     flags.DEFINE_integer("image_size", 50, "Height and width of the square images, in pixels.")

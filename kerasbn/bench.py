@@ -4,6 +4,8 @@
         input-pipeline images/s against bare TFRecord reading of the same shards.
     python -m kerasbn.bench --bench=separability --data_dir=data/synth
         test accuracy of a linear softmax classifier on pixels against a small CNN.
+    python -m kerasbn.bench --bench=train [--model=bn --num_classes=14700]
+        training images/s of a network at each --precisions, as ratios to the first.
 """
 
 import time
@@ -14,7 +16,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from kerasbn import input as input_lib
-from kerasbn import records
+from kerasbn import models, records
 
 FLAGS = flags.FLAGS
 
@@ -97,8 +99,41 @@ def separability(data_dir, epochs, batch_size=64, seed=0):
     return result
 
 
+def bench_train(name, num_classes, precisions, batch_size, steps, repeats):
+    """{precision: best images/s} of training steps on one in-memory batch (compute only)."""
+    images = np.random.default_rng(0).standard_normal((batch_size, 50, 50, 1), np.float32)
+    labels = np.arange(batch_size) % num_classes
+    data = tf.data.Dataset.from_tensors((images, labels)).repeat().prefetch(2)
+    compiled = {}
+    for precision in precisions:
+        keras.mixed_precision.set_global_policy(precision)
+        model = models.build(name, num_classes, weight_decay=5e-4)
+        model.compile(keras.optimizers.SGD(0.01, momentum=0.9),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(data, steps_per_epoch=3, epochs=1, verbose=0)
+        compiled[precision] = model
+    keras.mixed_precision.set_global_policy("float32")
+    best = dict.fromkeys(precisions, 0.0)
+    for _ in range(repeats):
+        for precision, model in compiled.items():
+            start = time.perf_counter()
+            model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
+            best[precision] = max(best[precision],
+                                  steps * batch_size / (time.perf_counter() - start))
+    return best
+
+
 def main(argv):
     del argv
+    if FLAGS.bench == "train":
+        rates = bench_train(FLAGS.model, FLAGS.num_classes, FLAGS.precisions, FLAGS.batch_size,
+                            FLAGS.batches, FLAGS.repeats)
+        reference = rates[FLAGS.precisions[0]]
+        for precision, rate in rates.items():
+            print(f"{FLAGS.model} x{FLAGS.num_classes} classes, batch {FLAGS.batch_size}, "
+                  f"{precision}: {rate:.0f} images/s, {rate / reference:.2f}x "
+                  f"{FLAGS.precisions[0]}")
+        return
     if not FLAGS.data_dir:
         raise app.UsageError("--data_dir is required (a directory holding manifest.json)")
     for data_dir in FLAGS.data_dir:
@@ -115,12 +150,16 @@ def main(argv):
 
 def define_flags():
     """Defines this command's flags (only when run as a command, so modules import together)."""
-    flags.DEFINE_enum("bench", "input", ["input", "separability"], "What to measure.")
+    flags.DEFINE_enum("bench", "input", ["input", "separability", "train"], "What to measure.")
     flags.DEFINE_multi_string("data_dir", None, "Dataset directory (repeat to compare several).")
     flags.DEFINE_integer("batch_size", 128, "Images per batch.")
-    flags.DEFINE_integer("batches", 300, "Batches timed per pipeline (input bench).")
+    flags.DEFINE_integer("batches", 300, "Batches timed per measurement.")
     flags.DEFINE_integer("repeats", 3, "Timed repeats per pipeline; the best one counts.")
     flags.DEFINE_integer("epochs", 20, "Training epochs per classifier (separability bench).")
+    flags.DEFINE_enum("model", "bn", models.MODELS, "Network (train bench).")
+    flags.DEFINE_integer("num_classes", 14700, "Classes (train bench; the study's 14,700).")
+    flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"],
+                      "Keras dtype policies (train bench); ratios are to the first.")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,14 @@ def make_manager(run_dir, model, optimizer, wall_time, keep):
                                       max_to_keep=max(1, keep))
 
 
+def restore_latest(run_dir, model):
+    """Restores the model's weights from the run's newest checkpoint; returns its prefix."""
+    latest = tf.train.latest_checkpoint(checkpoint_dir(run_dir))
+    if latest:
+        tf.train.Checkpoint(model=model).read(latest).expect_partial()
+    return latest
+
+
 def _checkpoint_in(path):
     """The newest checkpoint prefix found at `path` (a run dir, a checkpoint dir or prefix)."""
     for directory in (checkpoint_dir(path), path):

@@ -16,6 +16,9 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from kerasbn import checkpoints, records, solver
+from kerasbn import flags as train_flags
+
 EXPORT_NAME = "export"
 
 
@@ -52,3 +55,41 @@ def export_saved_model(model, manifest, path):
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
     return path
+
+
+def export_run(run_dir, out=None):
+    """Exports the newest checkpoint of a training run (rebuilt from its flags.txt)."""
+    flagfile = train_flags.flags_path(run_dir)
+    if not os.path.isfile(flagfile):
+        raise records.DataError(f"{flagfile} not found: --run_dir must be a run directory "
+                                "made by `python -m kerasbn.train`")
+    flags.FLAGS(["export", f"--flagfile={flagfile}", f"--run_dir={run_dir}"])
+    manifest = records.read_manifest(flags.FLAGS.data_dir, check_files=False)
+    config = train_flags.resolve(manifest, flags.FLAGS.data_dir)
+    keras.mixed_precision.set_global_policy(config["precision"])
+    model = solver.build_and_compile(config)
+    if not checkpoints.restore_latest(run_dir, model):
+        raise records.DataError(f"{checkpoints.checkpoint_dir(run_dir)} holds no checkpoint; "
+                                "train the run first")
+    return export_saved_model(model, manifest, out or os.path.join(run_dir, EXPORT_NAME))
+
+
+def main(argv):
+    del argv
+    if not flags.FLAGS.run_dir:
+        sys.exit("error: --run_dir is required (a directory made by kerasbn.train)")
+    try:
+        path = export_run(flags.FLAGS.run_dir, flags.FLAGS.out)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    print(f"SavedModel: {path}")
+
+
+def define_flags():
+    """Defines this command's flags (only when run as a command, so modules import together)."""
+    flags.DEFINE_string("out", None, "Where to write the SavedModel (default: RUN_DIR/export).")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

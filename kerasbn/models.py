@@ -51,6 +51,7 @@ def build(name, num_classes, image_size=(50, 50), channels=1, widths=None, dropo
         for index, has_bn in enumerate(with_bn, start=1):
             layer = f"conv{block}_{index}"
             x = keras.layers.Conv2D(next(width_iter), 3, padding="same", use_bias=not has_bn,
+                                    kernel_initializer="he_normal",
                                     kernel_regularizer=regularizer, name=layer)(x)
             if has_bn:
                 x = norms.make_norm(norm, bn_momentum, bn_epsilon, name_prefix=f"{layer}_bn")(x)

@@ -14,8 +14,8 @@ import keras
 import tensorflow as tf
 from absl import app, logging
 
-from kerasbn import callbacks, checkpoints, export, input as input_lib, metrics, models
-from kerasbn import records, schedules
+from kerasbn import callbacks, checkpoints, export, input as input_lib, metrics, records
+from kerasbn import solver
 from kerasbn import flags as train_flags
 
 FLAGS = train_flags.FLAGS
@@ -48,19 +48,6 @@ def make_strategy():
     return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
 
 
-def build_and_compile(config):
-    """The network and its Caffe-style SGD (momentum, lr policy of the iteration)."""
-    model = models.build(**train_flags.model_kwargs(config))
-    schedule = schedules.make_schedule(config["lr_policy"], config["base_lr"],
-                                       config["stepvalue"], config["gamma"])
-    optimizer = keras.optimizers.SGD(schedule, momentum=config["momentum"])
-    model.compile(optimizer,
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    # Variables exist before a checkpoint restores into them.
-    model.optimizer.build(model.trainable_variables)
-    return model
-
-
 def train(config):
     """Runs (or resumes) the training described by `config` (from `train_flags.resolve`)."""
     run_dir, data_dir = config["run_dir"], config["data_dir"]
@@ -71,7 +58,7 @@ def train(config):
     keras.utils.set_random_seed(config["seed"])
     strategy = make_strategy()
     with strategy.scope():
-        model = build_and_compile(config)
+        model = solver.build_and_compile(config)
         wall_time = tf.Variable(0.0, dtype=tf.float64, trainable=False)
         manager = checkpoints.make_manager(run_dir, model, model.optimizer, wall_time,
                                            config["keep_checkpoints"])
@@ -100,7 +87,7 @@ def train(config):
                   shuffle=False)
     summary = metrics.summarize(metrics.read_metrics(run_dir), [config["target_accuracy"]])
     metrics.write_summary(run_dir, summary)
-    export_dir = export.export_saved_model(model, manifest, os.path.join(run_dir, "export"))
+    export_dir = export.export_saved_model(model, manifest, os.path.join(run_dir, export.EXPORT_NAME))
     return summary, export_dir
 
 

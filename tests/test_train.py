@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 from absl import flags as absl_flags
 
-from kerasbn import callbacks, export, input as input_lib, metrics, records, train
+from kerasbn import callbacks, checkpoints, export, input as input_lib, metrics, records
+from kerasbn import solver, train
 
 FLAGS = absl_flags.FLAGS
 
@@ -74,10 +75,8 @@ def test_saved_model_serves_uint8_and_matches_keras(finished_run, small_data):
     FLAGS.unparse_flags()
     FLAGS(["train", f"--flagfile={os.path.join(finished_run, 'flags.txt')}"])
     config = train.train_flags.resolve(manifest, small_data)
-    model = train.build_and_compile(config)
-    manager = train.checkpoints.make_manager(finished_run, model, model.optimizer,
-                                             tf.Variable(0.0, dtype=tf.float64), 3)
-    manager.checkpoint.restore(manager.latest_checkpoint).expect_partial()
+    model = solver.build_and_compile(config)
+    assert checkpoints.restore_latest(finished_run, model)
     logits = model(input_lib.normalize(images, manifest), training=False)
     np.testing.assert_allclose(out["probabilities"].numpy(), tf.nn.softmax(logits).numpy(),
                                atol=1e-5)
@@ -162,3 +161,27 @@ def test_unknown_enum_value_is_refused(small_data, tmp_path):
     FLAGS.unparse_flags()
     with pytest.raises(absl_flags.IllegalFlagValueError, match="--precision"):
         FLAGS(["train"] + _args(small_data, str(tmp_path), precision="float8"))
+
+
+def test_export_command_rebuilds_the_run(finished_run, tmp_path, small_data):
+    FLAGS.unparse_flags()
+    out = export.export_run(finished_run, str(tmp_path / "again"))
+    images = tf.zeros([3, 50, 50, 1], tf.uint8) + 128
+    again = tf.saved_model.load(out).signatures["serving_default"](images=images)
+    first = tf.saved_model.load(os.path.join(finished_run, "export")).signatures[
+        "serving_default"](images=images)
+    np.testing.assert_allclose(again["probabilities"], first["probabilities"], atol=1e-6)
+    assert not os.path.exists(out + ".partial")
+
+
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_runs_and_exports_float32(small_data, tmp_path, precision):
+    run_dir = str(tmp_path / precision)
+    run_train(_args(small_data, run_dir, max_iter=10, test_interval=5, precision=precision))
+    entries = metrics.read_metrics(run_dir)
+    assert [e["iteration"] for e in entries] == [0, 5, 10]
+    assert all(np.isfinite(e["test_loss"]) for e in entries)
+    out = tf.saved_model.load(os.path.join(run_dir, "export")).signatures["serving_default"](
+        images=tf.zeros([2, 50, 50, 1], tf.uint8))
+    assert out["probabilities"].dtype == tf.float32
+    np.testing.assert_allclose(out["probabilities"].numpy().sum(axis=1), 1.0, atol=1e-5)
