@@ -34,6 +34,8 @@ class IterationEvents(keras.callbacks.Callback):
         self.start_iter = start_iter
         self.wall_offset = float(wall_time.numpy())
         self.entries = metrics.read_metrics(run_dir)
+        self.last_iteration = start_iter
+        self.start = None
         self.train_loss = None
         self.images_per_sec = None
 
@@ -41,6 +43,8 @@ class IterationEvents(keras.callbacks.Callback):
         return self.wall_offset + time.perf_counter() - self.start
 
     def on_train_begin(self, logs=None):
+        if self.start is not None:
+            return
         self.start = time.perf_counter()
         self.window_start = self.start
         self.window_iter = self.start_iter
@@ -50,6 +54,9 @@ class IterationEvents(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         iteration = int(self.model.optimizer.iterations.numpy())
+        if iteration == self.last_iteration:
+            return  # mixed_float16 skipped the update (non-finite gradients): not an iteration
+        self.last_iteration = iteration
         loss = float(logs["loss"])
         if not math.isfinite(loss):
             self.model.stop_training = True

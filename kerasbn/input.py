@@ -90,6 +90,11 @@ def train_dataset(data_dir, manifest, batch_size, seed=0, shuffle_buffer=16384, 
     stream_seed = seed * 1_000_003 + start_step
     dataset = tf.data.Dataset.from_tensor_slices(files)
     if input_context is not None and input_context.num_input_pipelines > 1:
+        if len(files) < input_context.num_input_pipelines:
+            raise records.DataError(
+                f"{data_dir} has {len(files)} training shard(s) for "
+                f"{input_context.num_input_pipelines} input pipelines, so some would read "
+                "nothing; rebuild the dataset with a smaller --shard_size")
         dataset = dataset.shard(input_context.num_input_pipelines,
                                 input_context.input_pipeline_id)
     dataset = dataset.shuffle(len(files), seed=stream_seed, reshuffle_each_iteration=True)
@@ -123,11 +128,10 @@ def test_dataset(data_dir, manifest, batch_size, split="test", input_context=Non
     dataset = tf.data.TFRecordDataset(files, _compression(manifest))
     dataset = dataset.batch(batch_size, drop_remainder=False)
     parse = _parser(manifest)
-    dataset = dataset.map(lambda s: _normalized(parse(s), manifest),
-                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def prepare(serialized):
+        images, labels = parse(serialized)
+        return normalize(images, manifest), labels
+
+    dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.prefetch(tf.data.AUTOTUNE)
-
-
-def _normalized(parsed, manifest):
-    images, labels = parsed
-    return normalize(images, manifest), labels

@@ -100,3 +100,16 @@ def test_shard_of_another_size_is_named_before_training(tmp_path):
     (tmp_path / "a" / name).write_bytes((tmp_path / "b" / name).read_bytes())
     with pytest.raises(records.DataError, match=name + " holds 32x32x1 images"):
         input_lib.check_shards(str(tmp_path / "a"), manifest, "train")
+
+
+def test_train_pipeline_shards_files_across_input_pipelines(tmp_path, small_data):
+    make_synth(tmp_path, shard_size=8)
+    manifest = records.read_manifest(tmp_path)
+    contexts = [tf.distribute.InputContext(2, i, 2) for i in range(2)]
+    firsts = [_take(input_lib.train_dataset(str(tmp_path), manifest, 4, input_context=c), 1)
+              for c in contexts]
+    assert not np.array_equal(firsts[0][0][0], firsts[1][0][0])
+    one_shard = records.read_manifest(small_data)
+    one_shard["splits"]["train"]["files"] = one_shard["splits"]["train"]["files"][:1]
+    with pytest.raises(records.DataError, match="smaller --shard_size"):
+        input_lib.train_dataset(small_data, one_shard, 4, input_context=contexts[0])
