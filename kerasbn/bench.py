@@ -110,14 +110,14 @@ def bench_train(name, num_classes, precisions, batch_size, steps, repeats):
         model = models.build(name, num_classes, weight_decay=5e-4)
         model.compile(keras.optimizers.SGD(0.01, momentum=0.9),
                       keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        model.fit(data, steps_per_epoch=3, epochs=1, verbose=0)
+        model.fit(data, steps_per_epoch=3, epochs=1, verbose=0, shuffle=False)
         compiled[precision] = model
     keras.mixed_precision.set_global_policy("float32")
     best = dict.fromkeys(precisions, 0.0)
     for _ in range(repeats):
         for precision, model in compiled.items():
             start = time.perf_counter()
-            model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
+            model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
             best[precision] = max(best[precision],
                                   steps * batch_size / (time.perf_counter() - start))
     return best
