@@ -1,6 +1,7 @@
-"""Writes one split's records into fixed-size TFRecord shards, never leaving a partial shard
-that looks complete, and gathers the split's pixel statistics for the manifest."""
+"""Writing TFRecord shards that never look complete before they are, and the pixel
+statistics of what was written, for the manifest."""
 
+import contextlib
 import os
 
 import numpy as np
@@ -39,50 +40,85 @@ def prepare_out_dir(out, overwrite):
             os.remove(os.path.join(out, name))
 
 
-class ShardWriter:
-    """Streams serialized examples of one split into `shard_size`-record shards.
+@contextlib.contextmanager
+def shard_writer(path, compression=""):
+    """A TFRecordWriter to `path` + .partial, renamed to `path` only when the block completes."""
+    partial = path + PARTIAL_SUFFIX
+    writer = tf.io.TFRecordWriter(partial, tf.io.TFRecordOptions(
+        compression_type=compression or None))
+    try:
+        yield writer
+    except BaseException:
+        writer.close()
+        os.remove(partial)
+        raise
+    writer.close()
+    os.replace(partial, path)
 
-    Each shard is written under a `.partial` name and renamed once closed.
-    """
+
+class PixelStats:
+    """Running per-channel sums of pixel values, mergeable across shards and resumes."""
+
+    def __init__(self, channels, state=None):
+        state = state or {}
+        self.sum = np.asarray(state.get("sum", np.zeros(channels)), np.float64)
+        self.sumsq = np.asarray(state.get("sumsq", np.zeros(channels)), np.float64)
+        self.pixels = int(state.get("pixels", 0))
+
+    def add(self, image):
+        pixels = image.reshape(-1, image.shape[-1]).astype(np.float64)
+        self.sum += pixels.sum(axis=0)
+        self.sumsq += np.square(pixels).sum(axis=0)
+        self.pixels += pixels.shape[0]
+
+    def merge(self, other):
+        self.sum += other.sum
+        self.sumsq += other.sumsq
+        self.pixels += other.pixels
+
+    def state(self):
+        return {"sum": self.sum.tolist(), "sumsq": self.sumsq.tolist(), "pixels": self.pixels}
+
+    def mean_std(self):
+        """Per-channel mean and standard deviation on the 0-255 scale."""
+        mean = self.sum / max(1, self.pixels)
+        var = self.sumsq / max(1, self.pixels) - np.square(mean)
+        return mean.tolist(), np.sqrt(np.maximum(var, 1e-12)).tolist()
+
+
+class ShardWriter:
+    """Streams one split's serialized examples into `shard_size`-record shards."""
 
     def __init__(self, out, split, total, shard_size, channels, compression=""):
         self.out = out
         self.split = split
         self.shard_size = shard_size
         self.num_shards = max(1, -(-total // shard_size))
-        self.options = tf.io.TFRecordOptions(compression_type=compression or None)
+        self.compression = compression
         self.files = []
         self.count = 0
+        self.stats = PixelStats(channels)
+        self._shard = None
         self._writer = None
         self._in_shard = 0
-        self._sum = np.zeros(channels)
-        self._sumsq = np.zeros(channels)
-        self._pixels = 0
-
-    def _path(self):
-        return os.path.join(self.out, records.shard_name(self.split, len(self.files),
-                                                         self.num_shards))
 
     def write(self, serialized, image):
         """Adds one record; `image` is its uint8 HxWxC array, for the pixel statistics."""
         if self._writer is None:
-            self._writer = tf.io.TFRecordWriter(self._path() + PARTIAL_SUFFIX, self.options)
+            name = records.shard_name(self.split, len(self.files), self.num_shards)
+            self._shard = shard_writer(os.path.join(self.out, name), self.compression)
+            self._writer = self._shard.__enter__()
         self._writer.write(serialized)
-        pixels = image.reshape(-1, image.shape[-1]).astype(np.float64)
-        self._sum += pixels.sum(axis=0)
-        self._sumsq += np.square(pixels).sum(axis=0)
-        self._pixels += pixels.shape[0]
+        self.stats.add(image)
         self.count += 1
         self._in_shard += 1
         if self._in_shard == self.shard_size:
             self._close_shard()
 
     def _close_shard(self):
-        path = self._path()
-        self._writer.close()
-        os.replace(path + PARTIAL_SUFFIX, path)
-        self.files.append(os.path.basename(path))
-        self._writer = None
+        self._shard.__exit__(None, None, None)
+        self.files.append(records.shard_name(self.split, len(self.files), self.num_shards))
+        self._shard = self._writer = None
         self._in_shard = 0
 
     def close(self):
@@ -90,9 +126,3 @@ class ShardWriter:
         if self._writer is not None:
             self._close_shard()
         return {"files": self.files, "count": self.count}
-
-    def mean_std(self):
-        """Per-channel pixel mean and standard deviation (0-255 scale) of what was written."""
-        mean = self._sum / max(1, self._pixels)
-        var = self._sumsq / max(1, self._pixels) - np.square(mean)
-        return mean.tolist(), np.sqrt(np.maximum(var, 1e-12)).tolist()

@@ -159,7 +159,7 @@ def write_split(out, split, params, first, count, size, seed, encoding, shard_si
             name = f"id{label:05d}/{index:05d}.png"
             writer.write(records.encode_example(image, label, encoding, name), image)
         progress.update(len(labels))
-    return writer.close(), writer.mean_std()
+    return writer.close(), writer.stats.mean_std()
 
 
 def build(out, identities, images_per_identity, test_fraction, image_size, seed, encoding,

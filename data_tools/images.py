@@ -1,0 +1,48 @@
+"""Reading one face image from disk into the uint8 HxWxC array the records store.
+
+Runs in the decoding worker processes of build_records; a file that cannot be used yields a
+reason instead of an array, so one bad file never stops a conversion.
+"""
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+RESIZE_MODES = ("crop", "pad", "stretch")
+
+
+def resize(image, size, mode):
+    """Resizes a PIL image to size x size: `crop` keeps the aspect and crops the centre,
+    `pad` keeps the aspect and pads with black, `stretch` ignores the aspect."""
+    if mode == "stretch":
+        return image.resize((size, size), Image.BILINEAR)
+    if mode == "crop":
+        return ImageOps.fit(image, (size, size), Image.BILINEAR)
+    if mode == "pad":
+        return ImageOps.pad(image, (size, size), Image.BILINEAR, color=0)
+    raise ValueError(f"unknown --resize_mode {mode!r}; choose one of {', '.join(RESIZE_MODES)}")
+
+
+def to_array(image, channels, size, mode, box=None):
+    """PIL image -> uint8 [size, size, channels]: EXIF orientation applied, then the face box
+    (x, y, w, h) cropped when given, then converted and resized."""
+    image = ImageOps.exif_transpose(image)
+    if box is not None:
+        x, y, w, h = box
+        image = image.crop((x, y, x + w, y + h))
+    image = image.convert("L" if channels == 1 else "RGB")
+    array = np.asarray(resize(image, size, mode), dtype=np.uint8)
+    return array.reshape(size, size, channels)
+
+
+def load(path, channels, size, mode, box=None):
+    """(array, None) for a usable image file, (None, reason) otherwise."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_array(image, channels, size, mode, box), None
+    except FileNotFoundError:
+        return None, "file not found"
+    except UnidentifiedImageError:
+        return None, "not an image Pillow can read"
+    except (OSError, SyntaxError, ValueError) as e:
+        return None, f"unreadable image ({e})"
