@@ -75,7 +75,8 @@ def random_crop_mirror(images, seed, crop_pad, mirror):
 def _parser(manifest):
     image_size = manifest["image_size"]
     return lambda serialized: records.parse_batch(
-        serialized, image_size, manifest["channels"], manifest["encoding"])
+        serialized, image_size, manifest["channels"], manifest["encoding"],
+        manifest.get("label_offset", 0))
 
 
 def train_dataset(data_dir, manifest, batch_size, seed=0, shuffle_buffer=16384, crop_pad=0,

@@ -73,9 +73,11 @@ def _decode_one(encoded, channels):
     return tf.io.decode_image(encoded, channels=channels, expand_animations=False)
 
 
-def parse_batch(serialized, image_size, channels, encoding="raw"):
+def parse_batch(serialized, image_size, channels, encoding="raw", label_offset=0):
     """Parses a 1-D batch of serialized examples into (uint8 [N, H, W, C] images, int32 labels).
 
+    `label_offset` is subtracted from the stored labels (1 for TensorFlow's Inception
+    scripts, which keep 0 for background).
     `raw` decodes the whole batch in one op; `png` and `jpeg` decode image by image. A record
     whose stored size disagrees with `image_size`/`channels` fails with a message naming it.
     """
@@ -102,7 +104,7 @@ def parse_batch(serialized, image_size, channels, encoding="raw"):
         images = tf.ensure_shape(images, [None, height, width, channels])
     else:
         raise ValueError(f"unknown encoding {encoding!r}; use one of {', '.join(ENCODINGS)}")
-    return images, tf.cast(parsed["image/class/label"], tf.int32)
+    return images, tf.cast(parsed["image/class/label"] - label_offset, tf.int32)
 
 
 def shard_name(split, index, num_shards):

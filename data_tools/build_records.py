@@ -1,0 +1,368 @@
+"""Converts a face collection to sharded TFRecords + manifest.json.
+
+    python -m data_tools.build_records FOLDER --out DIR          # one subfolder per identity
+    python -m data_tools.build_records LIST.txt --root R --out DIR   # Caffe `path label` lines
+    python -m data_tools.build_records cifar-10-batches-py --out DIR
+
+Labels are the positions of the identities sorted by name (list files: by numeric label).
+Splits are drawn per identity and deterministic by --seed: `holdout` (whole identities kept
+out of training, with an LFW-format pairs file), then `test` (a fraction of each remaining
+identity's images), the rest `train`. Unreadable files are skipped and listed with reasons.
+Shards are written under a temporary name and renamed when complete; an interrupted run,
+rerun with the same arguments, keeps its complete shards.
+"""
+
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+from PIL import Image
+
+from data_tools import images, shards, sources
+from kerasbn import records
+from kerasbn.progress import Progress
+
+FLAGS = flags.FLAGS
+STATE_DIR = ".build"
+PAIRS_NAME = "pairs.txt"
+
+
+def read_boxes(path):
+    """{file name or relative path: (x, y, w, h)} of a `file,x,y,w,h` CSV of detected faces."""
+    boxes = {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            fields = [x.strip() for x in line.strip().split(",")]
+            if not line.strip() or (number == 1 and fields[-1].isalpha()):
+                continue
+            try:
+                if len(fields) != 5:
+                    raise ValueError
+                boxes[fields[0]] = tuple(int(float(v)) for v in fields[1:])
+            except ValueError:
+                raise records.DataError(f"{path}:{number}: expected `file,x,y,w,h`, got "
+                                        f"{line.strip()!r}") from None
+    return boxes
+
+
+def split_identities(identities, test_fraction, holdout_identities, min_images, seed):
+    """Deterministic splits of {name: items}.
+
+    Returns ({split: [(label, item)] in shuffled order}, class names, holdout names, dropped
+    identity count). Holdout identities are drawn first; each remaining identity sends
+    round(n * test_fraction) of its images (at least one when it has two or more) to test.
+    """
+    kept = sorted(name for name, items in identities.items() if len(items) >= min_images)
+    dropped = len(identities) - len(kept)
+    if holdout_identities >= len(kept):
+        raise records.DataError(f"--holdout_identities={holdout_identities} leaves no identity "
+                                f"to train on ({len(kept)} have >= {min_images} images)")
+    rng = np.random.default_rng([seed, 0])
+    holdout = sorted(rng.choice(kept, holdout_identities, replace=False).tolist()
+                     if holdout_identities else [])
+    classes = [name for name in kept if name not in set(holdout)]
+    splits = {"train": [], "test": [], "holdout": []}
+    for label, name in enumerate(holdout):
+        splits["holdout"] += [(label, item) for item in identities[name]]
+    for label, name in enumerate(classes):
+        items = list(identities[name])
+        order = np.random.default_rng([seed, 1, label]).permutation(len(items))
+        n_test = int(round(len(items) * test_fraction))
+        if test_fraction > 0 and len(items) >= 2:
+            n_test = min(max(n_test, 1), len(items) - 1)
+        splits["test"] += [(label, items[i]) for i in order[:n_test]]
+        splits["train"] += [(label, items[i]) for i in order[n_test:]]
+    for index, split in enumerate(("train", "test", "holdout")):
+        order = np.random.default_rng([seed, 2, index]).permutation(len(splits[split]))
+        splits[split] = [splits[split][i] for i in order]
+    return splits, classes, holdout, dropped
+
+
+class Decoder:
+    """Turns item sources (paths or arrays) into (array, reason) pairs, in --workers
+    processes when there are several. Workers only run Pillow and numpy, so forking after
+    TensorFlow has loaded is safe."""
+
+    def __init__(self, workers, channels, size, mode, boxes):
+        self.options = (channels, size, mode)
+        self.boxes = boxes
+        self.pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+
+    def decode(self, items):
+        """(array, reason) per (name, source) item, in order."""
+        jobs = [(source, *self.options, self.boxes.get(name, self.boxes.get(
+                 os.path.basename(name)))) for name, source in items if isinstance(source, str)]
+        decoded = self.pool.imap(_load, jobs, chunksize=8) if self.pool else map(_load, jobs)
+        for _, source in items:
+            if isinstance(source, str):
+                yield next(decoded)
+            else:
+                yield images.to_array(Image.fromarray(source), *self.options), None
+
+    def close(self):
+        if self.pool:
+            self.pool.close()
+            self.pool.join()
+
+
+def _load(job):
+    return images.load(*job)
+
+
+def _state_path(out, name):
+    return os.path.join(out, STATE_DIR, name + ".json")
+
+
+def write_split(out, split, items, decoder, args, progress):
+    """Writes one split's shards, reusing complete ones from an interrupted run.
+
+    `items` are (label, (name, source)). Returns (manifest entry, PixelStats, skipped list,
+    [(label, name)] of the written records).
+    """
+    num_shards = max(1, -(-len(items) // args["shard_size"]))
+    entry = {"files": [], "count": 0}
+    stats = shards.PixelStats(args["channels"])
+    skipped, written = [], []
+    for index in range(num_shards):
+        chunk = items[index * args["shard_size"]:(index + 1) * args["shard_size"]]
+        name = records.shard_name(split, index, num_shards)
+        path, state_path = os.path.join(out, name), _state_path(out, name)
+        if os.path.exists(path) and os.path.exists(state_path):
+            with open(state_path, encoding="utf-8") as f:
+                state = json.load(f)
+        else:
+            state = _write_shard(path, chunk, decoder, args)
+            with open(state_path + ".tmp", "w", encoding="utf-8") as f:
+                json.dump(state, f)
+            os.replace(state_path + ".tmp", state_path)
+        progress.update(len(chunk))
+        if state["count"]:
+            entry["files"].append(name)
+            entry["count"] += state["count"]
+        elif os.path.exists(path):
+            os.remove(path)
+        stats.merge(shards.PixelStats(args["channels"], state["stats"]))
+        skipped += state["skipped"]
+        written += [tuple(w) for w in state["written"]]
+    return entry, stats, skipped, written
+
+
+def _write_shard(path, chunk, decoder, args):
+    stats = shards.PixelStats(args["channels"])
+    skipped, written = [], []
+    with shards.shard_writer(path, args["compression"]) as writer:
+        for (label, (name, _)), (array, reason) in zip(
+                chunk, decoder.decode([item for _, item in chunk])):
+            if array is None:
+                skipped.append({"path": name, "reason": reason})
+                continue
+            writer.write(records.encode_example(array, label, args["encoding"], name))
+            stats.add(array)
+            written.append((label, name))
+    return {"count": len(written), "stats": stats.state(), "skipped": skipped,
+            "written": written}
+
+
+def write_pairs(path, holdout, written, count, seed):
+    """Writes `count` matched and `count` mismatched holdout pairs in LFW's pairs.txt format.
+
+    Image numbers are 1-based positions in the identity's holdout records sorted by
+    image/filename. Returns the number of pairs of each kind written.
+    """
+    per_identity = {}
+    for label, name in sorted(written, key=lambda w: w[1]):
+        per_identity.setdefault(label, []).append(name)
+    rng = np.random.default_rng([seed, 3])
+    multi = [label for label, names in per_identity.items() if len(names) >= 2]
+    labels = list(per_identity)
+    if not multi or len(labels) < 2:
+        raise records.DataError("--pairs needs at least two holdout identities, one of them "
+                                "with two or more images; raise --holdout_identities")
+    lines = []
+    for _ in range(count):
+        label = multi[rng.integers(len(multi))]
+        i, j = sorted(rng.choice(len(per_identity[label]), 2, replace=False) + 1)
+        lines.append(f"{holdout[label]}\t{i}\t{j}")
+    for _ in range(count):
+        a, b = rng.choice(len(labels), 2, replace=False)
+        a, b = labels[a], labels[b]
+        lines.append(f"{holdout[a]}\t{rng.integers(len(per_identity[a])) + 1}\t"
+                     f"{holdout[b]}\t{rng.integers(len(per_identity[b])) + 1}")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(f"1\t{count}\n" + "\n".join(lines) + "\n")
+    os.replace(path + ".tmp", path)
+    return count
+
+
+def collect(source, root, image_size, channels, test_fraction, holdout_identities,
+            min_images, seed):
+    """Reads the source listing; returns (splits, class names, holdout names, dropped,
+    channels, image size, description)."""
+    if sources.is_cifar10(source):
+        if holdout_identities:
+            raise records.DataError("--holdout_identities does not apply to CIFAR-10, whose "
+                                    "train/test split is kept")
+        train, test, names = sources.cifar10(source)
+        rng = np.random.default_rng([seed, 2])
+        splits = {"holdout": []}
+        for split, per_class in (("train", train), ("test", test)):
+            items = [(label, (f"{split}/{name}/{i:05d}", image))
+                     for label, name in enumerate(names)
+                     for i, image in enumerate(per_class[name])]
+            splits[split] = [items[i] for i in rng.permutation(len(items))]
+        return (splits, names, [], 0, channels or 3, image_size or 32,
+                "CIFAR-10 python batches (official split)")
+    if os.path.isdir(source):
+        listing, base, kind = sources.folder_tree(source), source, "folder tree"
+    elif os.path.isfile(source):
+        base = root or os.path.dirname(os.path.abspath(source))
+        listing, kind = sources.list_file(source, base), "list file"
+    else:
+        raise records.DataError(f"{source} does not exist; give a folder with one subfolder "
+                                "per identity, a `path label` list file, or cifar-10-batches-py")
+    identities = {name: [(os.path.relpath(p, base), p) for p in paths]
+                  for name, paths in listing.items()}
+    splits, classes, holdout, dropped = split_identities(
+        identities, test_fraction, holdout_identities, min_images, seed)
+    return (splits, classes, holdout, dropped, channels or 1, image_size or 50,
+            f"{kind} {os.path.abspath(source)}")
+
+
+def _prepare(out, args, overwrite):
+    """Readies --out: refuses another dataset without --overwrite; keeps the complete shards
+    of an interrupted run with the same arguments, clears those of one with others."""
+    shards.prepare_out_dir(out, overwrite)
+    state_dir = os.path.join(out, STATE_DIR)
+    args_path = os.path.join(state_dir, "args.json")
+    if os.path.exists(args_path):
+        with open(args_path, encoding="utf-8") as f:
+            same = json.load(f) == args
+        if not same:
+            shutil.rmtree(state_dir)
+            for name in os.listdir(out):
+                if name.endswith(".tfrecord"):
+                    os.remove(os.path.join(out, name))
+    os.makedirs(state_dir, exist_ok=True)
+    with open(args_path, "w", encoding="utf-8") as f:
+        json.dump(args, f)
+
+
+def build(source, out, root=None, image_size=None, channels=None, resize_mode="crop",
+          boxes=None, test_fraction=0.2, holdout_identities=0, pairs=0,
+          min_images_per_identity=1, seed=0, shard_size=4096, encoding="raw",
+          compression="", workers=1, overwrite=False, command="", log=print):
+    """Converts `source` to shards + manifest in `out`; returns the manifest."""
+    if not 0 <= test_fraction < 1:
+        raise records.DataError(f"--test_fraction must lie in [0, 1), got {test_fraction}")
+    if pairs and not holdout_identities:
+        raise records.DataError("--pairs needs --holdout_identities (pairs are drawn from them)")
+    if shard_size < 1 or workers < 1:
+        raise records.DataError("--shard_size and --workers must be at least 1")
+    if encoding not in ("raw", "png"):
+        raise records.DataError(f"--encoding must be raw or png, got {encoding!r}")
+    start = time.perf_counter()
+    splits, classes, holdout, dropped, channels, image_size, description = collect(
+        source, root, image_size, channels, test_fraction, holdout_identities,
+        min_images_per_identity, seed)
+    box_table = read_boxes(boxes) if boxes else {}
+    args = {"source": os.path.abspath(source), "root": root, "image_size": image_size,
+            "channels": channels, "resize_mode": resize_mode, "boxes": boxes,
+            "test_fraction": test_fraction, "holdout_identities": holdout_identities,
+            "min_images_per_identity": min_images_per_identity, "seed": seed,
+            "shard_size": shard_size, "encoding": encoding, "compression": compression}
+    _prepare(out, args, overwrite)
+    total = sum(len(items) for items in splits.values())
+    progress = Progress(total, "build_records")
+    decoder = Decoder(workers, channels, image_size, resize_mode, box_table)
+    manifest_splits, skipped, train_stats, holdout_written = {}, [], None, []
+    try:
+        for split in ("train", "test", "holdout"):
+            if not splits[split]:
+                continue
+            entry, stats, split_skipped, written = write_split(
+                out, split, splits[split], decoder, args, progress)
+            manifest_splits[split] = entry
+            skipped += [dict(s, split=split) for s in split_skipped]
+            if split == "train":
+                train_stats = stats
+            if split == "holdout":
+                holdout_written = written
+    finally:
+        decoder.close()
+    if not manifest_splits.get("train", {}).get("count"):
+        raise records.DataError(f"no training image of {source} could be read "
+                                f"({len(skipped)} skipped); see the reasons above")
+    mean, std = train_stats.mean_std()
+    manifest = {
+        "image_size": [image_size, image_size], "channels": channels, "encoding": encoding,
+        "compression": compression, "class_names": classes, "holdout_class_names": holdout,
+        "splits": manifest_splits, "mean": mean, "std": std, "skipped": skipped,
+        "dropped_identities": dropped, "source": description, "command": command,
+        "label_order": "identities sorted by name (list files: by numeric label)",
+    }
+    if pairs:
+        write_pairs(os.path.join(out, PAIRS_NAME), holdout, holdout_written, pairs, seed)
+        manifest["pairs"] = {"file": PAIRS_NAME, "matched": pairs, "mismatched": pairs,
+                             "numbering": "1-based position among the identity's holdout "
+                                          "records sorted by image/filename"}
+    records.write_manifest(out, manifest)
+    shutil.rmtree(os.path.join(out, STATE_DIR))
+    seconds = time.perf_counter() - start
+    counts = {split: entry["count"] for split, entry in manifest_splits.items()}
+    log(f"wrote {os.path.abspath(out)}: {counts}, {len(classes)} classes, "
+        f"{len(skipped)} skipped, {dropped} identities dropped, {seconds:.1f}s "
+        f"({sum(counts.values()) / seconds:.0f} images/s)")
+    for item in skipped[:20]:
+        log(f"  skipped {item['path']}: {item['reason']}")
+    if len(skipped) > 20:
+        log(f"  ... and {len(skipped) - 20} more, listed in manifest.json")
+    return manifest
+
+
+def main(argv):
+    if len(argv) != 2:
+        raise app.UsageError("give one SOURCE: a folder tree, a list file or "
+                             "cifar-10-batches-py")
+    if not FLAGS.out:
+        sys.exit("error: --out is required")
+    try:
+        build(argv[1], FLAGS.out, FLAGS.root, FLAGS.image_size,
+              int(FLAGS.channels) if FLAGS.channels else None,
+              FLAGS.resize_mode, FLAGS.boxes, FLAGS.test_fraction, FLAGS.holdout_identities,
+              FLAGS.pairs, FLAGS.min_images_per_identity, FLAGS.seed, FLAGS.shard_size,
+              FLAGS.encoding, "GZIP" if FLAGS.gzip else "", FLAGS.workers, FLAGS.overwrite,
+              command="python -m data_tools.build_records " + " ".join(argv[1:] + sys.argv[2:]))
+    except records.DataError as e:
+        sys.exit(f"error: {e}")
+
+
+def define_flags():
+    """Defines this command's flags (only when run as a command, so modules import together)."""
+    flags.DEFINE_string("out", None, "Directory to write the shards and manifest.json into.")
+    flags.DEFINE_string("root", None, "List files: the directory their paths are relative to "
+                        "(default: the list file's directory).")
+    flags.DEFINE_integer("image_size", None, "Output height and width (default 50; CIFAR-10 32).")
+    flags.DEFINE_enum("channels", None, ["1", "3"], "1 grayscale or 3 RGB (default 1; CIFAR-10 3).")
+    flags.DEFINE_enum("resize_mode", "crop", images.RESIZE_MODES, "crop: keep the aspect, crop "
+                      "the centre; pad: keep the aspect, pad black; stretch: ignore the aspect.")
+    flags.DEFINE_string("boxes", None, "CSV of `file,x,y,w,h` face boxes cropped before resizing.")
+    flags.DEFINE_float("test_fraction", 0.2, "Fraction of each training identity's images in test.")
+    flags.DEFINE_integer("holdout_identities", 0, "Identities kept out of training (split holdout).")
+    flags.DEFINE_integer("pairs", 0, "Matched and mismatched holdout pairs for pairs.txt (LFW format).")
+    flags.DEFINE_integer("min_images_per_identity", 1, "Drop identities with fewer files.")
+    flags.DEFINE_integer("seed", 0, "Seed of the splits and the record order.")
+    flags.DEFINE_integer("shard_size", 4096, "Records per shard.")
+    flags.DEFINE_enum("encoding", "raw", ["raw", "png"], "raw (fastest to read) or png (smaller).")
+    flags.DEFINE_bool("gzip", False, "GZIP-compress the shards.")
+    flags.DEFINE_integer("workers", max(1, os.cpu_count() or 1), "Decoding processes.")
+    flags.DEFINE_bool("overwrite", False, "Replace a dataset already in --out.")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
