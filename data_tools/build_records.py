@@ -12,6 +12,7 @@ Shards are written under a temporary name and renamed when complete; an interrup
 rerun with the same arguments, keeps its complete shards.
 """
 
+import gc
 import json
 import multiprocessing
 import os
@@ -29,6 +30,7 @@ from kerasbn.progress import Progress
 
 FLAGS = flags.FLAGS
 STATE_DIR = ".build"
+ENCODE_BATCH = 32
 PAIRS_NAME = "pairs.txt"
 
 
@@ -83,42 +85,69 @@ def split_identities(identities, test_fraction, holdout_identities, min_images, 
     return splits, classes, holdout, dropped
 
 
-class Decoder:
-    """Turns item sources (paths or arrays) into (array, reason) pairs, in --workers
-    processes when there are several. Workers only run Pillow and numpy, so forking after
-    TensorFlow has loaded is safe."""
+class Encoder:
+    """Turns (label, (name, source)) items into serialized records, in --workers processes
+    when there are several, so the main process only writes. Workers run Pillow, numpy and
+    protobuf, never a TensorFlow op, so forking after TensorFlow has loaded is safe."""
 
-    def __init__(self, workers, channels, size, mode, boxes):
-        self.options = (channels, size, mode)
-        self.boxes = boxes
-        self.pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    def __init__(self, workers):
+        self.args = self.boxes = None
+        self.pool = None
+        if workers > 1:
+            # Keeps the workers' garbage collector off the parent's (TensorFlow-sized) heap,
+            # whose pages it would otherwise touch and copy in every worker.
+            gc.freeze()
+            # Started before the source is listed, so the workers load Pillow's plugins
+            # while the main process walks the folders.
+            self.pool = multiprocessing.get_context("fork").Pool(workers, initializer=Image.init)
 
-    def decode(self, items):
-        """(array, reason) per (name, source) item, in order."""
-        jobs = [(source, *self.options, self.boxes.get(name, self.boxes.get(
-                 os.path.basename(name)))) for name, source in items if isinstance(source, str)]
-        decoded = self.pool.imap(_load, jobs, chunksize=8) if self.pool else map(_load, jobs)
-        for _, source in items:
-            if isinstance(source, str):
-                yield next(decoded)
-            else:
-                yield images.to_array(Image.fromarray(source), *self.options), None
+    def configure(self, args, boxes):
+        self.args, self.boxes = args, boxes
 
-    def close(self):
+    def encode(self, chunk):
+        """Per batch of items: ([(name, label, serialized or None, skip reason)], PixelStats
+        of the batch's images). Batches keep the main process's share of the work small."""
+        jobs = [([(label, name, source,
+                   self.boxes.get(name, self.boxes.get(os.path.basename(name))))
+                  for label, (name, source) in chunk[i:i + ENCODE_BATCH]], self.args)
+                for i in range(0, len(chunk), ENCODE_BATCH)]
+        return self.pool.imap(_encode_batch, jobs) if self.pool else map(_encode_batch, jobs)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
         if self.pool:
-            self.pool.close()
+            # Every result has been consumed (or the build failed): nothing left to wait for.
+            self.pool.terminate()
             self.pool.join()
+            gc.unfreeze()
 
 
-def _load(job):
-    return images.load(*job)
+def _encode_batch(job):
+    items, args = job
+    options = (args["channels"], args["image_size"], args["resize_mode"])
+    stats = shards.PixelStats(args["channels"])
+    results = []
+    for label, name, source, box in items:
+        if isinstance(source, str):
+            array, reason = images.load(source, *options, box)
+        else:
+            array, reason = images.to_array(Image.fromarray(source), *options), None
+        if array is None:
+            results.append((name, label, None, reason))
+            continue
+        stats.add(array)
+        results.append((name, label, records.encode_example(array, label, args["encoding"],
+                                                            name), None))
+    return results, stats
 
 
 def _state_path(out, name):
     return os.path.join(out, STATE_DIR, name + ".json")
 
 
-def write_split(out, split, items, decoder, args, progress):
+def write_split(out, split, items, encoder, args, progress):
     """Writes one split's shards, reusing complete ones from an interrupted run.
 
     `items` are (label, (name, source)). Returns (manifest entry, PixelStats, skipped list,
@@ -136,7 +165,7 @@ def write_split(out, split, items, decoder, args, progress):
             with open(state_path, encoding="utf-8") as f:
                 state = json.load(f)
         else:
-            state = _write_shard(path, chunk, decoder, args)
+            state = _write_shard(path, chunk, encoder, args)
             with open(state_path + ".tmp", "w", encoding="utf-8") as f:
                 json.dump(state, f)
             os.replace(state_path + ".tmp", state_path)
@@ -152,18 +181,18 @@ def write_split(out, split, items, decoder, args, progress):
     return entry, stats, skipped, written
 
 
-def _write_shard(path, chunk, decoder, args):
+def _write_shard(path, chunk, encoder, args):
     stats = shards.PixelStats(args["channels"])
     skipped, written = [], []
     with shards.shard_writer(path, args["compression"]) as writer:
-        for (label, (name, _)), (array, reason) in zip(
-                chunk, decoder.decode([item for _, item in chunk])):
-            if array is None:
-                skipped.append({"path": name, "reason": reason})
-                continue
-            writer.write(records.encode_example(array, label, args["encoding"], name))
-            stats.add(array)
-            written.append((label, name))
+        for results, batch_stats in encoder.encode(chunk):
+            stats.merge(batch_stats)
+            for name, label, serialized, reason in results:
+                if serialized is None:
+                    skipped.append({"path": name, "reason": reason})
+                    continue
+                writer.write(serialized)
+                written.append((label, name))
     return {"count": len(written), "stats": stats.state(), "skipped": skipped,
             "written": written}
 
@@ -266,34 +295,30 @@ def build(source, out, root=None, image_size=None, channels=None, resize_mode="c
     if encoding not in ("raw", "png"):
         raise records.DataError(f"--encoding must be raw or png, got {encoding!r}")
     start = time.perf_counter()
-    splits, classes, holdout, dropped, channels, image_size, description = collect(
-        source, root, image_size, channels, test_fraction, holdout_identities,
-        min_images_per_identity, seed)
-    box_table = read_boxes(boxes) if boxes else {}
-    args = {"source": os.path.abspath(source), "root": root, "image_size": image_size,
-            "channels": channels, "resize_mode": resize_mode, "boxes": boxes,
-            "test_fraction": test_fraction, "holdout_identities": holdout_identities,
-            "min_images_per_identity": min_images_per_identity, "seed": seed,
-            "shard_size": shard_size, "encoding": encoding, "compression": compression}
-    _prepare(out, args, overwrite)
-    total = sum(len(items) for items in splits.values())
-    progress = Progress(total, "build_records")
-    decoder = Decoder(workers, channels, image_size, resize_mode, box_table)
-    manifest_splits, skipped, train_stats, holdout_written = {}, [], None, []
-    try:
+    with Encoder(workers) as encoder:
+        splits, classes, holdout, dropped, channels, image_size, description = collect(
+            source, root, image_size, channels, test_fraction, holdout_identities,
+            min_images_per_identity, seed)
+        args = {"source": os.path.abspath(source), "root": root, "image_size": image_size,
+                "channels": channels, "resize_mode": resize_mode, "boxes": boxes,
+                "test_fraction": test_fraction, "holdout_identities": holdout_identities,
+                "min_images_per_identity": min_images_per_identity, "seed": seed,
+                "shard_size": shard_size, "encoding": encoding, "compression": compression}
+        encoder.configure(args, read_boxes(boxes) if boxes else {})
+        _prepare(out, args, overwrite)
+        progress = Progress(sum(len(items) for items in splits.values()), "build_records")
+        manifest_splits, skipped, train_stats, holdout_written = {}, [], None, []
         for split in ("train", "test", "holdout"):
             if not splits[split]:
                 continue
             entry, stats, split_skipped, written = write_split(
-                out, split, splits[split], decoder, args, progress)
+                out, split, splits[split], encoder, args, progress)
             manifest_splits[split] = entry
             skipped += [dict(s, split=split) for s in split_skipped]
             if split == "train":
                 train_stats = stats
             if split == "holdout":
                 holdout_written = written
-    finally:
-        decoder.close()
     if not manifest_splits.get("train", {}).get("count"):
         raise records.DataError(f"no training image of {source} could be read "
                                 f"({len(skipped)} skipped); see the reasons above")

@@ -4,11 +4,13 @@ Keys follow TensorFlow's image-record convention (`image/encoded`, `image/class/
 so TFRecords made by other tools train once they are described by a manifest.
 """
 
+import io
 import json
 import os
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -39,14 +41,18 @@ def _int(value):
 
 
 def encode_image(image, encoding):
-    """Returns the bytes stored under `image/encoded` for a uint8 HxWxC array."""
+    """Returns the bytes stored under `image/encoded` for a uint8 HxWxC array.
+
+    Pillow, not a TensorFlow op, encodes: build_records calls this in forked workers.
+    """
     if encoding == "raw":
         return image.tobytes()
-    if encoding == "png":
-        return tf.io.encode_png(image).numpy()
-    if encoding == "jpeg":
-        return tf.io.encode_jpeg(image, quality=95).numpy()
-    raise ValueError(f"unknown encoding {encoding!r}; use one of {', '.join(ENCODINGS)}")
+    if encoding not in ENCODINGS:
+        raise ValueError(f"unknown encoding {encoding!r}; use one of {', '.join(ENCODINGS)}")
+    buffer = io.BytesIO()
+    Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).save(
+        buffer, "PNG" if encoding == "png" else "JPEG", quality=95)
+    return buffer.getvalue()
 
 
 def encode_example(image, label, encoding="raw", filename=""):

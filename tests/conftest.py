@@ -3,8 +3,10 @@
 import os
 
 import pytest
+from absl import flags as absl_flags
 
 from data_tools import synth
+from kerasbn import train
 
 
 def make_synth(out, identities=6, images_per_identity=20, encoding="raw", shard_size=32,
@@ -29,3 +31,10 @@ def att_faces():
     if not os.path.isdir(path):
         pytest.skip(f"AT&T faces not found at {path} (set KERASBN_ATT_FACES)")
     return path
+
+
+def run_train(args):
+    """Runs `python -m kerasbn.train ARGS` in this process (flags parsed afresh)."""
+    absl_flags.FLAGS.unparse_flags()
+    absl_flags.FLAGS(["train"] + args)
+    train.main(["train"])

@@ -8,6 +8,7 @@ import tensorflow as tf
 from absl import flags as absl_flags
 
 from kerasbn import callbacks, checkpoints, export, input as input_lib, metrics, records
+from conftest import run_train
 from kerasbn import solver, train
 
 FLAGS = absl_flags.FLAGS
@@ -19,12 +20,6 @@ def _args(data_dir, run_dir, **extra):
             "base_lr": 0.02, "bn_momentum": 0.9, "widths": "16,16,32,24,48,40,64", "seed": 1}
     args.update(extra)
     return [f"--{k}={v}" for k, v in args.items()]
-
-
-def run_train(args):
-    FLAGS.unparse_flags()
-    FLAGS(["train"] + args)
-    train.main(["train"])
 
 
 def _error(args):

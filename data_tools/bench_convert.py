@@ -1,0 +1,93 @@
+"""Benchmark: build_records conversion speed with 1 and with N decoding workers, one run.
+
+    python -m data_tools.bench_convert [--images 2000 --size 250 --workers 1,2 --repeats 3]
+
+Generates RGB JPEGs of --size pixels (identity folders of 20 images each) in a temporary
+directory, converts them with each --workers value, interleaved, and reports the best
+images/s of each and its ratio to the first. Beside it, in the same run, the machine's own
+ceiling: the same ratio for plain CPU-bound Python split over as many processes, which on a
+shared 2-core VM can be well below 2.
+"""
+
+import multiprocessing
+import os
+import tempfile
+import time
+
+import numpy as np
+from absl import app, flags
+from PIL import Image
+
+from data_tools import build_records
+
+FLAGS = flags.FLAGS
+
+
+def make_jpegs(root, count, size, per_identity=20, seed=0):
+    """Writes `count` smooth random RGB JPEGs of size x size, `per_identity` per folder."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        folder = os.path.join(root, f"id{i // per_identity:04d}")
+        os.makedirs(folder, exist_ok=True)
+        coarse = rng.integers(0, 256, (size // 10, size // 10, 3), np.uint8)
+        image = Image.fromarray(coarse).resize((size, size), Image.BICUBIC)
+        image.save(os.path.join(folder, f"{i:05d}.jpg"), quality=90)
+
+
+def _spin(steps):
+    total = 0
+    for i in range(steps):
+        total += i * i
+    return total
+
+
+def cpu_rate(processes, steps=4_000_000):
+    """Steps/s of a fixed CPU-bound job split over `processes` processes."""
+    start = time.perf_counter()
+    if processes == 1:
+        _spin(steps)
+    else:
+        with multiprocessing.get_context("fork").Pool(processes) as pool:
+            pool.map(_spin, [steps // processes] * processes)
+    return steps / (time.perf_counter() - start)
+
+
+def bench_convert(count, size, workers, repeats):
+    """({workers: best images/s}, {workers: best CPU-job steps/s}), measured interleaved."""
+    best = dict.fromkeys(workers, 0.0)
+    ceiling = dict.fromkeys(workers, 0.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = os.path.join(tmp, "faces")
+        make_jpegs(source, count, size)
+        for repeat in range(repeats):
+            for n in workers:
+                out = os.path.join(tmp, f"out-{n}-{repeat}")
+                start = time.perf_counter()
+                build_records.build(source, out, workers=n, log=lambda _: None)
+                best[n] = max(best[n], count / (time.perf_counter() - start))
+                ceiling[n] = max(ceiling[n], cpu_rate(n))
+    return best, ceiling
+
+
+def main(argv):
+    del argv
+    workers = [int(w) for w in FLAGS.workers]
+    rates, ceiling = bench_convert(FLAGS.images, FLAGS.size, workers, FLAGS.repeats)
+    for n, rate in rates.items():
+        print(f"{FLAGS.images} {FLAGS.size}x{FLAGS.size} RGB JPEGs, --workers {n}: "
+              f"{rate:.0f} images/s, {rate / rates[workers[0]]:.2f}x --workers {workers[0]}; "
+              f"machine ceiling (CPU-bound Python in {n} processes) "
+              f"{ceiling[n] / ceiling[workers[0]]:.2f}x")
+
+
+def define_flags():
+    """Defines this command's flags (only when run as a command, so modules import together)."""
+    flags.DEFINE_integer("images", 2000, "JPEGs to generate and convert.")
+    flags.DEFINE_integer("size", 250, "Their width and height.")
+    flags.DEFINE_list("workers", ["1", "2"], "--workers values to compare; ratios to the first.")
+    flags.DEFINE_integer("repeats", 3, "Timed conversions per value; the best counts.")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

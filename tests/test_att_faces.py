@@ -1,0 +1,33 @@
+"""The real AT&T faces end to end: convert, inspect, train briefly (skipped where absent)."""
+
+import os
+
+from conftest import run_train
+from data_tools import build_records, inspect_records
+from kerasbn import metrics, records
+
+# 40 classes: chance is 2.5%; 150 iterations (about 30 s on 2 cores) reach about 90%.
+MIN_TOP1 = 0.5
+
+
+def test_att_faces_convert_inspect_and_train(att_faces, tmp_path):
+    out = str(tmp_path / "att")
+    manifest = build_records.build(att_faces, out, log=lambda _: None)
+    assert len(manifest["class_names"]) == 40
+    counts = {s: e["count"] for s, e in manifest["splits"].items()}
+    assert counts == {"train": 320, "test": 80}
+    assert manifest["skipped"] == []
+    files = sum(len(fs) for _, _, fs in os.walk(att_faces)) - 1  # less the top README.md
+    assert sum(counts.values()) + len(manifest["skipped"]) == files == 400
+    problems, per_class = inspect_records.check(out)
+    assert problems == []
+    assert set(per_class["test"].values()) == {2} and set(per_class["train"].values()) == {8}
+    records.read_manifest(out)
+
+    run_dir = str(tmp_path / "run")
+    run_train([f"--data_dir={out}", f"--run_dir={run_dir}", "--model=bn", "--max_iter=150",
+               "--test_interval=50", "--display=50", "--batch_size=32", "--base_lr=0.05",
+               "--bn_momentum=0.9", "--stepvalue=120", "--mirror", "--snapshot=0"])
+    final = metrics.read_metrics(run_dir)[-1]
+    assert final["iteration"] == 150
+    assert final["test_top1"] >= MIN_TOP1, final
