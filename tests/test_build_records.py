@@ -256,3 +256,29 @@ def test_montage_is_drawn(tmp_path, folder):
     path = inspect_records.montage(str(tmp_path / "out"), str(tmp_path / "m.png"), samples=9)
     with Image.open(path) as im:
         assert im.size[0] > 100 and np.asarray(im.convert("L")).std() > 10
+
+
+def _cli(module, *args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+
+
+def test_command_line_gzip_rgb_and_inspect(folder, tmp_path):
+    out = tmp_path / "out"
+    done = _cli("data_tools.build_records", str(folder), f"--out={out}", "--gzip",
+                "--channels=3", "--image_size=24", "--workers=2", "--shard_size=5")
+    assert done.returncode == 0, done.stderr
+    assert "3 skipped" in done.stdout and "person1/notes.txt" in done.stdout
+    manifest = records.read_manifest(str(out))
+    assert manifest["compression"] == "GZIP" and manifest["channels"] == 3
+    x, y = next(iter(input_lib.test_dataset(str(out), manifest, 4)))
+    assert x.shape == (4, 24, 24, 3)
+    checked = _cli("data_tools.inspect_records", str(out), f"--montage={tmp_path / 'm.png'}")
+    assert checked.returncode == 0, checked.stderr
+    assert "ok: every record parses" in checked.stdout and (tmp_path / "m.png").exists()
+    again = _cli("data_tools.build_records", str(folder), f"--out={out}")
+    assert again.returncode != 0 and "--overwrite" in again.stderr
+    missing = _cli("data_tools.build_records", str(tmp_path / "nowhere"), f"--out={tmp_path / 'x'}")
+    assert missing.returncode != 0 and "does not exist" in missing.stderr
