@@ -85,7 +85,8 @@ class IterationEvents(keras.callbacks.Callback):
         now = time.perf_counter()
         steps = iteration - self.window_iter
         seconds = max(now - self.window_start - self.paused, 1e-9)
-        self.images_per_sec = steps * self.config["batch_size"] / seconds
+        self.images_per_sec = (steps * self.config["batch_size"] * self.config["iter_size"]
+                               / seconds)
         self.train_loss = loss
         self.window_start, self.window_iter, self.paused = now, iteration, 0.0
         lr = self.current_lr()

@@ -27,11 +27,36 @@ flags.DEFINE_float("bn_momentum", 0.99, "BN moving-average momentum, Keras conve
 flags.DEFINE_float("bn_epsilon", 1e-3, "BN epsilon added to the variance.")
 flags.DEFINE_integer("batch_size", 128, "Images per iteration (global, over all replicas).")
 flags.DEFINE_float("base_lr", 0.01, "Caffe base_lr.")
-flags.DEFINE_enum("lr_policy", "multistep", schedules.POLICIES, "Caffe lr_policy.")
+flags.DEFINE_enum("lr_policy", "multistep", schedules.POLICIES,
+                  "Caffe lr_policy (fixed, step, exp, inv, multistep, poly, sigmoid), "
+                  "stepwise_then_jump, or a study preset: long_step, short_step, "
+                  "multistep_no_dropout (iterations scaled to --max_iter).")
+flags.DEFINE_float("gamma", 0.1, "Caffe gamma of step, exp, inv, multistep and sigmoid.")
+flags.DEFINE_float("power", 1.0, "Caffe power of inv and poly.")
+flags.DEFINE_integer("stepsize", 10000, "Caffe stepsize of step and sigmoid.")
 flags.DEFINE_multi_integer("stepvalue", [], "multistep: iterations at which lr *= gamma.")
-flags.DEFINE_float("gamma", 0.1, "multistep: the factor at each stepvalue.")
-flags.DEFINE_float("momentum", 0.9, "SGD momentum (BN's is --bn_momentum).")
+flags.DEFINE_enum("smooth_policy", "step", schedules.SMOOTH_POLICIES,
+                  "stepwise_then_jump: the smooth phase's Caffe policy (with --gamma, --power, "
+                  "--stepsize).")
+flags.DEFINE_integer("smooth_until", 150000, "stepwise_then_jump: the rate is held from here.")
+flags.DEFINE_float("jump_gamma", 0.1, "stepwise_then_jump: the factor at each --jump_at.")
+flags.DEFINE_multi_integer("jump_at", [], "stepwise_then_jump: iterations (after "
+                           "--smooth_until) at which lr *= jump_gamma.")
+flags.DEFINE_integer("warmup_iter", 0, "Linear warm-up over the first N iterations.")
+flags.DEFINE_enum("solver_type", "SGD", ["SGD", "Nesterov", "Adam", "AdamW"],
+                  "Caffe solver type. SGD, Nesterov and Adam use Caffe's coupled weight "
+                  "decay (an L2 term in the gradient); AdamW decouples it, as its paper "
+                  "defines: w -= lr * weight_decay * w, apart from the gradient step.")
+flags.DEFINE_float("momentum", 0.9, "SGD/Nesterov momentum; Adam's beta_1 (BN's is "
+                   "--bn_momentum).")
+flags.DEFINE_float("momentum2", 0.999, "Adam/AdamW beta_2 (Caffe momentum2).")
+flags.DEFINE_float("delta", 1e-8, "Adam/AdamW epsilon (Caffe delta).")
 flags.DEFINE_float("weight_decay", 5e-4, "Caffe weight_decay on kernels (= Keras L2 of wd/2).")
+flags.DEFINE_bool("decay_biases", False, "Also decay biases (Caffe decays every blob with "
+                  "decay_mult 1; most prototxts set 0 for biases).")
+flags.DEFINE_integer("iter_size", 1, "Batches accumulated per weight update (Caffe iter_size): "
+                     "the effective batch is batch_size * iter_size. BN statistics still come "
+                     "from each batch of --batch_size.")
 flags.DEFINE_integer("max_iter", 420000, "Iterations (weight updates) to train.")
 flags.DEFINE_integer("test_interval", 5000, "Test every this many iterations.")
 flags.DEFINE_integer("test_iter", 0, "Test batches per test; 0 = the whole test split.")
@@ -80,11 +105,7 @@ def resolve(manifest, data_dir):
     if f.test_interval > f.max_iter:
         raise FlagError(f"--test_interval={f.test_interval} is larger than "
                         f"--max_iter={f.max_iter}; lower it so the run is tested")
-    if f.base_lr <= 0:
-        raise FlagError(f"--base_lr must be positive, got {f.base_lr}")
-    if list(f.stepvalue) != sorted(set(f.stepvalue)) or any(v <= 0 for v in f.stepvalue):
-        raise FlagError(f"--stepvalue must be positive and strictly increasing, got "
-                        f"{f.stepvalue}")
+    config.update(schedule_config())
     if f.dropout is not None and not 0 <= f.dropout < 1:
         raise FlagError(f"--dropout must lie in [0, 1), got {f.dropout}")
     if not 0 < f.target_accuracy <= 1:
@@ -99,6 +120,44 @@ def resolve(manifest, data_dir):
     config.update(num_classes=classes, image_size=[height, width], widths=widths,
                   channels=manifest["channels"])
     return config
+
+
+_SCHEDULE_FLAGS = ("lr_policy", "base_lr", "gamma", "power", "stepsize", "stepvalue",
+                   "smooth_policy", "smooth_until", "jump_gamma", "jump_at", "warmup_iter",
+                   "max_iter", "iter_size")
+
+
+def schedule_config():
+    """The learning-rate flags, checked: the part of the config a schedule is made from."""
+    c = {name: FLAGS[name].value for name in _SCHEDULE_FLAGS}
+    policy = c["lr_policy"]
+    if c["base_lr"] <= 0:
+        raise FlagError(f"--base_lr must be positive, got {c['base_lr']}")
+    if c["gamma"] <= 0 or c["jump_gamma"] <= 0:
+        raise FlagError("--gamma and --jump_gamma must be positive (a negative factor makes "
+                        "negative rates)")
+    if c["max_iter"] < 1 or c["iter_size"] < 1 or c["warmup_iter"] < 0:
+        raise FlagError("--max_iter and --iter_size must be at least 1, --warmup_iter at "
+                        "least 0")
+    if not _increasing(c["stepvalue"]):
+        raise FlagError(f"--stepvalue must be positive and strictly increasing, got "
+                        f"{c['stepvalue']}")
+    uses_stepsize = policy in ("step", "sigmoid") or (
+        policy == "stepwise_then_jump" and c["smooth_policy"] == "step")
+    if uses_stepsize and c["stepsize"] < 1:
+        raise FlagError(f"--stepsize must be at least 1 for --lr_policy={policy}")
+    if policy == "stepwise_then_jump":
+        if c["smooth_until"] < 1 or not _increasing(c["jump_at"]):
+            raise FlagError("stepwise_then_jump needs --smooth_until >= 1 and --jump_at "
+                            "iterations in increasing order")
+        if c["jump_at"] and c["jump_at"][0] <= c["smooth_until"]:
+            raise FlagError(f"--jump_at={c['jump_at'][0]} comes before --smooth_until="
+                            f"{c['smooth_until']}; jumps follow the smooth phase")
+    return c
+
+
+def _increasing(values):
+    return list(values) == sorted(set(values)) and all(v > 0 for v in values)
 
 
 def flag_names():
@@ -143,7 +202,9 @@ def model_kwargs(config):
             "image_size": tuple(config["image_size"]), "channels": config["channels"],
             "widths": config["widths"], "dropout": config["dropout"], "norm": config["norm"],
             "bn_momentum": config["bn_momentum"], "bn_epsilon": config["bn_epsilon"],
-            "weight_decay": config["weight_decay"]}
+            # AdamW decays in the optimizer, decoupled from the gradient.
+            "weight_decay": 0.0 if config["solver_type"] == "AdamW" else config["weight_decay"],
+            "decay_biases": config["decay_biases"]}
 
 
 def flags_path(run_dir):

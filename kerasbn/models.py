@@ -30,11 +30,13 @@ def default_widths(name):
 
 
 def build(name, num_classes, image_size=(50, 50), channels=1, widths=None, dropout=None,
-          norm="keras", bn_momentum=0.99, bn_epsilon=1e-3, weight_decay=0.0):
+          norm="keras", bn_momentum=0.99, bn_epsilon=1e-3, weight_decay=0.0,
+          decay_biases=False):
     """Builds network `name` taking normalised float images [N, H, W, channels] to logits.
 
-    `weight_decay` is Caffe's: an L2 penalty of weight_decay / 2 on every kernel (biases and
-    BN parameters are not decayed). `dropout=None` takes the network's default.
+    `weight_decay` is Caffe's: an L2 penalty of weight_decay / 2 on every kernel (and bias
+    when `decay_biases`; BN parameters are not decayed). `dropout=None` takes the network's
+    default.
     """
     if name not in _BLOCKS:
         raise ValueError(f"unknown --model {name!r}; choose one of {', '.join(MODELS)}")
@@ -44,6 +46,7 @@ def build(name, num_classes, image_size=(50, 50), channels=1, widths=None, dropo
                          f"got {len(widths)}")
     dropout = DEFAULT_DROPOUT[name] if dropout is None else dropout
     regularizer = keras.regularizers.L2(weight_decay / 2) if weight_decay else None
+    bias_regularizer = regularizer if decay_biases else None
     inputs = keras.Input((*image_size, channels), name="image")
     x = inputs
     width_iter = iter(widths)
@@ -52,7 +55,8 @@ def build(name, num_classes, image_size=(50, 50), channels=1, widths=None, dropo
             layer = f"conv{block}_{index}"
             x = keras.layers.Conv2D(next(width_iter), 3, padding="same", use_bias=not has_bn,
                                     kernel_initializer="he_normal",
-                                    kernel_regularizer=regularizer, name=layer)(x)
+                                    kernel_regularizer=regularizer,
+                                    bias_regularizer=bias_regularizer, name=layer)(x)
             if has_bn:
                 x = norms.make_norm(norm, bn_momentum, bn_epsilon, name_prefix=f"{layer}_bn")(x)
             x = keras.layers.ReLU(name=f"{layer}_relu")(x)
@@ -61,6 +65,7 @@ def build(name, num_classes, image_size=(50, 50), channels=1, widths=None, dropo
     x = keras.layers.GlobalAveragePooling2D(name="embedding")(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name="dropout")(x)
-    logits = keras.layers.Dense(num_classes, kernel_regularizer=regularizer, dtype="float32",
+    logits = keras.layers.Dense(num_classes, kernel_regularizer=regularizer,
+                                bias_regularizer=bias_regularizer, dtype="float32",
                                 name="logits")(x)
     return keras.Model(inputs, logits, name=name)

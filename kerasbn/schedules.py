@@ -1,38 +1,238 @@
-"""Caffe learning-rate policies as serializable Keras schedules of the global iteration.
+"""Caffe learning-rate policies and the study's stepwise-then-jump policies, as serializable
+Keras schedules of the global iteration.
 
-`iter` is the optimizer's `iterations`, the number of finished weight updates, exactly as
-Caffe's solver counts it; a resumed run restores it and so continues the same curve.
+`iter` is the number of finished weight updates, as Caffe's solver counts it: the schedule is
+called with the optimizer's step counter, divided by `iter_size` when gradients accumulate
+over several batches per update. A resumed run restores the counter and so continues the
+same curve. REFERENCE.md sections 1 and 3 give every formula.
+
+    python -m kerasbn.schedules --flagfile=launch/bn.flags --print_every=10000
+    python -m kerasbn.schedules --plot=lr.png launch/baseline.flags launch/bn.flags
 """
 
+import sys
+
 import keras
+import numpy as np
+from absl import app, flags
 from keras import ops
 
-POLICIES = ("fixed", "multistep")
+CAFFE_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
+SMOOTH_POLICIES = ("step", "exp", "inv")
+STUDY_POLICIES = ("long_step", "short_step", "multistep_no_dropout")
+POLICIES = CAFFE_POLICIES + ("stepwise_then_jump",) + STUDY_POLICIES
+STUDY_MAX_ITER = 420_000
+FLAGS = flags.FLAGS
+
+
+def _iteration(step, iter_size):
+    return ops.floor_divide(ops.cast(step, "int64"), iter_size)
 
 
 @keras.saving.register_keras_serializable(package="kerasbn")
-class MultiStep(keras.optimizers.schedules.LearningRateSchedule):
-    """Caffe `multistep`: base_lr * gamma ^ (number of stepvalues <= iter)."""
+class CaffePolicy(keras.optimizers.schedules.LearningRateSchedule):
+    """One of Caffe's lr_policy formulas (REFERENCE.md section 3) of the iteration."""
 
-    def __init__(self, base_lr, stepvalues=(), gamma=0.1):
+    def __init__(self, policy, base_lr, gamma=0.1, power=1.0, stepsize=1, stepvalues=(),
+                 max_iter=1, iter_size=1):
+        if policy not in CAFFE_POLICIES:
+            raise ValueError(f"unknown Caffe lr_policy {policy!r}; one of "
+                             f"{', '.join(CAFFE_POLICIES)}")
+        self.policy = policy
         self.base_lr = float(base_lr)
-        self.stepvalues = [int(v) for v in stepvalues]
         self.gamma = float(gamma)
+        self.power = float(power)
+        self.stepsize = int(stepsize)
+        self.stepvalues = [int(v) for v in stepvalues]
+        self.max_iter = int(max_iter)
+        self.iter_size = int(iter_size)
+
+    def rate(self, iteration):
+        """The rate at integer iteration tensor `iteration` (no iter_size division)."""
+        it = ops.cast(iteration, "float32")
+        base, gamma, power = self.base_lr, self.gamma, self.power
+        if self.policy == "fixed":
+            return base * ops.ones_like(it)
+        if self.policy == "step":
+            return base * ops.power(gamma, ops.floor(it / self.stepsize))
+        if self.policy == "exp":
+            return base * ops.power(gamma, it)
+        if self.policy == "inv":
+            return base * ops.power(1.0 + gamma * it, -power)
+        if self.policy == "multistep":
+            passed = sum((ops.cast(iteration >= v, "float32") for v in self.stepvalues),
+                         ops.zeros_like(it))
+            return base * ops.power(gamma, passed)
+        if self.policy == "poly":
+            return base * ops.power(ops.maximum(1.0 - it / self.max_iter, 0.0), power)
+        return base / (1.0 + ops.exp(-gamma * (it - self.stepsize)))
 
     def __call__(self, step):
-        step = ops.cast(step, "float32")
-        passed = sum((ops.cast(step >= v, "float32") for v in self.stepvalues),
-                     ops.zeros((), "float32"))
-        return self.base_lr * ops.power(self.gamma, passed)
+        return self.rate(_iteration(step, self.iter_size))
 
     def get_config(self):
-        return {"base_lr": self.base_lr, "stepvalues": self.stepvalues, "gamma": self.gamma}
+        return {"policy": self.policy, "base_lr": self.base_lr, "gamma": self.gamma,
+                "power": self.power, "stepsize": self.stepsize, "stepvalues": self.stepvalues,
+                "max_iter": self.max_iter, "iter_size": self.iter_size}
 
 
-def make_schedule(policy, base_lr, stepvalues=(), gamma=0.1):
-    """The schedule of Caffe lr_policy `policy` (`fixed` is multistep without steps)."""
-    if policy == "fixed":
-        return MultiStep(base_lr)
-    if policy == "multistep":
-        return MultiStep(base_lr, stepvalues, gamma)
-    raise ValueError(f"unknown --lr_policy {policy!r}; choose one of {', '.join(POLICIES)}")
+@keras.saving.register_keras_serializable(package="kerasbn")
+class StepwiseThenJump(keras.optimizers.schedules.LearningRateSchedule):
+    """The study's policy: lr(i) = smooth(min(i, smooth_until)) * jump_gamma ^ #{j <= i}.
+
+    A smooth Caffe policy (step, exp or inv) until `smooth_until`, then held, and multiplied
+    by `jump_gamma` at each iteration of `jump_at`.
+    """
+
+    def __init__(self, smooth, smooth_until, jump_gamma=0.1, jump_at=(), iter_size=1):
+        if isinstance(smooth, dict):
+            smooth = keras.saving.deserialize_keras_object(smooth)
+        self.smooth = smooth
+        self.smooth_until = int(smooth_until)
+        self.jump_gamma = float(jump_gamma)
+        self.jump_at = [int(j) for j in jump_at]
+        self.iter_size = int(iter_size)
+
+    def __call__(self, step):
+        iteration = _iteration(step, self.iter_size)
+        held = self.smooth.rate(ops.minimum(iteration, self.smooth_until))
+        jumps = sum((ops.cast(iteration >= j, "float32") for j in self.jump_at),
+                    ops.zeros((), "float32"))
+        return held * ops.power(self.jump_gamma, jumps)
+
+    def get_config(self):
+        return {"smooth": keras.saving.serialize_keras_object(self.smooth),
+                "smooth_until": self.smooth_until, "jump_gamma": self.jump_gamma,
+                "jump_at": self.jump_at, "iter_size": self.iter_size}
+
+
+@keras.saving.register_keras_serializable(package="kerasbn")
+class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
+    """Scales `schedule` by (i + 1) / warmup_iter for the first `warmup_iter` iterations."""
+
+    def __init__(self, schedule, warmup_iter, iter_size=1):
+        if isinstance(schedule, dict):
+            schedule = keras.saving.deserialize_keras_object(schedule)
+        self.schedule = schedule
+        self.warmup_iter = int(warmup_iter)
+        self.iter_size = int(iter_size)
+
+    def __call__(self, step):
+        iteration = ops.cast(_iteration(step, self.iter_size), "float32")
+        return self.schedule(step) * ops.minimum(1.0, (iteration + 1.0) / self.warmup_iter)
+
+    def get_config(self):
+        return {"schedule": keras.saving.serialize_keras_object(self.schedule),
+                "warmup_iter": self.warmup_iter, "iter_size": self.iter_size}
+
+
+def scale_to_run(value, max_iter):
+    """A study iteration (at 420,000) scaled to a run of `max_iter`: REFERENCE.md section 1."""
+    return max(1, round(value * max_iter / STUDY_MAX_ITER))
+
+
+def study_policy(name, base_lr, max_iter, iter_size=1):
+    """The study's named policies, their iterations scaled to `max_iter`."""
+    scale = lambda v: scale_to_run(v, max_iter)
+    if name == "long_step":
+        return CaffePolicy("multistep", base_lr, 0.1, stepvalues=[scale(150_000),
+                                                                   scale(300_000)],
+                           iter_size=iter_size)
+    if name == "short_step":
+        return CaffePolicy("step", base_lr, 0.9, stepsize=scale(10_000), iter_size=iter_size)
+    if name == "multistep_no_dropout":
+        smooth = CaffePolicy("step", base_lr, 0.9, stepsize=scale(10_000), iter_size=iter_size)
+        return StepwiseThenJump(smooth, scale(150_000), 0.1, [scale(240_000), scale(330_000)],
+                                iter_size=iter_size)
+    raise ValueError(f"unknown study policy {name!r}; one of {', '.join(STUDY_POLICIES)}")
+
+
+def make_schedule(config):
+    """The schedule a run config (the training flags) asks for."""
+    c = config
+    iter_size = c.get("iter_size", 1)
+    if c["lr_policy"] in STUDY_POLICIES:
+        schedule = study_policy(c["lr_policy"], c["base_lr"], c["max_iter"], iter_size)
+    elif c["lr_policy"] == "stepwise_then_jump":
+        smooth = CaffePolicy(c["smooth_policy"], c["base_lr"], c["gamma"], c["power"],
+                             c["stepsize"], iter_size=iter_size)
+        schedule = StepwiseThenJump(smooth, c["smooth_until"], c["jump_gamma"], c["jump_at"],
+                                    iter_size=iter_size)
+    else:
+        schedule = CaffePolicy(c["lr_policy"], c["base_lr"], c["gamma"], c["power"],
+                               c["stepsize"], c["stepvalue"], c["max_iter"], iter_size)
+    if c.get("warmup_iter"):
+        schedule = LinearWarmup(schedule, c["warmup_iter"], iter_size)
+    return schedule
+
+
+def rates(schedule, iterations):
+    """The schedule's learning rate at each iteration of `iterations` (numpy float array)."""
+    iter_size = getattr(schedule, "iter_size", 1)
+    steps = np.asarray(iterations, np.int64) * iter_size
+    return np.asarray(keras.ops.convert_to_numpy(schedule(steps)), np.float64)
+
+
+def _config_from_flagfile(path, train_flags):
+    """The schedule config of a training flagfile."""
+    FLAGS.unparse_flags()
+    FLAGS(["schedules", f"--flagfile={path}"])
+    return train_flags.schedule_config()
+
+
+def main(argv):
+    # kerasbn.flags imports this module for the policy names, so it is imported here.
+    from kerasbn import flags as train_flags
+    out = FLAGS.plot
+    try:
+        if out:
+            files = argv[1:] or [None]
+            curves = []
+            for path in files:
+                config = (_config_from_flagfile(path, train_flags) if path
+                          else train_flags.schedule_config())
+                iterations = np.unique(np.linspace(0, config["max_iter"], 2000).astype(int))
+                curves.append((path or config["lr_policy"], iterations,
+                               rates(make_schedule(config), iterations)))
+            plot(curves, out)
+            print(f"wrote {out}")
+            return
+        config = train_flags.schedule_config()
+        every = max(1, FLAGS.print_every)
+        iterations = list(range(0, config["max_iter"] + 1, every))
+        for iteration, lr in zip(iterations, rates(make_schedule(config), iterations)):
+            print(f"{iteration} {lr:.6g}")
+    except train_flags.FlagError as e:
+        sys.exit(f"error: {e}")
+
+
+def plot(curves, out):
+    """Draws (label, iterations, rates) curves on one log-scale chart."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, iterations, values in curves:
+        ax.plot(iterations, values, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("learning rate")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def define_flags():
+    """Defines this command's flags (only when run as a command, so modules import together)."""
+    import kerasbn.flags  # noqa: F401  (defines the training flags, the policies' among them)
+    flags.DEFINE_integer("print_every", 1000, "Print `iteration lr` every N iterations.")
+    flags.DEFINE_string("plot", None, "Draw the policies of the flagfiles given as arguments "
+                        "(or of the flags) into this PNG.")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -68,6 +68,10 @@ def train(config):
     elif config["weights"]:
         print(f"initialised from {checkpoints.load_weights(model, config['weights'])}",
               flush=True)
+    if config["iter_size"] > 1 and config["model"] != "baseline":
+        print(f"warning: --iter_size={config['iter_size']} accumulates gradients, but BN "
+              f"statistics still come from each batch of {config['batch_size']} images",
+              flush=True)
     start_iter = int(model.optimizer.iterations.numpy())
     metrics.write_metrics(run_dir, [e for e in metrics.read_metrics(run_dir)
                                     if e["iteration"] <= start_iter])
@@ -83,8 +87,8 @@ def train(config):
                                        manager, wall_time, writers, start_iter)
     # Loss scaling (mixed_float16) may skip updates, so one fit can end short of max_iter.
     while (remaining := config["max_iter"] - int(model.optimizer.iterations.numpy())) > 0:
-        model.fit(train_data, epochs=1, steps_per_epoch=remaining, callbacks=[events], verbose=0,
-                  shuffle=False)
+        model.fit(train_data, epochs=1, steps_per_epoch=remaining * config["iter_size"],
+                  callbacks=[events], verbose=0, shuffle=False)
     summary = metrics.summarize(metrics.read_metrics(run_dir), [config["target_accuracy"]])
     metrics.write_summary(run_dir, summary)
     export_dir = export.export_saved_model(model, manifest, os.path.join(run_dir, export.EXPORT_NAME))

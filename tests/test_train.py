@@ -43,6 +43,17 @@ def _tags(event_dir):
     return tags
 
 
+def _scalars(event_dir, tag):
+    """{step: value} of one scalar over every event file in `event_dir`."""
+    values = {}
+    for path in glob.glob(os.path.join(event_dir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[event.step] = float(tf.make_ndarray(value.tensor))
+    return values
+
+
 def test_run_writes_everything_and_loss_falls(finished_run, capsys):
     entries = metrics.read_metrics(finished_run)
     assert [e["iteration"] for e in entries] == [0, 10, 20, 30, 40]
@@ -82,7 +93,8 @@ def test_saved_model_serves_uint8_and_matches_keras(finished_run, small_data):
 
 def test_interrupted_run_resumes_at_the_right_iteration_and_rate(small_data, tmp_path,
                                                                  monkeypatch, capsys):
-    policy = dict(lr_policy="multistep", stepvalue=15, max_iter=30)
+    policy = dict(lr_policy="stepwise_then_jump", stepsize=5, gamma=0.5, smooth_until=12,
+                  jump_at=25, max_iter=30)
     whole = str(tmp_path / "whole")
     run_train(_args(small_data, whole, **policy))
     cut = str(tmp_path / "cut")
@@ -103,7 +115,11 @@ def test_interrupted_run_resumes_at_the_right_iteration_and_rate(small_data, tmp
     got = [(e["iteration"], e["lr"]) for e in metrics.read_metrics(cut)]
     want = [(e["iteration"], e["lr"]) for e in metrics.read_metrics(whole)]
     assert got == want
-    assert [lr for _, lr in got] == pytest.approx([0.02, 0.02, 0.002, 0.002])
+    # lr(i) = 0.02 * 0.5 ^ floor(min(i, 12) / 5) * 0.1 ^ [i >= 25]
+    assert [lr for _, lr in got] == pytest.approx([0.02, 0.005, 0.005, 0.0005])
+    logged = lambda run: _scalars(os.path.join(run, "tensorboard", "train"), "learning_rate")
+    assert logged(cut) == logged(whole)
+    assert sorted(logged(cut)) == [5, 10, 15, 20, 25, 30]
 
 
 def test_weights_start_from_the_given_run(finished_run, small_data, tmp_path):
@@ -180,3 +196,14 @@ def test_mixed_precision_runs_and_exports_float32(small_data, tmp_path, precisio
         images=tf.zeros([2, 50, 50, 1], tf.uint8))
     assert out["probabilities"].dtype == tf.float32
     np.testing.assert_allclose(out["probabilities"].numpy().sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("solver_type", ["Nesterov", "AdamW"])
+def test_iter_size_and_solver_types_train(small_data, tmp_path, solver_type, capsys):
+    run_dir = str(tmp_path / solver_type)
+    run_train(_args(small_data, run_dir, max_iter=10, test_interval=5, iter_size=2,
+                    solver_type=solver_type, base_lr=0.005, lr_policy="multistep_no_dropout"))
+    assert "BN statistics still come from each batch" in capsys.readouterr().out
+    entries = metrics.read_metrics(run_dir)
+    assert [e["iteration"] for e in entries] == [0, 5, 10]
+    assert entries[-1]["test_loss"] < entries[0]["test_loss"]

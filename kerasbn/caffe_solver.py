@@ -1,0 +1,112 @@
+"""Converts a Caffe solver prototxt into kerasbn.train flags.
+
+    python -m kerasbn.caffe_solver solver.prototxt > solver.flags
+    python -m kerasbn.train --flagfile=solver.flags --data_dir=...
+
+Fields with a kerasbn equivalent become flags; every other field (net paths, solver_mode,
+nested blocks, unsupported solver types ...) is listed on stderr, never dropped silently.
+"""
+
+import re
+import sys
+
+from absl import app
+
+from kerasbn import schedules
+
+_LINE = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*:\s*("(?:[^"\\]|\\.)*"|\'[^\']*\'|[^\s#]+)'
+                   r'\s*(?:#.*)?$')
+_BLOCK = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*:?\s*\{")
+_SAME_NAME = ("base_lr", "gamma", "power", "stepsize", "stepvalue", "momentum", "momentum2",
+              "delta", "weight_decay", "max_iter", "test_interval", "display", "snapshot",
+              "iter_size")
+_SOLVER_TYPES = {"SGD": "SGD", "NESTEROV": "Nesterov", "ADAM": "Adam", "ADAMW": "AdamW"}
+
+
+class SolverError(ValueError):
+    """A solver file that cannot be read; the message names the file and line."""
+
+
+def parse(text, name="solver.prototxt"):
+    """[(field, value, line number)] of the top-level fields; nested blocks as (field, '{...}')."""
+    fields, depth, block = [], 0, None
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        braces = line.split("#", 1)[0]
+        if depth:
+            depth += braces.count("{") - braces.count("}")
+            continue
+        opened = _BLOCK.match(line)
+        if opened:
+            depth = braces.count("{") - braces.count("}")
+            fields.append((opened.group(1), "{...}", number))
+            continue
+        match = _LINE.match(line)
+        if not match:
+            raise SolverError(f"{name}:{number}: expected `field: value`, got {raw.strip()!r}")
+        fields.append((match.group(1), match.group(2).strip("\"'"), number))
+    if depth:
+        raise SolverError(f"{name}: a `{{` block is never closed")
+    return fields
+
+
+def convert(text, name="solver.prototxt"):
+    """(flag lines, [(field, value, line, why)] not mapped) of a solver prototxt."""
+    flags, unmapped, seen_test_iter = [], [], False
+    for field, value, number in parse(text, name):
+        why = None
+        if field in _SAME_NAME:
+            flags.append(f"--{field}={value}")
+        elif field == "lr_policy":
+            if value in schedules.CAFFE_POLICIES:
+                flags.append(f"--lr_policy={value}")
+            else:
+                why = f"lr_policy {value!r} is not a Caffe policy kerasbn knows"
+        elif field == "test_iter":
+            if seen_test_iter:
+                why = "a second test net's test_iter (kerasbn tests one split)"
+            else:
+                flags.append(f"--test_iter={value}")
+                seen_test_iter = True
+        elif field in ("type", "solver_type"):
+            if value.upper() in _SOLVER_TYPES:
+                flags.append(f"--solver_type={_SOLVER_TYPES[value.upper()]}")
+            else:
+                why = f"solver type {value} is not supported (SGD, Nesterov, Adam, AdamW)"
+        elif field == "snapshot_prefix":
+            flags.append(f"--run_dir={value}")
+        elif field == "random_seed":
+            flags.append(f"--seed={value}")
+        elif field == "test_initialization":
+            flags.append("--test_initialization" if value == "true"
+                         else "--notest_initialization")
+        elif field == "regularization_type" and value == "L2":
+            continue
+        else:
+            why = "no kerasbn equivalent"
+        if why:
+            unmapped.append((field, value, number, why))
+    return flags, unmapped
+
+
+def main(argv):
+    if len(argv) != 2:
+        raise app.UsageError("give one solver.prototxt")
+    path = argv[1]
+    try:
+        with open(path, encoding="utf-8") as f:
+            flags, unmapped = convert(f.read(), path)
+    except OSError as e:
+        sys.exit(f"error: cannot read {path}: {e.strerror}")
+    except SolverError as e:
+        sys.exit(f"error: {e}")
+    print(f"# converted from {path} by python -m kerasbn.caffe_solver")
+    print("\n".join(flags))
+    for field, value, number, why in unmapped:
+        print(f"{path}:{number}: not converted: {field}: {value} ({why})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    app.run(main)
