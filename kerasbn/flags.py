@@ -13,18 +13,24 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 flags.DEFINE_string("data_dir", None, "Directory holding manifest.json and the TFRecord shards.")
 flags.DEFINE_enum("model", "bn", models.MODELS, "Network: the study's baseline, its BN network, "
-                  "or bn_all (BN after every convolution).")
-flags.DEFINE_enum("norm", "keras", norms.NORMS, "BN implementation for networks with BN.")
+                  "bn_all (BN after every convolution), or Caffe's CIFAR-10 examples "
+                  "cifar10_quick and cifar10_full_sigmoid_bn.")
+flags.DEFINE_enum("norm", "keras", norms.NORMS, "BN implementation for networks with BN: "
+                  "keras, the study's Caffe semantics bvlc, windows, nvidia (cuDNN engine, "
+                  "what the study ran) and nvidia_caffe (CPU engine), renorm, sync "
+                  "(statistics across replicas), none.")
 flags.DEFINE_integer("num_classes", None, "Classes; default (and must equal): the manifest's.")
 flags.DEFINE_integer("image_size", None, "Input height and width; default (and must equal): "
                      "the manifest's.")
 flags.DEFINE_list("widths", None, "Convolution widths in order (default: the study's).")
 flags.DEFINE_float("dropout", None, "Dropout before the classifier (default: the network's, "
                    "0.4 for baseline, 0 for bn).")
-flags.DEFINE_float("bn_momentum", 0.99, "BN moving-average momentum, Keras convention: weight "
-                   "of the old statistic (PyTorch momentum = 1 - this; Caffe "
-                   "moving_average_fraction = this).")
-flags.DEFINE_float("bn_epsilon", 1e-3, "BN epsilon added to the variance.")
+flags.DEFINE_float("bn_momentum", None, "BN moving-average momentum, Keras convention: the "
+                   "weight of the old statistic (= Caffe moving_average_fraction = "
+                   "caffe-windows decay; PyTorch momentum = 1 - this). Default: the --norm's "
+                   "own (keras 0.99, bvlc/nvidia 0.999, windows 0.95).")
+flags.DEFINE_float("bn_epsilon", None, "BN epsilon added to the variance. Default: the "
+                   "--norm's own (keras 1e-3, Caffe 1e-5, windows 1e-10).")
 flags.DEFINE_integer("batch_size", 128, "Images per iteration (global, over all replicas).")
 flags.DEFINE_float("base_lr", 0.01, "Caffe base_lr.")
 flags.DEFINE_enum("lr_policy", "multistep", schedules.POLICIES,

@@ -21,16 +21,17 @@ _BLOCKS = {
                ((96, 192), (True, True)), ((160, 320), (True, True))],
 }
 DEFAULT_DROPOUT = {"baseline": 0.4, "bn": 0.0, "bn_all": 0.0}
-MODELS = tuple(_BLOCKS)
+CIFAR_MODELS = ("cifar10_quick", "cifar10_full_sigmoid_bn")
+MODELS = tuple(_BLOCKS) + CIFAR_MODELS
 
 
 def default_widths(name):
-    """The study's convolution widths of network `name`, in order."""
-    return [w for widths, _ in _BLOCKS[name] for w in widths]
+    """The study's convolution widths of network `name`, in order ([] for CIFAR-10 nets)."""
+    return [w for widths, _ in _BLOCKS.get(name, []) for w in widths]
 
 
 def build(name, num_classes, image_size=(50, 50), channels=1, widths=None, dropout=None,
-          norm="keras", bn_momentum=0.99, bn_epsilon=1e-3, weight_decay=0.0,
+          norm="keras", bn_momentum=None, bn_epsilon=None, weight_decay=0.0,
           decay_biases=False):
     """Builds network `name` taking normalised float images [N, H, W, channels] to logits.
 
@@ -38,15 +39,21 @@ def build(name, num_classes, image_size=(50, 50), channels=1, widths=None, dropo
     when `decay_biases`; BN parameters are not decayed). `dropout=None` takes the network's
     default.
     """
-    if name not in _BLOCKS:
+    if name not in MODELS:
         raise ValueError(f"unknown --model {name!r}; choose one of {', '.join(MODELS)}")
+    regularizer = keras.regularizers.L2(weight_decay / 2) if weight_decay else None
+    bias_regularizer = regularizer if decay_biases else None
+    norm_layer = lambda n: norms.make_norm(norm, bn_momentum, bn_epsilon, name_prefix=n)
+    if name in CIFAR_MODELS:
+        build_cifar = cifar10_quick if name == "cifar10_quick" else cifar10_full_sigmoid_bn
+        return build_cifar(num_classes, image_size, channels, norm_layer,
+                           {"kernel_regularizer": regularizer,
+                            "bias_regularizer": bias_regularizer})
     widths = list(widths or default_widths(name))
     if len(widths) != len(default_widths(name)):
         raise ValueError(f"--widths for {name} takes {len(default_widths(name))} values, "
                          f"got {len(widths)}")
     dropout = DEFAULT_DROPOUT[name] if dropout is None else dropout
-    regularizer = keras.regularizers.L2(weight_decay / 2) if weight_decay else None
-    bias_regularizer = regularizer if decay_biases else None
     inputs = keras.Input((*image_size, channels), name="image")
     x = inputs
     width_iter = iter(widths)
@@ -58,7 +65,7 @@ def build(name, num_classes, image_size=(50, 50), channels=1, widths=None, dropo
                                     kernel_regularizer=regularizer,
                                     bias_regularizer=bias_regularizer, name=layer)(x)
             if has_bn:
-                x = norms.make_norm(norm, bn_momentum, bn_epsilon, name_prefix=f"{layer}_bn")(x)
+                x = norm_layer(f"{layer}_bn")(x)
             x = keras.layers.ReLU(name=f"{layer}_relu")(x)
         if block < len(_BLOCKS[name]):
             x = keras.layers.MaxPooling2D(2, padding="same", name=f"pool{block}")(x)
@@ -69,3 +76,51 @@ def build(name, num_classes, image_size=(50, 50), channels=1, widths=None, dropo
                                 bias_regularizer=bias_regularizer, dtype="float32",
                                 name="logits")(x)
     return keras.Model(inputs, logits, name=name)
+
+
+def _cifar_conv(x, filters, name, norm_layer, use_bias, decay):
+    x = keras.layers.Conv2D(filters, 5, padding="same", use_bias=use_bias, name=name,
+                            **decay)(x)
+    return norm_layer(f"{name}_bn")(x)
+
+
+def cifar10_quick(num_classes=10, image_size=(32, 32), channels=3, norm_layer=None, decay=None):
+    """Caffe's examples/cifar10/cifar10_quick_train_test.prototxt, with a norm after each conv:
+    conv 32 5x5, max pool 3/2, ReLU; conv 32 5x5, ReLU, avg pool 3/2; conv 64 5x5, ReLU,
+    avg pool 3/2; ip 64; ip classes. Pools round up as Caffe's (32 -> 16 -> 8 -> 4)."""
+    norm_layer = norm_layer or (lambda n: keras.layers.Identity(name=n))
+    decay = decay or {}
+    x = inputs = keras.Input((*image_size, channels), name="image")
+    x = _cifar_conv(x, 32, "conv1", norm_layer, True, decay)
+    x = keras.layers.MaxPooling2D(3, 2, padding="same", name="pool1")(x)
+    x = keras.layers.ReLU(name="relu1")(x)
+    x = keras.layers.ReLU(name="relu2")(_cifar_conv(x, 32, "conv2", norm_layer, True, decay))
+    x = keras.layers.AveragePooling2D(3, 2, padding="same", name="pool2")(x)
+    x = keras.layers.ReLU(name="relu3")(_cifar_conv(x, 64, "conv3", norm_layer, True, decay))
+    x = keras.layers.AveragePooling2D(3, 2, padding="same", name="pool3")(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(64, name="embedding", **decay)(x)
+    logits = keras.layers.Dense(num_classes, dtype="float32", name="logits", **decay)(x)
+    return keras.Model(inputs, logits, name="cifar10_quick")
+
+
+def cifar10_full_sigmoid_bn(num_classes=10, image_size=(32, 32), channels=3, norm_layer=None,
+                            decay=None):
+    """Caffe's BN example, examples/cifar10/cifar10_full_sigmoid_train_test_bn.prototxt:
+    conv 32 5x5 (no bias), max pool 3/2, BN, sigmoid; conv 32 5x5, BN, sigmoid, avg pool 3/2;
+    conv 64 5x5, BN, sigmoid, avg pool 3/2; ip classes. The BN layers are `norm_layer`."""
+    norm_layer = norm_layer or (lambda n: keras.layers.Identity(name=n))
+    decay = decay or {}
+    x = inputs = keras.Input((*image_size, channels), name="image")
+    x = keras.layers.Conv2D(32, 5, padding="same", use_bias=False, name="conv1", **decay)(x)
+    x = keras.layers.MaxPooling2D(3, 2, padding="same", name="pool1")(x)
+    x = keras.layers.Activation("sigmoid", name="sigmoid1")(norm_layer("conv1_bn")(x))
+    x = keras.layers.Activation("sigmoid", name="sigmoid2")(
+        _cifar_conv(x, 32, "conv2", norm_layer, False, decay))
+    x = keras.layers.AveragePooling2D(3, 2, padding="same", name="pool2")(x)
+    x = keras.layers.Activation("sigmoid", name="sigmoid3")(
+        _cifar_conv(x, 64, "conv3", norm_layer, False, decay))
+    x = keras.layers.AveragePooling2D(3, 2, padding="same", name="pool3")(x)
+    x = keras.layers.Flatten(name="embedding")(x)
+    logits = keras.layers.Dense(num_classes, dtype="float32", name="logits", **decay)(x)
+    return keras.Model(inputs, logits, name="cifar10_full_sigmoid_bn")

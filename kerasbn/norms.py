@@ -1,19 +1,220 @@
 """Batch Normalization implementations behind one factory, `make_norm(name, ...)`.
 
-Conventions of the options: `momentum` is Keras's (the weight of the old running statistic;
-PyTorch's momentum is 1 - m; Caffe's moving_average_fraction is m), `epsilon` is added to the
-variance before the square root.
+The three Caffe semantics the study compared (REFERENCE.md section 3) are reproduced
+exactly, plus Keras's own layer, batch renormalisation, synchronised statistics and none.
+Statistics are computed and kept in float32 under mixed precision.
+
+Conventions of the options: `momentum` is the weight of the old running statistic (Keras's
+momentum; Caffe's moving_average_fraction; PyTorch's momentum is 1 - it; caffe-windows's
+decay); `epsilon` is added to the variance. `None` takes each implementation's own default.
 """
 
 import keras
+import tensorflow as tf
+from keras import ops
 
-NORMS = ("keras",)
+NORMS = ("keras", "bvlc", "windows", "nvidia", "nvidia_caffe", "renorm", "sync", "none")
+# Each implementation's own (momentum, epsilon), as its source sets them.
+DEFAULTS = {"keras": (0.99, 1e-3), "renorm": (0.99, 1e-3), "sync": (0.99, 1e-3),
+            "bvlc": (0.999, 1e-5), "windows": (0.95, 1e-10), "nvidia": (0.999, 1e-5),
+            "nvidia_caffe": (0.999, 1e-5), "none": (None, None)}
 
 
-def make_norm(name, momentum=0.99, epsilon=1e-3, name_prefix=None):
-    """Returns a new normalisation layer of implementation `name` over the last axis."""
-    if name == "keras":
-        # Keras keeps moving statistics in float32 under mixed precision on its own.
-        return keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon,
-                                               name=name_prefix)
-    raise ValueError(f"unknown --norm {name!r}; choose one of {', '.join(NORMS)}")
+class _CaffeNorm(keras.layers.Layer):
+    """Per-channel (last axis) normalisation with a learned scale and shift (start 1 and 0);
+    subclasses define the running statistics and how they are used."""
+
+    def __init__(self, momentum, epsilon, **kwargs):
+        super().__init__(**kwargs)
+        self.momentum = float(momentum)
+        self.epsilon = float(epsilon)
+
+    def _weight(self, name, shape, value, trainable=False, dtype="float32"):
+        # autocast=False: statistics and scale stay float32 under mixed precision.
+        return self.add_weight(name=name, shape=shape, dtype=dtype, trainable=trainable,
+                               initializer=keras.initializers.Constant(value), autocast=False)
+
+    def build(self, input_shape):
+        channels = (input_shape[-1],)
+        self.gamma = self._weight("gamma", channels, 1.0, trainable=True)
+        self.beta = self._weight("beta", channels, 0.0, trainable=True)
+        self.build_statistics(channels)
+
+    def moments(self, x):
+        """Per-channel batch mean, biased variance and the count m = N*H*W, in float32."""
+        axes = list(range(len(x.shape) - 1))
+        mean, variance = tf.nn.moments(x, axes)
+        count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
+        return mean, variance, count
+
+    def normalize(self, x, mean, variance, epsilon):
+        return self.gamma * (x - mean) * tf.math.rsqrt(variance + epsilon) + self.beta
+
+    def call(self, inputs, training=False):
+        x = tf.cast(inputs, tf.float32)
+        y = self.train_step(x) if training else self.infer(x)
+        return tf.cast(y, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum, "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package="kerasbn")
+class BVLCBatchNorm(_CaffeNorm):
+    """BVLC Caffe BatchNorm + Scale (BVLC/caffe src/caffe/layers/batch_norm_layer.cpp).
+
+    ```
+    bvlc      b=0.999 (momentum), eps=1e-5
+      train:  s = b*s + 1;  Smean = mu + b*Smean;  Svar = (m/(m-1) if m>1 else 1)*v + b*Svar
+              (all start at 0)
+              y = gamma*(x - mu)/sqrt(v + eps) + beta
+      infer:  k = 0 if s == 0 else 1/s;   y = gamma*(x - k*Smean)/sqrt(k*Svar + eps) + beta
+    ```
+    """
+
+    def build_statistics(self, channels):
+        self.scale_factor = self._weight("scale_factor", (), 0.0)
+        self.mean_sum = self._weight("mean_sum", channels, 0.0)
+        self.variance_sum = self._weight("variance_sum", channels, 0.0)
+
+    def train_step(self, x):
+        mean, variance, m = self.moments(x)
+        b = self.momentum
+        bessel = tf.where(m > 1, m / tf.maximum(m - 1, 1.0), 1.0)
+        self.scale_factor.assign(b * self.scale_factor + 1.0)
+        self.mean_sum.assign(mean + b * self.mean_sum)
+        self.variance_sum.assign(bessel * variance + b * self.variance_sum)
+        return self.normalize(x, mean, variance, self.epsilon)
+
+    def infer(self, x):
+        k = tf.where(self.scale_factor == 0, 0.0, 1.0 / tf.maximum(self.scale_factor, 1e-30))
+        return self.normalize(x, k * self.mean_sum, k * self.variance_sum, self.epsilon)
+
+
+@keras.saving.register_keras_serializable(package="kerasbn")
+class WindowsBatchNorm(_CaffeNorm):
+    """caffe-windows BN (happynear/caffe-windows, src/caffe/layers/bn_layer.cpp at 6e82e123).
+
+    ```
+    windows   decay d=0.95 (momentum), var_eps=1e-10 (epsilon)
+      train:  hmean = (1-d)*mu + d*hmean;  hvar = (1-d)*v + d*hvar   (hmean starts 0, hvar 1)
+              y = gamma*(x - mu)/sqrt(v + var_eps) + beta
+      infer:  y = gamma*(x - hmean)/sqrt(hvar) + beta                 (no epsilon at inference)
+    ```
+    """
+
+    def build_statistics(self, channels):
+        self.moving_mean = self._weight("moving_mean", channels, 0.0)
+        self.moving_variance = self._weight("moving_variance", channels, 1.0)
+
+    def train_step(self, x):
+        mean, variance, _ = self.moments(x)
+        d = self.momentum
+        self.moving_mean.assign((1 - d) * mean + d * self.moving_mean)
+        self.moving_variance.assign((1 - d) * variance + d * self.moving_variance)
+        return self.normalize(x, mean, variance, self.epsilon)
+
+    def infer(self, x):
+        return self.normalize(x, self.moving_mean, self.moving_variance, 0.0)
+
+
+@keras.saving.register_keras_serializable(package="kerasbn")
+class NvidiaBatchNorm(_CaffeNorm):
+    """NVIDIA Caffe 0.15 BatchNorm, cuDNN engine (NVIDIA/caffe v0.15.14,
+    src/caffe/layers/cudnn_batch_norm_layer.cu), on TensorFlow's fused kernel, which computes
+    exactly this on CPU and GPU (FusedBatchNormV3 with exponential_avg_factor).
+
+    ```
+    nvidia    b=0.999 (momentum), eps=max(eps, 1e-5)
+      train:  cudnnBatchNormalizationForwardTraining with factor f = 1-b:
+              gmean = (1-f)*gmean + f*mu;  gvar = (1-f)*gvar + f*v*m/(m-1)   (both start at 0)
+              y = gamma*(x - mu)/sqrt(v + eps) + beta
+      infer:  y = gamma*(x - gmean)/sqrt(gvar + eps) + beta
+    ```
+    """
+
+    def build_statistics(self, channels):
+        self.moving_mean = self._weight("moving_mean", channels, 0.0)
+        self.moving_variance = self._weight("moving_variance", channels, 0.0)
+
+    def _fused(self, x, training):
+        # The fused kernel takes 4-D NHWC input; other ranks are viewed as [N, 1, 1, C].
+        shape = tf.shape(x)
+        x4 = x if len(x.shape) == 4 else tf.reshape(x, [-1, 1, 1, x.shape[-1]])
+        y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            x4, self.gamma, self.beta, mean=self.moving_mean, variance=self.moving_variance,
+            epsilon=max(self.epsilon, 1e-5), data_format="NHWC", is_training=training,
+            exponential_avg_factor=1.0 - self.momentum)[:3]
+        if training:
+            self.moving_mean.assign(mean)
+            self.moving_variance.assign(variance)
+        return tf.reshape(y, shape)
+
+    def train_step(self, x):
+        return self._fused(x, True)
+
+    def infer(self, x):
+        return self._fused(x, False)
+
+
+@keras.saving.register_keras_serializable(package="kerasbn")
+class NvidiaCaffeBatchNorm(_CaffeNorm):
+    """NVIDIA Caffe 0.15 BatchNorm, CAFFE (CPU) engine (src/caffe/layers/batch_norm_layer.cpp).
+
+    ```
+    nvidia_caffe  b=0.999 (momentum), eps=1e-5
+      train:  it = min(it + 1, 201)        (counts training steps, stops at 201)
+              if it > 200:  v = min(v, 4*(gvar + mean_c(|gvar|)));  v = max(v, gvar/4)
+                            (clipped v is used below)
+              if it > 1:  gmean = (1-b)*mu + b*gmean;  gvar = (1-b)*v + b*gvar
+              else: gmean = mu; gvar = v
+              y = gamma*(x - mu)/sqrt(v + eps) + beta
+      infer:  y = gamma*(x - gmean)/sqrt(gvar + eps) + beta
+    ```
+    """
+
+    def build_statistics(self, channels):
+        self.step = self._weight("step", (), 0.0)
+        self.moving_mean = self._weight("moving_mean", channels, 0.0)
+        self.moving_variance = self._weight("moving_variance", channels, 0.0)
+
+    def train_step(self, x):
+        mean, variance, _ = self.moments(x)
+        b = self.momentum
+        step = tf.minimum(self.step + 1.0, 201.0)
+        self.step.assign(step)
+        gvar = self.moving_variance
+        clipped = tf.maximum(tf.minimum(
+            variance, 4.0 * (gvar + tf.reduce_mean(tf.abs(gvar)))), gvar / 4.0)
+        variance = tf.where(step > 200, clipped, variance)
+        first = step <= 1
+        self.moving_mean.assign(tf.where(first, mean, (1 - b) * mean + b * self.moving_mean))
+        self.moving_variance.assign(tf.where(first, variance, (1 - b) * variance + b * gvar))
+        return self.normalize(x, mean, variance, self.epsilon)
+
+    def infer(self, x):
+        return self.normalize(x, self.moving_mean, self.moving_variance, self.epsilon)
+
+
+_CAFFE = {"bvlc": BVLCBatchNorm, "windows": WindowsBatchNorm, "nvidia": NvidiaBatchNorm,
+          "nvidia_caffe": NvidiaCaffeBatchNorm}
+
+
+def make_norm(name, momentum=None, epsilon=None, name_prefix=None):
+    """A new normalisation layer of implementation `name` over the last axis."""
+    if name not in NORMS:
+        raise ValueError(f"unknown --norm {name!r}; choose one of {', '.join(NORMS)}")
+    default_momentum, default_epsilon = DEFAULTS[name]
+    momentum = default_momentum if momentum is None else momentum
+    epsilon = default_epsilon if epsilon is None else epsilon
+    if name in _CAFFE:
+        return _CAFFE[name](momentum, epsilon, name=name_prefix)
+    if name == "none":
+        return keras.layers.Identity(name=name_prefix)
+    # Keras keeps its moving statistics in float32 under mixed precision on its own.
+    return keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon,
+                                           renorm=name == "renorm",
+                                           synchronized=name == "sync", name=name_prefix)
