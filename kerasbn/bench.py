@@ -6,6 +6,8 @@
         test accuracy of a linear softmax classifier on pixels against a small CNN.
     python -m kerasbn.bench --bench=train [--model=bn --num_classes=14700]
         training images/s of a network at each --precisions, as ratios to the first.
+    python -m kerasbn.bench --bench=norms
+        training step time with each --norms at each --precisions, as ratios to keras.
 """
 
 import time
@@ -16,7 +18,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from kerasbn import input as input_lib
-from kerasbn import models, records
+from kerasbn import models, norms, records
 
 FLAGS = flags.FLAGS
 
@@ -99,40 +101,48 @@ def separability(data_dir, epochs, batch_size=64, seed=0):
     return result
 
 
-def bench_train(name, num_classes, precisions, batch_size, steps, repeats):
-    """{precision: best images/s} of training steps on one in-memory batch (compute only)."""
+def bench_train(name, num_classes, variants, batch_size, steps, repeats):
+    """{(precision, norm): best images/s} of training steps on one in-memory batch (compute
+    only), the variants measured interleaved so machine noise hits them alike."""
     images = np.random.default_rng(0).standard_normal((batch_size, 50, 50, 1), np.float32)
     labels = np.arange(batch_size) % num_classes
     data = tf.data.Dataset.from_tensors((images, labels)).repeat().prefetch(2)
     compiled = {}
-    for precision in precisions:
+    for precision, norm in variants:
         keras.mixed_precision.set_global_policy(precision)
-        model = models.build(name, num_classes, weight_decay=5e-4)
+        model = models.build(name, num_classes, norm=norm, weight_decay=5e-4)
         model.compile(keras.optimizers.SGD(0.01, momentum=0.9),
                       keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         model.fit(data, steps_per_epoch=3, epochs=1, verbose=0, shuffle=False)
-        compiled[precision] = model
+        compiled[precision, norm] = model
     keras.mixed_precision.set_global_policy("float32")
-    best = dict.fromkeys(precisions, 0.0)
+    best = dict.fromkeys(compiled, 0.0)
     for _ in range(repeats):
-        for precision, model in compiled.items():
+        for variant, model in compiled.items():
             start = time.perf_counter()
             model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
-            best[precision] = max(best[precision],
-                                  steps * batch_size / (time.perf_counter() - start))
+            best[variant] = max(best[variant],
+                                steps * batch_size / (time.perf_counter() - start))
     return best
 
 
 def main(argv):
     del argv
-    if FLAGS.bench == "train":
-        rates = bench_train(FLAGS.model, FLAGS.num_classes, FLAGS.precisions, FLAGS.batch_size,
+    if FLAGS.bench in ("train", "norms"):
+        chosen = FLAGS.norms if FLAGS.bench == "norms" else ["keras"]
+        variants = [(p, n) for p in FLAGS.precisions for n in chosen]
+        rates = bench_train(FLAGS.model, FLAGS.num_classes, variants, FLAGS.batch_size,
                             FLAGS.batches, FLAGS.repeats)
-        reference = rates[FLAGS.precisions[0]]
-        for precision, rate in rates.items():
+        for (precision, norm), rate in rates.items():
+            # train: against the first precision; norms: step time against keras, same precision
+            reference = (rates[precision, "keras"] if FLAGS.bench == "norms"
+                         else rates[FLAGS.precisions[0], "keras"])
+            against = f"keras {precision}" if FLAGS.bench == "norms" else FLAGS.precisions[0]
+            ratio = reference / rate if FLAGS.bench == "norms" else rate / reference
+            kind = "step time" if FLAGS.bench == "norms" else "images/s"
             print(f"{FLAGS.model} x{FLAGS.num_classes} classes, batch {FLAGS.batch_size}, "
-                  f"{precision}: {rate:.0f} images/s, {rate / reference:.2f}x "
-                  f"{FLAGS.precisions[0]}")
+                  f"{precision}, --norm={norm}: {rate:.0f} images/s, {kind} {ratio:.2f}x "
+                  f"{against}")
         return
     if not FLAGS.data_dir:
         raise app.UsageError("--data_dir is required (a directory holding manifest.json)")
@@ -150,7 +160,8 @@ def main(argv):
 
 def define_flags():
     """Defines this command's flags (only when run as a command, so modules import together)."""
-    flags.DEFINE_enum("bench", "input", ["input", "separability", "train"], "What to measure.")
+    flags.DEFINE_enum("bench", "input", ["input", "separability", "train", "norms"],
+                      "What to measure.")
     flags.DEFINE_multi_string("data_dir", None, "Dataset directory (repeat to compare several).")
     flags.DEFINE_integer("batch_size", 128, "Images per batch.")
     flags.DEFINE_integer("batches", 300, "Batches timed per measurement.")
@@ -159,7 +170,9 @@ def define_flags():
     flags.DEFINE_enum("model", "bn", models.MODELS, "Network (train bench).")
     flags.DEFINE_integer("num_classes", 14700, "Classes (train bench; the study's 14,700).")
     flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"],
-                      "Keras dtype policies (train bench); ratios are to the first.")
+                      "Keras dtype policies (train, norms benches); train: ratios to the first.")
+    flags.DEFINE_list("norms", list(norms.NORMS), "BN implementations (norms bench); step "
+                      "times are ratios to keras at the same precision.")
 
 
 if __name__ == "__main__":

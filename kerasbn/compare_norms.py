@@ -1,0 +1,142 @@
+"""Trains one network with each BN implementation, same data, iterations and seeds, and
+compares them as the study compared Caffe's three: accuracy, iterations to the target,
+stability of the test curve ("jumps"), and training step time.
+
+    python -m kerasbn.compare_norms --flagfile=launch/compare_norms.flags      # the demonstration
+    python -m kerasbn.compare_norms --flagfile=launch/quickstart/bn.flags --data_dir=data/att \
+        --norms=keras,nvidia --seeds=3 --out=runs/att_norms
+
+Runs go to OUT/NORM/seedS (a rerun resumes or skips finished runs); the table goes to
+OUT/compare_norms.md and the test curves to OUT/compare_norms.png.
+"""
+
+import os
+import sys
+
+import numpy as np
+from absl import app, flags, logging
+
+from kerasbn import flags as train_flags
+from kerasbn import metrics, norms, records, train
+
+FLAGS = flags.FLAGS
+
+
+def stability(entries):
+    """Mean absolute change of test top-1 between consecutive tests, second half of the run."""
+    last = entries[-1]["iteration"]
+    tail = [e["test_top1"] for e in entries if e["iteration"] >= last / 2]
+    return float(np.mean(np.abs(np.diff(tail)))) if len(tail) > 1 else float("nan")
+
+
+def run_one(norm, seed, out):
+    """Trains (or resumes) one run with the current training flags; returns its metrics."""
+    run_dir = os.path.join(out, norm, f"seed{seed}")
+    FLAGS.norm, FLAGS.seed, FLAGS.run_dir = norm, seed, run_dir
+    manifest = records.read_manifest(FLAGS.data_dir)
+    config = train_flags.resolve(manifest, FLAGS.data_dir)
+    train.prepare_run_dir(run_dir, overwrite=False)
+    try:
+        train.train(config)
+    except FloatingPointError as e:
+        print(f"{norm} seed {seed} diverged: {e}", flush=True)
+    return metrics.read_metrics(run_dir)
+
+
+def summarize(runs, target):
+    """One row per implementation from {norm: [metrics entries per seed]}."""
+    rows = []
+    keras_speed = _speed(runs.get("keras", []))
+    for norm, seeds in runs.items():
+        finals = [s[-1]["test_top1"] for s in seeds if s]
+        bests = [max(e["test_top1"] for e in s) for s in seeds if s]
+        reached = [metrics.summarize(s, [target])["targets"][f"{target:g}"] for s in seeds if s]
+        hits = [r["iteration"] for r in reached if r]
+        speed = _speed(seeds)
+        rows.append({
+            "norm": norm, "seeds": len(seeds),
+            "final": (np.mean(finals), np.std(finals)), "best": (np.mean(bests), np.std(bests)),
+            "reached": len(hits), "iterations_to_target": np.mean(hits) if hits else None,
+            "stability": np.mean([stability(s) for s in seeds if len(s) > 2]),
+            "step_time_vs_keras": keras_speed / speed if speed and keras_speed else None,
+        })
+    return rows
+
+
+def _speed(seeds):
+    rates = [e["images_per_sec"] for s in seeds for e in s if e.get("images_per_sec")]
+    return float(np.median(rates)) if rates else None
+
+
+def markdown(rows, target):
+    lines = [f"| norm | final top-1 | best top-1 | runs reaching {target:g} | iterations to "
+             f"{target:g} | stability (mean abs jump) | step time / keras |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        to_target = f"{r['iterations_to_target']:.0f}" if r["iterations_to_target"] else "-"
+        ratio = f"{r['step_time_vs_keras']:.2f}" if r["step_time_vs_keras"] else "-"
+        lines.append(
+            f"| {r['norm']} | {r['final'][0]:.3f} ± {r['final'][1]:.3f} | {r['best'][0]:.3f} "
+            f"± {r['best'][1]:.3f} | {r['reached']}/{r['seeds']} | {to_target} | "
+            f"{r['stability']:.3f} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs, out):
+    """Test top-1 against iteration, every seed, one colour per implementation."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for index, (norm, seeds) in enumerate(runs.items()):
+        color = f"C{index % 10}"
+        for k, entries in enumerate(seeds):
+            ax.plot([e["iteration"] for e in entries], [e["test_top1"] for e in entries],
+                    color=color, alpha=0.8, label=norm if k == 0 else None)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("test top-1")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def main(argv):
+    logging.set_verbosity(logging.WARNING)
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    chosen = FLAGS.norms
+    unknown = [n for n in chosen if n not in norms.NORMS]
+    if unknown or not FLAGS.data_dir:
+        sys.exit(f"error: --norms takes {', '.join(norms.NORMS)} (got {unknown}); "
+                 "--data_dir is required")
+    out = FLAGS.out
+    os.makedirs(out, exist_ok=True)
+    runs = {}
+    try:
+        for norm in chosen:
+            runs[norm] = [run_one(norm, seed, out) for seed in range(FLAGS.seeds)]
+    except (records.DataError, train_flags.FlagError) as e:
+        sys.exit(f"error: {e}")
+    table = markdown(summarize(runs, FLAGS.target_accuracy), FLAGS.target_accuracy)
+    with open(os.path.join(out, "compare_norms.md"), "w", encoding="utf-8") as f:
+        f.write(table)
+    plot(runs, os.path.join(out, "compare_norms.png"))
+    print(table)
+    print(f"table: {os.path.join(out, 'compare_norms.md')}  curves: "
+          f"{os.path.join(out, 'compare_norms.png')}")
+
+
+def define_flags():
+    """Defines this command's flags (only when run as a command, so modules import together)."""
+    flags.DEFINE_list("norms", list(norms.NORMS), "Implementations to compare.")
+    flags.DEFINE_integer("seeds", 2, "Seeds per implementation (0 .. seeds-1).")
+    flags.DEFINE_string("out", "runs/compare_norms", "Directory for the runs and the report.")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

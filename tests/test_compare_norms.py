@@ -1,0 +1,42 @@
+import os
+
+import pytest
+from absl import flags as absl_flags
+
+from kerasbn import compare_norms
+
+
+def _entries(accuracies, every=10, speed=100.0):
+    return [{"iteration": i * every, "test_top1": a, "images_per_sec": speed, "wall_time": i}
+            for i, a in enumerate(accuracies)]
+
+
+def test_stability_is_the_mean_jump_over_the_second_half():
+    entries = _entries([0.1, 0.5, 0.9, 0.7, 0.8, 0.6])  # tests at 30, 40, 50 are the tail
+    assert compare_norms.stability(entries) == pytest.approx((0.1 + 0.2) / 2)
+
+
+def test_summary_table_on_scripted_runs():
+    runs = {"keras": [_entries([0.1, 0.85, 0.9]), _entries([0.1, 0.7, 0.95])],
+            "bvlc": [_entries([0.1, 0.5, 0.6], speed=50.0), _entries([0.1, 0.4, 0.82],
+                                                                    speed=50.0)]}
+    rows = {r["norm"]: r for r in compare_norms.summarize(runs, 0.8)}
+    assert rows["keras"]["final"][0] == pytest.approx(0.925)
+    assert rows["keras"]["reached"] == 2 and rows["keras"]["iterations_to_target"] == 15
+    assert rows["bvlc"]["reached"] == 1 and rows["bvlc"]["iterations_to_target"] == 20
+    assert rows["bvlc"]["step_time_vs_keras"] == pytest.approx(2.0)
+    table = compare_norms.markdown(list(rows.values()), 0.8)
+    assert "| bvlc | 0.710 ± 0.110 |" in table and "| 1/2 |" in table
+
+
+def test_real_runs_write_table_and_curves(small_data, tmp_path):
+    absl_flags.FLAGS.unparse_flags()
+    absl_flags.FLAGS(["x", f"--data_dir={small_data}", "--model=bn", "--batch_size=16",
+                      "--max_iter=6", "--test_interval=3", "--display=3", "--snapshot=6",
+                      "--widths=8,8,8,8,8,8,16", "--bn_momentum=0.9"])
+    out = str(tmp_path)
+    runs = {norm: [compare_norms.run_one(norm, 0, out)] for norm in ("keras", "windows")}
+    assert [e["iteration"] for e in runs["windows"][0]] == [0, 3, 6]
+    assert os.path.isfile(os.path.join(out, "windows", "seed0", "flags.txt"))
+    compare_norms.plot(runs, str(tmp_path / "c.png"))
+    assert (tmp_path / "c.png").stat().st_size > 5_000
