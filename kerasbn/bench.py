@@ -126,23 +126,28 @@ def bench_train(name, num_classes, variants, batch_size, steps, repeats):
     return best
 
 
+def _setting():
+    return f"{FLAGS.model} x{FLAGS.num_classes} classes, batch {FLAGS.batch_size}"
+
+
 def main(argv):
     del argv
-    if FLAGS.bench in ("train", "norms"):
-        chosen = FLAGS.norms if FLAGS.bench == "norms" else ["keras"]
-        variants = [(p, n) for p in FLAGS.precisions for n in chosen]
-        rates = bench_train(FLAGS.model, FLAGS.num_classes, variants, FLAGS.batch_size,
+    if FLAGS.bench == "train":
+        rates = bench_train(FLAGS.model, FLAGS.num_classes,
+                            [(p, "keras") for p in FLAGS.precisions], FLAGS.batch_size,
                             FLAGS.batches, FLAGS.repeats)
+        reference = rates[FLAGS.precisions[0], "keras"]
+        for (precision, _), rate in rates.items():
+            print(f"{_setting()}, {precision}: {rate:.0f} images/s, "
+                  f"{rate / reference:.2f}x {FLAGS.precisions[0]}")
+        return
+    if FLAGS.bench == "norms":
+        rates = bench_train(FLAGS.model, FLAGS.num_classes,
+                            [(p, n) for p in FLAGS.precisions for n in FLAGS.norms],
+                            FLAGS.batch_size, FLAGS.batches, FLAGS.repeats)
         for (precision, norm), rate in rates.items():
-            # train: against the first precision; norms: step time against keras, same precision
-            reference = (rates[precision, "keras"] if FLAGS.bench == "norms"
-                         else rates[FLAGS.precisions[0], "keras"])
-            against = f"keras {precision}" if FLAGS.bench == "norms" else FLAGS.precisions[0]
-            ratio = reference / rate if FLAGS.bench == "norms" else rate / reference
-            kind = "step time" if FLAGS.bench == "norms" else "images/s"
-            print(f"{FLAGS.model} x{FLAGS.num_classes} classes, batch {FLAGS.batch_size}, "
-                  f"{precision}, --norm={norm}: {rate:.0f} images/s, {kind} {ratio:.2f}x "
-                  f"{against}")
+            print(f"{_setting()}, {precision}, --norm={norm}: {rate:.0f} images/s, step time "
+                  f"{rates[precision, 'keras'] / rate:.2f}x keras")
         return
     if not FLAGS.data_dir:
         raise app.UsageError("--data_dir is required (a directory holding manifest.json)")
