@@ -35,6 +35,10 @@ class IterationEvents(keras.callbacks.Callback):
         self.wall_offset = float(wall_time.numpy())
         self.entries = metrics.read_metrics(run_dir)
         self.last_iteration = start_iter
+        targets = metrics.summarize(self.entries, config["target_accuracy"]).get("targets", {})
+        # A rerun of a run that already stopped at its targets has nothing left to do.
+        self.stopped_at_target = bool(config["stop_at_target"] and targets
+                                      and all(targets.values()))
         self.start = None
         self.train_loss = None
         self.images_per_sec = None
@@ -70,7 +74,7 @@ class IterationEvents(keras.callbacks.Callback):
         if iteration % config["test_interval"] == 0 or iteration == config["max_iter"]:
             self._pause(self._test, iteration)
         if ((config["snapshot"] and iteration % config["snapshot"] == 0)
-                or iteration == config["max_iter"]):
+                or iteration == config["max_iter"] or self.stopped_at_target):
             self._pause(self._snapshot, iteration)
         if iteration >= config["max_iter"]:
             self.model.stop_training = True
@@ -111,8 +115,19 @@ class IterationEvents(keras.callbacks.Callback):
                  "test_top5": result["top5"], "images_per_sec": self.images_per_sec}
         self.entries = [e for e in self.entries if e["iteration"] < iteration] + [entry]
         metrics.append_metrics(self.run_dir, entry)
-        summary = metrics.summarize(self.entries, [self.config["target_accuracy"]])
+        summary = metrics.summarize(self.entries, self.config["target_accuracy"])
         metrics.write_summary(self.run_dir, summary)
+        reached = {t: hit for t, hit in summary["targets"].items() if hit}
+        for target, hit in reached.items():
+            if hit["iteration"] == iteration:
+                print(f"target top-1 {target} reached at iteration {iteration} "
+                      f"({hit['wall_time']:.0f}s)", flush=True)
+                with self.test_writer.as_default(step=iteration):
+                    tf.summary.scalar(f"iterations_to_{target}", iteration)
+                    tf.summary.scalar(f"seconds_to_{target}", hit["wall_time"])
+        if self.config["stop_at_target"] and len(reached) == len(summary["targets"]):
+            self.model.stop_training = True
+            self.stopped_at_target = True
         print(f"test  iter {iteration}: top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}"
               f"  loss {result['loss']:.4f}  ({result['count']} images)", flush=True)
         with self.test_writer.as_default(step=iteration):

@@ -121,7 +121,8 @@ def main(argv):
             runs[norm] = [run_one(norm, seed, out) for seed in range(FLAGS.seeds)]
     except (records.DataError, train_flags.FlagError) as e:
         sys.exit(f"error: {e}")
-    table = markdown(summarize(runs, FLAGS.target_accuracy), FLAGS.target_accuracy)
+    target = FLAGS.target_accuracy[0]
+    table = markdown(summarize(runs, target), target)
     with open(os.path.join(out, "compare_norms.md"), "w", encoding="utf-8") as f:
         f.write(table)
     plot(runs, os.path.join(out, "compare_norms.png"))

@@ -75,7 +75,10 @@ flags.DEFINE_string("run_dir", None, "Directory for everything about the run; re
 flags.DEFINE_bool("overwrite", False, "Start over in a --run_dir that holds another run.")
 flags.DEFINE_enum("precision", "float32", PRECISIONS, "Keras dtype policy.")
 flags.DEFINE_integer("seed", 0, "Seed for weights and data order.")
-flags.DEFINE_float("target_accuracy", 0.8, "Test top-1 whose first reaching is reported.")
+flags.DEFINE_multi_float("target_accuracy", [0.8], "Test top-1 targets (repeatable): the "
+                         "first tested iteration and wall time reaching each are reported.")
+flags.DEFINE_bool("stop_at_target", False, "End the run once every --target_accuracy is "
+                  "reached (for hyper-parameter search).")
 flags.DEFINE_string("weights", None, "Initialise from another run: its run dir, a checkpoint, "
                     "or its exported SavedModel (as Caffe's --weights).")
 flags.DEFINE_integer("crop_pad", 0, "Training augmentation: pad by N pixels, random crop back.")
@@ -114,7 +117,7 @@ def resolve(manifest, data_dir):
     config.update(schedule_config())
     if f.dropout is not None and not 0 <= f.dropout < 1:
         raise FlagError(f"--dropout must lie in [0, 1), got {f.dropout}")
-    if not 0 < f.target_accuracy <= 1:
+    if not f.target_accuracy or not all(0 < t <= 1 for t in f.target_accuracy):
         raise FlagError(f"--target_accuracy must lie in (0, 1], got {f.target_accuracy}")
     try:
         widths = [int(w) for w in f.widths] if f.widths else None

@@ -86,10 +86,11 @@ def train(config):
     events = callbacks.IterationEvents(run_dir, config, metrics.make_test_step(model), test_data,
                                        manager, wall_time, writers, start_iter)
     # Loss scaling (mixed_float16) may skip updates, so one fit can end short of max_iter.
-    while (remaining := config["max_iter"] - int(model.optimizer.iterations.numpy())) > 0:
+    while ((remaining := config["max_iter"] - int(model.optimizer.iterations.numpy())) > 0
+           and not events.stopped_at_target):
         model.fit(train_data, epochs=1, steps_per_epoch=remaining * config["iter_size"],
                   callbacks=[events], verbose=0, shuffle=False)
-    summary = metrics.summarize(metrics.read_metrics(run_dir), [config["target_accuracy"]])
+    summary = metrics.summarize(metrics.read_metrics(run_dir), config["target_accuracy"])
     metrics.write_summary(run_dir, summary)
     export_dir = export.export_saved_model(model, manifest, os.path.join(run_dir, export.EXPORT_NAME))
     return summary, export_dir
@@ -99,16 +100,16 @@ def describe(summary, config, export_dir):
     """The end-of-run lines a user reads."""
     if not summary.get("tests"):
         return "no test was run"
-    target = f"{config['target_accuracy']:g}"
-    reached = summary["targets"][target]
-    when = (f"reached at iteration {reached['iteration']} ({reached['wall_time']:.0f}s)"
-            if reached else "not reached")
+    targets = [
+        f"target top-1 {target}: " + (f"reached at iteration {hit['iteration']} "
+                                      f"({hit['wall_time']:.0f}s)" if hit else "not reached")
+        for target, hit in summary["targets"].items()]
     run_dir = config["run_dir"]
     return "\n".join([
         f"best test top-1 {summary['best_test_top1']:.4f} (iteration "
         f"{summary['best_iteration']}), final {summary['final_test_top1']:.4f} "
         f"(iteration {summary['final_iteration']})",
-        f"target top-1 {target}: {when}",
+        *targets,
         f"TensorBoard: tensorboard --logdir {os.path.join(run_dir, 'tensorboard')}",
         f"SavedModel: {export_dir}"])
 

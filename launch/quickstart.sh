@@ -34,9 +34,10 @@ import json
 for net in ("baseline", "bn"):
     run = f"runs/quickstart/{net}"
     s = json.load(open(f"{run}/summary.json"))
-    (target, hit), = s["targets"].items()
-    when = f"iteration {hit['iteration']} ({hit['wall_time']:.0f}s)" if hit else "not reached"
+    reached = "  ".join(
+        f"{target}: " + (f"iteration {hit['iteration']} ({hit['wall_time']:.0f}s)" if hit
+                         else "not reached") for target, hit in s["targets"].items())
     print(f"{net:8s} final test top-1 {s['final_test_top1']:.3f}  best {s['best_test_top1']:.3f}"
-          f"  reached {target} at {when}")
+          f"  target {reached}")
     print(f"         TensorBoard: {run}/tensorboard   SavedModel: {run}/export")
 PY

@@ -207,3 +207,32 @@ def test_iter_size_and_solver_types_train(small_data, tmp_path, solver_type, cap
     entries = metrics.read_metrics(run_dir)
     assert [e["iteration"] for e in entries] == [0, 5, 10]
     assert entries[-1]["test_loss"] < entries[0]["test_loss"]
+
+
+def test_summary_tracks_every_target_as_the_reference_defines_it():
+    entries = [{"iteration": i, "wall_time": 10.0 * i, "test_top1": a}
+               for i, a in [(0, 0.1), (10, 0.55), (20, 0.5), (30, 0.81), (40, 0.79)]]
+    summary = metrics.summarize(entries, [0.5, 0.8, 0.9])
+    assert summary["targets"] == {"0.5": {"iteration": 10, "wall_time": 100.0},
+                                  "0.8": {"iteration": 30, "wall_time": 300.0}, "0.9": None}
+    assert (summary["best_test_top1"], summary["best_iteration"]) == (0.81, 30)
+    assert (summary["final_test_top1"], summary["final_iteration"]) == (0.79, 40)
+
+
+def test_stop_at_target_ends_the_run_and_a_rerun_stays_stopped(small_data, tmp_path, capsys):
+    run_dir = str(tmp_path / "run")
+    args = _args(small_data, run_dir, max_iter=200, test_interval=5, snapshot=100,
+                 target_accuracy=0.3, stop_at_target="true")
+    run_train(args + ["--target_accuracy=0.25"])
+    entries = metrics.read_metrics(run_dir)
+    summary = json.load(open(os.path.join(run_dir, "summary.json")))
+    last = entries[-1]["iteration"]
+    assert last < 200 and entries[-1]["test_top1"] >= 0.3
+    assert set(summary["targets"]) == {"0.3", "0.25"}
+    assert summary["targets"]["0.3"]["iteration"] == last
+    out = capsys.readouterr().out
+    assert "target top-1 0.3: reached at iteration" in out
+    assert _scalars(os.path.join(run_dir, "tensorboard", "test"), "iterations_to_0.3") == {
+        last: float(last)}
+    run_train(args + ["--target_accuracy=0.25"])
+    assert metrics.read_metrics(run_dir)[-1]["iteration"] == last
