@@ -29,15 +29,8 @@ for net in baseline bn; do
 done
 
 echo "== quickstart summary =="
-.venv/bin/python - <<'PY'
-import json
-for net in ("baseline", "bn"):
-    run = f"runs/quickstart/{net}"
-    s = json.load(open(f"{run}/summary.json"))
-    reached = "  ".join(
-        f"{target}: " + (f"iteration {hit['iteration']} ({hit['wall_time']:.0f}s)" if hit
-                         else "not reached") for target, hit in s["targets"].items())
-    print(f"{net:8s} final test top-1 {s['final_test_top1']:.3f}  best {s['best_test_top1']:.3f}"
-          f"  target {reached}")
-    print(f"         TensorBoard: {run}/tensorboard   SavedModel: {run}/export")
-PY
+.venv/bin/python -m kerasbn.report runs/quickstart/baseline runs/quickstart/bn \
+  --out=runs/quickstart/report
+for net in baseline bn; do
+  echo "$net: TensorBoard logs runs/quickstart/$net/tensorboard, SavedModel runs/quickstart/$net/export"
+done

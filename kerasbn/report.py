@@ -1,0 +1,163 @@
+"""Compares training runs as the study did: accuracy, iterations to a target, the speedup.
+
+    python -m kerasbn.report runs/baseline runs/bn [--reference=runs/baseline] [--out=report]
+
+Reads each run's metrics.jsonl (runs still in progress too) and flags.txt; prints a table
+(terminal and Markdown: network, norm, policy, best and final test top-1, iterations and wall
+time to each target, speedup against the reference run, images/s) and draws test accuracy
+against iteration (the study's figure) and against wall time, training loss and learning
+rate as PNGs. The speedup is the reference's iterations to the target over the run's
+(REFERENCE.md section 1: 64k / 45k = 1.4x in the study).
+"""
+
+import os
+import sys
+
+import numpy as np
+from absl import app, flags
+
+from kerasbn import metrics
+from kerasbn import flags as train_flags
+
+FLAGS = flags.FLAGS
+FIGURES = {"accuracy_vs_iteration.png": ("iteration", "test_top1", "test top-1"),
+           "accuracy_vs_time.png": ("wall_time", "test_top1", "test top-1"),
+           "train_loss.png": ("iteration", "train_loss", "training loss"),
+           "learning_rate.png": ("iteration", "lr", "learning rate")}
+
+
+class ReportError(ValueError):
+    """A run directory that cannot be reported; the message names it and the fix."""
+
+
+def load_run(run_dir):
+    """{name, dir, flags, entries} of one run; ReportError when it has no test yet."""
+    entries = metrics.read_metrics(run_dir)
+    if not entries:
+        raise ReportError(f"{run_dir} has no metrics.jsonl lines: it is not a kerasbn run "
+                          "directory, or its first test has not run yet")
+    settings = {}
+    path = train_flags.flags_path(run_dir)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            for name, lines in train_flags.parse_flagfile(f.read()).items():
+                settings[name] = lines[-1].split("=", 1)[-1]
+    return {"name": os.path.basename(os.path.normpath(run_dir)), "dir": run_dir,
+            "flags": settings, "entries": entries}
+
+
+def rows(runs, targets, reference):
+    """One table row per run; speedups against the run named `reference`."""
+    summaries = {run["dir"]: metrics.summarize(run["entries"], targets) for run in runs}
+    ref = summaries[reference]["targets"]
+    table = []
+    for run in runs:
+        summary = summaries[run["dir"]]
+        speeds = [e["images_per_sec"] for e in run["entries"] if e.get("images_per_sec")]
+        row = {"run": run["name"], "network": run["flags"].get("model", "?"),
+               "norm": run["flags"].get("norm", "-") if run["flags"].get("model") != "baseline"
+               else "-", "policy": run["flags"].get("lr_policy", "?"),
+               "best": summary["best_test_top1"], "final": summary["final_test_top1"],
+               "iteration": summary["final_iteration"],
+               "images_per_sec": float(np.median(speeds)) if speeds else None, "targets": {}}
+        for target, hit in summary["targets"].items():
+            base = ref[target]
+            row["targets"][target] = {
+                "iteration": hit and hit["iteration"], "wall_time": hit and hit["wall_time"],
+                "speedup": (base["iteration"] / hit["iteration"]
+                            if hit and base and hit["iteration"] else None)}
+        table.append(row)
+    return table
+
+
+def _cell(value, fmt):
+    return "-" if value is None else format(value, fmt)
+
+
+def markdown(table, reference_name):
+    targets = list(table[0]["targets"]) if table else []
+    head = ["run", "network", "norm", "policy", "best top-1", "final top-1 (iter)"]
+    for t in targets:
+        head += [f"iters to {t}", f"time to {t}", f"speedup at {t} vs {reference_name}"]
+    head.append("images/s")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in table:
+        cells = [r["run"], r["network"], r["norm"], r["policy"], f"{r['best']:.4f}",
+                 f"{r['final']:.4f} ({r['iteration']})"]
+        for t in targets:
+            hit = r["targets"][t]
+            cells += [_cell(hit["iteration"], "d"),
+                      "-" if hit["wall_time"] is None else f"{hit['wall_time']:.0f}s",
+                      "-" if hit["speedup"] is None else f"{hit['speedup']:.2f}x"]
+        cells.append(_cell(r["images_per_sec"], ".0f"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs, out_dir):
+    """Writes the four FIGURES; returns their paths."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for name, (x_key, y_key, label) in FIGURES.items():
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for run in runs:
+            points = [(e[x_key], e[y_key]) for e in run["entries"]
+                      if e.get(x_key) is not None and e.get(y_key) is not None]
+            if points:
+                ax.plot(*zip(*points), marker=".", label=run["name"])
+        if y_key == "lr":
+            ax.set_yscale("log")
+        ax.set_xlabel("wall time (s)" if x_key == "wall_time" else "iteration")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(out_dir, name)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def default_reference(runs):
+    """The first baseline run, else the first run."""
+    return next((r["dir"] for r in runs if r["flags"].get("model") == "baseline"),
+                runs[0]["dir"])
+
+
+def main(argv):
+    if len(argv) < 2:
+        raise app.UsageError("give one or more run directories")
+    try:
+        runs = [load_run(d) for d in argv[1:]]
+    except ReportError as e:
+        sys.exit(f"error: {e}")
+    reference = FLAGS.reference or default_reference(runs)
+    if os.path.normpath(reference) not in {os.path.normpath(r["dir"]) for r in runs}:
+        runs.append(load_run(reference))
+    reference = next(r["dir"] for r in runs
+                     if os.path.normpath(r["dir"]) == os.path.normpath(reference))
+    targets = [float(t) for t in FLAGS.targets]
+    table = markdown(rows(runs, targets, reference), os.path.basename(os.path.normpath(reference)))
+    os.makedirs(FLAGS.out, exist_ok=True)
+    with open(os.path.join(FLAGS.out, "report.md"), "w", encoding="utf-8") as f:
+        f.write(table)
+    print(table)
+    for path in plot(runs, FLAGS.out):
+        print(f"figure: {path}")
+
+
+def define_flags():
+    """Defines this command's flags (only when run as a command, so modules import together)."""
+    flags.DEFINE_string("reference", None, "Run the speedups are against (default: the first "
+                        "baseline run, else the first run).")
+    flags.DEFINE_list("targets", ["0.8"], "Test top-1 targets.")
+    flags.DEFINE_string("out", "report", "Directory for report.md and the PNGs.")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
