@@ -10,7 +10,7 @@ import time
 import keras
 import tensorflow as tf
 
-from kerasbn import metrics
+from kerasbn import metrics, precise_bn
 from kerasbn.progress import format_seconds
 
 
@@ -22,12 +22,13 @@ class IterationEvents(keras.callbacks.Callback):
     """
 
     def __init__(self, run_dir, config, test_fn, test_data, manager, wall_time, writers,
-                 start_iter):
+                 start_iter, precise_data=None):
         super().__init__()
         self.run_dir = run_dir
         self.config = config
         self.test_fn = test_fn
         self.test_data = test_data
+        self.precise_batches = iter(precise_data) if precise_data is not None else None
         self.manager = manager
         self.wall_time = wall_time
         self.train_writer, self.test_writer = writers
@@ -108,6 +109,8 @@ class IterationEvents(keras.callbacks.Callback):
         return float(f"{float(keras.ops.convert_to_numpy(optimizer.learning_rate)):.8g}")
 
     def _test(self, iteration):
+        if self.precise_batches is not None:
+            precise_bn.recompute(self.model, self.precise_batches, self.config["precise_bn"])
         result = metrics.evaluate(self.test_fn, self.test_data, self.config["test_iter"])
         entry = {"iteration": iteration, "wall_time": round(self._elapsed(), 3),
                  "lr": self.current_lr(), "train_loss": self.train_loss,

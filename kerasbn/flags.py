@@ -81,6 +81,9 @@ flags.DEFINE_bool("stop_at_target", False, "End the run once every --target_accu
                   "reached (for hyper-parameter search).")
 flags.DEFINE_string("weights", None, "Initialise from another run: its run dir, a checkpoint, "
                     "or its exported SavedModel (as Caffe's --weights).")
+flags.DEFINE_integer("precise_bn", 0, "Before each test, recompute BN running statistics as "
+                     "the average over N training batches (0: off), so the test curve does not "
+                     "jump with stale moving averages.")
 flags.DEFINE_integer("crop_pad", 0, "Training augmentation: pad by N pixels, random crop back.")
 flags.DEFINE_bool("mirror", False, "Training augmentation: random horizontal mirror.")
 
@@ -108,7 +111,7 @@ def resolve(manifest, data_dir):
     for name in ("max_iter", "test_interval", "batch_size", "display"):
         if config[name] < 1:
             raise FlagError(f"--{name} must be at least 1, got {config[name]}")
-    for name in ("test_iter", "snapshot", "keep_checkpoints"):
+    for name in ("test_iter", "snapshot", "keep_checkpoints", "precise_bn"):
         if config[name] < 0:
             raise FlagError(f"--{name} must not be negative, got {config[name]}")
     if f.test_interval > f.max_iter:

@@ -58,6 +58,11 @@ class _CaffeNorm(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
+    def assign_statistics(self, mean, variance):
+        """Sets the running statistics to a per-channel mean and (biased) variance."""
+        self.moving_mean.assign(mean)
+        self.moving_variance.assign(variance)
+
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum, "epsilon": self.epsilon}
 
@@ -92,6 +97,11 @@ class BVLCBatchNorm(_CaffeNorm):
     def infer(self, x):
         k = tf.where(self.scale_factor == 0, 0.0, 1.0 / tf.maximum(self.scale_factor, 1e-30))
         return self.normalize(x, k * self.mean_sum, k * self.variance_sum, self.epsilon)
+
+    def assign_statistics(self, mean, variance):
+        self.scale_factor.assign(1.0)
+        self.mean_sum.assign(mean)
+        self.variance_sum.assign(variance)
 
 
 @keras.saving.register_keras_serializable(package="kerasbn")

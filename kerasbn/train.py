@@ -15,7 +15,7 @@ import tensorflow as tf
 from absl import app, logging
 
 from kerasbn import callbacks, checkpoints, export, input as input_lib, metrics, records
-from kerasbn import solver
+from kerasbn import precise_bn, solver
 from kerasbn import flags as train_flags
 
 FLAGS = train_flags.FLAGS
@@ -83,8 +83,13 @@ def train(config):
     tensorboard = os.path.join(run_dir, "tensorboard")
     writers = (tf.summary.create_file_writer(os.path.join(tensorboard, "train")),
                tf.summary.create_file_writer(os.path.join(tensorboard, "test")))
+    # Its own seeded stream, so precise BN never shifts the training data order.
+    precise_data = (input_lib.train_dataset(
+        data_dir, manifest, config["batch_size"], seed=config["seed"] + 1,
+        mirror=config["mirror"], crop_pad=config["crop_pad"], start_step=start_iter)
+        if config["precise_bn"] and precise_bn.bn_layers(model) else None)
     events = callbacks.IterationEvents(run_dir, config, metrics.make_test_step(model), test_data,
-                                       manager, wall_time, writers, start_iter)
+                                       manager, wall_time, writers, start_iter, precise_data)
     # Loss scaling (mixed_float16) may skip updates, so one fit can end short of max_iter.
     while ((remaining := config["max_iter"] - int(model.optimizer.iterations.numpy())) > 0
            and not events.stopped_at_target):

@@ -236,3 +236,11 @@ def test_stop_at_target_ends_the_run_and_a_rerun_stays_stopped(small_data, tmp_p
         last: float(last)}
     run_train(args + ["--target_accuracy=0.25"])
     assert metrics.read_metrics(run_dir)[-1]["iteration"] == last
+
+
+def test_precise_bn_run(small_data, tmp_path):
+    run_dir = str(tmp_path / "precise")
+    run_train(_args(small_data, run_dir, max_iter=10, test_interval=5, precise_bn=2))
+    entries = metrics.read_metrics(run_dir)
+    assert [e["iteration"] for e in entries] == [0, 5, 10]
+    assert all(np.isfinite(e["test_loss"]) for e in entries)
