@@ -1,0 +1,87 @@
+"""Runs a named set of experiments (launch/sets/NAME/*.flags) one after another, then the report.
+
+    python -m kerasbn.launch study_quick                      # the study's four runs, small
+    python -m kerasbn.launch study --data_dir=data/casia --dry_run > jobs.txt   # for a queue
+
+Each flagfile of the set is one `python -m kerasbn.train --flagfile=...` run; --data_dir
+and --precision, when given, are passed to every run. --dry_run prints the commands (one per
+line, for a cluster queue) instead of running them; the last line is the report command.
+"""
+
+import glob
+import os
+import shlex
+import subprocess
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+SETS_DIR = os.path.join("launch", "sets")
+
+
+def set_flagfiles(name):
+    """The flagfiles of set `name` (a directory under launch/sets, or a path), in order."""
+    directory = name if os.path.isdir(name) else os.path.join(SETS_DIR, name)
+    files = sorted(glob.glob(os.path.join(directory, "*.flags")))
+    if not files:
+        known = sorted(os.listdir(SETS_DIR)) if os.path.isdir(SETS_DIR) else []
+        raise ValueError(f"no experiment set {name!r}: {directory} holds no .flags files; "
+                         f"known sets: {', '.join(known)}")
+    return files
+
+
+def run_dir_of(flagfile):
+    """The --run_dir a flagfile sets (the last one wins, as in absl)."""
+    run_dir = None
+    with open(flagfile, encoding="utf-8") as f:
+        for line in f:
+            if line.strip().startswith("--run_dir="):
+                run_dir = line.strip().split("=", 1)[1]
+    if not run_dir:
+        raise ValueError(f"{flagfile} sets no --run_dir; every run of a set needs its own")
+    return run_dir
+
+
+def commands(name, extra_args, report_out):
+    """The train commands of the set, then the report command, as argument lists."""
+    python = [sys.executable, "-m"]
+    files = set_flagfiles(name)
+    runs = [python + ["kerasbn.train", f"--flagfile={f}"] + extra_args for f in files]
+    report = python + ["kerasbn.report", *[run_dir_of(f) for f in files],
+                       f"--out={report_out}"]
+    return runs, report
+
+
+def main(argv):
+    if len(argv) != 2:
+        raise app.UsageError("give one experiment set name, e.g. study_quick")
+    extra = [f"--{name}={FLAGS[name].value}" for name in ("data_dir", "precision")
+             if FLAGS[name].value]
+    try:
+        runs, report = commands(argv[1], extra, FLAGS.report_out or
+                                os.path.join("runs", os.path.basename(argv[1]), "report"))
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    if FLAGS.dry_run:
+        for command in runs + [report]:
+            print(shlex.join(command))
+        return
+    for index, command in enumerate(runs, start=1):
+        print(f"== run {index}/{len(runs)}: {shlex.join(command)}", flush=True)
+        if subprocess.run(command).returncode != 0:
+            sys.exit(f"error: run {index} failed; fix it and rerun (finished runs resume)")
+    sys.exit(subprocess.run(report).returncode)
+
+
+def define_flags():
+    """Defines this command's flags (only when run as a command, so modules import together)."""
+    flags.DEFINE_string("data_dir", None, "Dataset for every run (overrides the flagfiles).")
+    flags.DEFINE_string("precision", None, "Precision for every run (overrides the flagfiles).")
+    flags.DEFINE_bool("dry_run", False, "Print the commands instead of running them.")
+    flags.DEFINE_string("report_out", None, "Report directory (default runs/SET/report).")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

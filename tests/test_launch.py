@@ -1,0 +1,46 @@
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_dry_run_prints_the_sets_commands_then_the_report():
+    done = subprocess.run([sys.executable, "-m", "kerasbn.launch", "study_quick", "--dry_run",
+                           "--data_dir=data/other", "--precision=float32"], cwd=ROOT,
+                          capture_output=True, text=True,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    names = ["1_baseline_long_step", "2_bn_long_step", "3_bn_short_step",
+             "4_bn_multistep_no_dropout"]
+    for line, name in zip(lines, names):
+        assert line.endswith(f"-m kerasbn.train --flagfile=launch/sets/study_quick/{name}.flags"
+                             " --data_dir=data/other --precision=float32")
+    assert lines[4].endswith("-m kerasbn.report runs/study_quick/baseline_long_step "
+                             "runs/study_quick/bn_long_step runs/study_quick/bn_short_step "
+                             "runs/study_quick/bn_multistep_no_dropout "
+                             "--out=runs/study_quick/report")
+    assert len(lines) == 5
+
+
+def test_every_set_flagfile_is_a_valid_training_flagfile():
+    from absl import flags as absl_flags
+    from kerasbn import flags as train_flags
+    sets = os.path.join(ROOT, "launch", "sets")
+    cwd = os.getcwd()
+    os.chdir(ROOT)  # nested --flagfile paths are relative to the repository root
+    try:
+        for name in sorted(os.listdir(sets)):
+            for flagfile in sorted(os.listdir(os.path.join(sets, name))):
+                absl_flags.FLAGS.unparse_flags()
+                absl_flags.FLAGS(["x", f"--flagfile=launch/sets/{name}/{flagfile}"])
+                config = train_flags.schedule_config()
+                assert absl_flags.FLAGS.run_dir.startswith(f"runs/{name}/"), flagfile
+                if "multistep_no_dropout" in flagfile:
+                    assert config["lr_policy"] == "multistep_no_dropout"
+                    assert not absl_flags.FLAGS.dropout  # 0, or the BN networks' default 0
+                if "long_step" in flagfile or "short_step" in flagfile:
+                    assert absl_flags.FLAGS.dropout == 0.4
+    finally:
+        os.chdir(cwd)
