@@ -204,8 +204,11 @@ def differences(path):
         old = parse_flagfile(f.read())
     new = parse_flagfile(flagfile_text())
     names = sorted((set(old) | set(new)) - set(_NOT_RUN_DEFINING))
+    # A flag newer than the run's flags.txt, left at its default, does not change the run.
+    newer_at_default = lambda name: (name not in old and name in FLAGS
+                                     and FLAGS[name].value == FLAGS[name].default)
     return [(name, old.get(name), new.get(name)) for name in names
-            if old.get(name) != new.get(name)]
+            if old.get(name) != new.get(name) and not newer_at_default(name)]
 
 
 def model_kwargs(config):

@@ -225,6 +225,11 @@ def make_norm(name, momentum=None, epsilon=None, name_prefix=None):
     if name == "none":
         return keras.layers.Identity(name=name_prefix)
     # Keras keeps its moving statistics in float32 under mixed precision on its own.
+    if name == "renorm":
+        # Unclipped, renorm normalises by the (initially meaningless) moving statistics from
+        # the first step and does not train; rmax 3 and dmax 5 are the paper's final bounds.
+        return keras.layers.BatchNormalization(
+            momentum=momentum, epsilon=epsilon, renorm=True, renorm_momentum=momentum,
+            renorm_clipping={"rmax": 3.0, "rmin": 1 / 3.0, "dmax": 5.0}, name=name_prefix)
     return keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon,
-                                           renorm=name == "renorm",
                                            synchronized=name == "sync", name=name_prefix)

@@ -244,3 +244,17 @@ def test_precise_bn_run(small_data, tmp_path):
     entries = metrics.read_metrics(run_dir)
     assert [e["iteration"] for e in entries] == [0, 5, 10]
     assert all(np.isfinite(e["test_loss"]) for e in entries)
+
+
+def test_run_from_before_a_new_flag_still_resumes(finished_run, small_data):
+    path = os.path.join(finished_run, "flags.txt")
+    text = open(path).read()
+    try:
+        with open(path, "w") as f:
+            f.write("".join(line + "\n" for line in text.splitlines()
+                            if not line.startswith(("--precise_bn", "--nostop_at_target"))))
+        run_train(_args(small_data, finished_run, max_iter=40))
+        assert len(metrics.read_metrics(finished_run)) == 5
+    finally:
+        with open(path, "w") as f:
+            f.write(text)
