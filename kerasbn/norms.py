@@ -20,7 +20,7 @@ DEFAULTS = {"keras": (0.99, 1e-3), "renorm": (0.99, 1e-3), "sync": (0.99, 1e-3),
             "nvidia_caffe": (0.999, 1e-5), "none": (None, None)}
 
 
-class _CaffeNorm(keras.layers.Layer):
+class CaffeNorm(keras.layers.Layer):
     """Per-channel (last axis) normalisation with a learned scale and shift (start 1 and 0);
     subclasses define the running statistics and how they are used."""
 
@@ -68,7 +68,7 @@ class _CaffeNorm(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kerasbn")
-class BVLCBatchNorm(_CaffeNorm):
+class BVLCBatchNorm(CaffeNorm):
     """BVLC Caffe BatchNorm + Scale (BVLC/caffe src/caffe/layers/batch_norm_layer.cpp).
 
     ```
@@ -105,7 +105,7 @@ class BVLCBatchNorm(_CaffeNorm):
 
 
 @keras.saving.register_keras_serializable(package="kerasbn")
-class WindowsBatchNorm(_CaffeNorm):
+class WindowsBatchNorm(CaffeNorm):
     """caffe-windows BN (happynear/caffe-windows, src/caffe/layers/bn_layer.cpp at 6e82e123).
 
     ```
@@ -132,7 +132,7 @@ class WindowsBatchNorm(_CaffeNorm):
 
 
 @keras.saving.register_keras_serializable(package="kerasbn")
-class NvidiaBatchNorm(_CaffeNorm):
+class NvidiaBatchNorm(CaffeNorm):
     """NVIDIA Caffe 0.15 BatchNorm, cuDNN engine (NVIDIA/caffe v0.15.14,
     src/caffe/layers/cudnn_batch_norm_layer.cu), on TensorFlow's fused kernel, which computes
     exactly this on CPU and GPU (FusedBatchNormV3 with exponential_avg_factor).
@@ -171,7 +171,7 @@ class NvidiaBatchNorm(_CaffeNorm):
 
 
 @keras.saving.register_keras_serializable(package="kerasbn")
-class NvidiaCaffeBatchNorm(_CaffeNorm):
+class NvidiaCaffeBatchNorm(CaffeNorm):
     """NVIDIA Caffe 0.15 BatchNorm, CAFFE (CPU) engine (src/caffe/layers/batch_norm_layer.cpp).
 
     ```

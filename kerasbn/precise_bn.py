@@ -16,7 +16,7 @@ from kerasbn import norms
 
 def bn_layers(model):
     """The layers of `model` that keep running statistics, in order."""
-    kinds = (keras.layers.BatchNormalization, norms._CaffeNorm)
+    kinds = (keras.layers.BatchNormalization, norms.CaffeNorm)
     return [layer for layer in model.layers if isinstance(layer, kinds)]
 
 
