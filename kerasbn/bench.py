@@ -39,7 +39,7 @@ def bare_reading(data_dir, manifest, batch_size):
     """The reference: the same shards read as bare records, batched, nothing parsed."""
     files = records.split_files(data_dir, manifest, "train")
     dataset = tf.data.Dataset.from_tensor_slices(files).repeat().interleave(
-        lambda f: tf.data.TFRecordDataset(f, manifest.get("compression") or None),
+        lambda f: tf.data.TFRecordDataset(f, input_lib.compression(manifest)),
         cycle_length=min(8, len(files)), num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 

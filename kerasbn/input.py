@@ -12,7 +12,8 @@ import tensorflow as tf
 from kerasbn import records
 
 
-def _compression(manifest):
+def compression(manifest):
+    """The TFRecord compression type of a dataset (None when uncompressed)."""
     return manifest.get("compression") or None
 
 
@@ -25,7 +26,7 @@ def check_shards(data_dir, manifest, split):
     expected = [height, width, manifest["channels"]]
     for path in records.split_files(data_dir, manifest, split):
         try:
-            first = next(iter(tf.data.TFRecordDataset(path, _compression(manifest)).take(1)),
+            first = next(iter(tf.data.TFRecordDataset(path, compression(manifest)).take(1)),
                          None)
         except tf.errors.OpError as e:
             raise records.DataError(f"{path} cannot be read as a TFRecord shard ({e.message}); "
@@ -101,7 +102,7 @@ def train_dataset(data_dir, manifest, batch_size, seed=0, shuffle_buffer=16384, 
     dataset = dataset.shuffle(len(files), seed=stream_seed, reshuffle_each_iteration=True)
     dataset = dataset.repeat()
     dataset = dataset.interleave(
-        lambda f: tf.data.TFRecordDataset(f, _compression(manifest)),
+        lambda f: tf.data.TFRecordDataset(f, compression(manifest)),
         cycle_length=min(cycle_length, len(files)), block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.shuffle(shuffle_buffer, seed=stream_seed + 1,
@@ -126,7 +127,7 @@ def test_dataset(data_dir, manifest, batch_size, split="test", input_context=Non
     files = records.split_files(data_dir, manifest, split)
     if input_context is not None and input_context.num_input_pipelines > 1:
         files = files[input_context.input_pipeline_id::input_context.num_input_pipelines]
-    dataset = tf.data.TFRecordDataset(files, _compression(manifest))
+    dataset = tf.data.TFRecordDataset(files, compression(manifest))
     dataset = dataset.batch(batch_size, drop_remainder=False)
     parse = _parser(manifest)
 
