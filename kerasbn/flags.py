@@ -5,7 +5,7 @@ Other commands define their own flags in their own module.
 
 import os
 
-from absl import flags
+from absl import app, flags
 
 from kerasbn import models, norms, records, schedules
 
@@ -170,6 +170,34 @@ def schedule_config():
 
 def _increasing(values):
     return list(values) == sorted(set(values)) and all(v > 0 for v in values)
+
+
+def parse_argv(argv):
+    """Parses argv as absl does, except that a repeatable flag given on the command line
+    replaces the flagfiles' values (app.run's flags_parser for commands taking training flags).
+
+    absl alone appends: a flagfile's --stepvalue=600 plus --stepvalue=400 on the command line
+    would give the schedule both steps, where a user overriding a flagfile means only 400.
+    """
+    repeatable = {flag.name for flag in FLAGS.get_flags_for_module(__name__)
+                  if isinstance(flag, flags.MultiFlag)}
+    args = list(argv[1:])
+    for i, arg in enumerate(args[:-1]):
+        if arg in ("--flagfile", "-flagfile"):
+            args[i:i + 2] = [f"--flagfile={args[i + 1]}", None]
+    given = {_flag_name(arg) for arg in args if arg} & repeatable
+    expanded = [argv[0]]
+    for arg in filter(None, args):
+        if _flag_name(arg) == "flagfile":
+            expanded += [line for line in FLAGS.read_flags_from_files([arg], force_gnu=False)
+                         if _flag_name(line) not in given]
+        else:
+            expanded.append(arg)
+    return app.parse_flags_with_usage(expanded)
+
+
+def _flag_name(arg):
+    return arg.lstrip("-").split("=", 1)[0] if arg.startswith("-") and arg != "--" else None
 
 
 def flag_names():

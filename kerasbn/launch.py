@@ -2,9 +2,11 @@
 
     python -m kerasbn.launch study_quick                      # the study's four runs, small
     python -m kerasbn.launch study --data_dir=data/casia --dry_run > jobs.txt   # for a queue
+    python -m kerasbn.launch study_quick --data_dir=data/att --run_root=runs/study_quick_att
 
 Each flagfile of the set is one `python -m kerasbn.train --flagfile=...` run; --data_dir
-and --precision, when given, are passed to every run. --dry_run prints the commands (one per
+and --precision, when given, are passed to every run. --run_root moves every run dir (and the
+report) under one directory, so the same set on other data does not resume the first runs. --dry_run prints the commands (one per
 line, for a cluster queue) instead of running them; the last line is the report command.
 """
 
@@ -43,13 +45,24 @@ def run_dir_of(flagfile):
     return run_dir
 
 
-def commands(name, extra_args, report_out):
-    """The train commands of the set, then the report command, as argument lists."""
+def commands(name, extra_args, report_out=None, run_root=None):
+    """The train commands of the set, then the report command, as argument lists.
+
+    With `run_root`, run k goes to RUN_ROOT/<basename of its flagfile's run dir>; the report
+    defaults to RUN_ROOT/report, else to runs/SET/report.
+    """
     python = [sys.executable, "-m"]
     files = set_flagfiles(name)
-    runs = [python + ["kerasbn.train", f"--flagfile={f}"] + extra_args for f in files]
-    report = python + ["kerasbn.report", *[run_dir_of(f) for f in files],
-                       f"--out={report_out}"]
+    run_dirs = [run_dir_of(f) for f in files]
+    if run_root:
+        run_dirs = [os.path.join(run_root, os.path.basename(d.rstrip("/"))) for d in run_dirs]
+        if len(set(run_dirs)) < len(run_dirs):
+            raise ValueError(f"two runs of set {name!r} share a run dir name under {run_root}")
+    runs = [python + ["kerasbn.train", f"--flagfile={f}"] + extra_args
+            + ([f"--run_dir={d}"] if run_root else []) for f, d in zip(files, run_dirs)]
+    report_out = report_out or os.path.join(
+        run_root or os.path.join("runs", os.path.basename(name.rstrip("/"))), "report")
+    report = python + ["kerasbn.report", *run_dirs, f"--out={report_out}"]
     return runs, report
 
 
@@ -59,8 +72,7 @@ def main(argv):
     extra = [f"--{name}={FLAGS[name].value}" for name in ("data_dir", "precision")
              if FLAGS[name].value]
     try:
-        runs, report = commands(argv[1], extra, FLAGS.report_out or
-                                os.path.join("runs", os.path.basename(argv[1]), "report"))
+        runs, report = commands(argv[1], extra, FLAGS.report_out, FLAGS.run_root)
     except ValueError as e:
         sys.exit(f"error: {e}")
     if FLAGS.dry_run:
@@ -79,7 +91,10 @@ def define_flags():
     flags.DEFINE_string("data_dir", None, "Dataset for every run (overrides the flagfiles).")
     flags.DEFINE_string("precision", None, "Precision for every run (overrides the flagfiles).")
     flags.DEFINE_bool("dry_run", False, "Print the commands instead of running them.")
-    flags.DEFINE_string("report_out", None, "Report directory (default runs/SET/report).")
+    flags.DEFINE_string("report_out", None,
+                        "Report directory (default RUN_ROOT/report, else runs/SET/report).")
+    flags.DEFINE_string("run_root", None, "Put every run dir of the set under this directory "
+                        "(e.g. runs/study_quick_att for the same set on other data).")
 
 
 if __name__ == "__main__":

@@ -235,4 +235,5 @@ def define_flags():
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    from kerasbn import flags as train_flags
+    app.run(main, flags_parser=train_flags.parse_argv)

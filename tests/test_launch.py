@@ -44,3 +44,22 @@ def test_every_set_flagfile_is_a_valid_training_flagfile():
                     assert absl_flags.FLAGS.dropout == 0.4
     finally:
         os.chdir(cwd)
+
+
+def test_run_root_moves_every_run_and_the_report():
+    from kerasbn import launch
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        runs, report = launch.commands("study_quick", ["--data_dir=data/att"],
+                                       run_root="runs/att")
+    finally:
+        os.chdir(cwd)
+    assert [r[-2:] for r in runs] == [
+        ["--data_dir=data/att", "--run_dir=runs/att/baseline_long_step"],
+        ["--data_dir=data/att", "--run_dir=runs/att/bn_long_step"],
+        ["--data_dir=data/att", "--run_dir=runs/att/bn_short_step"],
+        ["--data_dir=data/att", "--run_dir=runs/att/bn_multistep_no_dropout"]]
+    assert report[3:] == ["runs/att/baseline_long_step", "runs/att/bn_long_step",
+                          "runs/att/bn_short_step", "runs/att/bn_multistep_no_dropout",
+                          "--out=runs/att/report"]
