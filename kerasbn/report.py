@@ -7,7 +7,8 @@ Reads each run's metrics.jsonl (runs still in progress too) and flags.txt; print
 time to each target, speedup against the reference run, images/s) and draws test accuracy
 against iteration (the study's figure) and against wall time, training loss and learning
 rate as PNGs. The speedup is the reference's iterations to the target over the run's
-(REFERENCE.md section 1: 64k / 45k = 1.4x in the study).
+(REFERENCE.md section 1: 64k / 45k = 1.4x in the study); ">2.67x" when the reference never
+reached the target (the bound uses its last test), "<" when the run never did.
 """
 
 import os
@@ -36,20 +37,28 @@ def load_run(run_dir):
     if not entries:
         raise ReportError(f"{run_dir} has no metrics.jsonl lines: it is not a kerasbn run "
                           "directory, or its first test has not run yet")
-    settings = {}
+    settings, targets = {}, []
     path = train_flags.flags_path(run_dir)
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             for name, lines in train_flags.parse_flagfile(f.read()).items():
                 settings[name] = lines[-1].split("=", 1)[-1]
+                if name == "target_accuracy":
+                    targets = [float(line.split("=", 1)[-1]) for line in lines]
     return {"name": os.path.basename(os.path.normpath(run_dir)), "dir": run_dir,
-            "flags": settings, "entries": entries}
+            "flags": settings, "targets": targets, "entries": entries}
+
+
+def tracked_targets(runs):
+    """The targets the runs tracked (their --target_accuracy), ascending; else 0.8."""
+    return sorted({t for run in runs for t in run["targets"]}) or [0.8]
 
 
 def rows(runs, targets, reference):
     """One table row per run; speedups against the run named `reference`."""
     summaries = {run["dir"]: metrics.summarize(run["entries"], targets) for run in runs}
     ref = summaries[reference]["targets"]
+    ref_last = summaries[reference]["final_iteration"]
     table = []
     for run in runs:
         summary = summaries[run["dir"]]
@@ -61,13 +70,27 @@ def rows(runs, targets, reference):
                "iteration": summary["final_iteration"],
                "images_per_sec": float(np.median(speeds)) if speeds else None, "targets": {}}
         for target, hit in summary["targets"].items():
-            base = ref[target]
             row["targets"][target] = {
                 "iteration": hit and hit["iteration"], "wall_time": hit and hit["wall_time"],
-                "speedup": (base["iteration"] / hit["iteration"]
-                            if hit and base and hit["iteration"] else None)}
+                **_speedup(ref[target], ref_last, hit, summary["final_iteration"])}
         table.append(row)
     return table
+
+
+def _speedup(base, base_last, hit, last):
+    """{speedup, bound}: the reference's iterations to the target over the run's.
+
+    When only one of the two reached the target, its iterations lie beyond the other's last
+    test, so the speedup is a bound: `>` when only the run reached it, `<` when only the
+    reference did (a run short of the target still says how far ahead or behind it is).
+    """
+    if hit and base and hit["iteration"]:
+        return {"speedup": base["iteration"] / hit["iteration"], "bound": ""}
+    if hit and not base and hit["iteration"] and base_last:
+        return {"speedup": base_last / hit["iteration"], "bound": ">"}
+    if base and not hit and last:
+        return {"speedup": base["iteration"] / last, "bound": "<"}
+    return {"speedup": None, "bound": ""}
 
 
 def _cell(value, fmt):
@@ -88,7 +111,7 @@ def markdown(table, reference_name):
             hit = r["targets"][t]
             cells += [_cell(hit["iteration"], "d"),
                       "-" if hit["wall_time"] is None else f"{hit['wall_time']:.0f}s",
-                      "-" if hit["speedup"] is None else f"{hit['speedup']:.2f}x"]
+                      "-" if hit["speedup"] is None else f"{hit['bound']}{hit['speedup']:.2f}x"]
         cells.append(_cell(r["images_per_sec"], ".0f"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -140,7 +163,7 @@ def main(argv):
         runs.append(load_run(reference))
     reference = next(r["dir"] for r in runs
                      if os.path.normpath(r["dir"]) == os.path.normpath(reference))
-    targets = [float(t) for t in FLAGS.targets]
+    targets = [float(t) for t in FLAGS.targets] if FLAGS.targets else tracked_targets(runs)
     table = markdown(rows(runs, targets, reference), os.path.basename(os.path.normpath(reference)))
     os.makedirs(FLAGS.out, exist_ok=True)
     with open(os.path.join(FLAGS.out, "report.md"), "w", encoding="utf-8") as f:
@@ -154,7 +177,8 @@ def define_flags():
     """Defines this command's flags (only when run as a command, so modules import together)."""
     flags.DEFINE_string("reference", None, "Run the speedups are against (default: the first "
                         "baseline run, else the first run).")
-    flags.DEFINE_list("targets", ["0.8"], "Test top-1 targets.")
+    flags.DEFINE_list("targets", None, "Test top-1 targets (default: those the runs tracked "
+                      "with --target_accuracy, else 0.8).")
     flags.DEFINE_string("out", "report", "Directory for report.md and the PNGs.")
 
 

@@ -6,7 +6,7 @@ import pytest
 from kerasbn import report
 
 
-def _run(directory, model, accuracies, every=100, lr=0.01):
+def _run(directory, model, accuracies, every=100, lr=0.01, targets=()):
     os.makedirs(directory)
     with open(os.path.join(directory, "metrics.jsonl"), "w") as f:
         for i, a in enumerate(accuracies):
@@ -15,7 +15,8 @@ def _run(directory, model, accuracies, every=100, lr=0.01):
                                 "test_top1": a, "test_top5": a, "images_per_sec": 100.0 + i})
                     + "\n")
     with open(os.path.join(directory, "flags.txt"), "w") as f:
-        f.write(f"--model={model}\n--norm=keras\n--lr_policy=long_step\n")
+        f.write(f"--model={model}\n--norm=keras\n--lr_policy=long_step\n"
+                + "".join(f"--target_accuracy={t}\n" for t in targets))
     return str(directory)
 
 
@@ -27,11 +28,11 @@ def test_table_speedup_and_figures(tmp_path):
     assert report.default_reference(runs) == base
     table = report.rows(runs, [0.8, 0.95], base)
     assert table[0]["targets"]["0.8"] == {"iteration": 64000, "wall_time": 128000.0,
-                                          "speedup": 1.0}
+                                          "speedup": 1.0, "bound": ""}
     assert table[1]["targets"]["0.8"]["iteration"] == 45000
     assert table[1]["targets"]["0.8"]["speedup"] == pytest.approx(64 / 45)
     assert table[1]["targets"]["0.95"] == {"iteration": None, "wall_time": None,
-                                           "speedup": None}
+                                           "speedup": None, "bound": ""}
     assert (table[1]["norm"], table[0]["norm"], table[1]["policy"]) == ("keras", "-",
                                                                          "long_step")
     text = report.markdown(table, "baseline")
@@ -47,3 +48,23 @@ def test_run_in_progress_and_missing_metrics(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(report.ReportError, match="no metrics.jsonl"):
         report.load_run(str(tmp_path / "empty"))
+
+
+def test_speedup_is_a_bound_when_only_one_run_reached_the_target(tmp_path):
+    # The baseline stops at 74% after 800 iterations; BN reaches 80% at 300: more than
+    # 800 / 300 = 2.67x. A BN run stopped at 200 before 70%: less than the baseline's 600 / 200.
+    base = _run(tmp_path / "baseline", "baseline", [0.1, 0.3, 0.5, 0.6, 0.65, 0.68, 0.71, 0.73,
+                                                      0.74], targets=[0.8, 0.7])
+    bn = _run(tmp_path / "bn", "bn", [0.1, 0.5, 0.7, 0.8, 0.9], targets=[0.8])
+    short = _run(tmp_path / "short", "bn", [0.1, 0.4, 0.6])
+    runs = [report.load_run(d) for d in (base, bn, short)]
+    assert report.tracked_targets(runs) == [0.7, 0.8]
+    table = report.rows(runs, [0.7, 0.8], base)
+    assert table[1]["targets"]["0.8"]["speedup"] == pytest.approx(800 / 300)
+    assert table[1]["targets"]["0.8"]["bound"] == ">"
+    assert table[1]["targets"]["0.7"]["speedup"] == pytest.approx(600 / 200)
+    assert table[2]["targets"]["0.7"]["speedup"] == pytest.approx(600 / 200)
+    assert table[2]["targets"]["0.7"]["bound"] == "<"
+    assert table[2]["targets"]["0.8"]["speedup"] is None
+    text = report.markdown(table, "baseline")
+    assert "| 300 | 600s | >2.67x |" in text and "| - | - | <3.00x |" in text
