@@ -88,8 +88,10 @@ flags.DEFINE_integer("crop_pad", 0, "Training augmentation: pad by N pixels, ran
 flags.DEFINE_bool("mirror", False, "Training augmentation: random horizontal mirror.")
 
 FLAGS = flags.FLAGS
-# Flags that may differ between a run and its resumption.
-_NOT_RUN_DEFINING = ("run_dir", "overwrite", "display", "keep_checkpoints", "weights")
+# Flags that may differ between a run and its resumption (targets are measured afresh from
+# the whole metrics.jsonl, so a resumed run may track more of them).
+_NOT_RUN_DEFINING = ("run_dir", "overwrite", "display", "keep_checkpoints", "weights",
+                     "target_accuracy")
 
 
 class FlagError(ValueError):

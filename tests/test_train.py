@@ -258,3 +258,18 @@ def test_run_from_before_a_new_flag_still_resumes(finished_run, small_data):
     finally:
         with open(path, "w") as f:
             f.write(text)
+
+
+def test_a_resumed_run_may_track_other_targets(finished_run, small_data):
+    path = os.path.join(finished_run, "flags.txt")
+    text = open(path).read()
+    try:
+        run_train(_args(small_data, finished_run, max_iter=40) + ["--target_accuracy=0.01",
+                                                                   "--target_accuracy=0.02"])
+        summary = json.load(open(os.path.join(finished_run, "summary.json")))
+        assert set(summary["targets"]) == {"0.01", "0.02"}
+        assert summary["targets"]["0.01"]["iteration"] >= 0
+        assert "--target_accuracy=0.02" in open(path).read()
+    finally:
+        with open(path, "w") as f:
+            f.write(text)
