@@ -108,7 +108,7 @@ def describe(summary, config, export_dir):
     targets = [
         f"target top-1 {target}: " + (f"reached at iteration {hit['iteration']} "
                                       f"({hit['wall_time']:.0f}s)" if hit else "not reached")
-        for target, hit in summary["targets"].items()]
+        for target, hit in sorted(summary["targets"].items(), key=lambda t: float(t[0]))]
     run_dir = config["run_dir"]
     return "\n".join([
         f"best test top-1 {summary['best_test_top1']:.4f} (iteration "
