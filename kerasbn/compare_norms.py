@@ -22,13 +22,6 @@ from kerasbn import metrics, norms, records, train
 FLAGS = flags.FLAGS
 
 
-def stability(entries):
-    """Mean absolute change of test top-1 between consecutive tests, second half of the run."""
-    last = entries[-1]["iteration"]
-    tail = [e["test_top1"] for e in entries if e["iteration"] >= last / 2]
-    return float(np.mean(np.abs(np.diff(tail)))) if len(tail) > 1 else float("nan")
-
-
 def run_one(norm, seed, out):
     """Trains (or resumes) one run with the current training flags; returns its metrics."""
     run_dir = os.path.join(out, norm, f"seed{seed}")
@@ -57,7 +50,7 @@ def summarize(runs, target):
             "norm": norm, "seeds": len(seeds),
             "final": (np.mean(finals), np.std(finals)), "best": (np.mean(bests), np.std(bests)),
             "reached": len(hits), "iterations_to_target": np.mean(hits) if hits else None,
-            "stability": np.mean([stability(s) for s in seeds if len(s) > 2]),
+            "stability": np.mean([metrics.stability(s) for s in seeds if len(s) > 2]),
             "step_time_vs_keras": keras_speed / speed if speed and keras_speed else None,
         })
     return rows

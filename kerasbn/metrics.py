@@ -82,6 +82,15 @@ def summarize(entries, targets):
             "final_wall_time": final["wall_time"], "targets": reached}
 
 
+def stability(entries):
+    """Mean absolute change of test top-1 between consecutive tests over the second half of
+    the run: how much the test curve jumps once training has settled (REFERENCE.md's side
+    study compared BN implementations by it)."""
+    last = entries[-1]["iteration"]
+    tail = [e["test_top1"] for e in entries if e["iteration"] >= last / 2]
+    return float(np.mean(np.abs(np.diff(tail)))) if len(tail) > 1 else float("nan")
+
+
 def write_summary(run_dir, summary):
     path = os.path.join(run_dir, SUMMARY_NAME)
     with open(path + ".tmp", "w", encoding="utf-8") as f:

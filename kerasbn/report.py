@@ -4,11 +4,13 @@
 
 Reads each run's metrics.jsonl (runs still in progress too) and flags.txt; prints a table
 (terminal and Markdown: network, norm, policy, best and final test top-1, iterations and wall
-time to each target, speedup against the reference run, images/s) and draws test accuracy
-against iteration (the study's figure) and against wall time, training loss and learning
-rate as PNGs. The speedup is the reference's iterations to the target over the run's
+time to each target, speedup against the reference run, test jump, images/s) and draws test
+accuracy against iteration (the study's figure) and against wall time, training loss and
+learning rate as PNGs. The speedup is the reference's iterations to the target over the run's
 (REFERENCE.md section 1: 64k / 45k = 1.4x in the study); ">2.67x" when the reference never
-reached the target (the bound uses its last test), "<" when the run never did.
+reached the target (the bound uses its last test), "<" when the run never did. The test
+jump is the mean absolute change of test top-1 between consecutive tests over the second half
+of the run (`metrics.stability`): how much stale BN statistics shake the test curve.
 """
 
 import os
@@ -68,6 +70,7 @@ def rows(runs, targets, reference):
                else "-", "policy": run["flags"].get("lr_policy", "?"),
                "best": summary["best_test_top1"], "final": summary["final_test_top1"],
                "iteration": summary["final_iteration"],
+               "jump": metrics.stability(run["entries"]),
                "images_per_sec": float(np.median(speeds)) if speeds else None, "targets": {}}
         for target, hit in summary["targets"].items():
             row["targets"][target] = {
@@ -102,7 +105,7 @@ def markdown(table, reference_name):
     head = ["run", "network", "norm", "policy", "best top-1", "final top-1 (iter)"]
     for t in targets:
         head += [f"iters to {t}", f"time to {t}", f"speedup at {t} vs {reference_name}"]
-    head.append("images/s")
+    head += ["test jump", "images/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table:
         cells = [r["run"], r["network"], r["norm"], r["policy"], f"{r['best']:.4f}",
@@ -112,7 +115,8 @@ def markdown(table, reference_name):
             cells += [_cell(hit["iteration"], "d"),
                       "-" if hit["wall_time"] is None else f"{hit['wall_time']:.0f}s",
                       "-" if hit["speedup"] is None else f"{hit['bound']}{hit['speedup']:.2f}x"]
-        cells.append(_cell(r["images_per_sec"], ".0f"))
+        cells += ["-" if np.isnan(r["jump"]) else f"{r['jump']:.3f}",
+                  _cell(r["images_per_sec"], ".0f")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

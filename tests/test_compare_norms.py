@@ -3,7 +3,7 @@ import os
 import pytest
 from absl import flags as absl_flags
 
-from kerasbn import compare_norms
+from kerasbn import compare_norms, metrics
 
 
 def _entries(accuracies, every=10, speed=100.0):
@@ -13,7 +13,7 @@ def _entries(accuracies, every=10, speed=100.0):
 
 def test_stability_is_the_mean_jump_over_the_second_half():
     entries = _entries([0.1, 0.5, 0.9, 0.7, 0.8, 0.6])  # tests at 30, 40, 50 are the tail
-    assert compare_norms.stability(entries) == pytest.approx((0.1 + 0.2) / 2)
+    assert metrics.stability(entries) == pytest.approx((0.1 + 0.2) / 2)
 
 
 def test_summary_table_on_scripted_runs():

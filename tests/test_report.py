@@ -38,6 +38,9 @@ def test_table_speedup_and_figures(tmp_path):
     text = report.markdown(table, "baseline")
     assert "| bn | bn | keras | long_step | 0.8500 | 0.8500 (46000) | 45000 | 90000s | 1.42x |" \
         in text
+    # Second half of the BN run: tests at 23k..46k, all 0.1 but for the last two (0.81, 0.85).
+    assert table[1]["jump"] == pytest.approx((0.71 + 0.04) / 23)
+    assert "| 0.033 | 123 |" in text  # images/s: the median of 100 .. 146
     for path in report.plot(runs, str(tmp_path)):
         assert os.path.getsize(path) > 10_000
 
