@@ -3,6 +3,7 @@
     python -m kerasbn.launch study_quick                      # the study's four runs, small
     python -m kerasbn.launch study --data_dir=data/casia --dry_run > jobs.txt   # for a queue
     python -m kerasbn.launch study_quick --data_dir=data/att --run_root=runs/study_quick_att
+    python -m kerasbn.launch beyond_quick --reference=runs/study_quick/bn_multistep_no_dropout
 
 Each flagfile of the set is one `python -m kerasbn.train --flagfile=...` run; --data_dir
 and --precision, when given, are passed to every run. --run_root moves every run dir (and the
@@ -45,7 +46,7 @@ def run_dir_of(flagfile):
     return run_dir
 
 
-def commands(name, extra_args, report_out=None, run_root=None):
+def commands(name, extra_args, report_out=None, run_root=None, reference=None):
     """The train commands of the set, then the report command, as argument lists.
 
     With `run_root`, run k goes to RUN_ROOT/<basename of its flagfile's run dir>; the report
@@ -62,7 +63,8 @@ def commands(name, extra_args, report_out=None, run_root=None):
             + ([f"--run_dir={d}"] if run_root else []) for f, d in zip(files, run_dirs)]
     report_out = report_out or os.path.join(
         run_root or os.path.join("runs", os.path.basename(name.rstrip("/"))), "report")
-    report = python + ["kerasbn.report", *run_dirs, f"--out={report_out}"]
+    report = python + ["kerasbn.report", *run_dirs, f"--out={report_out}"] + (
+        [f"--reference={reference}"] if reference else [])
     return runs, report
 
 
@@ -72,7 +74,8 @@ def main(argv):
     extra = [f"--{name}={FLAGS[name].value}" for name in ("data_dir", "precision")
              if FLAGS[name].value]
     try:
-        runs, report = commands(argv[1], extra, FLAGS.report_out, FLAGS.run_root)
+        runs, report = commands(argv[1], extra, FLAGS.report_out, FLAGS.run_root,
+                                FLAGS.reference)
     except ValueError as e:
         sys.exit(f"error: {e}")
     if FLAGS.dry_run:
@@ -93,6 +96,8 @@ def define_flags():
     flags.DEFINE_bool("dry_run", False, "Print the commands instead of running them.")
     flags.DEFINE_string("report_out", None,
                         "Report directory (default RUN_ROOT/report, else runs/SET/report).")
+    flags.DEFINE_string("reference", None, "Run dir the report's speedups are against, also "
+                        "one outside the set (default: the set's baseline, else its first run).")
     flags.DEFINE_string("run_root", None, "Put every run dir of the set under this directory "
                         "(e.g. runs/study_quick_att for the same set on other data).")
 

@@ -52,7 +52,7 @@ def test_run_root_moves_every_run_and_the_report():
     os.chdir(ROOT)
     try:
         runs, report = launch.commands("study_quick", ["--data_dir=data/att"],
-                                       run_root="runs/att")
+                                       run_root="runs/att", reference="runs/best")
     finally:
         os.chdir(cwd)
     assert [r[-2:] for r in runs] == [
@@ -62,4 +62,4 @@ def test_run_root_moves_every_run_and_the_report():
         ["--data_dir=data/att", "--run_dir=runs/att/bn_multistep_no_dropout"]]
     assert report[3:] == ["runs/att/baseline_long_step", "runs/att/bn_long_step",
                           "runs/att/bn_short_step", "runs/att/bn_multistep_no_dropout",
-                          "--out=runs/att/report"]
+                          "--out=runs/att/report", "--reference=runs/best"]
