@@ -160,15 +160,15 @@ def main(argv):
         raise app.UsageError("give one or more run directories")
     try:
         runs = [load_run(d) for d in argv[1:]]
+        wanted = os.path.normpath(FLAGS.reference or default_reference(runs))
+        reference = next((r for r in runs if os.path.normpath(r["dir"]) == wanted), None)
+        if reference is None:
+            reference = load_run(FLAGS.reference)
+            runs.append(reference)
     except ReportError as e:
         sys.exit(f"error: {e}")
-    reference = FLAGS.reference or default_reference(runs)
-    if os.path.normpath(reference) not in {os.path.normpath(r["dir"]) for r in runs}:
-        runs.append(load_run(reference))
-    reference = next(r["dir"] for r in runs
-                     if os.path.normpath(r["dir"]) == os.path.normpath(reference))
     targets = [float(t) for t in FLAGS.targets] if FLAGS.targets else tracked_targets(runs)
-    table = markdown(rows(runs, targets, reference), os.path.basename(os.path.normpath(reference)))
+    table = markdown(rows(runs, targets, reference["dir"]), reference["name"])
     os.makedirs(FLAGS.out, exist_ok=True)
     with open(os.path.join(FLAGS.out, "report.md"), "w", encoding="utf-8") as f:
         f.write(table)

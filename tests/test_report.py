@@ -71,3 +71,17 @@ def test_speedup_is_a_bound_when_only_one_run_reached_the_target(tmp_path):
     assert table[2]["targets"]["0.8"]["speedup"] is None
     text = report.markdown(table, "baseline")
     assert "| 300 | 600s | >2.67x |" in text and "| - | - | <3.00x |" in text
+
+
+def test_a_missing_reference_is_one_clear_error(tmp_path):
+    import subprocess
+    import sys
+    run = _run(tmp_path / "bn", "bn", [0.1, 0.5])
+    done = subprocess.run([sys.executable, "-m", "kerasbn.report", run,
+                           f"--reference={tmp_path / 'nope'}", f"--out={tmp_path / 'out'}"],
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          capture_output=True, text=True,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert f"error: {tmp_path / 'nope'} has no metrics.jsonl lines" in done.stderr
