@@ -7,8 +7,9 @@
 
 Each flagfile of the set is one `python -m kerasbn.train --flagfile=...` run; --data_dir
 and --precision, when given, are passed to every run. --run_root moves every run dir (and the
-report) under one directory, so the same set on other data does not resume the first runs. --dry_run prints the commands (one per
-line, for a cluster queue) instead of running them; the last line is the report command.
+report) under one directory, so the same set on other data does not resume the first runs.
+--dry_run prints the commands (one per line, for a cluster queue) instead of running them;
+the last line is the report command.
 """
 
 import glob

@@ -97,7 +97,8 @@ def train(config):
                   callbacks=[events], verbose=0, shuffle=False)
     summary = metrics.summarize(metrics.read_metrics(run_dir), config["target_accuracy"])
     metrics.write_summary(run_dir, summary)
-    export_dir = export.export_saved_model(model, manifest, os.path.join(run_dir, export.EXPORT_NAME))
+    export_dir = export.export_saved_model(model, manifest,
+                                           os.path.join(run_dir, export.EXPORT_NAME))
     return summary, export_dir
 
 
