@@ -41,9 +41,10 @@ def summarize(runs, target):
     rows = []
     keras_speed = _speed(runs.get("keras", []))
     for norm, seeds in runs.items():
-        finals = [s[-1]["test_top1"] for s in seeds if s]
-        bests = [max(e["test_top1"] for e in s) for s in seeds if s]
-        reached = [metrics.summarize(s, [target])["targets"][f"{target:g}"] for s in seeds if s]
+        summaries = [metrics.summarize(s, [target]) for s in seeds if s]
+        finals = [m["final_test_top1"] for m in summaries]
+        bests = [m["best_test_top1"] for m in summaries]
+        reached = [m["targets"][f"{target:g}"] for m in summaries]
         hits = [r["iteration"] for r in reached if r]
         speed = _speed(seeds)
         rows.append({
@@ -57,8 +58,7 @@ def summarize(runs, target):
 
 
 def _speed(seeds):
-    rates = [e["images_per_sec"] for s in seeds for e in s if e.get("images_per_sec")]
-    return float(np.median(rates)) if rates else None
+    return metrics.median_speed([e for s in seeds for e in s])
 
 
 def markdown(rows, target):

@@ -91,6 +91,12 @@ def stability(entries):
     return float(np.mean(np.abs(np.diff(tail)))) if len(tail) > 1 else float("nan")
 
 
+def median_speed(entries):
+    """Median training images/s over the entries that measured it (None if none did)."""
+    rates = [e["images_per_sec"] for e in entries if e.get("images_per_sec")]
+    return float(np.median(rates)) if rates else None
+
+
 def write_summary(run_dir, summary):
     path = os.path.join(run_dir, SUMMARY_NAME)
     with open(path + ".tmp", "w", encoding="utf-8") as f:

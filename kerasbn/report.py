@@ -64,14 +64,13 @@ def rows(runs, targets, reference):
     table = []
     for run in runs:
         summary = summaries[run["dir"]]
-        speeds = [e["images_per_sec"] for e in run["entries"] if e.get("images_per_sec")]
         row = {"run": run["name"], "network": run["flags"].get("model", "?"),
                "norm": run["flags"].get("norm", "-") if run["flags"].get("model") != "baseline"
                else "-", "policy": run["flags"].get("lr_policy", "?"),
                "best": summary["best_test_top1"], "final": summary["final_test_top1"],
                "iteration": summary["final_iteration"],
                "jump": metrics.stability(run["entries"]),
-               "images_per_sec": float(np.median(speeds)) if speeds else None, "targets": {}}
+               "images_per_sec": metrics.median_speed(run["entries"]), "targets": {}}
         for target, hit in summary["targets"].items():
             row["targets"][target] = {
                 "iteration": hit and hit["iteration"], "wall_time": hit and hit["wall_time"],
