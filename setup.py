@@ -8,7 +8,12 @@ setup(
     description="The Batch Normalization face-recognition study, rebuilt on TensorFlow/Keras",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["kerasbn", "kerasbn.*", "data_tools", "data_tools.*"]),
+    packages=find_packages(include=["kerasbn", "kerasbn.*", "data_tools", "data_tools.*"])
+    + ["kerasbn.launch_files"],
+    # The flagfiles stay at launch/ in the repository (the README's paths) and install as
+    # kerasbn.launch_files, where python -m kerasbn.launch finds the experiment sets.
+    package_dir={"kerasbn.launch_files": "launch"},
+    package_data={"kerasbn.launch_files": ["*.flags", "*/*.flags", "sets/*/*.flags"]},
     python_requires=">=3.11",
     install_requires=[
         "tensorflow>=2.21,<2.22",

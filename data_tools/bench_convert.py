@@ -12,15 +12,16 @@ shared 2-core VM can be well below 2.
 import multiprocessing
 import os
 import tempfile
+import sys
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from PIL import Image
 
 from data_tools import build_records
+from kerasbn import cli
 
-FLAGS = flags.FLAGS
 
 
 def make_jpegs(root, count, size, per_identity=20, seed=0):
@@ -70,24 +71,24 @@ def bench_convert(count, size, workers, repeats):
 
 
 def main(argv):
-    del argv
-    workers = [int(w) for w in FLAGS.workers]
-    rates, ceiling = bench_convert(FLAGS.images, FLAGS.size, workers, FLAGS.repeats)
+    values, args = cli.parse(argv, define_flags, __doc__)
+    workers = [int(w) for w in values.workers]
+    rates, ceiling = bench_convert(values.images, values.size, workers, values.repeats)
     for n, rate in rates.items():
-        print(f"{FLAGS.images} {FLAGS.size}x{FLAGS.size} RGB JPEGs, --workers {n}: "
+        print(f"{values.images} {values.size}x{values.size} RGB JPEGs, --workers {n}: "
               f"{rate:.0f} images/s, {rate / rates[workers[0]]:.2f}x --workers {workers[0]}; "
               f"machine ceiling (CPU-bound Python in {n} processes) "
               f"{ceiling[n] / ceiling[workers[0]]:.2f}x")
 
 
-def define_flags():
-    """Defines this command's flags (only when run as a command, so modules import together)."""
-    flags.DEFINE_integer("images", 2000, "JPEGs to generate and convert.")
-    flags.DEFINE_integer("size", 250, "Their width and height.")
-    flags.DEFINE_list("workers", ["1", "2"], "--workers values to compare; ratios to the first.")
-    flags.DEFINE_integer("repeats", 3, "Timed conversions per value; the best counts.")
+def define_flags(values):
+    on = {"flag_values": values}
+    flags.DEFINE_integer("images", 2000, "JPEGs to generate and convert.", **on)
+    flags.DEFINE_integer("size", 250, "Their width and height.", **on)
+    flags.DEFINE_list("workers", ["1", "2"], "--workers values to compare; ratios to the first.",
+                      **on)
+    flags.DEFINE_integer("repeats", 3, "Timed conversions per value; the best counts.", **on)
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    main(sys.argv)

@@ -21,14 +21,13 @@ import sys
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from PIL import Image
 
 from data_tools import images, shards, sources
-from kerasbn import records
+from kerasbn import atomic, cli, records
 from kerasbn.progress import Progress
 
-FLAGS = flags.FLAGS
 STATE_DIR = ".build"
 ENCODE_BATCH = 32
 PAIRS_NAME = "pairs.txt"
@@ -166,9 +165,7 @@ def write_split(out, split, items, encoder, args, progress):
                 state = json.load(f)
         else:
             state = _write_shard(path, chunk, encoder, args)
-            with open(state_path + ".tmp", "w", encoding="utf-8") as f:
-                json.dump(state, f)
-            os.replace(state_path + ".tmp", state_path)
+            atomic.write_json(state_path, state, indent=None)
         progress.update(len(chunk))
         if state["count"]:
             entry["files"].append(name)
@@ -222,9 +219,7 @@ def write_pairs(path, holdout, written, count, seed):
         a, b = labels[a], labels[b]
         lines.append(f"{holdout[a]}\t{rng.integers(len(per_identity[a])) + 1}\t"
                      f"{holdout[b]}\t{rng.integers(len(per_identity[b])) + 1}")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(f"1\t{count}\n" + "\n".join(lines) + "\n")
-    os.replace(path + ".tmp", path)
+    atomic.write_text(path, f"1\t{count}\n" + "\n".join(lines) + "\n")
     return count
 
 
@@ -277,8 +272,7 @@ def _prepare(out, args, overwrite):
                 if name.endswith(".tfrecord"):
                     os.remove(os.path.join(out, name))
     os.makedirs(state_dir, exist_ok=True)
-    with open(args_path, "w", encoding="utf-8") as f:
-        json.dump(args, f)
+    atomic.write_json(args_path, args, indent=None)
 
 
 def build(source, out, root=None, image_size=None, channels=None, resize_mode="crop",
@@ -350,44 +344,52 @@ def build(source, out, root=None, image_size=None, channels=None, resize_mode="c
 
 
 def main(argv):
-    if len(argv) != 2:
-        raise app.UsageError("give one SOURCE: a folder tree, a list file or "
+    values, args = cli.parse(argv, define_flags, __doc__)
+    if len(args) != 1:
+        sys.exit("error: " "give one SOURCE: a folder tree, a list file or "
                              "cifar-10-batches-py")
-    if not FLAGS.out:
+    if not values.out:
         sys.exit("error: --out is required")
     try:
-        build(argv[1], FLAGS.out, FLAGS.root, FLAGS.image_size,
-              int(FLAGS.channels) if FLAGS.channels else None,
-              FLAGS.resize_mode, FLAGS.boxes, FLAGS.test_fraction, FLAGS.holdout_identities,
-              FLAGS.pairs, FLAGS.min_images_per_identity, FLAGS.seed, FLAGS.shard_size,
-              FLAGS.encoding, "GZIP" if FLAGS.gzip else "", FLAGS.workers, FLAGS.overwrite,
-              command="python -m data_tools.build_records " + " ".join(argv[1:] + sys.argv[2:]))
+        build(args[0], values.out, values.root, values.image_size,
+              int(values.channels) if values.channels else None,
+              values.resize_mode, values.boxes, values.test_fraction, values.holdout_identities,
+              values.pairs, values.min_images_per_identity, values.seed, values.shard_size,
+              values.encoding, "GZIP" if values.gzip else "", values.workers, values.overwrite,
+              command="python -m data_tools.build_records " + " ".join(sys.argv[1:]))
     except records.DataError as e:
         sys.exit(f"error: {e}")
 
 
-def define_flags():
-    """Defines this command's flags (only when run as a command, so modules import together)."""
-    flags.DEFINE_string("out", None, "Directory to write the shards and manifest.json into.")
+def define_flags(values):
+    on = {"flag_values": values}
+    flags.DEFINE_string("out", None, "Directory to write the shards and manifest.json into.", **on)
     flags.DEFINE_string("root", None, "List files: the directory their paths are relative to "
-                        "(default: the list file's directory).")
-    flags.DEFINE_integer("image_size", None, "Output height and width (default 50; CIFAR-10 32).")
-    flags.DEFINE_enum("channels", None, ["1", "3"], "1 grayscale or 3 RGB (default 1; CIFAR-10 3).")
+                        "(default: the list file's directory).", **on)
+    flags.DEFINE_integer("image_size", None, "Output height and width (default 50; CIFAR-10 32).",
+                         **on)
+    flags.DEFINE_enum("channels", None, ["1", "3"], "1 grayscale or 3 RGB (default 1; CIFAR-10 3).",
+                      **on)
     flags.DEFINE_enum("resize_mode", "crop", images.RESIZE_MODES, "crop: keep the aspect, crop "
-                      "the centre; pad: keep the aspect, pad black; stretch: ignore the aspect.")
-    flags.DEFINE_string("boxes", None, "CSV of `file,x,y,w,h` face boxes cropped before resizing.")
-    flags.DEFINE_float("test_fraction", 0.2, "Fraction of each training identity's images in test.")
-    flags.DEFINE_integer("holdout_identities", 0, "Identities kept out of training (split holdout).")
-    flags.DEFINE_integer("pairs", 0, "Matched and mismatched holdout pairs for pairs.txt (LFW format).")
-    flags.DEFINE_integer("min_images_per_identity", 1, "Drop identities with fewer files.")
-    flags.DEFINE_integer("seed", 0, "Seed of the splits and the record order.")
-    flags.DEFINE_integer("shard_size", 4096, "Records per shard.")
-    flags.DEFINE_enum("encoding", "raw", ["raw", "png"], "raw (fastest to read) or png (smaller).")
-    flags.DEFINE_bool("gzip", False, "GZIP-compress the shards.")
-    flags.DEFINE_integer("workers", max(1, os.cpu_count() or 1), "Decoding processes.")
-    flags.DEFINE_bool("overwrite", False, "Replace a dataset already in --out.")
+                      "the centre; pad: keep the aspect, pad black; stretch: ignore the aspect.",
+                      **on)
+    flags.DEFINE_string("boxes", None, "CSV of `file,x,y,w,h` face boxes cropped before resizing.",
+                        **on)
+    flags.DEFINE_float("test_fraction", 0.2, "Fraction of each training identity's images in test.",
+                       **on)
+    flags.DEFINE_integer("holdout_identities", 0, "Identities kept out of training (split holdout).",
+                         **on)
+    flags.DEFINE_integer("pairs", 0, "Matched and mismatched holdout pairs for pairs.txt (LFW format).",
+                         **on)
+    flags.DEFINE_integer("min_images_per_identity", 1, "Drop identities with fewer files.", **on)
+    flags.DEFINE_integer("seed", 0, "Seed of the splits and the record order.", **on)
+    flags.DEFINE_integer("shard_size", 4096, "Records per shard.", **on)
+    flags.DEFINE_enum("encoding", "raw", ["raw", "png"], "raw (fastest to read) or png (smaller).",
+                      **on)
+    flags.DEFINE_bool("gzip", False, "GZIP-compress the shards.", **on)
+    flags.DEFINE_integer("workers", max(1, os.cpu_count() or 1), "Decoding processes.", **on)
+    flags.DEFINE_bool("overwrite", False, "Replace a dataset already in --out.", **on)
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    main(sys.argv)

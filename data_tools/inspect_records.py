@@ -18,13 +18,12 @@ import sys
 
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 from PIL import Image
 
 from data_tools import shards
-from kerasbn import records
+from kerasbn import cli, records
 
-FLAGS = flags.FLAGS
 _SPLIT_PREFIXES = {"train": "train", "validation": "test", "val": "test", "test": "test",
                    "holdout": "holdout"}
 
@@ -203,13 +202,14 @@ def write_manifest(data_dir, label_offset=0, compression="", overwrite=False):
 
 
 def main(argv):
-    if len(argv) != 2:
-        raise app.UsageError("give one DIR: a directory of TFRecord shards")
-    data_dir = argv[1]
+    values, args = cli.parse(argv, define_flags, __doc__)
+    if len(args) != 1:
+        sys.exit("error: " "give one DIR: a directory of TFRecord shards")
+    data_dir = args[0]
     try:
-        if FLAGS.write_manifest:
-            manifest = write_manifest(data_dir, FLAGS.label_offset, "GZIP" if FLAGS.gzip else "",
-                                      FLAGS.overwrite)
+        if values.write_manifest:
+            manifest = write_manifest(data_dir, values.label_offset, "GZIP" if values.gzip else "",
+                                      values.overwrite)
             print(f"wrote {records.manifest_path(data_dir)}: "
                   f"{ {s: e['count'] for s, e in manifest['splits'].items()} }, "
                   f"{len(manifest['class_names'])} classes, "
@@ -219,8 +219,8 @@ def main(argv):
             print(f"{split}: {sum(counter.values())} records, {len(counter)} classes, "
                   f"{min(counter.values(), default=0)}..{max(counter.values(), default=0)} "
                   "per class")
-        if FLAGS.montage:
-            print(f"montage: {montage(data_dir, FLAGS.montage, FLAGS.samples)}")
+        if values.montage:
+            print(f"montage: {montage(data_dir, values.montage, values.samples)}")
     except records.DataError as e:
         sys.exit(f"error: {e}")
     for problem in problems:
@@ -230,17 +230,17 @@ def main(argv):
     print("ok: every record parses and the counts match manifest.json")
 
 
-def define_flags():
-    """Defines this command's flags (only when run as a command, so modules import together)."""
-    flags.DEFINE_string("montage", None, "Write a PNG grid of random training samples here.")
-    flags.DEFINE_integer("samples", 36, "Samples in the montage.")
-    flags.DEFINE_bool("write_manifest", False, "Describe foreign TFRecords in manifest.json.")
+def define_flags(values):
+    on = {"flag_values": values}
+    flags.DEFINE_string("montage", None, "Write a PNG grid of random training samples here.", **on)
+    flags.DEFINE_integer("samples", 36, "Samples in the montage.", **on)
+    flags.DEFINE_bool("write_manifest", False, "Describe foreign TFRecords in manifest.json.", **on)
     flags.DEFINE_integer("label_offset", 0, "--write_manifest: subtracted from stored labels "
-                         "(1 for TensorFlow's Inception scripts).")
-    flags.DEFINE_bool("gzip", False, "--write_manifest: the shards are GZIP-compressed.")
-    flags.DEFINE_bool("overwrite", False, "--write_manifest: replace an existing manifest.json.")
+                         "(1 for TensorFlow's Inception scripts).", **on)
+    flags.DEFINE_bool("gzip", False, "--write_manifest: the shards are GZIP-compressed.", **on)
+    flags.DEFINE_bool("overwrite", False, "--write_manifest: replace an existing manifest.json.",
+                      **on)
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    main(sys.argv)

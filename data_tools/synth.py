@@ -15,13 +15,12 @@ import sys
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from data_tools import shards
-from kerasbn import records
+from kerasbn import cli, records
 from kerasbn.progress import Progress
 
-FLAGS = flags.FLAGS
 
 
 RENDER_BATCH = 512
@@ -190,37 +189,40 @@ def build(out, identities, images_per_identity, test_fraction, image_size, seed,
 
 
 def main(argv):
-    del argv
-    if not FLAGS.out:
+    values, args = cli.parse(argv, define_flags, __doc__)
+    if not values.out:
         sys.exit("--out is required: the directory to write the dataset into")
     start = time.perf_counter()
     try:
-        manifest = build(FLAGS.out, FLAGS.identities, FLAGS.images_per_identity,
-                         FLAGS.test_fraction, FLAGS.image_size, FLAGS.seed, FLAGS.encoding,
-                         FLAGS.shard_size, FLAGS.overwrite,
+        manifest = build(values.out, values.identities, values.images_per_identity,
+                         values.test_fraction, values.image_size, values.seed, values.encoding,
+                         values.shard_size, values.overwrite,
                          command="python -m data_tools.synth " + " ".join(sys.argv[1:]))
     except (records.DataError, ValueError) as e:
         sys.exit(f"error: {e}")
     seconds = time.perf_counter() - start
     counts = {split: info["count"] for split, info in manifest["splits"].items()}
     total = sum(counts.values())
-    print(f"wrote {os.path.abspath(FLAGS.out)}: {counts} in {seconds:.1f}s "
+    print(f"wrote {os.path.abspath(values.out)}: {counts} in {seconds:.1f}s "
           f"({total / seconds:.0f} images/s)")
 
 
-def define_flags():
-    """Defines this command's flags (only when run as a command, so modules import together)."""
-    flags.DEFINE_string("out", None, "Directory to write the shards and manifest.json into.")
-    flags.DEFINE_integer("identities", 50, "Number of identities (classes).")
-    flags.DEFINE_integer("images_per_identity", 150, "Images per identity, train and test together.")
-    flags.DEFINE_float("test_fraction", 0.2, "Fraction of each identity's images in the test split.")
-    flags.DEFINE_integer("image_size", 50, "Height and width of the square images, in pixels.")
-    flags.DEFINE_integer("seed", 0, "Seed: the same seed and flags give the same bytes.")
-    flags.DEFINE_enum("encoding", "raw", records.ENCODINGS, "How images are stored in the records.")
-    flags.DEFINE_integer("shard_size", 8192, "Records per shard.")
-    flags.DEFINE_bool("overwrite", False, "Replace a dataset already in --out.")
+def define_flags(values):
+    on = {"flag_values": values}
+    flags.DEFINE_string("out", None, "Directory to write the shards and manifest.json into.", **on)
+    flags.DEFINE_integer("identities", 50, "Number of identities (classes).", **on)
+    flags.DEFINE_integer("images_per_identity", 150, "Images per identity, train and test together.",
+                         **on)
+    flags.DEFINE_float("test_fraction", 0.2, "Fraction of each identity's images in the test split.",
+                       **on)
+    flags.DEFINE_integer("image_size", 50, "Height and width of the square images, in pixels.",
+                         **on)
+    flags.DEFINE_integer("seed", 0, "Seed: the same seed and flags give the same bytes.", **on)
+    flags.DEFINE_enum("encoding", "raw", records.ENCODINGS, "How images are stored in the records.",
+                      **on)
+    flags.DEFINE_integer("shard_size", 8192, "Records per shard.", **on)
+    flags.DEFINE_bool("overwrite", False, "Replace a dataset already in --out.", **on)
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    main(sys.argv)

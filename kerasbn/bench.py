@@ -10,17 +10,15 @@
         training step time with each --norms at each --precisions, as ratios to keras.
 """
 
+import sys
 import time
 
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 
-from kerasbn import input as input_lib
-from kerasbn import models, norms, records
-
-FLAGS = flags.FLAGS
+from kerasbn import cli, models, norms, pipeline, records
 
 
 
@@ -39,7 +37,7 @@ def bare_reading(data_dir, manifest, batch_size):
     """The reference: the same shards read as bare records, batched, nothing parsed."""
     files = records.split_files(data_dir, manifest, "train")
     dataset = tf.data.Dataset.from_tensor_slices(files).repeat().interleave(
-        lambda f: tf.data.TFRecordDataset(f, input_lib.compression(manifest)),
+        lambda f: tf.data.TFRecordDataset(f, pipeline.compression(manifest)),
         cycle_length=min(8, len(files)), num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
@@ -51,14 +49,14 @@ def bench_input(data_dir, batch_size, batches, repeats):
     for _ in range(repeats):
         bare.append(_images_per_second(bare_reading(data_dir, manifest, batch_size), batches))
         pipeline.append(_images_per_second(
-            input_lib.train_dataset(data_dir, manifest, batch_size, mirror=True), batches))
+            pipeline.train_dataset(data_dir, manifest, batch_size, mirror=True), batches))
     return {"encoding": manifest["encoding"], "bare": max(bare), "pipeline": max(pipeline),
             "ratio": max(pipeline) / max(bare)}
 
 
 def _load_split(data_dir, manifest, split):
     images, labels = [], []
-    for x, y in input_lib.test_dataset(data_dir, manifest, 1024, split=split):
+    for x, y in pipeline.test_dataset(data_dir, manifest, 1024, split=split):
         images.append(x.numpy())
         labels.append(y.numpy())
     return np.concatenate(images), np.concatenate(labels)
@@ -126,60 +124,59 @@ def bench_train(name, num_classes, variants, batch_size, steps, repeats):
     return best
 
 
-def _setting():
-    return f"{FLAGS.model} x{FLAGS.num_classes} classes, batch {FLAGS.batch_size}"
-
-
 def main(argv):
-    del argv
-    if FLAGS.bench == "train":
-        rates = bench_train(FLAGS.model, FLAGS.num_classes,
-                            [(p, "keras") for p in FLAGS.precisions], FLAGS.batch_size,
-                            FLAGS.batches, FLAGS.repeats)
-        reference = rates[FLAGS.precisions[0], "keras"]
+    values, _ = cli.parse(argv, define_flags, __doc__)
+    setting = f"{values.model} x{values.num_classes} classes, batch {values.batch_size}"
+    if values.bench == "train":
+        rates = bench_train(values.model, values.num_classes,
+                            [(p, "keras") for p in values.precisions], values.batch_size,
+                            values.batches, values.repeats)
+        reference = rates[values.precisions[0], "keras"]
         for (precision, _), rate in rates.items():
-            print(f"{_setting()}, {precision}: {rate:.0f} images/s, "
-                  f"{rate / reference:.2f}x {FLAGS.precisions[0]}")
+            print(f"{setting}, {precision}: {rate:.0f} images/s, "
+                  f"{rate / reference:.2f}x {values.precisions[0]}")
         return
-    if FLAGS.bench == "norms":
-        rates = bench_train(FLAGS.model, FLAGS.num_classes,
-                            [(p, n) for p in FLAGS.precisions for n in FLAGS.norms],
-                            FLAGS.batch_size, FLAGS.batches, FLAGS.repeats)
+    if values.bench == "norms":
+        rates = bench_train(values.model, values.num_classes,
+                            [(p, n) for p in values.precisions for n in values.norms],
+                            values.batch_size, values.batches, values.repeats)
         for (precision, norm), rate in rates.items():
-            print(f"{_setting()}, {precision}, --norm={norm}: {rate:.0f} images/s, step time "
+            print(f"{setting}, {precision}, --norm={norm}: {rate:.0f} images/s, step time "
                   f"{rates[precision, 'keras'] / rate:.2f}x keras")
         return
-    if not FLAGS.data_dir:
-        raise app.UsageError("--data_dir is required (a directory holding manifest.json)")
-    for data_dir in FLAGS.data_dir:
-        if FLAGS.bench == "input":
-            r = bench_input(data_dir, FLAGS.batch_size, FLAGS.batches, FLAGS.repeats)
+    if not values.data_dir:
+        sys.exit("error: --data_dir is required (a directory holding manifest.json)")
+    for data_dir in values.data_dir:
+        if values.bench == "input":
+            r = bench_input(data_dir, values.batch_size, values.batches, values.repeats)
             print(f"{data_dir} [{r['encoding']}]: bare TFRecord reading {r['bare']:.0f} "
                   f"records/s, input pipeline {r['pipeline']:.0f} images/s, "
                   f"ratio {r['ratio']:.3f}")
         else:
-            r = separability(data_dir, FLAGS.epochs)
+            r = separability(data_dir, values.epochs)
             print(f"{data_dir}: test top-1 linear {r['linear']:.3f}, "
                   f"small CNN {r['small_cnn']:.3f}")
 
 
-def define_flags():
-    """Defines this command's flags (only when run as a command, so modules import together)."""
+def define_flags(values):
+    on = {"flag_values": values}
     flags.DEFINE_enum("bench", "input", ["input", "separability", "train", "norms"],
-                      "What to measure.")
-    flags.DEFINE_multi_string("data_dir", None, "Dataset directory (repeat to compare several).")
-    flags.DEFINE_integer("batch_size", 128, "Images per batch.")
-    flags.DEFINE_integer("batches", 300, "Batches timed per measurement.")
-    flags.DEFINE_integer("repeats", 3, "Timed repeats per pipeline; the best one counts.")
-    flags.DEFINE_integer("epochs", 20, "Training epochs per classifier (separability bench).")
-    flags.DEFINE_enum("model", "bn", models.MODELS, "Network (train bench).")
-    flags.DEFINE_integer("num_classes", 14700, "Classes (train bench; the study's 14,700).")
-    flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"],
-                      "Keras dtype policies (train, norms benches); train: ratios to the first.")
+                      "What to measure.", **on)
+    flags.DEFINE_multi_string("data_dir", None, "Dataset directory (repeat to compare "
+                              "several).", **on)
+    flags.DEFINE_integer("batch_size", 128, "Images per batch.", **on)
+    flags.DEFINE_integer("batches", 300, "Batches timed per measurement.", **on)
+    flags.DEFINE_integer("repeats", 3, "Timed repeats per pipeline; the best one counts.", **on)
+    flags.DEFINE_integer("epochs", 20, "Training epochs per classifier (separability bench).",
+                         **on)
+    flags.DEFINE_enum("model", "bn", models.MODELS, "Network (train bench).", **on)
+    flags.DEFINE_integer("num_classes", 14700, "Classes (train bench; the study's 14,700).",
+                         **on)
+    flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"], "Keras dtype policies "
+                      "(train, norms benches); train: ratios to the first.", **on)
     flags.DEFINE_list("norms", list(norms.NORMS), "BN implementations (norms bench); step "
-                      "times are ratios to keras at the same precision.")
+                      "times are ratios to keras at the same precision.", **on)
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    main(sys.argv)

@@ -10,9 +10,7 @@ nested blocks, unsupported solver types ...) is listed on stderr, never dropped 
 import re
 import sys
 
-from absl import app
-
-from kerasbn import schedules
+from kerasbn import cli, schedules
 
 _LINE = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*:\s*("(?:[^"\\]|\\.)*"|\'[^\']*\'|[^\s#]+)'
                    r'\s*(?:#.*)?$')
@@ -92,9 +90,10 @@ def convert(text, name="solver.prototxt"):
 
 
 def main(argv):
-    if len(argv) != 2:
-        raise app.UsageError("give one solver.prototxt")
-    path = argv[1]
+    _, paths = cli.parse(argv, lambda values: None, __doc__)
+    if len(paths) != 1:
+        sys.exit("error: give one solver.prototxt")
+    path = paths[0]
     try:
         with open(path, encoding="utf-8") as f:
             flags, unmapped = convert(f.read(), path)
@@ -109,4 +108,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main(sys.argv)

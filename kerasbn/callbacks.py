@@ -1,146 +1,206 @@
-"""Iteration-based training events, as Caffe's solver has them: display, test, snapshot.
+"""Training events by iteration, as Caffe's solver has them, each a Keras callback with one job:
+`NanGuard`, `ProgressDisplay`, `PeriodicTest`, `StopAtTarget`, `Snapshot`.
 
-Keras counts epochs; this callback counts the optimizer's iterations (finished weight
-updates), so tests, logging and checkpoints land on the same iterations after a resume.
+Keras counts epochs and batches; these count iterations (finished weight updates: the
+optimizer's `iterations`, which counts updates also when gradients accumulate over
+`iter_size` batches), so tests, logs and checkpoints land on the same iterations after a
+resume, and a batch whose update loss scaling skipped is no iteration.
+Pass them to `fit` in that order: a test reads the last display's loss and rate, the stop
+reads the test, and the snapshot saves whenever training is about to stop.
 """
 
+import contextlib
 import math
 import time
 
 import keras
 import tensorflow as tf
 
-from kerasbn import metrics, precise_bn
+from kerasbn import metrics
 from kerasbn.progress import format_seconds
 
 
-class IterationEvents(keras.callbacks.Callback):
-    """Every `display` iterations: a progress line and TensorBoard scalars (loss, lr, images/s).
-    Every `test_interval` iterations and at the end: a test, a metrics.jsonl line,
-    summary.json and TensorBoard. Every `snapshot` iterations and at the end: a checkpoint.
-    Stops the run on a non-finite loss, naming the iteration.
-    """
+class Clock:
+    """The run's wall time, continued from `offset` seconds (a resume's), and the time spent
+    outside training steps (tests, checkpoints), which the training rate leaves out."""
 
-    def __init__(self, run_dir, config, test_fn, test_data, manager, wall_time, writers,
-                 start_iter, precise_data=None):
+    def __init__(self, offset=0.0):
+        self.offset = offset
+        self.start = time.perf_counter()
+        self.paused = 0.0
+
+    def elapsed(self):
+        return self.offset + time.perf_counter() - self.start
+
+    @contextlib.contextmanager
+    def pause(self):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused += time.perf_counter() - start
+
+
+def current_lr(model):
+    """The optimizer's learning rate now, as a plain float (8 significant digits)."""
+    rate = keras.ops.convert_to_numpy(model.optimizer.learning_rate)
+    return float(f"{float(rate):.8g}")
+
+
+class IterationCallback(keras.callbacks.Callback):
+    """Calls `on_iteration(iteration, logs)` once per finished weight update."""
+
+    def __init__(self):
         super().__init__()
-        self.run_dir = run_dir
-        self.config = config
-        self.test_fn = test_fn
-        self.test_data = test_data
-        self.precise_batches = iter(precise_data) if precise_data is not None else None
-        self.manager = manager
-        self.wall_time = wall_time
-        self.train_writer, self.test_writer = writers
-        self.start_iter = start_iter
-        self.wall_offset = float(wall_time.numpy())
-        self.entries = metrics.read_metrics(run_dir)
-        self.last_iteration = start_iter
-        targets = metrics.summarize(self.entries, config["target_accuracy"]).get("targets", {})
-        # A rerun of a run that already stopped at its targets has nothing left to do.
-        self.stopped_at_target = bool(config["stop_at_target"] and targets
-                                      and all(targets.values()))
-        self.start = None
-        self.train_loss = None
-        self.images_per_sec = None
+        self.last_iteration = None
 
-    def _elapsed(self):
-        return self.wall_offset + time.perf_counter() - self.start
+    def iteration(self):
+        return int(self.model.optimizer.iterations.numpy())
 
     def on_train_begin(self, logs=None):
-        if self.start is not None:
-            return
-        self.start = time.perf_counter()
-        self.window_start = self.start
-        self.window_iter = self.start_iter
-        self.paused = 0.0
-        if self.start_iter == 0 and self.config["test_initialization"]:
-            self._test(0)
+        self.last_iteration = self.iteration()
 
     def on_train_batch_end(self, batch, logs=None):
-        iteration = int(self.model.optimizer.iterations.numpy())
-        if iteration == self.last_iteration:
-            return  # mixed_float16 skipped the update (non-finite gradients): not an iteration
-        self.last_iteration = iteration
+        iteration = self.iteration()
+        if iteration != self.last_iteration:
+            self.last_iteration = iteration
+            self.on_iteration(iteration, logs or {})
+
+    def on_iteration(self, iteration, logs):
+        raise NotImplementedError
+
+
+class NanGuard(IterationCallback):
+    """Ends the run with FloatingPointError naming the iteration whose loss is not finite
+    (as Keras's TerminateOnNaN, but loud: no checkpoint of broken weights follows)."""
+
+    def on_iteration(self, iteration, logs):
         loss = float(logs["loss"])
         if not math.isfinite(loss):
             self.model.stop_training = True
             raise FloatingPointError(
                 f"the training loss became {loss} at iteration {iteration}; lower --base_lr "
                 "or resume from the last checkpoint")
-        config = self.config
-        if iteration % config["display"] == 0 or iteration == config["max_iter"]:
-            self._display(iteration, loss)
-            self.model.reset_metrics()
-        if iteration % config["test_interval"] == 0 or iteration == config["max_iter"]:
-            self._pause(self._test, iteration)
-        if ((config["snapshot"] and iteration % config["snapshot"] == 0)
-                or iteration == config["max_iter"] or self.stopped_at_target):
-            self._pause(self._snapshot, iteration)
-        if iteration >= config["max_iter"]:
-            self.model.stop_training = True
 
-    def _pause(self, fn, iteration):
-        """Runs fn(iteration) and keeps its time out of the training images/s."""
-        start = time.perf_counter()
-        fn(iteration)
-        self.paused += time.perf_counter() - start
 
-    def _display(self, iteration, loss):
+class ProgressDisplay(IterationCallback):
+    """Every `every` iterations and at `max_iter`: a line with loss, rate, images/s and ETA,
+    and the same as TensorBoard scalars. Keeps the last `train_loss` and `images_per_sec`."""
+
+    def __init__(self, every, max_iter, images_per_iteration, clock, writer, start_iter):
+        super().__init__()
+        self.every = every
+        self.max_iter = max_iter
+        self.images_per_iteration = images_per_iteration
+        self.clock = clock
+        self.writer = writer
+        self.start_iter = start_iter
+        self.window = (time.perf_counter(), start_iter, clock.paused)
+        self.train_loss = None
+        self.images_per_sec = None
+
+    def on_iteration(self, iteration, logs):
+        if iteration % self.every and iteration != self.max_iter:
+            return
         now = time.perf_counter()
-        steps = iteration - self.window_iter
-        seconds = max(now - self.window_start - self.paused, 1e-9)
-        self.images_per_sec = (steps * self.config["batch_size"] * self.config["iter_size"]
-                               / seconds)
-        self.train_loss = loss
-        self.window_start, self.window_iter, self.paused = now, iteration, 0.0
-        lr = self.current_lr()
+        since, first, paused = self.window
+        seconds = max(now - since - (self.clock.paused - paused), 1e-9)
+        self.images_per_sec = (iteration - first) * self.images_per_iteration / seconds
+        self.train_loss = float(logs["loss"])
+        self.window = (now, iteration, self.clock.paused)
+        lr = current_lr(self.model)
         done = iteration - self.start_iter
-        eta = (self.config["max_iter"] - iteration) * (now - self.start) / max(done, 1)
-        print(f"iter {iteration}/{self.config['max_iter']}  loss {loss:.4f}  lr {lr:.3g}  "
+        eta = (self.max_iter - iteration) * (now - self.clock.start) / max(done, 1)
+        print(f"iter {iteration}/{self.max_iter}  loss {self.train_loss:.4f}  lr {lr:.3g}  "
               f"{self.images_per_sec:.0f} images/s  ETA {format_seconds(eta)}", flush=True)
-        with self.train_writer.as_default(step=iteration):
-            tf.summary.scalar("loss", loss)
+        with self.writer.as_default(step=iteration):
+            tf.summary.scalar("loss", self.train_loss)
             tf.summary.scalar("learning_rate", lr)
             tf.summary.scalar("images_per_sec", self.images_per_sec)
+        self.writer.flush()
+        self.model.reset_metrics()
 
-    def current_lr(self):
-        optimizer = self.model.optimizer
-        return float(f"{float(keras.ops.convert_to_numpy(optimizer.learning_rate)):.8g}")
 
-    def _test(self, iteration):
-        if self.precise_batches is not None:
-            precise_bn.recompute(self.model, self.precise_batches, self.config["precise_bn"])
-        result = metrics.evaluate(self.test_fn, self.test_data, self.config["test_iter"])
-        entry = {"iteration": iteration, "wall_time": round(self._elapsed(), 3),
-                 "lr": self.current_lr(), "train_loss": self.train_loss,
+class PeriodicTest(IterationCallback):
+    """Every `interval` iterations and at `max_iter`: `evaluate()` ({loss, top1, top5,
+    count}), one metrics.jsonl record, summary.json, a console line, TensorBoard scalars, and
+    a line when a target is first reached. Keeps the latest `summary`."""
+
+    def __init__(self, run, evaluate, interval, max_iter, targets, clock, progress, writer,
+                 entries):
+        super().__init__()
+        self.run = run
+        self.evaluate = evaluate
+        self.interval = interval
+        self.max_iter = max_iter
+        self.targets = targets
+        self.clock = clock
+        self.progress = progress
+        self.writer = writer
+        self.entries = list(entries)
+        self.summary = metrics.summarize(self.entries, targets)
+        self.tested_at = None
+
+    def on_iteration(self, iteration, logs):
+        if iteration % self.interval == 0 or iteration == self.max_iter:
+            with self.clock.pause():
+                self.test(iteration)
+
+    def test(self, iteration):
+        result = self.evaluate()
+        entry = {"iteration": iteration, "wall_time": round(self.clock.elapsed(), 3),
+                 "lr": current_lr(self.model), "train_loss": self.progress.train_loss,
                  "test_loss": result["loss"], "test_top1": result["top1"],
-                 "test_top5": result["top5"], "images_per_sec": self.images_per_sec}
+                 "test_top5": result["top5"], "images_per_sec": self.progress.images_per_sec}
         self.entries = [e for e in self.entries if e["iteration"] < iteration] + [entry]
-        metrics.append_metrics(self.run_dir, entry)
-        summary = metrics.summarize(self.entries, self.config["target_accuracy"])
-        metrics.write_summary(self.run_dir, summary)
-        reached = {t: hit for t, hit in summary["targets"].items() if hit}
-        for target, hit in reached.items():
-            if hit["iteration"] == iteration:
-                print(f"target top-1 {target} reached at iteration {iteration} "
-                      f"({hit['wall_time']:.0f}s)", flush=True)
-                with self.test_writer.as_default(step=iteration):
-                    tf.summary.scalar(f"iterations_to_{target}", iteration)
-                    tf.summary.scalar(f"seconds_to_{target}", hit["wall_time"])
-        if self.config["stop_at_target"] and len(reached) == len(summary["targets"]):
-            self.model.stop_training = True
-            self.stopped_at_target = True
+        self.run.append_metrics(entry)
+        self.summary = metrics.summarize(self.entries, self.targets)
+        self.run.write_summary(self.summary)
+        self.tested_at = iteration
         print(f"test  iter {iteration}: top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}"
               f"  loss {result['loss']:.4f}  ({result['count']} images)", flush=True)
-        with self.test_writer.as_default(step=iteration):
+        with self.writer.as_default(step=iteration):
             tf.summary.scalar("loss", result["loss"])
             tf.summary.scalar("top1", result["top1"])
             tf.summary.scalar("top5", result["top5"])
-        self.test_writer.flush()
-        self.train_writer.flush()
+            for target, hit in self.summary["targets"].items():
+                if hit and hit["iteration"] == iteration:
+                    print(f"target top-1 {target} reached at iteration {iteration} "
+                          f"({hit['wall_time']:.0f}s)", flush=True)
+                    tf.summary.scalar(f"iterations_to_{target}", iteration)
+                    tf.summary.scalar(f"seconds_to_{target}", hit["wall_time"])
+        self.writer.flush()
 
-    def _snapshot(self, iteration):
-        self.wall_time.assign(self._elapsed())
-        self.manager.save(checkpoint_number=iteration)
 
+class StopAtTarget(IterationCallback):
+    """Stops training after the test at which every target of `tester` has been reached."""
+
+    def __init__(self, tester):
+        super().__init__()
+        self.tester = tester
+        self.stopped = metrics.all_reached(tester.summary)
+
+    def on_iteration(self, iteration, logs):
+        if self.tester.tested_at == iteration and metrics.all_reached(self.tester.summary):
+            self.model.stop_training = True
+            self.stopped = True
+
+
+class Snapshot(IterationCallback):
+    """Every `every` iterations (0: never), at `max_iter` and whenever training is about to
+    stop: a checkpoint numbered by iteration, with the run's wall time in `wall_time`."""
+
+    def __init__(self, manager, every, max_iter, clock, wall_time):
+        super().__init__()
+        self.manager = manager
+        self.every = every
+        self.max_iter = max_iter
+        self.clock = clock
+        self.wall_time = wall_time
+
+    def on_iteration(self, iteration, logs):
+        if ((self.every and iteration % self.every == 0) or iteration == self.max_iter
+                or self.model.stop_training):
+            with self.clock.pause():
+                self.wall_time.assign(self.clock.elapsed())
+                self.manager.save(checkpoint_number=iteration)

@@ -9,22 +9,18 @@ import os
 import tensorflow as tf
 
 from kerasbn import records
+from kerasbn.run_dir import RunDir
 
 
-def checkpoint_dir(run_dir):
-    return os.path.join(run_dir, "checkpoints")
-
-
-def make_manager(run_dir, model, optimizer, wall_time, keep):
-    """A manager over run_dir/checkpoints, numbering checkpoints by iteration."""
+def make_manager(run, model, optimizer, wall_time, keep):
+    """A manager over the checkpoints of RunDir `run`, numbering them by iteration."""
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, wall_time=wall_time)
-    return tf.train.CheckpointManager(checkpoint, checkpoint_dir(run_dir),
-                                      max_to_keep=max(1, keep))
+    return tf.train.CheckpointManager(checkpoint, run.checkpoints, max_to_keep=max(1, keep))
 
 
-def restore_latest(run_dir, model):
-    """Restores the model's weights from the run's newest checkpoint; returns its prefix."""
-    latest = tf.train.latest_checkpoint(checkpoint_dir(run_dir))
+def restore_latest(run, model):
+    """Restores the model's weights from RunDir `run`'s newest checkpoint; returns its prefix."""
+    latest = tf.train.latest_checkpoint(run.checkpoints)
     if latest:
         tf.train.Checkpoint(model=model).read(latest).expect_partial()
     return latest
@@ -32,7 +28,7 @@ def restore_latest(run_dir, model):
 
 def _checkpoint_in(path):
     """The newest checkpoint prefix found at `path` (a run dir, a checkpoint dir or prefix)."""
-    for directory in (checkpoint_dir(path), path):
+    for directory in (RunDir(path).checkpoints, path):
         if os.path.isdir(directory):
             latest = tf.train.latest_checkpoint(directory)
             if latest:

@@ -10,30 +10,31 @@ Runs go to OUT/NORM/seedS (a rerun resumes or skips finished runs); the table go
 OUT/compare_norms.md and the test curves to OUT/compare_norms.png.
 """
 
+import dataclasses
 import os
 import sys
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 
-from kerasbn import flags as train_flags
-from kerasbn import metrics, norms, records, train
-
-FLAGS = flags.FLAGS
+from kerasbn import atomic, cli, metrics, norms, records, train, train_flags
+from kerasbn.run_dir import RunDir
 
 
-def run_one(norm, seed, out):
-    """Trains (or resumes) one run with the current training flags; returns its metrics."""
-    run_dir = os.path.join(out, norm, f"seed{seed}")
-    FLAGS.norm, FLAGS.seed, FLAGS.run_dir = norm, seed, run_dir
-    manifest = records.read_manifest(FLAGS.data_dir)
-    config = train_flags.resolve(manifest, FLAGS.data_dir)
-    train.prepare_run_dir(run_dir, overwrite=False)
+def run_one(config, norm, seed, out):
+    """Trains (or resumes) `config` with `norm` and `seed` in OUT/NORM/seedS; returns its
+    test records."""
+    run = RunDir(os.path.join(out, norm, f"seed{seed}"))
+    config = dataclasses.replace(config, norm=norm, seed=seed, run_dir=run.path)
+    base = os.path.abspath(os.path.join(out, "flags.txt"))
+    flagfile = (f"--flagfile={base}\n--norm={norm}\n--seed={seed}\n"
+                f"--run_dir={run.path}\n")
+    stored = train_flags.stored_config(run.path) if run.holds_run() else None
     try:
-        train.train(config)
+        train.start(config, flagfile, stored=stored)
     except FloatingPointError as e:
         print(f"{norm} seed {seed} diverged: {e}", flush=True)
-    return metrics.read_metrics(run_dir)
+    return run.read_metrics()
 
 
 def summarize(runs, target):
@@ -97,24 +98,35 @@ def plot(runs, out):
     plt.close(fig)
 
 
+def define_flags(values):
+    train_flags.define(values)
+    flags.DEFINE_list("norms", list(norms.NORMS), "Implementations to compare.",
+                      flag_values=values)
+    flags.DEFINE_integer("seeds", 2, "Seeds per implementation (0 .. seeds-1).",
+                         flag_values=values)
+    flags.DEFINE_string("out", "runs/compare_norms", "Directory for the runs and the report.",
+                        flag_values=values)
+
+
 def main(argv):
-    logging.set_verbosity(logging.WARNING)
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    chosen = FLAGS.norms
-    unknown = [n for n in chosen if n not in norms.NORMS]
-    if unknown or not FLAGS.data_dir:
+    values, rest = cli.parse(argv, define_flags, __doc__)
+    if rest:
+        sys.exit(f"error: unexpected arguments {rest}; every setting is a --flag")
+    unknown = [n for n in values.norms if n not in norms.NORMS]
+    if unknown or not values.data_dir:
         sys.exit(f"error: --norms takes {', '.join(norms.NORMS)} (got {unknown}); "
                  "--data_dir is required")
-    out = FLAGS.out
+    out = values.out
     os.makedirs(out, exist_ok=True)
     runs = {}
     try:
-        for norm in chosen:
-            runs[norm] = [run_one(norm, seed, out) for seed in range(FLAGS.seeds)]
-    except (records.DataError, train_flags.FlagError) as e:
+        config = train_flags.to_config(values, records.read_manifest(values.data_dir))
+        atomic.write_text(os.path.join(out, "flags.txt"), train_flags.flagfile_text(values))
+        for norm in values.norms:
+            runs[norm] = [run_one(config, norm, seed, out) for seed in range(values.seeds)]
+    except train.ERRORS as e:
         sys.exit(f"error: {e}")
-    target = FLAGS.target_accuracy[0]
+    target = config.target_accuracy[0]
     table = markdown(summarize(runs, target), target)
     with open(os.path.join(out, "compare_norms.md"), "w", encoding="utf-8") as f:
         f.write(table)
@@ -124,13 +136,5 @@ def main(argv):
           f"{os.path.join(out, 'compare_norms.png')}")
 
 
-def define_flags():
-    """Defines this command's flags (only when run as a command, so modules import together)."""
-    flags.DEFINE_list("norms", list(norms.NORMS), "Implementations to compare.")
-    flags.DEFINE_integer("seeds", 2, "Seeds per implementation (0 .. seeds-1).")
-    flags.DEFINE_string("out", "runs/compare_norms", "Directory for the runs and the report.")
-
-
 if __name__ == "__main__":
-    define_flags()
-    app.run(main, flags_parser=train_flags.parse_argv)
+    main(sys.argv)

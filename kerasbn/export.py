@@ -14,12 +14,10 @@ import sys
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 
-from kerasbn import checkpoints, records, solver
-from kerasbn import flags as train_flags
-
-EXPORT_NAME = "export"
+from kerasbn import checkpoints, cli, optimizers, records, train_flags
+from kerasbn.run_dir import RunDir
 
 
 def serving_model(model, manifest):
@@ -58,38 +56,34 @@ def export_saved_model(model, manifest, path):
 
 
 def export_run(run_dir, out=None):
-    """Exports the newest checkpoint of a training run (rebuilt from its flags.txt)."""
-    flagfile = train_flags.flags_path(run_dir)
-    if not os.path.isfile(flagfile):
-        raise records.DataError(f"{flagfile} not found: --run_dir must be a run directory "
-                                "made by `python -m kerasbn.train`")
-    flags.FLAGS(["export", f"--flagfile={flagfile}", f"--run_dir={run_dir}"])
-    manifest = records.read_manifest(flags.FLAGS.data_dir, check_files=False)
-    config = train_flags.resolve(manifest, flags.FLAGS.data_dir)
-    keras.mixed_precision.set_global_policy(config["precision"])
-    model = solver.build_and_compile(config)
-    if not checkpoints.restore_latest(run_dir, model):
-        raise records.DataError(f"{checkpoints.checkpoint_dir(run_dir)} holds no checkpoint; "
-                                "train the run first")
-    return export_saved_model(model, manifest, out or os.path.join(run_dir, EXPORT_NAME))
+    """Exports the newest checkpoint of a training run, rebuilt from its config."""
+    run = RunDir(run_dir)
+    config = train_flags.stored_config(run_dir)
+    manifest = records.read_manifest(config.data_dir, check_files=False)
+    keras.mixed_precision.set_global_policy(config.precision)
+    model = optimizers.build_and_compile(config)
+    if not checkpoints.restore_latest(run, model):
+        raise records.DataError(f"{run.checkpoints} holds no checkpoint; train the run first")
+    return export_saved_model(model, manifest, out or run.export)
+
+
+def define_flags(values):
+    flags.DEFINE_string("run_dir", None, "A directory made by kerasbn.train.",
+                        flag_values=values)
+    flags.DEFINE_string("out", None, "Where to write the SavedModel (default: RUN_DIR/export).",
+                        flag_values=values)
 
 
 def main(argv):
-    del argv
-    if not flags.FLAGS.run_dir:
+    values, _ = cli.parse(argv, define_flags, __doc__)
+    if not values.run_dir:
         sys.exit("error: --run_dir is required (a directory made by kerasbn.train)")
     try:
-        path = export_run(flags.FLAGS.run_dir, flags.FLAGS.out)
+        path = export_run(values.run_dir, values.out)
     except ValueError as e:
         sys.exit(f"error: {e}")
     print(f"SavedModel: {path}")
 
 
-def define_flags():
-    """Defines this command's flags (only when run as a command, so modules import together)."""
-    flags.DEFINE_string("out", None, "Where to write the SavedModel (default: RUN_DIR/export).")
-
-
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    main(sys.argv)

@@ -13,35 +13,45 @@ the last line is the report command.
 """
 
 import glob
+import importlib.resources
 import os
 import shlex
 import subprocess
 import sys
 
-from absl import app, flags
+from absl import flags
 
-FLAGS = flags.FLAGS
-SETS_DIR = os.path.join("launch", "sets")
+from kerasbn import cli
+
+
+def sets_dir():
+    """The experiment sets' directory (the repository's launch/sets, or the installed copy)."""
+    return str(importlib.resources.files("kerasbn.launch_files") / "sets")
+
+
+def _shown(path):
+    """`path` relative to the working directory when it lies below it (shorter commands)."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
 
 
 def set_flagfiles(name):
     """The flagfiles of set `name` (a directory under launch/sets, or a path), in order."""
-    directory = name if os.path.isdir(name) else os.path.join(SETS_DIR, name)
-    files = sorted(glob.glob(os.path.join(directory, "*.flags")))
+    directory = name if os.path.isdir(name) else os.path.join(sets_dir(), name)
+    files = [_shown(f) for f in sorted(glob.glob(os.path.join(directory, "*.flags")))]
     if not files:
-        known = sorted(os.listdir(SETS_DIR)) if os.path.isdir(SETS_DIR) else []
+        known = sorted(os.listdir(sets_dir())) if os.path.isdir(sets_dir()) else []
         raise ValueError(f"no experiment set {name!r}: {directory} holds no .flags files; "
                          f"known sets: {', '.join(known)}")
     return files
 
 
 def run_dir_of(flagfile):
-    """The --run_dir a flagfile sets (the last one wins, as in absl)."""
+    """The --run_dir a flagfile sets, its includes too (the last one wins, as in absl)."""
     run_dir = None
-    with open(flagfile, encoding="utf-8") as f:
-        for line in f:
-            if line.strip().startswith("--run_dir="):
-                run_dir = line.strip().split("=", 1)[1]
+    for line in cli.read_flagfile(flagfile):
+        if cli.flag_name(line) == "run_dir":
+            run_dir = line.split("=", 1)[1]
     if not run_dir:
         raise ValueError(f"{flagfile} sets no --run_dir; every run of a set needs its own")
     return run_dir
@@ -69,17 +79,34 @@ def commands(name, extra_args, report_out=None, run_root=None, reference=None):
     return runs, report
 
 
+def define_flags(values):
+    on = {"flag_values": values}
+    flags.DEFINE_string("data_dir", None, "Dataset for every run (overrides the flagfiles).",
+                        **on)
+    flags.DEFINE_string("precision", None, "Precision for every run (overrides the "
+                        "flagfiles).", **on)
+    flags.DEFINE_bool("dry_run", False, "Print the commands instead of running them.", **on)
+    flags.DEFINE_string("report_out", None,
+                        "Report directory (default RUN_ROOT/report, else runs/SET/report).", **on)
+    flags.DEFINE_string("reference", None, "Run dir the report's speedups are against, also "
+                        "one outside the set (default: the set's baseline, else its first "
+                        "run).", **on)
+    flags.DEFINE_string("run_root", None, "Put every run dir of the set under this directory "
+                        "(e.g. runs/study_quick_att for the same set on other data).", **on)
+
+
 def main(argv):
-    if len(argv) != 2:
-        raise app.UsageError("give one experiment set name, e.g. study_quick")
-    extra = [f"--{name}={FLAGS[name].value}" for name in ("data_dir", "precision")
-             if FLAGS[name].value]
+    values, names = cli.parse(argv, define_flags, __doc__)
+    if len(names) != 1:
+        sys.exit("error: give one experiment set name, e.g. study_quick")
+    extra = [f"--{name}={values[name].value}" for name in ("data_dir", "precision")
+             if values[name].value]
     try:
-        runs, report = commands(argv[1], extra, FLAGS.report_out, FLAGS.run_root,
-                                FLAGS.reference)
-    except ValueError as e:
+        runs, report = commands(names[0], extra, values.report_out, values.run_root,
+                                values.reference)
+    except (ValueError, flags.Error) as e:
         sys.exit(f"error: {e}")
-    if FLAGS.dry_run:
+    if values.dry_run:
         for command in runs + [report]:
             print(shlex.join(command))
         return
@@ -90,19 +117,5 @@ def main(argv):
     sys.exit(subprocess.run(report).returncode)
 
 
-def define_flags():
-    """Defines this command's flags (only when run as a command, so modules import together)."""
-    flags.DEFINE_string("data_dir", None, "Dataset for every run (overrides the flagfiles).")
-    flags.DEFINE_string("precision", None, "Precision for every run (overrides the flagfiles).")
-    flags.DEFINE_bool("dry_run", False, "Print the commands instead of running them.")
-    flags.DEFINE_string("report_out", None,
-                        "Report directory (default RUN_ROOT/report, else runs/SET/report).")
-    flags.DEFINE_string("reference", None, "Run dir the report's speedups are against, also "
-                        "one outside the set (default: the set's baseline, else its first run).")
-    flags.DEFINE_string("run_root", None, "Put every run dir of the set under this directory "
-                        "(e.g. runs/study_quick_att for the same set on other data).")
-
-
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    main(sys.argv)

@@ -1,16 +1,10 @@
-"""Test metrics of a model over a dataset, and a run's metrics.jsonl and summary.json.
+"""Test metrics of a model over a dataset, and what a run's test records say (summary.json).
 
 "Reached a target" is REFERENCE.md's: the first tested iteration whose test top-1 >= target.
 """
 
-import json
-import os
-
 import numpy as np
 import tensorflow as tf
-
-METRICS_NAME = "metrics.jsonl"
-SUMMARY_NAME = "summary.json"
 
 
 def make_test_step(model):
@@ -43,28 +37,6 @@ def evaluate(test_step, dataset, max_batches=0):
     return {"loss": loss / count, "top1": top1 / count, "top5": top5 / count, "count": int(count)}
 
 
-def read_metrics(run_dir):
-    """The run's test records, oldest first ([] when none were written yet)."""
-    path = os.path.join(run_dir, METRICS_NAME)
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def write_metrics(run_dir, entries):
-    """Rewrites metrics.jsonl atomically (used on resume to drop tests past the checkpoint)."""
-    path = os.path.join(run_dir, METRICS_NAME)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(e) + "\n" for e in entries)
-    os.replace(path + ".tmp", path)
-
-
-def append_metrics(run_dir, entry):
-    with open(os.path.join(run_dir, METRICS_NAME), "a", encoding="utf-8") as f:
-        f.write(json.dumps(entry) + "\n")
-
-
 def summarize(entries, targets):
     """Best and final test top-1, and for each target the first iteration and wall time."""
     if not entries:
@@ -82,6 +54,12 @@ def summarize(entries, targets):
             "final_wall_time": final["wall_time"], "targets": reached}
 
 
+def all_reached(summary):
+    """Whether a summary's run has reached every one of its targets."""
+    targets = summary.get("targets")
+    return bool(targets) and all(targets.values())
+
+
 def stability(entries):
     """Mean absolute change of test top-1 between consecutive tests over the second half of
     the run: how much the test curve jumps once training has settled (REFERENCE.md's side
@@ -95,10 +73,3 @@ def median_speed(entries):
     """Median training images/s over the entries that measured it (None if none did)."""
     rates = [e["images_per_sec"] for e in entries if e.get("images_per_sec")]
     return float(np.median(rates)) if rates else None
-
-
-def write_summary(run_dir, summary):
-    path = os.path.join(run_dir, SUMMARY_NAME)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(path + ".tmp", path)

@@ -12,6 +12,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from kerasbn import atomic
+
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 ENCODINGS = ("raw", "png", "jpeg")
@@ -124,13 +126,7 @@ def manifest_path(data_dir):
 
 def write_manifest(data_dir, manifest):
     """Writes manifest.json atomically: a reader sees the old file or the whole new one."""
-    manifest = dict(manifest, schema_version=SCHEMA_VERSION)
-    path = manifest_path(data_dir)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic.write_json(manifest_path(data_dir), dict(manifest, schema_version=SCHEMA_VERSION))
 
 
 _REQUIRED = ("image_size", "channels", "encoding", "class_names", "splits", "mean", "std")

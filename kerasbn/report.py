@@ -17,12 +17,10 @@ import os
 import sys
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from kerasbn import metrics
-from kerasbn import flags as train_flags
-
-FLAGS = flags.FLAGS
+from kerasbn import cli, metrics, train_flags
+from kerasbn.run_dir import RunDir, RunDirError
 FIGURES = {"accuracy_vs_iteration.png": ("iteration", "test_top1", "test top-1"),
            "accuracy_vs_time.png": ("wall_time", "test_top1", "test top-1"),
            "train_loss.png": ("iteration", "train_loss", "training loss"),
@@ -35,20 +33,17 @@ class ReportError(ValueError):
 
 def load_run(run_dir):
     """{name, dir, flags, entries} of one run; ReportError when it has no test yet."""
-    entries = metrics.read_metrics(run_dir)
+    try:
+        entries = RunDir(run_dir).read_metrics()
+        settings = train_flags.run_settings(run_dir) if entries else {}
+    except (RunDirError, flags.Error) as e:
+        raise ReportError(f"{run_dir}: {e}") from None
     if not entries:
         raise ReportError(f"{run_dir} has no metrics.jsonl lines: it is not a kerasbn run "
                           "directory, or its first test has not run yet")
-    settings, targets = {}, []
-    path = train_flags.flags_path(run_dir)
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for name, lines in train_flags.parse_flagfile(f.read()).items():
-                settings[name] = lines[-1].split("=", 1)[-1]
-                if name == "target_accuracy":
-                    targets = [float(line.split("=", 1)[-1]) for line in lines]
     return {"name": os.path.basename(os.path.normpath(run_dir)), "dir": run_dir,
-            "flags": settings, "targets": targets, "entries": entries}
+            "flags": settings, "targets": list(settings.get("target_accuracy") or []),
+            "entries": entries}
 
 
 def tracked_targets(runs):
@@ -155,36 +150,36 @@ def default_reference(runs):
 
 
 def main(argv):
-    if len(argv) < 2:
-        raise app.UsageError("give one or more run directories")
+    values, run_dirs = cli.parse(argv, define_flags, __doc__)
+    if not run_dirs:
+        sys.exit("error: give one or more run directories")
     try:
-        runs = [load_run(d) for d in argv[1:]]
-        wanted = os.path.normpath(FLAGS.reference or default_reference(runs))
+        runs = [load_run(d) for d in run_dirs]
+        wanted = os.path.normpath(values.reference or default_reference(runs))
         reference = next((r for r in runs if os.path.normpath(r["dir"]) == wanted), None)
         if reference is None:
-            reference = load_run(FLAGS.reference)
+            reference = load_run(values.reference)
             runs.append(reference)
     except ReportError as e:
         sys.exit(f"error: {e}")
-    targets = [float(t) for t in FLAGS.targets] if FLAGS.targets else tracked_targets(runs)
+    targets = [float(t) for t in values.targets] if values.targets else tracked_targets(runs)
     table = markdown(rows(runs, targets, reference["dir"]), reference["name"])
-    os.makedirs(FLAGS.out, exist_ok=True)
-    with open(os.path.join(FLAGS.out, "report.md"), "w", encoding="utf-8") as f:
+    os.makedirs(values.out, exist_ok=True)
+    with open(os.path.join(values.out, "report.md"), "w", encoding="utf-8") as f:
         f.write(table)
     print(table)
-    for path in plot(runs, FLAGS.out):
+    for path in plot(runs, values.out):
         print(f"figure: {path}")
 
 
-def define_flags():
-    """Defines this command's flags (only when run as a command, so modules import together)."""
+def define_flags(values):
+    on = {"flag_values": values}
     flags.DEFINE_string("reference", None, "Run the speedups are against (default: the first "
-                        "baseline run, else the first run).")
+                        "baseline run, else the first run).", **on)
     flags.DEFINE_list("targets", None, "Test top-1 targets (default: those the runs tracked "
-                      "with --target_accuracy, else 0.8).")
-    flags.DEFINE_string("out", "report", "Directory for report.md and the PNGs.")
+                      "with --target_accuracy, else 0.8).", **on)
+    flags.DEFINE_string("out", "report", "Directory for report.md and the PNGs.", **on)
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    main(sys.argv)

@@ -6,15 +6,14 @@ called with the optimizer's step counter, divided by `iter_size` when gradients 
 over several batches per update. A resumed run restores the counter and so continues the
 same curve. REFERENCE.md sections 1 and 3 give every formula.
 
-    python -m kerasbn.schedules --flagfile=launch/bn.flags --print_every=10000
-    python -m kerasbn.schedules --plot=lr.png launch/baseline.flags launch/bn.flags
+`ScheduleConfig` is the schedule's part of a run's settings, checked when it is made;
+`python -m kerasbn.show_schedule` prints and draws it.
 """
 
-import sys
+import dataclasses
 
 import keras
 import numpy as np
-from absl import app, flags
 from keras import ops
 
 CAFFE_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
@@ -22,7 +21,66 @@ SMOOTH_POLICIES = ("step", "exp", "inv")
 STUDY_POLICIES = ("long_step", "short_step", "multistep_no_dropout")
 POLICIES = CAFFE_POLICIES + ("stepwise_then_jump",) + STUDY_POLICIES
 STUDY_MAX_ITER = 420_000
-FLAGS = flags.FLAGS
+
+
+class ScheduleError(ValueError):
+    """Learning-rate settings that make no schedule; the message names the flag and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig:
+    """The learning-rate settings of a run (the `--lr_policy` flags), checked on creation."""
+
+    lr_policy: str = "multistep"
+    base_lr: float = 0.01
+    gamma: float = 0.1
+    power: float = 1.0
+    stepsize: int = 10000
+    stepvalue: tuple = ()
+    smooth_policy: str = "step"
+    smooth_until: int = 150000
+    jump_gamma: float = 0.1
+    jump_at: tuple = ()
+    warmup_iter: int = 0
+    max_iter: int = 420000
+    iter_size: int = 1
+
+    def __post_init__(self):
+        for name in ("stepvalue", "jump_at"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        policy = self.lr_policy
+        if policy not in POLICIES:
+            raise ScheduleError(f"--lr_policy={policy} is not one of {', '.join(POLICIES)}")
+        if self.smooth_policy not in SMOOTH_POLICIES:
+            raise ScheduleError(f"--smooth_policy={self.smooth_policy} is not one of "
+                                f"{', '.join(SMOOTH_POLICIES)}")
+        if self.base_lr <= 0:
+            raise ScheduleError(f"--base_lr must be positive, got {self.base_lr}")
+        if self.gamma <= 0 or self.jump_gamma <= 0:
+            raise ScheduleError("--gamma and --jump_gamma must be positive (a negative factor "
+                                "makes negative rates)")
+        if self.max_iter < 1 or self.iter_size < 1 or self.warmup_iter < 0:
+            raise ScheduleError("--max_iter and --iter_size must be at least 1, --warmup_iter "
+                                "at least 0")
+        if not _increasing(self.stepvalue):
+            raise ScheduleError(f"--stepvalue must be positive and strictly increasing, got "
+                                f"{list(self.stepvalue)}")
+        uses_stepsize = policy in ("step", "sigmoid") or (
+            policy == "stepwise_then_jump" and self.smooth_policy == "step")
+        if uses_stepsize and self.stepsize < 1:
+            raise ScheduleError(f"--stepsize must be at least 1 for --lr_policy={policy}")
+        if policy == "stepwise_then_jump":
+            if self.smooth_until < 1 or not _increasing(self.jump_at):
+                raise ScheduleError("stepwise_then_jump needs --smooth_until >= 1 and "
+                                    "--jump_at iterations in increasing order")
+            if self.jump_at and self.jump_at[0] <= self.smooth_until:
+                raise ScheduleError(f"--jump_at={self.jump_at[0]} comes before "
+                                    f"--smooth_until={self.smooth_until}; jumps follow the "
+                                    "smooth phase")
+
+
+def _increasing(values):
+    return list(values) == sorted(set(values)) and all(v > 0 for v in values)
 
 
 def _iteration(step, iter_size):
@@ -147,22 +205,20 @@ def study_policy(name, base_lr, max_iter, iter_size=1):
     raise ValueError(f"unknown study policy {name!r}; one of {', '.join(STUDY_POLICIES)}")
 
 
-def make_schedule(config):
-    """The schedule a run config (the training flags) asks for."""
-    c = config
-    iter_size = c.get("iter_size", 1)
-    if c["lr_policy"] in STUDY_POLICIES:
-        schedule = study_policy(c["lr_policy"], c["base_lr"], c["max_iter"], iter_size)
-    elif c["lr_policy"] == "stepwise_then_jump":
-        smooth = CaffePolicy(c["smooth_policy"], c["base_lr"], c["gamma"], c["power"],
-                             c["stepsize"], iter_size=iter_size)
-        schedule = StepwiseThenJump(smooth, c["smooth_until"], c["jump_gamma"], c["jump_at"],
-                                    iter_size=iter_size)
+def make_schedule(c):
+    """The schedule a `ScheduleConfig` asks for."""
+    if c.lr_policy in STUDY_POLICIES:
+        schedule = study_policy(c.lr_policy, c.base_lr, c.max_iter, c.iter_size)
+    elif c.lr_policy == "stepwise_then_jump":
+        smooth = CaffePolicy(c.smooth_policy, c.base_lr, c.gamma, c.power, c.stepsize,
+                             iter_size=c.iter_size)
+        schedule = StepwiseThenJump(smooth, c.smooth_until, c.jump_gamma, c.jump_at,
+                                    iter_size=c.iter_size)
     else:
-        schedule = CaffePolicy(c["lr_policy"], c["base_lr"], c["gamma"], c["power"],
-                               c["stepsize"], c["stepvalue"], c["max_iter"], iter_size)
-    if c.get("warmup_iter"):
-        schedule = LinearWarmup(schedule, c["warmup_iter"], iter_size)
+        schedule = CaffePolicy(c.lr_policy, c.base_lr, c.gamma, c.power, c.stepsize,
+                               c.stepvalue, c.max_iter, c.iter_size)
+    if c.warmup_iter:
+        schedule = LinearWarmup(schedule, c.warmup_iter, c.iter_size)
     return schedule
 
 
@@ -171,69 +227,3 @@ def rates(schedule, iterations):
     iter_size = getattr(schedule, "iter_size", 1)
     steps = np.asarray(iterations, np.int64) * iter_size
     return np.asarray(keras.ops.convert_to_numpy(schedule(steps)), np.float64)
-
-
-def _config_from_flagfile(path, train_flags):
-    """The schedule config of a training flagfile."""
-    FLAGS.unparse_flags()
-    FLAGS(["schedules", f"--flagfile={path}"])
-    return train_flags.schedule_config()
-
-
-def main(argv):
-    # kerasbn.flags imports this module for the policy names, so it is imported here.
-    from kerasbn import flags as train_flags
-    out = FLAGS.plot
-    try:
-        if out:
-            files = argv[1:] or [None]
-            curves = []
-            for path in files:
-                config = (_config_from_flagfile(path, train_flags) if path
-                          else train_flags.schedule_config())
-                iterations = np.unique(np.linspace(0, config["max_iter"], 2000).astype(int))
-                curves.append((path or config["lr_policy"], iterations,
-                               rates(make_schedule(config), iterations)))
-            plot(curves, out)
-            print(f"wrote {out}")
-            return
-        config = train_flags.schedule_config()
-        every = max(1, FLAGS.print_every)
-        iterations = list(range(0, config["max_iter"] + 1, every))
-        for iteration, lr in zip(iterations, rates(make_schedule(config), iterations)):
-            print(f"{iteration} {lr:.6g}")
-    except train_flags.FlagError as e:
-        sys.exit(f"error: {e}")
-
-
-def plot(curves, out):
-    """Draws (label, iterations, rates) curves on one log-scale chart."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for label, iterations, values in curves:
-        ax.plot(iterations, values, label=label)
-    ax.set_yscale("log")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("learning rate")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-
-
-def define_flags():
-    """Defines this command's flags (only when run as a command, so modules import together)."""
-    import kerasbn.flags  # noqa: F401  (defines the training flags, the policies' among them)
-    flags.DEFINE_integer("print_every", 1000, "Print `iteration lr` every N iterations.")
-    flags.DEFINE_string("plot", None, "Draw the policies of the flagfiles given as arguments "
-                        "(or of the flags) into this PNG.")
-
-
-if __name__ == "__main__":
-    define_flags()
-    from kerasbn import flags as train_flags
-    app.run(main, flags_parser=train_flags.parse_argv)

@@ -2,44 +2,24 @@
 
     python -m kerasbn.train --flagfile=launch/bn.flags --data_dir=data/faces --run_dir=runs/bn
 
-Flags -> strategy -> data -> model -> fit -> export. Rerunning on the same --run_dir resumes
-from its newest checkpoint (weights, optimizer state, iteration and so learning rate).
+Flags -> RunConfig -> run dir (locked) -> data -> model -> fit -> export. Rerunning on the
+same --run_dir resumes from its newest checkpoint (weights, optimizer state, iteration and so
+learning rate).
 """
 
 import os
-import shutil
 import sys
 
 import keras
 import tensorflow as tf
-from absl import app, logging
 
-from kerasbn import callbacks, checkpoints, export, input as input_lib, metrics, records
-from kerasbn import precise_bn, solver
-from kerasbn import flags as train_flags
+from kerasbn import callbacks, checkpoints, cli, config as config_lib, export, metrics
+from kerasbn import optimizers, pipeline, precise_bn, records, schedules, train_flags
+from kerasbn.run_dir import RunDir, RunDirError
 
-FLAGS = train_flags.FLAGS
-
-
-def prepare_run_dir(run_dir, overwrite):
-    """Refuses a run dir holding a run with other flags (unless overwrite); writes flags.txt."""
-    path = train_flags.flags_path(run_dir)
-    if os.path.exists(path):
-        if overwrite:
-            shutil.rmtree(run_dir)
-        else:
-            changed = train_flags.differences(path)
-            if changed:
-                name, there, now = changed[0]
-                raise train_flags.FlagError(
-                    f"--run_dir={run_dir} holds a run with different flags ({len(changed)} "
-                    f"differ; --{name}: {there or 'unset'} there, {now or 'unset'} now); rerun "
-                    "with its flags (--flagfile=" + path + ") to resume, pass --overwrite to "
-                    "start over, or choose another --run_dir")
-    os.makedirs(run_dir, exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(train_flags.flagfile_text())
-    os.replace(path + ".tmp", path)
+# What a training command reports as one line; anything else is a bug and keeps its traceback.
+ERRORS = (records.DataError, config_lib.ConfigError, schedules.ScheduleError, RunDirError,
+          FloatingPointError)
 
 
 def make_strategy():
@@ -48,61 +28,98 @@ def make_strategy():
     return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
 
 
-def train(config):
-    """Runs (or resumes) the training described by `config` (from `train_flags.resolve`)."""
-    run_dir, data_dir = config["run_dir"], config["data_dir"]
+def start(config, flagfile_text, overwrite=False, stored=None):
+    """Trains (or resumes) the run of `config` in its run dir, holding the run's lock.
+
+    `stored` is the run dir's own config when it holds a run (`train_flags.stored_config`);
+    a different one is refused unless `overwrite`, which deletes only the run's files.
+    Returns (summary, export dir).
+    """
+    run = RunDir(config.run_dir)
+    if os.path.abspath(config.run_dir) == os.path.abspath(config.data_dir):
+        raise RunDirError(f"--run_dir={config.run_dir} is the dataset's directory; choose "
+                          "another --run_dir")
+    with run.lock():
+        if stored is not None:
+            if overwrite:
+                run.clear()
+            else:
+                run.check_same_run(config, stored)
+        run.write_settings(config, flagfile_text)
+        return train(config, run)
+
+
+def train(config, run):
+    """Runs (or resumes) the training of `config` in RunDir `run` (locked by the caller)."""
+    data_dir = config.data_dir
     manifest = records.read_manifest(data_dir)
     for split in ("train", "test"):
-        input_lib.check_shards(data_dir, manifest, split)
-    keras.mixed_precision.set_global_policy(config["precision"])
-    keras.utils.set_random_seed(config["seed"])
-    strategy = make_strategy()
-    with strategy.scope():
-        model = solver.build_and_compile(config)
+        pipeline.check_shards(data_dir, manifest, split)
+    keras.mixed_precision.set_global_policy(config.precision)
+    keras.utils.set_random_seed(config.seed)
+    with make_strategy().scope():
+        model = optimizers.build_and_compile(config)
         wall_time = tf.Variable(0.0, dtype=tf.float64, trainable=False)
-        manager = checkpoints.make_manager(run_dir, model, model.optimizer, wall_time,
-                                           config["keep_checkpoints"])
+        manager = checkpoints.make_manager(run, model, model.optimizer, wall_time,
+                                           config.keep_checkpoints)
     if manager.latest_checkpoint:
         manager.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         print(f"resuming from {manager.latest_checkpoint}", flush=True)
-    elif config["weights"]:
-        print(f"initialised from {checkpoints.load_weights(model, config['weights'])}",
+    elif config.weights:
+        print(f"initialised from {checkpoints.load_weights(model, config.weights)}",
               flush=True)
-    if config["iter_size"] > 1 and config["model"] != "baseline":
-        print(f"warning: --iter_size={config['iter_size']} accumulates gradients, but BN "
-              f"statistics still come from each batch of {config['batch_size']} images",
+    if config.iter_size > 1 and config.model != "baseline":
+        print(f"warning: --iter_size={config.iter_size} accumulates gradients, but BN "
+              f"statistics still come from each batch of {config.batch_size} images",
               flush=True)
-    start_iter = int(model.optimizer.iterations.numpy())
-    metrics.write_metrics(run_dir, [e for e in metrics.read_metrics(run_dir)
-                                    if e["iteration"] <= start_iter])
+    iterations = lambda: int(model.optimizer.iterations.numpy())
+    start_iter = iterations()
+    entries = run.keep_metrics_until(start_iter)
 
-    train_data = input_lib.train_dataset(
-        data_dir, manifest, config["batch_size"], seed=config["seed"],
-        crop_pad=config["crop_pad"], mirror=config["mirror"], start_step=start_iter)
-    test_data = input_lib.test_dataset(data_dir, manifest, config["batch_size"])
-    tensorboard = os.path.join(run_dir, "tensorboard")
-    writers = (tf.summary.create_file_writer(os.path.join(tensorboard, "train")),
-               tf.summary.create_file_writer(os.path.join(tensorboard, "test")))
+    train_data = pipeline.train_dataset(
+        data_dir, manifest, config.batch_size, seed=config.seed, crop_pad=config.crop_pad,
+        mirror=config.mirror, start_step=start_iter)
+    test_data = pipeline.test_dataset(data_dir, manifest, config.batch_size)
+    test_step = metrics.make_test_step(model)
     # Its own seeded stream, so precise BN never shifts the training data order.
-    precise_data = (input_lib.train_dataset(
-        data_dir, manifest, config["batch_size"], seed=config["seed"] + 1,
-        mirror=config["mirror"], crop_pad=config["crop_pad"], start_step=start_iter)
-        if config["precise_bn"] and precise_bn.bn_layers(model) else None)
-    events = callbacks.IterationEvents(run_dir, config, metrics.make_test_step(model), test_data,
-                                       manager, wall_time, writers, start_iter, precise_data)
+    precise_batches = iter(pipeline.train_dataset(
+        data_dir, manifest, config.batch_size, seed=config.seed + 1, mirror=config.mirror,
+        crop_pad=config.crop_pad, start_step=start_iter)) \
+        if config.precise_bn and precise_bn.bn_layers(model) else None
+
+    def evaluate():
+        if precise_batches is not None:
+            precise_bn.recompute(model, precise_batches, config.precise_bn)
+        return metrics.evaluate(test_step, test_data, config.test_iter)
+
+    clock = callbacks.Clock(float(wall_time.numpy()))
+    train_writer = tf.summary.create_file_writer(os.path.join(run.tensorboard, "train"))
+    test_writer = tf.summary.create_file_writer(os.path.join(run.tensorboard, "test"))
+    progress = callbacks.ProgressDisplay(config.display, config.max_iter,
+                                         config.batch_size * config.iter_size, clock,
+                                         train_writer, start_iter)
+    tester = callbacks.PeriodicTest(run, evaluate, config.test_interval, config.max_iter,
+                                    config.target_accuracy, clock, progress, test_writer,
+                                    entries)
+    events = [callbacks.NanGuard(), progress, tester]
+    stop = callbacks.StopAtTarget(tester) if config.stop_at_target else None
+    events += [stop] if stop else []
+    events.append(callbacks.Snapshot(manager, config.snapshot, config.max_iter, clock,
+                                     wall_time))
+    tester.set_model(model)
+    if start_iter == 0 and config.test_initialization:
+        with clock.pause():
+            tester.test(0)
     # Loss scaling (mixed_float16) may skip updates, so one fit can end short of max_iter.
-    while ((remaining := config["max_iter"] - int(model.optimizer.iterations.numpy())) > 0
-           and not events.stopped_at_target):
-        model.fit(train_data, epochs=1, steps_per_epoch=remaining * config["iter_size"],
-                  callbacks=[events], verbose=0, shuffle=False)
-    summary = metrics.summarize(metrics.read_metrics(run_dir), config["target_accuracy"])
-    metrics.write_summary(run_dir, summary)
-    export_dir = export.export_saved_model(model, manifest,
-                                           os.path.join(run_dir, export.EXPORT_NAME))
-    return summary, export_dir
+    while (remaining := config.max_iter - iterations()) > 0 and not (stop and stop.stopped):
+        model.fit(train_data, epochs=1, steps_per_epoch=remaining * config.iter_size,
+                  callbacks=events, verbose=0, shuffle=False)
+    summary = metrics.summarize(run.read_metrics(), config.target_accuracy)
+    run.write_summary(summary)
+    return summary, export.export_saved_model(model, manifest, run.export)
 
 
-def describe(summary, config, export_dir):
+def describe(summary, run_dir, export_dir):
     """The end-of-run lines a user reads."""
     if not summary.get("tests"):
         return "no test was run"
@@ -110,32 +127,34 @@ def describe(summary, config, export_dir):
         f"target top-1 {target}: " + (f"reached at iteration {hit['iteration']} "
                                       f"({hit['wall_time']:.0f}s)" if hit else "not reached")
         for target, hit in sorted(summary["targets"].items(), key=lambda t: float(t[0]))]
-    run_dir = config["run_dir"]
     return "\n".join([
         f"best test top-1 {summary['best_test_top1']:.4f} (iteration "
         f"{summary['best_iteration']}), final {summary['final_test_top1']:.4f} "
         f"(iteration {summary['final_iteration']})",
         *targets,
-        f"TensorBoard: tensorboard --logdir {os.path.join(run_dir, 'tensorboard')}",
+        f"TensorBoard: tensorboard --logdir {RunDir(run_dir).tensorboard}",
         f"SavedModel: {export_dir}"])
 
 
 def main(argv):
-    logging.set_verbosity(logging.WARNING)
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}; every setting is a --flag")
+    values, rest = cli.parse(argv, train_flags.define, __doc__)
+    if rest:
+        sys.exit(f"error: unexpected arguments {rest}; every setting is a --flag")
     for name in ("data_dir", "run_dir"):
-        if not FLAGS[name].value:
+        if not values[name].value:
             sys.exit(f"error: --{name} is required")
     try:
-        manifest = records.read_manifest(FLAGS.data_dir)
-        config = train_flags.resolve(manifest, FLAGS.data_dir)
-        prepare_run_dir(config["run_dir"], config["overwrite"])
-        summary, export_dir = train(config)
-    except (records.DataError, train_flags.FlagError, FloatingPointError) as e:
+        manifest = records.read_manifest(values.data_dir)
+        config = train_flags.to_config(values, manifest)
+        run = RunDir(config.run_dir)
+        stored = train_flags.stored_config(config.run_dir, manifest) if run.holds_run() \
+            else None
+        summary, export_dir = start(config, train_flags.flagfile_text(values),
+                                    values.overwrite, stored)
+    except ERRORS as e:
         sys.exit(f"error: {e}")
-    print(describe(summary, config, export_dir), flush=True)
+    print(describe(summary, config.run_dir, export_dir), flush=True)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=train_flags.parse_argv)
+    main(sys.argv)

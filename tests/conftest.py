@@ -3,7 +3,6 @@
 import os
 
 import pytest
-from absl import flags as absl_flags
 
 from data_tools import synth
 from kerasbn import train
@@ -34,7 +33,5 @@ def att_faces():
 
 
 def run_train(args):
-    """Runs `python -m kerasbn.train ARGS` in this process (flags parsed afresh)."""
-    absl_flags.FLAGS.unparse_flags()
-    absl_flags.FLAGS(["train"] + args)
-    train.main(["train"])
+    """Runs `python -m kerasbn.train ARGS` in this process."""
+    train.main(["train"] + args)

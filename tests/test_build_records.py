@@ -8,7 +8,7 @@ import tensorflow as tf
 from PIL import Image
 
 from data_tools import build_records, inspect_records
-from kerasbn import input as input_lib
+from kerasbn import pipeline
 from kerasbn import records
 
 FORMATS = [("pgm", "PPM"), ("jpg", "JPEG"), ("png", "PNG"), ("bmp", "BMP"), ("tif", "TIFF")]
@@ -235,7 +235,7 @@ def test_write_manifest_describes_foreign_records(tmp_path):
     assert manifest["encoding"] == "jpeg" and manifest["image_size"] == [20, 20]
     assert {s: e["count"] for s, e in manifest["splits"].items()} == {"train": 12, "test": 4}
     loaded = records.read_manifest(str(d))
-    _, labels = next(iter(input_lib.test_dataset(str(d), loaded, 16)))
+    _, labels = next(iter(pipeline.test_dataset(str(d), loaded, 16)))
     assert sorted(set(labels.numpy().tolist())) == [0, 1, 2]
     assert inspect_records.check(str(d))[0] == []
 
@@ -273,7 +273,7 @@ def test_command_line_gzip_rgb_and_inspect(folder, tmp_path):
     assert "3 skipped" in done.stdout and "person1/notes.txt" in done.stdout
     manifest = records.read_manifest(str(out))
     assert manifest["compression"] == "GZIP" and manifest["channels"] == 3
-    x, y = next(iter(input_lib.test_dataset(str(out), manifest, 4)))
+    x, y = next(iter(pipeline.test_dataset(str(out), manifest, 4)))
     assert x.shape == (4, 24, 24, 3)
     checked = _cli("data_tools.inspect_records", str(out), f"--montage={tmp_path / 'm.png'}")
     assert checked.returncode == 0, checked.stderr

@@ -1,8 +1,6 @@
 import pytest
-from absl import flags as absl_flags
 
-from kerasbn import caffe_solver
-from kerasbn import flags as train_flags
+from kerasbn import caffe_solver, train_flags
 
 # Caffe's examples/cifar10/cifar10_quick_solver.prototxt, as published.
 CIFAR10_QUICK = """# reduce the learning rate after 8 epochs (4000 iters) by a factor of 10
@@ -92,10 +90,8 @@ def test_imagenet_solver_becomes_a_usable_flagfile(tmp_path):
     assert {f for f, *_ in unmapped} == {"net", "solver_mode"}
     path = tmp_path / "solver.flags"
     path.write_text("\n".join(lines) + "\n")
-    absl_flags.FLAGS.unparse_flags()
-    absl_flags.FLAGS(["x", f"--flagfile={path}"])
-    config = train_flags.schedule_config()
-    assert (config["lr_policy"], config["stepsize"], config["base_lr"]) == ("step", 100000, 0.01)
+    config = train_flags.schedule_config(train_flags.parse_flagfile(str(path)))
+    assert (config.lr_policy, config.stepsize, config.base_lr) == ("step", 100000, 0.01)
 
 
 def test_solver_type_and_adam_fields():

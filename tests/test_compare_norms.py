@@ -1,9 +1,8 @@
 import os
 
 import pytest
-from absl import flags as absl_flags
 
-from kerasbn import compare_norms, metrics
+from kerasbn import cli, compare_norms, metrics, records, train_flags
 
 
 def _entries(accuracies, every=10, speed=100.0):
@@ -30,12 +29,14 @@ def test_summary_table_on_scripted_runs():
 
 
 def test_real_runs_write_table_and_curves(small_data, tmp_path):
-    absl_flags.FLAGS.unparse_flags()
-    absl_flags.FLAGS(["x", f"--data_dir={small_data}", "--model=bn", "--batch_size=16",
-                      "--max_iter=6", "--test_interval=3", "--display=3", "--snapshot=6",
-                      "--widths=8,8,8,8,8,8,16", "--bn_momentum=0.9"])
+    values, _ = cli.parse(["x", f"--data_dir={small_data}", "--model=bn", "--batch_size=16",
+                           "--max_iter=6", "--test_interval=3", "--display=3", "--snapshot=6",
+                           "--widths=8,8,8,8,8,8,16", "--bn_momentum=0.9"],
+                          compare_norms.define_flags)
+    config = train_flags.to_config(values, records.read_manifest(small_data))
     out = str(tmp_path)
-    runs = {norm: [compare_norms.run_one(norm, 0, out)] for norm in ("keras", "windows")}
+    runs = {norm: [compare_norms.run_one(config, norm, 0, out)]
+            for norm in ("keras", "windows")}
     assert [e["iteration"] for e in runs["windows"][0]] == [0, 3, 6]
     assert os.path.isfile(os.path.join(out, "windows", "seed0", "flags.txt"))
     compare_norms.plot(runs, str(tmp_path / "c.png"))

@@ -1,13 +1,6 @@
-import os
-import subprocess
-import sys
-
 import keras
 import numpy as np
 import pytest
-from absl import flags as absl_flags
-
-from kerasbn import flags as train_flags
 from kerasbn import schedules
 
 ITERS = np.array([0, 1, 2, 99, 100, 101, 149, 150, 151, 299, 300, 301, 999, 1000])
@@ -87,43 +80,25 @@ def test_serialization_round_trip(schedule, tmp_path):
     np.testing.assert_allclose(schedules.rates(restored, ITERS), schedules.rates(schedule, ITERS))
 
 
-def _schedule_flags(*args):
-    absl_flags.FLAGS.unparse_flags()
-    absl_flags.FLAGS(["x", *args])
-    return train_flags.schedule_config()
-
-
-@pytest.mark.parametrize("args,message", [
-    (["--stepvalue=300", "--stepvalue=200"], "--stepvalue"),
-    (["--lr_policy=stepwise_then_jump", "--smooth_until=100", "--jump_at=50"], "--jump_at=50"),
-    (["--gamma=-0.1"], "negative rates"),
-    (["--base_lr=-1"], "--base_lr"),
-    (["--lr_policy=step", "--stepsize=0"], "--stepsize"),
-    (["--lr_policy=poly", "--max_iter=0"], "--max_iter"),
+@pytest.mark.parametrize("kw,message", [
+    (dict(stepvalue=[300, 200]), "--stepvalue"),
+    (dict(lr_policy="stepwise_then_jump", smooth_until=100, jump_at=[50]), "--jump_at=50"),
+    (dict(gamma=-0.1), "negative rates"),
+    (dict(base_lr=-1), "--base_lr"),
+    (dict(lr_policy="step", stepsize=0), "--stepsize"),
+    (dict(lr_policy="poly", max_iter=0), "--max_iter"),
+    (dict(lr_policy="cosine"), "--lr_policy=cosine"),
 ])
-def test_invalid_combinations_are_refused(args, message):
-    with pytest.raises(train_flags.FlagError, match=message):
-        _schedule_flags(*args)
+def test_invalid_combinations_are_refused(kw, message):
+    with pytest.raises(schedules.ScheduleError, match=message):
+        schedules.ScheduleConfig(**kw)
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "kerasbn.schedules", *args],
-                          capture_output=True, text=True,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-
-
-def test_command_prints_and_plots(tmp_path):
-    flagfile = tmp_path / "a.flags"
-    flagfile.write_text("--lr_policy=multistep_no_dropout\n--base_lr=0.01\n--max_iter=4200\n")
-    done = _cli(f"--flagfile={flagfile}", "--print_every=1500")
-    assert done.returncode == 0, done.stderr
-    lines = [l.split() for l in done.stdout.splitlines()]
-    assert [int(i) for i, _ in lines] == [0, 1500, 3000]
-    assert float(lines[1][1]) == pytest.approx(0.01 * 0.9 ** 15, rel=1e-4)
-    other = tmp_path / "b.flags"
-    other.write_text("--lr_policy=long_step\n--max_iter=4200\n")
-    plotted = _cli(f"--plot={tmp_path / 'lr.png'}", str(flagfile), str(other))
-    assert plotted.returncode == 0, plotted.stderr
-    assert (tmp_path / "lr.png").stat().st_size > 10_000
-    bad = _cli("--stepvalue=5", "--stepvalue=3")
-    assert bad.returncode != 0 and "--stepvalue" in bad.stderr
+def test_make_schedule_reads_a_schedule_config():
+    config = schedules.ScheduleConfig(lr_policy="multistep_no_dropout", base_lr=0.01,
+                                      max_iter=4200, warmup_iter=10)
+    schedule = schedules.make_schedule(config)
+    assert isinstance(schedule, schedules.LinearWarmup)
+    # Warm-up: (i + 1) / 10 of the study's curve, whose stepsize scales to 100 at 4200.
+    assert schedules.rates(schedule, [0, 1500]).tolist() == pytest.approx(
+        [0.001, 0.01 * 0.9 ** 15], rel=1e-5)

@@ -5,13 +5,14 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags as absl_flags
 
-from kerasbn import callbacks, checkpoints, export, input as input_lib, metrics, records
 from conftest import run_train
-from kerasbn import solver, train
+from kerasbn import callbacks, checkpoints, optimizers, pipeline, records, train_flags
+from kerasbn.run_dir import RunDir
 
-FLAGS = absl_flags.FLAGS
+
+def _metrics(run_dir):
+    return RunDir(run_dir).read_metrics()
 
 
 def _args(data_dir, run_dir, **extra):
@@ -55,7 +56,7 @@ def _scalars(event_dir, tag):
 
 
 def test_run_writes_everything_and_loss_falls(finished_run, capsys):
-    entries = metrics.read_metrics(finished_run)
+    entries = _metrics(finished_run)
     assert [e["iteration"] for e in entries] == [0, 10, 20, 30, 40]
     assert set(entries[1]) == {"iteration", "wall_time", "lr", "train_loss", "test_loss",
                                "test_top1", "test_top5", "images_per_sec"}
@@ -78,12 +79,9 @@ def test_saved_model_serves_uint8_and_matches_keras(finished_run, small_data):
     images, _ = records.parse_batch(batch, (50, 50), 1, "raw")
     served = tf.saved_model.load(os.path.join(finished_run, "export"))
     out = served.signatures["serving_default"](images=images)
-    FLAGS.unparse_flags()
-    FLAGS(["train", f"--flagfile={os.path.join(finished_run, 'flags.txt')}"])
-    config = train.train_flags.resolve(manifest, small_data)
-    model = solver.build_and_compile(config)
-    assert checkpoints.restore_latest(finished_run, model)
-    logits = model(input_lib.normalize(images, manifest), training=False)
+    model = optimizers.build_and_compile(train_flags.stored_config(finished_run))
+    assert checkpoints.restore_latest(RunDir(finished_run), model)
+    logits = model(pipeline.normalize(images, manifest), training=False)
     np.testing.assert_allclose(out["probabilities"].numpy(), tf.nn.softmax(logits).numpy(),
                                atol=1e-5)
     norms = np.linalg.norm(out["embedding"].numpy(), axis=1)
@@ -98,22 +96,22 @@ def test_interrupted_run_resumes_at_the_right_iteration_and_rate(small_data, tmp
     whole = str(tmp_path / "whole")
     run_train(_args(small_data, whole, **policy))
     cut = str(tmp_path / "cut")
-    real_snapshot = callbacks.IterationEvents._snapshot
+    real_snapshot = callbacks.Snapshot.on_iteration
 
-    def snapshot_then_die(self, iteration):
-        real_snapshot(self, iteration)
+    def snapshot_then_die(self, iteration, logs):
+        real_snapshot(self, iteration, logs)
         if iteration == 10:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(callbacks.IterationEvents, "_snapshot", snapshot_then_die)
+    monkeypatch.setattr(callbacks.Snapshot, "on_iteration", snapshot_then_die)
     with pytest.raises(KeyboardInterrupt):
         run_train(_args(small_data, cut, **policy))
-    monkeypatch.setattr(callbacks.IterationEvents, "_snapshot", real_snapshot)
+    monkeypatch.setattr(callbacks.Snapshot, "on_iteration", real_snapshot)
     capsys.readouterr()
     run_train(_args(small_data, cut, **policy))
     assert "resuming from" in capsys.readouterr().out
-    got = [(e["iteration"], e["lr"]) for e in metrics.read_metrics(cut)]
-    want = [(e["iteration"], e["lr"]) for e in metrics.read_metrics(whole)]
+    got = [(e["iteration"], e["lr"]) for e in _metrics(cut)]
+    want = [(e["iteration"], e["lr"]) for e in _metrics(whole)]
     assert got == want
     # lr(i) = 0.02 * 0.5 ^ floor(min(i, 12) / 5) * 0.1 ^ [i >= 25]
     assert [lr for _, lr in got] == pytest.approx([0.02, 0.005, 0.005, 0.0005])
@@ -125,14 +123,14 @@ def test_interrupted_run_resumes_at_the_right_iteration_and_rate(small_data, tmp
 def test_weights_start_from_the_given_run(finished_run, small_data, tmp_path):
     run_train(_args(small_data, str(tmp_path / "a"), max_iter=10,
                     weights=finished_run))
-    first = metrics.read_metrics(str(tmp_path / "a"))[0]
-    final = metrics.read_metrics(finished_run)[-1]
+    first = _metrics(str(tmp_path / "a"))[0]
+    final = _metrics(finished_run)[-1]
     assert first["iteration"] == 0
     assert first["test_top1"] == pytest.approx(final["test_top1"])
     assert first["test_loss"] == pytest.approx(final["test_loss"], rel=1e-4)
     run_train(_args(small_data, str(tmp_path / "b"), max_iter=10,
                     weights=os.path.join(finished_run, "export")))
-    assert metrics.read_metrics(str(tmp_path / "b"))[0]["test_loss"] == pytest.approx(
+    assert _metrics(str(tmp_path / "b"))[0]["test_loss"] == pytest.approx(
         final["test_loss"], rel=1e-4)
 
 
@@ -160,7 +158,7 @@ def test_unloadable_weights_are_refused(small_data, tmp_path):
 def test_run_dir_of_another_run_is_refused_unless_overwrite(finished_run, small_data, tmp_path):
     message = _error(_args(small_data, finished_run, max_iter=40, base_lr=0.5))
     assert "--base_lr" in message and "--overwrite" in message
-    assert len(metrics.read_metrics(finished_run)) == 5
+    assert len(_metrics(finished_run)) == 5
 
 
 def test_missing_data_dir_is_named(tmp_path):
@@ -169,27 +167,13 @@ def test_missing_data_dir_is_named(tmp_path):
 
 
 def test_unknown_enum_value_is_refused(small_data, tmp_path):
-    FLAGS.unparse_flags()
-    with pytest.raises(absl_flags.IllegalFlagValueError, match="--precision"):
-        FLAGS(["train"] + _args(small_data, str(tmp_path), precision="float8"))
-
-
-def test_export_command_rebuilds_the_run(finished_run, tmp_path, small_data):
-    FLAGS.unparse_flags()
-    out = export.export_run(finished_run, str(tmp_path / "again"))
-    images = tf.zeros([3, 50, 50, 1], tf.uint8) + 128
-    again = tf.saved_model.load(out).signatures["serving_default"](images=images)
-    first = tf.saved_model.load(os.path.join(finished_run, "export")).signatures[
-        "serving_default"](images=images)
-    np.testing.assert_allclose(again["probabilities"], first["probabilities"], atol=1e-6)
-    assert not os.path.exists(out + ".partial")
-
-
+    message = _error(_args(small_data, str(tmp_path), precision="float8"))
+    assert "--precision=float8" in message and "\n" not in message
 @pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_runs_and_exports_float32(small_data, tmp_path, precision):
     run_dir = str(tmp_path / precision)
     run_train(_args(small_data, run_dir, max_iter=10, test_interval=5, precision=precision))
-    entries = metrics.read_metrics(run_dir)
+    entries = _metrics(run_dir)
     assert [e["iteration"] for e in entries] == [0, 5, 10]
     assert all(np.isfinite(e["test_loss"]) for e in entries)
     out = tf.saved_model.load(os.path.join(run_dir, "export")).signatures["serving_default"](
@@ -204,19 +188,9 @@ def test_iter_size_and_solver_types_train(small_data, tmp_path, solver_type, cap
     run_train(_args(small_data, run_dir, max_iter=10, test_interval=5, iter_size=2,
                     solver_type=solver_type, base_lr=0.005, lr_policy="multistep_no_dropout"))
     assert "BN statistics still come from each batch" in capsys.readouterr().out
-    entries = metrics.read_metrics(run_dir)
+    entries = _metrics(run_dir)
     assert [e["iteration"] for e in entries] == [0, 5, 10]
     assert entries[-1]["test_loss"] < entries[0]["test_loss"]
-
-
-def test_summary_tracks_every_target_as_the_reference_defines_it():
-    entries = [{"iteration": i, "wall_time": 10.0 * i, "test_top1": a}
-               for i, a in [(0, 0.1), (10, 0.55), (20, 0.5), (30, 0.81), (40, 0.79)]]
-    summary = metrics.summarize(entries, [0.5, 0.8, 0.9])
-    assert summary["targets"] == {"0.5": {"iteration": 10, "wall_time": 100.0},
-                                  "0.8": {"iteration": 30, "wall_time": 300.0}, "0.9": None}
-    assert (summary["best_test_top1"], summary["best_iteration"]) == (0.81, 30)
-    assert (summary["final_test_top1"], summary["final_iteration"]) == (0.79, 40)
 
 
 def test_stop_at_target_ends_the_run_and_a_rerun_stays_stopped(small_data, tmp_path, capsys):
@@ -224,7 +198,7 @@ def test_stop_at_target_ends_the_run_and_a_rerun_stays_stopped(small_data, tmp_p
     args = _args(small_data, run_dir, max_iter=200, test_interval=5, snapshot=100,
                  target_accuracy=0.3, stop_at_target="true")
     run_train(args + ["--target_accuracy=0.25"])
-    entries = metrics.read_metrics(run_dir)
+    entries = _metrics(run_dir)
     summary = json.load(open(os.path.join(run_dir, "summary.json")))
     last = entries[-1]["iteration"]
     assert last < 200 and entries[-1]["test_top1"] >= 0.3
@@ -235,29 +209,35 @@ def test_stop_at_target_ends_the_run_and_a_rerun_stays_stopped(small_data, tmp_p
     assert _scalars(os.path.join(run_dir, "tensorboard", "test"), "iterations_to_0.3") == {
         last: float(last)}
     run_train(args + ["--target_accuracy=0.25"])
-    assert metrics.read_metrics(run_dir)[-1]["iteration"] == last
+    assert _metrics(run_dir)[-1]["iteration"] == last
 
 
 def test_precise_bn_run(small_data, tmp_path):
     run_dir = str(tmp_path / "precise")
     run_train(_args(small_data, run_dir, max_iter=10, test_interval=5, precise_bn=2))
-    entries = metrics.read_metrics(run_dir)
+    entries = _metrics(run_dir)
     assert [e["iteration"] for e in entries] == [0, 5, 10]
     assert all(np.isfinite(e["test_loss"]) for e in entries)
 
 
-def test_run_from_before_a_new_flag_still_resumes(finished_run, small_data):
-    path = os.path.join(finished_run, "flags.txt")
-    text = open(path).read()
+def test_run_from_before_config_json_and_a_new_flag_still_resumes(finished_run, small_data):
+    run = RunDir(finished_run)
+    text, config = open(run.flags_txt).read(), open(run.config_json).read()
     try:
-        with open(path, "w") as f:
+        os.remove(run.config_json)
+        with open(run.flags_txt, "w") as f:
             f.write("".join(line + "\n" for line in text.splitlines()
                             if not line.startswith(("--precise_bn", "--nostop_at_target"))))
         run_train(_args(small_data, finished_run, max_iter=40))
-        assert len(metrics.read_metrics(finished_run)) == 5
+        assert len(_metrics(finished_run)) == 5
+        assert json.load(open(run.config_json))["precise_bn"] == 0
+        os.remove(run.config_json)
+        assert "--base_lr" in _error(_args(small_data, finished_run, max_iter=40, base_lr=0.5))
     finally:
-        with open(path, "w") as f:
+        with open(run.flags_txt, "w") as f:
             f.write(text)
+        with open(run.config_json, "w") as f:
+            f.write(config)
 
 
 def test_a_resumed_run_may_track_other_targets(finished_run, small_data):

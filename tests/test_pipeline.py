@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import make_synth
-from kerasbn import input as input_lib
+from kerasbn import pipeline
 from kerasbn import records
 
 
@@ -13,7 +13,7 @@ def _take(dataset, n):
 
 def test_train_batches_shapes_dtypes_normalisation(small_data):
     manifest = records.read_manifest(small_data)
-    batches = _take(input_lib.train_dataset(small_data, manifest, 16, seed=0), 20)
+    batches = _take(pipeline.train_dataset(small_data, manifest, 16, seed=0), 20)
     for x, y in batches:
         assert x.shape == (16, 50, 50, 1) and x.dtype == np.float32
         assert y.shape == (16,) and y.dtype == np.int32
@@ -24,7 +24,7 @@ def test_train_batches_shapes_dtypes_normalisation(small_data):
 
 def test_train_pipeline_is_seeded(small_data):
     manifest = records.read_manifest(small_data)
-    make = lambda seed, step=0: _take(input_lib.train_dataset(
+    make = lambda seed, step=0: _take(pipeline.train_dataset(
         small_data, manifest, 16, seed=seed, crop_pad=3, mirror=True, start_step=step), 12)
     a, b, c, d = make(1), make(1), make(2), make(1, step=500)
     for (xa, ya), (xb, yb) in zip(a, b):
@@ -37,7 +37,7 @@ def test_train_pipeline_is_seeded(small_data):
 def test_train_pipeline_draws_classes_in_proportion(small_data):
     manifest = records.read_manifest(small_data)
     count = manifest["splits"]["train"]["count"]
-    dataset = input_lib.train_dataset(small_data, manifest, count, seed=0, shuffle_buffer=64)
+    dataset = pipeline.train_dataset(small_data, manifest, count, seed=0, shuffle_buffer=64)
     labels = np.concatenate([y for _, y in _take(dataset, 20)])
     counts = np.bincount(labels, minlength=6)
     assert counts.sum() == 20 * count
@@ -49,7 +49,7 @@ def test_test_pass_yields_each_record_once_with_partial_batch(small_data):
     files = records.split_files(small_data, manifest, "test")
     direct = tf.data.TFRecordDataset(files).batch(1000).get_single_element()
     expected_images, expected_labels = records.parse_batch(direct, (50, 50), 1, "raw")
-    batches = _take(input_lib.test_dataset(small_data, manifest, 7), 100)
+    batches = _take(pipeline.test_dataset(small_data, manifest, 7), 100)
     assert [len(y) for _, y in batches] == [7, 7, 7, 7, 2]
     images = np.concatenate([x for x, _ in batches])
     labels = np.concatenate([y for _, y in batches])
@@ -64,18 +64,18 @@ def test_test_pass_shards_by_file_across_replicas(tmp_path):
     seen = []
     for replica in range(2):
         context = tf.distribute.InputContext(2, replica, 2)
-        seen += [y for _, y in _take(input_lib.test_dataset(
+        seen += [y for _, y in _take(pipeline.test_dataset(
             str(tmp_path), manifest, 4, input_context=context), 100)]
     assert sum(len(y) for y in seen) == manifest["splits"]["test"]["count"]
 
 
 def test_random_crop_and_mirror_move_pixels_not_values():
     images = tf.constant(np.arange(2 * 6 * 6, dtype=np.uint8).reshape(2, 6, 6, 1))
-    out = input_lib.random_crop_mirror(images, tf.constant([0, 1], tf.int64), 0, True).numpy()
+    out = pipeline.random_crop_mirror(images, tf.constant([0, 1], tf.int64), 0, True).numpy()
     for original, flipped in zip(images.numpy(), out):
         assert (np.array_equal(flipped, original)
                 or np.array_equal(flipped, original[:, ::-1]))
-    cropped = input_lib.random_crop_mirror(images, tf.constant([3, 4], tf.int64), 2, False)
+    cropped = pipeline.random_crop_mirror(images, tf.constant([3, 4], tf.int64), 2, False)
     assert cropped.shape == (2, 6, 6, 1)
     assert set(np.unique(cropped.numpy())) <= set(np.unique(images.numpy()))
 
@@ -85,8 +85,8 @@ def test_png_dataset_reads_like_raw(tmp_path):
     make_synth(tmp_path / "png", encoding="png")
     raw_m = records.read_manifest(tmp_path / "raw")
     png_m = records.read_manifest(tmp_path / "png")
-    raw = _take(input_lib.test_dataset(str(tmp_path / "raw"), raw_m, 64), 10)
-    png = _take(input_lib.test_dataset(str(tmp_path / "png"), png_m, 64), 10)
+    raw = _take(pipeline.test_dataset(str(tmp_path / "raw"), raw_m, 64), 10)
+    png = _take(pipeline.test_dataset(str(tmp_path / "png"), png_m, 64), 10)
     for (xr, yr), (xp, yp) in zip(raw, png):
         np.testing.assert_array_equal(xr, xp)
         np.testing.assert_array_equal(yr, yp)
@@ -99,17 +99,17 @@ def test_shard_of_another_size_is_named_before_training(tmp_path):
     name = manifest["splits"]["train"]["files"][0]
     (tmp_path / "a" / name).write_bytes((tmp_path / "b" / name).read_bytes())
     with pytest.raises(records.DataError, match=name + " holds 32x32x1 images"):
-        input_lib.check_shards(str(tmp_path / "a"), manifest, "train")
+        pipeline.check_shards(str(tmp_path / "a"), manifest, "train")
 
 
 def test_train_pipeline_shards_files_across_input_pipelines(tmp_path, small_data):
     make_synth(tmp_path, shard_size=8)
     manifest = records.read_manifest(tmp_path)
     contexts = [tf.distribute.InputContext(2, i, 2) for i in range(2)]
-    firsts = [_take(input_lib.train_dataset(str(tmp_path), manifest, 4, input_context=c), 1)
+    firsts = [_take(pipeline.train_dataset(str(tmp_path), manifest, 4, input_context=c), 1)
               for c in contexts]
     assert not np.array_equal(firsts[0][0][0], firsts[1][0][0])
     one_shard = records.read_manifest(small_data)
     one_shard["splits"]["train"]["files"] = one_shard["splits"]["train"]["files"][:1]
     with pytest.raises(records.DataError, match="smaller --shard_size"):
-        input_lib.train_dataset(small_data, one_shard, 4, input_context=contexts[0])
+        pipeline.train_dataset(small_data, one_shard, 4, input_context=contexts[0])

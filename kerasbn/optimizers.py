@@ -1,4 +1,4 @@
-"""The network and its Caffe-style solver, built from a run config, as train, export and
+"""The network and its Caffe-style solver, built from a `RunConfig`, as train, export and
 evaluation all need them.
 
 Caffe's update for SGD is v = momentum * v + lr * (grad + wd * w); w -= v. Keras's SGD keeps
@@ -10,26 +10,25 @@ Caffe's iter_size is Keras's gradient_accumulation_steps (schedules count update
 import keras
 
 from kerasbn import models, schedules
-from kerasbn import flags as train_flags
 
 
 def make_optimizer(config):
-    """The optimizer of `config["solver_type"]` on the config's learning-rate schedule."""
-    schedule = schedules.make_schedule(config)
-    accumulate = {"gradient_accumulation_steps": config["iter_size"]} \
-        if config["iter_size"] > 1 else {}
-    kind = config["solver_type"]
+    """The optimizer of `config.solver_type` on the config's learning-rate schedule."""
+    schedule = schedules.make_schedule(config.schedule)
+    accumulate = {"gradient_accumulation_steps": config.iter_size} \
+        if config.iter_size > 1 else {}
+    kind = config.solver_type
     if kind in ("SGD", "Nesterov"):
-        return keras.optimizers.SGD(schedule, momentum=config["momentum"],
+        return keras.optimizers.SGD(schedule, momentum=config.momentum,
                                     nesterov=kind == "Nesterov", **accumulate)
     if kind == "Adam":
-        return keras.optimizers.Adam(schedule, beta_1=config["momentum"],
-                                     beta_2=config["momentum2"], epsilon=config["delta"],
+        return keras.optimizers.Adam(schedule, beta_1=config.momentum,
+                                     beta_2=config.momentum2, epsilon=config.delta,
                                      **accumulate)
-    optimizer = keras.optimizers.AdamW(schedule, weight_decay=config["weight_decay"],
-                                       beta_1=config["momentum"], beta_2=config["momentum2"],
-                                       epsilon=config["delta"], **accumulate)
-    excluded = ["gamma", "beta"] + ([] if config["decay_biases"] else ["bias"])
+    optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay,
+                                       beta_1=config.momentum, beta_2=config.momentum2,
+                                       epsilon=config.delta, **accumulate)
+    excluded = ["gamma", "beta"] + ([] if config.decay_biases else ["bias"])
     optimizer.exclude_from_weight_decay(var_names=excluded)
     return optimizer
 
@@ -37,7 +36,7 @@ def make_optimizer(config):
 def build_and_compile(config):
     """The compiled network of `config`, its optimizer variables already created (so a
     checkpoint can restore into them)."""
-    model = models.build(**train_flags.model_kwargs(config))
+    model = models.build(**config.model_kwargs())
     model.compile(make_optimizer(config),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.optimizer.build(model.trainable_variables)

@@ -4,7 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from kerasbn import solver
+from kerasbn import optimizers, schedules
+from kerasbn.config import RunConfig
 
 X = np.array([[1.0, 2.0], [0.5, -1.0], [-1.5, 0.25], [2.0, 1.0]], np.float32)
 Y = np.array([[1.0], [0.0], [-1.0], [2.0]], np.float32)
@@ -13,13 +14,13 @@ B0 = np.array([0.1], np.float32)
 
 
 def _config(**kw):
-    config = {"lr_policy": "step", "base_lr": 0.1, "gamma": 0.5, "power": 1.0, "stepsize": 2,
-              "stepvalue": [], "smooth_policy": "step", "smooth_until": 1, "jump_gamma": 0.1,
-              "jump_at": [], "warmup_iter": 0, "max_iter": 10, "iter_size": 1,
-              "solver_type": "SGD", "momentum": 0.9, "momentum2": 0.999, "delta": 1e-8,
-              "weight_decay": 0.01, "decay_biases": False}
-    config.update(kw)
-    return config
+    schedule = {"lr_policy": "step", "base_lr": 0.1, "gamma": 0.5, "stepsize": 2,
+                "max_iter": 10}
+    fields = schedules.ScheduleConfig.__annotations__
+    schedule.update({k: kw.pop(k) for k in list(kw) if k in fields})
+    solver = {"solver_type": "SGD", "momentum": 0.9, "weight_decay": 0.01, **kw}
+    return RunConfig(data_dir="d", run_dir="r", num_classes=1, image_size=(1, 1), channels=1,
+                     test_interval=1, schedule=schedules.ScheduleConfig(**schedule), **solver)
 
 
 def _linear(weight_decay):
@@ -37,9 +38,9 @@ def _grads(w, b):
 
 
 def _train(config, steps, coupled=True):
-    model = _linear(config["weight_decay"] if coupled else 0.0)
-    model.compile(solver.make_optimizer(config), "mse")
-    for _ in range(steps * config["iter_size"]):
+    model = _linear(config.weight_decay if coupled else 0.0)
+    model.compile(optimizers.make_optimizer(config), "mse")
+    for _ in range(steps * config.iter_size):
         model.train_on_batch(X, Y)
     return model
 
@@ -95,6 +96,6 @@ def test_adamw_decay_is_decoupled_and_spares_biases():
 
 
 def test_adam_uses_caffe_momentum_names():
-    optimizer = solver.make_optimizer(_config(solver_type="Adam", momentum=0.8, momentum2=0.99,
+    optimizer = optimizers.make_optimizer(_config(solver_type="Adam", momentum=0.8, momentum2=0.99,
                                               delta=1e-6))
     assert (optimizer.beta_1, optimizer.beta_2, optimizer.epsilon) == (0.8, 0.99, 1e-6)

@@ -1,0 +1,96 @@
+"""What every command shares: its flags on a FlagValues of its own, parsed from argv.
+
+Parsing is absl's, with three differences a user of flagfiles expects: a `--flagfile=` inside
+a flagfile resolves relative to the including file first, then the working directory; a
+repeatable flag given on the command line replaces the flagfiles' values instead of adding to
+them; and a bad flag or a missing flagfile ends the command with one line. `--help` prints
+the command's own flags; `-v N` (absl's verbosity) also lets TensorFlow log (see `console`).
+"""
+
+import os
+import sys
+
+from absl import flags, logging
+
+COMMENT = ("#", "//")
+
+
+def parse(argv, define, doc=""):
+    """(FlagValues holding `define`'s flags parsed from argv, positional arguments).
+
+    Exits with one line on a bad flag or flagfile, and after printing help for --help.
+    """
+    values = flags.FlagValues()
+    define(values)
+    flags.DEFINE_integer("verbosity", -1, "Logging verbosity (absl's): 0 and up show "
+                         "TensorFlow's logs too.", short_name="v", flag_values=values)
+    if any(arg in ("-h", "--help", "-help", "--helpfull", "-?") for arg in argv[1:]):
+        print(f"{doc.strip()}\n\nflags:\n{values.get_help(include_special_flags=False)}")
+        sys.exit(0)
+    try:
+        rest = values(expand(argv, values))
+    except (flags.Error, OSError) as e:
+        sys.exit(f"error: {_one_line(e)} (see --help)")
+    logging.set_verbosity(max(values.verbosity, logging.WARNING))
+    return values, rest[1:]
+
+
+def _one_line(error):
+    return " ".join(str(error).split())
+
+
+def expand(argv, values):
+    """argv with every --flagfile replaced by its lines (nested ones too); a repeatable flag
+    given outside flagfiles drops the flagfiles' values of that flag."""
+    args = list(argv[1:])
+    for i, arg in enumerate(args[:-1]):
+        if arg in ("--flagfile", "-flagfile"):
+            args[i:i + 2] = [f"--flagfile={args[i + 1]}", None]
+    args = [arg for arg in args if arg is not None]
+    repeatable = {name for name in values if isinstance(values[name], flags.MultiFlag)}
+    given = {flag_name(arg) for arg in args} & repeatable
+    expanded = [argv[0]]
+    for arg in args:
+        if flag_name(arg) == "flagfile":
+            expanded += [line for line in read_flagfile(arg.split("=", 1)[1])
+                         if flag_name(line) not in given]
+        else:
+            expanded.append(arg)
+    return expanded
+
+
+def read_flagfile(path, including=None, seen=()):
+    """The flag lines of flagfile `path`, its nested flagfiles expanded in place."""
+    path = resolve_flagfile(path, including)
+    if path in seen:
+        raise flags.Error(f"--flagfile={path} includes itself")
+    with open(path, encoding="utf-8") as f:
+        lines = [line.strip() for line in f]
+    out = []
+    for line in lines:
+        if not line or line.startswith(COMMENT):
+            continue
+        if flag_name(line) == "flagfile":
+            out += read_flagfile(line.split("=", 1)[1], path, seen + (path,))
+        else:
+            out.append(line)
+    return out
+
+
+def resolve_flagfile(path, including=None):
+    """`path` relative to the including flagfile's directory if it is there, else as given."""
+    if including and not os.path.isabs(path):
+        beside = os.path.join(os.path.dirname(including), path)
+        if os.path.isfile(beside):
+            return beside
+    if not os.path.isfile(path):
+        where = f" (included by {including})" if including else ""
+        raise flags.Error(f"--flagfile={path}{where} not found")
+    return path
+
+
+def flag_name(arg):
+    """The flag an argument sets (`--name=value` -> name), None for a positional one."""
+    if not arg.startswith("-") or arg in ("-", "--"):
+        return None
+    return arg.lstrip("-").split("=", 1)[0]

@@ -1,0 +1,139 @@
+"""The settings of one training run as a value: typed, checked once, saved as config.json.
+
+A command's `main` makes a `RunConfig` from its flags and the dataset's manifest and passes it
+on; nothing below the command layer reads flags. Field names are the training flags' names,
+so an error names the flag to change. `schedule` holds the learning-rate part, checked by
+`schedules.ScheduleConfig` itself.
+"""
+
+import dataclasses
+
+from kerasbn import models, norms, schedules
+
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+SOLVER_TYPES = ("SGD", "Nesterov", "Adam", "AdamW")
+# Settings that may change between a run and its resumption: where it lives and what it
+# reports (targets are measured afresh from the whole metrics history).
+NOT_RUN_DEFINING = ("run_dir", "display", "keep_checkpoints", "weights", "target_accuracy")
+
+
+class ConfigError(ValueError):
+    """Settings that cannot be used together; the message names the flag and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Every setting of a training run (README's Train section explains each)."""
+
+    data_dir: str
+    run_dir: str
+    num_classes: int
+    image_size: tuple
+    channels: int
+    model: str = "bn"
+    norm: str = "keras"
+    widths: tuple | None = None
+    dropout: float | None = None
+    bn_momentum: float | None = None
+    bn_epsilon: float | None = None
+    batch_size: int = 128
+    schedule: schedules.ScheduleConfig = schedules.ScheduleConfig()
+    solver_type: str = "SGD"
+    momentum: float = 0.9
+    momentum2: float = 0.999
+    delta: float = 1e-8
+    weight_decay: float = 5e-4
+    decay_biases: bool = False
+    test_interval: int = 5000
+    test_iter: int = 0
+    test_initialization: bool = True
+    display: int = 100
+    snapshot: int = 5000
+    keep_checkpoints: int = 3
+    precision: str = "float32"
+    seed: int = 0
+    target_accuracy: tuple = (0.8,)
+    stop_at_target: bool = False
+    weights: str | None = None
+    precise_bn: int = 0
+    crop_pad: int = 0
+    mirror: bool = False
+
+    def __post_init__(self):
+        fix = lambda name, value: object.__setattr__(self, name, value)
+        fix("image_size", tuple(int(v) for v in self.image_size))
+        fix("target_accuracy", tuple(float(t) for t in self.target_accuracy))
+        if isinstance(self.schedule, dict):
+            fix("schedule", schedules.ScheduleConfig(**self.schedule))
+        if self.widths is not None:
+            try:
+                fix("widths", tuple(int(w) for w in self.widths))
+            except ValueError:
+                raise ConfigError(f"--widths must be integers, got {list(self.widths)}") from None
+        self._check()
+
+    def _check(self):
+        for name, allowed in (("model", models.MODELS), ("norm", norms.NORMS),
+                              ("precision", PRECISIONS), ("solver_type", SOLVER_TYPES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"--{name}={getattr(self, name)} is not one of "
+                                  f"{', '.join(allowed)}")
+        for name in ("test_interval", "batch_size", "display", "num_classes", "channels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("test_iter", "snapshot", "keep_checkpoints", "precise_bn", "crop_pad"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name} must not be negative, got {getattr(self, name)}")
+        if self.test_interval > self.max_iter:
+            raise ConfigError(f"--test_interval={self.test_interval} is larger than "
+                              f"--max_iter={self.max_iter}; lower it so the run is tested")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ConfigError(f"--dropout must lie in [0, 1), got {self.dropout}")
+        if not self.target_accuracy or not all(0 < t <= 1 for t in self.target_accuracy):
+            raise ConfigError(f"--target_accuracy must lie in (0, 1], got "
+                              f"{list(self.target_accuracy)}")
+        expected = len(models.default_widths(self.model))
+        if self.widths is not None and len(self.widths) != expected:
+            raise ConfigError(f"--widths for --model={self.model} takes {expected} values, "
+                              f"got {len(self.widths)}")
+
+    @property
+    def max_iter(self):
+        return self.schedule.max_iter
+
+    @property
+    def iter_size(self):
+        return self.schedule.iter_size
+
+    def model_kwargs(self):
+        """Keyword arguments of `models.build`."""
+        return {"name": self.model, "num_classes": self.num_classes,
+                "image_size": self.image_size, "channels": self.channels,
+                "widths": self.widths, "dropout": self.dropout, "norm": self.norm,
+                "bn_momentum": self.bn_momentum, "bn_epsilon": self.bn_epsilon,
+                # AdamW decays in the optimizer, decoupled from the gradient.
+                "weight_decay": 0.0 if self.solver_type == "AdamW" else self.weight_decay,
+                "decay_biases": self.decay_biases}
+
+    def to_dict(self):
+        """Plain JSON-ready values (config.json)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        """The config of `to_dict`'s values; fields newer than them take their defaults."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def differences(self, other):
+        """(name, other's value, this value) of each run-defining setting that differs."""
+        mine, theirs = flat(self.to_dict()), flat(other.to_dict())
+        return [(name, theirs.get(name), mine.get(name)) for name in sorted(mine)
+                if name not in NOT_RUN_DEFINING and mine.get(name) != theirs.get(name)]
+
+
+def flat(values):
+    """The config's values with the schedule's fields at the top, as the flags name them."""
+    flat = {k: v for k, v in values.items() if k != "schedule"}
+    flat.update(values["schedule"])
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in flat.items()}

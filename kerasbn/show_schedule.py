@@ -1,0 +1,73 @@
+"""Prints or draws a learning-rate schedule before a four-day run is started with it.
+
+    python -m kerasbn.show_schedule --flagfile=launch/bn.flags --print_every=10000
+    python -m kerasbn.show_schedule --plot=lr.png launch/baseline.flags launch/bn.flags
+
+Takes the training flags (or flagfiles given as arguments, one curve each) and prints
+`iteration lr` lines, or draws the curves on one log-scale chart.
+"""
+
+import sys
+
+import numpy as np
+from absl import flags
+
+from kerasbn import cli, schedules, train_flags
+
+
+def define_flags(values):
+    train_flags.define(values)
+    flags.DEFINE_integer("print_every", 1000, "Print `iteration lr` every N iterations.",
+                         flag_values=values)
+    flags.DEFINE_string("plot", None, "Draw the policies of the flagfiles given as arguments "
+                        "(or of the flags) into this PNG.", flag_values=values)
+
+
+def curve(config):
+    """(iterations, rates) of a ScheduleConfig at 2,000 points over its run."""
+    iterations = np.unique(np.linspace(0, config.max_iter, 2000).astype(int))
+    return iterations, schedules.rates(schedules.make_schedule(config), iterations)
+
+
+def plot(curves, out):
+    """Draws (label, iterations, rates) curves on one log-scale chart."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, iterations, values in curves:
+        ax.plot(iterations, values, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("learning rate")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def main(argv):
+    values, paths = cli.parse(argv, define_flags, __doc__)
+    try:
+        if values.plot:
+            curves = []
+            for path in paths or [None]:
+                config = (train_flags.schedule_config(train_flags.parse_flagfile(path)) if path
+                          else train_flags.schedule_config(values))
+                curves.append((path or config.lr_policy, *curve(config)))
+            plot(curves, values.plot)
+            print(f"wrote {values.plot}")
+            return
+        config = train_flags.schedule_config(values)
+    except (schedules.ScheduleError, flags.Error, OSError) as e:
+        sys.exit(f"error: {e}")
+    iterations = list(range(0, config.max_iter + 1, max(1, values.print_every)))
+    for iteration, lr in zip(iterations, schedules.rates(schedules.make_schedule(config),
+                                                         iterations)):
+        print(f"{iteration} {lr:.6g}")
+
+
+if __name__ == "__main__":
+    main(sys.argv)

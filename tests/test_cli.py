@@ -1,0 +1,91 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from kerasbn import cli, report, train_flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _parse(argv):
+    return cli.parse(argv, train_flags.define)[0]
+
+
+def test_a_repeatable_flag_on_the_command_line_replaces_the_flagfiles(tmp_path):
+    base = tmp_path / "base.flags"
+    base.write_text("--stepvalue=600\n--stepvalue=700\n--target_accuracy=0.8\n--max_iter=800\n")
+    outer = tmp_path / "outer.flags"
+    outer.write_text(f"--flagfile={base}\n--jump_at=750\n")
+    values = _parse(["train", f"--flagfile={outer}", "--stepvalue=400", "--max_iter=900"])
+    assert values.stepvalue == [400]
+    assert values.target_accuracy == [0.8] and values.jump_at == [750]
+    assert values.max_iter == 900
+    values = _parse(["train", "--flagfile", str(outer), "--target_accuracy=0.5",
+                     "--target_accuracy=0.9"])
+    assert values.target_accuracy == [0.5, 0.9] and values.stepvalue == [600, 700]
+    assert _parse(["train", f"--flagfile={outer}"]).stepvalue == [600, 700]
+
+
+def test_each_parse_starts_from_the_defaults():
+    assert _parse(["train", "--max_iter=5"]).max_iter == 5
+    assert _parse(["train"]).max_iter == 420000
+
+
+def test_nested_flagfiles_resolve_beside_the_including_file_then_the_working_dir(
+        tmp_path, monkeypatch):
+    (tmp_path / "sets" / "a").mkdir(parents=True)
+    (tmp_path / "base.flags").write_text("# a comment\n--max_iter=77\n// another\n")
+    (tmp_path / "sets" / "a" / "run.flags").write_text("--flagfile=../../base.flags\n--seed=3\n")
+    (tmp_path / "cwd.flags").write_text("--batch_size=5\n")
+    (tmp_path / "sets" / "b.flags").write_text("--flagfile=cwd.flags\n")
+    monkeypatch.chdir("/")
+    values = _parse(["x", f"--flagfile={tmp_path / 'sets' / 'a' / 'run.flags'}"])
+    assert (values.max_iter, values.seed) == (77, 3)
+    monkeypatch.chdir(tmp_path)
+    assert _parse(["x", "--flagfile=sets/b.flags"]).batch_size == 5
+
+
+def test_bad_flags_and_missing_flagfiles_end_with_one_line(tmp_path):
+    for argv, words in [(["x", "--nope=1"], "nope"), (["x", "--max_iter=abc"], "max_iter"),
+                        (["x", f"--flagfile={tmp_path / 'missing.flags'}"], "missing.flags")]:
+        with pytest.raises(SystemExit) as info:
+            _parse(argv)
+        message = str(info.value)
+        assert message.startswith("error: ") and words in message and "\n" not in message
+    (tmp_path / "loop.flags").write_text(f"--flagfile={tmp_path / 'loop.flags'}\n")
+    with pytest.raises(SystemExit, match="includes itself"):
+        _parse(["x", f"--flagfile={tmp_path / 'loop.flags'}"])
+
+
+def test_two_commands_parse_their_own_flags_in_one_process():
+    train_values = _parse(["train", "--seed=4"])
+    report_values, runs = cli.parse(["report", "a", "--out=o"], report.define_flags)
+    assert train_values.seed == 4 and runs == ["a"] and report_values.out == "o"
+    assert "seed" not in report_values
+
+
+def test_help_lists_the_commands_own_flags(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.parse(["report", "--help"], report.define_flags, "Compares runs.")
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Compares runs.") and "--reference" in out and "--max_iter" not in out
+
+
+def _command(*args, cwd=ROOT):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True,
+                          text=True, env=env)
+
+
+def test_commands_print_no_tensorflow_chatter_unless_asked(tmp_path):
+    done = _command("kerasbn.train", f"--data_dir={tmp_path}", f"--run_dir={tmp_path / 'r'}")
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'manifest.json'} not found: --data_dir must be a directory made "
+        "by `python -m data_tools.synth` or `python -m data_tools.build_records`"]
+    verbose = _command("kerasbn.train", "-v", "0", f"--data_dir={tmp_path}",
+                       f"--run_dir={tmp_path / 'r'}")
+    assert verbose.returncode == 1 and len(verbose.stderr.strip().splitlines()) > 1

@@ -1,0 +1,32 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kerasbn import metrics
+
+
+def test_summary_tracks_every_target_as_the_reference_defines_it():
+    entries = [{"iteration": i, "wall_time": 10.0 * i, "test_top1": a}
+               for i, a in [(0, 0.1), (10, 0.55), (20, 0.5), (30, 0.81), (40, 0.79)]]
+    summary = metrics.summarize(entries, [0.5, 0.8, 0.9])
+    assert summary["targets"] == {"0.5": {"iteration": 10, "wall_time": 100.0},
+                                  "0.8": {"iteration": 30, "wall_time": 300.0}, "0.9": None}
+    assert (summary["best_test_top1"], summary["best_iteration"]) == (0.81, 30)
+    assert (summary["final_test_top1"], summary["final_iteration"]) == (0.79, 40)
+    assert not metrics.all_reached(summary)
+    assert metrics.all_reached(metrics.summarize(entries, [0.5, 0.8]))
+    assert not metrics.all_reached(metrics.summarize([], [0.5]))
+
+
+def test_evaluate_counts_hits_and_mean_loss_against_numpy():
+    logits = np.array([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 2.5], [0.5, 0.4, 0.1],
+                       [0.0, 0.0, 1.0]], np.float32)
+    labels = np.array([0, 2, 2, 1, 0])
+    step = metrics.make_test_step(lambda x, training=False: x)
+    data = tf.data.Dataset.from_tensor_slices((logits, labels)).batch(2)
+    result = metrics.evaluate(step, data)
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    loss = -np.log(probabilities[np.arange(5), labels]).mean()
+    assert result["count"] == 5 and result["top1"] == pytest.approx(2 / 5)
+    assert result["top5"] == 1.0 and result["loss"] == pytest.approx(loss, rel=1e-5)
+    assert metrics.evaluate(step, data, max_batches=1)["count"] == 2

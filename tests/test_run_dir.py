@@ -1,0 +1,69 @@
+import json
+import multiprocessing
+import os
+import signal
+
+import pytest
+
+from kerasbn.config import RunConfig
+from kerasbn.run_dir import RunDir, RunDirError
+
+CONFIG = RunConfig(data_dir="d", run_dir="r", num_classes=6, image_size=(50, 50), channels=1)
+
+
+def _hold_lock(path, ready):
+    with RunDir(path).lock():
+        ready.set()
+        signal.pause()
+
+
+def test_a_second_process_is_refused_and_a_killed_holder_frees_the_lock(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    holder = context.Process(target=_hold_lock, args=(str(tmp_path), ready))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        with pytest.raises(RunDirError, match=f"pid {holder.pid}"):
+            with RunDir(str(tmp_path)).lock():
+                pass
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.join()
+    with RunDir(str(tmp_path)).lock():
+        pass
+
+
+def test_metrics_append_whole_lines_and_a_torn_last_line_is_dropped(tmp_path):
+    run = RunDir(str(tmp_path))
+    for i in range(3):
+        run.append_metrics({"iteration": i * 10, "test_top1": 0.1 * i})
+    with open(run.metrics_jsonl, "a") as f:
+        f.write('{"iteration": 30, "test_to')
+    assert [e["iteration"] for e in run.read_metrics()] == [0, 10, 20]
+    assert [e["iteration"] for e in run.keep_metrics_until(10)] == [0, 10]
+    assert open(run.metrics_jsonl).read().count("\n") == 2
+    with open(run.metrics_jsonl, "w") as f:
+        f.write('{"iteration": 0}\nbroken\n{"iteration": 20}\n')
+    with pytest.raises(RunDirError, match="metrics.jsonl:2"):
+        run.read_metrics()
+
+
+def test_settings_are_written_and_read_back(tmp_path):
+    run = RunDir(str(tmp_path / "run"))
+    assert not run.holds_run() and run.read_config() is None
+    run.write_settings(CONFIG, "--max_iter=5\n")
+    assert run.holds_run() and run.read_config() == CONFIG
+    assert json.load(open(run.config_json))["num_classes"] == 6
+    assert open(run.flags_txt).read() == "--max_iter=5\n"
+
+
+def test_a_different_run_is_refused_and_clear_removes_only_the_runs_files(tmp_path):
+    run = RunDir(str(tmp_path))
+    run.write_settings(CONFIG, "")
+    os.makedirs(run.checkpoints)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirError, match="--seed: 0 there, 1 now.*--overwrite"):
+        run.check_same_run(RunConfig(**{**CONFIG.to_dict(), "seed": 1}), CONFIG)
+    run.clear()
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
