@@ -43,7 +43,7 @@ class Clock:
 
 def current_lr(model):
     """The optimizer's learning rate now, as a plain float (8 significant digits)."""
-    rate = keras.ops.convert_to_numpy(model.optimizer.learning_rate)
+    rate = tf.convert_to_tensor(model.optimizer.learning_rate)
     return float(f"{float(rate):.8g}")
 
 

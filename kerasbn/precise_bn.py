@@ -35,7 +35,9 @@ def recompute(model, batch_iterator, batches):
     layers = bn_layers(model)
     if not layers or batches < 1:
         return 0
-    probe = keras.Model(model.inputs, [layer.input for layer in layers])
+    # One input given as a tensor, not a list, so calling the probe with a batch matches it.
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    probe = keras.Model(inputs, [layer.input for layer in layers])
     saved = [[v.numpy() for v in layer.non_trainable_variables] for layer in layers]
     sums = None
     for images, _ in itertools.islice(batch_iterator, batches):
