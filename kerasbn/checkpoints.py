@@ -50,15 +50,18 @@ def load_weights(model, path):
     if prefix:
         # A Keras model tracks its optimizer, so reading restores that too; put it back.
         fresh = [(v, v.numpy()) for v in getattr(model.optimizer, "variables", [])]
-        status = tf.train.Checkpoint(model=model).read(prefix)
-        for v, value in fresh:
-            v.assign(value)
         try:
+            status = tf.train.Checkpoint(model=model).read(prefix)
             status.assert_existing_objects_matched()
         except (AssertionError, ValueError) as e:
+            # A variable of another shape fails while reading, before any check can.
+            first = str(e).splitlines()[0]
             raise records.DataError(f"--weights={path}: the checkpoint {prefix} does not fit "
-                                    f"--model and its flags ({e}); use a run of the same "
+                                    f"--model and its flags ({first}); use a run of the same "
                                     "network") from None
+        finally:
+            for v, value in fresh:
+                v.assign(value)
         status.expect_partial()
         return prefix
     if os.path.isfile(os.path.join(path, "saved_model.pb")):

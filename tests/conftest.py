@@ -35,3 +35,20 @@ def att_faces():
 def run_train(args):
     """Runs `python -m kerasbn.train ARGS` in this process."""
     train.main(["train"] + args)
+
+
+def train_args(data_dir, run_dir, **extra):
+    """Flags of a small, fast BN run on `data_dir` (extra flags override)."""
+    args = {"data_dir": data_dir, "run_dir": run_dir, "model": "bn", "batch_size": 16,
+            "max_iter": 30, "test_interval": 10, "display": 5, "snapshot": 10,
+            "base_lr": 0.02, "bn_momentum": 0.9, "widths": "16,16,32,24,48,40,64", "seed": 1}
+    args.update(extra)
+    return [f"--{k}={v}" for k, v in args.items()]
+
+
+@pytest.fixture(scope="session")
+def finished_run(small_data, tmp_path_factory):
+    """A finished 40-iteration run on `small_data` (tests at 0, 10, ..., 40)."""
+    run_dir = str(tmp_path_factory.mktemp("run"))
+    run_train(train_args(small_data, run_dir, max_iter=40))
+    return run_dir

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import run_train
-from kerasbn import callbacks, checkpoints, optimizers, pipeline, records, train_flags
+from conftest import run_train, train_args
+from kerasbn import callbacks
 from kerasbn.run_dir import RunDir
 
 
@@ -15,25 +15,10 @@ def _metrics(run_dir):
     return RunDir(run_dir).read_metrics()
 
 
-def _args(data_dir, run_dir, **extra):
-    args = {"data_dir": data_dir, "run_dir": run_dir, "model": "bn", "batch_size": 16,
-            "max_iter": 30, "test_interval": 10, "display": 5, "snapshot": 10,
-            "base_lr": 0.02, "bn_momentum": 0.9, "widths": "16,16,32,24,48,40,64", "seed": 1}
-    args.update(extra)
-    return [f"--{k}={v}" for k, v in args.items()]
-
-
 def _error(args):
     with pytest.raises(SystemExit) as info:
         run_train(args)
     return str(info.value)
-
-
-@pytest.fixture(scope="module")
-def finished_run(small_data, tmp_path_factory):
-    run_dir = str(tmp_path_factory.mktemp("run"))
-    run_train(_args(small_data, run_dir, max_iter=40))
-    return run_dir
 
 
 def _tags(event_dir):
@@ -72,29 +57,12 @@ def test_run_writes_everything_and_loss_falls(finished_run, capsys):
     assert {"top1", "top5", "loss"} <= _tags(os.path.join(finished_run, "tensorboard", "test"))
 
 
-def test_saved_model_serves_uint8_and_matches_keras(finished_run, small_data):
-    manifest = records.read_manifest(small_data)
-    files = records.split_files(small_data, manifest, "test")
-    batch = next(iter(tf.data.TFRecordDataset(files).batch(8)))
-    images, _ = records.parse_batch(batch, (50, 50), 1, "raw")
-    served = tf.saved_model.load(os.path.join(finished_run, "export"))
-    out = served.signatures["serving_default"](images=images)
-    model = optimizers.build_and_compile(train_flags.stored_config(finished_run))
-    assert checkpoints.restore_latest(RunDir(finished_run), model)
-    logits = model(pipeline.normalize(images, manifest), training=False)
-    np.testing.assert_allclose(out["probabilities"].numpy(), tf.nn.softmax(logits).numpy(),
-                               atol=1e-5)
-    norms = np.linalg.norm(out["embedding"].numpy(), axis=1)
-    np.testing.assert_allclose(norms, 1.0, atol=1e-5)
-    assert out["embedding"].shape == (8, 64)
-
-
 def test_interrupted_run_resumes_at_the_right_iteration_and_rate(small_data, tmp_path,
                                                                  monkeypatch, capsys):
     policy = dict(lr_policy="stepwise_then_jump", stepsize=5, gamma=0.5, smooth_until=12,
                   jump_at=25, max_iter=30)
     whole = str(tmp_path / "whole")
-    run_train(_args(small_data, whole, **policy))
+    run_train(train_args(small_data, whole, **policy))
     cut = str(tmp_path / "cut")
     real_snapshot = callbacks.Snapshot.on_iteration
 
@@ -105,10 +73,10 @@ def test_interrupted_run_resumes_at_the_right_iteration_and_rate(small_data, tmp
 
     monkeypatch.setattr(callbacks.Snapshot, "on_iteration", snapshot_then_die)
     with pytest.raises(KeyboardInterrupt):
-        run_train(_args(small_data, cut, **policy))
+        run_train(train_args(small_data, cut, **policy))
     monkeypatch.setattr(callbacks.Snapshot, "on_iteration", real_snapshot)
     capsys.readouterr()
-    run_train(_args(small_data, cut, **policy))
+    run_train(train_args(small_data, cut, **policy))
     assert "resuming from" in capsys.readouterr().out
     got = [(e["iteration"], e["lr"]) for e in _metrics(cut)]
     want = [(e["iteration"], e["lr"]) for e in _metrics(whole)]
@@ -121,58 +89,58 @@ def test_interrupted_run_resumes_at_the_right_iteration_and_rate(small_data, tmp
 
 
 def test_weights_start_from_the_given_run(finished_run, small_data, tmp_path):
-    run_train(_args(small_data, str(tmp_path / "a"), max_iter=10,
+    run_train(train_args(small_data, str(tmp_path / "a"), max_iter=10,
                     weights=finished_run))
     first = _metrics(str(tmp_path / "a"))[0]
     final = _metrics(finished_run)[-1]
     assert first["iteration"] == 0
     assert first["test_top1"] == pytest.approx(final["test_top1"])
     assert first["test_loss"] == pytest.approx(final["test_loss"], rel=1e-4)
-    run_train(_args(small_data, str(tmp_path / "b"), max_iter=10,
+    run_train(train_args(small_data, str(tmp_path / "b"), max_iter=10,
                     weights=os.path.join(finished_run, "export")))
     assert _metrics(str(tmp_path / "b"))[0]["test_loss"] == pytest.approx(
         final["test_loss"], rel=1e-4)
 
 
 def test_test_interval_beyond_max_iter_is_refused(small_data, tmp_path):
-    message = _error(_args(small_data, str(tmp_path), max_iter=10, test_interval=20))
+    message = _error(train_args(small_data, str(tmp_path), max_iter=10, test_interval=20))
     assert "--test_interval=20" in message and "--max_iter=10" in message
 
 
 def test_class_count_disagreeing_with_manifest_is_refused(small_data, tmp_path):
-    message = _error(_args(small_data, str(tmp_path), num_classes=10))
+    message = _error(train_args(small_data, str(tmp_path), num_classes=10))
     assert "--num_classes=10" in message and "6 classes" in message
 
 
 def test_image_size_disagreeing_with_manifest_is_refused(small_data, tmp_path):
-    assert "--image_size=64" in _error(_args(small_data, str(tmp_path), image_size=64))
+    assert "--image_size=64" in _error(train_args(small_data, str(tmp_path), image_size=64))
 
 
 def test_unloadable_weights_are_refused(small_data, tmp_path):
     (tmp_path / "empty").mkdir()
-    message = _error(_args(small_data, str(tmp_path / "run"), weights=str(tmp_path / "empty")))
+    message = _error(train_args(small_data, str(tmp_path / "run"), weights=str(tmp_path / "empty")))
     assert "holds nothing loadable" in message
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 
 def test_run_dir_of_another_run_is_refused_unless_overwrite(finished_run, small_data, tmp_path):
-    message = _error(_args(small_data, finished_run, max_iter=40, base_lr=0.5))
+    message = _error(train_args(small_data, finished_run, max_iter=40, base_lr=0.5))
     assert "--base_lr" in message and "--overwrite" in message
     assert len(_metrics(finished_run)) == 5
 
 
 def test_missing_data_dir_is_named(tmp_path):
-    message = _error(_args(str(tmp_path / "nowhere"), str(tmp_path / "run")))
+    message = _error(train_args(str(tmp_path / "nowhere"), str(tmp_path / "run")))
     assert "manifest.json not found" in message
 
 
 def test_unknown_enum_value_is_refused(small_data, tmp_path):
-    message = _error(_args(small_data, str(tmp_path), precision="float8"))
+    message = _error(train_args(small_data, str(tmp_path), precision="float8"))
     assert "--precision=float8" in message and "\n" not in message
 @pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_runs_and_exports_float32(small_data, tmp_path, precision):
     run_dir = str(tmp_path / precision)
-    run_train(_args(small_data, run_dir, max_iter=10, test_interval=5, precision=precision))
+    run_train(train_args(small_data, run_dir, max_iter=10, test_interval=5, precision=precision))
     entries = _metrics(run_dir)
     assert [e["iteration"] for e in entries] == [0, 5, 10]
     assert all(np.isfinite(e["test_loss"]) for e in entries)
@@ -185,7 +153,7 @@ def test_mixed_precision_runs_and_exports_float32(small_data, tmp_path, precisio
 @pytest.mark.parametrize("solver_type", ["Nesterov", "AdamW"])
 def test_iter_size_and_solver_types_train(small_data, tmp_path, solver_type, capsys):
     run_dir = str(tmp_path / solver_type)
-    run_train(_args(small_data, run_dir, max_iter=10, test_interval=5, iter_size=2,
+    run_train(train_args(small_data, run_dir, max_iter=10, test_interval=5, iter_size=2,
                     solver_type=solver_type, base_lr=0.005, lr_policy="multistep_no_dropout"))
     assert "BN statistics still come from each batch" in capsys.readouterr().out
     entries = _metrics(run_dir)
@@ -195,7 +163,7 @@ def test_iter_size_and_solver_types_train(small_data, tmp_path, solver_type, cap
 
 def test_stop_at_target_ends_the_run_and_a_rerun_stays_stopped(small_data, tmp_path, capsys):
     run_dir = str(tmp_path / "run")
-    args = _args(small_data, run_dir, max_iter=200, test_interval=5, snapshot=100,
+    args = train_args(small_data, run_dir, max_iter=200, test_interval=5, snapshot=100,
                  target_accuracy=0.3, stop_at_target="true")
     run_train(args + ["--target_accuracy=0.25"])
     entries = _metrics(run_dir)
@@ -214,7 +182,7 @@ def test_stop_at_target_ends_the_run_and_a_rerun_stays_stopped(small_data, tmp_p
 
 def test_precise_bn_run(small_data, tmp_path):
     run_dir = str(tmp_path / "precise")
-    run_train(_args(small_data, run_dir, max_iter=10, test_interval=5, precise_bn=2))
+    run_train(train_args(small_data, run_dir, max_iter=10, test_interval=5, precise_bn=2))
     entries = _metrics(run_dir)
     assert [e["iteration"] for e in entries] == [0, 5, 10]
     assert all(np.isfinite(e["test_loss"]) for e in entries)
@@ -228,11 +196,11 @@ def test_run_from_before_config_json_and_a_new_flag_still_resumes(finished_run, 
         with open(run.flags_txt, "w") as f:
             f.write("".join(line + "\n" for line in text.splitlines()
                             if not line.startswith(("--precise_bn", "--nostop_at_target"))))
-        run_train(_args(small_data, finished_run, max_iter=40))
+        run_train(train_args(small_data, finished_run, max_iter=40))
         assert len(_metrics(finished_run)) == 5
         assert json.load(open(run.config_json))["precise_bn"] == 0
         os.remove(run.config_json)
-        assert "--base_lr" in _error(_args(small_data, finished_run, max_iter=40, base_lr=0.5))
+        assert "--base_lr" in _error(train_args(small_data, finished_run, max_iter=40, base_lr=0.5))
     finally:
         with open(run.flags_txt, "w") as f:
             f.write(text)
@@ -244,7 +212,7 @@ def test_a_resumed_run_may_track_other_targets(finished_run, small_data):
     path = os.path.join(finished_run, "flags.txt")
     text = open(path).read()
     try:
-        run_train(_args(small_data, finished_run, max_iter=40) + ["--target_accuracy=0.01",
+        run_train(train_args(small_data, finished_run, max_iter=40) + ["--target_accuracy=0.01",
                                                                    "--target_accuracy=0.02"])
         summary = json.load(open(os.path.join(finished_run, "summary.json")))
         assert set(summary["targets"]) == {"0.01", "0.02"}
