@@ -27,7 +27,7 @@ class SolverError(ValueError):
 
 def parse(text, name="solver.prototxt"):
     """[(field, value, line number)] of the top-level fields; nested blocks as (field, '{...}')."""
-    fields, depth, block = [], 0, None
+    fields, depth = [], 0
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):

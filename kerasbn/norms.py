@@ -11,7 +11,6 @@ decay); `epsilon` is added to the variance. `None` takes each implementation's o
 
 import keras
 import tensorflow as tf
-from keras import ops
 
 NORMS = ("keras", "bvlc", "windows", "nvidia", "nvidia_caffe", "renorm", "sync", "none")
 # Each implementation's own (momentum, epsilon), as its source sets them.

@@ -48,33 +48,13 @@ class RunDir:
     def _join(self, name):
         return os.path.join(self.path, name)
 
-    @property
-    def flags_txt(self):
-        return self._join(FLAGS_NAME)
-
-    @property
-    def config_json(self):
-        return self._join(CONFIG_NAME)
-
-    @property
-    def metrics_jsonl(self):
-        return self._join(METRICS_NAME)
-
-    @property
-    def summary_json(self):
-        return self._join(SUMMARY_NAME)
-
-    @property
-    def tensorboard(self):
-        return self._join(TENSORBOARD_NAME)
-
-    @property
-    def checkpoints(self):
-        return self._join(CHECKPOINTS_NAME)
-
-    @property
-    def export(self):
-        return self._join(EXPORT_NAME)
+    flags_txt = property(lambda self: self._join(FLAGS_NAME))
+    config_json = property(lambda self: self._join(CONFIG_NAME))
+    metrics_jsonl = property(lambda self: self._join(METRICS_NAME))
+    summary_json = property(lambda self: self._join(SUMMARY_NAME))
+    tensorboard = property(lambda self: self._join(TENSORBOARD_NAME))
+    checkpoints = property(lambda self: self._join(CHECKPOINTS_NAME))
+    export = property(lambda self: self._join(EXPORT_NAME))
 
     def holds_run(self):
         """Whether a run was started here (by this version or one before config.json)."""

@@ -2,9 +2,11 @@
 
 import os
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from data_tools import synth
+from data_tools import build_records, synth
 from kerasbn import train
 
 
@@ -52,3 +54,40 @@ def finished_run(small_data, tmp_path_factory):
     run_dir = str(tmp_path_factory.mktemp("run"))
     run_train(train_args(small_data, run_dir, max_iter=40))
     return run_dir
+
+
+FORMATS = [("pgm", "PPM"), ("jpg", "JPEG"), ("png", "PNG"), ("bmp", "BMP"), ("tif", "TIFF")]
+
+
+def _face(seed, size=(60, 80), mode="L"):
+    rng = np.random.default_rng(seed)
+    shape = (size[1], size[0]) + (() if mode == "L" else (3,))
+    return Image.fromarray(rng.integers(0, 256, shape, np.uint8), mode)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """4 identities x 5 images in every format, a nested folder, a unicode name, and bad files."""
+    root = tmp_path / "faces"
+    for person in range(4):
+        d = root / f"person{person}"
+        d.mkdir(parents=True)
+        for i, (ext, fmt) in enumerate(FORMATS):
+            target = d / "nested" / f"{i}.{ext}" if i == 4 else d / f"{i}.{ext}"
+            target.parent.mkdir(exist_ok=True)
+            _face(person * 10 + i, mode="RGB" if ext == "jpg" else "L").save(target, fmt)
+    (root / "Zoë").mkdir()
+    for i in range(3):
+        _face(100 + i).save(root / "Zoë" / f"zoë {i}.png")
+    (root / "person0" / "empty.png").write_bytes(b"")
+    (root / "person1" / "notes.txt").write_text("not an image")
+    data = (root / "person2" / "2.png").read_bytes()
+    (root / "person2" / "truncated.png").write_bytes(data[: len(data) // 2])
+    (root / "README.md").write_text("top-level files are not identities")
+    return root
+
+
+def build_folder(source, out, **kw):
+    """build_records.build of a folder tree, quietly, in 6-record shards by default."""
+    kw.setdefault("shard_size", 6)
+    return build_records.build(str(source), str(out), log=lambda _: None, **kw)

@@ -1,50 +1,13 @@
-import json
 import os
 import pickle
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from PIL import Image
 
+from conftest import build_folder
 from data_tools import build_records, inspect_records
-from kerasbn import pipeline
-from kerasbn import records
-
-FORMATS = [("pgm", "PPM"), ("jpg", "JPEG"), ("png", "PNG"), ("bmp", "BMP"), ("tif", "TIFF")]
-
-
-def _face(seed, size=(60, 80), mode="L"):
-    rng = np.random.default_rng(seed)
-    shape = (size[1], size[0]) + (() if mode == "L" else (3,))
-    return Image.fromarray(rng.integers(0, 256, shape, np.uint8), mode)
-
-
-@pytest.fixture
-def folder(tmp_path):
-    """4 identities x 5 images in every format, a nested folder, a unicode name, and bad files."""
-    root = tmp_path / "faces"
-    for person in range(4):
-        d = root / f"person{person}"
-        d.mkdir(parents=True)
-        for i, (ext, fmt) in enumerate(FORMATS):
-            target = d / "nested" / f"{i}.{ext}" if i == 4 else d / f"{i}.{ext}"
-            target.parent.mkdir(exist_ok=True)
-            _face(person * 10 + i, mode="RGB" if ext == "jpg" else "L").save(target, fmt)
-    (root / "Zoë").mkdir()
-    for i in range(3):
-        _face(100 + i).save(root / "Zoë" / f"zoë {i}.png")
-    (root / "person0" / "empty.png").write_bytes(b"")
-    (root / "person1" / "notes.txt").write_text("not an image")
-    data = (root / "person2" / "2.png").read_bytes()
-    (root / "person2" / "truncated.png").write_bytes(data[: len(data) // 2])
-    (root / "README.md").write_text("top-level files are not identities")
-    return root
-
-
-def _build(source, out, **kw):
-    kw.setdefault("shard_size", 6)
-    return build_records.build(str(source), str(out), log=lambda _: None, **kw)
+from kerasbn import pipeline, records
 
 
 def _read_all(out, split="train"):
@@ -61,7 +24,7 @@ def _read_all(out, split="train"):
 
 def test_folder_tree_every_format_and_bad_files(folder, tmp_path):
     out = tmp_path / "out"
-    manifest = _build(folder, out, test_fraction=0.2, image_size=32)
+    manifest = build_folder(folder, out, test_fraction=0.2, image_size=32)
     assert manifest["class_names"] == ["Zoë", "person0", "person1", "person2", "person3"]
     skipped = {s["path"]: s["reason"] for s in manifest["skipped"]}
     assert set(skipped) == {"person0/empty.png", "person1/notes.txt", "person2/truncated.png"}
@@ -78,7 +41,7 @@ def test_folder_tree_every_format_and_bad_files(folder, tmp_path):
 
 
 def test_each_identity_keeps_its_test_share_and_shards_mix_identities(folder, tmp_path):
-    manifest = _build(folder, tmp_path / "out", test_fraction=0.4, shard_size=4)
+    manifest = build_folder(folder, tmp_path / "out", test_fraction=0.4, shard_size=4)
     _, test_labels, _ = _read_all(tmp_path / "out", "test")
     assert np.bincount(test_labels).tolist() == [1, 2, 2, 2, 2]  # Zoë 3 images, others 5
     first_shard = records.split_files(str(tmp_path / "out"), manifest, "train")[0]
@@ -88,16 +51,16 @@ def test_each_identity_keeps_its_test_share_and_shards_mix_identities(folder, tm
 
 
 def test_splits_are_deterministic_by_seed(folder, tmp_path):
-    a = _build(folder, tmp_path / "a", seed=1)
-    b = _build(folder, tmp_path / "b", seed=1)
-    c = _build(folder, tmp_path / "c", seed=2)
+    a = build_folder(folder, tmp_path / "a", seed=1)
+    b = build_folder(folder, tmp_path / "b", seed=1)
+    c = build_folder(folder, tmp_path / "c", seed=2)
     assert _read_all(tmp_path / "a", "test")[2] == _read_all(tmp_path / "b", "test")[2]
     assert _read_all(tmp_path / "a", "test")[2] != _read_all(tmp_path / "c", "test")[2]
     assert a["mean"] == b["mean"] and a["splits"] == b["splits"] != c["splits"]
 
 
 def test_holdout_identities_and_lfw_pairs(folder, tmp_path):
-    manifest = _build(folder, tmp_path / "out", holdout_identities=2, pairs=5)
+    manifest = build_folder(folder, tmp_path / "out", holdout_identities=2, pairs=5)
     holdout = manifest["holdout_class_names"]
     assert len(holdout) == 2 and not set(holdout) & set(manifest["class_names"])
     lines = (tmp_path / "out" / "pairs.txt").read_text().splitlines()
@@ -111,20 +74,20 @@ def test_holdout_identities_and_lfw_pairs(folder, tmp_path):
 
 
 def test_min_images_per_identity_drops_the_long_tail(folder, tmp_path):
-    manifest = _build(folder, tmp_path / "out", min_images_per_identity=4)
+    manifest = build_folder(folder, tmp_path / "out", min_images_per_identity=4)
     assert "Zoë" not in manifest["class_names"] and manifest["dropped_identities"] == 1
 
 
 def test_list_file_with_root(folder, tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text("person3/0.pgm 7\nperson3/1.jpg 7\nperson1/2.png 2\nperson1/3.bmp 2\n")
-    manifest = _build(listing, tmp_path / "out", root=str(folder), test_fraction=0.5)
+    manifest = build_folder(listing, tmp_path / "out", root=str(folder), test_fraction=0.5)
     assert manifest["class_names"] == ["2", "7"]
     assert manifest["splits"]["train"]["count"] == 2
     bad = tmp_path / "bad.txt"
     bad.write_text("person3/0.pgm 7\nno-label-here\n")
     with pytest.raises(records.DataError, match="bad.txt:2"):
-        _build(bad, tmp_path / "out2", root=str(folder))
+        build_folder(bad, tmp_path / "out2", root=str(folder))
 
 
 def test_resize_modes_and_exif_orientation(tmp_path):
@@ -154,7 +117,7 @@ def test_face_boxes_are_cropped_first(tmp_path):
     for i in range(2):
         image.save(root / f"{i}.png")
     (tmp_path / "boxes.csv").write_text("file,x,y,w,h\na/0.png,10,10,10,10\n1.png,10,10,10,10\n")
-    _build(tmp_path / "faces", tmp_path / "out", boxes=str(tmp_path / "boxes.csv"),
+    build_folder(tmp_path / "faces", tmp_path / "out", boxes=str(tmp_path / "boxes.csv"),
            image_size=8, test_fraction=0)
     images, _, _ = _read_all(tmp_path / "out")
     assert all(im.min() == 255 for im in images)
@@ -173,18 +136,18 @@ def test_refuses_other_dataset_and_reuses_complete_shards(folder, tmp_path, monk
 
     monkeypatch.setattr(build_records, "_write_shard", die_after_two)
     with pytest.raises(KeyboardInterrupt):
-        _build(folder, out, shard_size=4)
+        build_folder(folder, out, shard_size=4)
     assert not os.path.exists(records.manifest_path(out))
     assert not [n for n in os.listdir(out) if n.endswith(".partial")]
     calls.clear()
     monkeypatch.setattr(build_records, "_write_shard",
                         lambda path, *args: calls.append(path) or real(path, *args))
-    manifest = _build(folder, out, shard_size=4)
+    manifest = build_folder(folder, out, shard_size=4)
     assert len(calls) == manifest_shards(manifest) - 2
     assert inspect_records.check(str(out))[0] == []
     with pytest.raises(records.DataError, match="--overwrite"):
-        _build(folder, out, shard_size=4)
-    _build(folder, out, shard_size=5, overwrite=True)
+        build_folder(folder, out, shard_size=4)
+    build_folder(folder, out, shard_size=5, overwrite=True)
 
 
 def manifest_shards(manifest):
@@ -207,7 +170,7 @@ def _write_cifar(directory, per_batch=4):
 
 def test_cifar10_keeps_official_split_and_pixels(tmp_path):
     data, labels = _write_cifar(tmp_path / "cifar-10-batches-py")
-    manifest = _build(tmp_path / "cifar-10-batches-py", tmp_path / "out")
+    manifest = build_folder(tmp_path / "cifar-10-batches-py", tmp_path / "out")
     assert manifest["image_size"] == [32, 32] and manifest["channels"] == 3
     assert manifest["class_names"][0] == "class0"
     assert {s: e["count"] for s, e in manifest["splits"].items()} == {"train": 20, "test": 4}
@@ -215,47 +178,6 @@ def test_cifar10_keeps_official_split_and_pixels(tmp_path):
     expected = {(l, d.reshape(3, 32, 32).transpose(1, 2, 0).tobytes())
                 for l, d in zip(labels, data)}
     assert {(l, im.tobytes()) for l, im in zip(got_labels, images)} == expected
-
-
-def test_write_manifest_describes_foreign_records(tmp_path):
-    d = tmp_path / "foreign"
-    d.mkdir()
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 12), ("validation", 4)):
-        with tf.io.TFRecordWriter(str(d / f"{split}-00000-of-00001")) as w:
-            for i in range(n):
-                image = rng.integers(0, 256, (20, 20, 3), np.uint8)
-                example = tf.train.Example.FromString(
-                    records.encode_example(image, 1 + i % 3, "jpeg"))
-                example.features.feature["image/class/text"].bytes_list.value.append(
-                    f"name{1 + i % 3}".encode())
-                w.write(example.SerializeToString())
-    manifest = inspect_records.write_manifest(str(d), label_offset=1)
-    assert manifest["class_names"] == ["name1", "name2", "name3"]
-    assert manifest["encoding"] == "jpeg" and manifest["image_size"] == [20, 20]
-    assert {s: e["count"] for s, e in manifest["splits"].items()} == {"train": 12, "test": 4}
-    loaded = records.read_manifest(str(d))
-    _, labels = next(iter(pipeline.test_dataset(str(d), loaded, 16)))
-    assert sorted(set(labels.numpy().tolist())) == [0, 1, 2]
-    assert inspect_records.check(str(d))[0] == []
-
-
-def test_inspect_names_the_corrupt_record(tmp_path, folder):
-    out = tmp_path / "out"
-    manifest = _build(folder, out, shard_size=100)
-    shard = out / manifest["splits"]["train"]["files"][0]
-    data = bytearray(shard.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    shard.write_bytes(bytes(data))
-    problems, _ = inspect_records.check(str(out))
-    assert problems and shard.name in problems[0] and "record" in problems[0]
-
-
-def test_montage_is_drawn(tmp_path, folder):
-    _build(folder, tmp_path / "out")
-    path = inspect_records.montage(str(tmp_path / "out"), str(tmp_path / "m.png"), samples=9)
-    with Image.open(path) as im:
-        assert im.size[0] > 100 and np.asarray(im.convert("L")).std() > 10
 
 
 def _cli(module, *args):

@@ -2,7 +2,6 @@
 
 import keras
 import numpy as np
-import pytest
 
 from kerasbn import optimizers, schedules
 from kerasbn.config import RunConfig

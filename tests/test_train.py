@@ -1,6 +1,8 @@
 import glob
 import json
+import multiprocessing
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import tensorflow as tf
 from conftest import run_train, train_args
 from kerasbn import callbacks
 from kerasbn.run_dir import RunDir
+from test_run_dir import _hold_lock
 
 
 def _metrics(run_dir):
@@ -221,3 +224,18 @@ def test_a_resumed_run_may_track_other_targets(finished_run, small_data):
     finally:
         with open(path, "w") as f:
             f.write(text)
+
+
+def test_a_second_training_process_in_the_same_run_dir_is_refused(small_data, tmp_path):
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    holder = context.Process(target=_hold_lock, args=(str(tmp_path), ready))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        message = _error(train_args(small_data, str(tmp_path)))
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.join()
+    assert f"in use by another training process (pid {holder.pid})" in message
+    assert "\n" not in message and not os.path.exists(tmp_path / "config.json")

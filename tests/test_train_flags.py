@@ -1,0 +1,47 @@
+import dataclasses
+
+import pytest
+
+from kerasbn import cli, config, records, train_flags
+from kerasbn.run_dir import RunDir
+
+MANIFEST = {"class_names": ["a", "b", "c"], "image_size": [50, 50], "channels": 1}
+
+
+def _values(*args):
+    return cli.parse(["train", "--data_dir=d", "--run_dir=r", *args], train_flags.define)[0]
+
+
+def test_the_config_takes_class_count_and_image_size_from_the_manifest():
+    made = train_flags.to_config(_values("--lr_policy=step", "--stepsize=7", "--max_iter=50",
+                                         "--test_interval=10"), MANIFEST)
+    assert (made.num_classes, made.image_size, made.channels) == (3, (50, 50), 1)
+    assert (made.schedule.lr_policy, made.schedule.stepsize, made.max_iter) == ("step", 7, 50)
+    with pytest.raises(config.ConfigError, match="--num_classes=4 but d/manifest.json has 3"):
+        train_flags.to_config(_values("--num_classes=4"), MANIFEST)
+    with pytest.raises(config.ConfigError, match="--image_size=64"):
+        train_flags.to_config(_values("--image_size=64"), MANIFEST)
+
+
+def test_flags_txt_gives_back_the_same_config(tmp_path):
+    values = _values("--stepvalue=100", "--stepvalue=200", "--widths=1,2,3,4,5,6,7",
+                     "--nomirror", "--overwrite")
+    text = train_flags.flagfile_text(values)
+    assert "--overwrite" not in text and "--stepvalue=100\n--stepvalue=200" in text
+    (tmp_path / "flags.txt").write_text(text)
+    again = train_flags.parse_flagfile(str(tmp_path / "flags.txt"))
+    assert train_flags.to_config(again, MANIFEST) == train_flags.to_config(values, MANIFEST)
+
+
+def test_a_run_from_before_config_json_is_read_from_its_flags_txt(tmp_path, small_data):
+    run = RunDir(str(tmp_path))
+    (tmp_path / "flags.txt").write_text(f"--data_dir={small_data}\n--run_dir={tmp_path}\n"
+                                        "--max_iter=60\n--test_interval=20\n--model=baseline\n")
+    stored = train_flags.stored_config(run.path)
+    assert (stored.model, stored.max_iter, stored.num_classes) == ("baseline", 60, 6)
+    assert train_flags.run_settings(run.path)["model"] == "baseline"
+    run.write_settings(dataclasses.replace(stored, model="bn"), "")
+    assert train_flags.stored_config(run.path).model == "bn"
+    assert train_flags.run_settings(run.path)["max_iter"] == 60
+    with pytest.raises(records.DataError, match="config.json not found"):
+        train_flags.stored_config(str(tmp_path / "nothing"))
