@@ -20,6 +20,7 @@ import numpy as np
 from absl import flags
 
 from kerasbn import cli, metrics, train_flags
+from kerasbn.config import ConfigError
 from kerasbn.run_dir import RunDir, RunDirError
 FIGURES = {"accuracy_vs_iteration.png": ("iteration", "test_top1", "test top-1"),
            "accuracy_vs_time.png": ("wall_time", "test_top1", "test top-1"),
@@ -36,7 +37,7 @@ def load_run(run_dir):
     try:
         entries = RunDir(run_dir).read_metrics()
         settings = train_flags.run_settings(run_dir) if entries else {}
-    except (RunDirError, flags.Error) as e:
+    except (RunDirError, ConfigError) as e:
         raise ReportError(f"{run_dir}: {e}") from None
     if not entries:
         raise ReportError(f"{run_dir} has no metrics.jsonl lines: it is not a kerasbn run "

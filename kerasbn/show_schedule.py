@@ -13,6 +13,7 @@ import numpy as np
 from absl import flags
 
 from kerasbn import cli, schedules, train_flags
+from kerasbn.config import ConfigError
 
 
 def define_flags(values):
@@ -61,7 +62,7 @@ def main(argv):
             print(f"wrote {values.plot}")
             return
         config = train_flags.schedule_config(values)
-    except (schedules.ScheduleError, flags.Error, OSError) as e:
+    except (schedules.ScheduleError, ConfigError) as e:
         sys.exit(f"error: {e}")
     iterations = list(range(0, config.max_iter + 1, max(1, values.print_every)))
     for iteration, lr in zip(iterations, schedules.rates(schedules.make_schedule(config),

@@ -161,7 +161,11 @@ def parse_flagfile(path):
     """FlagValues of the training flags read from flagfile `path` (a run's flags.txt)."""
     values = flags.FlagValues()
     define(values)
-    values(["flags.txt"] + cli.read_flagfile(path))
+    try:
+        values(["flags.txt"] + cli.read_flagfile(path))
+    except (flags.Error, OSError) as e:
+        raise config.ConfigError(f"{path}: {' '.join(str(e).split())}; fix the flagfile") \
+            from None
     return values
 
 

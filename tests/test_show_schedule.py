@@ -27,3 +27,6 @@ def test_command_prints_and_plots(tmp_path):
     assert bad.returncode == 1
     assert bad.stderr.strip().splitlines() == [
         "error: --stepvalue must be positive and strictly increasing, got [5, 3]"]
+    missing = _cli(f"--plot={tmp_path / 'x.png'}", str(tmp_path / "missing.flags"))
+    assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1
+    assert "missing.flags not found" in missing.stderr
