@@ -4,10 +4,7 @@
 # Rerunning it reuses the dataset and finished runs. Under 20 minutes on a 2-core CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e .
+launch/install_venv.sh
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 
 # bfloat16 halves the step time on CPUs with native bfloat16 (AVX512-BF16 or AMX);

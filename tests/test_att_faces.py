@@ -4,7 +4,8 @@ import os
 
 from conftest import run_train
 from data_tools import build_records, inspect_records
-from kerasbn import metrics, records
+from kerasbn import records
+from kerasbn.run_dir import RunDir
 
 # 40 classes: chance is 2.5%; 150 iterations (about 30 s on 2 cores) reach about 90%.
 MIN_TOP1 = 0.5
@@ -28,6 +29,6 @@ def test_att_faces_convert_inspect_and_train(att_faces, tmp_path):
     run_train([f"--data_dir={out}", f"--run_dir={run_dir}", "--model=bn", "--max_iter=150",
                "--test_interval=50", "--display=50", "--batch_size=32", "--base_lr=0.05",
                "--bn_momentum=0.9", "--stepvalue=120", "--mirror", "--snapshot=0"])
-    final = metrics.read_metrics(run_dir)[-1]
+    final = RunDir(run_dir).read_metrics()[-1]
     assert final["iteration"] == 150
     assert final["test_top1"] >= MIN_TOP1, final
