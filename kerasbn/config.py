@@ -78,15 +78,22 @@ class RunConfig:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{name}={getattr(self, name)} is not one of "
                                   f"{', '.join(allowed)}")
-        for name in ("test_interval", "batch_size", "display", "num_classes", "channels"):
+        for name in ("test_interval", "batch_size", "display", "channels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.num_classes < 2:
+            raise ConfigError(f"the dataset in --data_dir={self.data_dir} has "
+                              f"{self.num_classes} class(es); a classifier needs at least 2")
         for name in ("test_iter", "snapshot", "keep_checkpoints", "precise_bn", "crop_pad"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must not be negative, got {getattr(self, name)}")
         if self.test_interval > self.max_iter:
             raise ConfigError(f"--test_interval={self.test_interval} is larger than "
                               f"--max_iter={self.max_iter}; lower it so the run is tested")
+        if self.bn_epsilon is not None and self.bn_epsilon < 0:
+            raise ConfigError(f"--bn_epsilon must not be negative, got {self.bn_epsilon}")
+        if self.bn_momentum is not None and not 0 <= self.bn_momentum < 1:
+            raise ConfigError(f"--bn_momentum must lie in [0, 1), got {self.bn_momentum}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ConfigError(f"--dropout must lie in [0, 1), got {self.dropout}")
         if not self.target_accuracy or not all(0 < t <= 1 for t in self.target_accuracy):

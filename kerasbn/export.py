@@ -16,8 +16,11 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from kerasbn import checkpoints, cli, optimizers, records, train_flags
+from kerasbn import atomic, checkpoints, cli, optimizers, records, train_flags
 from kerasbn.run_dir import RunDir
+
+# Written into every export, so a later export may replace it and nothing else.
+MARKER = "kerasbn_export.json"
 
 
 def serving_model(model, manifest):
@@ -36,9 +39,23 @@ def serving_model(model, manifest):
             keras.ops.norm(embedding, axis=-1, keepdims=True), 1e-12)})
 
 
+def is_export(path):
+    """Whether `path` holds a SavedModel that kerasbn wrote (it carries MARKER)."""
+    return os.path.isfile(os.path.join(path, MARKER))
+
+
+def check_out(path):
+    """Refuses an --out that holds anything but a previous kerasbn export (or nothing)."""
+    if os.path.exists(path) and not is_export(path) and (
+            not os.path.isdir(path) or os.listdir(path)):
+        raise records.DataError(f"--out={path} exists and is not a kerasbn export; choose a "
+                                "new directory (kerasbn replaces only its own exports)")
+
+
 def export_saved_model(model, manifest, path):
     """Writes the SavedModel to `path` via a temporary directory, so a crash never leaves a
-    partial export where a complete one is expected."""
+    partial export where a complete one is expected. `path` must hold nothing or an export
+    (the caller checks an --out with `check_out`; a run dir's export/ is the run's own)."""
     serving = serving_model(model, manifest)
     height, width = manifest["image_size"]
     archive = keras.export.ExportArchive()
@@ -50,6 +67,9 @@ def export_saved_model(model, manifest, path):
     tmp = path + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
     archive.write_out(tmp, verbose=False)
+    atomic.write_json(os.path.join(tmp, MARKER), {
+        "written_by": "kerasbn", "classes": len(manifest["class_names"]),
+        "image_size": list(manifest["image_size"]), "channels": manifest["channels"]})
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
     return path
@@ -58,6 +78,8 @@ def export_saved_model(model, manifest, path):
 def export_run(run_dir, out=None):
     """Exports the newest checkpoint of a training run, rebuilt from its config."""
     run = RunDir(run_dir)
+    if out:
+        check_out(out)
     config = train_flags.stored_config(run_dir)
     manifest = records.read_manifest(config.data_dir, check_files=False)
     keras.mixed_precision.set_global_policy(config.precision)

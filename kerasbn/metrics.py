@@ -6,34 +6,52 @@
 import numpy as np
 import tensorflow as tf
 
+from kerasbn import records
+
 
 def make_test_step(model):
-    """A compiled step returning (summed loss, top-1 hits, top-5 hits, count) of one batch."""
+    """A compiled step returning (summed loss, top-1 hits, top-5 hits, count, non-finite
+    outputs) of one batch.
+
+    A hit needs the true class strictly ahead of all but k - 1 others: a tie counts against
+    it, so a network whose outputs are all equal scores 0, not 1 (in_top_k counts ties as
+    hits).
+    """
 
     @tf.function(reduce_retracing=True)
     def step(images, labels):
         logits = tf.cast(model(images, training=False), tf.float32)
         labels = tf.cast(labels, tf.int32)
         loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+        true = tf.gather(logits, labels, batch_dims=1)
+        rank = tf.reduce_sum(tf.cast(logits >= true[:, None], tf.int32), axis=1) - 1
         k = min(5, logits.shape[-1])
-        top1 = tf.math.in_top_k(labels, logits, 1)
-        topk = tf.math.in_top_k(labels, logits, k)
-        return (tf.reduce_sum(loss), tf.reduce_sum(tf.cast(top1, tf.float32)),
-                tf.reduce_sum(tf.cast(topk, tf.float32)), tf.size(labels))
+        bad = tf.reduce_sum(tf.cast(~tf.math.is_finite(logits), tf.int32))
+        return (tf.reduce_sum(loss), tf.reduce_sum(tf.cast(rank < 1, tf.float32)),
+                tf.reduce_sum(tf.cast(rank < k, tf.float32)), tf.size(labels), bad)
 
     return step
 
 
 def evaluate(test_step, dataset, max_batches=0):
-    """{loss, top1, top5} over `dataset` (the first `max_batches` batches when > 0)."""
+    """{loss, top1, top5, count} over `dataset` (the first `max_batches` batches when > 0).
+
+    Raises FloatingPointError when the network's outputs are not finite: no accuracy is
+    claimed from them.
+    """
     if max_batches:
         dataset = dataset.take(max_batches)
-    totals = np.zeros(4)
+    totals = np.zeros(5)
     for images, labels in dataset:
         totals += [float(t) for t in test_step(images, labels)]
-    loss, top1, top5, count = totals
+    loss, top1, top5, count, bad = totals
     if not count:
-        raise ValueError("the test split yielded no images")
+        raise records.DataError("the test split yielded no images; rebuild the dataset with "
+                                "a non-empty test split")
+    if bad:
+        raise FloatingPointError(f"the network gave {int(bad)} non-finite outputs on the test "
+                                 "split; lower --base_lr, check --bn_epsilon, or resume from "
+                                 "an earlier checkpoint")
     return {"loss": loss / count, "top1": top1 / count, "top5": top5 / count, "count": int(count)}
 
 

@@ -152,6 +152,10 @@ def read_manifest(data_dir, check_files=True):
     missing = [key for key in _REQUIRED if key not in manifest]
     if missing:
         raise DataError(f"{path} lacks {', '.join(missing)}; rebuild the dataset")
+    if not all(float(s) > 0 for s in np.ravel(manifest["std"])):
+        raise DataError(f"{path}: the pixel std {manifest['std']} has a zero; the training "
+                        "images are constant, so normalising them divides by zero; rebuild "
+                        "the dataset from real images")
     if manifest["encoding"] not in ENCODINGS:
         raise DataError(f"{path}: unknown encoding {manifest['encoding']!r} "
                         f"(one of {', '.join(ENCODINGS)})")

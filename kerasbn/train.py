@@ -36,8 +36,10 @@ def start(config, flagfile_text, overwrite=False, stored=None):
     Returns (summary, export dir).
     """
     run = RunDir(config.run_dir)
-    if os.path.abspath(config.run_dir) == os.path.abspath(config.data_dir):
-        raise RunDirError(f"--run_dir={config.run_dir} is the dataset's directory; choose "
+    data, where = os.path.realpath(config.data_dir), os.path.realpath(config.run_dir)
+    if data == where or data.startswith(where + os.sep):
+        raise RunDirError(f"--run_dir={config.run_dir} holds the dataset --data_dir="
+                          f"{config.data_dir}; a run dir must not contain its data, choose "
                           "another --run_dir")
     with run.lock():
         if stored is not None:
@@ -74,7 +76,8 @@ def train(config, run):
               flush=True)
     iterations = lambda: int(model.optimizer.iterations.numpy())
     start_iter = iterations()
-    entries = run.keep_metrics_until(start_iter)
+    # A run killed before its first checkpoint starts again at 0 and tests there again.
+    entries = run.keep_metrics_until(start_iter if start_iter else -1)
 
     train_data = pipeline.train_dataset(
         data_dir, manifest, config.batch_size, seed=config.seed, crop_pad=config.crop_pad,

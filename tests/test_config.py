@@ -60,3 +60,13 @@ def test_invalid_settings_are_refused_naming_the_flag(kw, message):
 def test_model_kwargs_leave_adamw_decay_to_the_optimizer():
     assert _config(weight_decay=0.1).model_kwargs()["weight_decay"] == 0.1
     assert _config(weight_decay=0.1, solver_type="AdamW").model_kwargs()["weight_decay"] == 0.0
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(bn_epsilon=-1e-3), "--bn_epsilon must not be negative"),
+    (dict(bn_momentum=1.0), "--bn_momentum"),
+    (dict(num_classes=1), "needs at least 2"),
+])
+def test_settings_that_would_train_on_nothing_are_refused(kw, message):
+    with pytest.raises(ConfigError, match=message):
+        _config(**kw)

@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from kerasbn import checkpoints, export, optimizers, pipeline, records, train_flags
@@ -66,3 +67,17 @@ def test_export_run_reads_a_run_from_before_config_json(finished_run, tmp_path):
     images = tf.zeros([2, 50, 50, 1], tf.uint8)
     np.testing.assert_allclose(_serve(out, images)["probabilities"],
                                _serve(run.export, images)["probabilities"], atol=1e-6)
+
+
+def test_out_over_anything_but_a_previous_export_is_refused(finished_run, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("keep me")
+    (tmp_path / "file.txt").write_text("keep me")
+    for out in (tmp_path / "mine", tmp_path / "file.txt"):
+        with pytest.raises(records.DataError, match="is not a kerasbn export"):
+            export.export_run(finished_run, str(out))
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "keep me"
+    assert (tmp_path / "file.txt").read_text() == "keep me"
+    first = export.export_run(finished_run, str(tmp_path / "exp"))
+    assert export.is_export(first)
+    assert export.export_run(finished_run, first) == first  # a previous export is replaced

@@ -30,3 +30,15 @@ def test_evaluate_counts_hits_and_mean_loss_against_numpy():
     assert result["count"] == 5 and result["top1"] == pytest.approx(2 / 5)
     assert result["top5"] == 1.0 and result["loss"] == pytest.approx(loss, rel=1e-5)
     assert metrics.evaluate(step, data, max_batches=1)["count"] == 2
+
+
+def test_ties_never_count_as_hits_and_non_finite_outputs_stop():
+    step = metrics.make_test_step(lambda x, training=False: x)
+    constant = tf.data.Dataset.from_tensors((np.zeros((4, 10), np.float32), np.arange(4)))
+    result = metrics.evaluate(step, constant)
+    assert (result["top1"], result["top5"]) == (0.0, 0.0)
+    tie = np.array([[1.0, 1.0, 0.0]], np.float32)
+    assert metrics.evaluate(step, tf.data.Dataset.from_tensors((tie, [0])))["top1"] == 0.0
+    broken = np.array([[np.nan, 0.0, 0.0]], np.float32)
+    with pytest.raises(FloatingPointError, match="1 non-finite outputs"):
+        metrics.evaluate(step, tf.data.Dataset.from_tensors((broken, [1])))

@@ -104,3 +104,11 @@ def test_empty_split_is_refused(tmp_path):
     manifest["splits"]["test"] = {"files": [], "count": 0}
     with pytest.raises(records.DataError, match="no 'test' records"):
         records.split_files(str(tmp_path), manifest, "test")
+
+
+def test_a_zero_std_is_refused(tmp_path):
+    manifest = dict(_manifest(), std=[0.0])
+    _touch_shards(tmp_path, manifest)
+    records.write_manifest(tmp_path, manifest)
+    with pytest.raises(records.DataError, match="constant"):
+        records.read_manifest(tmp_path)

@@ -239,3 +239,40 @@ def test_a_second_training_process_in_the_same_run_dir_is_refused(small_data, tm
         holder.join()
     assert f"in use by another training process (pid {holder.pid})" in message
     assert "\n" not in message and not os.path.exists(tmp_path / "config.json")
+
+
+def test_a_run_dir_that_is_or_holds_the_dataset_is_refused(small_data, tmp_path):
+    before = sorted(os.listdir(small_data))
+    for run_dir in (small_data, os.path.dirname(small_data)):
+        message = _error(train_args(small_data, run_dir, overwrite="true"))
+        assert "must not contain its data" in message
+    assert sorted(os.listdir(small_data)) == before
+
+
+def test_overwrite_deletes_only_what_a_run_wrote(small_data, tmp_path):
+    run_dir = str(tmp_path / "run")
+    run_train(train_args(small_data, run_dir, max_iter=10, test_interval=5, snapshot=5))
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    run_train(train_args(small_data, run_dir, max_iter=10, test_interval=10, overwrite="true"))
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
+    assert [e["iteration"] for e in _metrics(run_dir)] == [0, 10]
+
+
+def test_a_run_killed_before_its_first_checkpoint_tests_iteration_0_once(small_data, tmp_path,
+                                                                         monkeypatch):
+    run_dir = str(tmp_path / "run")
+    args = train_args(small_data, run_dir, max_iter=10, test_interval=5, snapshot=10)
+    real = callbacks.ProgressDisplay.on_iteration
+
+    def die_at_3(self, iteration, logs):
+        if iteration == 3:
+            raise KeyboardInterrupt
+        real(self, iteration, logs)
+
+    monkeypatch.setattr(callbacks.ProgressDisplay, "on_iteration", die_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(args)
+    monkeypatch.setattr(callbacks.ProgressDisplay, "on_iteration", real)
+    assert [e["iteration"] for e in _metrics(run_dir)] == [0]
+    run_train(args)
+    assert [e["iteration"] for e in _metrics(run_dir)] == [0, 5, 10]
