@@ -153,7 +153,7 @@ def write_split(out, split, items, encoder, args, progress):
     [(label, name)] of the written records).
     """
     num_shards = max(1, -(-len(items) // args["shard_size"]))
-    entry = {"files": [], "count": 0}
+    entry = {"files": [], "file_counts": [], "count": 0}
     stats = shards.PixelStats(args["channels"])
     skipped, written = [], []
     for index in range(num_shards):
@@ -169,6 +169,7 @@ def write_split(out, split, items, encoder, args, progress):
         progress.update(len(chunk))
         if state["count"]:
             entry["files"].append(name)
+            entry["file_counts"].append(state["count"])
             entry["count"] += state["count"]
         elif os.path.exists(path):
             os.remove(path)

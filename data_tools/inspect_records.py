@@ -160,9 +160,11 @@ def write_manifest(data_dir, label_offset=0, compression="", overwrite=False):
     stats = None
     for name in files:
         split = _split_of(name)
-        entry = splits.setdefault(split, {"files": [], "count": 0})
+        entry = splits.setdefault(split, {"files": [], "file_counts": [], "count": 0})
         entry["files"].append(name)
+        entry["file_counts"].append(0)
         for _, serialized in _records(os.path.join(data_dir, name), compression):
+            entry["file_counts"][-1] += 1
             image, label, _, fmt = decode_record(serialized)
             shapes.add(image.shape)
             formats.add(fmt)

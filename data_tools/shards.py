@@ -96,6 +96,7 @@ class ShardWriter:
         self.num_shards = max(1, -(-total // shard_size))
         self.compression = compression
         self.files = []
+        self.file_counts = []
         self.count = 0
         self.stats = PixelStats(channels)
         self._shard = None
@@ -118,6 +119,7 @@ class ShardWriter:
     def _close_shard(self):
         self._shard.__exit__(None, None, None)
         self.files.append(records.shard_name(self.split, len(self.files), self.num_shards))
+        self.file_counts.append(self._in_shard)
         self._shard = self._writer = None
         self._in_shard = 0
 
@@ -125,4 +127,4 @@ class ShardWriter:
         """Closes the last shard and returns the split's manifest entry."""
         if self._writer is not None:
             self._close_shard()
-        return {"files": self.files, "count": self.count}
+        return {"files": self.files, "file_counts": self.file_counts, "count": self.count}

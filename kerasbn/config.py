@@ -14,7 +14,8 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 SOLVER_TYPES = ("SGD", "Nesterov", "Adam", "AdamW")
 # Settings that may change between a run and its resumption: where it lives and what it
 # reports (targets are measured afresh from the whole metrics history).
-NOT_RUN_DEFINING = ("run_dir", "display", "keep_checkpoints", "weights", "target_accuracy")
+NOT_RUN_DEFINING = ("run_dir", "display", "keep_checkpoints", "weights", "target_accuracy",
+                    "skip_corrupt_records")
 
 
 class ConfigError(ValueError):
@@ -58,6 +59,7 @@ class RunConfig:
     precise_bn: int = 0
     crop_pad: int = 0
     mirror: bool = False
+    skip_corrupt_records: bool = False
 
     def __post_init__(self):
         fix = lambda name, value: object.__setattr__(self, name, value)

@@ -6,6 +6,8 @@ manifest's mean/std, prefetch. Testing: every record exactly once, in manifest o
 last partial batch included. Both shard by file under tf.distribute (`input_context`).
 """
 
+import re
+
 import numpy as np
 import tensorflow as tf
 
@@ -17,30 +19,62 @@ def compression(manifest):
     return manifest.get("compression") or None
 
 
-def check_shards(data_dir, manifest, split):
-    """Reads the first record of every shard of `split` and checks its image size.
+def verify_split(data_dir, manifest, split, skip_corrupt=False):
+    """Reads every record of `split` once (images not decoded) and checks it against the
+    manifest: each record's image size and label, and each shard's record count.
 
-    Catches shards of another dataset before training starts, naming the file.
+    Returns (records readable, {shard path: records lost}). A shard that is corrupt or
+    shorter than the manifest says raises DataError naming it and the fix, unless
+    `skip_corrupt`, when its loss is returned instead (training then reads what is left).
     """
+    info = manifest["splits"][split]
+    files = records.split_files(data_dir, manifest, split)
+    expected = info.get("file_counts") or [None] * len(files)
     height, width = manifest["image_size"]
-    expected = [height, width, manifest["channels"]]
-    for path in records.split_files(data_dir, manifest, split):
+    shape = [height, width, manifest["channels"]]
+    classes, offset = len(manifest["class_names"]), manifest.get("label_offset", 0)
+    fix = "rebuild the dataset, or pass --skip_corrupt_records to train on the rest"
+    total, lost = 0, {}
+    for path, want in zip(files, expected):
+        count = 0
         try:
-            first = next(iter(tf.data.TFRecordDataset(path, compression(manifest)).take(1)),
-                         None)
+            for batch in tf.data.TFRecordDataset(path, compression(manifest)).batch(4096):
+                meta = records.parse_metadata(batch)
+                found = np.stack([meta["height"], meta["width"], meta["channels"]], axis=1)
+                wrong = np.flatnonzero((found != shape).any(axis=1))
+                if wrong.size:
+                    h, w, c = found[wrong[0]]
+                    raise records.DataError(
+                        f"{path}: record {count + wrong[0]} holds a {h}x{w}x{c} image but "
+                        f"{records.manifest_path(data_dir)} says {height}x{width}x{shape[2]}; "
+                        "rebuild the shards or describe them again with inspect_records "
+                        "--write_manifest")
+                labels = meta["label"] - offset
+                outside = np.flatnonzero((labels < 0) | (labels >= classes))
+                if outside.size:
+                    raise records.DataError(
+                        f"{path}: record {count + outside[0]} has label "
+                        f"{meta['label'][outside[0]]}, outside the manifest's {classes} "
+                        f"classes (0..{classes - 1}); rebuild the dataset")
+                count += len(labels)
         except tf.errors.OpError as e:
-            raise records.DataError(f"{path} cannot be read as a TFRecord shard ({e.message}); "
-                                    "rebuild the dataset") from None
-        if first is None:
-            raise records.DataError(f"{path} holds no records; rebuild the dataset")
-        example = tf.train.Example.FromString(first.numpy()).features.feature
-        found = [example[f"image/{key}"].int64_list.value[0] if f"image/{key}" in example
-                 else 1 for key in ("height", "width", "channels")]
-        if found != expected:
-            raise records.DataError(
-                f"{path} holds {found[0]}x{found[1]}x{found[2]} images but "
-                f"{records.manifest_path(data_dir)} says {height}x{width}x{expected[2]}; "
-                "rebuild the shards or fix the manifest with inspect_records --write_manifest")
+            count = int(_read(path, manifest, True).reduce(0, lambda n, _: n + 1))
+            if not skip_corrupt:
+                raise records.DataError(f"{path} is corrupt after record {count} "
+                                        f"({_op_message(e)}); {fix}") from None
+            lost[path] = (want - count) if want is not None else "unknown"
+        else:
+            if want is not None and count != want:
+                if not skip_corrupt:
+                    raise records.DataError(f"{path} holds {count} records, manifest.json "
+                                            f"says {want}: the shard is truncated; {fix}")
+                lost[path] = want - count
+        total += count
+    if not skip_corrupt and total != info["count"]:
+        raise records.DataError(f"the {split} shards of {data_dir} hold {total} records, "
+                                f"manifest.json says {info['count']}; run python -m "
+                                f"data_tools.inspect_records {data_dir} to find the shard")
+    return total, lost
 
 
 def normalize(images, manifest):
@@ -80,8 +114,22 @@ def _parser(manifest):
         manifest.get("label_offset", 0))
 
 
+def _op_message(error):
+    """A TensorFlow error's own words, without its function-node and op decorations."""
+    text = re.sub(r"\{\{.*?\}\}\s*", "", error.message.splitlines()[0])
+    return text.split(" [Op:")[0].strip()
+
+
+def _read(path, manifest, skip_corrupt):
+    """A shard's records; with `skip_corrupt`, a shard ends quietly at its first corrupt
+    record (`verify_split` has counted what is lost)."""
+    dataset = tf.data.TFRecordDataset(path, compression(manifest))
+    return dataset.ignore_errors() if skip_corrupt else dataset
+
+
 def train_dataset(data_dir, manifest, batch_size, seed=0, shuffle_buffer=16384, crop_pad=0,
-                  mirror=False, cycle_length=8, input_context=None, start_step=0):
+                  mirror=False, cycle_length=8, input_context=None, start_step=0,
+                  skip_corrupt=False):
     """Endless training batches of (float32 normalised images, int32 labels).
 
     Seeded: the same seed and `start_step` give the same batches. A resumed run passes its
@@ -102,7 +150,7 @@ def train_dataset(data_dir, manifest, batch_size, seed=0, shuffle_buffer=16384, 
     dataset = dataset.shuffle(len(files), seed=stream_seed, reshuffle_each_iteration=True)
     dataset = dataset.repeat()
     dataset = dataset.interleave(
-        lambda f: tf.data.TFRecordDataset(f, compression(manifest)),
+        lambda f: _read(f, manifest, skip_corrupt),
         cycle_length=min(cycle_length, len(files)), block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.shuffle(shuffle_buffer, seed=stream_seed + 1,
@@ -122,12 +170,14 @@ def train_dataset(data_dir, manifest, batch_size, seed=0, shuffle_buffer=16384, 
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def test_dataset(data_dir, manifest, batch_size, split="test", input_context=None):
+def test_dataset(data_dir, manifest, batch_size, split="test", input_context=None,
+                 skip_corrupt=False):
     """Every record of `split` once, in manifest order, as (normalised images, labels) batches."""
     files = records.split_files(data_dir, manifest, split)
     if input_context is not None and input_context.num_input_pipelines > 1:
         files = files[input_context.input_pipeline_id::input_context.num_input_pipelines]
-    dataset = tf.data.TFRecordDataset(files, compression(manifest))
+    dataset = tf.data.Dataset.from_tensor_slices(files).flat_map(
+        lambda f: _read(f, manifest, skip_corrupt))
     dataset = dataset.batch(batch_size, drop_remainder=False)
     parse = _parser(manifest)
 

@@ -74,7 +74,20 @@ def encode_example(image, label, encoding="raw", filename=""):
         "image/class/label": _int(label),
         "image/filename": _bytes(filename.encode("utf-8")),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # Deterministic: protobuf map order would otherwise vary, and the same seed must give the
+    # same shard bytes (README).
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(
+        deterministic=True)
+
+
+def parse_metadata(serialized):
+    """{height, width, channels, label, filename} numpy arrays of a 1-D batch of serialized
+    examples, without decoding the images (for checking shards quickly)."""
+    keys = {k: v for k, v in _FEATURES.items() if k != "image/encoded"}
+    parsed = tf.io.parse_example(serialized, keys)
+    return {key.split("/")[-1]: parsed[key].numpy() for key in
+            ("image/height", "image/width", "image/channels", "image/class/label",
+             "image/filename")}
 
 
 def _decode_one(encoded, channels):

@@ -55,8 +55,13 @@ def train(config, run):
     """Runs (or resumes) the training of `config` in RunDir `run` (locked by the caller)."""
     data_dir = config.data_dir
     manifest = records.read_manifest(data_dir)
+    readable = {}
     for split in ("train", "test"):
-        pipeline.check_shards(data_dir, manifest, split)
+        readable[split], lost = pipeline.verify_split(data_dir, manifest, split,
+                                                      config.skip_corrupt_records)
+        for path, count in lost.items():
+            print(f"warning: --skip_corrupt_records: {path} is short by {count} record(s) "
+                  "(corrupt or truncated); training goes on without them", flush=True)
     keras.mixed_precision.set_global_policy(config.precision)
     keras.utils.set_random_seed(config.seed)
     with make_strategy().scope():
@@ -79,21 +84,27 @@ def train(config, run):
     # A run killed before its first checkpoint starts again at 0 and tests there again.
     entries = run.keep_metrics_until(start_iter if start_iter else -1)
 
+    skip = {"skip_corrupt": config.skip_corrupt_records}
     train_data = pipeline.train_dataset(
         data_dir, manifest, config.batch_size, seed=config.seed, crop_pad=config.crop_pad,
-        mirror=config.mirror, start_step=start_iter)
-    test_data = pipeline.test_dataset(data_dir, manifest, config.batch_size)
+        mirror=config.mirror, start_step=start_iter, **skip)
+    test_data = pipeline.test_dataset(data_dir, manifest, config.batch_size, **skip)
     test_step = metrics.make_test_step(model)
     # Its own seeded stream, so precise BN never shifts the training data order.
     precise_batches = iter(pipeline.train_dataset(
         data_dir, manifest, config.batch_size, seed=config.seed + 1, mirror=config.mirror,
-        crop_pad=config.crop_pad, start_step=start_iter)) \
+        crop_pad=config.crop_pad, start_step=start_iter, **skip)) \
         if config.precise_bn and precise_bn.bn_layers(model) else None
 
     def evaluate():
         if precise_batches is not None:
             precise_bn.recompute(model, precise_batches, config.precise_bn)
-        return metrics.evaluate(test_step, test_data, config.test_iter)
+        result = metrics.evaluate(test_step, test_data, config.test_iter)
+        if not config.test_iter and result["count"] != readable["test"]:
+            raise records.DataError(f"a pass over the test split read {result['count']} "
+                                    f"records where {readable['test']} were checked at the "
+                                    f"start: the shards of {data_dir} changed during the run")
+        return result
 
     clock = callbacks.Clock(float(wall_time.numpy()))
     train_writer = tf.summary.create_file_writer(os.path.join(run.tensorboard, "train"))

@@ -98,8 +98,55 @@ def test_shard_of_another_size_is_named_before_training(tmp_path):
     manifest = records.read_manifest(tmp_path / "a")
     name = manifest["splits"]["train"]["files"][0]
     (tmp_path / "a" / name).write_bytes((tmp_path / "b" / name).read_bytes())
-    with pytest.raises(records.DataError, match=name + " holds 32x32x1 images"):
-        pipeline.check_shards(str(tmp_path / "a"), manifest, "train")
+    with pytest.raises(records.DataError, match=name + ": record 0 holds a 32x32x1 image"):
+        pipeline.verify_split(str(tmp_path / "a"), manifest, "train")
+
+
+def _record_ends(path):
+    """Byte offsets at which each record of an uncompressed TFRecord file ends."""
+    data, ends, at = open(path, "rb").read(), [], 0
+    while at < len(data):
+        at += 12 + int.from_bytes(data[at:at + 8], "little") + 4
+        ends.append(at)
+    return ends
+
+
+def _damaged(tmp_path, how):
+    make_synth(tmp_path)
+    manifest = records.read_manifest(str(tmp_path))
+    path = str(tmp_path / manifest["splits"]["test"]["files"][0])
+    data, ends = open(path, "rb").read(), _record_ends(path)
+    if how == "truncated":
+        data = data[:ends[-3]]  # exactly two records short
+    else:
+        middle = (ends[2] + ends[3]) // 2
+        data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:]
+    open(path, "wb").write(data)
+    return manifest, path
+
+
+@pytest.mark.parametrize("how,message", [("truncated", "holds 28 records, manifest.json says 30"),
+                                         ("flipped", "is corrupt after record 3")])
+def test_a_damaged_shard_is_named_or_skipped_and_counted(tmp_path, how, message):
+    manifest, path = _damaged(tmp_path, how)
+    with pytest.raises(records.DataError, match=message):
+        pipeline.verify_split(str(tmp_path), manifest, "test")
+    total, lost = pipeline.verify_split(str(tmp_path), manifest, "test", skip_corrupt=True)
+    assert lost == {path: 2 if how == "truncated" else 27}
+    read = sum(len(y) for _, y in pipeline.test_dataset(str(tmp_path), manifest, 7,
+                                                         skip_corrupt=True))
+    assert read == total == manifest["splits"]["test"]["count"] - lost[path]
+
+
+def test_a_label_outside_the_classes_is_named(tmp_path):
+    make_synth(tmp_path)
+    manifest = records.read_manifest(str(tmp_path))
+    name = manifest["splits"]["test"]["files"][0]
+    with tf.io.TFRecordWriter(str(tmp_path / name)) as writer:
+        for label in [0] * 7 + [99]:
+            writer.write(records.encode_example(np.zeros((50, 50), np.uint8), label))
+    with pytest.raises(records.DataError, match=f"{name}: record 7 has label 99, outside"):
+        pipeline.verify_split(str(tmp_path), manifest, "test")
 
 
 def test_train_pipeline_shards_files_across_input_pipelines(tmp_path, small_data):

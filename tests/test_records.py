@@ -112,3 +112,15 @@ def test_a_zero_std_is_refused(tmp_path):
     records.write_manifest(tmp_path, manifest)
     with pytest.raises(records.DataError, match="constant"):
         records.read_manifest(tmp_path)
+
+
+def test_the_same_record_is_the_same_bytes_in_every_process():
+    import subprocess
+    import sys
+    code = ("import hashlib, numpy as np; from kerasbn import records; print(hashlib.md5("
+            "records.encode_example(np.full((4, 4), 7, np.uint8), 3, 'raw', 'a.png'))"
+            ".hexdigest())")
+    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env=dict(os.environ, PYTHONHASHSEED=str(seed))).stdout
+               for seed in (1, 2)}
+    assert len(digests) == 1 and len(digests.pop()) == 33

@@ -11,6 +11,7 @@ import tensorflow as tf
 from conftest import run_train, train_args
 from kerasbn import callbacks
 from kerasbn.run_dir import RunDir
+from test_pipeline import _damaged
 from test_run_dir import _hold_lock
 
 
@@ -276,3 +277,17 @@ def test_a_run_killed_before_its_first_checkpoint_tests_iteration_0_once(small_d
     assert [e["iteration"] for e in _metrics(run_dir)] == [0]
     run_train(args)
     assert [e["iteration"] for e in _metrics(run_dir)] == [0, 5, 10]
+
+
+def test_a_corrupt_shard_stops_training_by_name_or_is_skipped(tmp_path, capsys):
+    data = tmp_path / "data"
+    _, path = _damaged(data, "flipped")
+    args = train_args(str(data), str(tmp_path / "run"), max_iter=5, test_interval=5,
+                      snapshot=5)
+    message = _error(args)
+    assert message.startswith(f"error: {path} is corrupt after record 3 (corrupted record at")
+    assert "--skip_corrupt_records" in message and "\n" not in message
+    capsys.readouterr()
+    run_train(args + ["--skip_corrupt_records"])
+    assert f"{path} is short by 27 record(s)" in capsys.readouterr().out
+    assert _metrics(str(tmp_path / "run"))[-1]["iteration"] == 5
