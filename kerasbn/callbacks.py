@@ -16,7 +16,7 @@ import time
 import keras
 import tensorflow as tf
 
-from kerasbn import metrics
+from kerasbn import checkpoints, faults, metrics
 from kerasbn.progress import format_seconds
 
 
@@ -64,6 +64,7 @@ class IterationCallback(keras.callbacks.Callback):
         iteration = self.iteration()
         if iteration != self.last_iteration:
             self.last_iteration = iteration
+            faults.point("iteration", iteration)
             self.on_iteration(iteration, logs or {})
 
     def on_iteration(self, iteration, logs):
@@ -188,19 +189,26 @@ class StopAtTarget(IterationCallback):
 
 class Snapshot(IterationCallback):
     """Every `every` iterations (0: never), at `max_iter` and whenever training is about to
-    stop: a checkpoint numbered by iteration, with the run's wall time in `wall_time`."""
+    stop: a checkpoint numbered by iteration, with the run's wall time in `wall_time` and the
+    batches consumed so far in `position` (where a resumed run's data stream continues)."""
 
-    def __init__(self, manager, every, max_iter, clock, wall_time):
+    def __init__(self, manager, every, max_iter, clock, wall_time, position):
         super().__init__()
         self.manager = manager
         self.every = every
         self.max_iter = max_iter
         self.clock = clock
         self.wall_time = wall_time
+        self.position = position
+
+    def on_train_batch_end(self, batch, logs=None):
+        # Every batch moves the data, also one whose update loss scaling skipped.
+        self.position.assign_add(1)
+        super().on_train_batch_end(batch, logs)
 
     def on_iteration(self, iteration, logs):
         if ((self.every and iteration % self.every == 0) or iteration == self.max_iter
                 or self.model.stop_training):
             with self.clock.pause():
                 self.wall_time.assign(self.clock.elapsed())
-                self.manager.save(checkpoint_number=iteration)
+                checkpoints.save(self.manager, iteration)

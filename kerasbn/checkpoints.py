@@ -1,21 +1,55 @@
-"""Checkpoints of a run (weights, optimizer state, iteration, wall time) and --weights loading.
+"""Checkpoints of a run (weights, optimizer state, iteration, wall time, data position) and
+--weights loading.
 
-tf.train.CheckpointManager writes the data files before it updates its index, so an
-interrupted save leaves the previous checkpoint as the newest complete one.
+tf.train.CheckpointManager writes the data files (through a `_temp` directory) before it
+updates its index, so an interrupted save leaves the previous checkpoint as the newest
+complete one; `remove_partial` clears what such a save left behind.
 """
 
+import glob
 import os
+import shutil
 
 import tensorflow as tf
 
-from kerasbn import records
+from kerasbn import faults, records
 from kerasbn.run_dir import RunDir
 
 
-def make_manager(run, model, optimizer, wall_time, keep):
+def make_manager(run, model, wall_time, position, keep):
     """A manager over the checkpoints of RunDir `run`, numbering them by iteration."""
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, wall_time=wall_time)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer,
+                                     wall_time=wall_time, position=position)
     return tf.train.CheckpointManager(checkpoint, run.checkpoints, max_to_keep=max(1, keep))
+
+
+def save(manager, iteration):
+    """Saves checkpoint `iteration` (the `checkpoint` fault point lies inside the write)."""
+    options = tf.train.CheckpointOptions(
+        experimental_write_callbacks=[lambda path: faults.point("checkpoint", iteration)])
+    manager.save(checkpoint_number=iteration, options=options)
+
+
+def restore(manager):
+    """Restores the newest checkpoint of `manager` into its objects; returns its prefix.
+
+    A checkpoint from before the data position was saved restores all but it (the caller
+    then derives the position from the iteration).
+    """
+    prefix = manager.latest_checkpoint
+    saved = {name.split("/")[0] for name, _ in tf.train.list_variables(prefix)}
+    checkpoint = manager.checkpoint
+    if "position" not in saved:
+        checkpoint = tf.train.Checkpoint(model=checkpoint.model, optimizer=checkpoint.optimizer,
+                                         wall_time=checkpoint.wall_time)
+    checkpoint.restore(prefix).assert_existing_objects_matched()
+    return prefix
+
+
+def remove_partial(run):
+    """Deletes the temporary directories a killed checkpoint write left in RunDir `run`."""
+    for path in glob.glob(os.path.join(glob.escape(run.checkpoints), "*_temp")):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def restore_latest(run, model):

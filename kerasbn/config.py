@@ -15,7 +15,7 @@ SOLVER_TYPES = ("SGD", "Nesterov", "Adam", "AdamW")
 # Settings that may change between a run and its resumption: where it lives and what it
 # reports (targets are measured afresh from the whole metrics history).
 NOT_RUN_DEFINING = ("run_dir", "display", "keep_checkpoints", "weights", "target_accuracy",
-                    "skip_corrupt_records")
+                    "skip_corrupt_records", "deterministic")
 
 
 class ConfigError(ValueError):
@@ -60,6 +60,7 @@ class RunConfig:
     crop_pad: int = 0
     mirror: bool = False
     skip_corrupt_records: bool = False
+    deterministic: bool = False
 
     def __post_init__(self):
         fix = lambda name, value: object.__setattr__(self, name, value)

@@ -129,43 +129,57 @@ def _read(path, manifest, skip_corrupt):
 
 def train_dataset(data_dir, manifest, batch_size, seed=0, shuffle_buffer=16384, crop_pad=0,
                   mirror=False, cycle_length=8, input_context=None, start_step=0,
-                  skip_corrupt=False):
+                  skip_corrupt=False, epoch_records=None):
     """Endless training batches of (float32 normalised images, int32 labels).
 
-    Seeded: the same seed and `start_step` give the same batches. A resumed run passes its
-    iteration as `start_step`, getting a fresh shuffle rather than a replay of the first
-    epoch. `batch_size` is per replica when `input_context` is given.
+    The stream is a function of `seed` alone: epoch e reads the shards in an order drawn from
+    (seed, e), interleaves them and shuffles the records with a buffer seeded by (seed, e);
+    batches run on across epoch boundaries, and batch b's crop and mirror are drawn from
+    (seed, b). `start_step` (batches already consumed) continues that stream exactly: it starts
+    at the epoch that holds record start_step * batch_size and skips the records before it
+    there (read, not decoded: at most one epoch). `epoch_records` is the number of records
+    one epoch yields (default: the manifest's count of the shards read; pass the readable
+    count when corrupt records are skipped). `batch_size` is per replica when
+    `input_context` is given.
     """
     files = records.split_files(data_dir, manifest, "train")
-    stream_seed = seed * 1_000_003 + start_step
-    dataset = tf.data.Dataset.from_tensor_slices(files)
+    counts = manifest["splits"]["train"].get("file_counts")
     if input_context is not None and input_context.num_input_pipelines > 1:
-        if len(files) < input_context.num_input_pipelines:
+        pipelines, index = input_context.num_input_pipelines, input_context.input_pipeline_id
+        if len(files) < pipelines:
             raise records.DataError(
-                f"{data_dir} has {len(files)} training shard(s) for "
-                f"{input_context.num_input_pipelines} input pipelines, so some would read "
-                "nothing; rebuild the dataset with a smaller --shard_size")
-        dataset = dataset.shard(input_context.num_input_pipelines,
-                                input_context.input_pipeline_id)
-    dataset = dataset.shuffle(len(files), seed=stream_seed, reshuffle_each_iteration=True)
-    dataset = dataset.repeat()
-    dataset = dataset.interleave(
-        lambda f: _read(f, manifest, skip_corrupt),
-        cycle_length=min(cycle_length, len(files)), block_length=1,
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.shuffle(shuffle_buffer, seed=stream_seed + 1,
-                              reshuffle_each_iteration=True)
+                f"{data_dir} has {len(files)} training shard(s) for {pipelines} input "
+                "pipelines, so some would read nothing; rebuild the dataset with a smaller "
+                "--shard_size")
+        files = files[index::pipelines]
+        counts = counts[index::pipelines] if counts else None
+    if epoch_records is None:
+        epoch_records = sum(counts) if counts else manifest["splits"]["train"]["count"]
+    first_record = start_step * batch_size
+    first_epoch, skip = divmod(first_record, epoch_records)
+    names = tf.constant(files)
+
+    def epoch(e):
+        order = tf.argsort(tf.random.stateless_uniform([len(files)], tf.stack([seed, e])))
+        shards = tf.data.Dataset.from_tensor_slices(tf.gather(names, order))
+        return shards.interleave(
+            lambda f: _read(f, manifest, skip_corrupt),
+            cycle_length=min(cycle_length, len(files)), block_length=1,
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
+        ).shuffle(shuffle_buffer, seed=seed * 1_000_003 + e)
+
+    dataset = tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(epoch).skip(skip)
     dataset = dataset.batch(batch_size, drop_remainder=True)
     parse = _parser(manifest)
 
     def prepare(step, serialized):
         images, labels = parse(serialized)
         if crop_pad or mirror:
-            images = random_crop_mirror(images, tf.stack([tf.cast(stream_seed, tf.int64), step]),
+            images = random_crop_mirror(images, tf.stack([tf.constant(seed, tf.int64), step]),
                                         crop_pad, mirror)
         return normalize(images, manifest), labels
 
-    dataset = tf.data.Dataset.zip(tf.data.Dataset.counter(), dataset)
+    dataset = tf.data.Dataset.zip(tf.data.Dataset.counter(start_step), dataset)
     dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.prefetch(tf.data.AUTOTUNE)
 

@@ -64,14 +64,17 @@ def train(config, run):
                   "(corrupt or truncated); training goes on without them", flush=True)
     keras.mixed_precision.set_global_policy(config.precision)
     keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    checkpoints.remove_partial(run)
     with make_strategy().scope():
         model = optimizers.build_and_compile(config)
         wall_time = tf.Variable(0.0, dtype=tf.float64, trainable=False)
-        manager = checkpoints.make_manager(run, model, model.optimizer, wall_time,
+        position = tf.Variable(-1, dtype=tf.int64, trainable=False)
+        manager = checkpoints.make_manager(run, model, wall_time, position,
                                            config.keep_checkpoints)
     if manager.latest_checkpoint:
-        manager.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        print(f"resuming from {manager.latest_checkpoint}", flush=True)
+        print(f"resuming from {checkpoints.restore(manager)}", flush=True)
     elif config.weights:
         print(f"initialised from {checkpoints.load_weights(model, config.weights)}",
               flush=True)
@@ -81,19 +84,24 @@ def train(config, run):
               flush=True)
     iterations = lambda: int(model.optimizer.iterations.numpy())
     start_iter = iterations()
+    if int(position.numpy()) < 0:  # a new run, or a checkpoint from before positions
+        position.assign(start_iter * config.iter_size)
     # A run killed before its first checkpoint starts again at 0 and tests there again.
     entries = run.keep_metrics_until(start_iter if start_iter else -1)
 
     skip = {"skip_corrupt": config.skip_corrupt_records}
+    skip["epoch_records"] = readable["train"]
     train_data = pipeline.train_dataset(
         data_dir, manifest, config.batch_size, seed=config.seed, crop_pad=config.crop_pad,
-        mirror=config.mirror, start_step=start_iter, **skip)
-    test_data = pipeline.test_dataset(data_dir, manifest, config.batch_size, **skip)
+        mirror=config.mirror, start_step=int(position.numpy()), **skip)
+    test_data = pipeline.test_dataset(data_dir, manifest, config.batch_size,
+                                      skip_corrupt=config.skip_corrupt_records)
     test_step = metrics.make_test_step(model)
-    # Its own seeded stream, so precise BN never shifts the training data order.
+    # Its own seeded stream, so precise BN never shifts the training data order; each test
+    # so far has taken precise_bn batches of it.
     precise_batches = iter(pipeline.train_dataset(
         data_dir, manifest, config.batch_size, seed=config.seed + 1, mirror=config.mirror,
-        crop_pad=config.crop_pad, start_step=start_iter, **skip)) \
+        crop_pad=config.crop_pad, start_step=len(entries) * config.precise_bn, **skip)) \
         if config.precise_bn and precise_bn.bn_layers(model) else None
 
     def evaluate():
@@ -119,7 +127,7 @@ def train(config, run):
     stop = callbacks.StopAtTarget(tester) if config.stop_at_target else None
     events += [stop] if stop else []
     events.append(callbacks.Snapshot(manager, config.snapshot, config.max_iter, clock,
-                                     wall_time))
+                                     wall_time, position))
     tester.set_model(model)
     if start_iter == 0 and config.test_initialization:
         with clock.pause():

@@ -112,6 +112,8 @@ def define(values):
     flags.DEFINE_integer("crop_pad", 0, "Training augmentation: pad by N pixels, random crop "
                          "back.", **on)
     flags.DEFINE_bool("mirror", False, "Training augmentation: random horizontal mirror.", **on)
+    flags.DEFINE_bool("deterministic", False, "TensorFlow's deterministic ops: the same "
+                      "seed gives bit-identical weights, also across a resume (slower).", **on)
     flags.DEFINE_bool("skip_corrupt_records", False, "Train and test on what is readable of "
                       "corrupt or truncated shards (each is named, with what it lost) instead "
                       "of stopping.", **on)

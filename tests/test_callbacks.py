@@ -48,23 +48,24 @@ class FakeManager:
     def __init__(self):
         self.saved = []
 
-    def save(self, checkpoint_number):
+    def save(self, checkpoint_number, options=None):
         self.saved.append(checkpoint_number)
 
 
 def test_snapshot_every_n_at_max_iter_and_when_training_stops():
     manager, wall_time = FakeManager(), tf.Variable(0.0, dtype=tf.float64)
+    position = tf.Variable(7, dtype=tf.int64)
     clock = callbacks.Clock(offset=100.0)
-    snapshot = callbacks.Snapshot(manager, 4, 10, clock, wall_time)
+    snapshot = callbacks.Snapshot(manager, 4, 10, clock, wall_time, position)
     _model().fit(_data(10), callbacks=[snapshot], verbose=0, shuffle=False)
-    assert manager.saved == [4, 8, 10]
+    assert manager.saved == [4, 8, 10] and position.numpy() == 17
     assert wall_time.numpy() >= 100.0 and clock.paused > 0
     never = FakeManager()
     stopper = keras.callbacks.LambdaCallback(
         on_train_batch_end=lambda batch, logs: setattr(model, "stop_training", batch == 5))
     model = _model()
-    model.fit(_data(10), callbacks=[stopper, callbacks.Snapshot(never, 0, 10, clock, wall_time)],
-              verbose=0, shuffle=False)
+    snapshot = callbacks.Snapshot(never, 0, 10, clock, wall_time, position)
+    model.fit(_data(10), callbacks=[stopper, snapshot], verbose=0, shuffle=False)
     assert never.saved == [6]
 
 

@@ -1,3 +1,5 @@
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -22,23 +24,53 @@ def _train(model, steps):
 
 def test_checkpoints_are_numbered_by_iteration_and_the_newest_kept(tmp_path):
     run = RunDir(str(tmp_path))
-    model, wall_time = _model(), tf.Variable(0.0, dtype=tf.float64)
-    manager = checkpoints.make_manager(run, model, model.optimizer, wall_time, keep=2)
+    model, wall_time, position = _model(), _variable(0.0), _variable(0)
+    manager = checkpoints.make_manager(run, model, wall_time, position, keep=2)
     for iteration in (10, 20, 30):
         _train(model, 1)
         wall_time.assign(float(iteration))
-        manager.save(checkpoint_number=iteration)
+        position.assign(iteration * 2)
+        checkpoints.save(manager, iteration)
     assert [p.rsplit("-", 1)[1] for p in manager.checkpoints] == ["20", "30"]
     fresh = _model()
     assert checkpoints.restore_latest(run, fresh).endswith("ckpt-30")
     np.testing.assert_array_equal(fresh.get_weights()[0], model.get_weights()[0])
+    again = _model()
+    state = (_variable(0.0), _variable(-1))
+    restored = checkpoints.restore(checkpoints.make_manager(run, again, *state, keep=2))
+    assert restored.endswith("ckpt-30") and [v.numpy() for v in state] == [30.0, 60]
+    assert int(again.optimizer.iterations.numpy()) == 3
+
+
+def _variable(value):
+    return tf.Variable(value, dtype=tf.float64 if isinstance(value, float) else tf.int64)
+
+
+def test_a_checkpoint_from_before_data_positions_restores_the_rest(tmp_path):
+    run = RunDir(str(tmp_path))
+    model, wall_time = _model(), _variable(5.0)
+    _train(model, 2)
+    old = tf.train.Checkpoint(model=model, optimizer=model.optimizer, wall_time=wall_time)
+    tf.train.CheckpointManager(old, run.checkpoints, 1).save(checkpoint_number=2)
+    fresh, position = _model(), _variable(-1)
+    checkpoints.restore(checkpoints.make_manager(run, fresh, _variable(0.0), position, 1))
+    assert position.numpy() == -1 and int(fresh.optimizer.iterations.numpy()) == 2
+
+
+def test_a_killed_writes_temporary_directory_is_removed(tmp_path):
+    run = RunDir(str(tmp_path))
+    os.makedirs(os.path.join(run.checkpoints, "ckpt-20_temp"))
+    open(os.path.join(run.checkpoints, "ckpt-20_temp", "part-00000-of-00001.index"), "w").close()
+    open(os.path.join(run.checkpoints, "checkpoint"), "w").close()
+    checkpoints.remove_partial(run)
+    assert os.listdir(run.checkpoints) == ["checkpoint"]
 
 
 def test_weights_take_the_network_but_not_the_optimizer_state(tmp_path):
     run = RunDir(str(tmp_path))
-    trained, wall_time = _model(), tf.Variable(0.0, dtype=tf.float64)
+    trained = _model()
     _train(trained, 3)
-    checkpoints.make_manager(run, trained, trained.optimizer, wall_time, 1).save(3)
+    checkpoints.save(checkpoints.make_manager(run, trained, _variable(0.0), _variable(0), 1), 3)
     fresh = _model()
     assert checkpoints.load_weights(fresh, str(tmp_path)).endswith("ckpt-3")
     np.testing.assert_array_equal(fresh.get_weights()[0], trained.get_weights()[0])

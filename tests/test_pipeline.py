@@ -34,6 +34,21 @@ def test_train_pipeline_is_seeded(small_data):
     assert not all(np.array_equal(ya, yd) for (_, ya), (_, yd) in zip(a, d))
 
 
+def test_a_resumed_train_pipeline_continues_the_same_stream(small_data):
+    manifest = records.read_manifest(small_data)  # 90 training records: 5.6 batches an epoch
+    make = lambda step, n: _take(pipeline.train_dataset(
+        small_data, manifest, 16, seed=3, crop_pad=2, mirror=True, shuffle_buffer=32,
+        start_step=step), n)
+    whole = make(0, 20)
+    labels = np.concatenate([y for _, y in whole[:17]])
+    for epoch in range(3):  # each epoch holds every record once
+        assert np.bincount(labels[epoch * 90:(epoch + 1) * 90], minlength=6).tolist() == [15] * 6
+    for step in (1, 5, 6, 11, 17):  # within the first epoch, across one and two boundaries
+        for (xw, yw), (xr, yr) in zip(whole[step:], make(step, 3)):
+            np.testing.assert_array_equal(yw, yr)
+            np.testing.assert_array_equal(xw, xr)
+
+
 def test_train_pipeline_draws_classes_in_proportion(small_data):
     manifest = records.read_manifest(small_data)
     count = manifest["splits"]["train"]["count"]

@@ -3,6 +3,8 @@ import json
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,6 +15,9 @@ from kerasbn import callbacks
 from kerasbn.run_dir import RunDir
 from test_pipeline import _damaged
 from test_run_dir import _hold_lock
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _metrics(run_dir):
@@ -291,3 +296,47 @@ def test_a_corrupt_shard_stops_training_by_name_or_is_skipped(tmp_path, capsys):
     run_train(args + ["--skip_corrupt_records"])
     assert f"{path} is short by 27 record(s)" in capsys.readouterr().out
     assert _metrics(str(tmp_path / "run"))[-1]["iteration"] == 5
+
+
+def _train_process(args, fault=None):
+    env = {k: v for k, v in os.environ.items() if k != "KERASBN_FAULT"}
+    if fault:
+        env["KERASBN_FAULT"] = fault
+    return subprocess.run([sys.executable, "-m", "kerasbn.train", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+
+
+def _final_state(run_dir):
+    """Every tensor of the run's newest checkpoint but the wall time: weights, BN statistics,
+    optimizer slots, iteration, data position."""
+    reader = tf.train.load_checkpoint(RunDir(run_dir).checkpoints)
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if not name.startswith(("wall_time", "save_counter", "_CHECKPOINTABLE"))}
+
+
+def test_sigkill_at_any_moment_then_rerun_ends_where_an_uninterrupted_run_does(small_data,
+                                                                               tmp_path):
+    args = lambda run: train_args(small_data, str(tmp_path / run), max_iter=20, snapshot=5,
+                                  test_interval=5, deterministic="true", crop_pad=2,
+                                  mirror="true")
+    assert _train_process(args("whole")).returncode == 0
+    os.makedirs(tmp_path / "cut" / "checkpoints" / "ckpt-15_temp")  # a killed write's leftover
+    # Mid-interval, inside the checkpoint write at 10 (files written, index not), and after
+    # the test at 15 but before its checkpoint.
+    for fault in ("iteration:7", "checkpoint:10", "iteration:13", "iteration:15"):
+        killed = _train_process(args("cut"), fault)
+        assert killed.returncode == -signal.SIGKILL, (fault, killed.stderr)
+    assert _train_process(args("cut")).returncode == 0
+    assert not os.path.exists(tmp_path / "cut" / "checkpoints" / "ckpt-15_temp")
+    whole, cut = _metrics(str(tmp_path / "whole")), _metrics(str(tmp_path / "cut"))
+    assert [e["iteration"] for e in cut] == [0, 5, 10, 15, 20]
+    timing = ("wall_time", "images_per_sec")
+    strip = lambda entries: [{k: v for k, v in e.items() if k not in timing} for e in entries]
+    assert strip(cut) == strip(whole)
+    a, b = _final_state(str(tmp_path / "whole")), _final_state(str(tmp_path / "cut"))
+    assert a.keys() == b.keys() and len(a) > 30
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    logged = lambda run: _scalars(os.path.join(tmp_path, run, "tensorboard", "train"),
+                                  "learning_rate")
+    assert logged("cut") == logged("whole")
