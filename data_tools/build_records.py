@@ -225,9 +225,10 @@ def write_pairs(path, holdout, written, count, seed):
 
 
 def collect(source, root, image_size, channels, test_fraction, holdout_identities,
-            min_images, seed):
-    """Reads the source listing; returns (splits, class names, holdout names, dropped,
-    channels, image size, description)."""
+            min_images, seed, out=None, allow_outside_root=False):
+    """Reads the source listing (never the output directory `out`, should it lie inside);
+    returns (splits, class names, holdout names, dropped, channels, image size,
+    description)."""
     if sources.is_cifar10(source):
         if holdout_identities:
             raise records.DataError("--holdout_identities does not apply to CIFAR-10, whose "
@@ -243,10 +244,10 @@ def collect(source, root, image_size, channels, test_fraction, holdout_identitie
         return (splits, names, [], 0, channels or 3, image_size or 32,
                 "CIFAR-10 python batches (official split)")
     if os.path.isdir(source):
-        listing, base, kind = sources.folder_tree(source), source, "folder tree"
+        listing, base, kind = sources.folder_tree(source, exclude=out), source, "folder tree"
     elif os.path.isfile(source):
         base = root or os.path.dirname(os.path.abspath(source))
-        listing, kind = sources.list_file(source, base), "list file"
+        listing, kind = sources.list_file(source, base, allow_outside_root), "list file"
     else:
         raise records.DataError(f"{source} does not exist; give a folder with one subfolder "
                                 "per identity, a `path label` list file, or cifar-10-batches-py")
@@ -279,8 +280,11 @@ def _prepare(out, args, overwrite):
 def build(source, out, root=None, image_size=None, channels=None, resize_mode="crop",
           boxes=None, test_fraction=0.2, holdout_identities=0, pairs=0,
           min_images_per_identity=1, seed=0, shard_size=4096, encoding="raw",
-          compression="", workers=1, overwrite=False, command="", log=print):
+          compression="", workers=1, overwrite=False, command="", log=print,
+          allow_outside_root=False):
     """Converts `source` to shards + manifest in `out`; returns the manifest."""
+    if image_size is not None and image_size < 1:
+        raise records.DataError(f"--image_size must be at least 1, got {image_size}")
     if not 0 <= test_fraction < 1:
         raise records.DataError(f"--test_fraction must lie in [0, 1), got {test_fraction}")
     if pairs and not holdout_identities:
@@ -293,7 +297,7 @@ def build(source, out, root=None, image_size=None, channels=None, resize_mode="c
     with Encoder(workers) as encoder:
         splits, classes, holdout, dropped, channels, image_size, description = collect(
             source, root, image_size, channels, test_fraction, holdout_identities,
-            min_images_per_identity, seed)
+            min_images_per_identity, seed, out, allow_outside_root)
         args = {"source": os.path.abspath(source), "root": root, "image_size": image_size,
                 "channels": channels, "resize_mode": resize_mode, "boxes": boxes,
                 "test_fraction": test_fraction, "holdout_identities": holdout_identities,
@@ -347,8 +351,8 @@ def build(source, out, root=None, image_size=None, channels=None, resize_mode="c
 def main(argv):
     values, args = cli.parse(argv, define_flags, __doc__)
     if len(args) != 1:
-        sys.exit("error: " "give one SOURCE: a folder tree, a list file or "
-                             "cifar-10-batches-py")
+        sys.exit("error: give one SOURCE: a folder tree, a list file or "
+                 "cifar-10-batches-py")
     if not values.out:
         sys.exit("error: --out is required")
     try:
@@ -357,7 +361,8 @@ def main(argv):
               values.resize_mode, values.boxes, values.test_fraction, values.holdout_identities,
               values.pairs, values.min_images_per_identity, values.seed, values.shard_size,
               values.encoding, "GZIP" if values.gzip else "", values.workers, values.overwrite,
-              command="python -m data_tools.build_records " + " ".join(sys.argv[1:]))
+              command="python -m data_tools.build_records " + " ".join(sys.argv[1:]),
+              allow_outside_root=values.allow_outside_root)
     except records.DataError as e:
         sys.exit(f"error: {e}")
 
@@ -390,6 +395,8 @@ def define_flags(values):
     flags.DEFINE_bool("gzip", False, "GZIP-compress the shards.", **on)
     flags.DEFINE_integer("workers", max(1, os.cpu_count() or 1), "Decoding processes.", **on)
     flags.DEFINE_bool("overwrite", False, "Replace a dataset already in --out.", **on)
+    flags.DEFINE_bool("allow_outside_root", False, "List files: accept paths that lie outside "
+                      "--root (refused by default, as a list file's mistake).", **on)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,34 @@ def resize(image, size, mode):
     raise ValueError(f"unknown --resize_mode {mode!r}; choose one of {', '.join(RESIZE_MODES)}")
 
 
+def to_8bit(image):
+    """Images of more than 8 bits per value as 8-bit gray ("L"), the range scaled, not
+    clipped: Pillow's own convert clips a 16-bit 40000 to 255 (white)."""
+    if image.mode.startswith("I"):
+        values = np.asarray(image, np.float64)
+        if image.mode.startswith("I;16") or values.max() > 255:
+            values = values / 257.0
+        return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+    if image.mode == "F":
+        values = np.asarray(image, np.float64)
+        if values.max() <= 1.0:
+            values = values * 255.0
+        return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+    return image
+
+
+# Modes Pillow converts to neither L nor RGB, and the mode they do convert to first.
+_VIA = {"LAB": "RGB", "La": "LA"}
+
+
+def convert(image, target):
+    """`image` in mode `target` ("L" or "RGB") from any mode Pillow opens."""
+    image = to_8bit(image)
+    if image.mode in _VIA:
+        image = image.convert(_VIA[image.mode])
+    return image.convert(target)
+
+
 def to_array(image, channels, size, mode, box=None):
     """PIL image -> uint8 [size, size, channels]: EXIF orientation applied, then the face box
     (x, y, w, h) cropped when given, then converted and resized."""
@@ -29,7 +57,7 @@ def to_array(image, channels, size, mode, box=None):
     if box is not None:
         x, y, w, h = box
         image = image.crop((x, y, x + w, y + h))
-    image = image.convert("L" if channels == 1 else "RGB")
+    image = convert(image, "L" if channels == 1 else "RGB")
     array = np.asarray(resize(image, size, mode), dtype=np.uint8)
     return array.reshape(size, size, channels)
 
@@ -47,5 +75,7 @@ def load(path, channels, size, mode, box=None):
         return None, "file not found"
     except UnidentifiedImageError:
         return None, "not an image Pillow can read"
+    except Image.DecompressionBombError as e:
+        return None, f"larger than Pillow's decompression-bomb limit ({e})"
     except (OSError, SyntaxError, ValueError) as e:
         return None, f"unreadable image ({e})"

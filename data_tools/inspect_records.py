@@ -206,7 +206,7 @@ def write_manifest(data_dir, label_offset=0, compression="", overwrite=False):
 def main(argv):
     values, args = cli.parse(argv, define_flags, __doc__)
     if len(args) != 1:
-        sys.exit("error: " "give one DIR: a directory of TFRecord shards")
+        sys.exit("error: give one DIR: a directory of TFRecord shards")
     data_dir = args[0]
     try:
         if values.write_manifest:

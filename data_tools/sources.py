@@ -20,19 +20,23 @@ def is_cifar10(path):
         os.path.isfile(os.path.join(path, name)) for name in CIFAR_TRAIN + [CIFAR_TEST])
 
 
-def folder_tree(root):
+def folder_tree(root, exclude=None):
     """{identity: sorted image paths}: one subfolder per identity, images anywhere below it.
 
-    Files directly in `root` (a README, a list file) are not images of anyone and are ignored.
+    Files directly in `root` (a README, a list file) are not images of anyone and are ignored,
+    and so is the directory `exclude` wherever it lies (the output, when it is inside the
+    source: it must never become an identity or part of one).
     """
+    skip = os.path.realpath(exclude) if exclude else None
     identities = {}
     for name in sorted(os.listdir(root)):
         top = os.path.join(root, name)
-        if not os.path.isdir(top):
+        if not os.path.isdir(top) or os.path.realpath(top) == skip:
             continue
         paths = []
         for directory, subdirs, files in os.walk(top):
-            subdirs.sort()
+            subdirs[:] = sorted(d for d in subdirs
+                                if os.path.realpath(os.path.join(directory, d)) != skip)
             paths += [os.path.join(directory, f) for f in sorted(files) if not f.startswith(".")]
         if paths:
             identities[name] = paths
@@ -42,12 +46,14 @@ def folder_tree(root):
     return identities
 
 
-def list_file(path, root):
+def list_file(path, root, allow_outside_root=False):
     """{label: paths} of a Caffe convert_imageset list (`relative/path label` per line).
 
-    Identity names are the labels as written; malformed lines stop with their line number.
+    Identity names are the labels as written. A malformed line, an image listed twice, or a
+    path outside `root` (unless `allow_outside_root`) stops with its line number.
     """
-    identities = {}
+    identities, seen = {}, {}
+    inside = os.path.realpath(root) + os.sep
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             line = line.strip()
@@ -56,7 +62,16 @@ def list_file(path, root):
             relative, _, label = line.rpartition(" ")
             if not relative or not label.lstrip("-").isdigit():
                 raise DataError(f"{path}:{number}: expected `relative/path label`, got {line!r}")
-            identities.setdefault(int(label), []).append(os.path.join(root, relative.strip()))
+            image = os.path.join(root, relative.strip())
+            if not allow_outside_root and not os.path.realpath(image).startswith(inside):
+                raise DataError(f"{path}:{number}: {relative.strip()} lies outside --root="
+                                f"{root}; fix the path, or pass --allow_outside_root")
+            key = os.path.realpath(image)
+            if key in seen:
+                raise DataError(f"{path}:{number}: {relative.strip()} is listed again (first "
+                                f"on line {seen[key]}); list each image once, with one label")
+            seen[key] = number
+            identities.setdefault(int(label), []).append(image)
     if not identities:
         raise DataError(f"{path} lists no images")
     return {str(label): paths for label, paths in sorted(identities.items())}

@@ -204,3 +204,39 @@ def test_command_line_gzip_rgb_and_inspect(folder, tmp_path):
     assert again.returncode != 0 and "--overwrite" in again.stderr
     missing = _cli("data_tools.build_records", str(tmp_path / "nowhere"), f"--out={tmp_path / 'x'}")
     assert missing.returncode != 0 and "does not exist" in missing.stderr
+
+
+def test_list_file_paths_outside_root_and_twice_listed_images_are_refused(folder, tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("0.pgm 7\n../person1/2.png 2\n/etc/hostname 2\n")
+    with pytest.raises(records.DataError, match="outside.txt:2: .* lies outside --root"):
+        build_folder(outside, tmp_path / "o1", root=str(folder / "person3"))
+    listed = build_folder(outside, tmp_path / "o2", root=str(folder / "person3"),
+                          allow_outside_root=True, test_fraction=0.0)
+    assert listed["splits"]["train"]["count"] == 2  # /etc/hostname is no image: skipped
+    twice = tmp_path / "twice.txt"
+    twice.write_text("person3/0.pgm 7\nperson1/2.png 2\nperson3/./0.pgm 2\n")
+    with pytest.raises(records.DataError, match="twice.txt:3: .* listed again .*line 1"):
+        build_folder(twice, tmp_path / "o3", root=str(folder))
+
+
+def test_the_output_inside_the_source_is_never_read_as_an_identity(folder):
+    first = build_folder(folder, folder / "out")
+    again = build_folder(folder, folder / "out", overwrite=True)
+    assert first["class_names"] == again["class_names"] == [
+        "Zoë", "person0", "person1", "person2", "person3"]
+    assert again["splits"] == first["splits"]
+
+
+def test_an_image_over_the_decompression_bomb_limit_is_skipped_by_name(folder, tmp_path,
+                                                                       monkeypatch):
+    Image.new("L", (120, 120)).save(folder / "person0" / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)  # 120 x 120 > 2 x 5000
+    manifest = build_folder(folder, tmp_path / "out")
+    reasons = {s["path"]: s["reason"] for s in manifest["skipped"]}
+    assert "decompression-bomb limit" in reasons[os.path.join("person0", "huge.png")]
+
+
+def test_image_size_zero_is_refused(folder, tmp_path):
+    with pytest.raises(records.DataError, match="--image_size must be at least 1, got 0"):
+        build_folder(folder, tmp_path / "out", image_size=0)
