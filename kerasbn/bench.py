@@ -45,13 +45,13 @@ def bare_reading(data_dir, manifest, batch_size):
 def bench_input(data_dir, batch_size, batches, repeats):
     """Returns {encoding, bare, pipeline, ratio}: best-of-`repeats` images/s, interleaved."""
     manifest = records.read_manifest(data_dir)
-    bare, pipeline = [], []
+    bare, piped = [], []
     for _ in range(repeats):
         bare.append(_images_per_second(bare_reading(data_dir, manifest, batch_size), batches))
-        pipeline.append(_images_per_second(
+        piped.append(_images_per_second(
             pipeline.train_dataset(data_dir, manifest, batch_size, mirror=True), batches))
-    return {"encoding": manifest["encoding"], "bare": max(bare), "pipeline": max(pipeline),
-            "ratio": max(pipeline) / max(bare)}
+    return {"encoding": manifest["encoding"], "bare": max(bare), "pipeline": max(piped),
+            "ratio": max(piped) / max(bare)}
 
 
 def _load_split(data_dir, manifest, split):

@@ -133,7 +133,8 @@ def train_dataset(data_dir, manifest, batch_size, seed=0, shuffle_buffer=16384, 
     """Endless training batches of (float32 normalised images, int32 labels).
 
     The stream is a function of `seed` alone: epoch e reads the shards in an order drawn from
-    (seed, e), interleaves them and shuffles the records with a buffer seeded by (seed, e);
+    (seed, e), interleaves them and shuffles each block of `shuffle_buffer` records by (seed,
+    e, block);
     batches run on across epoch boundaries, and batch b's crop and mirror are drawn from
     (seed, b). `start_step` (batches already consumed) continues that stream exactly: it starts
     at the epoch that holds record start_step * batch_size and skips the records before it
@@ -162,11 +163,16 @@ def train_dataset(data_dir, manifest, batch_size, seed=0, shuffle_buffer=16384, 
     def epoch(e):
         order = tf.argsort(tf.random.stateless_uniform([len(files)], tf.stack([seed, e])))
         shards = tf.data.Dataset.from_tensor_slices(tf.gather(names, order))
-        return shards.interleave(
+        records_ = shards.interleave(
             lambda f: _read(f, manifest, skip_corrupt),
             cycle_length=min(cycle_length, len(files)), block_length=1,
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
-        ).shuffle(shuffle_buffer, seed=seed * 1_000_003 + e)
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        # A stateless shuffle of each block of `shuffle_buffer` records, keyed by (seed,
+        # epoch, block): tf.data's own shuffle cannot take a per-epoch seed tensor.
+        blocks = records_.batch(shuffle_buffer).enumerate()
+        return blocks.map(lambda i, block: tf.gather(block, tf.argsort(
+            tf.random.stateless_uniform([tf.shape(block)[0]],
+                                        tf.stack([seed * 1_000_003 + e, i]))))).unbatch()
 
     dataset = tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(epoch).skip(skip)
     dataset = dataset.batch(batch_size, drop_remainder=True)

@@ -18,7 +18,7 @@ def _config(**kw):
     fields = schedules.ScheduleConfig.__annotations__
     schedule.update({k: kw.pop(k) for k in list(kw) if k in fields})
     solver = {"solver_type": "SGD", "momentum": 0.9, "weight_decay": 0.01, **kw}
-    return RunConfig(data_dir="d", run_dir="r", num_classes=1, image_size=(1, 1), channels=1,
+    return RunConfig(data_dir="d", run_dir="r", num_classes=2, image_size=(1, 1), channels=1,
                      test_interval=1, schedule=schedules.ScheduleConfig(**schedule), **solver)
 
 
