@@ -1,3 +1,4 @@
+import contextlib
 import json
 import multiprocessing
 import os
@@ -17,19 +18,27 @@ def _hold_lock(path, ready):
         signal.pause()
 
 
-def test_a_second_process_is_refused_and_a_killed_holder_frees_the_lock(tmp_path):
+@contextlib.contextmanager
+def lock_held_elsewhere(path):
+    """Another process holds the run dir's lock while the block runs (yields its pid); it is
+    then killed with SIGKILL, as a crashed trainer would be."""
     context = multiprocessing.get_context("spawn")
     ready = context.Event()
-    holder = context.Process(target=_hold_lock, args=(str(tmp_path), ready))
+    holder = context.Process(target=_hold_lock, args=(str(path), ready))
     holder.start()
     try:
         assert ready.wait(60)
-        with pytest.raises(RunDirError, match=f"pid {holder.pid}"):
-            with RunDir(str(tmp_path)).lock():
-                pass
+        yield holder.pid
     finally:
         os.kill(holder.pid, signal.SIGKILL)
         holder.join()
+
+
+def test_a_second_process_is_refused_and_a_killed_holder_frees_the_lock(tmp_path):
+    with lock_held_elsewhere(tmp_path) as pid:
+        with pytest.raises(RunDirError, match=f"pid {pid}"):
+            with RunDir(str(tmp_path)).lock():
+                pass
     with RunDir(str(tmp_path)).lock():
         pass
 

@@ -1,6 +1,5 @@
 import glob
 import json
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -14,7 +13,7 @@ from conftest import run_train, train_args
 from kerasbn import callbacks
 from kerasbn.run_dir import RunDir
 from test_pipeline import _damaged
-from test_run_dir import _hold_lock
+from test_run_dir import lock_held_elsewhere
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -233,17 +232,9 @@ def test_a_resumed_run_may_track_other_targets(finished_run, small_data):
 
 
 def test_a_second_training_process_in_the_same_run_dir_is_refused(small_data, tmp_path):
-    context = multiprocessing.get_context("spawn")
-    ready = context.Event()
-    holder = context.Process(target=_hold_lock, args=(str(tmp_path), ready))
-    holder.start()
-    try:
-        assert ready.wait(60)
+    with lock_held_elsewhere(tmp_path) as pid:
         message = _error(train_args(small_data, str(tmp_path)))
-    finally:
-        os.kill(holder.pid, signal.SIGKILL)
-        holder.join()
-    assert f"in use by another training process (pid {holder.pid})" in message
+    assert f"in use by another training process (pid {pid})" in message
     assert "\n" not in message and not os.path.exists(tmp_path / "config.json")
 
 
