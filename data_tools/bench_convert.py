@@ -72,6 +72,9 @@ def bench_convert(count, size, workers, repeats):
 
 def main(argv):
     values, args = cli.parse(argv, define_flags, __doc__)
+    if not all(w.isdigit() and int(w) > 0 for w in values.workers):
+        sys.exit(f"error: --workers takes positive integers such as 1,2; got "
+                 f"{','.join(values.workers)}")
     workers = [int(w) for w in values.workers]
     rates, ceiling = bench_convert(values.images, values.size, workers, values.repeats)
     for n, rate in rates.items():
@@ -83,11 +86,12 @@ def main(argv):
 
 def define_flags(values):
     on = {"flag_values": values}
-    flags.DEFINE_integer("images", 2000, "JPEGs to generate and convert.", **on)
-    flags.DEFINE_integer("size", 250, "Their width and height.", **on)
+    flags.DEFINE_integer("images", 2000, "JPEGs to generate and convert.", lower_bound=1, **on)
+    flags.DEFINE_integer("size", 250, "Their width and height.", lower_bound=1, **on)
     flags.DEFINE_list("workers", ["1", "2"], "--workers values to compare; ratios to the first.",
                       **on)
-    flags.DEFINE_integer("repeats", 3, "Timed conversions per value; the best counts.", **on)
+    flags.DEFINE_integer("repeats", 3, "Timed conversions per value; the best counts.",
+                         lower_bound=1, **on)
 
 
 if __name__ == "__main__":

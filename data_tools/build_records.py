@@ -373,7 +373,7 @@ def define_flags(values):
     flags.DEFINE_string("root", None, "List files: the directory their paths are relative to "
                         "(default: the list file's directory).", **on)
     flags.DEFINE_integer("image_size", None, "Output height and width (default 50; CIFAR-10 32).",
-                         **on)
+                         lower_bound=1, **on)
     flags.DEFINE_enum("channels", None, ["1", "3"], "1 grayscale or 3 RGB (default 1; CIFAR-10 3).",
                       **on)
     flags.DEFINE_enum("resize_mode", "crop", images.RESIZE_MODES, "crop: keep the aspect, crop "
@@ -382,18 +382,20 @@ def define_flags(values):
     flags.DEFINE_string("boxes", None, "CSV of `file,x,y,w,h` face boxes cropped before resizing.",
                         **on)
     flags.DEFINE_float("test_fraction", 0.2, "Fraction of each training identity's images in test.",
-                       **on)
+                       lower_bound=0, upper_bound=1, **on)
     flags.DEFINE_integer("holdout_identities", 0, "Identities kept out of training (split holdout).",
-                         **on)
+                         lower_bound=0, **on)
     flags.DEFINE_integer("pairs", 0, "Matched and mismatched holdout pairs for pairs.txt (LFW format).",
-                         **on)
-    flags.DEFINE_integer("min_images_per_identity", 1, "Drop identities with fewer files.", **on)
-    flags.DEFINE_integer("seed", 0, "Seed of the splits and the record order.", **on)
-    flags.DEFINE_integer("shard_size", 4096, "Records per shard.", **on)
+                         lower_bound=0, **on)
+    flags.DEFINE_integer("min_images_per_identity", 1, "Drop identities with fewer files.",
+                         lower_bound=1, **on)
+    flags.DEFINE_integer("seed", 0, "Seed of the splits and the record order.", lower_bound=0, **on)
+    flags.DEFINE_integer("shard_size", 4096, "Records per shard.", lower_bound=1, **on)
     flags.DEFINE_enum("encoding", "raw", ["raw", "png"], "raw (fastest to read) or png (smaller).",
                       **on)
     flags.DEFINE_bool("gzip", False, "GZIP-compress the shards.", **on)
-    flags.DEFINE_integer("workers", max(1, os.cpu_count() or 1), "Decoding processes.", **on)
+    flags.DEFINE_integer("workers", max(1, os.cpu_count() or 1), "Decoding processes.",
+                         lower_bound=1, **on)
     flags.DEFINE_bool("overwrite", False, "Replace a dataset already in --out.", **on)
     flags.DEFINE_bool("allow_outside_root", False, "List files: accept paths that lie outside "
                       "--root (refused by default, as a list file's mistake).", **on)

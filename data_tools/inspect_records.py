@@ -36,8 +36,8 @@ def _records(path, compression):
             yield index, serialized.numpy()
             index += 1
     except tf.errors.OpError as e:
-        raise records.DataError(f"{path}: record {index} is corrupt ({e.message.strip()})") \
-            from None
+        raise records.DataError(f"{path}: record {index} is corrupt "
+                                f"({records.op_message(e)})") from None
 
 
 def decode_record(serialized, channels=None):
@@ -107,6 +107,10 @@ def montage(data_dir, out, samples=36, split="train", seed=0):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise records.DataError(f"--montage={out}: the directory {folder} does not exist; "
+                                "create it or write the montage elsewhere")
     manifest = records.read_manifest(data_dir)
     names = (manifest.get("holdout_class_names") if split == "holdout"
              else manifest["class_names"])
@@ -235,10 +239,10 @@ def main(argv):
 def define_flags(values):
     on = {"flag_values": values}
     flags.DEFINE_string("montage", None, "Write a PNG grid of random training samples here.", **on)
-    flags.DEFINE_integer("samples", 36, "Samples in the montage.", **on)
+    flags.DEFINE_integer("samples", 36, "Samples in the montage.", lower_bound=1, **on)
     flags.DEFINE_bool("write_manifest", False, "Describe foreign TFRecords in manifest.json.", **on)
     flags.DEFINE_integer("label_offset", 0, "--write_manifest: subtracted from stored labels "
-                         "(1 for TensorFlow's Inception scripts).", **on)
+                         "(1 for TensorFlow's Inception scripts).", lower_bound=0, **on)
     flags.DEFINE_bool("gzip", False, "--write_manifest: the shards are GZIP-compressed.", **on)
     flags.DEFINE_bool("overwrite", False, "--write_manifest: replace an existing manifest.json.",
                       **on)

@@ -168,6 +168,9 @@ def build(out, identities, images_per_identity, test_fraction, image_size, seed,
         raise ValueError("--identities and --images_per_identity must both be at least 2")
     if not 0 < test_fraction < 1:
         raise ValueError(f"--test_fraction must lie in (0, 1), got {test_fraction}")
+    if image_size < 16 or shard_size < 1:
+        raise ValueError(f"--image_size must be at least 16 (faces are drawn at that scale) "
+                         f"and --shard_size at least 1, got {image_size} and {shard_size}")
     shards.prepare_out_dir(out, overwrite)
     params = identity_params(seed, identities)
     n_train, n_test = split_sizes(images_per_identity, test_fraction)
@@ -210,17 +213,18 @@ def main(argv):
 def define_flags(values):
     on = {"flag_values": values}
     flags.DEFINE_string("out", None, "Directory to write the shards and manifest.json into.", **on)
-    flags.DEFINE_integer("identities", 50, "Number of identities (classes).", **on)
+    flags.DEFINE_integer("identities", 50, "Number of identities (classes).", lower_bound=2, **on)
     flags.DEFINE_integer("images_per_identity", 150, "Images per identity, train and test together.",
-                         **on)
+                         lower_bound=2, **on)
     flags.DEFINE_float("test_fraction", 0.2, "Fraction of each identity's images in the test split.",
-                       **on)
+                       lower_bound=0, upper_bound=1, **on)
     flags.DEFINE_integer("image_size", 50, "Height and width of the square images, in pixels.",
-                         **on)
-    flags.DEFINE_integer("seed", 0, "Seed: the same seed and flags give the same bytes.", **on)
+                         lower_bound=16, **on)
+    flags.DEFINE_integer("seed", 0, "Seed: the same seed and flags give the same bytes.",
+                         lower_bound=0, **on)
     flags.DEFINE_enum("encoding", "raw", records.ENCODINGS, "How images are stored in the records.",
                       **on)
-    flags.DEFINE_integer("shard_size", 8192, "Records per shard.", **on)
+    flags.DEFINE_integer("shard_size", 8192, "Records per shard.", lower_bound=1, **on)
     flags.DEFINE_bool("overwrite", False, "Replace a dataset already in --out.", **on)
 
 

@@ -164,14 +164,15 @@ def define_flags(values):
                       "What to measure.", **on)
     flags.DEFINE_multi_string("data_dir", None, "Dataset directory (repeat to compare "
                               "several).", **on)
-    flags.DEFINE_integer("batch_size", 128, "Images per batch.", **on)
-    flags.DEFINE_integer("batches", 300, "Batches timed per measurement.", **on)
-    flags.DEFINE_integer("repeats", 3, "Timed repeats per pipeline; the best one counts.", **on)
+    flags.DEFINE_integer("batch_size", 128, "Images per batch.", lower_bound=1, **on)
+    flags.DEFINE_integer("batches", 300, "Batches timed per measurement.", lower_bound=1, **on)
+    flags.DEFINE_integer("repeats", 3, "Timed repeats per pipeline; the best one counts.",
+                         lower_bound=1, **on)
     flags.DEFINE_integer("epochs", 20, "Training epochs per classifier (separability bench).",
-                         **on)
+                         lower_bound=1, **on)
     flags.DEFINE_enum("model", "bn", models.MODELS, "Network (train bench).", **on)
     flags.DEFINE_integer("num_classes", 14700, "Classes (train bench; the study's 14,700).",
-                         **on)
+                         lower_bound=2, **on)
     flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"], "Keras dtype policies "
                       "(train, norms benches); train: ratios to the first.", **on)
     flags.DEFINE_list("norms", list(norms.NORMS), "BN implementations (norms bench); step "

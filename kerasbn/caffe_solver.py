@@ -15,9 +15,11 @@ from kerasbn import cli, schedules
 _LINE = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*:\s*("(?:[^"\\]|\\.)*"|\'[^\']*\'|[^\s#]+)'
                    r'\s*(?:#.*)?$')
 _BLOCK = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*:?\s*\{")
-_SAME_NAME = ("base_lr", "gamma", "power", "stepsize", "stepvalue", "momentum", "momentum2",
-              "delta", "weight_decay", "max_iter", "test_interval", "display", "snapshot",
-              "iter_size")
+_FLOATS = ("base_lr", "gamma", "power", "momentum", "momentum2", "delta", "weight_decay")
+_INTEGERS = ("stepsize", "stepvalue", "max_iter", "test_interval", "display", "snapshot",
+             "iter_size", "test_iter", "random_seed")
+_SAME_NAME = _FLOATS + tuple(name for name in _INTEGERS if name not in ("test_iter",
+                                                                        "random_seed"))
 _SOLVER_TYPES = {"SGD": "SGD", "NESTEROV": "Nesterov", "ADAM": "Adam", "ADAMW": "AdamW"}
 
 
@@ -54,6 +56,7 @@ def convert(text, name="solver.prototxt"):
     """(flag lines, [(field, value, line, why)] not mapped) of a solver prototxt."""
     flags, unmapped, seen_test_iter = [], [], False
     for field, value, number in parse(text, name):
+        _check_number(field, value, f"{name}:{number}")
         why = None
         if field in _SAME_NAME:
             flags.append(f"--{field}={value}")
@@ -89,6 +92,18 @@ def convert(text, name="solver.prototxt"):
     return flags, unmapped
 
 
+def _check_number(field, value, where):
+    """Refuses a numeric field whose value is no number of its kind, naming the line."""
+    kind = int if field in _INTEGERS else float if field in _FLOATS else None
+    if kind is None:
+        return
+    try:
+        kind(value)
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise SolverError(f"{where}: {field} must be {what}, got {value!r}") from None
+
+
 def main(argv):
     _, paths = cli.parse(argv, lambda values: None, __doc__)
     if len(paths) != 1:
@@ -99,6 +114,8 @@ def main(argv):
             flags, unmapped = convert(f.read(), path)
     except OSError as e:
         sys.exit(f"error: cannot read {path}: {e.strerror}")
+    except UnicodeDecodeError:
+        sys.exit(f"error: {path} is not a text file; give a Caffe solver.prototxt")
     except SolverError as e:
         sys.exit(f"error: {e}")
     print(f"# converted from {path} by python -m kerasbn.caffe_solver")

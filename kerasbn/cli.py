@@ -31,6 +31,12 @@ def parse(argv, define, doc=""):
         rest = values(expand(argv, values))
     except (flags.Error, OSError) as e:
         sys.exit(f"error: {_one_line(e)} (see --help)")
+    for name in values:
+        flag = values[name]
+        empty = flag.value in ("", [], [""])
+        if flag.present and empty and not isinstance(flag, flags.BooleanFlag):
+            sys.exit(f"error: --{flag.name} is empty; give it a value or leave it out "
+                     "(see --help)")
     logging.set_verbosity(max(values.verbosity, logging.WARNING))
     return values, rest[1:]
 

@@ -100,12 +100,13 @@ def plot(runs, out):
 
 def define_flags(values):
     train_flags.define(values)
+    on = {"flag_values": values}
     flags.DEFINE_list("norms", list(norms.NORMS), "Implementations to compare.",
-                      flag_values=values)
+                      **on)
     flags.DEFINE_integer("seeds", 2, "Seeds per implementation (0 .. seeds-1).",
-                         flag_values=values)
+                         lower_bound=1, **on)
     flags.DEFINE_string("out", "runs/compare_norms", "Directory for the runs and the report.",
-                        flag_values=values)
+                        **on)
 
 
 def main(argv):

@@ -93,6 +93,13 @@ class RunConfig:
         if self.test_interval > self.max_iter:
             raise ConfigError(f"--test_interval={self.test_interval} is larger than "
                               f"--max_iter={self.max_iter}; lower it so the run is tested")
+        for name in ("momentum", "momentum2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must lie in [0, 1), got {getattr(self, name)}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"--weight_decay must not be negative, got {self.weight_decay}")
+        if self.delta <= 0:
+            raise ConfigError(f"--delta must be positive, got {self.delta}")
         if self.bn_epsilon is not None and self.bn_epsilon < 0:
             raise ConfigError(f"--bn_epsilon must not be negative, got {self.bn_epsilon}")
         if self.bn_momentum is not None and not 0 <= self.bn_momentum < 1:

@@ -60,10 +60,23 @@ def export_saved_model(model, manifest, path):
     height, width = manifest["image_size"]
     archive = keras.export.ExportArchive()
     archive.track(serving)
+    expected = [height, width, manifest["channels"]]
+
+    def serve(images):
+        # A signature call does not check shapes, and a batch of the wrong rank or channel
+        # count would reach the convolution kernels, which abort the process.
+        shape = tf.concat([tf.shape(images), tf.zeros([4], tf.int32)], 0)
+        ok = tf.logical_and(tf.equal(tf.rank(images), 4),
+                            tf.reduce_all(tf.equal(shape[1:4], expected)))
+        check = tf.debugging.Assert(ok, [
+            f"images must be a uint8 batch [N, {height}, {width}, {expected[2]}]; got shape",
+            tf.shape(images)])
+        with tf.control_dependencies([check]):
+            return serving(tf.identity(images), training=False)
+
     archive.add_endpoint(
-        "serving_default", lambda images: serving(images, training=False),
-        input_signature=[tf.TensorSpec([None, height, width, manifest["channels"]], tf.uint8,
-                                       name="images")])
+        "serving_default", serve,
+        input_signature=[tf.TensorSpec([None, *expected], tf.uint8, name="images")])
     tmp = path + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
     archive.write_out(tmp, verbose=False)

@@ -6,8 +6,6 @@ manifest's mean/std, prefetch. Testing: every record exactly once, in manifest o
 last partial batch included. Both shard by file under tf.distribute (`input_context`).
 """
 
-import re
-
 import numpy as np
 import tensorflow as tf
 
@@ -61,7 +59,7 @@ def verify_split(data_dir, manifest, split, skip_corrupt=False):
             count = int(_read(path, manifest, True).reduce(0, lambda n, _: n + 1))
             if not skip_corrupt:
                 raise records.DataError(f"{path} is corrupt after record {count} "
-                                        f"({_op_message(e)}); {fix}") from None
+                                        f"({records.op_message(e)}); {fix}") from None
             lost[path] = (want - count) if want is not None else "unknown"
         else:
             if want is not None and count != want:
@@ -112,12 +110,6 @@ def _parser(manifest):
     return lambda serialized: records.parse_batch(
         serialized, image_size, manifest["channels"], manifest["encoding"],
         manifest.get("label_offset", 0))
-
-
-def _op_message(error):
-    """A TensorFlow error's own words, without its function-node and op decorations."""
-    text = re.sub(r"\{\{.*?\}\}\s*", "", error.message.splitlines()[0])
-    return text.split(" [Op:")[0].strip()
 
 
 def _read(path, manifest, skip_corrupt):

@@ -7,6 +7,7 @@ so TFRecords made by other tools train once they are described by a manifest.
 import io
 import json
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -32,6 +33,12 @@ _FEATURES = {
 
 class DataError(ValueError):
     """A dataset on disk that cannot be used as it is; the message names the file and the fix."""
+
+
+def op_message(error):
+    """A TensorFlow error's own words, without its function-node and op decorations."""
+    text = re.sub(r"\{\{.*?\}\}\s*", "", error.message.strip().splitlines()[0])
+    return text.split(" [Op:")[0].strip()
 
 
 def _bytes(value):
@@ -165,6 +172,20 @@ def read_manifest(data_dir, check_files=True):
     missing = [key for key in _REQUIRED if key not in manifest]
     if missing:
         raise DataError(f"{path} lacks {', '.join(missing)}; rebuild the dataset")
+    size, channels, names = manifest["image_size"], manifest["channels"], manifest["class_names"]
+    if not (isinstance(size, list) and len(size) == 2
+            and all(isinstance(v, int) and v > 0 for v in size)):
+        raise DataError(f"{path}: image_size must be [height, width] in pixels, got {size!r}; "
+                        "rebuild the dataset or fix it with inspect_records --write_manifest")
+    if channels not in (1, 3):
+        raise DataError(f"{path}: channels must be 1 or 3, got {channels!r}")
+    if not isinstance(names, list) or not names:
+        raise DataError(f"{path} lists no classes (class_names is {names!r}); rebuild the "
+                        "dataset from a source with identities")
+    for key in ("mean", "std"):
+        if len(np.ravel(manifest[key])) != channels:
+            raise DataError(f"{path}: {key} has {len(np.ravel(manifest[key]))} values for "
+                            f"{channels} channel(s); rebuild the dataset")
     if not all(float(s) > 0 for s in np.ravel(manifest["std"])):
         raise DataError(f"{path}: the pixel std {manifest['std']} has a zero; the training "
                         "images are constant, so normalising them divides by zero; rebuild "

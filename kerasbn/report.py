@@ -163,7 +163,17 @@ def main(argv):
             runs.append(reference)
     except ReportError as e:
         sys.exit(f"error: {e}")
-    targets = [float(t) for t in values.targets] if values.targets else tracked_targets(runs)
+    try:
+        targets = ([float(t) for t in values.targets] if values.targets
+                   else tracked_targets(runs))
+    except ValueError:
+        sys.exit(f"error: --targets takes test top-1 fractions such as 0.7,0.8; got "
+                 f"{','.join(values.targets)}")
+    if not all(0 < t <= 1 for t in targets):
+        sys.exit(f"error: --targets must lie in (0, 1], got {targets}")
+    if os.path.exists(values.out) and not os.path.isdir(values.out):
+        sys.exit(f"error: --out={values.out} is a file; give a directory for report.md and "
+                 "the figures")
     table = markdown(rows(runs, targets, reference["dir"]), reference["name"])
     os.makedirs(values.out, exist_ok=True)
     with open(os.path.join(values.out, "report.md"), "w", encoding="utf-8") as f:

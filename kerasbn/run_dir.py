@@ -74,6 +74,9 @@ class RunDir:
     @contextlib.contextmanager
     def lock(self):
         """Holds the run's lock while the block runs; a second process is refused at once."""
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise RunDirError(f"--run_dir={self.path} is a file; give a directory (new or a "
+                              "run's)")
         os.makedirs(self.path, exist_ok=True)
         fd = os.open(self._join(LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
         try:

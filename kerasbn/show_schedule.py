@@ -18,10 +18,11 @@ from kerasbn.config import ConfigError
 
 def define_flags(values):
     train_flags.define(values)
+    on = {"flag_values": values}
     flags.DEFINE_integer("print_every", 1000, "Print `iteration lr` every N iterations.",
-                         flag_values=values)
+                         lower_bound=1, **on)
     flags.DEFINE_string("plot", None, "Draw the policies of the flagfiles given as arguments "
-                        "(or of the flags) into this PNG.", flag_values=values)
+                        "(or of the flags) into this PNG.", **on)
 
 
 def curve(config):

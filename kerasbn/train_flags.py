@@ -31,86 +31,94 @@ def define(values):
                       "what the study ran) and nvidia_caffe (CPU engine), renorm, sync "
                       "(statistics across replicas), none.", **on)
     flags.DEFINE_integer("num_classes", None, "Classes; default (and must equal): the "
-                         "manifest's.", **on)
+                         "manifest's.", lower_bound=2, **on)
     flags.DEFINE_integer("image_size", None, "Input height and width; default (and must "
-                         "equal): the manifest's.", **on)
+                         "equal): the manifest's.", lower_bound=1, **on)
     flags.DEFINE_list("widths", None, "Convolution widths in order (default: the study's).",
                       **on)
     flags.DEFINE_float("dropout", None, "Dropout before the classifier (default: the "
-                       "network's, 0.4 for baseline, 0 for bn).", **on)
+                       "network's, 0.4 for baseline, 0 for bn).",
+                       lower_bound=0, upper_bound=1, **on)
     flags.DEFINE_float("bn_momentum", None, "BN moving-average momentum, Keras convention: "
                        "the weight of the old statistic (= Caffe moving_average_fraction = "
                        "caffe-windows decay; PyTorch momentum = 1 - this). Default: the "
-                       "--norm's own (keras 0.99, bvlc/nvidia 0.999, windows 0.95).", **on)
+                       "--norm's own (keras 0.99, bvlc/nvidia 0.999, windows 0.95).",
+                       lower_bound=0, upper_bound=1, **on)
     flags.DEFINE_float("bn_epsilon", None, "BN epsilon added to the variance. Default: the "
-                       "--norm's own (keras 1e-3, Caffe 1e-5, windows 1e-10).", **on)
+                       "--norm's own (keras 1e-3, Caffe 1e-5, windows 1e-10).", lower_bound=0, **on)
     flags.DEFINE_integer("batch_size", 128, "Images per iteration (global, over all "
-                         "replicas).", **on)
-    flags.DEFINE_float("base_lr", 0.01, "Caffe base_lr.", **on)
+                         "replicas).", lower_bound=1, **on)
+    flags.DEFINE_float("base_lr", 0.01, "Caffe base_lr.", lower_bound=0, **on)
     flags.DEFINE_enum("lr_policy", "multistep", schedules.POLICIES,
                       "Caffe lr_policy (fixed, step, exp, inv, multistep, poly, sigmoid), "
                       "stepwise_then_jump, or a study preset: long_step, short_step, "
                       "multistep_no_dropout (iterations scaled to --max_iter).", **on)
     flags.DEFINE_float("gamma", 0.1, "Caffe gamma of step, exp, inv, multistep and sigmoid.",
-                       **on)
-    flags.DEFINE_float("power", 1.0, "Caffe power of inv and poly.", **on)
-    flags.DEFINE_integer("stepsize", 10000, "Caffe stepsize of step and sigmoid.", **on)
+                       lower_bound=0, **on)
+    flags.DEFINE_float("power", 1.0, "Caffe power of inv and poly.", lower_bound=0, **on)
+    flags.DEFINE_integer("stepsize", 10000, "Caffe stepsize of step and sigmoid.",
+                         lower_bound=1, **on)
     flags.DEFINE_multi_integer("stepvalue", [], "multistep: iterations at which lr *= gamma.",
-                               **on)
+                               lower_bound=1, **on)
     flags.DEFINE_enum("smooth_policy", "step", schedules.SMOOTH_POLICIES,
                       "stepwise_then_jump: the smooth phase's Caffe policy (with --gamma, "
                       "--power, --stepsize).", **on)
     flags.DEFINE_integer("smooth_until", 150000, "stepwise_then_jump: the rate is held from "
-                         "here.", **on)
+                         "here.", lower_bound=1, **on)
     flags.DEFINE_float("jump_gamma", 0.1, "stepwise_then_jump: the factor at each --jump_at.",
-                       **on)
+                       lower_bound=0, **on)
     flags.DEFINE_multi_integer("jump_at", [], "stepwise_then_jump: iterations (after "
-                               "--smooth_until) at which lr *= jump_gamma.", **on)
-    flags.DEFINE_integer("warmup_iter", 0, "Linear warm-up over the first N iterations.", **on)
+                               "--smooth_until) at which lr *= jump_gamma.", lower_bound=1, **on)
+    flags.DEFINE_integer("warmup_iter", 0, "Linear warm-up over the first N iterations.",
+                         lower_bound=0, **on)
     flags.DEFINE_enum("solver_type", "SGD", config.SOLVER_TYPES,
                       "Caffe solver type. SGD, Nesterov and Adam use Caffe's coupled weight "
                       "decay (an L2 term in the gradient); AdamW decouples it, as its paper "
                       "defines: w -= lr * weight_decay * w, apart from the gradient step.", **on)
     flags.DEFINE_float("momentum", 0.9, "SGD/Nesterov momentum; Adam's beta_1 (BN's is "
-                       "--bn_momentum).", **on)
-    flags.DEFINE_float("momentum2", 0.999, "Adam/AdamW beta_2 (Caffe momentum2).", **on)
-    flags.DEFINE_float("delta", 1e-8, "Adam/AdamW epsilon (Caffe delta).", **on)
+                       "--bn_momentum).", lower_bound=0, upper_bound=1, **on)
+    flags.DEFINE_float("momentum2", 0.999, "Adam/AdamW beta_2 (Caffe momentum2).",
+                       lower_bound=0, upper_bound=1, **on)
+    flags.DEFINE_float("delta", 1e-8, "Adam/AdamW epsilon (Caffe delta).", lower_bound=0, **on)
     flags.DEFINE_float("weight_decay", 5e-4, "Caffe weight_decay on kernels (= Keras L2 of "
-                       "wd/2).", **on)
+                       "wd/2).", lower_bound=0, **on)
     flags.DEFINE_bool("decay_biases", False, "Also decay biases (Caffe decays every blob with "
                       "decay_mult 1; most prototxts set 0 for biases).", **on)
     flags.DEFINE_integer("iter_size", 1, "Batches accumulated per weight update (Caffe "
                          "iter_size): the effective batch is batch_size * iter_size. BN "
-                         "statistics still come from each batch of --batch_size.", **on)
-    flags.DEFINE_integer("max_iter", 420000, "Iterations (weight updates) to train.", **on)
-    flags.DEFINE_integer("test_interval", 5000, "Test every this many iterations.", **on)
+                         "statistics still come from each batch of --batch_size.",
+                         lower_bound=1, **on)
+    flags.DEFINE_integer("max_iter", 420000, "Iterations (weight updates) to train.",
+                         lower_bound=1, **on)
+    flags.DEFINE_integer("test_interval", 5000, "Test every this many iterations.",
+                         lower_bound=1, **on)
     flags.DEFINE_integer("test_iter", 0, "Test batches per test; 0 = the whole test split.",
-                         **on)
+                         lower_bound=0, **on)
     flags.DEFINE_bool("test_initialization", True, "Also test at iteration 0, as Caffe does.",
                       **on)
     flags.DEFINE_integer("display", 100, "Print and log loss, lr and images/s every N "
-                         "iterations.", **on)
+                         "iterations.", lower_bound=1, **on)
     flags.DEFINE_integer("snapshot", 5000, "Checkpoint every N iterations (0: only at the "
-                         "end).", **on)
-    flags.DEFINE_integer("keep_checkpoints", 3, "Newest checkpoints kept.", **on)
+                         "end).", lower_bound=0, **on)
+    flags.DEFINE_integer("keep_checkpoints", 3, "Newest checkpoints kept.", lower_bound=1, **on)
     flags.DEFINE_string("run_dir", None, "Directory for everything about the run; rerunning "
                         "on it resumes.", **on)
     flags.DEFINE_bool("overwrite", False, "Start over in a --run_dir that holds another run "
                       "(deletes only the files a run writes).", **on)
     flags.DEFINE_enum("precision", "float32", config.PRECISIONS, "Keras dtype policy.", **on)
-    flags.DEFINE_integer("seed", 0, "Seed for weights and data order.", **on)
+    flags.DEFINE_integer("seed", 0, "Seed for weights and data order.", lower_bound=0, **on)
     flags.DEFINE_multi_float("target_accuracy", [0.8], "Test top-1 targets (repeatable): the "
                              "first tested iteration and wall time reaching each are "
-                             "reported.", **on)
+                             "reported.", lower_bound=0, upper_bound=1, **on)
     flags.DEFINE_bool("stop_at_target", False, "End the run once every --target_accuracy is "
                       "reached (for hyper-parameter search).", **on)
     flags.DEFINE_string("weights", None, "Initialise from another run: its run dir, a "
                         "checkpoint, or its exported SavedModel (as Caffe's --weights).", **on)
     flags.DEFINE_integer("precise_bn", 0, "Before each test, recompute BN running statistics "
                          "as the average over N training batches (0: off), so the test curve "
-                         "does not jump with stale moving averages.", **on)
+                         "does not jump with stale moving averages.", lower_bound=0, **on)
     flags.DEFINE_integer("crop_pad", 0, "Training augmentation: pad by N pixels, random crop "
-                         "back.", **on)
+                         "back.", lower_bound=0, **on)
     flags.DEFINE_bool("mirror", False, "Training augmentation: random horizontal mirror.", **on)
     flags.DEFINE_bool("deterministic", False, "TensorFlow's deterministic ops: the same "
                       "seed gives bit-identical weights, also across a resume (slower).", **on)

@@ -3,8 +3,11 @@ import subprocess
 import sys
 
 import pytest
+from absl import flags
 
-from kerasbn import cli, report, train_flags
+from data_tools import bench_convert, build_records, inspect_records, synth
+from kerasbn import bench, cli, compare_norms, export, launch, report, show_schedule
+from kerasbn import train_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -89,3 +92,80 @@ def test_commands_print_no_tensorflow_chatter_unless_asked(tmp_path):
     verbose = _command("kerasbn.train", "-v", "0", f"--data_dir={tmp_path}",
                        f"--run_dir={tmp_path / 'r'}")
     assert verbose.returncode == 1 and len(verbose.stderr.strip().splitlines()) > 1
+
+
+# Every command's flags: what its main parses with cli.parse.
+COMMANDS = {
+    "kerasbn.train": train_flags.define,
+    "kerasbn.compare_norms": compare_norms.define_flags,
+    "kerasbn.show_schedule": show_schedule.define_flags,
+    "kerasbn.export": export.define_flags,
+    "kerasbn.report": report.define_flags,
+    "kerasbn.launch": launch.define_flags,
+    "kerasbn.bench": bench.define_flags,
+    "data_tools.synth": synth.define_flags,
+    "data_tools.build_records": build_records.define_flags,
+    "data_tools.inspect_records": inspect_records.define_flags,
+    "data_tools.bench_convert": bench_convert.define_flags,
+}
+# Numeric flags without bounds, on purpose: absl's own logging verbosity.
+UNBOUNDED = {"verbosity"}
+
+
+def _bad_values(define):
+    """(flag, argument) pairs that must each be refused: a wrong type, an out-of-range value,
+    an empty value, derived from the flag registry alone."""
+    values = flags.FlagValues()
+    define(values)
+    flags.DEFINE_integer("verbosity", -1, "", short_name="v", flag_values=values)
+    for name in values:
+        flag = values[name]
+        if flag.name != name:
+            continue  # a short name
+        if isinstance(flag, flags.BooleanFlag):
+            yield name, f"--{name}=maybe"
+        elif isinstance(flag.parser, (flags.IntegerParser, flags.FloatParser)):
+            yield name, f"--{name}=abc"
+            yield name, f"--{name}="
+            low, high = flag.parser.lower_bound, flag.parser.upper_bound
+            assert low is not None or high is not None or name in UNBOUNDED, (
+                f"{name}: declare lower_bound/upper_bound, or mark it unbounded")
+            if low is not None:
+                yield name, f"--{name}={low - 1}"
+            if high is not None:
+                yield name, f"--{name}={high + 1}"
+        else:
+            yield name, f"--{name}="
+            if isinstance(flag.parser, flags.EnumParser):
+                yield name, f"--{name}=bogus"
+
+
+CASES = [(command, name, arg) for command, define in COMMANDS.items()
+         for name, arg in _bad_values(define)]
+
+
+@pytest.mark.parametrize("command,name,arg", CASES, ids=[f"{c}:{a}" for c, _, a in CASES])
+def test_every_flag_of_every_command_refuses_bad_values_with_one_line(command, name, arg):
+    with pytest.raises(SystemExit) as info:
+        cli.parse([command, arg], COMMANDS[command])
+    message = str(info.value)
+    assert message.startswith("error: ") and f"--{name}" in message, message
+    assert "\n" not in message
+
+
+MANIFEST = {"class_names": ["a", "b", "c"], "image_size": [50, 50], "channels": 1}
+
+
+@pytest.mark.parametrize("args,name", [
+    (["--test_interval=10", "--max_iter=5"], "--test_interval"),
+    (["--lr_policy=stepwise_then_jump", "--smooth_until=10", "--jump_at=5"], "--jump_at"),
+    (["--dropout=1"], "--dropout"), (["--bn_momentum=1"], "--bn_momentum"),
+    (["--momentum=1"], "--momentum"), (["--base_lr=0"], "--base_lr"), (["--gamma=0"], "--gamma"),
+    (["--jump_gamma=0"], "--jump_gamma"), (["--delta=0"], "--delta"),
+    (["--target_accuracy=0"], "--target_accuracy"), (["--widths=1,2"], "--widths"),
+    (["--num_classes=4"], "--num_classes"), (["--stepvalue=9", "--stepvalue=3"], "--stepvalue"),
+])
+def test_flags_whose_range_depends_on_others_are_refused_naming_them(args, name):
+    values, _ = cli.parse(["train", "--data_dir=d", "--run_dir=r", *args], train_flags.define)
+    with pytest.raises(ValueError, match=name):
+        train_flags.to_config(values, MANIFEST)

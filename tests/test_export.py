@@ -81,3 +81,11 @@ def test_out_over_anything_but_a_previous_export_is_refused(finished_run, tmp_pa
     first = export.export_run(finished_run, str(tmp_path / "exp"))
     assert export.is_export(first)
     assert export.export_run(finished_run, first) == first  # a previous export is replaced
+
+
+@pytest.mark.parametrize("shape", [(50, 50, 1), (2, 50, 50, 2), (2, 50, 50, 4), (1, 40, 50, 1)])
+def test_a_batch_of_the_wrong_shape_is_one_clear_error_not_an_abort(finished_run, shape):
+    serve = tf.saved_model.load(RunDir(finished_run).export).signatures["serving_default"]
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"images must be a uint8 batch \[N, 50, 50, 1\]; got shape"):
+        serve(images=tf.zeros(shape, tf.uint8))
