@@ -25,7 +25,7 @@ from absl import flags
 from PIL import Image
 
 from data_tools import images, shards, sources
-from kerasbn import atomic, cli, records
+from kerasbn import atomic, cli, records, stop_signals
 from kerasbn.progress import Progress
 
 STATE_DIR = ".build"
@@ -356,15 +356,22 @@ def main(argv):
     if not values.out:
         sys.exit("error: --out is required")
     try:
-        build(args[0], values.out, values.root, values.image_size,
-              int(values.channels) if values.channels else None,
-              values.resize_mode, values.boxes, values.test_fraction, values.holdout_identities,
-              values.pairs, values.min_images_per_identity, values.seed, values.shard_size,
-              values.encoding, "GZIP" if values.gzip else "", values.workers, values.overwrite,
-              command="python -m data_tools.build_records " + " ".join(sys.argv[1:]),
-              allow_outside_root=values.allow_outside_root)
+        with stop_signals.as_interrupt():
+            build(args[0], values.out, values.root, values.image_size,
+                  int(values.channels) if values.channels else None,
+                  values.resize_mode, values.boxes, values.test_fraction,
+                  values.holdout_identities,
+                  values.pairs, values.min_images_per_identity, values.seed,
+                  values.shard_size, values.encoding, "GZIP" if values.gzip else "",
+                  values.workers, values.overwrite,
+                  command="python -m data_tools.build_records " + " ".join(sys.argv[1:]),
+                  allow_outside_root=values.allow_outside_root)
     except records.DataError as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        print(f"interrupted: the finished shards in {values.out} are kept; rerun the same "
+              "command to convert the rest", file=sys.stderr)
+        sys.exit(130)
 
 
 def define_flags(values):

@@ -18,7 +18,7 @@ import numpy as np
 from absl import flags
 
 from data_tools import shards
-from kerasbn import cli, records
+from kerasbn import cli, records, stop_signals
 from kerasbn.progress import Progress
 
 
@@ -194,15 +194,20 @@ def build(out, identities, images_per_identity, test_fraction, image_size, seed,
 def main(argv):
     values, args = cli.parse(argv, define_flags, __doc__)
     if not values.out:
-        sys.exit("--out is required: the directory to write the dataset into")
+        sys.exit("error: --out is required: the directory to write the dataset into")
     start = time.perf_counter()
     try:
-        manifest = build(values.out, values.identities, values.images_per_identity,
-                         values.test_fraction, values.image_size, values.seed, values.encoding,
-                         values.shard_size, values.overwrite,
-                         command="python -m data_tools.synth " + " ".join(sys.argv[1:]))
+        with stop_signals.as_interrupt():
+            manifest = build(values.out, values.identities, values.images_per_identity,
+                             values.test_fraction, values.image_size, values.seed,
+                             values.encoding, values.shard_size, values.overwrite,
+                             command="python -m data_tools.synth " + " ".join(sys.argv[1:]))
     except (records.DataError, ValueError) as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        print(f"interrupted: no manifest.json was written, so {values.out} is no dataset yet; "
+              "rerun the same command", file=sys.stderr)
+        sys.exit(130)
     seconds = time.perf_counter() - start
     counts = {split: info["count"] for split, info in manifest["splits"].items()}
     total = sum(counts.values())

@@ -1,5 +1,5 @@
 """Training events by iteration, as Caffe's solver has them, each a Keras callback with one job:
-`NanGuard`, `ProgressDisplay`, `PeriodicTest`, `StopAtTarget`, `Snapshot`.
+`NanGuard`, `ProgressDisplay`, `PeriodicTest`, `StopAtTarget`, `StopOnSignal`, `Snapshot`.
 
 Keras counts epochs and batches; these count iterations (finished weight updates: the
 optimizer's `iterations`, which counts updates also when gradients accumulate over
@@ -185,6 +185,21 @@ class StopAtTarget(IterationCallback):
         if self.tester.tested_at == iteration and metrics.all_reached(self.tester.summary):
             self.model.stop_training = True
             self.stopped = True
+
+
+class StopOnSignal(IterationCallback):
+    """Stops training after the iteration during which `requests` (a StopRequests) caught
+    SIGINT or SIGTERM; the Snapshot after it then checkpoints that iteration."""
+
+    def __init__(self, requests):
+        super().__init__()
+        self.requests = requests
+        self.stopped_at = None
+
+    def on_iteration(self, iteration, logs):
+        if self.requests.signal is not None and self.stopped_at is None:
+            self.model.stop_training = True
+            self.stopped_at = iteration
 
 
 class Snapshot(IterationCallback):

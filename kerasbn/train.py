@@ -8,13 +8,15 @@ learning rate).
 """
 
 import os
+import signal
 import sys
 
 import keras
 import tensorflow as tf
 
 from kerasbn import callbacks, checkpoints, cli, config as config_lib, export, metrics
-from kerasbn import optimizers, pipeline, precise_bn, records, schedules, train_flags
+from kerasbn import optimizers, pipeline, precise_bn, records, schedules, stop_signals
+from kerasbn import train_flags
 from kerasbn.run_dir import RunDir, RunDirError
 
 # What a training command reports as one line; anything else is a bug and keeps its traceback.
@@ -123,19 +125,25 @@ def train(config, run):
     tester = callbacks.PeriodicTest(run, evaluate, config.test_interval, config.max_iter,
                                     config.target_accuracy, clock, progress, test_writer,
                                     entries)
+    requests = stop_signals.StopRequests()
+    on_signal = callbacks.StopOnSignal(requests)
     events = [callbacks.NanGuard(), progress, tester]
     stop = callbacks.StopAtTarget(tester) if config.stop_at_target else None
-    events += [stop] if stop else []
+    events += ([stop] if stop else []) + [on_signal]
     events.append(callbacks.Snapshot(manager, config.snapshot, config.max_iter, clock,
                                      wall_time, position))
     tester.set_model(model)
-    if start_iter == 0 and config.test_initialization:
-        with clock.pause():
-            tester.test(0)
-    # Loss scaling (mixed_float16) may skip updates, so one fit can end short of max_iter.
-    while (remaining := config.max_iter - iterations()) > 0 and not (stop and stop.stopped):
-        model.fit(train_data, epochs=1, steps_per_epoch=remaining * config.iter_size,
-                  callbacks=events, verbose=0, shuffle=False)
+    with requests:
+        if start_iter == 0 and config.test_initialization:
+            with clock.pause():
+                tester.test(0)
+        # Loss scaling (mixed_float16) may skip updates, so one fit can end short of max_iter.
+        while ((remaining := config.max_iter - iterations()) > 0
+               and not (stop and stop.stopped) and on_signal.stopped_at is None):
+            model.fit(train_data, epochs=1, steps_per_epoch=remaining * config.iter_size,
+                      callbacks=events, verbose=0, shuffle=False)
+    if on_signal.stopped_at is not None:
+        raise stop_signals.Stopped(requests.signal, on_signal.stopped_at)
     summary = metrics.summarize(run.read_metrics(), config.target_accuracy)
     run.write_summary(summary)
     return summary, export.export_saved_model(model, manifest, run.export)
@@ -175,6 +183,11 @@ def main(argv):
                                     values.overwrite, stored)
     except ERRORS as e:
         sys.exit(f"error: {e}")
+    except stop_signals.Stopped as e:
+        print(f"stopped by {signal.Signals(e.signum).name} after iteration {e.iteration}, "
+              f"checkpointed in {RunDir(config.run_dir).checkpoints}; rerun the same command "
+              "to resume", file=sys.stderr, flush=True)
+        sys.exit(128 + e.signum)
     print(describe(summary, config.run_dir, export_dir), flush=True)
 
 

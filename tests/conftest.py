@@ -11,9 +11,9 @@ from kerasbn import train
 
 
 def make_synth(out, identities=6, images_per_identity=20, encoding="raw", shard_size=32,
-               seed=0, image_size=50):
+               seed=0, image_size=50, overwrite=False):
     return synth.build(str(out), identities, images_per_identity, 0.25, image_size, seed,
-                       encoding, shard_size, overwrite=False)
+                       encoding, shard_size, overwrite=overwrite)
 
 
 @pytest.fixture(scope="session")

@@ -240,3 +240,28 @@ def test_an_image_over_the_decompression_bomb_limit_is_skipped_by_name(folder, t
 def test_image_size_zero_is_refused(folder, tmp_path):
     with pytest.raises(records.DataError, match="--image_size must be at least 1, got 0"):
         build_folder(folder, tmp_path / "out", image_size=0)
+
+
+def test_an_interrupted_build_keeps_its_finished_shards_and_a_rerun_completes(folder, tmp_path,
+                                                                            monkeypatch, capsys):
+    out = tmp_path / "out"
+    real, calls = build_records._write_shard, []
+
+    def interrupted_second_shard(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(build_records, "_write_shard", interrupted_second_shard)
+    argv = ["build_records", str(folder), f"--out={out}", "--shard_size=6", "--workers=1"]
+    with pytest.raises(SystemExit) as info:
+        build_records.main(argv)
+    assert info.value.code == 130
+    assert "the finished shards" in capsys.readouterr().err
+    kept = sorted(p.name for p in out.glob("*.tfrecord"))
+    assert len(kept) == 1 and not list(out.glob("*.partial"))
+    assert not (out / "manifest.json").exists()
+    monkeypatch.setattr(build_records, "_write_shard", real)
+    build_records.main(argv)
+    assert records.read_manifest(str(out))["splits"]["train"]["count"] > 0

@@ -114,3 +114,14 @@ def test_malformed_line_names_its_number():
     with pytest.raises(caffe_solver.SolverError, match="s.prototxt:3"):
         caffe_solver.convert("base_lr: 0.1\nmomentum: 0.9\nthis is not a field\n",
                              "s.prototxt")
+
+
+def test_a_binary_file_and_a_non_numeric_field_are_one_line(tmp_path, capsys):
+    with pytest.raises(caffe_solver.SolverError, match="s.prototxt:2: base_lr must be a number"):
+        caffe_solver.convert('lr_policy: "fixed"\nbase_lr: abc\n', "s.prototxt")
+    with pytest.raises(caffe_solver.SolverError, match="max_iter must be an integer"):
+        caffe_solver.convert("max_iter: 1.5\n")
+    binary = tmp_path / "solver.bin"
+    binary.write_bytes(bytes(range(256)))
+    with pytest.raises(SystemExit, match="is not a text file"):
+        caffe_solver.main(["caffe_solver", str(binary)])

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import tensorflow as tf
 from PIL import Image
 
@@ -46,3 +47,14 @@ def test_montage_is_drawn(tmp_path, folder):
     path = inspect_records.montage(str(tmp_path / "out"), str(tmp_path / "m.png"), samples=9)
     with Image.open(path) as im:
         assert im.size[0] > 100 and np.asarray(im.convert("L")).std() > 10
+
+
+def test_mistakes_end_in_one_line(tmp_path, folder):
+    build_folder(folder, tmp_path / "out")
+    with pytest.raises(records.DataError, match="the directory .*nowhere does not exist"):
+        inspect_records.montage(str(tmp_path / "out"), str(tmp_path / "nowhere" / "m.png"))
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "train-00000-of-00001").write_text("notes, not records")
+    with pytest.raises(records.DataError, match=r"train-00000-of-00001: record 0 is corrupt "
+                                                r"\(corrupted record at 0"):
+        inspect_records.write_manifest(str(tmp_path / "text"))

@@ -124,3 +124,16 @@ def test_the_same_record_is_the_same_bytes_in_every_process():
                               env=dict(os.environ, PYTHONHASHSEED=str(seed))).stdout
                for seed in (1, 2)}
     assert len(digests) == 1 and len(digests.pop()) == 33
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(image_size=50), "image_size must be \\[height, width\\]"),
+    (dict(class_names=[]), "lists no classes"), (dict(channels=2), "channels must be 1 or 3"),
+    (dict(mean=[0.5, 0.5]), "mean has 2 values for 1 channel"),
+])
+def test_a_malformed_manifest_is_one_clear_error(tmp_path, change, message):
+    manifest = dict(_manifest(), **change)
+    _touch_shards(tmp_path, manifest)
+    records.write_manifest(tmp_path, manifest)
+    with pytest.raises(records.DataError, match=message):
+        records.read_manifest(tmp_path)

@@ -85,3 +85,14 @@ def test_a_missing_reference_is_one_clear_error(tmp_path):
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert f"error: {tmp_path / 'nope'} has no metrics.jsonl lines" in done.stderr
+
+
+def test_bad_targets_and_an_out_that_is_a_file_are_one_line(tmp_path):
+    run = _run(tmp_path / "bn", "bn", [0.1, 0.5])
+    (tmp_path / "file").write_text("x")
+    for args, message in ((["--targets=abc"], "--targets takes test top-1 fractions"),
+                          (["--targets=80"], "--targets must lie in (0, 1]"),
+                          ([f"--out={tmp_path / 'file'}"], "is a file")):
+        with pytest.raises(SystemExit) as info:
+            report.main(["report", run, *args])
+        assert message in str(info.value) and "\n" not in str(info.value)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import run_train, train_args
+from conftest import make_synth, run_train, train_args
 from kerasbn import callbacks
 from kerasbn.run_dir import RunDir
 from test_pipeline import _damaged
@@ -331,3 +331,39 @@ def test_sigkill_at_any_moment_then_rerun_ends_where_an_uninterrupted_run_does(s
     logged = lambda run: _scalars(os.path.join(tmp_path, run, "tensorboard", "train"),
                                   "learning_rate")
     assert logged("cut") == logged("whole")
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_stop_signal_checkpoints_the_iteration_and_the_rerun_resumes_there(
+        small_data, tmp_path, monkeypatch, capsys, name):
+    run_dir = str(tmp_path / "run")
+    args = train_args(small_data, run_dir, max_iter=20, test_interval=10, snapshot=10)
+    monkeypatch.setenv("KERASBN_FAULT", f"iteration:7:{name}")
+    with pytest.raises(SystemExit) as info:
+        run_train(args)
+    assert info.value.code == 128 + getattr(signal, name)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"stopped by {name} after iteration 7, checkpointed in "
+                       f"{RunDir(run_dir).checkpoints}; rerun the same command to resume")
+    assert tf.train.latest_checkpoint(RunDir(run_dir).checkpoints).endswith("ckpt-7")
+    monkeypatch.delenv("KERASBN_FAULT")
+    run_train(args)
+    assert "resuming from" in capsys.readouterr().out
+    assert [e["iteration"] for e in _metrics(run_dir)] == [0, 10, 20]
+
+
+def test_mistakes_around_the_run_dir_and_the_data_are_one_line(small_data, tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    assert "is a file" in _error(train_args(small_data, str(tmp_path / "file")))
+    data = tmp_path / "data"
+    make_synth(data, identities=6)
+    run_dir = str(tmp_path / "run")
+    run_train(train_args(str(data), run_dir, max_iter=10, test_interval=10, snapshot=10))
+    make_synth(data, identities=7, overwrite=True)  # rebuilt at the same path
+    message = _error(train_args(str(data), run_dir, max_iter=10, test_interval=10,
+                                snapshot=10))
+    assert "--num_classes: 6 there, 7 now" in message and "\n" not in message
+    other = train_args(str(data), str(tmp_path / "other"), max_iter=10, test_interval=10,
+                       widths="8,8,8,8,8,8,16", weights=run_dir)
+    message = _error(other)
+    assert "does not fit --model and its flags" in message and "\n" not in message

@@ -1,0 +1,23 @@
+import os
+import signal
+
+import pytest
+
+from kerasbn import stop_signals
+
+
+def test_the_first_signal_is_recorded_and_a_second_ctrl_c_stops_at_once(capsys):
+    before = signal.getsignal(signal.SIGTERM)
+    with stop_signals.StopRequests() as requests:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert requests.signal == signal.SIGTERM
+        assert "SIGTERM received: checkpointing" in capsys.readouterr().err
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_sigterm_interrupts_a_converter_as_ctrl_c_does():
+    with pytest.raises(KeyboardInterrupt):
+        with stop_signals.as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
