@@ -84,18 +84,20 @@ def load_weights(model, path):
     if prefix:
         # A Keras model tracks its optimizer, so reading restores that too; put it back.
         fresh = [(v, v.numpy()) for v in getattr(model.optimizer, "variables", [])]
+        mismatch = None
         try:
             status = tf.train.Checkpoint(model=model).read(prefix)
             status.assert_existing_objects_matched()
         except (AssertionError, ValueError) as e:
             # A variable of another shape fails while reading, before any check can.
-            first = str(e).splitlines()[0]
-            raise records.DataError(f"--weights={path}: the checkpoint {prefix} does not fit "
-                                    f"--model and its flags ({first}); use a run of the same "
-                                    "network") from None
+            mismatch = str(e).splitlines()[0]
         finally:
             for v, value in fresh:
                 v.assign(value)
+        if mismatch:
+            raise records.DataError(f"--weights={path}: the checkpoint {prefix} does not fit "
+                                    f"--model and its flags ({mismatch}); use a run of the "
+                                    "same network")
         status.expect_partial()
         return prefix
     if os.path.isfile(os.path.join(path, "saved_model.pb")):

@@ -3,7 +3,9 @@
 TensorFlow writes its oneDNN and CUDA-stub notices while it is imported and a `failed call
 to cuInit` error when it first looks for GPUs, all before its logging starts, so neither
 TF_CPP_MIN_LOG_LEVEL nor absl can hide them. Standard error is closed at the descriptor
-level around both moments instead. absl's own `-v`/`--verbosity` on the command line, read
+level around both moments instead, and TensorFlow's Python logger then reports errors only
+(its warnings, such as a checkpoint's unrestored values at exit, would follow a command's
+own last line). absl's own `-v`/`--verbosity` on the command line, read
 here before TensorFlow is imported, leaves everything as TensorFlow prints it.
 """
 
@@ -46,3 +48,4 @@ def import_tensorflow():
         import keras  # noqa: F401
         import tensorflow as tf
         tf.config.list_physical_devices("GPU")
+    tf.get_logger().setLevel("ERROR")
