@@ -30,7 +30,6 @@ from kerasbn.progress import Progress
 
 STATE_DIR = ".build"
 ENCODE_BATCH = 32
-PAIRS_NAME = "pairs.txt"
 
 
 def read_boxes(path):
@@ -195,35 +194,6 @@ def _write_shard(path, chunk, encoder, args):
             "written": written}
 
 
-def write_pairs(path, holdout, written, count, seed):
-    """Writes `count` matched and `count` mismatched holdout pairs in LFW's pairs.txt format.
-
-    Image numbers are 1-based positions in the identity's holdout records sorted by
-    image/filename. Returns the number of pairs of each kind written.
-    """
-    per_identity = {}
-    for label, name in sorted(written, key=lambda w: w[1]):
-        per_identity.setdefault(label, []).append(name)
-    rng = np.random.default_rng([seed, 3])
-    multi = [label for label, names in per_identity.items() if len(names) >= 2]
-    labels = list(per_identity)
-    if not multi or len(labels) < 2:
-        raise records.DataError("--pairs needs at least two holdout identities, one of them "
-                                "with two or more images; raise --holdout_identities")
-    lines = []
-    for _ in range(count):
-        label = multi[rng.integers(len(multi))]
-        i, j = sorted(rng.choice(len(per_identity[label]), 2, replace=False) + 1)
-        lines.append(f"{holdout[label]}\t{i}\t{j}")
-    for _ in range(count):
-        a, b = rng.choice(len(labels), 2, replace=False)
-        a, b = labels[a], labels[b]
-        lines.append(f"{holdout[a]}\t{rng.integers(len(per_identity[a])) + 1}\t"
-                     f"{holdout[b]}\t{rng.integers(len(per_identity[b])) + 1}")
-    atomic.write_text(path, f"1\t{count}\n" + "\n".join(lines) + "\n")
-    return count
-
-
 def collect(source, root, image_size, channels, test_fraction, holdout_identities,
             min_images, seed, out=None, allow_outside_root=False):
     """Reads the source listing (never the output directory `out`, should it lie inside);
@@ -328,10 +298,11 @@ def build(source, out, root=None, image_size=None, channels=None, resize_mode="c
         "splits": manifest_splits, "mean": mean, "std": std, "skipped": skipped,
         "dropped_identities": dropped, "source": description, "command": command,
         "label_order": "identities sorted by name (list files: by numeric label)",
+        "resize_mode": resize_mode,
     }
     if pairs:
-        write_pairs(os.path.join(out, PAIRS_NAME), holdout, holdout_written, pairs, seed)
-        manifest["pairs"] = {"file": PAIRS_NAME, "matched": pairs, "mismatched": pairs,
+        shards.write_pairs(os.path.join(out, shards.PAIRS_NAME), holdout, holdout_written, pairs, seed)
+        manifest["pairs"] = {"file": shards.PAIRS_NAME, "matched": pairs, "mismatched": pairs,
                              "numbering": "1-based position among the identity's holdout "
                                           "records sorted by image/filename"}
     records.write_manifest(out, manifest)

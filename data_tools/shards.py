@@ -7,9 +7,10 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from kerasbn import records
+from kerasbn import atomic, records
 
 PARTIAL_SUFFIX = ".partial"
+PAIRS_NAME = "pairs.txt"
 
 
 def prepare_out_dir(out, overwrite):
@@ -128,3 +129,32 @@ class ShardWriter:
         if self._writer is not None:
             self._close_shard()
         return {"files": self.files, "file_counts": self.file_counts, "count": self.count}
+
+
+def write_pairs(path, holdout, written, count, seed):
+    """Writes `count` matched and `count` mismatched holdout pairs in LFW's pairs.txt format.
+
+    Image numbers are 1-based positions in the identity's holdout records sorted by
+    image/filename. Returns the number of pairs of each kind written.
+    """
+    per_identity = {}
+    for label, name in sorted(written, key=lambda w: w[1]):
+        per_identity.setdefault(label, []).append(name)
+    rng = np.random.default_rng([seed, 3])
+    multi = [label for label, names in per_identity.items() if len(names) >= 2]
+    labels = list(per_identity)
+    if not multi or len(labels) < 2:
+        raise records.DataError("--pairs needs at least two holdout identities, one of them "
+                                "with two or more images; raise --holdout_identities")
+    lines = []
+    for _ in range(count):
+        label = multi[rng.integers(len(multi))]
+        i, j = sorted(rng.choice(len(per_identity[label]), 2, replace=False) + 1)
+        lines.append(f"{holdout[label]}\t{i}\t{j}")
+    for _ in range(count):
+        a, b = rng.choice(len(labels), 2, replace=False)
+        a, b = labels[a], labels[b]
+        lines.append(f"{holdout[a]}\t{rng.integers(len(per_identity[a])) + 1}\t"
+                     f"{holdout[b]}\t{rng.integers(len(per_identity[b])) + 1}")
+    atomic.write_text(path, f"1\t{count}\n" + "\n".join(lines) + "\n")
+    return count

@@ -24,12 +24,15 @@ from kerasbn.progress import Progress
 
 
 RENDER_BATCH = 512
-_SPLIT_STREAM = {"train": 1, "test": 2}
+_SPLIT_STREAM = {"train": 1, "test": 2, "holdout": 3}
 
 
-def identity_params(seed, num_identities):
-    """Per-identity face geometry, arrays of shape [num_identities]; coordinates in face units."""
-    rng = np.random.default_rng([seed, 0])
+def identity_params(seed, num_identities, stream=0):
+    """Per-identity face geometry, arrays of shape [num_identities]; coordinates in face units.
+
+    Stream 0 draws the training identities, stream 1 the held-out ones, so adding held-out
+    identities leaves the training ones (and their records) as they were."""
+    rng = np.random.default_rng([seed, 0] if stream == 0 else [seed, 0, stream])
     u = lambda lo, hi: rng.uniform(lo, hi, num_identities)
     return {
         "head_a": u(0.50, 0.68), "head_b": u(0.66, 0.86), "skin": u(105, 205),
@@ -140,7 +143,8 @@ def split_sizes(images_per_identity, test_fraction):
     return images_per_identity - test, test
 
 
-def write_split(out, split, params, first, count, size, seed, encoding, shard_size, progress):
+def write_split(out, split, params, first, count, size, seed, encoding, shard_size, progress,
+                prefix="id"):
     """Renders images first..first+count-1 of every identity, in a seeded shuffled order.
 
     Returns the split's manifest entry and its pixel (mean, std).
@@ -155,15 +159,19 @@ def write_split(out, split, params, first, count, size, seed, encoding, shard_si
         images = render({k: v[labels] for k, v in params.items()}, rng, size)[..., None]
         for position, (image, label) in enumerate(zip(images, labels)):
             index = first + order[start + position] % count
-            name = f"id{label:05d}/{index:05d}.png"
+            name = f"{prefix}{label:05d}/{index:05d}.png"
             writer.write(records.encode_example(image, label, encoding, name), image)
         progress.update(len(labels))
     return writer.close(), writer.stats.mean_std()
 
 
 def build(out, identities, images_per_identity, test_fraction, image_size, seed, encoding,
-          shard_size, overwrite, command=""):
-    """Writes the synthetic dataset to `out`; returns its manifest."""
+          shard_size, overwrite, command="", holdout_identities=0, pairs=0):
+    """Writes the synthetic dataset to `out`; returns its manifest.
+
+    `holdout_identities` more identities (drawn apart, so the train and test records of a
+    seed stay the same) go to a `holdout` split, with `pairs` matched and `pairs` mismatched
+    pairs of them in pairs.txt, for verification on people the network never saw."""
     if identities < 2 or images_per_identity < 2:
         raise ValueError("--identities and --images_per_identity must both be at least 2")
     if not 0 < test_fraction < 1:
@@ -171,10 +179,13 @@ def build(out, identities, images_per_identity, test_fraction, image_size, seed,
     if image_size < 16 or shard_size < 1:
         raise ValueError(f"--image_size must be at least 16 (faces are drawn at that scale) "
                          f"and --shard_size at least 1, got {image_size} and {shard_size}")
+    if pairs and holdout_identities < 2:
+        raise ValueError("--pairs needs --holdout_identities of at least 2 (pairs are drawn "
+                         "from them)")
     shards.prepare_out_dir(out, overwrite)
     params = identity_params(seed, identities)
     n_train, n_test = split_sizes(images_per_identity, test_fraction)
-    progress = Progress(identities * images_per_identity, "synth")
+    progress = Progress((identities + holdout_identities) * images_per_identity, "synth")
     train, (mean, std) = write_split(out, "train", params, 0, n_train, image_size, seed, encoding,
                         shard_size, progress)
     test, _ = write_split(out, "test", params, n_train, n_test, image_size, seed, encoding,
@@ -186,7 +197,25 @@ def build(out, identities, images_per_identity, test_fraction, image_size, seed,
         "splits": {"train": train, "test": test},
         "mean": mean, "std": std, "skipped": [], "command": command,
         "source": "synthetic faces (data_tools.synth)",
+        # Rendered at the size; a photo served later is cropped and resized, as by default
+        # in build_records.
+        "resize_mode": "crop",
     }
+    if holdout_identities:
+        held = identity_params(seed, holdout_identities, stream=1)
+        manifest["splits"]["holdout"], _ = write_split(
+            out, "holdout", held, 0, images_per_identity, image_size, seed, encoding,
+            shard_size, progress, prefix="holdout")
+        names = [f"holdout{i:05d}" for i in range(holdout_identities)]
+        manifest["holdout_class_names"] = names
+        if pairs:
+            written = [(label, f"holdout{label:05d}/{index:05d}.png")
+                       for label in range(holdout_identities)
+                       for index in range(images_per_identity)]
+            shards.write_pairs(os.path.join(out, shards.PAIRS_NAME), names, written, pairs,
+                               seed)
+            manifest["pairs"] = {"file": shards.PAIRS_NAME, "matched": pairs,
+                                 "mismatched": pairs}
     records.write_manifest(out, manifest)
     return manifest
 
@@ -201,7 +230,9 @@ def main(argv):
             manifest = build(values.out, values.identities, values.images_per_identity,
                              values.test_fraction, values.image_size, values.seed,
                              values.encoding, values.shard_size, values.overwrite,
-                             command="python -m data_tools.synth " + " ".join(sys.argv[1:]))
+                             command="python -m data_tools.synth " + " ".join(sys.argv[1:]),
+                             holdout_identities=values.holdout_identities,
+                             pairs=values.pairs)
     except (records.DataError, ValueError) as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
@@ -231,6 +262,11 @@ def define_flags(values):
                       **on)
     flags.DEFINE_integer("shard_size", 8192, "Records per shard.", lower_bound=1, **on)
     flags.DEFINE_bool("overwrite", False, "Replace a dataset already in --out.", **on)
+    flags.DEFINE_integer("holdout_identities", 0, "More identities, never trained on, in a "
+                         "holdout split (the train and test records stay as without them).",
+                         lower_bound=0, **on)
+    flags.DEFINE_integer("pairs", 0, "Matched and mismatched holdout pairs in pairs.txt (LFW "
+                         "format), for verification.", lower_bound=0, **on)
 
 
 if __name__ == "__main__":

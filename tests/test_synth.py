@@ -6,7 +6,7 @@ import pytest
 
 from conftest import make_synth
 from data_tools import synth
-from kerasbn import bench, records
+from kerasbn import bench, pairs, records
 
 
 def _digest(directory):
@@ -84,3 +84,18 @@ def test_linear_classifier_is_clearly_worse_than_a_small_cnn(tmp_path):
     result = bench.separability(str(tmp_path), epochs=20)
     assert result["small_cnn"] >= 0.5, result
     assert result["small_cnn"] >= result["linear"] + 0.15, result
+
+
+def test_holdout_identities_and_pairs_leave_the_train_and_test_records_as_they_were(tmp_path):
+    plain = make_synth(tmp_path / "plain", seed=5)
+    held = synth.build(str(tmp_path / "held"), 6, 20, 0.25, 50, 5, "raw", 32, False,
+                       holdout_identities=3, pairs=25)
+    for name in os.listdir(tmp_path / "plain"):
+        if name.endswith(".tfrecord"):
+            plain_bytes = (tmp_path / "plain" / name).read_bytes()
+            assert plain_bytes == (tmp_path / "held" / name).read_bytes(), name
+    assert held["splits"]["holdout"]["count"] == 60
+    assert held["class_names"] == plain["class_names"]
+    first, second, same, _ = pairs.holdout_pairs(str(tmp_path / "held"), held)
+    assert same.sum() == 25 and (~same).sum() == 25
+    assert records.read_manifest(str(tmp_path / "held"))["resize_mode"] == "crop"
