@@ -123,9 +123,10 @@ class ProgressDisplay(IterationCallback):
 
 
 class PeriodicTest(IterationCallback):
-    """Every `interval` iterations and at `max_iter`: `evaluate()` ({loss, top1, top5,
-    count}), one metrics.jsonl record, summary.json, a console line, TensorBoard scalars, and
-    a line when a target is first reached. Keeps the latest `summary`."""
+    """Every `interval` iterations and at `max_iter`: `evaluate(iteration)` ({loss, top1,
+    top5, count}, and any `verify_*` figures), one metrics.jsonl record, summary.json, console
+    lines, TensorBoard scalars, and a line when a target is first reached. Keeps the latest
+    `summary`."""
 
     def __init__(self, run, evaluate, interval, max_iter, targets, clock, progress, writer,
                  entries):
@@ -148,11 +149,13 @@ class PeriodicTest(IterationCallback):
                 self.test(iteration)
 
     def test(self, iteration):
-        result = self.evaluate()
+        result = self.evaluate(iteration)
         entry = {"iteration": iteration, "wall_time": round(self.clock.elapsed(), 3),
                  "lr": current_lr(self.model), "train_loss": self.progress.train_loss,
                  "test_loss": result["loss"], "test_top1": result["top1"],
                  "test_top5": result["top5"], "images_per_sec": self.progress.images_per_sec}
+        verified = {k: v for k, v in result.items() if k.startswith("verify_")}
+        entry.update(verified)
         self.entries = [e for e in self.entries if e["iteration"] < iteration] + [entry]
         self.run.append_metrics(entry)
         self.summary = metrics.summarize(self.entries, self.targets)
@@ -160,10 +163,19 @@ class PeriodicTest(IterationCallback):
         self.tested_at = iteration
         print(f"test  iter {iteration}: top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}"
               f"  loss {result['loss']:.4f}  ({result['count']} images)", flush=True)
+        if verified:
+            tars = "  ".join(f"TAR@FAR={k.split('=')[1]} " + ("-" if v is None else f"{v:.4f}")
+                             for k, v in verified.items() if k.startswith("verify_tar"))
+            print(f"verify iter {iteration}: accuracy {verified['verify_acc']:.4f}  AUC "
+                  f"{verified['verify_auc']:.4f}  EER {verified['verify_eer']:.4f}  {tars}",
+                  flush=True)
         with self.writer.as_default(step=iteration):
             tf.summary.scalar("loss", result["loss"])
             tf.summary.scalar("top1", result["top1"])
             tf.summary.scalar("top5", result["top5"])
+            for key, value in verified.items():
+                if isinstance(value, float):
+                    tf.summary.scalar(key, value)
             for target, hit in self.summary["targets"].items():
                 if hit and hit["iteration"] == iteration:
                     print(f"target top-1 {target} reached at iteration {iteration} "

@@ -12,10 +12,12 @@ from kerasbn import models, norms, schedules
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 SOLVER_TYPES = ("SGD", "Nesterov", "Adam", "AdamW")
+VERIFY_SPLITS = ("auto", "holdout", "none")
 # Settings that may change between a run and its resumption: where it lives and what it
 # reports (targets are measured afresh from the whole metrics history).
 NOT_RUN_DEFINING = ("run_dir", "display", "keep_checkpoints", "weights", "target_accuracy",
-                    "skip_corrupt_records", "deterministic")
+                    "skip_corrupt_records", "deterministic", "verify_split", "verify_interval",
+                    "verify_flip")
 
 
 class ConfigError(ValueError):
@@ -61,6 +63,9 @@ class RunConfig:
     mirror: bool = False
     skip_corrupt_records: bool = False
     deterministic: bool = False
+    verify_split: str = "auto"
+    verify_interval: int = 0
+    verify_flip: bool = False
 
     def __post_init__(self):
         fix = lambda name, value: object.__setattr__(self, name, value)
@@ -77,7 +82,8 @@ class RunConfig:
 
     def _check(self):
         for name, allowed in (("model", models.MODELS), ("norm", norms.NORMS),
-                              ("precision", PRECISIONS), ("solver_type", SOLVER_TYPES)):
+                              ("precision", PRECISIONS), ("solver_type", SOLVER_TYPES),
+                              ("verify_split", VERIFY_SPLITS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{name}={getattr(self, name)} is not one of "
                                   f"{', '.join(allowed)}")
@@ -90,6 +96,10 @@ class RunConfig:
         for name in ("test_iter", "snapshot", "keep_checkpoints", "precise_bn", "crop_pad"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must not be negative, got {getattr(self, name)}")
+        if self.verify_interval % self.test_interval:
+            raise ConfigError(f"--verify_interval={self.verify_interval} is no multiple of "
+                              f"--test_interval={self.test_interval}; verification runs at "
+                              "tests")
         if self.test_interval > self.max_iter:
             raise ConfigError(f"--test_interval={self.test_interval} is larger than "
                               f"--max_iter={self.max_iter}; lower it so the run is tested")

@@ -66,10 +66,18 @@ def summarize(entries, targets):
         reached[f"{target:g}"] = (None if hit is None else
                                   {"iteration": hit["iteration"], "wall_time": hit["wall_time"]})
     final = entries[-1]
-    return {"tests": len(entries),
-            "best_test_top1": best["test_top1"], "best_iteration": best["iteration"],
-            "final_test_top1": final["test_top1"], "final_iteration": final["iteration"],
-            "final_wall_time": final["wall_time"], "targets": reached}
+    summary = {"tests": len(entries),
+               "best_test_top1": best["test_top1"], "best_iteration": best["iteration"],
+               "final_test_top1": final["test_top1"], "final_iteration": final["iteration"],
+               "final_wall_time": final["wall_time"], "targets": reached}
+    verified = [e for e in entries if e.get("verify_acc") is not None]
+    if verified:
+        best = max(verified, key=lambda e: (e["verify_acc"], -e["iteration"]))
+        summary.update(best_verify_acc=best["verify_acc"],
+                       best_verify_iteration=best["iteration"],
+                       final_verify={k: v for k, v in verified[-1].items()
+                                     if k.startswith("verify_")})
+    return summary
 
 
 def all_reached(summary):

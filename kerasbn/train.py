@@ -14,8 +14,8 @@ import sys
 import keras
 import tensorflow as tf
 
-from kerasbn import callbacks, checkpoints, cli, config as config_lib, export, metrics
-from kerasbn import optimizers, pipeline, precise_bn, records, schedules, stop_signals
+from kerasbn import callbacks, checkpoints, cli, config as config_lib, export, holdout
+from kerasbn import metrics, optimizers, pipeline, precise_bn, records, schedules, stop_signals
 from kerasbn import train_flags
 from kerasbn.run_dir import RunDir, RunDirError
 
@@ -106,7 +106,9 @@ def train(config, run):
         crop_pad=config.crop_pad, start_step=len(entries) * config.precise_bn, **skip)) \
         if config.precise_bn and precise_bn.bn_layers(model) else None
 
-    def evaluate():
+    verify = make_verifier(config, model, manifest)
+
+    def evaluate(iteration):
         if precise_batches is not None:
             precise_bn.recompute(model, precise_batches, config.precise_bn)
         result = metrics.evaluate(test_step, test_data, config.test_iter)
@@ -114,6 +116,9 @@ def train(config, run):
             raise records.DataError(f"a pass over the test split read {result['count']} "
                                     f"records where {readable['test']} were checked at the "
                                     f"start: the shards of {data_dir} changed during the run")
+        every = config.verify_interval or config.test_interval
+        if verify and (iteration % every == 0 or iteration == config.max_iter):
+            result.update(verify())
         return result
 
     clock = callbacks.Clock(float(wall_time.numpy()))
@@ -147,6 +152,20 @@ def train(config, run):
     summary = metrics.summarize(run.read_metrics(), config.target_accuracy)
     run.write_summary(summary)
     return summary, export.export_saved_model(model, manifest, run.export)
+
+
+def make_verifier(config, model, manifest):
+    """The holdout verification `config.verify_split` asks for, or None (`auto`: when the
+    dataset has holdout pairs)."""
+    if config.verify_split == "none" or (config.verify_split == "auto"
+                                         and not holdout.available(manifest)):
+        return None
+    if not holdout.available(manifest):
+        raise records.DataError(f"--verify_split=holdout but {config.data_dir} has no holdout "
+                                "pairs; rebuild it with --holdout_identities and --pairs, or "
+                                "drop the flag")
+    return holdout.make_verifier(model, config.data_dir, manifest, config.batch_size,
+                                 config.verify_flip)
 
 
 def describe(summary, run_dir, export_dir):

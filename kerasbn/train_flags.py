@@ -122,6 +122,14 @@ def define(values):
     flags.DEFINE_bool("mirror", False, "Training augmentation: random horizontal mirror.", **on)
     flags.DEFINE_bool("deterministic", False, "TensorFlow's deterministic ops: the same "
                       "seed gives bit-identical weights, also across a resume (slower).", **on)
+    flags.DEFINE_enum("verify_split", "auto", config.VERIFY_SPLITS, "Face verification on "
+                      "identities never trained on: embed the holdout split and score its "
+                      "pairs (10-fold accuracy, AUC, EER, TAR@FAR). auto: when the dataset "
+                      "has holdout pairs.", **on)
+    flags.DEFINE_integer("verify_interval", 0, "Verify every N iterations (a multiple of "
+                         "--test_interval; 0: at every test).", lower_bound=0, **on)
+    flags.DEFINE_bool("verify_flip", False, "Sum each holdout embedding with its mirror "
+                      "image's, as insightface does.", **on)
     flags.DEFINE_bool("skip_corrupt_records", False, "Train and test on what is readable of "
                       "corrupt or truncated shards (each is named, with what it lost) instead "
                       "of stopping.", **on)

@@ -72,7 +72,8 @@ def test_snapshot_every_n_at_max_iter_and_when_training_stops():
 def test_periodic_test_records_and_stop_at_target(tmp_path):
     run = RunDir(str(tmp_path))
     accuracies = iter([0.2, 0.5, 0.9, 0.95])
-    evaluate = lambda: {"loss": 1.0, "top1": next(accuracies), "top5": 1.0, "count": 8}
+    evaluate = lambda iteration: {"loss": 1.0, "top1": next(accuracies), "top5": 1.0,
+                                  "count": 8}
     clock = callbacks.Clock()
     writer = tf.summary.create_file_writer(str(tmp_path / "tb"))
     progress = callbacks.ProgressDisplay(2, 12, 1, clock, writer, 0)

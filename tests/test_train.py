@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import make_synth, run_train, train_args
+from data_tools import synth
 from kerasbn import callbacks
 from kerasbn.run_dir import RunDir
 from test_pipeline import _damaged
@@ -367,3 +368,23 @@ def test_mistakes_around_the_run_dir_and_the_data_are_one_line(small_data, tmp_p
                        widths="8,8,8,8,8,8,16", weights=run_dir)
     message = _error(other)
     assert "does not fit --model and its flags" in message and "\n" not in message
+
+
+def test_verification_on_holdout_identities_is_recorded_at_the_tests_it_is_asked_for(
+        small_data, tmp_path, capsys):
+    data = str(tmp_path / "data")
+    synth.build(data, 6, 20, 0.25, 50, 0, "raw", 32, False, holdout_identities=4, pairs=60)
+    run_dir = str(tmp_path / "run")
+    run_train(train_args(data, run_dir, max_iter=20, test_interval=10, verify_interval=20,
+                         verify_flip="true"))
+    entries = _metrics(run_dir)
+    assert ["verify_acc" in e for e in entries] == [True, False, True]
+    assert 0 <= entries[-1]["verify_acc"] <= 1 and 0 <= entries[-1]["verify_auc"] <= 1
+    assert entries[-1]["verify_pairs"] == {"matched": 60, "mismatched": 60}
+    assert entries[-1]["verify_tar@far=0.01"] is None  # 60 impostors cannot resolve 1e-2
+    summary = json.load(open(os.path.join(run_dir, "summary.json")))
+    assert summary["final_verify"]["verify_acc"] == entries[-1]["verify_acc"]
+    assert "verify iter 20: accuracy" in capsys.readouterr().out
+    assert "verify_auc" in _tags(os.path.join(run_dir, "tensorboard", "test"))
+    assert "--verify_split=holdout" in _error(train_args(
+        small_data, str(tmp_path / "r2"), verify_split="holdout"))
