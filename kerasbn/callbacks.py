@@ -178,7 +178,7 @@ class PeriodicTest(IterationCallback):
                     tf.summary.scalar(key, value)
             for target, hit in self.summary["targets"].items():
                 if hit and hit["iteration"] == iteration:
-                    print(f"target top-1 {target} reached at iteration {iteration} "
+                    print(f"target {metrics.shown_target(target)} reached at iteration {iteration} "
                           f"({hit['wall_time']:.0f}s)", flush=True)
                     tf.summary.scalar(f"iterations_to_{target}", iteration)
                     tf.summary.scalar(f"seconds_to_{target}", hit["wall_time"])

@@ -8,7 +8,7 @@ so an error names the flag to change. `schedule` holds the learning-rate part, c
 
 import dataclasses
 
-from kerasbn import models, norms, schedules
+from kerasbn import metrics, models, norms, schedules
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 SOLVER_TYPES = ("SGD", "Nesterov", "Adam", "AdamW")
@@ -16,6 +16,7 @@ VERIFY_SPLITS = ("auto", "holdout", "none")
 # Settings that may change between a run and its resumption: where it lives and what it
 # reports (targets are measured afresh from the whole metrics history).
 NOT_RUN_DEFINING = ("run_dir", "display", "keep_checkpoints", "weights", "target_accuracy",
+                    "target",
                     "skip_corrupt_records", "deterministic", "verify_split", "verify_interval",
                     "verify_flip")
 
@@ -56,6 +57,7 @@ class RunConfig:
     precision: str = "float32"
     seed: int = 0
     target_accuracy: tuple = (0.8,)
+    target: tuple = ()
     stop_at_target: bool = False
     weights: str | None = None
     precise_bn: int = 0
@@ -71,6 +73,7 @@ class RunConfig:
         fix = lambda name, value: object.__setattr__(self, name, value)
         fix("image_size", tuple(int(v) for v in self.image_size))
         fix("target_accuracy", tuple(float(t) for t in self.target_accuracy))
+        fix("target", tuple(self.target))
         if isinstance(self.schedule, dict):
             fix("schedule", schedules.ScheduleConfig(**self.schedule))
         if self.widths is not None:
@@ -119,10 +122,21 @@ class RunConfig:
         if not self.target_accuracy or not all(0 < t <= 1 for t in self.target_accuracy):
             raise ConfigError(f"--target_accuracy must lie in (0, 1], got "
                               f"{list(self.target_accuracy)}")
+        for text in self.target:
+            try:
+                metrics.parse_target(text)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         expected = len(models.default_widths(self.model))
         if self.widths is not None and len(self.widths) != expected:
             raise ConfigError(f"--widths for --model={self.model} takes {expected} values, "
                               f"got {len(self.widths)}")
+
+    def targets(self):
+        """Every target of the run as (metric, value): --target_accuracy's on test top-1,
+        then --target's."""
+        return ([("test_top1", t) for t in self.target_accuracy]
+                + [metrics.parse_target(text) for text in self.target])
 
     @property
     def max_iter(self):

@@ -1,6 +1,7 @@
 """Test metrics of a model over a dataset, and what a run's test records say (summary.json).
 
-"Reached a target" is REFERENCE.md's: the first tested iteration whose test top-1 >= target.
+"Reached a target" is REFERENCE.md's: the first tested iteration whose test top-1 >= target;
+a target on another metric (`verify_acc:0.9`) is reached the same way on that metric.
 """
 
 import numpy as np
@@ -55,15 +56,52 @@ def evaluate(test_step, dataset, max_batches=0):
     return {"loss": loss / count, "top1": top1 / count, "top5": top5 / count, "count": int(count)}
 
 
+# Metrics a --target may name: recorded at tests, higher is better.
+TARGET_METRICS = ("test_top1", "test_top5", "verify_acc", "verify_auc", "verify_tar@far=0.01",
+                  "verify_tar@far=0.001")
+
+
+def parse_target(text):
+    """(metric, value) of a `METRIC:VALUE` target; a bare number is a test top-1 target."""
+    metric, _, value = text.rpartition(":")
+    metric = metric or "test_top1"
+    if metric not in TARGET_METRICS:
+        raise ValueError(f"--target={text}: the metric must be one of "
+                         f"{', '.join(TARGET_METRICS)}")
+    try:
+        value = float(value)
+    except ValueError:
+        raise ValueError(f"--target={text}: expected METRIC:VALUE, e.g. verify_acc:0.9") \
+            from None
+    if not 0 < value <= 1:
+        raise ValueError(f"--target={text}: the value must lie in (0, 1]")
+    return metric, value
+
+
+def target_name(target):
+    """A target's key in summary.json: `0.8` for test top-1 (as before), else METRIC:VALUE."""
+    metric, value = target
+    return f"{value:g}" if metric == "test_top1" else f"{metric}:{value:g}"
+
+
+def shown_target(name):
+    """A summary.json target key as a person reads it: `top-1 0.8`, `verify_acc 0.9`."""
+    return name.replace(":", " ") if ":" in name else f"top-1 {name}"
+
+
 def summarize(entries, targets):
-    """Best and final test top-1, and for each target the first iteration and wall time."""
+    """Best and final test top-1, and for each target the first iteration and wall time.
+
+    `targets` are test top-1 values, or (metric, value) pairs."""
     if not entries:
         return {"tests": 0}
     best = max(entries, key=lambda e: (e["test_top1"], -e["iteration"]))
     reached = {}
     for target in targets:
-        hit = next((e for e in entries if e["test_top1"] >= target), None)
-        reached[f"{target:g}"] = (None if hit is None else
+        metric, value = target if isinstance(target, tuple) else ("test_top1", target)
+        hit = next((e for e in entries if e.get(metric) is not None and e[metric] >= value),
+                   None)
+        reached[target_name((metric, value))] = (None if hit is None else
                                   {"iteration": hit["iteration"], "wall_time": hit["wall_time"]})
     final = entries[-1]
     summary = {"tests": len(entries),

@@ -128,7 +128,7 @@ def train(config, run):
                                          config.batch_size * config.iter_size, clock,
                                          train_writer, start_iter)
     tester = callbacks.PeriodicTest(run, evaluate, config.test_interval, config.max_iter,
-                                    config.target_accuracy, clock, progress, test_writer,
+                                    config.targets(), clock, progress, test_writer,
                                     entries)
     requests = stop_signals.StopRequests()
     on_signal = callbacks.StopOnSignal(requests)
@@ -149,7 +149,7 @@ def train(config, run):
                       callbacks=events, verbose=0, shuffle=False)
     if on_signal.stopped_at is not None:
         raise stop_signals.Stopped(requests.signal, on_signal.stopped_at)
-    summary = metrics.summarize(run.read_metrics(), config.target_accuracy)
+    summary = metrics.summarize(run.read_metrics(), config.targets())
     run.write_summary(summary)
     return summary, export.export_saved_model(model, manifest, run.export)
 
@@ -168,14 +168,21 @@ def make_verifier(config, model, manifest):
                                  config.verify_flip)
 
 
+def _target_order(item):
+    """Top-1 targets first, ascending, then the others by metric and value."""
+    metric, _, value = item[0].rpartition(":")
+    return (metric, float(value))
+
+
 def describe(summary, run_dir, export_dir):
     """The end-of-run lines a user reads."""
     if not summary.get("tests"):
         return "no test was run"
     targets = [
-        f"target top-1 {target}: " + (f"reached at iteration {hit['iteration']} "
-                                      f"({hit['wall_time']:.0f}s)" if hit else "not reached")
-        for target, hit in sorted(summary["targets"].items(), key=lambda t: float(t[0]))]
+        f"target {metrics.shown_target(target)}: " + (f"reached at iteration {hit['iteration']} "
+                                               f"({hit['wall_time']:.0f}s)" if hit
+                                               else "not reached")
+        for target, hit in sorted(summary["targets"].items(), key=_target_order)]
     return "\n".join([
         f"best test top-1 {summary['best_test_top1']:.4f} (iteration "
         f"{summary['best_iteration']}), final {summary['final_test_top1']:.4f} "

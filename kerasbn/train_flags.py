@@ -110,6 +110,10 @@ def define(values):
     flags.DEFINE_multi_float("target_accuracy", [0.8], "Test top-1 targets (repeatable): the "
                              "first tested iteration and wall time reaching each are "
                              "reported.", lower_bound=0, upper_bound=1, **on)
+    flags.DEFINE_multi_string("target", [], "A target on any recorded metric, METRIC:VALUE "
+                              "(repeatable; e.g. test_top1:0.8, verify_acc:0.9): the first "
+                              "tested iteration and wall time reaching it are reported, as for "
+                              "--target_accuracy (the top-1 shorthand).", **on)
     flags.DEFINE_bool("stop_at_target", False, "End the run once every --target_accuracy is "
                       "reached (for hyper-parameter search).", **on)
     flags.DEFINE_string("weights", None, "Initialise from another run: its run dir, a "

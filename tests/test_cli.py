@@ -164,6 +164,7 @@ MANIFEST = {"class_names": ["a", "b", "c"], "image_size": [50, 50], "channels": 
     (["--jump_gamma=0"], "--jump_gamma"), (["--delta=0"], "--delta"),
     (["--target_accuracy=0"], "--target_accuracy"), (["--widths=1,2"], "--widths"),
     (["--num_classes=4"], "--num_classes"), (["--stepvalue=9", "--stepvalue=3"], "--stepvalue"),
+    (["--target=loss:0.5"], "--target"), (["--verify_interval=15"], "--verify_interval"),
 ])
 def test_flags_whose_range_depends_on_others_are_refused_naming_them(args, name):
     values, _ = cli.parse(["train", "--data_dir=d", "--run_dir=r", *args], train_flags.define)

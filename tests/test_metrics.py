@@ -42,3 +42,20 @@ def test_ties_never_count_as_hits_and_non_finite_outputs_stop():
     broken = np.array([[np.nan, 0.0, 0.0]], np.float32)
     with pytest.raises(FloatingPointError, match="1 non-finite outputs"):
         metrics.evaluate(step, tf.data.Dataset.from_tensors((broken, [1])))
+
+
+def test_targets_on_other_metrics_are_reached_the_same_way():
+    entries = [{"iteration": i, "wall_time": float(i), "test_top1": a, "verify_acc": v}
+               for i, a, v in [(0, 0.1, 0.5), (10, 0.85, 0.7), (20, 0.9, 0.92)]]
+    entries.insert(1, {"iteration": 5, "wall_time": 5.0, "test_top1": 0.5})  # not verified
+    targets = [0.8, metrics.parse_target("verify_acc:0.9"), ("test_top5", 0.5)]
+    summary = metrics.summarize(entries, targets)
+    assert summary["targets"] == {"0.8": {"iteration": 10, "wall_time": 10.0},
+                                  "verify_acc:0.9": {"iteration": 20, "wall_time": 20.0},
+                                  "test_top5:0.5": None}
+    assert metrics.parse_target("0.7") == ("test_top1", 0.7)
+    assert metrics.shown_target("verify_acc:0.9") == "verify_acc 0.9"
+    for bad, message in (("loss:0.5", "must be one of"), ("verify_acc:x", "METRIC:VALUE"),
+                         ("verify_acc:2", r"\(0, 1\]")):
+        with pytest.raises(ValueError, match=message):
+            metrics.parse_target(bad)

@@ -376,7 +376,7 @@ def test_verification_on_holdout_identities_is_recorded_at_the_tests_it_is_asked
     synth.build(data, 6, 20, 0.25, 50, 0, "raw", 32, False, holdout_identities=4, pairs=60)
     run_dir = str(tmp_path / "run")
     run_train(train_args(data, run_dir, max_iter=20, test_interval=10, verify_interval=20,
-                         verify_flip="true"))
+                         verify_flip="true", target="verify_auc:0.01"))
     entries = _metrics(run_dir)
     assert ["verify_acc" in e for e in entries] == [True, False, True]
     assert 0 <= entries[-1]["verify_acc"] <= 1 and 0 <= entries[-1]["verify_auc"] <= 1
@@ -384,7 +384,9 @@ def test_verification_on_holdout_identities_is_recorded_at_the_tests_it_is_asked
     assert entries[-1]["verify_tar@far=0.01"] is None  # 60 impostors cannot resolve 1e-2
     summary = json.load(open(os.path.join(run_dir, "summary.json")))
     assert summary["final_verify"]["verify_acc"] == entries[-1]["verify_acc"]
-    assert "verify iter 20: accuracy" in capsys.readouterr().out
+    assert summary["targets"]["verify_auc:0.01"]["iteration"] == 0
+    out = capsys.readouterr().out
+    assert "verify iter 20: accuracy" in out and "target verify_auc 0.01: reached at" in out
     assert "verify_auc" in _tags(os.path.join(run_dir, "tensorboard", "test"))
     assert "--verify_split=holdout" in _error(train_args(
         small_data, str(tmp_path / "r2"), verify_split="holdout"))
