@@ -16,11 +16,13 @@ def available(manifest):
     return "holdout" in manifest["splits"] and "pairs" in manifest
 
 
-def make_verifier(model, data_dir, manifest, batch_size, flip=False):
-    """A function returning `verification.summarize`'s figures for `model` now."""
-    first, second, same, sets = pairs.holdout_pairs(data_dir, manifest)
-    # The pairs file's own ten sets are LFW's folds; otherwise stratified folds.
-    fold = sets if len(np.unique(sets)) == 10 else verification.stratified_folds(same)
+def folds(same, sets):
+    """The pairs file's own ten sets as the folds (LFW's protocol), else stratified folds."""
+    return sets if len(np.unique(sets)) == 10 else verification.stratified_folds(same)
+
+
+def embedder(model, data_dir, manifest, batch_size, flip=False):
+    """A function returning the embedding of every holdout record (manifest order) now."""
     data = pipeline.test_dataset(data_dir, manifest, batch_size, split="holdout")
     embed = keras.Model(model.inputs, model.get_layer("embedding").output)
 
@@ -32,9 +34,18 @@ def make_verifier(model, data_dir, manifest, batch_size, flip=False):
                                 tf.float32)
         return features
 
-    def verify():
-        embeddings = np.concatenate([step(images).numpy() for images, _ in data])
-        return verification.summarize(verification.cosine_scores(embeddings, first, second),
-                                      same, fold)
+    return lambda: np.concatenate([step(images).numpy() for images, _ in data])
 
-    return verify
+
+def embeddings(model, data_dir, manifest, batch_size, flip=False):
+    """The embedding of every holdout record, in manifest order."""
+    return embedder(model, data_dir, manifest, batch_size, flip)()
+
+
+def make_verifier(model, data_dir, manifest, batch_size, flip=False):
+    """A function returning `verification.summarize`'s figures for `model` now."""
+    first, second, same, sets = pairs.holdout_pairs(data_dir, manifest)
+    fold = folds(same, sets)
+    embed = embedder(model, data_dir, manifest, batch_size, flip)
+    return lambda: verification.summarize(
+        verification.cosine_scores(embed(), first, second), same, fold)

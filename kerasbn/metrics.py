@@ -10,6 +10,13 @@ import tensorflow as tf
 from kerasbn import records
 
 
+def true_class_rank(logits, labels):
+    """How many other classes score at least as high as the true one (0: a top-1 hit). Ties
+    count against the true class."""
+    true = tf.gather(logits, labels, batch_dims=1)
+    return tf.reduce_sum(tf.cast(logits >= true[:, None], tf.int32), axis=1) - 1
+
+
 def make_test_step(model):
     """A compiled step returning (summed loss, top-1 hits, top-5 hits, count, non-finite
     outputs) of one batch.
@@ -24,8 +31,7 @@ def make_test_step(model):
         logits = tf.cast(model(images, training=False), tf.float32)
         labels = tf.cast(labels, tf.int32)
         loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
-        true = tf.gather(logits, labels, batch_dims=1)
-        rank = tf.reduce_sum(tf.cast(logits >= true[:, None], tf.int32), axis=1) - 1
+        rank = true_class_rank(logits, labels)
         k = min(5, logits.shape[-1])
         bad = tf.reduce_sum(tf.cast(~tf.math.is_finite(logits), tf.int32))
         return (tf.reduce_sum(loss), tf.reduce_sum(tf.cast(rank < 1, tf.float32)),

@@ -6,7 +6,7 @@ import pytest
 from absl import flags
 
 from data_tools import bench_convert, build_records, inspect_records, synth
-from kerasbn import bench, cli, compare_norms, export, launch, report, show_schedule
+from kerasbn import bench, cli, compare_norms, evaluate, export, launch, report, show_schedule
 from kerasbn import train_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,6 +100,7 @@ COMMANDS = {
     "kerasbn.compare_norms": compare_norms.define_flags,
     "kerasbn.show_schedule": show_schedule.define_flags,
     "kerasbn.export": export.define_flags,
+    "kerasbn.evaluate": evaluate.define_flags,
     "kerasbn.report": report.define_flags,
     "kerasbn.launch": launch.define_flags,
     "kerasbn.bench": bench.define_flags,

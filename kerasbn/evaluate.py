@@ -1,0 +1,140 @@
+"""Evaluates trained runs: closed-set top-1/top-5/loss with per-identity accuracy (the worst
+identities named), and face verification on the dataset's holdout pairs with a ROC curve.
+
+    python -m kerasbn.evaluate --run_dir=runs/quickstart/bn [--run_dir=runs/quickstart/baseline]
+        [--split=test] [--out=DIR]
+
+Each run is rebuilt from its config.json and its newest checkpoint. Writes OUT/evaluate.json
+and, when the dataset has holdout pairs, OUT/roc.png with every run on one plot (log-scale
+false accept rate), so BN and baseline embeddings compare as the study compared accuracy.
+"""
+
+import json
+import os
+import sys
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import flags
+
+from kerasbn import checkpoints, cli, config, holdout, metrics, optimizers, pairs, pipeline
+from kerasbn import records, train_flags, verification
+from kerasbn.run_dir import RunDir, RunDirError
+
+WORST = 5
+
+
+def per_identity(model, dataset, num_classes):
+    """(hits, counts) per class of the model's top-1 answers over `dataset`."""
+    hits, counts = np.zeros(num_classes), np.zeros(num_classes)
+
+    @tf.function(reduce_retracing=True)
+    def step(images, labels):
+        logits = tf.cast(model(images, training=False), tf.float32)
+        return metrics.true_class_rank(logits, tf.cast(labels, tf.int32)) == 0
+
+    for images, labels in dataset:
+        hit = step(images, labels).numpy()
+        np.add.at(counts, labels.numpy(), 1)
+        np.add.at(hits, labels.numpy(), hit)
+    return hits, counts
+
+
+def evaluate_run(run_dir, split="test", batch_size=256):
+    """{run, split, loss, top1, top5, count, worst identities, verification figures, roc}."""
+    run = RunDir(run_dir)
+    settings = train_flags.stored_config(run_dir)
+    manifest = records.read_manifest(settings.data_dir)
+    keras.mixed_precision.set_global_policy(settings.precision)
+    model = optimizers.build_and_compile(settings)
+    prefix = checkpoints.restore_latest(run, model)
+    if not prefix:
+        raise records.DataError(f"{run.checkpoints} holds no checkpoint; train the run first")
+    data = pipeline.test_dataset(settings.data_dir, manifest, batch_size, split=split)
+    result = {"run": run_dir, "checkpoint": prefix, "split": split,
+              **metrics.evaluate(metrics.make_test_step(model), data)}
+    hits, counts = per_identity(model, data, len(manifest["class_names"]))
+    seen = np.flatnonzero(counts)
+    accuracy = hits[seen] / counts[seen]
+    result["worst_identities"] = [
+        {"identity": manifest["class_names"][seen[i]], "accuracy": float(accuracy[i]),
+         "images": int(counts[seen[i]])} for i in np.argsort(accuracy, kind="stable")[:WORST]]
+    if holdout.available(manifest):
+        first, second, same, sets = pairs.holdout_pairs(settings.data_dir, manifest)
+        embeddings = holdout.embeddings(model, settings.data_dir, manifest, batch_size)
+        scores = verification.cosine_scores(embeddings, first, second)
+        result.update(verification.summarize(scores, same, holdout.folds(same, sets)))
+        far, tar, _ = verification.roc(scores, same)
+        result["roc"] = {"far": far.tolist(), "tar": tar.tolist()}
+    return result
+
+
+def plot_roc(results, out):
+    """The runs' ROC curves on one chart, the false accept rate on a log scale."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for result in results:
+        far, tar = np.asarray(result["roc"]["far"]), np.asarray(result["roc"]["tar"])
+        keep = far > 0
+        ax.plot(far[keep], tar[keep], label=f"{os.path.basename(result['run'].rstrip('/'))} "
+                                            f"(AUC {result['verify_auc']:.3f})")
+    ax.set_xscale("log")
+    ax.set_xlabel("false accept rate")
+    ax.set_ylabel("true accept rate")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def table(results):
+    lines = ["| run | top-1 | top-5 | loss | verify acc | AUC | EER | worst identity |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        worst = r["worst_identities"][0] if r["worst_identities"] else None
+        figures = [f"{r[k]:.4f}" if r.get(k) is not None else "-"
+                   for k in ("verify_acc", "verify_auc", "verify_eer")]
+        lines.append(f"| {r['run']} | {r['top1']:.4f} | {r['top5']:.4f} | {r['loss']:.4f} | "
+                     + " | ".join(figures) + " | "
+                     + (f"{worst['identity']} ({worst['accuracy']:.2f})" if worst else "-")
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
+def define_flags(values):
+    on = {"flag_values": values}
+    flags.DEFINE_multi_string("run_dir", None, "A run made by kerasbn.train (repeat to "
+                              "compare runs).", **on)
+    flags.DEFINE_enum("split", "test", records.SPLITS, "The split evaluated for top-1.", **on)
+    flags.DEFINE_integer("batch_size", 256, "Images per batch.", lower_bound=1, **on)
+    flags.DEFINE_string("out", "evaluation", "Directory for evaluate.json and roc.png.", **on)
+
+
+def main(argv):
+    values, rest = cli.parse(argv, define_flags, __doc__)
+    if rest or not values.run_dir:
+        sys.exit("error: give one or more --run_dir=RUN (and no other arguments)")
+    if os.path.exists(values.out) and not os.path.isdir(values.out):
+        sys.exit(f"error: --out={values.out} is a file; give a directory")
+    try:
+        results = [evaluate_run(run_dir, values.split, values.batch_size)
+                   for run_dir in values.run_dir]
+    except (records.DataError, RunDirError, config.ConfigError) as e:
+        sys.exit(f"error: {e}")
+    os.makedirs(values.out, exist_ok=True)
+    with open(os.path.join(values.out, "evaluate.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1)
+    print(table(results))
+    print(f"results: {os.path.join(values.out, 'evaluate.json')}")
+    if all("roc" in r for r in results):
+        plot_roc(results, os.path.join(values.out, "roc.png"))
+        print(f"ROC: {os.path.join(values.out, 'roc.png')}")
+
+
+if __name__ == "__main__":
+    main(sys.argv)
