@@ -25,7 +25,9 @@ from kerasbn.run_dir import RunDir, RunDirError
 FIGURES = {"accuracy_vs_iteration.png": ("iteration", "test_top1", "test top-1"),
            "accuracy_vs_time.png": ("wall_time", "test_top1", "test top-1"),
            "train_loss.png": ("iteration", "train_loss", "training loss"),
-           "learning_rate.png": ("iteration", "lr", "learning rate")}
+           "learning_rate.png": ("iteration", "lr", "learning rate"),
+           "verification_vs_iteration.png": ("iteration", "verify_acc",
+                                             "verification accuracy (unseen identities)")}
 
 
 class ReportError(ValueError):
@@ -43,13 +45,29 @@ def load_run(run_dir):
         raise ReportError(f"{run_dir} has no metrics.jsonl lines: it is not a kerasbn run "
                           "directory, or its first test has not run yet")
     return {"name": os.path.basename(os.path.normpath(run_dir)), "dir": run_dir,
-            "flags": settings, "targets": list(settings.get("target_accuracy") or []),
+            "flags": settings,
+            "targets": [("test_top1", t) for t in settings.get("target_accuracy") or []]
+            + [metrics.parse_target(t) for t in settings.get("target") or []],
             "entries": entries}
 
 
 def tracked_targets(runs):
-    """The targets the runs tracked (their --target_accuracy), ascending; else 0.8."""
-    return sorted({t for run in runs for t in run["targets"]}) or [0.8]
+    """The targets the runs tracked (--target_accuracy, then --target's), each ascending;
+    else top-1 0.8."""
+    targets = {t for run in runs for t in run["targets"]} or {("test_top1", 0.8)}
+    return sorted(targets, key=lambda t: (t[0] != "test_top1", t))
+
+
+def parse_targets(texts):
+    """(metric, value) of each --targets item: a top-1 fraction or METRIC:VALUE."""
+    targets = []
+    for text in texts:
+        try:
+            targets.append(metrics.parse_target(text))
+        except ValueError as e:
+            raise ReportError(f"--targets={text}: {str(e).split(': ', 1)[1]}; give top-1 "
+                              "fractions such as 0.7,0.8, or METRIC:VALUE") from None
+    return targets
 
 
 def rows(runs, targets, reference):
@@ -66,6 +84,7 @@ def rows(runs, targets, reference):
                "best": summary["best_test_top1"], "final": summary["final_test_top1"],
                "iteration": summary["final_iteration"],
                "jump": metrics.stability(run["entries"]),
+               "verify": summary.get("best_verify_acc"),
                "images_per_sec": metrics.median_speed(run["entries"]), "targets": {}}
         for target, hit in summary["targets"].items():
             row["targets"][target] = {
@@ -100,7 +119,8 @@ def markdown(table, reference_name):
     head = ["run", "network", "norm", "policy", "best top-1", "final top-1 (iter)"]
     for t in targets:
         head += [f"iters to {t}", f"time to {t}", f"speedup at {t} vs {reference_name}"]
-    head += ["test jump", "images/s"]
+    verified = any(r["verify"] is not None for r in table)
+    head += ["test jump", "images/s"] + (["best verify acc"] if verified else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table:
         cells = [r["run"], r["network"], r["norm"], r["policy"], f"{r['best']:.4f}",
@@ -111,19 +131,22 @@ def markdown(table, reference_name):
                       "-" if hit["wall_time"] is None else f"{hit['wall_time']:.0f}s",
                       "-" if hit["speedup"] is None else f"{hit['bound']}{hit['speedup']:.2f}x"]
         cells += ["-" if np.isnan(r["jump"]) else f"{r['jump']:.3f}",
-                  _cell(r["images_per_sec"], ".0f")]
+                  _cell(r["images_per_sec"], ".0f")] + (
+            [_cell(r["verify"], ".4f")] if verified else [])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def plot(runs, out_dir):
-    """Writes the four FIGURES; returns their paths."""
+    """Writes the FIGURES whose values some run recorded; returns their paths."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     paths = []
     for name, (x_key, y_key, label) in FIGURES.items():
+        if not any(e.get(y_key) is not None for run in runs for e in run["entries"]):
+            continue
         fig, ax = plt.subplots(figsize=(8, 4.5))
         for run in runs:
             points = [(e[x_key], e[y_key]) for e in run["entries"]
@@ -164,13 +187,9 @@ def main(argv):
     except ReportError as e:
         sys.exit(f"error: {e}")
     try:
-        targets = ([float(t) for t in values.targets] if values.targets
-                   else tracked_targets(runs))
-    except ValueError:
-        sys.exit(f"error: --targets takes test top-1 fractions such as 0.7,0.8; got "
-                 f"{','.join(values.targets)}")
-    if not all(0 < t <= 1 for t in targets):
-        sys.exit(f"error: --targets must lie in (0, 1], got {targets}")
+        targets = parse_targets(values.targets) if values.targets else tracked_targets(runs)
+    except ReportError as e:
+        sys.exit(f"error: {e}")
     if os.path.exists(values.out) and not os.path.isdir(values.out):
         sys.exit(f"error: --out={values.out} is a file; give a directory for report.md and "
                  "the figures")
@@ -187,8 +206,9 @@ def define_flags(values):
     on = {"flag_values": values}
     flags.DEFINE_string("reference", None, "Run the speedups are against (default: the first "
                         "baseline run, else the first run).", **on)
-    flags.DEFINE_list("targets", None, "Test top-1 targets (default: those the runs tracked "
-                      "with --target_accuracy, else 0.8).", **on)
+    flags.DEFINE_list("targets", None, "Targets: test top-1 fractions or METRIC:VALUE "
+                      "(default: those the runs tracked with --target_accuracy and --target, "
+                      "else 0.8).", **on)
     flags.DEFINE_string("out", "report", "Directory for report.md and the PNGs.", **on)
 
 

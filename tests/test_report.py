@@ -61,7 +61,7 @@ def test_speedup_is_a_bound_when_only_one_run_reached_the_target(tmp_path):
     bn = _run(tmp_path / "bn", "bn", [0.1, 0.5, 0.7, 0.8, 0.9], targets=[0.8])
     short = _run(tmp_path / "short", "bn", [0.1, 0.4, 0.6])
     runs = [report.load_run(d) for d in (base, bn, short)]
-    assert report.tracked_targets(runs) == [0.7, 0.8]
+    assert report.tracked_targets(runs) == [("test_top1", 0.7), ("test_top1", 0.8)]
     table = report.rows(runs, [0.7, 0.8], base)
     assert table[1]["targets"]["0.8"]["speedup"] == pytest.approx(800 / 300)
     assert table[1]["targets"]["0.8"]["bound"] == ">"
@@ -90,9 +90,30 @@ def test_a_missing_reference_is_one_clear_error(tmp_path):
 def test_bad_targets_and_an_out_that_is_a_file_are_one_line(tmp_path):
     run = _run(tmp_path / "bn", "bn", [0.1, 0.5])
     (tmp_path / "file").write_text("x")
-    for args, message in ((["--targets=abc"], "--targets takes test top-1 fractions"),
-                          (["--targets=80"], "--targets must lie in (0, 1]"),
+    for args, message in ((["--targets=abc"], "--targets=abc: expected METRIC:VALUE"),
+                          (["--targets=80"], "--targets=80: the value must lie in (0, 1]"),
                           ([f"--out={tmp_path / 'file'}"], "is a file")):
         with pytest.raises(SystemExit) as info:
             report.main(["report", run, *args])
         assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_verification_is_tabulated_drawn_and_targeted(tmp_path):
+    base = _run(tmp_path / "baseline", "baseline", [0.1, 0.5, 0.7])
+    bn = _run(tmp_path / "bn", "bn", [0.1, 0.6, 0.8])
+    for directory, accuracies in ((base, [0.5, 0.6, 0.7]), (bn, [0.5, 0.8, 0.9])):
+        path = os.path.join(directory, "metrics.jsonl")
+        entries = [json.loads(line) for line in open(path)]
+        with open(path, "w") as f:
+            for entry, accuracy in zip(entries, accuracies):
+                f.write(json.dumps(dict(entry, verify_acc=accuracy)) + "\n")
+        with open(os.path.join(directory, "flags.txt"), "a") as f:
+            f.write("--target=verify_acc:0.75\n")
+    runs = [report.load_run(base), report.load_run(bn)]
+    targets = report.tracked_targets(runs)
+    assert targets == [("test_top1", 0.8), ("verify_acc", 0.75)]
+    text = report.markdown(report.rows(runs, targets, base), "baseline")
+    assert "iters to verify_acc:0.75" in text and "| best verify acc |" in text
+    assert "| 100 | 200s | >2.00x |" in text  # bn at 100; the baseline never, last test 200
+    paths = report.plot(runs, str(tmp_path))
+    assert os.path.join(str(tmp_path), "verification_vs_iteration.png") in paths
