@@ -1,5 +1,6 @@
 """Training events by iteration, as Caffe's solver has them, each a Keras callback with one job:
-`NanGuard`, `ProgressDisplay`, `PeriodicTest`, `StopAtTarget`, `StopOnSignal`, `Snapshot`.
+`NanGuard`, `ProgressDisplay`, `PeriodicTest`, `BestCheckpoint`, `StopAtTarget`,
+`StopOnSignal`, `Snapshot`.
 
 Keras counts epochs and batches; these count iterations (finished weight updates: the
 optimizer's `iterations`, which counts updates also when gradients accumulate over
@@ -183,6 +184,25 @@ class PeriodicTest(IterationCallback):
                     tf.summary.scalar(f"iterations_to_{target}", iteration)
                     tf.summary.scalar(f"seconds_to_{target}", hit["wall_time"])
         self.writer.flush()
+
+
+class BestCheckpoint(IterationCallback):
+    """After each test of `tester` whose `metric` beats every earlier test's, saves the
+    weights with `manager` (apart from the rotating snapshots, so the best survives them)."""
+
+    def __init__(self, tester, manager, metric):
+        super().__init__()
+        self.tester = tester
+        self.manager = manager
+        self.metric = metric
+
+    def on_iteration(self, iteration, logs):
+        if self.tester.tested_at != iteration:
+            return
+        values = [e.get(self.metric) for e in self.tester.entries]
+        latest, earlier = values[-1], [v for v in values[:-1] if v is not None]
+        if latest is not None and all(latest > v for v in earlier):
+            self.manager.save(checkpoint_number=iteration)
 
 
 class StopAtTarget(IterationCallback):

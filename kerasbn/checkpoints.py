@@ -23,6 +23,12 @@ def make_manager(run, model, wall_time, position, keep):
     return tf.train.CheckpointManager(checkpoint, run.checkpoints, max_to_keep=max(1, keep))
 
 
+def make_best_manager(run, model):
+    """A manager keeping the weights of the run's best test (RunDir `run`'s best/)."""
+    return tf.train.CheckpointManager(tf.train.Checkpoint(model=model), run.best,
+                                      max_to_keep=1)
+
+
 def save(manager, iteration):
     """Saves checkpoint `iteration` (the `checkpoint` fault point lies inside the write)."""
     options = tf.train.CheckpointOptions(
@@ -52,9 +58,10 @@ def remove_partial(run):
         shutil.rmtree(path, ignore_errors=True)
 
 
-def restore_latest(run, model):
-    """Restores the model's weights from RunDir `run`'s newest checkpoint; returns its prefix."""
-    latest = tf.train.latest_checkpoint(run.checkpoints)
+def restore_latest(run, model, best=False):
+    """Restores the model's weights from RunDir `run`'s newest checkpoint (its best test's,
+    with `best`); returns its prefix."""
+    latest = tf.train.latest_checkpoint(run.best if best else run.checkpoints)
     if latest:
         tf.train.Checkpoint(model=model).read(latest).expect_partial()
     return latest

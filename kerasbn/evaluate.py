@@ -2,9 +2,9 @@
 identities named), and face verification on the dataset's holdout pairs with a ROC curve.
 
     python -m kerasbn.evaluate --run_dir=runs/quickstart/bn [--run_dir=runs/quickstart/baseline]
-        [--split=test] [--out=DIR]
+        [--split=test] [--checkpoint=latest|best] [--out=DIR]
 
-Each run is rebuilt from its config.json and its newest checkpoint. Writes OUT/evaluate.json
+Each run is rebuilt from its config.json and its newest checkpoint (or its best test's). Writes OUT/evaluate.json
 and, when the dataset has holdout pairs, OUT/roc.png with every run on one plot (log-scale
 false accept rate), so BN and baseline embeddings compare as the study compared accuracy.
 """
@@ -41,16 +41,17 @@ def per_identity(model, dataset, num_classes):
     return hits, counts
 
 
-def evaluate_run(run_dir, split="test", batch_size=256):
+def evaluate_run(run_dir, split="test", batch_size=256, best=False):
     """{run, split, loss, top1, top5, count, worst identities, verification figures, roc}."""
     run = RunDir(run_dir)
     settings = train_flags.stored_config(run_dir)
     manifest = records.read_manifest(settings.data_dir)
     keras.mixed_precision.set_global_policy(settings.precision)
     model = optimizers.build_and_compile(settings)
-    prefix = checkpoints.restore_latest(run, model)
+    prefix = checkpoints.restore_latest(run, model, best)
     if not prefix:
-        raise records.DataError(f"{run.checkpoints} holds no checkpoint; train the run first")
+        raise records.DataError(f"{run.best if best else run.checkpoints} holds no "
+                                "checkpoint; train the run first")
     data = pipeline.test_dataset(settings.data_dir, manifest, batch_size, split=split)
     result = {"run": run_dir, "checkpoint": prefix, "split": split,
               **metrics.evaluate(metrics.make_test_step(model), data)}
@@ -111,6 +112,9 @@ def define_flags(values):
     flags.DEFINE_multi_string("run_dir", None, "A run made by kerasbn.train (repeat to "
                               "compare runs).", **on)
     flags.DEFINE_enum("split", "test", records.SPLITS, "The split evaluated for top-1.", **on)
+    flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "The newest checkpoint, or "
+                      "the weights of the best test (verification accuracy when the run "
+                      "verified, else top-1).", **on)
     flags.DEFINE_integer("batch_size", 256, "Images per batch.", lower_bound=1, **on)
     flags.DEFINE_string("out", "evaluation", "Directory for evaluate.json and roc.png.", **on)
 
@@ -122,8 +126,8 @@ def main(argv):
     if os.path.exists(values.out) and not os.path.isdir(values.out):
         sys.exit(f"error: --out={values.out} is a file; give a directory")
     try:
-        results = [evaluate_run(run_dir, values.split, values.batch_size)
-                   for run_dir in values.run_dir]
+        results = [evaluate_run(run_dir, values.split, values.batch_size,
+                                values.checkpoint == "best") for run_dir in values.run_dir]
     except (records.DataError, RunDirError, config.ConfigError) as e:
         sys.exit(f"error: {e}")
     os.makedirs(values.out, exist_ok=True)

@@ -6,7 +6,8 @@ and its records (config, metrics.jsonl, summary.json).
     run/metrics.jsonl     one line per test, appended whole and flushed
     run/summary.json      best, final and target results, rewritten at every test
     run/tensorboard/      train/ and test/ event files
-    run/checkpoints/      weights, optimizer state, iteration and wall time
+    run/checkpoints/      weights, optimizer state, iteration and wall time; best/ the weights
+                          of the best test so far
     run/export/           the SavedModel
 
 Rewritten files go through `atomic`; the lock is an OS-level `flock`, so a process killed
@@ -29,6 +30,7 @@ SUMMARY_NAME = "summary.json"
 TENSORBOARD_NAME = "tensorboard"
 CHECKPOINTS_NAME = "checkpoints"
 EXPORT_NAME = "export"
+BEST_NAME = "best"
 LOCK_NAME = ".lock"
 # What --overwrite may delete: only what a run writes.
 _OWN = (FLAGS_NAME, CONFIG_NAME, METRICS_NAME, SUMMARY_NAME, TENSORBOARD_NAME,
@@ -55,6 +57,7 @@ class RunDir:
     tensorboard = property(lambda self: self._join(TENSORBOARD_NAME))
     checkpoints = property(lambda self: self._join(CHECKPOINTS_NAME))
     export = property(lambda self: self._join(EXPORT_NAME))
+    best = property(lambda self: os.path.join(self.checkpoints, BEST_NAME))
 
     def holds_run(self):
         """Whether a run was started here (by this version or one before config.json)."""

@@ -132,7 +132,9 @@ def train(config, run):
                                     entries)
     requests = stop_signals.StopRequests()
     on_signal = callbacks.StopOnSignal(requests)
-    events = [callbacks.NanGuard(), progress, tester]
+    best_metric = "verify_acc" if verify else "test_top1"
+    events = [callbacks.NanGuard(), progress, tester, callbacks.BestCheckpoint(
+        tester, checkpoints.make_best_manager(run, model), best_metric)]
     stop = callbacks.StopAtTarget(tester) if config.stop_at_target else None
     events += ([stop] if stop else []) + [on_signal]
     events.append(callbacks.Snapshot(manager, config.snapshot, config.max_iter, clock,

@@ -2,10 +2,12 @@ import json
 import os
 
 import pytest
+import tensorflow as tf
 
 from conftest import run_train, train_args
 from data_tools import synth
 from kerasbn import evaluate
+from kerasbn.run_dir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -36,3 +38,18 @@ def test_a_run_is_evaluated_closed_set_and_on_unseen_pairs(verified_run, tmp_pat
 def test_a_directory_that_is_no_run_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match="config.json not found"):
         evaluate.main(["evaluate", f"--run_dir={tmp_path}", f"--out={tmp_path / 'o'}"])
+
+
+def test_the_best_checkpoint_holds_the_best_test_and_is_evaluated_on_request(verified_run,
+                                                                            tmp_path):
+    entries = RunDir(verified_run).read_metrics()
+    record = [e for k, e in enumerate(entries)
+              if k and all(e["test_top1"] > p["test_top1"] for p in entries[:k])]
+    best = tf.train.latest_checkpoint(RunDir(verified_run).best)
+    if not record:
+        assert best is None
+        return
+    assert best.endswith(f"ckpt-{record[-1]['iteration']}")
+    result = evaluate.evaluate_run(verified_run, best=True)
+    assert "/best/" in result["checkpoint"]
+    assert result["top1"] == pytest.approx(record[-1]["test_top1"])
