@@ -1,8 +1,8 @@
 """Evaluates trained runs: closed-set top-1/top-5/loss with per-identity accuracy (the worst
 identities named), and face verification on the dataset's holdout pairs with a ROC curve.
 
-    python -m kerasbn.evaluate --run_dir=runs/quickstart/bn [--run_dir=runs/quickstart/baseline]
-        [--split=test] [--checkpoint=latest|best] [--out=DIR]
+    python -m kerasbn.evaluate --run_dir=runs/quickstart/bn \
+        [--run_dir=runs/quickstart/baseline] [--split=test] [--checkpoint=latest|best] [--out=DIR]
 
 Each run is rebuilt from its config.json and its newest checkpoint (or its best test's). Writes OUT/evaluate.json
 and, when the dataset has holdout pairs, OUT/roc.png with every run on one plot (log-scale
