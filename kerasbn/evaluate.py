@@ -4,9 +4,10 @@ identities named), and face verification on the dataset's holdout pairs with a R
     python -m kerasbn.evaluate --run_dir=runs/quickstart/bn \
         [--run_dir=runs/quickstart/baseline] [--split=test] [--checkpoint=latest|best] [--out=DIR]
 
-Each run is rebuilt from its config.json and its newest checkpoint (or its best test's). Writes OUT/evaluate.json
-and, when the dataset has holdout pairs, OUT/roc.png with every run on one plot (log-scale
-false accept rate), so BN and baseline embeddings compare as the study compared accuracy.
+Each run is rebuilt from its config.json and its newest checkpoint (or its best test's).
+Writes OUT/evaluate.json and, when the dataset has holdout pairs, OUT/roc.png with every run
+on one plot (log-scale false accept rate), so BN and baseline embeddings compare as the
+study compared accuracy.
 """
 
 import json
