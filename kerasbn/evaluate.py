@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from kerasbn import checkpoints, cli, config, holdout, metrics, optimizers, pairs, pipeline
+from kerasbn import charts, checkpoints, cli, config, holdout, metrics, optimizers, pairs, pipeline
 from kerasbn import records, train_flags, verification
 from kerasbn.run_dir import RunDir, RunDirError
 
@@ -74,24 +74,12 @@ def evaluate_run(run_dir, split="test", batch_size=256, best=False):
 
 def plot_roc(results, out):
     """The runs' ROC curves on one chart, the false accept rate on a log scale."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 5))
+    curves = []
     for result in results:
         far, tar = np.asarray(result["roc"]["far"]), np.asarray(result["roc"]["tar"])
-        keep = far > 0
-        ax.plot(far[keep], tar[keep], label=f"{os.path.basename(result['run'].rstrip('/'))} "
-                                            f"(AUC {result['verify_auc']:.3f})")
-    ax.set_xscale("log")
-    ax.set_xlabel("false accept rate")
-    ax.set_ylabel("true accept rate")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+        name = os.path.basename(result["run"].rstrip("/"))
+        curves.append((f"{name} (AUC {result['verify_auc']:.3f})", far[far > 0], tar[far > 0]))
+    charts.save_lines(curves, out, "false accept rate", "true accept rate", xscale="log")
 
 
 def table(results):

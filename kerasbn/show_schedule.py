@@ -12,7 +12,7 @@ import sys
 import numpy as np
 from absl import flags
 
-from kerasbn import cli, schedules, train_flags
+from kerasbn import charts, cli, schedules, train_flags
 from kerasbn.config import ConfigError
 
 
@@ -31,25 +31,6 @@ def curve(config):
     return iterations, schedules.rates(schedules.make_schedule(config), iterations)
 
 
-def plot(curves, out):
-    """Draws (label, iterations, rates) curves on one log-scale chart."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for label, iterations, values in curves:
-        ax.plot(iterations, values, label=label)
-    ax.set_yscale("log")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("learning rate")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-
-
 def main(argv):
     values, paths = cli.parse(argv, define_flags, __doc__)
     try:
@@ -59,7 +40,8 @@ def main(argv):
                 config = (train_flags.schedule_config(train_flags.parse_flagfile(path)) if path
                           else train_flags.schedule_config(values))
                 curves.append((path or config.lr_policy, *curve(config)))
-            plot(curves, values.plot)
+            charts.save_lines(curves, values.plot, "iteration", "learning rate",
+                              yscale="log")
             print(f"wrote {values.plot}")
             return
         config = train_flags.schedule_config(values)
