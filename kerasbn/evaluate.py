@@ -16,30 +16,13 @@ import sys
 
 import keras
 import numpy as np
-import tensorflow as tf
 from absl import flags
 
-from kerasbn import charts, checkpoints, cli, config, holdout, metrics, optimizers, pairs, pipeline
+from kerasbn import charts, checkpoints, cli, config, holdout, metrics, optimizers, pipeline
 from kerasbn import records, train_flags, verification
 from kerasbn.run_dir import RunDir, RunDirError
 
 WORST = 5
-
-
-def per_identity(model, dataset, num_classes):
-    """(hits, counts) per class of the model's top-1 answers over `dataset`."""
-    hits, counts = np.zeros(num_classes), np.zeros(num_classes)
-
-    @tf.function(reduce_retracing=True)
-    def step(images, labels):
-        logits = tf.cast(model(images, training=False), tf.float32)
-        return metrics.true_class_rank(logits, tf.cast(labels, tf.int32)) == 0
-
-    for images, labels in dataset:
-        hit = step(images, labels).numpy()
-        np.add.at(counts, labels.numpy(), 1)
-        np.add.at(hits, labels.numpy(), hit)
-    return hits, counts
 
 
 def evaluate_run(run_dir, split="test", batch_size=256, best=False):
@@ -55,18 +38,17 @@ def evaluate_run(run_dir, split="test", batch_size=256, best=False):
                                 "checkpoint; train the run first")
     data = pipeline.test_dataset(settings.data_dir, manifest, batch_size, split=split)
     result = {"run": run_dir, "checkpoint": prefix, "split": split,
-              **metrics.evaluate(metrics.make_test_step(model), data)}
-    hits, counts = per_identity(model, data, len(manifest["class_names"]))
+              **metrics.evaluate(metrics.make_test_step(model), data,
+                                 num_classes=len(manifest["class_names"]))}
+    hits, counts = result.pop("class_hits"), result.pop("class_counts")
     seen = np.flatnonzero(counts)
     accuracy = hits[seen] / counts[seen]
     result["worst_identities"] = [
         {"identity": manifest["class_names"][seen[i]], "accuracy": float(accuracy[i]),
          "images": int(counts[seen[i]])} for i in np.argsort(accuracy, kind="stable")[:WORST]]
     if holdout.available(manifest):
-        first, second, same, sets = pairs.holdout_pairs(settings.data_dir, manifest)
-        embeddings = holdout.embeddings(model, settings.data_dir, manifest, batch_size)
-        scores = verification.cosine_scores(embeddings, first, second)
-        result.update(verification.summarize(scores, same, holdout.folds(same, sets)))
+        scores, same, fold = holdout.scorer(model, settings.data_dir, manifest, batch_size)()
+        result.update(verification.summarize(scores, same, fold))
         far, tar, _ = verification.roc(scores, same)
         result["roc"] = {"far": far.tolist(), "tar": tar.tolist()}
     return result

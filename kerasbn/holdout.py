@@ -16,7 +16,7 @@ def available(manifest):
     return "holdout" in manifest["splits"] and "pairs" in manifest
 
 
-def folds(same, sets):
+def _folds(same, sets):
     """The pairs file's own ten sets as the folds (LFW's protocol), else stratified folds."""
     return sets if len(np.unique(sets)) == 10 else verification.stratified_folds(same)
 
@@ -37,15 +37,16 @@ def embedder(model, data_dir, manifest, batch_size, flip=False):
     return lambda: np.concatenate([step(images).numpy() for images, _ in data])
 
 
-def embeddings(model, data_dir, manifest, batch_size, flip=False):
-    """The embedding of every holdout record, in manifest order."""
-    return embedder(model, data_dir, manifest, batch_size, flip)()
+def scorer(model, data_dir, manifest, batch_size, flip=False):
+    """A function returning (cosine score of each pair, matched or not, fold) for `model`
+    now, over the dataset's holdout pairs."""
+    first, second, same, sets = pairs.holdout_pairs(data_dir, manifest)
+    fold = _folds(same, sets)
+    embed = embedder(model, data_dir, manifest, batch_size, flip)
+    return lambda: (verification.cosine_scores(embed(), first, second), same, fold)
 
 
 def make_verifier(model, data_dir, manifest, batch_size, flip=False):
     """A function returning `verification.summarize`'s figures for `model` now."""
-    first, second, same, sets = pairs.holdout_pairs(data_dir, manifest)
-    fold = folds(same, sets)
-    embed = embedder(model, data_dir, manifest, batch_size, flip)
-    return lambda: verification.summarize(
-        verification.cosine_scores(embed(), first, second), same, fold)
+    score = scorer(model, data_dir, manifest, batch_size, flip)
+    return lambda: verification.summarize(*score())

@@ -10,16 +10,9 @@ import tensorflow as tf
 from kerasbn import records
 
 
-def true_class_rank(logits, labels):
-    """How many other classes score at least as high as the true one (0: a top-1 hit). Ties
-    count against the true class."""
-    true = tf.gather(logits, labels, batch_dims=1)
-    return tf.reduce_sum(tf.cast(logits >= true[:, None], tf.int32), axis=1) - 1
-
-
 def make_test_step(model):
-    """A compiled step returning (summed loss, top-1 hits, top-5 hits, count, non-finite
-    outputs) of one batch.
+    """A compiled step returning (summed loss, each image's top-1 hit, top-5 hits, count,
+    non-finite outputs) of one batch.
 
     A hit needs the true class strictly ahead of all but k - 1 others: a tie counts against
     it, so a network whose outputs are all equal scores 0, not 1 (in_top_k counts ties as
@@ -31,17 +24,20 @@ def make_test_step(model):
         logits = tf.cast(model(images, training=False), tf.float32)
         labels = tf.cast(labels, tf.int32)
         loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
-        rank = true_class_rank(logits, labels)
+        true = tf.gather(logits, labels, batch_dims=1)
+        rank = tf.reduce_sum(tf.cast(logits >= true[:, None], tf.int32), axis=1) - 1
         k = min(5, logits.shape[-1])
         bad = tf.reduce_sum(tf.cast(~tf.math.is_finite(logits), tf.int32))
-        return (tf.reduce_sum(loss), tf.reduce_sum(tf.cast(rank < 1, tf.float32)),
-                tf.reduce_sum(tf.cast(rank < k, tf.float32)), tf.size(labels), bad)
+        return (tf.reduce_sum(loss), rank < 1, tf.reduce_sum(tf.cast(rank < k, tf.float32)),
+                tf.size(labels), bad)
 
     return step
 
 
-def evaluate(test_step, dataset, max_batches=0):
-    """{loss, top1, top5, count} over `dataset` (the first `max_batches` batches when > 0).
+def evaluate(test_step, dataset, max_batches=0, num_classes=0):
+    """{loss, top1, top5, count} over `dataset` (the first `max_batches` batches when > 0);
+    with `num_classes`, also `class_hits` and `class_counts`, the top-1 hits and images of
+    each class, from the same pass.
 
     Raises FloatingPointError when the network's outputs are not finite: no accuracy is
     claimed from them.
@@ -49,8 +45,13 @@ def evaluate(test_step, dataset, max_batches=0):
     if max_batches:
         dataset = dataset.take(max_batches)
     totals = np.zeros(5)
+    class_hits, class_counts = np.zeros(num_classes), np.zeros(num_classes)
     for images, labels in dataset:
-        totals += [float(t) for t in test_step(images, labels)]
+        loss, hits, top5, count, bad = test_step(images, labels)
+        totals += [float(loss), float(np.sum(hits)), float(top5), float(count), float(bad)]
+        if num_classes:
+            np.add.at(class_hits, labels.numpy(), hits.numpy())
+            np.add.at(class_counts, labels.numpy(), 1)
     loss, top1, top5, count, bad = totals
     if not count:
         raise records.DataError("the test split yielded no images; rebuild the dataset with "
@@ -59,7 +60,11 @@ def evaluate(test_step, dataset, max_batches=0):
         raise FloatingPointError(f"the network gave {int(bad)} non-finite outputs on the test "
                                  "split; lower --base_lr, check --bn_epsilon, or resume from "
                                  "an earlier checkpoint")
-    return {"loss": loss / count, "top1": top1 / count, "top5": top5 / count, "count": int(count)}
+    result = {"loss": loss / count, "top1": top1 / count, "top5": top5 / count,
+              "count": int(count)}
+    if num_classes:
+        result.update(class_hits=class_hits, class_counts=class_counts)
+    return result
 
 
 # Metrics a --target may name: recorded at tests, higher is better.

@@ -1,9 +1,11 @@
 """tf.data pipelines from a manifest's shards to normalised (image, label) batches.
 
-Training: per-epoch shuffled file list, parallel interleave, bounded shuffle buffer, one
-vectorised parse per batch, optional random crop (pad and crop back) and mirror, the
-manifest's mean/std, prefetch. Testing: every record exactly once, in manifest order, the
-last partial batch included. Both shard by file under tf.distribute (`input_context`).
+Training: a stream that is a function of the seed (per-epoch shard order, parallel
+interleave, a stateless shuffle of each block of records), one vectorised parse per batch,
+optional random crop (pad and crop back) and mirror, the manifest's mean/std, prefetch.
+Testing: every record exactly once, in manifest order, the last partial batch included. Both
+shard by file under tf.distribute (`input_context`).
+`verify_split` checks a split's shards against the manifest before training reads them.
 """
 
 import numpy as np
@@ -126,11 +128,10 @@ def train_dataset(data_dir, manifest, batch_size, seed=0, shuffle_buffer=16384, 
 
     The stream is a function of `seed` alone: epoch e reads the shards in an order drawn from
     (seed, e), interleaves them and shuffles each block of `shuffle_buffer` records by (seed,
-    e, block);
-    batches run on across epoch boundaries, and batch b's crop and mirror are drawn from
-    (seed, b). `start_step` (batches already consumed) continues that stream exactly: it starts
-    at the epoch that holds record start_step * batch_size and skips the records before it
-    there (read, not decoded: at most one epoch). `epoch_records` is the number of records
+    e, block); batches run on across epoch boundaries, and batch b's crop and mirror are
+    drawn from (seed, b). `start_step` (batches already consumed) continues that stream
+    exactly: it starts at the epoch that holds record start_step * batch_size and skips the
+    records before it there (read, not decoded: at most one epoch). `epoch_records` is the number of records
     one epoch yields (default: the manifest's count of the shards read; pass the readable
     count when corrupt records are skipped). `batch_size` is per replica when
     `input_context` is given.

@@ -91,11 +91,11 @@ def train(config, run):
     # A run killed before its first checkpoint starts again at 0 and tests there again.
     entries = run.keep_metrics_until(start_iter if start_iter else -1)
 
-    skip = {"skip_corrupt": config.skip_corrupt_records}
-    skip["epoch_records"] = readable["train"]
+    # One pass over the training shards holds the records checked readable above.
+    stream = {"skip_corrupt": config.skip_corrupt_records, "epoch_records": readable["train"]}
     train_data = pipeline.train_dataset(
         data_dir, manifest, config.batch_size, seed=config.seed, crop_pad=config.crop_pad,
-        mirror=config.mirror, start_step=int(position.numpy()), **skip)
+        mirror=config.mirror, start_step=int(position.numpy()), **stream)
     test_data = pipeline.test_dataset(data_dir, manifest, config.batch_size,
                                       skip_corrupt=config.skip_corrupt_records)
     test_step = metrics.make_test_step(model)
@@ -103,7 +103,7 @@ def train(config, run):
     # so far has taken precise_bn batches of it.
     precise_batches = iter(pipeline.train_dataset(
         data_dir, manifest, config.batch_size, seed=config.seed + 1, mirror=config.mirror,
-        crop_pad=config.crop_pad, start_step=len(entries) * config.precise_bn, **skip)) \
+        crop_pad=config.crop_pad, start_step=len(entries) * config.precise_bn, **stream)) \
         if config.precise_bn and precise_bn.bn_layers(model) else None
 
     verify = make_verifier(config, model, manifest)
@@ -181,9 +181,9 @@ def describe(summary, run_dir, export_dir):
     if not summary.get("tests"):
         return "no test was run"
     targets = [
-        f"target {metrics.shown_target(target)}: " + (f"reached at iteration {hit['iteration']} "
-                                               f"({hit['wall_time']:.0f}s)" if hit
-                                               else "not reached")
+        f"target {metrics.shown_target(target)}: "
+        + (f"reached at iteration {hit['iteration']} ({hit['wall_time']:.0f}s)" if hit
+           else "not reached")
         for target, hit in sorted(summary["targets"].items(), key=_target_order)]
     return "\n".join([
         f"best test top-1 {summary['best_test_top1']:.4f} (iteration "
