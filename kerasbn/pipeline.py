@@ -131,10 +131,10 @@ def train_dataset(data_dir, manifest, batch_size, seed=0, shuffle_buffer=16384, 
     e, block); batches run on across epoch boundaries, and batch b's crop and mirror are
     drawn from (seed, b). `start_step` (batches already consumed) continues that stream
     exactly: it starts at the epoch that holds record start_step * batch_size and skips the
-    records before it there (read, not decoded: at most one epoch). `epoch_records` is the number of records
-    one epoch yields (default: the manifest's count of the shards read; pass the readable
-    count when corrupt records are skipped). `batch_size` is per replica when
-    `input_context` is given.
+    records before it there (read, not decoded: at most one epoch). `epoch_records` is the
+    number of records one epoch yields (default: the manifest's count of the shards read;
+    pass the readable count when corrupt records are skipped). `batch_size` is per replica
+    when `input_context` is given.
     """
     files = records.split_files(data_dir, manifest, "train")
     counts = manifest["splits"]["train"].get("file_counts")
