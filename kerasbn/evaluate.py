@@ -14,28 +14,19 @@ import json
 import os
 import sys
 
-import keras
 import numpy as np
 from absl import flags
 
-from kerasbn import charts, checkpoints, cli, config, holdout, metrics, optimizers, pipeline
-from kerasbn import records, train_flags, verification
-from kerasbn.run_dir import RunDir, RunDirError
+from kerasbn import charts, cli, config, export, holdout, metrics, pipeline, records
+from kerasbn import verification
+from kerasbn.run_dir import RunDirError
 
 WORST = 5
 
 
 def evaluate_run(run_dir, split="test", batch_size=256, best=False):
     """{run, split, loss, top1, top5, count, worst identities, verification figures, roc}."""
-    run = RunDir(run_dir)
-    settings = train_flags.stored_config(run_dir)
-    manifest = records.read_manifest(settings.data_dir)
-    keras.mixed_precision.set_global_policy(settings.precision)
-    model = optimizers.build_and_compile(settings)
-    prefix = checkpoints.restore_latest(run, model, best)
-    if not prefix:
-        raise records.DataError(f"{run.best if best else run.checkpoints} holds no "
-                                "checkpoint; train the run first")
+    settings, manifest, model, prefix = export.restore_run(run_dir, best, check_files=True)
     data = pipeline.test_dataset(settings.data_dir, manifest, batch_size, split=split)
     result = {"run": run_dir, "checkpoint": prefix, "split": split,
               **metrics.evaluate(metrics.make_test_step(model), data,

@@ -88,18 +88,28 @@ def export_saved_model(model, manifest, path):
     return path
 
 
-def export_run(run_dir, out=None):
-    """Exports the newest checkpoint of a training run, rebuilt from its config."""
+def restore_run(run_dir, best=False, check_files=False):
+    """(config, manifest, model, checkpoint prefix) of a training run: its network rebuilt
+    from its config and restored from its newest checkpoint (its best test's, with `best`).
+    `check_files` also checks that the dataset's shards are there (to read them)."""
     run = RunDir(run_dir)
-    if out:
-        check_out(out)
     config = train_flags.stored_config(run_dir)
-    manifest = records.read_manifest(config.data_dir, check_files=False)
+    manifest = records.read_manifest(config.data_dir, check_files=check_files)
     keras.mixed_precision.set_global_policy(config.precision)
     model = optimizers.build_and_compile(config)
-    if not checkpoints.restore_latest(run, model):
-        raise records.DataError(f"{run.checkpoints} holds no checkpoint; train the run first")
-    return export_saved_model(model, manifest, out or run.export)
+    prefix = checkpoints.restore_latest(run, model, best)
+    if not prefix:
+        raise records.DataError(f"{run.best if best else run.checkpoints} holds no "
+                                "checkpoint; train the run first")
+    return config, manifest, model, prefix
+
+
+def export_run(run_dir, out=None):
+    """Exports the newest checkpoint of a training run, rebuilt from its config."""
+    if out:
+        check_out(out)
+    _, manifest, model, _ = restore_run(run_dir)
+    return export_saved_model(model, manifest, out or RunDir(run_dir).export)
 
 
 def define_flags(values):
