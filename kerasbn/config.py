@@ -16,9 +16,8 @@ VERIFY_SPLITS = ("auto", "holdout", "none")
 # Settings that may change between a run and its resumption: where it lives and what it
 # reports (targets are measured afresh from the whole metrics history).
 NOT_RUN_DEFINING = ("run_dir", "display", "keep_checkpoints", "weights", "target_accuracy",
-                    "target",
-                    "skip_corrupt_records", "deterministic", "verify_split", "verify_interval",
-                    "verify_flip")
+                    "target", "skip_corrupt_records", "deterministic", "verify_split",
+                    "verify_interval", "verify_flip")
 
 
 class ConfigError(ValueError):

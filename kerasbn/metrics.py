@@ -95,6 +95,12 @@ def target_name(target):
     return f"{value:g}" if metric == "test_top1" else f"{metric}:{value:g}"
 
 
+def target_order(target):
+    """Sort key of (metric, value) targets: top-1 first, then by metric; each ascending."""
+    metric, value = target
+    return metric != "test_top1", metric, value
+
+
 def shown_target(name):
     """A summary.json target key as a person reads it: `top-1 0.8`, `verify_acc 0.9`."""
     return name.replace(":", " ") if ":" in name else f"top-1 {name}"

@@ -55,7 +55,7 @@ def tracked_targets(runs):
     """The targets the runs tracked (--target_accuracy, then --target's), each ascending;
     else top-1 0.8."""
     targets = {t for run in runs for t in run["targets"]} or {("test_top1", 0.8)}
-    return sorted(targets, key=lambda t: (t[0] != "test_top1", t))
+    return sorted(targets, key=metrics.target_order)
 
 
 def parse_targets(texts):

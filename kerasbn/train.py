@@ -170,12 +170,6 @@ def make_verifier(config, model, manifest):
                                  config.verify_flip)
 
 
-def _target_order(item):
-    """Top-1 targets first, ascending, then the others by metric and value."""
-    metric, _, value = item[0].rpartition(":")
-    return (metric, float(value))
-
-
 def describe(summary, run_dir, export_dir):
     """The end-of-run lines a user reads."""
     if not summary.get("tests"):
@@ -184,7 +178,9 @@ def describe(summary, run_dir, export_dir):
         f"target {metrics.shown_target(target)}: "
         + (f"reached at iteration {hit['iteration']} ({hit['wall_time']:.0f}s)" if hit
            else "not reached")
-        for target, hit in sorted(summary["targets"].items(), key=_target_order)]
+        for target, hit in sorted(summary["targets"].items(),
+                                  key=lambda item: metrics.target_order(
+                                      metrics.parse_target(item[0])))]
     return "\n".join([
         f"best test top-1 {summary['best_test_top1']:.4f} (iteration "
         f"{summary['best_iteration']}), final {summary['final_test_top1']:.4f} "
