@@ -24,8 +24,8 @@ import numpy as np
 from absl import flags
 from PIL import Image
 
-from data_tools import images, shards, sources
-from kerasbn import atomic, cli, records, stop_signals
+from data_tools import shards, sources
+from kerasbn import atomic, cli, images, records, stop_signals
 from kerasbn.progress import Progress
 
 STATE_DIR = ".build"

@@ -131,30 +131,52 @@ class ShardWriter:
         return {"files": self.files, "file_counts": self.file_counts, "count": self.count}
 
 
+def _triangle(k):
+    """The (i, j), i < j, of flat index k over the pairs of a set: 0->(0,1), 1->(0,2), 2->(1,2)."""
+    j = np.floor((1 + np.sqrt(1 + 8 * k.astype(np.float64))) / 2).astype(np.int64)
+    j -= j * (j - 1) // 2 > k
+    return k - j * (j - 1) // 2, j
+
+
 def write_pairs(path, holdout, written, count, seed):
     """Writes `count` matched and `count` mismatched holdout pairs in LFW's pairs.txt format.
 
-    Image numbers are 1-based positions in the identity's holdout records sorted by
-    image/filename. Returns the number of pairs of each kind written.
+    Pairs are distinct, as in LFW's list, so no comparison weighs twice. Image numbers are
+    1-based positions in the identity's holdout records sorted by image/filename. Returns
+    the number of pairs of each kind written; DataError when the holdout images cannot make
+    that many.
     """
     per_identity = {}
     for label, name in sorted(written, key=lambda w: w[1]):
         per_identity.setdefault(label, []).append(name)
-    rng = np.random.default_rng([seed, 3])
-    multi = [label for label, names in per_identity.items() if len(names) >= 2]
     labels = list(per_identity)
-    if not multi or len(labels) < 2:
-        raise records.DataError("--pairs needs at least two holdout identities, one of them "
-                                "with two or more images; raise --holdout_identities")
-    lines = []
-    for _ in range(count):
-        label = multi[rng.integers(len(multi))]
-        i, j = sorted(rng.choice(len(per_identity[label]), 2, replace=False) + 1)
-        lines.append(f"{holdout[label]}\t{i}\t{j}")
-    for _ in range(count):
-        a, b = rng.choice(len(labels), 2, replace=False)
-        a, b = labels[a], labels[b]
-        lines.append(f"{holdout[a]}\t{rng.integers(len(per_identity[a])) + 1}\t"
-                     f"{holdout[b]}\t{rng.integers(len(per_identity[b])) + 1}")
+    sizes = np.array([len(per_identity[label]) for label in labels], dtype=np.int64)
+    matched_total = sizes * (sizes - 1) // 2
+    images = int(sizes.sum())
+    mismatched_total = images * (images - 1) // 2 - int(matched_total.sum())
+    # Rejection sampling of mismatched pairs slows down once most are taken.
+    if count > matched_total.sum() or 2 * count > mismatched_total:
+        raise records.DataError(
+            f"--pairs={count}: the {len(labels)} holdout identities ({images} images) make "
+            f"{int(matched_total.sum())} distinct matched and {mismatched_total} mismatched "
+            f"pairs (at most half of those are drawn); raise --holdout_identities or lower "
+            f"--pairs")
+    rng = np.random.default_rng([seed, 3])
+    flat = np.sort(rng.choice(int(matched_total.sum()), count, replace=False))
+    owner = np.searchsorted(np.cumsum(matched_total), flat, side="right")
+    i, j = _triangle(flat - (np.cumsum(matched_total) - matched_total)[owner])
+    lines = [f"{holdout[labels[o]]}\t{a + 1}\t{b + 1}" for o, a, b in zip(owner, i, j)]
+    first_image = np.cumsum(sizes) - sizes
+    identity_of = np.repeat(np.arange(len(labels)), sizes)
+    chosen = set()
+    while len(chosen) < count:
+        a, b = rng.integers(images, size=(2, count))
+        for x, y in zip(np.minimum(a, b), np.maximum(a, b)):
+            if identity_of[x] != identity_of[y] and len(chosen) < count:
+                chosen.add((int(x), int(y)))
+    for x, y in sorted(chosen):
+        a, b = identity_of[x], identity_of[y]
+        lines.append(f"{holdout[labels[a]]}\t{x - first_image[a] + 1}\t"
+                     f"{holdout[labels[b]]}\t{y - first_image[b] + 1}")
     atomic.write_text(path, f"1\t{count}\n" + "\n".join(lines) + "\n")
     return count

@@ -154,8 +154,10 @@ class PeriodicTest(IterationCallback):
         entry = {"iteration": iteration, "wall_time": round(self.clock.elapsed(), 3),
                  "lr": current_lr(self.model), "train_loss": self.progress.train_loss,
                  "test_loss": result["loss"], "test_top1": result["top1"],
-                 "test_top5": result["top5"], "images_per_sec": self.progress.images_per_sec}
-        verified = {k: v for k, v in result.items() if k.startswith("verify_")}
+                 "test_top5": result["top5"], "images_per_sec": self.progress.images_per_sec,
+                 "test_seconds": round(result.get("seconds", 0.0), 3)}
+        verified = {k: round(v, 3) if k == "verify_seconds" else v
+                    for k, v in result.items() if k.startswith("verify_")}
         entry.update(verified)
         self.entries = [e for e in self.entries if e["iteration"] < iteration] + [entry]
         self.run.append_metrics(entry)
@@ -163,13 +165,14 @@ class PeriodicTest(IterationCallback):
         self.run.write_summary(self.summary)
         self.tested_at = iteration
         print(f"test  iter {iteration}: top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}"
-              f"  loss {result['loss']:.4f}  ({result['count']} images)", flush=True)
+              f"  loss {result['loss']:.4f}  ({result['count']} images, "
+              f"{entry['test_seconds']:.1f}s)", flush=True)
         if verified:
             tars = "  ".join(f"TAR@FAR={k.split('=')[1]} " + ("-" if v is None else f"{v:.4f}")
                              for k, v in verified.items() if k.startswith("verify_tar"))
             print(f"verify iter {iteration}: accuracy {verified['verify_acc']:.4f}  AUC "
-                  f"{verified['verify_auc']:.4f}  EER {verified['verify_eer']:.4f}  {tars}",
-                  flush=True)
+                  f"{verified['verify_auc']:.4f}  EER {verified['verify_eer']:.4f}  {tars}"
+                  f"  ({verified.get('verify_seconds', 0.0):.1f}s)", flush=True)
         with self.writer.as_default(step=iteration):
             tf.summary.scalar("loss", result["loss"])
             tf.summary.scalar("top1", result["top1"])

@@ -1,8 +1,10 @@
 """Exports a trained network as a SavedModel that serves raw uint8 faces.
 
 The `serving_default` signature takes a uint8 batch [N, H, W, C], normalises it with the
-training split's mean/std inside the graph, and returns `probabilities` (softmax, float32)
-and `embedding` (the 320-d pooled feature, L2-normalised) for verification by cosine.
+training split's mean/std inside the graph, and returns float32 `logits`, `probabilities`
+(softmax) and `embedding` (the 320-d pooled feature, L2-normalised) for verification by
+cosine. kerasbn_export.json beside it records the classes, image size, channels and resize
+mode a photo must be made into (`serving.from_saved_model` reads it).
 
     python -m kerasbn.export --run_dir runs/bn [--out DIR]
 """
@@ -12,36 +14,15 @@ import shutil
 import sys
 
 import keras
-import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from kerasbn import atomic, checkpoints, cli, optimizers, records, train_flags
+from kerasbn import atomic, cli, records, serving
 from kerasbn.run_dir import RunDir
 
-# Written into every export, so a later export may replace it and nothing else.
-MARKER = "kerasbn_export.json"
-
-
-def serving_model(model, manifest):
-    """A Keras model: uint8 images -> {probabilities, embedding}, normalisation inside."""
-    height, width = manifest["image_size"]
-    mean = np.asarray(manifest["mean"], np.float32)
-    std = np.asarray(manifest["std"], np.float32)
-    images = keras.Input((height, width, manifest["channels"]), dtype="uint8", name="images")
-    x = (keras.ops.cast(images, "float32") - mean) / std
-    features = keras.Model(model.inputs, [model.get_layer("embedding").output, model.output])
-    embedding, logits = features(x)
-    embedding = keras.ops.cast(embedding, "float32")
-    return keras.Model(images, {
-        "probabilities": keras.ops.softmax(keras.ops.cast(logits, "float32")),
-        "embedding": embedding / keras.ops.maximum(
-            keras.ops.norm(embedding, axis=-1, keepdims=True), 1e-12)})
-
-
 def is_export(path):
-    """Whether `path` holds a SavedModel that kerasbn wrote (it carries MARKER)."""
-    return os.path.isfile(os.path.join(path, MARKER))
+    """Whether `path` holds a SavedModel that kerasbn wrote (it carries serving.MARKER)."""
+    return os.path.isfile(os.path.join(path, serving.MARKER))
 
 
 def check_out(path):
@@ -56,10 +37,11 @@ def export_saved_model(model, manifest, path):
     """Writes the SavedModel to `path` via a temporary directory, so a crash never leaves a
     partial export where a complete one is expected. `path` must hold nothing or an export
     (the caller checks an --out with `check_out`; a run dir's export/ is the run's own)."""
-    serving = serving_model(model, manifest)
+    spec = serving.input_spec(manifest)
+    network = serving.serving_model(model, manifest)
     height, width = manifest["image_size"]
     archive = keras.export.ExportArchive()
-    archive.track(serving)
+    archive.track(network)
     expected = [height, width, manifest["channels"]]
 
     def serve(images):
@@ -72,7 +54,7 @@ def export_saved_model(model, manifest, path):
             f"images must be a uint8 batch [N, {height}, {width}, {expected[2]}]; got shape",
             tf.shape(images)])
         with tf.control_dependencies([check]):
-            return serving(tf.identity(images), training=False)
+            return network(tf.identity(images), training=False)
 
     archive.add_endpoint(
         "serving_default", serve,
@@ -80,35 +62,17 @@ def export_saved_model(model, manifest, path):
     tmp = path + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
     archive.write_out(tmp, verbose=False)
-    atomic.write_json(os.path.join(tmp, MARKER), {
-        "written_by": "kerasbn", "classes": len(manifest["class_names"]),
-        "image_size": list(manifest["image_size"]), "channels": manifest["channels"]})
+    atomic.write_json(os.path.join(tmp, serving.MARKER), {"written_by": "kerasbn", **spec})
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
     return path
-
-
-def restore_run(run_dir, best=False, check_files=False):
-    """(config, manifest, model, checkpoint prefix) of a training run: its network rebuilt
-    from its config and restored from its newest checkpoint (its best test's, with `best`).
-    `check_files` also checks that the dataset's shards are there (to read them)."""
-    run = RunDir(run_dir)
-    config = train_flags.stored_config(run_dir)
-    manifest = records.read_manifest(config.data_dir, check_files=check_files)
-    keras.mixed_precision.set_global_policy(config.precision)
-    model = optimizers.build_and_compile(config)
-    prefix = checkpoints.restore_latest(run, model, best)
-    if not prefix:
-        raise records.DataError(f"{run.best if best else run.checkpoints} holds no "
-                                "checkpoint; train the run first")
-    return config, manifest, model, prefix
 
 
 def export_run(run_dir, out=None):
     """Exports the newest checkpoint of a training run, rebuilt from its config."""
     if out:
         check_out(out)
-    _, manifest, model, _ = restore_run(run_dir)
+    _, manifest, model, _ = serving.restore_run(run_dir)
     return export_saved_model(model, manifest, out or RunDir(run_dir).export)
 
 

@@ -1,7 +1,9 @@
-"""Verification on the holdout split (identities never trained on) while training: embed each
-holdout image once, score the dataset's pairs by cosine similarity, report the LFW figures.
+"""Verification on the holdout split (identities never trained on): embed each holdout image
+once, score the dataset's pairs by cosine similarity, report the LFW figures.
 
-With `flip`, each embedding is summed with its mirror image's, as insightface does.
+With `flip`, each image's embedding is summed with its mirror image's, as insightface does;
+each is L2-normalised first, so a network (training's verifier) and its export (which
+serves normalised embeddings) give the same scores.
 """
 
 import keras
@@ -16,37 +18,63 @@ def available(manifest):
     return "holdout" in manifest["splits"] and "pairs" in manifest
 
 
-def _folds(same, sets):
+def folds(same, sets):
     """The pairs file's own ten sets as the folds (LFW's protocol), else stratified folds."""
     return sets if len(np.unique(sets)) == 10 else verification.stratified_folds(same)
 
 
-def embedder(model, data_dir, manifest, batch_size, flip=False):
-    """A function returning the embedding of every holdout record (manifest order) now."""
-    data = pipeline.test_dataset(data_dir, manifest, batch_size, split="holdout")
-    embed = keras.Model(model.inputs, model.get_layer("embedding").output)
+def embed_step(embed, flip=False):
+    """A compiled function: a batch of images -> float32 embeddings by `embed` (images ->
+    features), summed with the mirror images' when `flip`."""
+
+    def unit(images):
+        features = tf.cast(embed(images), tf.float32)
+        return features / tf.maximum(tf.norm(features, axis=-1, keepdims=True), 1e-12)
 
     @tf.function(reduce_retracing=True)
     def step(images):
-        features = tf.cast(embed(images, training=False), tf.float32)
+        features = unit(images)
         if flip:
-            features += tf.cast(embed(tf.reverse(images, axis=[2]), training=False),
-                                tf.float32)
+            features += unit(tf.reverse(images, axis=[2]))
         return features
 
-    return lambda: np.concatenate([step(images).numpy() for images, _ in data])
+    return step
 
 
-def scorer(model, data_dir, manifest, batch_size, flip=False):
-    """A function returning (cosine score of each pair, matched or not, fold) for `model`
-    now, over the dataset's holdout pairs."""
+def model_embedding(model):
+    """The training network's embedding layer as a function of normalised images."""
+    embed = keras.Model(model.inputs, model.get_layer("embedding").output)
+    return lambda images: embed(images, training=False)
+
+
+def embedder(embed, data_dir, manifest, batch_size, flip=False, raw=False, progress=None):
+    """A function returning the embedding of every holdout record (manifest order) now;
+    `raw` feeds `embed` the stored uint8 images instead of normalised ones, and `progress`
+    (a `Progress`) counts the images embedded."""
+    data = pipeline.test_dataset(data_dir, manifest, batch_size, split="holdout", raw=raw)
+    step = embed_step(embed, flip)
+
+    def run():
+        batches = []
+        for images, _ in data:
+            batches.append(step(images).numpy())
+            if progress:
+                progress.update(len(batches[-1]))
+        return np.concatenate(batches)
+
+    return run
+
+
+def scorer(embed, data_dir, manifest, batch_size, flip=False, raw=False, progress=None):
+    """A function returning (cosine score of each pair, matched or not, fold) now, over the
+    dataset's holdout pairs; arguments as `embedder`'s."""
     first, second, same, sets = pairs.holdout_pairs(data_dir, manifest)
-    fold = _folds(same, sets)
-    embed = embedder(model, data_dir, manifest, batch_size, flip)
-    return lambda: (verification.cosine_scores(embed(), first, second), same, fold)
+    fold = folds(same, sets)
+    embed_all = embedder(embed, data_dir, manifest, batch_size, flip, raw, progress)
+    return lambda: (verification.cosine_scores(embed_all(), first, second), same, fold)
 
 
 def make_verifier(model, data_dir, manifest, batch_size, flip=False):
-    """A function returning `verification.summarize`'s figures for `model` now."""
-    score = scorer(model, data_dir, manifest, batch_size, flip)
+    """A function returning `verification.summarize`'s figures for the training `model` now."""
+    score = scorer(model_embedding(model), data_dir, manifest, batch_size, flip)
     return lambda: verification.summarize(*score())

@@ -34,10 +34,10 @@ def make_test_step(model):
     return step
 
 
-def evaluate(test_step, dataset, max_batches=0, num_classes=0):
+def evaluate(test_step, dataset, max_batches=0, num_classes=0, progress=None):
     """{loss, top1, top5, count} over `dataset` (the first `max_batches` batches when > 0);
     with `num_classes`, also `class_hits` and `class_counts`, the top-1 hits and images of
-    each class, from the same pass.
+    each class, from the same pass. `progress` (a `Progress`) counts the images.
 
     Raises FloatingPointError when the network's outputs are not finite: no accuracy is
     claimed from them.
@@ -52,6 +52,8 @@ def evaluate(test_step, dataset, max_batches=0, num_classes=0):
         if num_classes:
             np.add.at(class_hits, labels.numpy(), hits.numpy())
             np.add.at(class_counts, labels.numpy(), 1)
+        if progress:
+            progress.update(int(count))
     loss, top1, top5, count, bad = totals
     if not count:
         raise records.DataError("the test split yielded no images; rebuild the dataset with "

@@ -5,9 +5,9 @@
     name1<TAB>i<TAB>name2<TAB>j      a mismatched pair
 
 Each set holds N matched then N mismatched pairs. Image numbers are 1-based positions in
-the identity's images sorted by file name (LFW's name_0001.jpg, ...; in a dataset, the
-holdout records' image/filename). With ten sets, the sets are the verification folds, as
-LFW's protocol prescribes.
+the identity's images sorted by file name (in LFW's folder, name/name_0001.jpg is image 1;
+in a dataset, the holdout records' image/filename). With ten sets, the sets are the
+verification folds, as LFW's protocol prescribes.
 """
 
 import collections
@@ -54,6 +54,54 @@ def read_pairs(path):
     return pairs
 
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".bmp", ".gif", ".tif",
+                    ".tiff", ".webp")
+
+
+def _pick(path, number, name, image, images, where):
+    """The index of `name`'s image number `image` in `images`; DataError naming the line."""
+    if not 1 <= image <= len(images):
+        raise records.DataError(f"{path}:{number}: {name} image {image} is not in {where} "
+                                f"({len(images)} images of {name})")
+    return images[image - 1]
+
+
+def _resolve(path, pairs, per_identity, where):
+    """(first, second, same, set) arrays of the pairs read from `path` over `per_identity`
+    (name -> its items sorted by file name)."""
+    rows = []
+    for number, pair in enumerate(pairs, start=2):
+        rows.append((_pick(path, number, pair.first, pair.index_first,
+                           per_identity.get(pair.first, []), where),
+                     _pick(path, number, pair.second, pair.index_second,
+                           per_identity.get(pair.second, []), where),
+                     pair.same, pair.set))
+    first, second, same, sets = (np.array(column) for column in zip(*rows))
+    return first, second, same.astype(bool), sets
+
+
+def file_pairs(path, image_root):
+    """(files, first, second, same, set): the image files a pairs.txt names under
+    `image_root` (LFW's layout: one folder per identity), each once, and each pair's two
+    indices into them; DataError naming a line whose image is not there."""
+    if not os.path.isdir(image_root):
+        raise records.DataError(f"--image_root={image_root} is not a directory; give the "
+                                "folder holding one sub-folder of images per identity")
+    pairs = read_pairs(path)
+    per_identity = {}
+    for name in {p.first for p in pairs} | {p.second for p in pairs}:
+        folder = os.path.join(image_root, name)
+        found = sorted(f for f in os.listdir(folder)
+                       if f.lower().endswith(IMAGE_EXTENSIONS)) if os.path.isdir(folder) else []
+        per_identity[name] = [os.path.join(name, f) for f in found]
+    first, second, same, sets = _resolve(path, pairs, per_identity, image_root)
+    used = sorted(set(first.tolist()) | set(second.tolist()))
+    index = {item: i for i, item in enumerate(used)}
+    return ([os.path.join(image_root, item) for item in used],
+            np.array([index[f] for f in first.tolist()]),
+            np.array([index[s] for s in second.tolist()]), same, sets)
+
+
 def holdout_pairs(data_dir, manifest):
     """(first, second, same, set) arrays over the holdout split's records, in manifest order,
     of the dataset's pairs file; DataError naming a pair that points at no record."""
@@ -72,15 +120,4 @@ def holdout_pairs(data_dir, manifest):
     per_identity = collections.defaultdict(list)
     for index in sorted(range(len(labels)), key=lambda i: filenames[i]):
         per_identity[names[labels[index]]].append(index)
-    rows = []
-    for number, pair in enumerate(read_pairs(path), start=2):
-        ends = []
-        for name, image in ((pair.first, pair.index_first), (pair.second, pair.index_second)):
-            images = per_identity.get(name, [])
-            if not 1 <= image <= len(images):
-                raise records.DataError(f"{path}:{number}: {name} image {image} is not in the "
-                                        f"holdout split ({len(images)} images of {name})")
-            ends.append(images[image - 1])
-        rows.append((*ends, pair.same, pair.set))
-    first, second, same, sets = (np.array(column) for column in zip(*rows))
-    return first, second, same.astype(bool), sets
+    return _resolve(path, read_pairs(path), per_identity, "the holdout split")

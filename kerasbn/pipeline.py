@@ -184,8 +184,9 @@ def train_dataset(data_dir, manifest, batch_size, seed=0, shuffle_buffer=16384, 
 
 
 def test_dataset(data_dir, manifest, batch_size, split="test", input_context=None,
-                 skip_corrupt=False):
-    """Every record of `split` once, in manifest order, as (normalised images, labels) batches."""
+                 skip_corrupt=False, raw=False):
+    """Every record of `split` once, in manifest order, as (normalised images, labels) batches;
+    with `raw`, the images as stored (uint8, for a network that normalises them itself)."""
     files = records.split_files(data_dir, manifest, split)
     if input_context is not None and input_context.num_input_pipelines > 1:
         files = files[input_context.input_pipeline_id::input_context.num_input_pipelines]
@@ -196,7 +197,7 @@ def test_dataset(data_dir, manifest, batch_size, split="test", input_context=Non
 
     def prepare(serialized):
         images, labels = parse(serialized)
-        return normalize(images, manifest), labels
+        return (images if raw else normalize(images, manifest)), labels
 
     dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.prefetch(tf.data.AUTOTUNE)

@@ -10,6 +10,7 @@ learning rate).
 import os
 import signal
 import sys
+import time
 
 import keras
 import tensorflow as tf
@@ -111,14 +112,18 @@ def train(config, run):
     def evaluate(iteration):
         if precise_batches is not None:
             precise_bn.recompute(model, precise_batches, config.precise_bn)
+        start = time.perf_counter()
         result = metrics.evaluate(test_step, test_data, config.test_iter)
+        result["seconds"] = time.perf_counter() - start
         if not config.test_iter and result["count"] != readable["test"]:
             raise records.DataError(f"a pass over the test split read {result['count']} "
                                     f"records where {readable['test']} were checked at the "
                                     f"start: the shards of {data_dir} changed during the run")
         every = config.verify_interval or config.test_interval
         if verify and (iteration % every == 0 or iteration == config.max_iter):
+            start = time.perf_counter()
             result.update(verify())
+            result["verify_seconds"] = time.perf_counter() - start
         return result
 
     clock = callbacks.Clock(float(wall_time.numpy()))

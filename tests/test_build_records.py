@@ -93,7 +93,7 @@ def test_list_file_with_root(folder, tmp_path):
 def test_resize_modes_and_exif_orientation(tmp_path):
     wide = Image.new("L", (100, 50), 0)
     wide.paste(255, (25, 0, 75, 50))
-    from data_tools import images
+    from kerasbn import images
     crop = images.to_array(wide, 1, 10, "crop")
     pad = images.to_array(wide, 1, 10, "pad")
     stretch = images.to_array(wide, 1, 10, "stretch")

@@ -3,10 +3,11 @@ import os
 
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from conftest import run_train, train_args
 from data_tools import synth
-from kerasbn import evaluate
+from kerasbn import evaluate, records, serving
 from kerasbn.run_dir import RunDir
 
 
@@ -50,6 +51,82 @@ def test_the_best_checkpoint_holds_the_best_test_and_is_evaluated_on_request(ver
         assert best is None
         return
     assert best.endswith(f"ckpt-{record[-1]['iteration']}")
-    result = evaluate.evaluate_run(verified_run, best=True)
+    result = evaluate.evaluate_run(verified_run, flag_values(checkpoint="best"))
     assert "/best/" in result["checkpoint"]
     assert result["top1"] == pytest.approx(record[-1]["test_top1"])
+
+
+def flag_values(*argv, **flags):
+    values, _ = evaluate.cli.parse(
+        ["evaluate", *argv, *(f"--{k}={v}" for k, v in flags.items())], evaluate.define_flags,
+        "")
+    return values
+
+
+def test_the_exported_savedmodel_evaluates_as_its_run(verified_run, tmp_path):
+    data_dir = json.load(open(os.path.join(verified_run, "config.json")))["data_dir"]
+    evaluate.main(["evaluate", f"--run_dir={verified_run}",
+                   f"--model={os.path.join(verified_run, 'export')}", f"--data_dir={data_dir}",
+                   f"--out={tmp_path}"])
+    run, saved = json.load(open(tmp_path / "evaluate.json"))
+    for key in ("top1", "top5", "loss", "verify_acc", "verify_auc", "verify_eer"):
+        assert saved[key] == pytest.approx(run[key], abs=1e-5), key
+    assert saved["worst_identities"] == run["worst_identities"]
+
+
+def write_photos(data_dir, root):
+    """The holdout records as PNG files in LFW's layout (identity/file)."""
+    manifest = records.read_manifest(data_dir)
+    files = records.split_files(data_dir, manifest, "holdout")
+    for batch in tf.data.TFRecordDataset(files).batch(1000):
+        meta = records.parse_metadata(batch)
+        images, _ = records.parse_batch(batch, manifest["image_size"], 1, manifest["encoding"])
+        for name, image in zip(meta["filename"], images.numpy()):
+            path = root / name.decode()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image[..., 0]).save(path)
+
+
+def test_pairs_over_a_folder_of_photos_verify_as_the_same_pairs_over_the_records(
+        verified_run, tmp_path):
+    data_dir = json.load(open(os.path.join(verified_run, "config.json")))["data_dir"]
+    write_photos(data_dir, tmp_path / "lfw")
+    records_result = evaluate.evaluate_run(verified_run, flag_values())
+    photos = evaluate.evaluate_run(verified_run, flag_values(
+        pairs=os.path.join(data_dir, "pairs.txt"), image_root=tmp_path / "lfw"))
+    assert photos["verify_pairs"] == records_result["verify_pairs"]
+    for key in ("verify_acc", "verify_auc", "verify_eer"):
+        assert photos[key] == pytest.approx(records_result[key], abs=1e-6), key
+    assert photos["roc"] == records_result["roc"]
+
+
+@pytest.mark.parametrize("mode", ["crop", "pad"])
+def test_photos_are_resized_as_the_training_dataset_was(mode, tmp_path):
+    Image.new("L", (100, 50), 200).save(tmp_path / "wide.png")
+    served = serving.Served("net", None, (20, 20), 1, mode, 3)
+    photo = evaluate.load_photos([str(tmp_path / "wide.png")], served)[0, ..., 0]
+    assert photo.shape == (20, 20)
+    # pad keeps the whole 2:1 photo and fills the rest black; crop keeps its middle square.
+    assert (photo[:4] == 0).all() == (mode == "pad") and (photo[8:12] == 200).all()
+
+
+def test_a_pairs_line_naming_a_missing_photo_is_one_line_naming_it(verified_run, tmp_path):
+    (tmp_path / "lfw" / "Ann").mkdir(parents=True)
+    Image.new("L", (50, 50)).save(tmp_path / "lfw" / "Ann" / "Ann_0001.jpg")
+    (tmp_path / "pairs.txt").write_text("1\t1\nAnn\t1\t2\nAnn\t1\tBob\t1\n")
+    with pytest.raises(SystemExit, match=r"pairs.txt:2: Ann image 2 is not in .*lfw "
+                                         r"\(1 images of Ann\)"):
+        evaluate.main(["evaluate", f"--run_dir={verified_run}", f"--out={tmp_path / 'o'}",
+                       f"--pairs={tmp_path / 'pairs.txt'}", f"--image_root={tmp_path / 'lfw'}"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "give one or more --run_dir"),
+    (["--model=m"], "--model needs --data_dir"),
+    (["--model=m", "--pairs=p.txt"], "--pairs and --image_root go together"),
+    (["--model=m", "--data_dir=d"], "m is not a SavedModel written by kerasbn.export"),
+])
+def test_flag_combinations_that_cannot_work_are_one_line(argv, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=message):
+        evaluate.main(["evaluate", *argv])

@@ -98,4 +98,13 @@ def test_holdout_identities_and_pairs_leave_the_train_and_test_records_as_they_w
     assert held["class_names"] == plain["class_names"]
     first, second, same, _ = pairs.holdout_pairs(str(tmp_path / "held"), held)
     assert same.sum() == 25 and (~same).sum() == 25
+    assert len({(min(a, b), max(a, b)) for a, b in zip(first, second)}) == 50, "a pair twice"
+    assert (first != second).all()
     assert records.read_manifest(str(tmp_path / "held"))["resize_mode"] == "crop"
+
+
+def test_more_pairs_than_the_holdout_images_make_is_refused(tmp_path):
+    # 2 identities x 3 images: 6 matched and 9 mismatched distinct pairs.
+    with pytest.raises(records.DataError, match="make 6 distinct matched and 9 mismatched"):
+        synth.build(str(tmp_path / "d"), 4, 3, 0.34, 16, 0, "raw", 32, False,
+                    holdout_identities=2, pairs=7)

@@ -53,7 +53,8 @@ def test_run_writes_everything_and_loss_falls(finished_run, capsys):
     entries = _metrics(finished_run)
     assert [e["iteration"] for e in entries] == [0, 10, 20, 30, 40]
     assert set(entries[1]) == {"iteration", "wall_time", "lr", "train_loss", "test_loss",
-                               "test_top1", "test_top5", "images_per_sec"}
+                               "test_top1", "test_top5", "images_per_sec", "test_seconds"}
+    assert all(e["test_seconds"] > 0 for e in entries)
     assert entries[-1]["train_loss"] < entries[1]["train_loss"]
     assert entries[-1]["test_top1"] > 1 / 6
     summary = json.load(open(os.path.join(finished_run, "summary.json")))
@@ -322,7 +323,7 @@ def test_sigkill_at_any_moment_then_rerun_ends_where_an_uninterrupted_run_does(s
     assert not os.path.exists(tmp_path / "cut" / "checkpoints" / "ckpt-15_temp")
     whole, cut = _metrics(str(tmp_path / "whole")), _metrics(str(tmp_path / "cut"))
     assert [e["iteration"] for e in cut] == [0, 5, 10, 15, 20]
-    timing = ("wall_time", "images_per_sec")
+    timing = ("wall_time", "images_per_sec", "test_seconds", "verify_seconds")
     strip = lambda entries: [{k: v for k, v in e.items() if k not in timing} for e in entries]
     assert strip(cut) == strip(whole)
     a, b = _final_state(str(tmp_path / "whole")), _final_state(str(tmp_path / "cut"))
@@ -381,6 +382,7 @@ def test_verification_on_holdout_identities_is_recorded_at_the_tests_it_is_asked
     assert ["verify_acc" in e for e in entries] == [True, False, True]
     assert 0 <= entries[-1]["verify_acc"] <= 1 and 0 <= entries[-1]["verify_auc"] <= 1
     assert entries[-1]["verify_pairs"] == {"matched": 60, "mismatched": 60}
+    assert entries[-1]["verify_seconds"] > 0
     assert entries[-1]["verify_tar@far=0.01"] is None  # 60 impostors cannot resolve 1e-2
     summary = json.load(open(os.path.join(run_dir, "summary.json")))
     assert summary["final_verify"]["verify_acc"] == entries[-1]["verify_acc"]
