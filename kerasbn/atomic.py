@@ -10,10 +10,16 @@ import os
 
 def write_text(path, text):
     """Writes `text` to a temporary file beside `path`, syncs it, then renames it over `path`."""
+    write_with(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def write_with(path, write):
+    """`write(binary file)` into a temporary file beside `path`, synced, then renamed over
+    `path` (numpy's np.save, say)."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

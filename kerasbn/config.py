@@ -13,11 +13,12 @@ from kerasbn import metrics, models, norms, schedules
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 SOLVER_TYPES = ("SGD", "Nesterov", "Adam", "AdamW")
 VERIFY_SPLITS = ("auto", "holdout", "none")
+EXPORTS = ("latest", "best")
 # Settings that may change between a run and its resumption: where it lives and what it
 # reports (targets are measured afresh from the whole metrics history).
 NOT_RUN_DEFINING = ("run_dir", "display", "keep_checkpoints", "weights", "target_accuracy",
                     "target", "skip_corrupt_records", "deterministic", "verify_split",
-                    "verify_interval", "verify_flip")
+                    "verify_interval", "verify_flip", "export")
 
 
 class ConfigError(ValueError):
@@ -67,6 +68,7 @@ class RunConfig:
     verify_split: str = "auto"
     verify_interval: int = 0
     verify_flip: bool = False
+    export: str = "latest"
 
     def __post_init__(self):
         fix = lambda name, value: object.__setattr__(self, name, value)
@@ -85,7 +87,7 @@ class RunConfig:
     def _check(self):
         for name, allowed in (("model", models.MODELS), ("norm", norms.NORMS),
                               ("precision", PRECISIONS), ("solver_type", SOLVER_TYPES),
-                              ("verify_split", VERIFY_SPLITS)):
+                              ("verify_split", VERIFY_SPLITS), ("export", EXPORTS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{name}={getattr(self, name)} is not one of "
                                   f"{', '.join(allowed)}")

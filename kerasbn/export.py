@@ -1,12 +1,15 @@
-"""Exports a trained network as a SavedModel that serves raw uint8 faces.
+"""Exports a trained network as a SavedModel that serves face photos.
 
-The `serving_default` signature takes a uint8 batch [N, H, W, C], normalises it with the
-training split's mean/std inside the graph, and returns float32 `logits`, `probabilities`
-(softmax) and `embedding` (the 320-d pooled feature, L2-normalised) for verification by
-cosine. kerasbn_export.json beside it records the classes, image size, channels and resize
-mode a photo must be made into (`serving.from_saved_model` reads it).
+Its signatures (kerasbn.serving): `serving_default` takes a uint8 batch [N, H, W, 1 or 3] of
+any size and preprocesses it as the dataset was made (gray, resize_mode, mean/std), then
+returns `logits`, `probabilities`, the top-k `labels` and identity `names`, and the
+L2-normalised `embedding`; `embed` only the embedding; `serve_bytes` encoded JPEG/PNG
+strings; `metadata` the class names and the verification threshold chosen on the holdout
+pairs. kerasbn_export.json beside it records the classes, image size, channels, resize mode
+and threshold. Loading needs TensorFlow only:
+`tf.saved_model.load(DIR).signatures["serving_default"]`.
 
-    python -m kerasbn.export --run_dir runs/bn [--out DIR]
+    python -m kerasbn.export --run_dir runs/bn [--checkpoint=latest|best] [--out DIR]
 """
 
 import os
@@ -14,10 +17,9 @@ import shutil
 import sys
 
 import keras
-import tensorflow as tf
 from absl import flags
 
-from kerasbn import atomic, cli, records, serving
+from kerasbn import atomic, cli, holdout, records, serving
 from kerasbn.run_dir import RunDir
 
 def is_export(path):
@@ -33,54 +35,50 @@ def check_out(path):
                                 "new directory (kerasbn replaces only its own exports)")
 
 
-def export_saved_model(model, manifest, path):
+def threshold(model, data_dir, manifest, batch_size=256):
+    """The cosine threshold best separating the holdout pairs' matched from mismatched
+    (the mean of LFW's ten folds' choices) for `model`; None without holdout pairs."""
+    if not holdout.available(manifest):
+        return None
+    return holdout.make_verifier(model, data_dir, manifest, batch_size)()["verify_threshold"]
+
+
+def export_saved_model(model, manifest, path, data_dir=None):
     """Writes the SavedModel to `path` via a temporary directory, so a crash never leaves a
     partial export where a complete one is expected. `path` must hold nothing or an export
-    (the caller checks an --out with `check_out`; a run dir's export/ is the run's own)."""
-    spec = serving.input_spec(manifest)
-    network = serving.serving_model(model, manifest)
-    height, width = manifest["image_size"]
+    (the caller checks an --out with `check_out`; a run dir's export/ is the run's own).
+    With the dataset's `data_dir`, the threshold is chosen on its holdout pairs."""
+    cut = threshold(model, data_dir, manifest) if data_dir else None
     archive = keras.export.ExportArchive()
-    archive.track(network)
-    expected = [height, width, manifest["channels"]]
-
-    def serve(images):
-        # A signature call does not check shapes, and a batch of the wrong rank or channel
-        # count would reach the convolution kernels, which abort the process.
-        shape = tf.concat([tf.shape(images), tf.zeros([4], tf.int32)], 0)
-        ok = tf.logical_and(tf.equal(tf.rank(images), 4),
-                            tf.reduce_all(tf.equal(shape[1:4], expected)))
-        check = tf.debugging.Assert(ok, [
-            f"images must be a uint8 batch [N, {height}, {width}, {expected[2]}]; got shape",
-            tf.shape(images)])
-        with tf.control_dependencies([check]):
-            return network(tf.identity(images), training=False)
-
-    archive.add_endpoint(
-        "serving_default", serve,
-        input_signature=[tf.TensorSpec([None, *expected], tf.uint8, name="images")])
+    archive.track(model)
+    for name, (function, signature) in serving.serving_functions(model, manifest,
+                                                                 cut).items():
+        archive.add_endpoint(name, function, input_signature=signature)
     tmp = path + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
     archive.write_out(tmp, verbose=False)
-    atomic.write_json(os.path.join(tmp, serving.MARKER), {"written_by": "kerasbn", **spec})
+    atomic.write_json(os.path.join(tmp, serving.MARKER), {
+        "written_by": "kerasbn", **serving.input_spec(manifest), "threshold": cut})
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
     return path
 
 
-def export_run(run_dir, out=None):
-    """Exports the newest checkpoint of a training run, rebuilt from its config."""
+def export_run(run_dir, out=None, best=False):
+    """Exports the newest (or best) checkpoint of a training run, rebuilt from its config."""
     if out:
         check_out(out)
-    _, manifest, model, _ = serving.restore_run(run_dir)
-    return export_saved_model(model, manifest, out or RunDir(run_dir).export)
+    config, manifest, model, _ = serving.restore_run(run_dir, best)
+    return export_saved_model(model, manifest, out or RunDir(run_dir).export, config.data_dir)
 
 
 def define_flags(values):
-    flags.DEFINE_string("run_dir", None, "A directory made by kerasbn.train.",
-                        flag_values=values)
+    on = {"flag_values": values}
+    flags.DEFINE_string("run_dir", None, "A directory made by kerasbn.train.", **on)
+    flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "The newest checkpoint, or "
+                      "the weights of the run's best test.", **on)
     flags.DEFINE_string("out", None, "Where to write the SavedModel (default: RUN_DIR/export).",
-                        flag_values=values)
+                        **on)
 
 
 def main(argv):
@@ -88,7 +86,7 @@ def main(argv):
     if not values.run_dir:
         sys.exit("error: --run_dir is required (a directory made by kerasbn.train)")
     try:
-        path = export_run(values.run_dir, values.out)
+        path = export_run(values.run_dir, values.out, values.checkpoint == "best")
     except ValueError as e:
         sys.exit(f"error: {e}")
     print(f"SavedModel: {path}")

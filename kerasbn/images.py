@@ -52,21 +52,25 @@ def convert(image, target):
 
 def to_array(image, channels, size, mode, box=None):
     """PIL image -> uint8 [size, size, channels]: EXIF orientation applied, then the face box
-    (x, y, w, h) cropped when given, then converted and resized."""
+    (x, y, w, h) cropped when given, then converted and resized (kept at its own size when
+    `size` is None)."""
     image = ImageOps.exif_transpose(image)
     if box is not None:
         x, y, w, h = box
         image = image.crop((x, y, x + w, y + h))
     image = convert(image, "L" if channels == 1 else "RGB")
-    array = np.asarray(resize(image, size, mode), dtype=np.uint8)
-    return array.reshape(size, size, channels)
+    if size is not None:
+        image = resize(image, size, mode)
+    array = np.asarray(image, dtype=np.uint8)
+    return array.reshape(image.height, image.width, channels)
 
 
-def load(path, channels, size, mode, box=None):
-    """(array, None) for a usable image file, (None, reason) otherwise."""
+def load(path, channels, size=None, mode=None, box=None):
+    """(array, None) for a usable image file, (None, reason) otherwise; `to_array`'s
+    arguments."""
     try:
         with Image.open(path) as image:
-            if box is None:
+            if box is None and size is not None:
                 # JPEG: decode at the smallest DCT scale still >= size (up to 8x less work).
                 image.draft("L" if channels == 1 else "RGB", (size, size))
             image.load()

@@ -1,9 +1,13 @@
-"""A trained network as a function of uint8 faces, from a run's checkpoint or from its
-exported SavedModel, so evaluation (and serving) treats both the same.
+"""A trained network as functions of face photos, from a run's checkpoint or from its
+exported SavedModel, so evaluation, prediction and serving treat both the same.
 
-The function takes a uint8 batch [N, H, W, C], normalises it with the training split's
-mean/std inside the graph, and returns float32 `logits`, `probabilities` (softmax) and
-`embedding` (the pooled feature, L2-normalised, for verification by cosine).
+`serving_functions` are the export's signatures: `serving_default` takes a uint8 batch of
+any height and width with 1 or 3 channels and applies the dataset's preprocessing inside
+(Pillow's gray, the manifest's resize_mode, the training split's mean/std), returning float32
+`logits`, `probabilities`, the top-k `labels` and `names` and the L2-normalised `embedding`;
+`embed` returns only the embedding; `serve_bytes` takes encoded JPEG/PNG/GIF/BMP strings;
+`metadata` returns the class names and the verification threshold chosen on the holdout
+pairs (NaN when the dataset had none).
 """
 
 import dataclasses
@@ -11,10 +15,9 @@ import json
 import os
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from kerasbn import checkpoints, optimizers, records, train_flags
+from kerasbn import checkpoints, optimizers, preprocess, records, train_flags
 from kerasbn.run_dir import RunDir
 
 # Written into every export: what a photo must be made into before the network sees it, and
@@ -41,29 +44,63 @@ class Served:
     verify_flip: bool = False
 
 
-def serving_model(model, manifest):
-    """A Keras model: uint8 images -> {logits, probabilities, embedding}."""
+TOP_K = 5
+
+
+def serving_functions(model, manifest, threshold=None):
+    """{signature name: (tf.function, input signature)} of the training `model`."""
     height, width = manifest["image_size"]
-    mean = np.asarray(manifest["mean"], np.float32)
-    std = np.asarray(manifest["std"], np.float32)
-    images = keras.Input((height, width, manifest["channels"]), dtype="uint8", name="images")
-    x = (keras.ops.cast(images, "float32") - mean) / std
+    channels = manifest["channels"]
+    mode = input_spec(manifest)["resize_mode"]
+    mean = tf.constant(manifest["mean"], tf.float32)
+    std = tf.constant(manifest["std"], tf.float32)
+    names = tf.constant(manifest["class_names"])
+    k = min(TOP_K, len(manifest["class_names"]))
     features = keras.Model(model.inputs, [model.get_layer("embedding").output, model.output])
-    embedding, logits = features(x)
-    embedding = keras.ops.cast(embedding, "float32")
-    logits = keras.ops.cast(logits, "float32")
-    return keras.Model(images, {
-        "logits": logits,
-        "probabilities": keras.ops.softmax(logits),
-        "embedding": embedding / keras.ops.maximum(
-            keras.ops.norm(embedding, axis=-1, keepdims=True), 1e-12)})
+
+    def prepare(images):
+        # A batch of 2 or 4 channels would otherwise reach the kernels, which abort.
+        check = tf.debugging.Assert(
+            tf.reduce_any(tf.equal(tf.shape(images)[-1], [1, 3])),
+            ["images must be a uint8 batch [N, H, W, 1 or 3]; got shape", tf.shape(images)])
+        with tf.control_dependencies([check]):
+            gray = preprocess.to_channels(images, channels)
+        sized = preprocess.resize(gray, height, mode) if height == width else gray
+        return (tf.ensure_shape(sized, [None, height, width, channels]) - mean) / std
+
+    def outputs(x):
+        embedding, logits = features(x, training=False)
+        embedding, logits = tf.cast(embedding, tf.float32), tf.cast(logits, tf.float32)
+        probabilities = tf.nn.softmax(logits)
+        labels = tf.math.top_k(probabilities, k).indices
+        return {"logits": logits, "probabilities": probabilities, "labels": labels,
+                "names": tf.gather(names, labels),
+                "embedding": tf.math.l2_normalize(embedding, axis=-1, epsilon=1e-24)}
+
+    images = [tf.TensorSpec([None, None, None, None], tf.uint8, name="images")]
+    serve = tf.function(lambda images: outputs(prepare(images)))
+    embed = tf.function(lambda images: {"embedding": outputs(prepare(images))["embedding"]})
+
+    @tf.function
+    def serve_bytes(encoded):
+        decoded = tf.map_fn(lambda one: prepare(preprocess.decode(one, channels))[0], encoded,
+                            fn_output_signature=tf.TensorSpec([height, width, channels]))
+        return outputs(decoded)
+
+    stored = float("nan") if threshold is None else float(threshold)
+    metadata = tf.function(lambda: {"class_names": names,
+                                    "threshold": tf.constant(stored, tf.float32)})
+    return {"serving_default": (serve, images), "embed": (embed, images),
+            "serve_bytes": (serve_bytes, [tf.TensorSpec([None], tf.string, name="encoded")]),
+            "metadata": (metadata, [])}
 
 
 def input_spec(manifest):
-    """What the exported network expects, as MARKER records it (resize_mode None for a
-    dataset built before manifests stored it)."""
+    """What the exported network expects, as MARKER records it. A dataset built before
+    manifests stored resize_mode was cropped (both converters' default then)."""
     return {"classes": len(manifest["class_names"]), "image_size": list(manifest["image_size"]),
-            "channels": manifest["channels"], "resize_mode": manifest.get("resize_mode")}
+            "channels": manifest["channels"],
+            "resize_mode": manifest.get("resize_mode") or "crop"}
 
 
 def restore_run(run_dir, best=False, check_files=False):
@@ -86,14 +123,15 @@ def from_run(run_dir, best=False):
     """The run's newest (or best) checkpoint as a `Served`."""
     config, manifest, model, prefix = restore_run(run_dir, best, check_files=True)
     spec = input_spec(manifest)
-    serve = tf.function(serving_model(model, manifest), reduce_retracing=True)
-    return Served(run_dir, lambda images: serve(images, training=False),
+    serve, _ = serving_functions(model, manifest)["serving_default"]
+    return Served(run_dir, serve,
                   tuple(spec["image_size"]), spec["channels"], spec["resize_mode"],
                   spec["classes"], config.data_dir, manifest, prefix, config.verify_flip)
 
 
-def from_saved_model(path):
-    """A SavedModel written by kerasbn.export as a `Served`."""
+def load_saved_model(path):
+    """(the loaded SavedModel, its MARKER's spec) of an export by kerasbn.export; DataError
+    for anything else."""
     marker = os.path.join(path, MARKER)
     if not os.path.isfile(marker):
         raise records.DataError(f"{path} is not a SavedModel written by kerasbn.export (no "
@@ -102,14 +140,20 @@ def from_saved_model(path):
         spec = json.load(f)
     try:
         loaded = tf.saved_model.load(path)
-        outputs = loaded.signatures["serving_default"].structured_outputs
+        signatures = set(loaded.signatures)
     except (OSError, ValueError, KeyError, tf.errors.OpError) as e:
         raise records.DataError(f"{path}: cannot load the SavedModel "
                                 f"({str(e).strip().splitlines()[0]}); export it again") from None
-    if "logits" not in outputs:
+    if not {"serving_default", "embed", "metadata"} <= signatures:
         raise records.DataError(f"{path} was exported by an older kerasbn; export the run "
                                 "again with python -m kerasbn.export")
+    return loaded, spec
+
+
+def from_saved_model(path):
+    """A SavedModel written by kerasbn.export as a `Served`."""
+    loaded, spec = load_saved_model(path)
     # The function must hold `loaded`: its variables die with it.
     return Served(path, lambda images: loaded.signatures["serving_default"](images=images),
-                  tuple(spec["image_size"]), spec["channels"], spec.get("resize_mode"),
+                  tuple(spec["image_size"]), spec["channels"], spec["resize_mode"],
                   spec["classes"])

@@ -158,7 +158,9 @@ def train(config, run):
         raise stop_signals.Stopped(requests.signal, on_signal.stopped_at)
     summary = metrics.summarize(run.read_metrics(), config.targets())
     run.write_summary(summary)
-    return summary, export.export_saved_model(model, manifest, run.export)
+    if config.export == "best":
+        checkpoints.restore_latest(run, model, best=True)
+    return summary, export.export_saved_model(model, manifest, run.export, data_dir)
 
 
 def make_verifier(config, model, manifest):

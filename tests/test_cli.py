@@ -7,7 +7,7 @@ from absl import flags
 
 from data_tools import bench_convert, build_records, inspect_records, synth
 from kerasbn import bench, cli, compare_norms, evaluate, export, launch, report, show_schedule
-from kerasbn import train_flags
+from kerasbn import predict, train_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -101,6 +101,7 @@ COMMANDS = {
     "kerasbn.show_schedule": show_schedule.define_flags,
     "kerasbn.export": export.define_flags,
     "kerasbn.evaluate": evaluate.define_flags,
+    "kerasbn.predict": predict.define_flags,
     "kerasbn.report": report.define_flags,
     "kerasbn.launch": launch.define_flags,
     "kerasbn.bench": bench.define_flags,

@@ -2,6 +2,7 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -24,6 +25,7 @@ def test_saved_model_serves_uint8_and_matches_keras(finished_run, small_data):
     logits = model(pipeline.normalize(images, manifest), training=False)
     np.testing.assert_allclose(out["probabilities"].numpy(), tf.nn.softmax(logits).numpy(),
                                atol=1e-5)
+    np.testing.assert_allclose(out["logits"].numpy(), logits.numpy(), atol=1e-5)
     norms = np.linalg.norm(out["embedding"].numpy(), axis=1)
     np.testing.assert_allclose(norms, 1.0, atol=1e-5)
     assert out["embedding"].shape == (8, 64)
@@ -83,9 +85,69 @@ def test_out_over_anything_but_a_previous_export_is_refused(finished_run, tmp_pa
     assert export.export_run(finished_run, first) == first  # a previous export is replaced
 
 
-@pytest.mark.parametrize("shape", [(50, 50, 1), (2, 50, 50, 2), (2, 50, 50, 4), (1, 40, 50, 1)])
-def test_a_batch_of_the_wrong_shape_is_one_clear_error_not_an_abort(finished_run, shape):
+@pytest.mark.parametrize("shape, dtype, message", [
+    ((2, 50, 50, 2), tf.uint8, r"images must be a uint8 batch \[N, H, W, 1 or 3\]; got shape"),
+    ((2, 60, 40, 4), tf.uint8, r"images must be a uint8 batch \[N, H, W, 1 or 3\]; got shape"),
+    ((50, 50, 1), tf.uint8, "4-dimensional"),
+    ((1, 50, 50, 1), tf.float32, "expected to be a uint8 tensor but is a float tensor"),
+])
+def test_wrong_input_is_one_clear_error_not_an_abort(finished_run, shape, dtype, message):
     serve = tf.saved_model.load(RunDir(finished_run).export).signatures["serving_default"]
-    with pytest.raises(tf.errors.InvalidArgumentError,
-                       match=r"images must be a uint8 batch \[N, 50, 50, 1\]; got shape"):
-        serve(images=tf.zeros(shape, tf.uint8))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        serve(images=tf.zeros(shape, dtype))
+
+
+def test_the_savedmodel_loads_and_serves_photos_without_kerasbn(finished_run, tmp_path):
+    # Any size, gray or RGB, as arrays or as encoded files; names and threshold inside.
+    from PIL import Image
+    face = np.asarray(Image.fromarray(np.uint8(np.random.default_rng(0).integers(
+        0, 255, (112, 92)))).convert("RGB"))
+    Image.fromarray(face).save(tmp_path / "face.png")
+    script = f"""
+import sys
+sys.modules["kerasbn"] = None
+import numpy as np, tensorflow as tf
+from PIL import Image
+m = tf.saved_model.load({RunDir(finished_run).export!r})
+face = np.asarray(Image.open({str(tmp_path / 'face.png')!r}))
+a = m.signatures["serving_default"](images=tf.constant(face[None]))
+b = m.signatures["serve_bytes"](encoded=tf.constant([open({str(tmp_path / 'face.png')!r},
+                                                          "rb").read()]))
+e = m.signatures["embed"](images=tf.constant(face[None]))
+meta = m.signatures["metadata"]()
+assert np.abs(a["embedding"].numpy() - b["embedding"].numpy()).max() < 1e-6
+assert np.abs(a["embedding"].numpy() - e["embedding"].numpy()).max() < 1e-6
+print(a["names"].numpy()[0][0].decode(), len(meta["class_names"].numpy()),
+      float(meta["threshold"]))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    name, classes, threshold = done.stdout.split()
+    assert name.startswith("id") and classes == "6" and threshold == "nan"
+    shown = subprocess.run([os.path.join(os.path.dirname(sys.executable), "saved_model_cli"),
+                            "show", "--dir", RunDir(finished_run).export, "--all"],
+                           capture_output=True, text=True)
+    for signature in ("serving_default", "embed", "serve_bytes", "metadata"):
+        assert f"signature_def['{signature}']" in shown.stdout
+
+
+def test_an_any_size_rgb_photo_embeds_as_the_pipeline_does_its_converted_image(
+        finished_run, small_data, tmp_path):
+    from PIL import Image
+    from kerasbn import images as image_files
+    manifest = records.read_manifest(small_data)
+    files = records.split_files(small_data, manifest, "test")
+    batch = next(iter(tf.data.TFRecordDataset(files).batch(4)))
+    faces, _ = records.parse_batch(batch, (50, 50), 1, "raw")
+    serve = tf.saved_model.load(RunDir(finished_run).export).signatures["serving_default"]
+    model = optimizers.build_and_compile(train_flags.stored_config(finished_run))
+    checkpoints.restore_latest(RunDir(finished_run), model)
+    embed = keras.Model(model.inputs, model.get_layer("embedding").output)
+    for face in faces.numpy():
+        photo = Image.fromarray(face[..., 0]).convert("RGB").resize((92, 112),
+                                                                    Image.BICUBIC)
+        converted = image_files.to_array(photo, 1, 50, "crop")
+        served = serve(images=tf.constant(np.asarray(photo)[None]))["embedding"].numpy()[0]
+        features = embed(pipeline.normalize(tf.constant(converted[None]), manifest)).numpy()[0]
+        features /= np.linalg.norm(features)
+        assert served @ features > 0.999

@@ -1,0 +1,164 @@
+"""Runs an exported network on face photos: names each, compares two, or embeds a folder.
+
+    python -m kerasbn.predict --model=runs/bn/export photo.jpg other.png ...
+    python -m kerasbn.predict --model=runs/bn/export --compare a.jpg b.jpg
+    python -m kerasbn.predict --model=runs/bn/export --embed=photos/ --out=emb.npy
+
+Photos may be any format Pillow reads and any size: the SavedModel converts and resizes them
+as its dataset was made. A file that is not a usable image is named and skipped; the rest
+are still predicted. --compare says "same" when the cosine similarity reaches the threshold
+chosen on the dataset's holdout pairs, which travels inside the export. --embed writes the
+L2-normalised embeddings (float32 [N, D]) and, beside them, OUT.txt with one file per row.
+"""
+
+import os
+import sys
+
+import numpy as np
+import tensorflow as tf
+from absl import flags
+
+from kerasbn import atomic, cli, images, pairs, serving
+from kerasbn.progress import Progress
+from kerasbn.run_dir import RunDir
+
+BATCH = 64
+
+
+def load_model(path):
+    """(the loaded SavedModel, channels, threshold or None) of an export (or of a run dir's
+    export/). Callers keep the SavedModel, not only its signatures, whose variables it holds."""
+    if not os.path.isfile(os.path.join(path, serving.MARKER)) and os.path.isfile(
+            os.path.join(RunDir(path).export, serving.MARKER)):
+        path = RunDir(path).export
+    loaded, spec = serving.load_saved_model(path)
+    threshold = float(loaded.signatures["metadata"]()["threshold"])
+    return loaded, spec["channels"], None if np.isnan(threshold) else threshold
+
+
+def read_photos(paths, channels):
+    """([(path, uint8 array at its own size)], [(path, reason)]) for the usable files."""
+    good, bad = [], []
+    for path in paths:
+        array, reason = images.load(path, channels)
+        (bad.append((path, reason)) if reason else good.append((path, array)))
+    return good, bad
+
+
+def run(signature, photos, progress=None):
+    """{output: array in `photos` order} of the signature on (path, array) photos, batched
+    by size (any size is taken, but a batch is one size)."""
+    by_shape = {}
+    for index, (_, array) in enumerate(photos):
+        by_shape.setdefault(array.shape, []).append(index)
+    results = {}
+    for indices in by_shape.values():
+        for start in range(0, len(indices), BATCH):
+            chunk = indices[start:start + BATCH]
+            out = signature(images=tf.constant(np.stack([photos[i][1] for i in chunk])))
+            for key, value in out.items():
+                results.setdefault(key, [None] * len(photos))
+                for i, row in zip(chunk, value.numpy()):
+                    results[key][i] = row
+            if progress:
+                progress.update(len(chunk))
+    return {key: np.stack(rows) for key, rows in results.items()}
+
+
+def name_lines(photos, outputs, top_k):
+    """One line per photo: its top-k identities with their probabilities."""
+    lines = []
+    for i, (path, _) in enumerate(photos):
+        labels = outputs["labels"][i][:top_k]
+        best = "  ".join(f"{outputs['names'][i][j].decode('utf-8')} "
+                         f"{outputs['probabilities'][i][label]:.3f}"
+                         for j, label in enumerate(labels))
+        lines.append(f"{path}: {best}")
+    return lines
+
+
+def compare_line(a, b, similarity, threshold):
+    """The verdict of a pair at the stored threshold."""
+    if threshold is None:
+        return (f"{a} {b}: cosine {similarity:.4f} (the export holds no threshold: its "
+                "dataset had no holdout pairs)")
+    verdict = "same person" if similarity >= threshold else "different people"
+    return f"{a} {b}: cosine {similarity:.4f} -> {verdict} (threshold {threshold:.4f})"
+
+
+def image_files(root):
+    """Image files under `root`, recursively, sorted."""
+    found = [os.path.join(folder, name) for folder, _, names in os.walk(root)
+             for name in names if name.lower().endswith(pairs.IMAGE_EXTENSIONS)]
+    return sorted(found)
+
+
+def define_flags(values):
+    on = {"flag_values": values}
+    flags.DEFINE_string("model", None, "A SavedModel written by kerasbn.export (or a run "
+                        "dir, for its export/).", **on)
+    flags.DEFINE_bool("compare", False, "Compare the two photos given: cosine similarity and "
+                      "same/different at the export's threshold.", **on)
+    flags.DEFINE_string("embed", None, "Embed every image under this folder (--out "
+                        "required).", **on)
+    flags.DEFINE_string("out", None, "With --embed: the .npy file to write (and OUT.txt, "
+                        "the file of each row).", **on)
+    flags.DEFINE_integer("top_k", 5, "Identities printed per photo.", lower_bound=1,
+                         upper_bound=serving.TOP_K, **on)
+
+
+def check(values, files):
+    """One line naming what is wrong with the command, or None."""
+    if not values.model:
+        return "--model is required: a SavedModel written by kerasbn.export"
+    if values.embed:
+        if files or values.compare:
+            return "--embed takes a folder and no photo arguments or --compare"
+        if not values.out:
+            return "--embed needs --out=FILE.npy for the embeddings"
+        if not os.path.isdir(values.embed):
+            return f"--embed={values.embed} is not a directory"
+    elif values.compare and len(files) != 2:
+        return f"--compare takes exactly two photos, got {len(files)}"
+    elif not files:
+        return "give one or more photos to name (or --compare a b, or --embed DIR)"
+    return None
+
+
+def main(argv):
+    values, files = cli.parse(argv, define_flags, __doc__)
+    problem = check(values, files)
+    if problem:
+        sys.exit(f"error: {problem}")
+    try:
+        model, channels, threshold = load_model(values.model)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    paths = image_files(values.embed) if values.embed else files
+    if values.embed:
+        print(f"embedding {len(paths)} images under {values.embed}")
+    photos, bad = read_photos(paths, channels)
+    for path, reason in bad:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if not photos:
+        sys.exit("error: no usable image among the files given")
+    if values.compare:
+        if bad:
+            sys.exit("error: --compare needs both photos")
+        embedding = run(model.signatures["embed"], photos)["embedding"]
+        print(compare_line(files[0], files[1], float(embedding[0] @ embedding[1]), threshold))
+    elif values.embed:
+        embedding = run(model.signatures["embed"], photos,
+                        Progress(len(photos), "embed"))["embedding"]
+        atomic.write_with(values.out, lambda f: np.save(f, embedding.astype(np.float32)))
+        atomic.write_text(os.path.splitext(values.out)[0] + ".txt",
+                          "".join(os.path.relpath(p, values.embed) + "\n" for p, _ in photos))
+        print(f"wrote {values.out} ({embedding.shape[0]} x {embedding.shape[1]}) and "
+              f"{os.path.splitext(values.out)[0]}.txt")
+    else:
+        print("\n".join(name_lines(photos, run(model.signatures["serving_default"], photos),
+                                   values.top_k)))
+
+
+if __name__ == "__main__":
+    main(sys.argv)
