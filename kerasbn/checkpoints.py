@@ -13,6 +13,7 @@ import shutil
 import tensorflow as tf
 
 from kerasbn import faults, records
+from kerasbn.models import CLASSIFIER
 from kerasbn.run_dir import RunDir
 
 
@@ -79,16 +80,50 @@ def _checkpoint_in(path):
     return None
 
 
-def load_weights(model, path):
-    """Initialises `model` from another run's checkpoint or exported SavedModel (--weights).
+def _source_classes(prefix, model):
+    """The class count of the network saved at checkpoint `prefix`: the width of its one
+    [embedding dim, K] variable (the classifier's kernel), or None when that is unclear."""
+    width = model.get_layer(CLASSIFIER).kernel.shape[0]
+    found = {shape[1] for _, shape in tf.train.list_variables(prefix)
+             if len(shape) == 2 and shape[0] == width}
+    return found.pop() if len(found) == 1 else None
+
+
+def _copy_all_but_the_classifier(source, model):
+    """Assigns `source`'s variables (a list in `model.variables`' order, from a network with
+    another class count) to `model`'s, except the classifier's; False when they differ in
+    more than the classifier."""
+    classifier = {id(v) for v in model.get_layer(CLASSIFIER).variables}
+    keep = [i for i, v in enumerate(model.variables) if id(v) not in classifier]
+    if len(source) != len(model.variables) or any(
+            tuple(source[i].shape) != tuple(model.variables[i].shape) for i in keep):
+        return False
+    for i in keep:
+        model.variables[i].assign(source[i])
+    return True
+
+
+def load_weights(model, path, build=None):
+    """Initialises `model` from another run's checkpoint or exported SavedModel (--weights);
+    returns what it did, in words.
 
     Only weights are taken, not the optimizer state or iteration: a new run starts from them.
+    A network trained on other identities (another class count) gives every layer but the
+    classifier, which starts fresh; `build(num_classes)` makes the donor network then.
     """
     if not os.path.exists(path) and not tf.io.gfile.exists(path + ".index"):
         raise records.DataError(f"--weights={path} does not exist; give a run dir, a "
                                 "checkpoint or an exported SavedModel")
+    here = model.get_layer(CLASSIFIER).kernel.shape[1]
     prefix = _checkpoint_in(path)
     if prefix:
+        there = _source_classes(prefix, model)
+        if build is not None and there not in (None, here):
+            donor = build(there)
+            tf.train.Checkpoint(model=donor).read(prefix).expect_partial()
+            if _copy_all_but_the_classifier(donor.variables, model):
+                return (f"{prefix}: every layer but the classifier ({there} classes there, "
+                        f"{here} here; the classifier starts fresh)")
         # A Keras model tracks its optimizer, so reading restores that too; put it back.
         fresh = [(v, v.numpy()) for v in getattr(model.optimizer, "variables", [])]
         mismatch = None
@@ -108,17 +143,18 @@ def load_weights(model, path):
         status.expect_partial()
         return prefix
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
-        loaded = tf.saved_model.load(path)
-        source = list(getattr(loaded, "variables", []))
-        target = model.variables
+        source = list(getattr(tf.saved_model.load(path), "variables", []))
         shapes = lambda vs: [tuple(v.shape) for v in vs]
-        if shapes(source) != shapes(target):
-            raise records.DataError(f"--weights={path}: the SavedModel's variables "
-                                    "do not fit --model and its flags; use an export of the "
-                                    "same network")
-        for v, w in zip(target, source):
-            v.assign(w)
-        return path
+        if shapes(source) == shapes(model.variables):
+            for v, w in zip(model.variables, source):
+                v.assign(w)
+            return path
+        if build is not None and _copy_all_but_the_classifier(source, model):
+            return (f"{path}: every layer but the classifier (another class count there, "
+                    f"{here} here; the classifier starts fresh)")
+        raise records.DataError(f"--weights={path}: the SavedModel's variables "
+                                "do not fit --model and its flags; use an export of the "
+                                "same network")
     raise records.DataError(f"--weights={path} holds nothing loadable: no checkpoint and no "
                             "saved_model.pb; give a run dir, a checkpoint or an exported "
                             "SavedModel")

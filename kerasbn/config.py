@@ -69,6 +69,7 @@ class RunConfig:
     verify_interval: int = 0
     verify_flip: bool = False
     export: str = "latest"
+    freeze_backbone_iter: int = 0
 
     def __post_init__(self):
         fix = lambda name, value: object.__setattr__(self, name, value)

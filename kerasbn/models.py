@@ -12,6 +12,9 @@ import keras
 from kerasbn import norms
 
 # Each block: (convolution widths, whether each convolution is followed by BN).
+# The last layer's name: fine-tuning replaces it, the rest is the backbone.
+CLASSIFIER = "logits"
+
 _BLOCKS = {
     "baseline": [((32, 64), (False, False)), ((64, 128), (False, False)),
                  ((96, 192), (False, False)), ((160, 320), (False, False))],
@@ -74,7 +77,7 @@ def build(name, num_classes, image_size=(50, 50), channels=1, widths=None, dropo
         x = keras.layers.Dropout(dropout, name="dropout")(x)
     logits = keras.layers.Dense(num_classes, kernel_regularizer=regularizer,
                                 bias_regularizer=bias_regularizer, dtype="float32",
-                                name="logits")(x)
+                                name=CLASSIFIER)(x)
     return keras.Model(inputs, logits, name=name)
 
 
@@ -100,7 +103,7 @@ def cifar10_quick(num_classes=10, image_size=(32, 32), channels=3, norm_layer=No
     x = keras.layers.AveragePooling2D(3, 2, padding="same", name="pool3")(x)
     x = keras.layers.Flatten()(x)
     x = keras.layers.Dense(64, name="embedding", **decay)(x)
-    logits = keras.layers.Dense(num_classes, dtype="float32", name="logits", **decay)(x)
+    logits = keras.layers.Dense(num_classes, dtype="float32", name=CLASSIFIER, **decay)(x)
     return keras.Model(inputs, logits, name="cifar10_quick")
 
 
@@ -122,5 +125,5 @@ def cifar10_full_sigmoid_bn(num_classes=10, image_size=(32, 32), channels=3, nor
         _cifar_conv(x, 64, "conv3", norm_layer, False, decay))
     x = keras.layers.AveragePooling2D(3, 2, padding="same", name="pool3")(x)
     x = keras.layers.Flatten(name="embedding")(x)
-    logits = keras.layers.Dense(num_classes, dtype="float32", name="logits", **decay)(x)
+    logits = keras.layers.Dense(num_classes, dtype="float32", name=CLASSIFIER, **decay)(x)
     return keras.Model(inputs, logits, name="cifar10_full_sigmoid_bn")

@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 
 from kerasbn import callbacks, checkpoints, cli, config as config_lib, export, holdout
+from kerasbn import models
 from kerasbn import metrics, optimizers, pipeline, precise_bn, records, schedules, stop_signals
 from kerasbn import train_flags
 from kerasbn.run_dir import RunDir, RunDirError
@@ -79,7 +80,8 @@ def train(config, run):
     if manager.latest_checkpoint:
         print(f"resuming from {checkpoints.restore(manager)}", flush=True)
     elif config.weights:
-        print(f"initialised from {checkpoints.load_weights(model, config.weights)}",
+        donor = lambda classes: models.build(**{**config.model_kwargs(), "num_classes": classes})
+        print(f"initialised from {checkpoints.load_weights(model, config.weights, donor)}",
               flush=True)
     if config.iter_size > 1 and config.model != "baseline":
         print(f"warning: --iter_size={config.iter_size} accumulates gradients, but BN "
@@ -152,8 +154,13 @@ def train(config, run):
         # Loss scaling (mixed_float16) may skip updates, so one fit can end short of max_iter.
         while ((remaining := config.max_iter - iterations()) > 0
                and not (stop and stop.stopped) and on_signal.stopped_at is None):
+            frozen = iterations() < config.freeze_backbone_iter
+            freeze_backbone(model, frozen)
+            if frozen:
+                remaining = min(remaining, config.freeze_backbone_iter - iterations())
             model.fit(train_data, epochs=1, steps_per_epoch=remaining * config.iter_size,
                       callbacks=events, verbose=0, shuffle=False)
+        freeze_backbone(model, False)
     if on_signal.stopped_at is not None:
         raise stop_signals.Stopped(requests.signal, on_signal.stopped_at)
     summary = metrics.summarize(run.read_metrics(), config.targets())
@@ -161,6 +168,18 @@ def train(config, run):
     if config.export == "best":
         checkpoints.restore_latest(run, model, best=True)
     return summary, export.export_saved_model(model, manifest, run.export, data_dir)
+
+
+def freeze_backbone(model, frozen):
+    """Trains only the classifier (`frozen`) or every layer. Frozen BN layers use their
+    moving statistics, as Keras does for any BN layer that is not trainable."""
+    if all(layer.trainable != frozen for layer in model.layers
+           if layer.name != models.CLASSIFIER):
+        return
+    for layer in model.layers:
+        if layer.name != models.CLASSIFIER:
+            layer.trainable = not frozen
+    model.make_train_function(force=True)
 
 
 def make_verifier(config, model, manifest):

@@ -134,6 +134,9 @@ def define(values):
                          "--test_interval; 0: at every test).", lower_bound=0, **on)
     flags.DEFINE_bool("verify_flip", False, "Sum each holdout embedding with its mirror "
                       "image's, as insightface does.", **on)
+    flags.DEFINE_integer("freeze_backbone_iter", 0, "Fine-tuning: train only the classifier "
+                         "for the first N iterations (every other layer frozen, BN on its "
+                         "moving statistics), then every layer.", lower_bound=0, **on)
     flags.DEFINE_enum("export", "latest", config.EXPORTS, "The SavedModel written at the end: "
                       "the last weights, or the best test's (checkpoints/best).", **on)
     flags.DEFINE_bool("skip_corrupt_records", False, "Train and test on what is readable of "

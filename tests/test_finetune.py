@@ -1,0 +1,53 @@
+"""Fine-tuning: --weights from a network trained on other identities (another class count)."""
+
+import numpy as np
+import pytest
+
+from conftest import make_synth, run_train, train_args
+from kerasbn import checkpoints, optimizers, train_flags
+from kerasbn.run_dir import RunDir
+
+
+def restored(run_dir):
+    model = optimizers.build_and_compile(train_flags.stored_config(run_dir))
+    checkpoints.restore_latest(RunDir(run_dir), model)
+    return {layer.name: [v.numpy() for v in layer.variables] for layer in model.layers
+            if layer.variables}
+
+
+@pytest.fixture(scope="module")
+def seven_people(tmp_path_factory):
+    out = tmp_path_factory.mktemp("seven")
+    make_synth(out, identities=7, seed=3)
+    return str(out)
+
+
+def test_a_run_starts_from_another_class_counts_backbone_with_a_fresh_classifier(
+        finished_run, seven_people, tmp_path, capsys):
+    # --freeze_backbone_iter covers the whole run: the backbone must come out as it went in.
+    run_dir = str(tmp_path / "tuned")
+    run_train(train_args(seven_people, run_dir, max_iter=10, weights=finished_run,
+                         freeze_backbone_iter=10, test_interval=10))
+    assert "every layer but the classifier (6 classes there, 7 here" in capsys.readouterr().out
+    source, tuned = restored(finished_run), restored(run_dir)
+    assert tuned["logits"][0].shape[1] == 7
+    for name, weights in source.items():
+        if name != "logits":
+            for a, b in zip(weights, tuned[name]):
+                np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_after_the_frozen_iterations_every_layer_trains(finished_run, seven_people, tmp_path):
+    run_dir = str(tmp_path / "tuned")
+    run_train(train_args(seven_people, run_dir, max_iter=10, weights=finished_run,
+                         freeze_backbone_iter=5, test_interval=10))
+    source, tuned = restored(finished_run), restored(run_dir)
+    first = next(name for name in source if name != "logits")
+    assert not np.array_equal(source[first][0], tuned[first][0])
+
+
+def test_a_network_of_the_same_classes_loads_whole(finished_run, small_data, tmp_path, capsys):
+    run_train(train_args(small_data, str(tmp_path / "again"), max_iter=1, test_interval=1,
+                         weights=finished_run))
+    out = capsys.readouterr().out
+    assert "initialised from" in out and "classifier" not in out
