@@ -114,11 +114,11 @@ def load_weights(model, path, build=None):
     if not os.path.exists(path) and not tf.io.gfile.exists(path + ".index"):
         raise records.DataError(f"--weights={path} does not exist; give a run dir, a "
                                 "checkpoint or an exported SavedModel")
-    here = model.get_layer(CLASSIFIER).kernel.shape[1]
+    here = model.get_layer(CLASSIFIER).kernel.shape[1] if build is not None else None
     prefix = _checkpoint_in(path)
     if prefix:
-        there = _source_classes(prefix, model)
-        if build is not None and there not in (None, here):
+        there = _source_classes(prefix, model) if build is not None else None
+        if there not in (None, here):
             donor = build(there)
             tf.train.Checkpoint(model=donor).read(prefix).expect_partial()
             if _copy_all_but_the_classifier(donor.variables, model):
