@@ -124,7 +124,7 @@ def label(result):
     """A network's name on the plot and in the table: its run (or export) directory."""
     path = result["source"].rstrip("/")
     name = os.path.basename(path)
-    return os.path.basename(os.path.dirname(path)) if name == "export" else name
+    return f"{os.path.basename(os.path.dirname(path))} (export)" if name == "export" else name
 
 
 def plot_roc(results, out):
