@@ -77,12 +77,10 @@ def photo_scores(served, pairs_file, image_root, batch_size, flip):
     files, first, second, same, sets = pairs.file_pairs(pairs_file, image_root)
     photos = load_photos(files, served)
     step = holdout.embed_step(lambda x: served.serve(x)["embedding"], flip)
-    progress = Progress(len(files), "embedding photos")
-    embeddings = []
-    for start in range(0, len(photos), batch_size):
-        embeddings.append(step(photos[start:start + batch_size]).numpy())
-        progress.update(len(embeddings[-1]))
-    return (verification.cosine_scores(np.concatenate(embeddings), first, second), same,
+    embeddings = holdout.embed_batches(
+        step, (photos[start:start + batch_size] for start in range(0, len(photos), batch_size)),
+        Progress(len(files), "embedding photos"))
+    return (verification.cosine_scores(embeddings, first, second), same,
             holdout.folds(same, sets))
 
 

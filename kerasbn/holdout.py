@@ -28,8 +28,8 @@ def embed_step(embed, flip=False):
     features), summed with the mirror images' when `flip`."""
 
     def unit(images):
-        features = tf.cast(embed(images), tf.float32)
-        return features / tf.maximum(tf.norm(features, axis=-1, keepdims=True), 1e-12)
+        return tf.math.l2_normalize(tf.cast(embed(images), tf.float32), axis=-1,
+                                    epsilon=1e-24)
 
     @tf.function(reduce_retracing=True)
     def step(images):
@@ -53,16 +53,18 @@ def embedder(embed, data_dir, manifest, batch_size, flip=False, raw=False, progr
     (a `Progress`) counts the images embedded."""
     data = pipeline.test_dataset(data_dir, manifest, batch_size, split="holdout", raw=raw)
     step = embed_step(embed, flip)
+    return lambda: embed_batches(step, (images for images, _ in data), progress)
 
-    def run():
-        batches = []
-        for images, _ in data:
-            batches.append(step(images).numpy())
-            if progress:
-                progress.update(len(batches[-1]))
-        return np.concatenate(batches)
 
-    return run
+def embed_batches(step, batches, progress=None):
+    """The embeddings `step` gives each batch of images, as one array; `progress` (a
+    `Progress`) counts the images."""
+    embeddings = []
+    for images in batches:
+        embeddings.append(step(images).numpy())
+        if progress:
+            progress.update(len(embeddings[-1]))
+    return np.concatenate(embeddings)
 
 
 def scorer(embed, data_dir, manifest, batch_size, flip=False, raw=False, progress=None):
