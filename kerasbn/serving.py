@@ -29,7 +29,7 @@ MARKER = "kerasbn_export.json"
 class Served:
     """A network ready to run on uint8 faces, with what its input must be.
 
-    `serve(images)` returns {logits, probabilities, embedding}. `data_dir` and `manifest`
+    `serve(images)` returns the `serving_default` outputs. `data_dir` and `manifest`
     are the training dataset's (None for a SavedModel); `checkpoint` the prefix restored;
     `verify_flip` whether the run verified with mirrored embeddings."""
     source: str
