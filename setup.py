@@ -2,6 +2,9 @@
 
 from setuptools import find_packages, setup
 
+LITERT = ["ai-edge-litert>=2.0"]
+ONNX = ["tf2onnx>=1.17", "onnxruntime>=1.20"]
+
 setup(
     name="kerasbn",
     version="0.1.0",
@@ -24,8 +27,12 @@ setup(
         "numpy>=1.26",
         "matplotlib>=3.8",
     ],
+    # The converters' runtimes for `python -m kerasbn.export --format=litert|onnx`; the tests
+    # run both formats, so the test extra carries them.
     extras_require={
         "and-cuda": ["tensorflow[and-cuda]>=2.21,<2.22"],
-        "test": ["pytest>=8"],
+        "litert": LITERT,
+        "onnx": ONNX,
+        "test": ["pytest>=8", *LITERT, *ONNX],
     },
 )

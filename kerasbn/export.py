@@ -9,7 +9,12 @@ pairs. kerasbn_export.json beside it records the classes, image size, channels, 
 and threshold. Loading needs TensorFlow only:
 `tf.saved_model.load(DIR).signatures["serving_default"]`.
 
+`--format=litert|onnx` writes the fixed-size core instead (kerasbn.portable): a .tflite or
+.onnx file taking normalised float32 images, checked against Keras with the runtime that will
+run it, and a JSON file beside it with the preprocessing, class names and threshold.
+
     python -m kerasbn.export --run_dir runs/bn [--checkpoint=latest|best] [--out DIR]
+    python -m kerasbn.export --run_dir runs/bn --format=litert|onnx [--out FILE]
 """
 
 import os
@@ -19,7 +24,7 @@ import sys
 import keras
 from absl import flags
 
-from kerasbn import atomic, cli, holdout, records, serving
+from kerasbn import atomic, cli, holdout, portable, records, serving
 from kerasbn.run_dir import RunDir
 
 def is_export(path):
@@ -27,9 +32,17 @@ def is_export(path):
     return os.path.isfile(os.path.join(path, serving.MARKER))
 
 
-def check_out(path):
-    """Refuses an --out that holds anything but a previous kerasbn export (or nothing)."""
-    if os.path.exists(path) and not is_export(path) and (
+def check_out(path, fmt="saved_model"):
+    """Refuses an --out that holds anything but a previous kerasbn export of `fmt` (or
+    nothing)."""
+    if fmt != "saved_model":
+        suffix = portable.FORMATS[fmt][0]
+        if not path.endswith(suffix):
+            raise records.DataError(f"--out={path}: a {fmt} file's name must end with {suffix}")
+        if os.path.exists(path) and not (os.path.isfile(path) and portable.is_portable(path)):
+            raise records.DataError(f"--out={path} exists and is not a kerasbn export; choose "
+                                    "a new path (kerasbn replaces only its own exports)")
+    elif os.path.exists(path) and not is_export(path) and (
             not os.path.isdir(path) or os.listdir(path)):
         raise records.DataError(f"--out={path} exists and is not a kerasbn export; choose a "
                                 "new directory (kerasbn replaces only its own exports)")
@@ -72,24 +85,61 @@ def export_run(run_dir, out=None, best=False):
     return export_saved_model(model, manifest, out or RunDir(run_dir).export, config.data_dir)
 
 
+def export_portable(run_dir, fmt, out=None, best=False):
+    """(path, {output: max |difference| from Keras}, what the check ran on) of the run's
+    fixed-size core written as a `fmt` file (kerasbn.portable) with its JSON beside it."""
+    portable.require(fmt)
+    out = out or RunDir(run_dir).export + portable.FORMATS[fmt][0]
+    check_out(out, fmt)
+    config, manifest, model, _ = serving.restore_run(run_dir, best)
+    images, source = portable.check_images(config, manifest)
+    height, width = manifest["image_size"]
+    description = {
+        "written_by": "kerasbn", **serving.input_spec(manifest),
+        "input": {"name": "image", "dtype": "float32",
+                  "shape": [None, height, width, manifest["channels"]],
+                  "is": "(pixel - mean) / std per channel, after gray conversion and resize"},
+        "outputs": {"embedding": "L2-normalised", "probabilities": "softmax over classes"},
+        "mean": manifest["mean"], "std": manifest["std"],
+        "class_names": manifest["class_names"],
+        "threshold": threshold(model, config.data_dir, manifest),
+        "checked_on": f"{len(images)} {source}"}
+    core = portable.float32_core(config, model)
+    measured = portable.write(core, out, fmt, images, description)
+    return out, measured, description["checked_on"]
+
+
+LABELS = {"litert": "LiteRT", "onnx": "ONNX"}
+
+
 def define_flags(values):
     on = {"flag_values": values}
     flags.DEFINE_string("run_dir", None, "A directory made by kerasbn.train.", **on)
     flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "The newest checkpoint, or "
                       "the weights of the run's best test.", **on)
-    flags.DEFINE_string("out", None, "Where to write the SavedModel (default: RUN_DIR/export).",
-                        **on)
+    flags.DEFINE_enum("format", "saved_model", ["saved_model", "litert", "onnx"],
+                      "saved_model: the serving SavedModel; litert (.tflite) or onnx: the "
+                      "fixed-size float32 core for phones and other runtimes.", **on)
+    flags.DEFINE_string("out", None, "Where to write it (default: RUN_DIR/export, "
+                        "RUN_DIR/export.tflite or RUN_DIR/export.onnx).", **on)
 
 
 def main(argv):
     values, _ = cli.parse(argv, define_flags, __doc__)
     if not values.run_dir:
         sys.exit("error: --run_dir is required (a directory made by kerasbn.train)")
+    best = values.checkpoint == "best"
     try:
-        path = export_run(values.run_dir, values.out, values.checkpoint == "best")
+        if values.format == "saved_model":
+            print(f"SavedModel: {export_run(values.run_dir, values.out, best)}")
+            return
+        path, measured, checked_on = export_portable(values.run_dir, values.format,
+                                                     values.out, best)
     except ValueError as e:
         sys.exit(f"error: {e}")
-    print(f"SavedModel: {path}")
+    worst = ", ".join(f"{name} {value:.1e}" for name, value in measured.items())
+    print(f"{LABELS[values.format]}: {path} (max |difference| from Keras on {checked_on}: "
+          f"{worst}; preprocessing and names in {portable.sidecar(path)})")
 
 
 if __name__ == "__main__":

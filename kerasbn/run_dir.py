@@ -9,6 +9,8 @@ and its records (config, metrics.jsonl, summary.json).
     run/checkpoints/      weights, optimizer state, iteration and wall time; best/ the weights
                           of the best test so far
     run/export/           the SavedModel
+    run/export.tflite     the LiteRT / ONNX core (`export --format`), each with a .json beside
+    run/export.onnx
 
 Rewritten files go through `atomic`; the lock is an OS-level `flock`, so a process killed
 even with SIGKILL never leaves the directory locked.
