@@ -51,3 +51,27 @@ def test_a_network_of_the_same_classes_loads_whole(finished_run, small_data, tmp
                          weights=finished_run))
     out = capsys.readouterr().out
     assert "initialised from" in out and "classifier" not in out
+
+
+def final_test(run_dir):
+    last = RunDir(run_dir).read_metrics()[-1]
+    return last["test_top1"], last["test_loss"]
+
+
+def test_a_50_class_backbone_beats_a_fresh_network_on_7_new_people(seven_people, tmp_path):
+    # The case: 30 iterations with the backbone frozen, so only what the backbone
+    # learnt on the 50 other people can tell the 7 apart (chance is 1/7).
+    fifty = str(tmp_path / "fifty")
+    make_synth(fifty, identities=50, seed=5)
+    source = str(tmp_path / "source")
+    run_train(train_args(fifty, source, max_iter=200, batch_size=32, test_interval=200,
+                         base_lr=0.05))
+    results = {}
+    for name, extra in (("tuned", {"weights": source}), ("fresh", {})):
+        run_dir = str(tmp_path / name)
+        run_train(train_args(seven_people, run_dir, max_iter=30, freeze_backbone_iter=30,
+                             test_interval=30, **extra))
+        results[name] = final_test(run_dir)
+    (tuned_top1, tuned_loss), (fresh_top1, fresh_loss) = results["tuned"], results["fresh"]
+    assert tuned_top1 >= fresh_top1 + 0.25, results
+    assert tuned_loss < fresh_loss, results
