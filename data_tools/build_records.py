@@ -97,7 +97,9 @@ class Encoder:
             gc.freeze()
             # Started before the source is listed, so the workers load Pillow's plugins
             # while the main process walks the folders.
-            self.pool = multiprocessing.get_context("fork").Pool(workers, initializer=Image.init)
+            with stop_signals.for_workers():
+                self.pool = multiprocessing.get_context("fork").Pool(workers,
+                                                                     initializer=Image.init)
 
     def configure(self, args, boxes):
         self.args, self.boxes = args, boxes

@@ -58,3 +58,19 @@ def as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def for_workers():
+    """Processes forked inside the block start with SIGTERM's default action and SIGINT
+    ignored: a worker that inherited `as_interrupt`'s handler would turn Pool.terminate's
+    SIGTERM into a KeyboardInterrupt it can be stuck handling (waiting on a lock its killed
+    sibling held), and the parent's join would wait for it forever; Ctrl-C is the parent's."""
+    previous = {signum: signal.signal(signum, action)
+                for signum, action in ((signal.SIGTERM, signal.SIG_DFL),
+                                       (signal.SIGINT, signal.SIG_IGN))}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
