@@ -1,7 +1,7 @@
 """Line charts as PNG files, drawn off-screen (Agg), for the commands that plot curves."""
 
 
-def save_lines(curves, out, xlabel, ylabel, xscale="linear", yscale="linear"):
+def save_lines(curves, out, xlabel, ylabel, xscale="linear", yscale="linear", marker=None):
     """Draws (label, xs, ys) curves on one chart with a legend into PNG `out`."""
     import matplotlib
     matplotlib.use("Agg")
@@ -9,7 +9,7 @@ def save_lines(curves, out, xlabel, ylabel, xscale="linear", yscale="linear"):
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for label, xs, ys in curves:
-        ax.plot(xs, ys, label=label)
+        ax.plot(xs, ys, label=label, marker=marker)
     ax.set_xscale(xscale)
     ax.set_yscale(yscale)
     ax.set_xlabel(xlabel)

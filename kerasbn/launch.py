@@ -4,16 +4,25 @@
     python -m kerasbn.launch study --data_dir=data/casia --dry_run > jobs.txt   # for a queue
     python -m kerasbn.launch study_quick --data_dir=data/att --run_root=runs/study_quick_att
     python -m kerasbn.launch beyond_quick --reference=runs/study_quick/bn_multistep_no_dropout
+    python -m kerasbn.launch study_quick --seeds=3 --sweep=base_lr=0.005,0.01,0.02,0.05
 
 Each flagfile of the set is one `python -m kerasbn.train --flagfile=...` run; --data_dir
 and --precision, when given, are passed to every run. --run_root moves every run dir (and the
 report) under one directory, so the same set on other data does not resume the first runs.
---dry_run prints the commands (one per line, for a cluster queue) instead of running them;
-the last line is the report command.
+--seeds=N runs each configuration with seeds 0..N-1 (run dirs RUN-seedS); --sweep=FLAG=V1,V2
+(repeatable: a grid) runs each at each value (run dirs RUN-FLAGV-seedS), and the report
+picks each configuration's best value on the first seed and reports it on the others, so a
+sweep needs --seeds=3 or more. --dry_run prints the commands (one per line, for a cluster
+queue) instead of running them; the last line is the report command.
+
+Several launchers may work through one set at once (one per GPU or queue slot): each skips
+the runs already finished and those another process is training (the run directory's lock
+decides who trains a run), and the one that finishes the last run writes the report.
 """
 
 import glob
 import importlib.resources
+import itertools
 import os
 import shlex
 import subprocess
@@ -21,7 +30,8 @@ import sys
 
 from absl import flags
 
-from kerasbn import cli
+from kerasbn import cli, export, train, train_flags
+from kerasbn.run_dir import RunDir
 
 
 def sets_dir():
@@ -57,26 +67,78 @@ def run_dir_of(flagfile):
     return run_dir
 
 
-def commands(name, extra_args, report_out=None, run_root=None, reference=None):
-    """The train commands of the set, then the report command, as argument lists.
+def parse_sweep(texts):
+    """[(flag, [values])] of --sweep's FLAG=V1,V2 items; ValueError naming a bad one."""
+    known = set(train_flags.names())
+    sweeps = []
+    for text in texts:
+        flag, _, listed = text.partition("=")
+        values = [v for v in listed.split(",") if v]
+        if flag not in known or not values:
+            raise ValueError(f"--sweep={text}: give a training flag and its values, e.g. "
+                             "--sweep=base_lr=0.005,0.01,0.02,0.05")
+        sweeps.append((flag, values))
+    return sweeps
+
+
+def commands(name, extra_args, report_out=None, run_root=None, reference=None, seeds=None,
+             sweeps=()):
+    """(train commands as argument lists, their run dirs, the report command).
 
     With `run_root`, run k goes to RUN_ROOT/<basename of its flagfile's run dir>; the report
-    defaults to RUN_ROOT/report, else to runs/SET/report.
+    defaults to RUN_ROOT/report, else to runs/SET/report. With `seeds` and `sweeps`, every
+    flagfile becomes one run per swept value (the grid of `sweeps`) and seed.
     """
     python = [sys.executable, "-m"]
     files = set_flagfiles(name)
-    run_dirs = [run_dir_of(f) for f in files]
+    bases = [run_dir_of(f) for f in files]
     if run_root:
-        run_dirs = [os.path.join(run_root, os.path.basename(d.rstrip("/"))) for d in run_dirs]
-        if len(set(run_dirs)) < len(run_dirs):
-            raise ValueError(f"two runs of set {name!r} share a run dir name under {run_root}")
-    runs = [python + ["kerasbn.train", f"--flagfile={f}"] + extra_args
-            + ([f"--run_dir={d}"] if run_root else []) for f, d in zip(files, run_dirs)]
+        bases = [os.path.join(run_root, os.path.basename(d.rstrip("/"))) for d in bases]
+    grid = list(itertools.product(*[[(flag, v) for v in values] for flag, values in sweeps]))
+    runs, run_dirs = [], []
+    for flagfile, base in zip(files, bases):
+        for point in grid:
+            for seed in range(seeds) if seeds else [None]:
+                suffix = "".join(f"-{flag}{value}" for flag, value in point) + (
+                    "" if seed is None else f"-seed{seed}")
+                run_dir = base.rstrip("/") + suffix
+                runs.append(python + ["kerasbn.train", f"--flagfile={flagfile}"] + extra_args
+                            + [f"--{flag}={value}" for flag, value in point]
+                            + ([] if seed is None else [f"--seed={seed}"])
+                            + ([f"--run_dir={run_dir}"] if run_root or suffix else []))
+                run_dirs.append(run_dir)
+    if len(set(run_dirs)) < len(run_dirs):
+        raise ValueError(f"two runs of set {name!r} share a run dir name"
+                         + (f" under {run_root}" if run_root else ""))
     report_out = report_out or os.path.join(
         run_root or os.path.join("runs", os.path.basename(name.rstrip("/"))), "report")
     report = python + ["kerasbn.report", *run_dirs, f"--out={report_out}"] + (
-        [f"--reference={reference}"] if reference else [])
-    return runs, report
+        [f"--reference={reference}"] if reference else []) + (
+        [f"--sweep={','.join(flag for flag, _ in sweeps)}"] if sweeps else [])
+    return runs, run_dirs, report
+
+
+def finished(run_dir):
+    """Whether the run ended (training writes its export last)."""
+    return export.is_export(RunDir(run_dir).export)
+
+
+def work_through(runs, run_dirs):
+    """Trains every run not finished and not claimed by another process, in order. Exits on
+    a failed run."""
+    for index, (command, run_dir) in enumerate(zip(runs, run_dirs), start=1):
+        head = f"== run {index}/{len(runs)}"
+        if finished(run_dir):
+            print(f"{head}: {run_dir} finished", flush=True)
+            continue
+        if not RunDir(run_dir).busy():
+            print(f"{head}: {shlex.join(command)}", flush=True)
+            code = subprocess.run(command).returncode
+            if code == 0:
+                continue
+            if code != train.BUSY_EXIT:
+                sys.exit(f"error: run {index} failed; fix it and rerun (finished runs resume)")
+        print(f"{head}: {run_dir} is being trained by another process", flush=True)
 
 
 def define_flags(values):
@@ -93,6 +155,10 @@ def define_flags(values):
                         "run).", **on)
     flags.DEFINE_string("run_root", None, "Put every run dir of the set under this directory "
                         "(e.g. runs/study_quick_att for the same set on other data).", **on)
+    flags.DEFINE_integer("seeds", None, "Run each configuration with seeds 0..N-1 (default: "
+                         "once, with the flagfile's seed).", lower_bound=1, **on)
+    flags.DEFINE_multi_string("sweep", [], "FLAG=V1,V2,...: run each configuration at each "
+                              "value (repeatable: a grid); needs --seeds=3 or more.", **on)
 
 
 def main(argv):
@@ -102,18 +168,25 @@ def main(argv):
     extra = [f"--{name}={values[name].value}" for name in ("data_dir", "precision")
              if values[name].value]
     try:
-        runs, report = commands(names[0], extra, values.report_out, values.run_root,
-                                values.reference)
+        sweeps = parse_sweep(values.sweep)
+        if sweeps and (values.seeds or 1) < 3:
+            raise ValueError("a sweep picks each configuration's best value on the first seed "
+                             "and reports it on the others: give --seeds=3 or more")
+        runs, run_dirs, report = commands(names[0], extra, values.report_out, values.run_root,
+                                          values.reference, values.seeds, sweeps)
     except (ValueError, flags.Error) as e:
         sys.exit(f"error: {e}")
     if values.dry_run:
         for command in runs + [report]:
             print(shlex.join(command))
         return
-    for index, command in enumerate(runs, start=1):
-        print(f"== run {index}/{len(runs)}: {shlex.join(command)}", flush=True)
-        if subprocess.run(command).returncode != 0:
-            sys.exit(f"error: run {index} failed; fix it and rerun (finished runs resume)")
+    work_through(runs, run_dirs)
+    # Checked after the whole pass: runs skipped as claimed may have finished meanwhile.
+    elsewhere = [d for d in run_dirs if not finished(d)]
+    if elsewhere:
+        print(f"{len(elsewhere)} runs are being trained by other processes; the one that "
+              f"finishes the last run writes the report (or run: {shlex.join(report)})")
+        return
     sys.exit(subprocess.run(report).returncode)
 
 

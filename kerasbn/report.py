@@ -11,6 +11,15 @@ learning rate as PNGs. The speedup is the reference's iterations to the target o
 reached the target (the bound uses its last test), "<" when the run never did. The test
 jump is the mean absolute change of test top-1 between consecutive tests over the second half
 of the run (`metrics.stability`): how much stale BN statistics shake the test curve.
+
+Runs that differ only in their seed (e.g. `launch --seeds=3`) are one configuration: the
+table then gives each configuration's mean ± std over its seeds, iterations to a target
+censored at the last test for a seed that never reached it (shown as a bound), and speedups
+computed per seed (kerasbn.seeds says how); the accuracy figure draws each configuration's
+mean curve with a band of one std. With `--sweep=FLAG,...` (a launcher sweep), a second table
+gives each configuration at its best swept value, chosen on the first seed and reported on the
+others, with the speedup best-against-best beside the speedup at the reference's best value,
+and `iterations_vs_FLAG.png` draws iterations to the first target against the swept value.
 """
 
 import os
@@ -19,7 +28,7 @@ import sys
 import numpy as np
 from absl import flags
 
-from kerasbn import cli, metrics, train_flags
+from kerasbn import charts, cli, metrics, seeds, train_flags
 from kerasbn.config import ConfigError
 from kerasbn.run_dir import RunDir, RunDirError
 FIGURES = {"accuracy_vs_iteration.png": ("iteration", "test_top1", "test top-1"),
@@ -137,22 +146,168 @@ def markdown(table, reference_name):
     return "\n".join(lines) + "\n"
 
 
-def plot(runs, out_dir):
-    """Writes the FIGURES whose values some run recorded; returns their paths."""
+def _spread_cell(mean_std, fmt=".4f"):
+    mean, std = mean_std
+    return "-" if mean is None else f"{mean:{fmt}} ± {std:{fmt}}"
+
+
+def _iterations_cell(count):
+    """Iterations to a target over seeds; a mean holding censored seeds is a lower bound."""
+    if count["mean"] is None:
+        return "-"
+    cell = f"{count['mean']:.0f} ± {count['std']:.0f}"
+    if count["censored"]:
+        cell = f">={cell} ({count['censored']}/{count['seeds']} never reached)"
+    return cell
+
+
+def _speedup_cell(result):
+    if result["mean"] is None:
+        return "-"
+    return (f"{result['bound']}{result['mean']:.2f}x ± {result['std']:.2f} "
+            f"({result['seeds']} seeds)")
+
+
+SEEDS_NOTE = ("\nMean ± std over seeds. Speedup: per seed, the reference's iterations to the "
+              "target over the configuration's (same seed), then mean ± std; `>=`: some "
+              "seeds never reached the target and count at their last test, so the mean is "
+              "a lower bound; a speedup with `>` or `<` is a bound for the same reason.\n")
+
+
+def grouped_markdown(groups, targets, reference):
+    """One row per configuration: mean ± std over its seeds; speedups against the
+    configuration `reference` (a group), per seed."""
+    names = [metrics.target_name(t) for t in targets]
+    head = ["configuration", "seeds", "best top-1", "final top-1"]
+    for name in names:
+        head += [f"iters to {name}", f"speedup at {name} vs {reference['name']}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for entry in groups:
+        runs = entry["runs"]
+        cells = [entry["name"], str(len(runs)),
+                 _spread_cell(seeds.accuracy(runs, "best_test_top1")),
+                 _spread_cell(seeds.accuracy(runs, "final_test_top1"))]
+        for target in targets:
+            cells += [_iterations_cell(seeds.to_target(runs, target)),
+                      _speedup_cell(seeds.speedup(reference["runs"], runs, target))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def sweep_choices(groups, swept, target):
+    """[{configuration, groups, best, seed}]: the groups of each configuration (every
+    setting but the seed and the swept flags), the best of them on the first seed."""
+    configurations = {}
+    for entry in groups:
+        key = seeds.configuration(entry["runs"][0]["flags"], leave_out=swept)
+        configurations.setdefault(key, []).append(entry)
+    choices = []
+    for members in configurations.values():
+        best, seed = seeds.pick_on_first_seed(members, target)
+        name = members[0]["name"]
+        for flag in swept:
+            name = name.replace(f"-{flag}{_value(members[0], flag)}", "")
+        choices.append({"configuration": name, "groups": members, "best": best, "seed": seed})
+    return choices
+
+
+def _value(entry, flag):
+    return entry["runs"][0]["flags"].get(flag)
+
+
+def _at_value(choice, values):
+    return next((g for g in choice["groups"]
+                 if [_value(g, f) for f in values] == list(values.values())), None)
+
+
+def sweep_markdown(choices, swept, target, reference):
+    """Each configuration at its best swept value, chosen on the first seed and reported on
+    the others; speedups best-against-best and at the reference's best value."""
+    name = metrics.target_name(target)
+    ref_best = reference["best"]
+    ref_values = {flag: _value(ref_best, flag) for flag in swept}
+    shown_ref = ", ".join(f"{k}={v}" for k, v in ref_values.items())
+    head = ["configuration", "best value", "chosen on seed", "reported seeds",
+            f"iters to {name}", "final top-1", f"speedup best vs best ({reference['configuration']})",
+            f"speedup at {shown_ref}"]
+    lines = [f"Each configuration at its best {', '.join(swept)} (fewest iterations to {name} "
+             "on the first seed, ties by final top-1), reported on the other seeds:", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    ref_runs = seeds.without_seed(ref_best["runs"], reference["seed"])
+    for choice in choices:
+        runs = seeds.without_seed(choice["best"]["runs"], choice["seed"])
+        equal = _at_value(choice, ref_values)
+        at_equal = (seeds.speedup(ref_runs, seeds.without_seed(equal["runs"], choice["seed"]),
+                                  target) if equal else None)
+        cells = [choice["configuration"],
+                 ", ".join(f"{flag}={_value(choice['best'], flag)}" for flag in swept),
+                 str(choice["seed"]), str(len(runs)),
+                 _iterations_cell(seeds.to_target(runs, target)),
+                 _spread_cell(seeds.accuracy(runs, "final_test_top1")) if runs else "-",
+                 _speedup_cell(seeds.speedup(ref_runs, runs, target)),
+                 _speedup_cell(at_equal) if at_equal else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_sweep(choices, swept, target, out_dir):
+    """iterations_vs_FLAG.png: mean iterations to `target` over every seed against the first
+    swept flag, one line per configuration (and value of any other swept flag)."""
+    flag, others = swept[0], swept[1:]
+    curves, values = [], []
+    for choice in choices:
+        lines = {}
+        for entry in choice["groups"]:
+            label = choice["configuration"] + "".join(
+                f", {f}={_value(entry, f)}" for f in others)
+            count = seeds.to_target(entry["runs"], target)
+            lines.setdefault(label, []).append((float(_value(entry, flag)), count["mean"]))
+            values.append(float(_value(entry, flag)))
+        for label, points in lines.items():
+            curves.append((label, *zip(*sorted(points))))
+    positive = values and min(values) > 0
+    scale = "log" if positive and max(values) / min(values) >= 10 else "linear"
+    path = os.path.join(out_dir, f"iterations_vs_{flag}.png")
+    charts.save_lines(curves, path, flag,
+                      f"iterations to {metrics.target_name(target)} (mean over seeds)",
+                      xscale=scale, marker="o")
+    return path
+
+
+def plot(groups, out_dir):
+    """Writes the FIGURES whose values some run recorded; returns their paths. A
+    configuration of several seeds is drawn as its mean over them against iteration, with a
+    band of one std (on the iterations every seed tested), and run by run against wall time."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     paths = []
+    everything = [e for entry in groups for run in entry["runs"] for e in run["entries"]]
     for name, (x_key, y_key, label) in FIGURES.items():
-        if not any(e.get(y_key) is not None for run in runs for e in run["entries"]):
+        if not any(e.get(y_key) is not None for e in everything):
             continue
         fig, ax = plt.subplots(figsize=(8, 4.5))
-        for run in runs:
-            points = [(e[x_key], e[y_key]) for e in run["entries"]
-                      if e.get(x_key) is not None and e.get(y_key) is not None]
-            if points:
-                ax.plot(*zip(*points), marker=".", label=run["name"])
+        for index, entry in enumerate(groups):
+            color = f"C{index % 10}"
+            curves = [[(e[x_key], e[y_key]) for e in run["entries"]
+                       if e.get(x_key) is not None and e.get(y_key) is not None]
+                      for run in entry["runs"]]
+            curves = [c for c in curves if c]
+            if not curves:
+                continue
+            if len(curves) == 1 or x_key != "iteration":
+                for k, curve in enumerate(curves):
+                    ax.plot(*zip(*curve), marker="." if len(curves) == 1 else None,
+                            color=color, alpha=1 if len(curves) == 1 else 0.6,
+                            label=entry["name"] if k == 0 else None)
+                continue
+            shared = sorted(set.intersection(*(set(x for x, _ in c) for c in curves)))
+            table = np.array([[dict(c)[x] for x in shared] for c in curves])
+            mean, std = table.mean(0), table.std(0, ddof=1)
+            ax.plot(shared, mean, color=color,
+                    label=f"{entry['name']} (mean of {len(curves)} seeds)")
+            ax.fill_between(shared, mean - std, mean + std, color=color, alpha=0.2)
         if y_key == "lr":
             ax.set_yscale("log")
         ax.set_xlabel("wall time (s)" if x_key == "wall_time" else "iteration")
@@ -193,12 +348,28 @@ def main(argv):
     if os.path.exists(values.out) and not os.path.isdir(values.out):
         sys.exit(f"error: --out={values.out} is a file; give a directory for report.md and "
                  "the figures")
-    table = markdown(rows(runs, targets, reference["dir"]), reference["name"])
+    groups = seeds.group(runs)
+    unknown = [flag for flag in values.sweep or [] if flag not in reference["flags"]]
+    if unknown:
+        sys.exit(f"error: --sweep={','.join(unknown)}: no such setting in the runs' "
+                 "config.json; give the swept flags' names, e.g. --sweep=base_lr")
     os.makedirs(values.out, exist_ok=True)
+    figures = []
+    if values.sweep or any(len(entry["runs"]) > 1 for entry in groups):
+        reference_group = next(g for g in groups if reference in g["runs"])
+        table = grouped_markdown(groups, targets, reference_group) + SEEDS_NOTE
+        if values.sweep:
+            choices = sweep_choices(groups, values.sweep, targets[0])
+            chosen_reference = next(c for c in choices if reference_group in c["groups"])
+            table += "\n" + sweep_markdown(choices, values.sweep, targets[0],
+                                           chosen_reference)
+            figures.append(plot_sweep(choices, values.sweep, targets[0], values.out))
+    else:
+        table = markdown(rows(runs, targets, reference["dir"]), reference["name"])
     with open(os.path.join(values.out, "report.md"), "w", encoding="utf-8") as f:
         f.write(table)
     print(table)
-    for path in plot(runs, values.out):
+    for path in plot(groups, values.out) + figures:
         print(f"figure: {path}")
 
 
@@ -210,6 +381,9 @@ def define_flags(values):
                       "(default: those the runs tracked with --target_accuracy and --target, "
                       "else 0.8).", **on)
     flags.DEFINE_string("out", "report", "Directory for report.md and the PNGs.", **on)
+    flags.DEFINE_list("sweep", None, "Flags a launcher sweep varied (e.g. base_lr): each "
+                      "configuration's best value is chosen on the first seed and reported "
+                      "on the others.", **on)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,10 @@ class RunDirError(ValueError):
     """A run directory that cannot be used as asked; the message names it and the fix."""
 
 
+class RunDirBusy(RunDirError):
+    """The run directory is locked by another process (a launcher takes it as claimed)."""
+
+
 class RunDir:
     """The files of the run at `path` (which need not exist yet)."""
 
@@ -89,12 +93,26 @@ class RunDir:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-                raise RunDirError(f"--run_dir={self.path} is in use by another training "
+                raise RunDirBusy(f"--run_dir={self.path} is in use by another training "
                                   f"process (pid {holder}); wait for it to finish or stop "
                                   "it, or choose another --run_dir") from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             yield self
+        finally:
+            os.close(fd)
+
+    def busy(self):
+        """Whether another process holds the run's lock now (without taking it)."""
+        try:
+            fd = os.open(self._join(LOCK_NAME), os.O_RDWR)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
         finally:
             os.close(fd)
 

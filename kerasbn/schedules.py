@@ -44,6 +44,7 @@ class ScheduleConfig:
     warmup_iter: int = 0
     max_iter: int = 420000
     iter_size: int = 1
+    schedule_iters: int = 0
 
     def __post_init__(self):
         for name in ("stepvalue", "jump_at"):
@@ -56,9 +57,21 @@ class ScheduleConfig:
                                 f"{', '.join(SMOOTH_POLICIES)}")
         if self.base_lr <= 0:
             raise ScheduleError(f"--base_lr must be positive, got {self.base_lr}")
-        if self.gamma <= 0 or self.jump_gamma <= 0:
-            raise ScheduleError("--gamma and --jump_gamma must be positive (a negative factor "
-                                "makes negative rates)")
+        # Caffe accepts any gamma; refused here is only what makes a rate negative or
+        # undefined: a negative factor raised to a count (step, multistep, exp), a negative
+        # base under a fractional power (inv). sigmoid decays with a negative gamma.
+        smooth = self.smooth_policy if policy == "stepwise_then_jump" else policy
+        if self.gamma < 0 and smooth in ("step", "multistep", "exp", "inv"):
+            raise ScheduleError(f"--gamma={self.gamma} is negative, which makes --lr_policy="
+                                f"{smooth} rates negative or undefined; give gamma >= 0 "
+                                "(sigmoid alone decays with a negative gamma)")
+        if self.jump_gamma < 0:
+            raise ScheduleError(f"--jump_gamma={self.jump_gamma} is negative, which makes "
+                                "negative rates; give jump_gamma >= 0")
+        if self.schedule_iters < 0 or (self.schedule_iters and policy in STUDY_POLICIES):
+            raise ScheduleError(f"--schedule_iters={self.schedule_iters}: give 0 or the run "
+                                "length the schedule's iterations were written for; the "
+                                "study's named policies already scale from 420,000")
         if self.max_iter < 1 or self.iter_size < 1 or self.warmup_iter < 0:
             raise ScheduleError("--max_iter and --iter_size must be at least 1, --warmup_iter "
                                 "at least 0")
@@ -184,9 +197,10 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
                 "warmup_iter": self.warmup_iter, "iter_size": self.iter_size}
 
 
-def scale_to_run(value, max_iter):
-    """A study iteration (at 420,000) scaled to a run of `max_iter`: REFERENCE.md section 1."""
-    return max(1, round(value * max_iter / STUDY_MAX_ITER))
+def scale_to_run(value, max_iter, written_for=STUDY_MAX_ITER):
+    """An iteration of a schedule written for `written_for` iterations (the study's 420,000)
+    scaled to a run of `max_iter`: REFERENCE.md section 1."""
+    return max(1, round(value * max_iter / written_for))
 
 
 def study_policy(name, base_lr, max_iter, iter_size=1):
@@ -205,8 +219,22 @@ def study_policy(name, base_lr, max_iter, iter_size=1):
     raise ValueError(f"unknown study policy {name!r}; one of {', '.join(STUDY_POLICIES)}")
 
 
+def scaled(c):
+    """`c` with its iteration values (stepsize, stepvalue, smooth_until, jump_at, and nothing
+    else) written for a run of `schedule_iters` iterations scaled to its `max_iter`, by the
+    rule REFERENCE.md scales the study's schedule with; `c` itself without schedule_iters."""
+    if not c.schedule_iters:
+        return c
+    scale = lambda v: scale_to_run(v, c.max_iter, c.schedule_iters)
+    return dataclasses.replace(c, stepsize=scale(c.stepsize),
+                               stepvalue=[scale(v) for v in c.stepvalue],
+                               smooth_until=scale(c.smooth_until),
+                               jump_at=[scale(v) for v in c.jump_at], schedule_iters=0)
+
+
 def make_schedule(c):
     """The schedule a `ScheduleConfig` asks for."""
+    c = scaled(c)
     if c.lr_policy in STUDY_POLICIES:
         schedule = study_policy(c.lr_policy, c.base_lr, c.max_iter, c.iter_size)
     elif c.lr_policy == "stepwise_then_jump":

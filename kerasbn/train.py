@@ -19,9 +19,12 @@ from kerasbn import callbacks, checkpoints, cli, config as config_lib, export, h
 from kerasbn import models
 from kerasbn import metrics, optimizers, pipeline, precise_bn, records, schedules, stop_signals
 from kerasbn import train_flags
-from kerasbn.run_dir import RunDir, RunDirError
+from kerasbn.run_dir import RunDir, RunDirBusy, RunDirError
 
 # What a training command reports as one line; anything else is a bug and keeps its traceback.
+# The exit status of a run refused because another process trains in its run dir, so a
+# launcher moves on to the next run (EX_TEMPFAIL).
+BUSY_EXIT = 75
 ERRORS = (records.DataError, config_lib.ConfigError, schedules.ScheduleError, RunDirError,
           FloatingPointError)
 
@@ -231,6 +234,9 @@ def main(argv):
             else None
         summary, export_dir = start(config, train_flags.flagfile_text(values),
                                     values.overwrite, stored)
+    except RunDirBusy as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(BUSY_EXIT)
     except ERRORS as e:
         sys.exit(f"error: {e}")
     except stop_signals.Stopped as e:

@@ -10,6 +10,7 @@ before config.json is read back through here.
 
 import os
 
+import tensorflow as tf
 from absl import flags
 
 from kerasbn import cli, config, models, norms, records, schedules
@@ -53,9 +54,9 @@ def define(values):
                       "Caffe lr_policy (fixed, step, exp, inv, multistep, poly, sigmoid), "
                       "stepwise_then_jump, or a study preset: long_step, short_step, "
                       "multistep_no_dropout (iterations scaled to --max_iter).", **on)
-    flags.DEFINE_float("gamma", 0.1, "Caffe gamma of step, exp, inv, multistep and sigmoid.",
-                       lower_bound=0, **on)
-    flags.DEFINE_float("power", 1.0, "Caffe power of inv and poly.", lower_bound=0, **on)
+    flags.DEFINE_float("gamma", 0.1, "Caffe gamma of step, exp, inv, multistep and sigmoid "
+                       "(negative only for sigmoid, whose rate then decays).", **on)
+    flags.DEFINE_float("power", 1.0, "Caffe power of inv and poly.", **on)
     flags.DEFINE_integer("stepsize", 10000, "Caffe stepsize of step and sigmoid.",
                          lower_bound=1, **on)
     flags.DEFINE_multi_integer("stepvalue", [], "multistep: iterations at which lr *= gamma.",
@@ -69,6 +70,10 @@ def define(values):
                        lower_bound=0, **on)
     flags.DEFINE_multi_integer("jump_at", [], "stepwise_then_jump: iterations (after "
                                "--smooth_until) at which lr *= jump_gamma.", lower_bound=1, **on)
+    flags.DEFINE_integer("schedule_iters", 0, "The run length that --stepsize, --stepvalue, "
+                         "--smooth_until and --jump_at are written for; they scale to "
+                         "--max_iter as the study's policies do (0: as written).",
+                         lower_bound=0, **on)
     flags.DEFINE_integer("warmup_iter", 0, "Linear warm-up over the first N iterations.",
                          lower_bound=0, **on)
     flags.DEFINE_enum("solver_type", "SGD", config.SOLVER_TYPES,
@@ -105,7 +110,9 @@ def define(values):
                         "on it resumes.", **on)
     flags.DEFINE_bool("overwrite", False, "Start over in a --run_dir that holds another run "
                       "(deletes only the files a run writes).", **on)
-    flags.DEFINE_enum("precision", "float32", config.PRECISIONS, "Keras dtype policy.", **on)
+    flags.DEFINE_enum("precision", "float32", config.PRECISIONS + ("auto",), "Keras dtype "
+                      "policy; auto: mixed_float16 on a GPU, mixed_bfloat16 on a CPU with "
+                      "native bfloat16 (AVX512-BF16 or AMX), else float32.", **on)
     flags.DEFINE_integer("seed", 0, "Seed for weights and data order.", lower_bound=0, **on)
     flags.DEFINE_multi_float("target_accuracy", [0.8], "Test top-1 targets (repeatable): the "
                              "first tested iteration and wall time reaching each are "
@@ -156,6 +163,20 @@ def schedule_config(values):
     return schedules.ScheduleConfig(**{name: values[name].value for name in _SCHEDULE})
 
 
+def auto_precision():
+    """The fastest precision this machine trains in natively: mixed_float16 on a GPU,
+    mixed_bfloat16 on a CPU with bfloat16 instructions (emulated elsewhere, and slower than
+    float32 there), else float32."""
+    if tf.config.list_physical_devices("GPU"):
+        return "mixed_float16"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            native = {"avx512_bf16", "amx_bf16"} & set(f.read().split())
+    except OSError:
+        native = set()
+    return "mixed_bfloat16" if native else "float32"
+
+
 def to_config(values, manifest):
     """The `RunConfig` of parsed training flags on the dataset of `manifest`.
 
@@ -175,6 +196,8 @@ def to_config(values, manifest):
                                  "data")
     taken = set(_SCHEDULE) | {"num_classes", "image_size", "overwrite"}
     settings = {name: values[name].value for name in names() if name not in taken}
+    if settings["precision"] == "auto":
+        settings["precision"] = auto_precision()
     return config.RunConfig(num_classes=classes, image_size=(height, width),
                             channels=manifest["channels"], schedule=schedule_config(values),
                             **settings)

@@ -110,8 +110,9 @@ COMMANDS = {
     "data_tools.inspect_records": inspect_records.define_flags,
     "data_tools.bench_convert": bench_convert.define_flags,
 }
-# Numeric flags without bounds, on purpose: absl's own logging verbosity.
-UNBOUNDED = {"verbosity"}
+# Numeric flags without bounds, on purpose: absl's own logging verbosity; Caffe's gamma and
+# power, whose valid range depends on the policy (ScheduleConfig checks them).
+UNBOUNDED = {"verbosity", "gamma", "power"}
 
 
 def _bad_values(define):
@@ -162,8 +163,8 @@ MANIFEST = {"class_names": ["a", "b", "c"], "image_size": [50, 50], "channels": 
     (["--test_interval=10", "--max_iter=5"], "--test_interval"),
     (["--lr_policy=stepwise_then_jump", "--smooth_until=10", "--jump_at=5"], "--jump_at"),
     (["--dropout=1"], "--dropout"), (["--bn_momentum=1"], "--bn_momentum"),
-    (["--momentum=1"], "--momentum"), (["--base_lr=0"], "--base_lr"), (["--gamma=0"], "--gamma"),
-    (["--jump_gamma=0"], "--jump_gamma"), (["--delta=0"], "--delta"),
+    (["--momentum=1"], "--momentum"), (["--base_lr=0"], "--base_lr"), (["--gamma=-0.1"], "--gamma"),
+    (["--delta=0"], "--delta"),
     (["--target_accuracy=0"], "--target_accuracy"), (["--widths=1,2"], "--widths"),
     (["--num_classes=4"], "--num_classes"), (["--stepvalue=9", "--stepvalue=3"], "--stepvalue"),
     (["--target=loss:0.5"], "--target"), (["--verify_interval=15"], "--verify_interval"),

@@ -2,6 +2,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -54,8 +56,8 @@ def test_run_root_moves_every_run_and_the_report():
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:
-        runs, report = launch.commands("study_quick", ["--data_dir=data/att"],
-                                       run_root="runs/att", reference="runs/best")
+        runs, _, report = launch.commands("study_quick", ["--data_dir=data/att"],
+                                          run_root="runs/att", reference="runs/best")
     finally:
         os.chdir(cwd)
     assert [r[-2:] for r in runs] == [
@@ -66,3 +68,110 @@ def test_run_root_moves_every_run_and_the_report():
     assert report[3:] == ["runs/att/baseline_long_step", "runs/att/bn_long_step",
                           "runs/att/bn_short_step", "runs/att/bn_multistep_no_dropout",
                           "--out=runs/att/report", "--reference=runs/best"]
+
+
+def _launch(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "kerasbn.launch", *args], cwd=cwd,
+                          capture_output=True, text=True)
+
+
+def test_seeds_and_a_sweep_make_one_run_per_configuration_value_and_seed():
+    done = _launch("study_quick", "--dry_run", "--seeds=3", "--sweep=base_lr=0.01,0.05")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 4 * 2 * 3 + 1
+    assert lines[0].endswith("--flagfile=launch/sets/study_quick/1_baseline_long_step.flags "
+                             "--base_lr=0.01 --seed=0 "
+                             "--run_dir=runs/study_quick/baseline_long_step-base_lr0.01-seed0")
+    assert lines[5].endswith("--base_lr=0.05 --seed=2 "
+                             "--run_dir=runs/study_quick/baseline_long_step-base_lr0.05-seed2")
+    assert "runs/study_quick/bn_multistep_no_dropout-base_lr0.05-seed2 " in lines[-1]
+    assert lines[-1].endswith("--out=runs/study_quick/report --sweep=base_lr")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds=2", "--sweep=base_lr=0.01,0.02"], "give --seeds=3 or more"),
+    (["--seeds=3", "--sweep=base_rate=0.01"], "--sweep=base_rate=0.01: give a training flag"),
+    (["--seeds=3", "--sweep=base_lr="], "--sweep=base_lr=: give a training flag"),
+])
+def test_a_sweep_that_cannot_report_a_spread_or_names_no_flag_is_refused(args, message):
+    done = _launch("study_quick", "--dry_run", *args)
+    assert done.returncode == 1 and message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def _fake_runs(tmp_path, count):
+    """Commands standing in for training: each writes its run's export marker."""
+    from kerasbn import serving
+    from kerasbn.run_dir import RunDir
+    dirs = [str(tmp_path / f"run{k}") for k in range(count)]
+    script = ("import os, sys; os.makedirs(sys.argv[1], exist_ok=True); "
+              f"open(os.path.join(sys.argv[1], {serving.MARKER!r}), 'w').write('{{}}')")
+    return [[sys.executable, "-c", script, RunDir(d).export] for d in dirs], dirs
+
+
+def test_a_launcher_skips_finished_runs_and_runs_another_process_trains(tmp_path, capsys):
+    from kerasbn import launch
+    from kerasbn.run_dir import RunDir
+    runs, dirs = _fake_runs(tmp_path, 3)
+    assert subprocess.run(runs[0]).returncode == 0
+    with RunDir(dirs[1]).lock():
+        launch.work_through(runs, dirs)
+    out = capsys.readouterr().out
+    assert f"run 1/3: {dirs[0]} finished" in out
+    assert f"run 2/3: {dirs[1]} is being trained by another process" in out
+    assert [launch.finished(d) for d in dirs] == [True, False, True]
+
+
+def test_a_run_claimed_between_the_check_and_the_start_is_left_to_its_claimer(tmp_path,
+                                                                                capsys):
+    from kerasbn import launch, train
+    runs, dirs = _fake_runs(tmp_path, 2)
+    runs[0] = [sys.executable, "-c", f"raise SystemExit({train.BUSY_EXIT})"]
+    launch.work_through(runs, dirs)
+    assert "run 1/2: " + dirs[0] + " is being trained by another process" in \
+        capsys.readouterr().out
+    assert launch.finished(dirs[1])
+
+
+def test_training_in_a_locked_run_dir_exits_busy(small_data, tmp_path):
+    from kerasbn import train
+    from kerasbn.run_dir import RunDir
+    run_dir = str(tmp_path / "claimed")
+    with RunDir(run_dir).lock():
+        done = subprocess.run([sys.executable, "-m", "kerasbn.train", f"--data_dir={small_data}",
+                               f"--run_dir={run_dir}", "--max_iter=1", "--test_interval=1"],
+                              cwd=ROOT,
+                              capture_output=True, text=True)
+    assert done.returncode == train.BUSY_EXIT
+    assert "is in use by another training process" in done.stderr
+
+
+def test_quick_sets_run_the_study_as_it_ran(tmp_path, monkeypatch):
+    # One learning rate for all four, NVIDIA Caffe's BN for the BN runs, its averaging window
+    # scaled with the run length, and the schedule no longer than the run.
+    from kerasbn import cli, launch, train_flags
+    monkeypatch.chdir(tmp_path)
+    parsed = {}
+    for path in launch.set_flagfiles(os.path.join(launch.sets_dir(), "study_quick")):
+        values, _ = cli.parse(["x", f"--flagfile={path}"], train_flags.define)
+        parsed[os.path.basename(path)] = values
+    assert {v.base_lr for v in parsed.values()} == {0.02}
+    for name, values in parsed.items():
+        if values.model == "baseline":
+            continue
+        window = max(10, round(1000 * values.max_iter / 420000))
+        assert values.norm == "nvidia" and values.bn_momentum == pytest.approx(1 - 1 / window)
+    assert {v.max_iter for v in parsed.values()} == {2400}
+
+
+def test_the_quickstart_networks_differ_only_in_what_the_study_changed(tmp_path, monkeypatch):
+    from kerasbn import cli, train_flags
+    monkeypatch.chdir(tmp_path)
+    settings = {}
+    for net in ("baseline", "bn"):
+        values, _ = cli.parse(["x", f"--flagfile={ROOT}/launch/quickstart/{net}.flags"],
+                              train_flags.define)
+        settings[net] = {name: values[name].value for name in values}
+    differ = {k for k in settings["bn"] if settings["bn"][k] != settings["baseline"][k]}
+    assert differ == {"model", "norm", "bn_momentum"}

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from kerasbn import report
+from kerasbn import report, seeds
 
 
 def _run(directory, model, accuracies, every=100, lr=0.01, targets=()):
@@ -41,7 +41,7 @@ def test_table_speedup_and_figures(tmp_path):
     # Second half of the BN run: tests at 23k..46k, all 0.1 but for the last two (0.81, 0.85).
     assert table[1]["jump"] == pytest.approx((0.71 + 0.04) / 23)
     assert "| 0.033 | 123 |" in text  # images/s: the median of 100 .. 146
-    for path in report.plot(runs, str(tmp_path)):
+    for path in report.plot(seeds.group(runs), str(tmp_path)):
         assert os.path.getsize(path) > 10_000
 
 
@@ -115,5 +115,5 @@ def test_verification_is_tabulated_drawn_and_targeted(tmp_path):
     text = report.markdown(report.rows(runs, targets, base), "baseline")
     assert "iters to verify_acc:0.75" in text and "| best verify acc |" in text
     assert "| 100 | 200s | >2.00x |" in text  # bn at 100; the baseline never, last test 200
-    paths = report.plot(runs, str(tmp_path))
+    paths = report.plot(seeds.group(runs), str(tmp_path))
     assert os.path.join(str(tmp_path), "verification_vs_iteration.png") in paths

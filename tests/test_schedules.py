@@ -1,3 +1,4 @@
+import dataclasses
 import keras
 import numpy as np
 import pytest
@@ -83,7 +84,11 @@ def test_serialization_round_trip(schedule, tmp_path):
 @pytest.mark.parametrize("kw,message", [
     (dict(stepvalue=[300, 200]), "--stepvalue"),
     (dict(lr_policy="stepwise_then_jump", smooth_until=100, jump_at=[50]), "--jump_at=50"),
-    (dict(gamma=-0.1), "negative rates"),
+    (dict(gamma=-0.1), "--gamma=-0.1 is negative.*multistep"),
+    (dict(lr_policy="inv", gamma=-0.001), "--lr_policy=inv rates negative or undefined"),
+    (dict(lr_policy="stepwise_then_jump", smooth_policy="exp", gamma=-0.5, jump_at=[200000]),
+     "--lr_policy=exp"),
+    (dict(lr_policy="long_step", schedule_iters=800), "already scale from 420,000"),
     (dict(base_lr=-1), "--base_lr"),
     (dict(lr_policy="step", stepsize=0), "--stepsize"),
     (dict(lr_policy="poly", max_iter=0), "--max_iter"),
@@ -102,3 +107,29 @@ def test_make_schedule_reads_a_schedule_config():
     # Warm-up: (i + 1) / 10 of the study's curve, whose stepsize scales to 100 at 4200.
     assert schedules.rates(schedule, [0, 1500]).tolist() == pytest.approx(
         [0.001, 0.01 * 0.9 ** 15], rel=1e-5)
+
+
+def test_sigmoid_takes_a_negative_gamma_and_decays_as_caffe():
+    # Caffe: base_lr / (1 + exp(-gamma * (iter - stepsize))); gamma < 0 decays past stepsize.
+    config = schedules.ScheduleConfig(lr_policy="sigmoid", base_lr=0.1, gamma=-0.05,
+                                      stepsize=300, max_iter=600)
+    got = schedules.rates(schedules.make_schedule(config), [0, 300, 599])
+    want = [0.1 / (1 + np.exp(0.05 * (i - 300))) for i in (0, 300, 599)]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert got[0] > got[1] > got[2] and got[1] == pytest.approx(0.05)
+
+
+def test_schedule_iters_scales_a_written_schedule_to_max_iter():
+    # The quickstart's x0.1 at 600 of 800 moves to 1,125 when a user runs 1,500.
+    config = schedules.ScheduleConfig(lr_policy="multistep", base_lr=0.02, stepvalue=[600],
+                                      max_iter=1500, schedule_iters=800)
+    got = schedules.rates(schedules.make_schedule(config), [1124, 1125])
+    np.testing.assert_allclose(got, [0.02, 0.002], rtol=1e-6)
+    same = dataclasses.replace(config, max_iter=800)
+    np.testing.assert_allclose(schedules.rates(schedules.make_schedule(same), [599, 600]),
+                               [0.02, 0.002], rtol=1e-6)
+    jump = schedules.ScheduleConfig(lr_policy="stepwise_then_jump", stepsize=100,
+                                    smooth_until=400, jump_at=[600], max_iter=400,
+                                    schedule_iters=800)
+    assert schedules.scaled(jump) == dataclasses.replace(
+        jump, stepsize=50, smooth_until=200, jump_at=[300], schedule_iters=0)
