@@ -8,6 +8,14 @@ stability of the test curve ("jumps"), and training step time.
 
 Runs go to OUT/NORM/seedS (a rerun resumes or skips finished runs); the table goes to
 OUT/compare_norms.md and the test curves to OUT/compare_norms.png.
+
+Each implementation runs with its own BN momentum and epsilon (REFERENCE.md section 3) unless
+--bn_momentum/--bn_epsilon are given. In a run shorter than the study's 420,000 iterations,
+those whose running statistics start at zero and are read uncorrected (keras, renorm, sync,
+windows, nvidia) have their averaging window scaled with the run as the schedule is
+(norms.scaled_momentum; e.g. nvidia's 0.999 becomes 0.9 at 240 iterations), and the command
+says so; bvlc (which divides by its scale factor) and nvidia_caffe (which copies the first
+batch) keep theirs.
 """
 
 import dataclasses
@@ -21,14 +29,28 @@ from kerasbn import atomic, cli, metrics, norms, records, train, train_flags
 from kerasbn.run_dir import RunDir
 
 
+def momentum_for(config, norm):
+    """(BN momentum for `norm`, why): --bn_momentum when given, else the implementation's own,
+    its window scaled for a run shorter than the study's (norms.scaled_momentum)."""
+    if config.bn_momentum is not None:
+        return config.bn_momentum, "--bn_momentum"
+    own, momentum = norms.DEFAULTS[norm][0], norms.scaled_momentum(norm, config.max_iter)
+    if momentum == own:
+        return own, "its own"
+    return momentum, (f"its own {own:g} (a {1 / (1 - own):.0f}-iteration window) scaled to "
+                      f"{config.max_iter} iterations")
+
+
 def run_one(config, norm, seed, out):
     """Trains (or resumes) `config` with `norm` and `seed` in OUT/NORM/seedS; returns its
     test records."""
     run = RunDir(os.path.join(out, norm, f"seed{seed}"))
-    config = dataclasses.replace(config, norm=norm, seed=seed, run_dir=run.path)
+    momentum, _ = momentum_for(config, norm)
+    config = dataclasses.replace(config, norm=norm, seed=seed, run_dir=run.path,
+                                 bn_momentum=momentum)
     base = os.path.abspath(os.path.join(out, "flags.txt"))
     flagfile = (f"--flagfile={base}\n--norm={norm}\n--seed={seed}\n"
-                f"--run_dir={run.path}\n")
+                f"--run_dir={run.path}\n" + (f"--bn_momentum={momentum}\n" if momentum else ""))
     stored = train_flags.stored_config(run.path) if run.holds_run() else None
     try:
         train.start(config, flagfile, stored=stored)
@@ -124,6 +146,9 @@ def main(argv):
         config = train_flags.to_config(values, records.read_manifest(values.data_dir))
         atomic.write_text(os.path.join(out, "flags.txt"), train_flags.flagfile_text(values))
         for norm in values.norms:
+            momentum, why = momentum_for(config, norm)
+            if momentum is not None:
+                print(f"{norm}: BN momentum {momentum:g} ({why})", flush=True)
             runs[norm] = [run_one(config, norm, seed, out) for seed in range(values.seeds)]
     except train.ERRORS as e:
         sys.exit(f"error: {e}")

@@ -211,6 +211,24 @@ class NvidiaCaffeBatchNorm(CaffeNorm):
 _CAFFE = {"bvlc": BVLCBatchNorm, "windows": WindowsBatchNorm, "nvidia": NvidiaBatchNorm,
           "nvidia_caffe": NvidiaCaffeBatchNorm}
 
+# Running statistics that start at zero and are read without correction, so a run shorter
+# than the averaging window tests with statistics still near their start. bvlc divides by
+# its own scale factor and nvidia_caffe copies the first batch: neither needs scaling.
+ZERO_START = ("keras", "renorm", "sync", "windows", "nvidia")
+
+
+def scaled_momentum(name, max_iter, study_iters=420_000):
+    """`name`'s own momentum with its averaging window w = 1/(1 - momentum) scaled to a run
+    of `max_iter` as REFERENCE.md scales the schedule: 1 - 1/max(10, round(w * max_iter /
+    420000)), for ZERO_START implementations of runs shorter than the study's, and only ever
+    shortened; otherwise its own momentum."""
+    own = DEFAULTS[name][0]
+    if name not in ZERO_START or max_iter >= study_iters:
+        return own
+    window = 1 / (1 - own)
+    scaled = max(10, round(window * max_iter / study_iters))
+    return 1 - 1 / scaled if scaled < window else own
+
 
 def make_norm(name, momentum=None, epsilon=None, name_prefix=None):
     """A new normalisation layer of implementation `name` over the last axis."""

@@ -71,6 +71,10 @@ def train(config, run):
                   "(corrupt or truncated); training goes on without them", flush=True)
     keras.mixed_precision.set_global_policy(config.precision)
     keras.utils.set_random_seed(config.seed)
+    norm = "" if config.model == "baseline" else f", norm {config.norm}"
+    print(f"{run.path}: {config.model}{norm}, {config.precision}, seed {config.seed}, "
+          f"{config.max_iter} iterations of {config.batch_size} at base_lr "
+          f"{config.schedule.base_lr:g} ({config.schedule.lr_policy})", flush=True)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     checkpoints.remove_partial(run)

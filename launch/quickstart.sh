@@ -7,12 +7,9 @@ cd "$(dirname "$0")/.."
 launch/install_venv.sh
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 
-# bfloat16 halves the step time on CPUs with native bfloat16 (AVX512-BF16 or AMX);
-# elsewhere it would be emulated and slower than float32.
-if [ -n "${PRECISION:-}" ]; then :
-elif grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null; then PRECISION=mixed_bfloat16
-else PRECISION=float32; fi
-echo "precision: $PRECISION"
+# The flagfiles' --precision=auto trains in mixed_bfloat16 on CPUs with native bfloat16
+# (AVX512-BF16 or AMX), which halves the step time, and in float32 elsewhere (where bfloat16
+# would be emulated and slower); PRECISION=... overrides it.
 
 DATA=data/quickstart
 if [ ! -f "$DATA/manifest.json" ]; then
@@ -24,7 +21,7 @@ fi
 for net in baseline bn; do
   echo "== training $net (launch/quickstart/$net.flags) =="
   .venv/bin/python -m kerasbn.train --flagfile="launch/quickstart/$net.flags" \
-    --data_dir="$DATA" --run_dir="runs/quickstart/$net" --precision="$PRECISION"
+    --data_dir="$DATA" --run_dir="runs/quickstart/$net" ${PRECISION:+--precision="$PRECISION"}
 done
 
 echo "== quickstart summary =="

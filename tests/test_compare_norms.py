@@ -1,3 +1,4 @@
+import dataclasses
 import os
 
 import pytest
@@ -41,3 +42,18 @@ def test_real_runs_write_table_and_curves(small_data, tmp_path):
     assert os.path.isfile(os.path.join(out, "windows", "seed0", "flags.txt"))
     compare_norms.plot(runs, str(tmp_path / "c.png"))
     assert (tmp_path / "c.png").stat().st_size > 5_000
+
+
+def test_each_implementation_keeps_its_own_window_scaled_to_a_short_run(small_data, tmp_path):
+    values, _ = cli.parse(["x", f"--data_dir={small_data}", "--model=bn", "--batch_size=16",
+                           "--max_iter=4", "--test_interval=2", "--display=2", "--snapshot=4",
+                           "--widths=8,8,8,8,8,8,16"], compare_norms.define_flags)
+    config = train_flags.to_config(values, records.read_manifest(small_data))
+    assert compare_norms.momentum_for(config, "nvidia") == (
+        pytest.approx(0.9), "its own 0.999 (a 1000-iteration window) scaled to 4 iterations")
+    assert compare_norms.momentum_for(config, "bvlc") == (0.999, "its own")
+    compare_norms.run_one(config, "nvidia", 0, str(tmp_path))
+    stored = train_flags.stored_config(os.path.join(tmp_path, "nvidia", "seed0"))
+    assert stored.bn_momentum == pytest.approx(0.9)
+    given = dataclasses.replace(config, bn_momentum=0.5)
+    assert compare_norms.momentum_for(given, "nvidia") == (0.5, "--bn_momentum")

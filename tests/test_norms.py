@@ -216,3 +216,17 @@ def test_cifar10_quick_has_caffes_parameter_count():
     assert model.count_params() == 145_578
     shapes = [model.get_layer(n).output.shape[1:3] for n in ("pool1", "pool2", "pool3")]
     assert shapes == [(16, 16), (8, 8), (4, 4)]
+
+
+@pytest.mark.parametrize("name, max_iter, want", [
+    ("nvidia", 240, 0.9),                      # window 1000 -> max(10, round(0.57)) = 10
+    ("keras", 240, 0.9), ("windows", 240, 0.9), ("sync", 240, 0.9), ("renorm", 240, 0.9),
+    ("nvidia", 100_000, 1 - 1 / 238),          # round(1000 * 100000 / 420000) = 238
+    ("keras", 100_000, 1 - 1 / 24),            # round(100 * 0.238) = 24
+    ("windows", 100_000, 0.9),                 # round(20 * 0.238) = 5 -> 10, shorter than 20
+    ("nvidia", 420_000, 0.999), ("keras", 1_000_000, 0.99),
+    ("bvlc", 240, 0.999), ("nvidia_caffe", 240, 0.999),  # no zero-start bias to scale away
+])
+def test_the_averaging_window_scales_with_a_short_run_as_the_schedule_does(name, max_iter,
+                                                                            want):
+    assert norms.scaled_momentum(name, max_iter) == pytest.approx(want)
