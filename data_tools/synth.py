@@ -8,6 +8,7 @@ convolutional networks learn. Deterministic by --seed; images are rendered in ve
 batches and streamed to shards, so memory stays flat at millions of images.
 
     python -m data_tools.synth --out /tmp/faces
+    python -m data_tools.synth --out data/synth_rgb32 --channels 3 --image_size 32   # CIFAR-shaped
 """
 
 import os
@@ -48,6 +49,21 @@ def identity_params(seed, num_identities, stream=0):
         "glasses": (rng.random(num_identities) < 0.2).astype(float),
         "beard": (rng.random(num_identities) < 0.2).astype(float),
     }
+
+
+def identity_tints(seed, num_identities, stream=0):
+    """Per-identity RGB tints [num_identities, 3] for --channels 3, from a stream of their own,
+    so the gray faces (and a gray dataset's bytes) stay as they were."""
+    rng = np.random.default_rng([seed, 0, stream, 3])
+    return rng.uniform(0.6, 1.4, (num_identities, 3))
+
+
+def colorize(gray, tints, rng):
+    """uint8 [n, H, W] gray faces -> [n, H, W, 3]: each identity's tint times a per-image
+    colour cast (white balance), so colour carries identity as skin and hair tone do."""
+    cast = rng.normal(1.0, 0.03, (len(gray), 1, 1, 3))
+    rgb = gray[..., None].astype(np.float64) * tints[:, None, None, :] * cast
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
 def _ellipse(x, y, cx, cy, a, b, pixel):
@@ -144,19 +160,22 @@ def split_sizes(images_per_identity, test_fraction):
 
 
 def write_split(out, split, params, first, count, size, seed, encoding, shard_size, progress,
-                prefix="id"):
-    """Renders images first..first+count-1 of every identity, in a seeded shuffled order.
+                prefix="id", tints=None):
+    """Renders images first..first+count-1 of every identity, in a seeded shuffled order;
+    in colour with the identities' `tints`.
 
     Returns the split's manifest entry and its pixel (mean, std).
     """
     num_identities = len(params["skin"])
     total = num_identities * count
     order = np.random.default_rng([seed, _SPLIT_STREAM[split], 0]).permutation(total)
-    writer = shards.ShardWriter(out, split, total, shard_size, channels=1)
+    channels = 1 if tints is None else 3
+    writer = shards.ShardWriter(out, split, total, shard_size, channels=channels)
     for batch_index, start in enumerate(range(0, total, RENDER_BATCH)):
         labels = order[start:start + RENDER_BATCH] // count
         rng = np.random.default_rng([seed, _SPLIT_STREAM[split], batch_index + 1])
-        images = render({k: v[labels] for k, v in params.items()}, rng, size)[..., None]
+        gray = render({k: v[labels] for k, v in params.items()}, rng, size)
+        images = gray[..., None] if tints is None else colorize(gray, tints[labels], rng)
         for position, (image, label) in enumerate(zip(images, labels)):
             index = first + order[start + position] % count
             name = f"{prefix}{label:05d}/{index:05d}.png"
@@ -166,7 +185,7 @@ def write_split(out, split, params, first, count, size, seed, encoding, shard_si
 
 
 def build(out, identities, images_per_identity, test_fraction, image_size, seed, encoding,
-          shard_size, overwrite, command="", holdout_identities=0, pairs=0):
+          shard_size, overwrite, command="", holdout_identities=0, pairs=0, channels=1):
     """Writes the synthetic dataset to `out`; returns its manifest.
 
     `holdout_identities` more identities (drawn apart, so the train and test records of a
@@ -179,19 +198,22 @@ def build(out, identities, images_per_identity, test_fraction, image_size, seed,
     if image_size < 16 or shard_size < 1:
         raise ValueError(f"--image_size must be at least 16 (faces are drawn at that scale) "
                          f"and --shard_size at least 1, got {image_size} and {shard_size}")
+    if channels not in (1, 3):
+        raise ValueError(f"--channels must be 1 (gray) or 3 (RGB), got {channels}")
     if pairs and holdout_identities < 2:
         raise ValueError("--pairs needs --holdout_identities of at least 2 (pairs are drawn "
                          "from them)")
     shards.prepare_out_dir(out, overwrite)
     params = identity_params(seed, identities)
+    tints = identity_tints(seed, identities) if channels == 3 else None
     n_train, n_test = split_sizes(images_per_identity, test_fraction)
     progress = Progress((identities + holdout_identities) * images_per_identity, "synth")
-    train, (mean, std) = write_split(out, "train", params, 0, n_train, image_size, seed, encoding,
-                        shard_size, progress)
+    train, (mean, std) = write_split(out, "train", params, 0, n_train, image_size, seed,
+                                     encoding, shard_size, progress, tints=tints)
     test, _ = write_split(out, "test", params, n_train, n_test, image_size, seed, encoding,
-                       shard_size, progress)
+                          shard_size, progress, tints=tints)
     manifest = {
-        "image_size": [image_size, image_size], "channels": 1, "encoding": encoding,
+        "image_size": [image_size, image_size], "channels": channels, "encoding": encoding,
         "compression": "",
         "class_names": [f"id{i:05d}" for i in range(identities)],
         "splits": {"train": train, "test": test},
@@ -205,7 +227,8 @@ def build(out, identities, images_per_identity, test_fraction, image_size, seed,
         held = identity_params(seed, holdout_identities, stream=1)
         manifest["splits"]["holdout"], _ = write_split(
             out, "holdout", held, 0, images_per_identity, image_size, seed, encoding,
-            shard_size, progress, prefix="holdout")
+            shard_size, progress, prefix="holdout",
+            tints=identity_tints(seed, holdout_identities, 1) if channels == 3 else None)
         names = [f"holdout{i:05d}" for i in range(holdout_identities)]
         manifest["holdout_class_names"] = names
         if pairs:
@@ -232,7 +255,7 @@ def main(argv):
                              values.encoding, values.shard_size, values.overwrite,
                              command="python -m data_tools.synth " + " ".join(sys.argv[1:]),
                              holdout_identities=values.holdout_identities,
-                             pairs=values.pairs)
+                             pairs=values.pairs, channels=values.channels)
     except (records.DataError, ValueError) as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
@@ -254,6 +277,9 @@ def define_flags(values):
                          lower_bound=2, **on)
     flags.DEFINE_float("test_fraction", 0.2, "Fraction of each identity's images in the test split.",
                        lower_bound=0, upper_bound=1, **on)
+    flags.DEFINE_integer("channels", 1, "1: gray faces; 3: RGB, each identity tinted (a "
+                         "stand-in for CIFAR-10-shaped data: --channels 3 --image_size 32).",
+                         lower_bound=1, upper_bound=3, **on)
     flags.DEFINE_integer("image_size", 50, "Height and width of the square images, in pixels.",
                          lower_bound=16, **on)
     flags.DEFINE_integer("seed", 0, "Seed: the same seed and flags give the same bytes.",

@@ -5,6 +5,10 @@
 
 Fields with a kerasbn equivalent become flags; every other field (net paths, solver_mode,
 nested blocks, unsupported solver types ...) is listed on stderr, never dropped silently.
+A field the file leaves out gets Caffe's default where kerasbn's differs (weight_decay and
+momentum 0, not 5e-4 and 0.9; gamma and power 0 for the policies that read them), so the
+flags train as Caffe would. test_iter is converted with a warning: Caffe counts batches of
+the test net's batch_size, kerasbn batches of --batch_size.
 """
 
 import re
@@ -21,6 +25,11 @@ _INTEGERS = ("stepsize", "stepvalue", "max_iter", "test_interval", "display", "s
 _SAME_NAME = _FLOATS + tuple(name for name in _INTEGERS if name not in ("test_iter",
                                                                         "random_seed"))
 _SOLVER_TYPES = {"SGD": "SGD", "NESTEROV": "Nesterov", "ADAM": "Adam", "ADAMW": "AdamW"}
+# Caffe's SolverParameter defaults that kerasbn's flags do not share, and the policies that
+# read each (None: every policy).
+_CAFFE_DEFAULTS = (("weight_decay", "0", None), ("momentum", "0", None),
+                   ("gamma", "0", ("step", "exp", "inv", "multistep", "sigmoid")),
+                   ("power", "0", ("inv", "poly")))
 
 
 class SolverError(ValueError):
@@ -53,8 +62,9 @@ def parse(text, name="solver.prototxt"):
 
 
 def convert(text, name="solver.prototxt"):
-    """(flag lines, [(field, value, line, why)] not mapped) of a solver prototxt."""
-    flags, unmapped, seen_test_iter = [], [], False
+    """(flag lines, [(field, value, line, why)] not mapped, [(field, value, line, warning)])
+    of a solver prototxt."""
+    flags, unmapped, notes, seen_test_iter = [], [], [], False
     for field, value, number in parse(text, name):
         _check_number(field, value, f"{name}:{number}")
         why = None
@@ -71,6 +81,11 @@ def convert(text, name="solver.prototxt"):
             else:
                 flags.append(f"--test_iter={value}")
                 seen_test_iter = True
+                notes.append((field, value, number, (
+                    f"Caffe's test_iter counts batches of the test net's batch_size; kerasbn's "
+                    f"--test_iter={value} counts batches of --batch_size (the training "
+                    "batch), so adjust it to cover the same images, or use --test_iter=0 for "
+                    "the whole test split")))
         elif field in ("type", "solver_type"):
             if value.upper() in _SOLVER_TYPES:
                 flags.append(f"--solver_type={_SOLVER_TYPES[value.upper()]}")
@@ -89,7 +104,14 @@ def convert(text, name="solver.prototxt"):
             why = "no kerasbn equivalent"
         if why:
             unmapped.append((field, value, number, why))
-    return flags, unmapped
+    given = {line.split("=", 1)[0][2:] for line in flags}
+    policy = next((line.split("=", 1)[1] for line in flags
+                   if line.startswith("--lr_policy=")), None)
+    defaults = [f"--{field}={value}" for field, value, policies in _CAFFE_DEFAULTS
+                if field not in given and (policies is None or policy in policies)]
+    if defaults:
+        flags += ["# Caffe's defaults for fields the solver leaves out:"] + defaults
+    return flags, unmapped, notes
 
 
 def _check_number(field, value, where):
@@ -111,7 +133,7 @@ def main(argv):
     path = paths[0]
     try:
         with open(path, encoding="utf-8") as f:
-            flags, unmapped = convert(f.read(), path)
+            flags, unmapped, notes = convert(f.read(), path)
     except OSError as e:
         sys.exit(f"error: cannot read {path}: {e.strerror}")
     except UnicodeDecodeError:
@@ -122,6 +144,8 @@ def main(argv):
     print("\n".join(flags))
     for field, value, number, why in unmapped:
         print(f"{path}:{number}: not converted: {field}: {value} ({why})", file=sys.stderr)
+    for field, value, number, warning in notes:
+        print(f"{path}:{number}: warning: {field}: {value}: {warning}", file=sys.stderr)
 
 
 if __name__ == "__main__":

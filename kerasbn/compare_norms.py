@@ -14,7 +14,8 @@ Each implementation runs with its own BN momentum and epsilon (REFERENCE.md sect
 those whose running statistics start at zero and are read uncorrected (keras, renorm, sync,
 windows, nvidia) have their averaging window scaled with the run as the schedule is
 (norms.scaled_momentum; e.g. nvidia's 0.999 becomes 0.9 at 240 iterations), and the command
-says so; bvlc (which divides by its scale factor) and nvidia_caffe (which copies the first
+says so; the study's length is 420,000 iterations, or --schedule_iters when given (the length
+a flagfile such as compare_norms_cifar10.flags was written for); bvlc (which divides by its scale factor) and nvidia_caffe (which copies the first
 batch) keep theirs.
 """
 
@@ -25,7 +26,7 @@ import sys
 import numpy as np
 from absl import flags
 
-from kerasbn import atomic, cli, metrics, norms, records, train, train_flags
+from kerasbn import atomic, cli, metrics, norms, records, schedules, train, train_flags
 from kerasbn.run_dir import RunDir
 
 
@@ -34,11 +35,13 @@ def momentum_for(config, norm):
     its window scaled for a run shorter than the study's (norms.scaled_momentum)."""
     if config.bn_momentum is not None:
         return config.bn_momentum, "--bn_momentum"
-    own, momentum = norms.DEFAULTS[norm][0], norms.scaled_momentum(norm, config.max_iter)
+    written_for = config.schedule.schedule_iters or schedules.STUDY_MAX_ITER
+    own = norms.DEFAULTS[norm][0]
+    momentum = norms.scaled_momentum(norm, config.max_iter, written_for)
     if momentum == own:
         return own, "its own"
     return momentum, (f"its own {own:g} (a {1 / (1 - own):.0f}-iteration window) scaled to "
-                      f"{config.max_iter} iterations")
+                      f"{config.max_iter} of {written_for} iterations")
 
 
 def run_one(config, norm, seed, out):

@@ -47,7 +47,11 @@ class RunConfig:
     momentum2: float = 0.999
     delta: float = 1e-8
     weight_decay: float = 5e-4
-    decay_biases: bool = False
+    bias_decay_mult: float = 0.0
+    bn_decay_mult: float = 0.0
+    bias_lr_mult: float = 1.0
+    weight_filler: str = "network"
+    filler_std: float = 0.01
     test_interval: int = 5000
     test_iter: int = 0
     test_initialization: bool = True
@@ -88,7 +92,8 @@ class RunConfig:
     def _check(self):
         for name, allowed in (("model", models.MODELS), ("norm", norms.NORMS),
                               ("precision", PRECISIONS), ("solver_type", SOLVER_TYPES),
-                              ("verify_split", VERIFY_SPLITS), ("export", EXPORTS)):
+                              ("verify_split", VERIFY_SPLITS), ("export", EXPORTS),
+                              ("weight_filler", models.FILLERS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{name}={getattr(self, name)} is not one of "
                                   f"{', '.join(allowed)}")
@@ -113,6 +118,16 @@ class RunConfig:
                 raise ConfigError(f"--{name} must lie in [0, 1), got {getattr(self, name)}")
         if self.weight_decay < 0:
             raise ConfigError(f"--weight_decay must not be negative, got {self.weight_decay}")
+        for name in ("bias_decay_mult", "bn_decay_mult", "bias_lr_mult"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name} must not be negative, got {getattr(self, name)}")
+        if self.filler_std <= 0:
+            raise ConfigError(f"--filler_std must be positive, got {self.filler_std}")
+        if self.bias_lr_mult != 1 and self.solver_type not in ("SGD", "Nesterov"):
+            raise ConfigError(f"--bias_lr_mult={self.bias_lr_mult:g} needs --solver_type=SGD or "
+                              f"Nesterov: {self.solver_type} scales each step by the "
+                              "gradient's own size, so a rate multiplier is no Caffe lr_mult "
+                              "there")
         if self.delta <= 0:
             raise ConfigError(f"--delta must be positive, got {self.delta}")
         if self.bn_epsilon is not None and self.bn_epsilon < 0:
@@ -156,7 +171,8 @@ class RunConfig:
                 "bn_momentum": self.bn_momentum, "bn_epsilon": self.bn_epsilon,
                 # AdamW decays in the optimizer, decoupled from the gradient.
                 "weight_decay": 0.0 if self.solver_type == "AdamW" else self.weight_decay,
-                "decay_biases": self.decay_biases}
+                "bias_decay_mult": self.bias_decay_mult, "bn_decay_mult": self.bn_decay_mult,
+                "weight_filler": self.weight_filler, "filler_std": self.filler_std}
 
     def to_dict(self):
         """Plain JSON-ready values (config.json)."""
@@ -164,8 +180,11 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, values):
-        """The config of `to_dict`'s values; fields newer than them take their defaults."""
+        """The config of `to_dict`'s values; fields newer than them take their defaults
+        (a run from before --bias_decay_mult decayed its biases fully with decay_biases)."""
         known = {f.name for f in dataclasses.fields(cls)}
+        if values.get("decay_biases"):
+            values = {**values, "bias_decay_mult": 1.0}
         return cls(**{k: v for k, v in values.items() if k in known})
 
     def differences(self, other):

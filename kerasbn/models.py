@@ -5,6 +5,17 @@ first convolution of each block, block 2's conv 64 removed, no dropout); `bn_all
 with BN after every convolution. All convolutions 3x3 "same"; 2x2 max pools rounding up like
 Caffe (50 -> 25 -> 13 -> 7); a global average pool gives the 320-d layer `embedding`.
 Logits are float32 under mixed precision.
+
+`cifar10_quick` and `cifar10_full_sigmoid_bn` are Caffe's CIFAR-10 examples, the nets the
+study's side study compared BN implementations on, as their prototxts define them at BVLC/caffe
+commit ad248bd3a2102b82bfe7f1603134ee87d759d88d (the BN example changed between commits;
+later ones drop its learned scale and shift), per-layer Gaussian fillers included.
+
+Weight fillers (`weight_filler`) follow Caffe's definitions: `xavier` uniform on
+±sqrt(3 / fan_in), `msra` an untruncated Gaussian of std sqrt(2 / fan_in) (Keras's he_normal
+truncates), `gaussian` N(0, filler_std); `keras` Keras's glorot_uniform; `network` (the
+default) each network's own: he_normal convolutions for the face networks, the prototxts'
+per-layer Gaussians for the CIFAR-10 ones. Biases start at 0, as Caffe's constant filler.
 """
 
 import keras
@@ -26,6 +37,29 @@ _BLOCKS = {
 DEFAULT_DROPOUT = {"baseline": 0.4, "bn": 0.0, "bn_all": 0.0}
 CIFAR_MODELS = ("cifar10_quick", "cifar10_full_sigmoid_bn")
 MODELS = tuple(_BLOCKS) + CIFAR_MODELS
+FILLERS = ("network", "keras", "xavier", "msra", "gaussian")
+# The prototxts' weight filler stds, per layer.
+_CIFAR_STDS = {
+    "cifar10_quick": {"conv1": 1e-4, "conv2": 0.01, "conv3": 0.01, "embedding": 0.1,
+                      CLASSIFIER: 0.1},
+    "cifar10_full_sigmoid_bn": {"conv1": 1e-4, "conv2": 0.01, "conv3": 0.01,
+                                CLASSIFIER: 0.01},
+}
+
+
+def initializer(filler, filler_std=0.01, own="glorot_uniform"):
+    """The Keras initializer of Caffe weight filler `filler` (`own`: the network's own)."""
+    if filler == "network":
+        return own
+    if filler == "keras":
+        return "glorot_uniform"
+    if filler == "xavier":
+        return keras.initializers.VarianceScaling(1.0, "fan_in", "uniform")
+    if filler == "msra":
+        return keras.initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal")
+    if filler == "gaussian":
+        return keras.initializers.RandomNormal(stddev=filler_std)
+    raise ValueError(f"unknown --weight_filler {filler!r}; choose one of {', '.join(FILLERS)}")
 
 
 def default_widths(name):
@@ -35,23 +69,28 @@ def default_widths(name):
 
 def build(name, num_classes, image_size=(50, 50), channels=1, widths=None, dropout=None,
           norm="keras", bn_momentum=None, bn_epsilon=None, weight_decay=0.0,
-          decay_biases=False):
+          bias_decay_mult=0.0, bn_decay_mult=0.0, weight_filler="network", filler_std=0.01):
     """Builds network `name` taking normalised float images [N, H, W, channels] to logits.
 
-    `weight_decay` is Caffe's: an L2 penalty of weight_decay / 2 on every kernel (and bias
-    when `decay_biases`; BN parameters are not decayed). `dropout=None` takes the network's
-    default.
+    `weight_decay` is Caffe's: an L2 penalty of weight_decay / 2 on every kernel, times
+    `bias_decay_mult` on biases and `bn_decay_mult` on BN's scale and shift (Caffe's
+    decay_mult; a Caffe Scale layer's is 1). `dropout=None` takes the network's default.
     """
     if name not in MODELS:
         raise ValueError(f"unknown --model {name!r}; choose one of {', '.join(MODELS)}")
-    regularizer = keras.regularizers.L2(weight_decay / 2) if weight_decay else None
-    bias_regularizer = regularizer if decay_biases else None
-    norm_layer = lambda n: norms.make_norm(norm, bn_momentum, bn_epsilon, name_prefix=n)
+    l2 = lambda mult: keras.regularizers.L2(weight_decay * mult / 2) \
+        if weight_decay and mult else None
+    regularizer, bias_regularizer = l2(1.0), l2(bias_decay_mult)
+    norm_layer = lambda n: norms.make_norm(norm, bn_momentum, bn_epsilon, name_prefix=n,
+                                           regularizer=l2(bn_decay_mult))
     if name in CIFAR_MODELS:
         build_cifar = cifar10_quick if name == "cifar10_quick" else cifar10_full_sigmoid_bn
-        return build_cifar(num_classes, image_size, channels, norm_layer,
-                           {"kernel_regularizer": regularizer,
-                            "bias_regularizer": bias_regularizer})
+        stds = _CIFAR_STDS[name]
+        layer_args = lambda layer: {
+            "kernel_regularizer": regularizer, "bias_regularizer": bias_regularizer,
+            "kernel_initializer": initializer(
+                weight_filler, filler_std, keras.initializers.RandomNormal(stddev=stds[layer]))}
+        return build_cifar(num_classes, image_size, channels, norm_layer, layer_args)
     widths = list(widths or default_widths(name))
     if len(widths) != len(default_widths(name)):
         raise ValueError(f"--widths for {name} takes {len(default_widths(name))} values, "
@@ -64,7 +103,8 @@ def build(name, num_classes, image_size=(50, 50), channels=1, widths=None, dropo
         for index, has_bn in enumerate(with_bn, start=1):
             layer = f"conv{block}_{index}"
             x = keras.layers.Conv2D(next(width_iter), 3, padding="same", use_bias=not has_bn,
-                                    kernel_initializer="he_normal",
+                                    kernel_initializer=initializer(weight_filler, filler_std,
+                                                                   "he_normal"),
                                     kernel_regularizer=regularizer,
                                     bias_regularizer=bias_regularizer, name=layer)(x)
             if has_bn:
@@ -77,53 +117,68 @@ def build(name, num_classes, image_size=(50, 50), channels=1, widths=None, dropo
         x = keras.layers.Dropout(dropout, name="dropout")(x)
     logits = keras.layers.Dense(num_classes, kernel_regularizer=regularizer,
                                 bias_regularizer=bias_regularizer, dtype="float32",
+                                kernel_initializer=initializer(weight_filler, filler_std),
                                 name=CLASSIFIER)(x)
     return keras.Model(inputs, logits, name=name)
 
 
-def _cifar_conv(x, filters, name, norm_layer, use_bias, decay):
+def _cifar_conv(x, filters, name, norm_layer, use_bias, layer_args):
     x = keras.layers.Conv2D(filters, 5, padding="same", use_bias=use_bias, name=name,
-                            **decay)(x)
+                            **layer_args(name))(x)
     return norm_layer(f"{name}_bn")(x)
 
 
-def cifar10_quick(num_classes=10, image_size=(32, 32), channels=3, norm_layer=None, decay=None):
+def _identity(name):
+    return keras.layers.Identity(name=name)
+
+
+def _no_args(name):
+    return {}
+
+
+def cifar10_quick(num_classes=10, image_size=(32, 32), channels=3, norm_layer=None,
+                  layer_args=None):
     """Caffe's examples/cifar10/cifar10_quick_train_test.prototxt, with a norm after each conv:
     conv 32 5x5, max pool 3/2, ReLU; conv 32 5x5, ReLU, avg pool 3/2; conv 64 5x5, ReLU,
-    avg pool 3/2; ip 64; ip classes. Pools round up as Caffe's (32 -> 16 -> 8 -> 4)."""
-    norm_layer = norm_layer or (lambda n: keras.layers.Identity(name=n))
-    decay = decay or {}
+    avg pool 3/2; ip 64; ip classes. Pools round up as Caffe's (32 -> 16 -> 8 -> 4).
+    `layer_args(name)`: the keyword arguments of layer `name` (fillers, regularizers)."""
+    norm_layer, layer_args = norm_layer or _identity, layer_args or _no_args
     x = inputs = keras.Input((*image_size, channels), name="image")
-    x = _cifar_conv(x, 32, "conv1", norm_layer, True, decay)
+    x = _cifar_conv(x, 32, "conv1", norm_layer, True, layer_args)
     x = keras.layers.MaxPooling2D(3, 2, padding="same", name="pool1")(x)
     x = keras.layers.ReLU(name="relu1")(x)
-    x = keras.layers.ReLU(name="relu2")(_cifar_conv(x, 32, "conv2", norm_layer, True, decay))
+    x = keras.layers.ReLU(name="relu2")(_cifar_conv(x, 32, "conv2", norm_layer, True,
+                                                    layer_args))
     x = keras.layers.AveragePooling2D(3, 2, padding="same", name="pool2")(x)
-    x = keras.layers.ReLU(name="relu3")(_cifar_conv(x, 64, "conv3", norm_layer, True, decay))
+    x = keras.layers.ReLU(name="relu3")(_cifar_conv(x, 64, "conv3", norm_layer, True,
+                                                    layer_args))
     x = keras.layers.AveragePooling2D(3, 2, padding="same", name="pool3")(x)
     x = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(64, name="embedding", **decay)(x)
-    logits = keras.layers.Dense(num_classes, dtype="float32", name=CLASSIFIER, **decay)(x)
+    x = keras.layers.Dense(64, name="embedding", **layer_args("embedding"))(x)
+    logits = keras.layers.Dense(num_classes, dtype="float32", name=CLASSIFIER,
+                                **layer_args(CLASSIFIER))(x)
     return keras.Model(inputs, logits, name="cifar10_quick")
 
 
 def cifar10_full_sigmoid_bn(num_classes=10, image_size=(32, 32), channels=3, norm_layer=None,
-                            decay=None):
+                            layer_args=None):
     """Caffe's BN example, examples/cifar10/cifar10_full_sigmoid_train_test_bn.prototxt:
     conv 32 5x5 (no bias), max pool 3/2, BN, sigmoid; conv 32 5x5, BN, sigmoid, avg pool 3/2;
-    conv 64 5x5, BN, sigmoid, avg pool 3/2; ip classes. The BN layers are `norm_layer`."""
-    norm_layer = norm_layer or (lambda n: keras.layers.Identity(name=n))
-    decay = decay or {}
+    conv 64 5x5, BN, sigmoid, avg pool 3/2; ip classes. The BN layers (learned scale and
+    shift, as at the pinned commit) are `norm_layer`."""
+    norm_layer, layer_args = norm_layer or _identity, layer_args or _no_args
     x = inputs = keras.Input((*image_size, channels), name="image")
-    x = keras.layers.Conv2D(32, 5, padding="same", use_bias=False, name="conv1", **decay)(x)
+    x = keras.layers.Conv2D(32, 5, padding="same", use_bias=False, name="conv1",
+                            **layer_args("conv1"))(x)
     x = keras.layers.MaxPooling2D(3, 2, padding="same", name="pool1")(x)
     x = keras.layers.Activation("sigmoid", name="sigmoid1")(norm_layer("conv1_bn")(x))
     x = keras.layers.Activation("sigmoid", name="sigmoid2")(
-        _cifar_conv(x, 32, "conv2", norm_layer, False, decay))
+        _cifar_conv(x, 32, "conv2", norm_layer, False, layer_args))
     x = keras.layers.AveragePooling2D(3, 2, padding="same", name="pool2")(x)
     x = keras.layers.Activation("sigmoid", name="sigmoid3")(
-        _cifar_conv(x, 64, "conv3", norm_layer, False, decay))
+        _cifar_conv(x, 64, "conv3", norm_layer, False, layer_args))
     x = keras.layers.AveragePooling2D(3, 2, padding="same", name="pool3")(x)
     x = keras.layers.Flatten(name="embedding")(x)
-    logits = keras.layers.Dense(num_classes, dtype="float32", name=CLASSIFIER, **decay)(x)
+    logits = keras.layers.Dense(num_classes, dtype="float32", name=CLASSIFIER,
+                                **layer_args(CLASSIFIER))(x)
     return keras.Model(inputs, logits, name="cifar10_full_sigmoid_bn")

@@ -23,20 +23,22 @@ class CaffeNorm(keras.layers.Layer):
     """Per-channel (last axis) normalisation with a learned scale and shift (start 1 and 0);
     subclasses define the running statistics and how they are used."""
 
-    def __init__(self, momentum, epsilon, **kwargs):
+    def __init__(self, momentum, epsilon, regularizer=None, **kwargs):
         super().__init__(**kwargs)
         self.momentum = float(momentum)
         self.epsilon = float(epsilon)
+        self.regularizer = keras.regularizers.get(regularizer)
 
-    def _weight(self, name, shape, value, trainable=False, dtype="float32"):
+    def _weight(self, name, shape, value, trainable=False, dtype="float32", regularizer=None):
         # autocast=False: statistics and scale stay float32 under mixed precision.
         return self.add_weight(name=name, shape=shape, dtype=dtype, trainable=trainable,
-                               initializer=keras.initializers.Constant(value), autocast=False)
+                               initializer=keras.initializers.Constant(value), autocast=False,
+                               regularizer=regularizer)
 
     def build(self, input_shape):
         channels = (input_shape[-1],)
-        self.gamma = self._weight("gamma", channels, 1.0, trainable=True)
-        self.beta = self._weight("beta", channels, 0.0, trainable=True)
+        self.gamma = self._weight("gamma", channels, 1.0, True, regularizer=self.regularizer)
+        self.beta = self._weight("beta", channels, 0.0, True, regularizer=self.regularizer)
         self.build_statistics(channels)
 
     def moments(self, x):
@@ -63,7 +65,9 @@ class CaffeNorm(keras.layers.Layer):
         self.moving_variance.assign(variance)
 
     def get_config(self):
-        return {**super().get_config(), "momentum": self.momentum, "epsilon": self.epsilon}
+        return {**super().get_config(), "momentum": self.momentum, "epsilon": self.epsilon,
+                "regularizer": keras.regularizers.serialize(self.regularizer)
+                if self.regularizer else None}
 
 
 @keras.saving.register_keras_serializable(package="kerasbn")
@@ -230,15 +234,16 @@ def scaled_momentum(name, max_iter, study_iters=420_000):
     return 1 - 1 / scaled if scaled < window else own
 
 
-def make_norm(name, momentum=None, epsilon=None, name_prefix=None):
-    """A new normalisation layer of implementation `name` over the last axis."""
+def make_norm(name, momentum=None, epsilon=None, name_prefix=None, regularizer=None):
+    """A new normalisation layer of implementation `name` over the last axis; `regularizer`
+    applies to its scale and shift (Caffe's decay_mult on them)."""
     if name not in NORMS:
         raise ValueError(f"unknown --norm {name!r}; choose one of {', '.join(NORMS)}")
     default_momentum, default_epsilon = DEFAULTS[name]
     momentum = default_momentum if momentum is None else momentum
     epsilon = default_epsilon if epsilon is None else epsilon
     if name in _CAFFE:
-        return _CAFFE[name](momentum, epsilon, name=name_prefix)
+        return _CAFFE[name](momentum, epsilon, regularizer, name=name_prefix)
     if name == "none":
         return keras.layers.Identity(name=name_prefix)
     # Keras keeps its moving statistics in float32 under mixed precision on its own.
@@ -247,6 +252,9 @@ def make_norm(name, momentum=None, epsilon=None, name_prefix=None):
         # the first step and does not train; rmax 3 and dmax 5 are the paper's final bounds.
         return keras.layers.BatchNormalization(
             momentum=momentum, epsilon=epsilon, renorm=True, renorm_momentum=momentum,
-            renorm_clipping={"rmax": 3.0, "rmin": 1 / 3.0, "dmax": 5.0}, name=name_prefix)
+            renorm_clipping={"rmax": 3.0, "rmin": 1 / 3.0, "dmax": 5.0}, name=name_prefix,
+            gamma_regularizer=regularizer, beta_regularizer=regularizer)
     return keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon,
-                                           synchronized=name == "sync", name=name_prefix)
+                                           synchronized=name == "sync", name=name_prefix,
+                                           gamma_regularizer=regularizer,
+                                           beta_regularizer=regularizer)

@@ -5,11 +5,37 @@ Caffe's update for SGD is v = momentum * v + lr * (grad + wd * w); w -= v. Keras
 m = -v and applies the same update; the wd * w term comes from an L2 regularizer of wd / 2 on
 the kernels (models.build). Nesterov is Keras's nesterov=True, the same update as Caffe's.
 Caffe's iter_size is Keras's gradient_accumulation_steps (schedules count updates).
+A bias lr_mult (Caffe prototxts commonly give biases 2) scales the rate of the variables
+named `bias` in `CaffeSGD`'s update; Caffe applies it to the whole step, decay term included,
+which the L2 regularizer's gradient is part of here.
 """
 
 import keras
 
 from kerasbn import models, schedules
+
+
+@keras.saving.register_keras_serializable(package="kerasbn")
+class CaffeSGD(keras.optimizers.SGD):
+    """Keras's SGD (momentum, Nesterov) with Caffe's lr_mult on biases."""
+
+    def __init__(self, learning_rate=0.01, bias_lr_mult=1.0, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.bias_lr_mult = float(bias_lr_mult)
+
+    def build(self, variables):
+        super().build(variables)
+        # The backend hands update_step its own variables (a tf.Variable named
+        # ".../bias:0" under TensorFlow), so biases are recognised by key.
+        self._biases = {self._var_key(v) for v in variables if v.name == "bias"}
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.bias_lr_mult != 1 and self._var_key(variable) in self._biases:
+            learning_rate = learning_rate * self.bias_lr_mult
+        super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        return {**super().get_config(), "bias_lr_mult": self.bias_lr_mult}
 
 
 def make_optimizer(config):
@@ -19,8 +45,8 @@ def make_optimizer(config):
         if config.iter_size > 1 else {}
     kind = config.solver_type
     if kind in ("SGD", "Nesterov"):
-        return keras.optimizers.SGD(schedule, momentum=config.momentum,
-                                    nesterov=kind == "Nesterov", **accumulate)
+        return CaffeSGD(schedule, bias_lr_mult=config.bias_lr_mult, momentum=config.momentum,
+                        nesterov=kind == "Nesterov", **accumulate)
     if kind == "Adam":
         return keras.optimizers.Adam(schedule, beta_1=config.momentum,
                                      beta_2=config.momentum2, epsilon=config.delta,
@@ -28,7 +54,8 @@ def make_optimizer(config):
     optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay,
                                        beta_1=config.momentum, beta_2=config.momentum2,
                                        epsilon=config.delta, **accumulate)
-    excluded = ["gamma", "beta"] + ([] if config.decay_biases else ["bias"])
+    excluded = ([] if config.bn_decay_mult else ["gamma", "beta"]) + (
+        [] if config.bias_decay_mult else ["bias"])
     optimizer.exclude_from_weight_decay(var_names=excluded)
     return optimizer
 

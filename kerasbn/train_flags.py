@@ -87,8 +87,20 @@ def define(values):
     flags.DEFINE_float("delta", 1e-8, "Adam/AdamW epsilon (Caffe delta).", lower_bound=0, **on)
     flags.DEFINE_float("weight_decay", 5e-4, "Caffe weight_decay on kernels (= Keras L2 of "
                        "wd/2).", lower_bound=0, **on)
-    flags.DEFINE_bool("decay_biases", False, "Also decay biases (Caffe decays every blob with "
-                      "decay_mult 1; most prototxts set 0 for biases).", **on)
+    flags.DEFINE_float("bias_decay_mult", 0.0, "Caffe decay_mult of the biases: their "
+                       "weight decay is --weight_decay times this (Caffe's default 1; kerasbn's "
+                       "0, biases undecayed).", lower_bound=0, **on)
+    flags.DEFINE_float("bn_decay_mult", 0.0, "Caffe decay_mult of BN's scale and shift (a Caffe "
+                       "Scale layer's default 1; kerasbn's 0).", lower_bound=0, **on)
+    flags.DEFINE_float("bias_lr_mult", 1.0, "Caffe lr_mult of the biases (prototxts commonly "
+                       "2); SGD and Nesterov only.", lower_bound=0, **on)
+    flags.DEFINE_enum("weight_filler", "network", models.FILLERS, "Caffe weight filler of "
+                      "every kernel: xavier (uniform +-sqrt(3/fan_in)), msra (untruncated "
+                      "Gaussian, std sqrt(2/fan_in)), gaussian (std --filler_std), keras "
+                      "(glorot_uniform), network (each network's own: he_normal for the face "
+                      "networks, the prototxt's per-layer Gaussians for CIFAR-10's).", **on)
+    flags.DEFINE_float("filler_std", 0.01, "--weight_filler=gaussian: its std.",
+                       lower_bound=0, **on)
     flags.DEFINE_integer("iter_size", 1, "Batches accumulated per weight update (Caffe "
                          "iter_size): the effective batch is batch_size * iter_size. BN "
                          "statistics still come from each batch of --batch_size.",

@@ -16,6 +16,15 @@ def make_synth(out, identities=6, images_per_identity=20, encoding="raw", shard_
                        encoding, shard_size, overwrite=overwrite)
 
 
+@pytest.fixture(autouse=True)
+def float32_policy():
+    """Training in-process sets Keras's global dtype policy (a run's --precision); each test
+    starts from float32 whatever the one before trained in."""
+    import keras
+    keras.mixed_precision.set_global_policy("float32")
+    yield
+
+
 @pytest.fixture(scope="session")
 def small_data(tmp_path_factory):
     """6 identities x 20 images (90 train / 30 test), raw, 32-record shards."""

@@ -69,11 +69,11 @@ delta: 1e-8
 
 
 def _flags_of(lines):
-    return dict(line[2:].split("=", 1) for line in lines)
+    return dict(line[2:].split("=", 1) for line in lines if not line.startswith("#"))
 
 
 def test_cifar10_quick_solver():
-    lines, unmapped = caffe_solver.convert(CIFAR10_QUICK)
+    lines, unmapped, _ = caffe_solver.convert(CIFAR10_QUICK)
     assert _flags_of(lines) == {
         "test_iter": "100", "test_interval": "500", "base_lr": "0.001", "momentum": "0.9",
         "weight_decay": "0.004", "lr_policy": "fixed", "display": "100", "max_iter": "4000",
@@ -83,7 +83,7 @@ def test_cifar10_quick_solver():
 
 
 def test_imagenet_solver_becomes_a_usable_flagfile(tmp_path):
-    lines, unmapped = caffe_solver.convert(IMAGENET)
+    lines, unmapped, _ = caffe_solver.convert(IMAGENET)
     flags = _flags_of(lines)
     assert flags["lr_policy"] == "step" and flags["stepsize"] == "100000"
     assert flags["gamma"] == "0.1" and flags["max_iter"] == "450000"
@@ -97,16 +97,17 @@ def test_imagenet_solver_becomes_a_usable_flagfile(tmp_path):
 def test_solver_type_and_adam_fields():
     flags = _flags_of(caffe_solver.convert(CIFAR10_BN)[0])
     assert (flags["solver_type"], flags["momentum2"], flags["delta"]) == ("Adam", "0.999", "1e-8")
-    _, unmapped = caffe_solver.convert('type: "AdaGrad"\n')
+    _, unmapped, _ = caffe_solver.convert('type: "AdaGrad"\n')
     assert "not supported" in unmapped[0][3]
 
 
 def test_repeated_stepvalues_and_nested_blocks():
     text = ('lr_policy: "multistep"\nstepvalue: 100\nstepvalue: 200\n'
             'train_state {\n  level: 1\n}\niter_size: 2\n')
-    lines, unmapped = caffe_solver.convert(text)
+    lines, unmapped, _ = caffe_solver.convert(text)
     assert lines == ["--lr_policy=multistep", "--stepvalue=100", "--stepvalue=200",
-                     "--iter_size=2"]
+                     "--iter_size=2", "# Caffe's defaults for fields the solver leaves out:",
+                     "--weight_decay=0", "--momentum=0", "--gamma=0"]
     assert unmapped[0][:3] == ("train_state", "{...}", 4)
 
 
@@ -125,3 +126,43 @@ def test_a_binary_file_and_a_non_numeric_field_are_one_line(tmp_path, capsys):
     binary.write_bytes(bytes(range(256)))
     with pytest.raises(SystemExit, match="is not a text file"):
         caffe_solver.main(["caffe_solver", str(binary)])
+
+
+# Caffe's examples/cifar10/cifar10_full_sigmoid_solver_bn.prototxt (weight_decay commented out).
+CIFAR10_SIGMOID_BN = """net: "examples/cifar10/cifar10_full_sigmoid_train_test_bn.prototxt"
+test_iter: 10
+test_interval: 1000
+base_lr: 0.001
+momentum: 0.9
+#weight_decay: 0.004
+lr_policy: "step"
+gamma: 1
+stepsize: 5000
+display: 100
+max_iter: 60000
+snapshot: 10000
+snapshot_prefix: "examples/cifar10_full_sigmoid_bn"
+solver_mode: GPU
+"""
+
+
+def test_fields_left_out_take_caffes_defaults_not_kerasbns(tmp_path, capsys):
+    lines, _, notes = caffe_solver.convert(CIFAR10_SIGMOID_BN)
+    flags = _flags_of(lines)
+    assert flags["weight_decay"] == "0" and flags["momentum"] == "0.9"
+    assert "power" not in flags  # step reads no power
+    path = tmp_path / "solver.prototxt"
+    path.write_text(CIFAR10_SIGMOID_BN)
+    caffe_solver.main(["caffe_solver", str(path)])
+    err = capsys.readouterr().err
+    assert f"{path}:2: warning: test_iter: 10: Caffe's test_iter counts batches of the test " \
+           "net's batch_size" in err
+    assert [n[:3] for n in notes] == [("test_iter", "10", 2)]
+    values = train_flags.parse_flagfile(str(_write(tmp_path, lines)))
+    assert values.weight_decay == 0.0 and values.momentum == 0.9
+
+
+def _write(tmp_path, lines):
+    path = tmp_path / "solver.flags"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -98,3 +98,32 @@ def test_adam_uses_caffe_momentum_names():
     optimizer = optimizers.make_optimizer(_config(solver_type="Adam", momentum=0.8, momentum2=0.99,
                                               delta=1e-6))
     assert (optimizer.beta_1, optimizer.beta_2, optimizer.epsilon) == (0.8, 0.99, 1e-6)
+
+
+def test_bias_lr_mult_scales_the_biases_whole_step_as_caffe():
+    # Caffe with lr_mult 2 on the bias: v_b = m * v_b + lr * 2 * (g_b + wd * b).
+    config = _config(bias_lr_mult=2.0, bias_decay_mult=1.0)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(
+        1, kernel_regularizer=keras.regularizers.L2(0.005),
+        bias_regularizer=keras.regularizers.L2(0.005))])
+    model.layers[0].set_weights([W0, B0])
+    model.compile(optimizers.make_optimizer(config), "mse")
+    for _ in range(5):
+        model.train_on_batch(X, Y)
+    w, b, vw, vb = W0.astype(np.float64), B0.astype(np.float64), 0.0, 0.0
+    for it in range(5):
+        lr = 0.1 * 0.5 ** (it // 2)
+        gw, gb = _grads(w, b)
+        vw = 0.9 * vw + lr * (gw + 0.01 * w)
+        vb = 0.9 * vb + lr * 2 * (gb + 0.01 * b)
+        w, b = w - vw, b - vb
+    got_w, got_b = model.layers[0].get_weights()
+    np.testing.assert_allclose(got_w, w, rtol=1e-5)
+    np.testing.assert_allclose(got_b, b, rtol=1e-5)
+
+
+def test_bias_lr_mult_is_refused_where_it_is_no_caffe_lr_mult():
+    import pytest
+    from kerasbn.config import ConfigError
+    with pytest.raises(ConfigError, match="--bias_lr_mult=2 needs --solver_type=SGD"):
+        _config(bias_lr_mult=2.0, solver_type="Adam")

@@ -108,3 +108,28 @@ def test_more_pairs_than_the_holdout_images_make_is_refused(tmp_path):
     with pytest.raises(records.DataError, match="make 6 distinct matched and 9 mismatched"):
         synth.build(str(tmp_path / "d"), 4, 3, 0.34, 16, 0, "raw", 32, False,
                     holdout_identities=2, pairs=7)
+
+
+def test_rgb_faces_carry_identity_in_colour_and_leave_gray_sets_as_they_were(tmp_path):
+    import tensorflow as tf
+    manifest = synth.build(str(tmp_path / "rgb"), 6, 20, 0.25, 32, 0, "raw", 64, False,
+                           channels=3)
+    assert manifest["channels"] == 3 and len(manifest["mean"]) == 3
+    files = records.split_files(str(tmp_path / "rgb"), manifest, "train")
+    batch = next(iter(tf.data.TFRecordDataset(files).batch(200)))
+    images, labels = records.parse_batch(batch, (32, 32), 3)
+    images, labels = images.numpy().astype(float), labels.numpy()
+    # Each identity's red/green balance is its own: between identities it varies far more
+    # than within one (where only the per-image white balance moves it).
+    ratio = images[..., 0].mean((1, 2)) / images[..., 1].mean((1, 2))
+    per_identity = [ratio[labels == k] for k in range(6)]
+    within = np.mean([r.std() for r in per_identity])
+    between = np.std([r.mean() for r in per_identity])
+    assert between > 2 * within, (between, within)
+    # Tints come from their own random stream: the gray set of the same seed is unchanged.
+    gray = synth.build(str(tmp_path / "gray"), 6, 20, 0.25, 32, 0, "raw", 64, False)
+    synth.build(str(tmp_path / "gray2"), 6, 20, 0.25, 32, 0, "raw", 64, False,
+                        channels=1)
+    assert gray["channels"] == 1 and _digest(tmp_path / "gray") == _digest(tmp_path / "gray2")
+    with pytest.raises(ValueError, match="--channels must be 1"):
+        synth.build(str(tmp_path / "two"), 6, 20, 0.25, 32, 0, "raw", 64, False, channels=2)
