@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from conftest import make_synth, run_train, train_args
 from data_tools import synth
-from kerasbn import callbacks
+from kerasbn import callbacks, train
 from kerasbn.run_dir import RunDir
 from test_pipeline import _damaged
 from test_run_dir import lock_held_elsewhere
@@ -233,11 +233,14 @@ def test_a_resumed_run_may_track_other_targets(finished_run, small_data):
             f.write(text)
 
 
-def test_a_second_training_process_in_the_same_run_dir_is_refused(small_data, tmp_path):
+def test_a_second_training_process_in_the_same_run_dir_is_refused(small_data, tmp_path,
+                                                                  capsys):
     with lock_held_elsewhere(tmp_path) as pid:
-        message = _error(train_args(small_data, str(tmp_path)))
+        # The exit status tells a launcher the run is claimed (train.BUSY_EXIT).
+        assert _error(train_args(small_data, str(tmp_path))) == str(train.BUSY_EXIT)
+    message = capsys.readouterr().err
     assert f"in use by another training process (pid {pid})" in message
-    assert "\n" not in message and not os.path.exists(tmp_path / "config.json")
+    assert message.count("\n") == 1 and not os.path.exists(tmp_path / "config.json")
 
 
 def test_a_run_dir_that_is_or_holds_the_dataset_is_refused(small_data, tmp_path):
