@@ -87,7 +87,8 @@ def commands(name, extra_args, report_out=None, run_root=None, reference=None, s
 
     With `run_root`, run k goes to RUN_ROOT/<basename of its flagfile's run dir>; the report
     defaults to RUN_ROOT/report, else to runs/SET/report. With `seeds` and `sweeps`, every
-    flagfile becomes one run per swept value (the grid of `sweeps`) and seed.
+    flagfile becomes one run per swept value (the grid of `sweeps`) and seed, seed 0 of every
+    configuration first.
     """
     python = [sys.executable, "-m"]
     files = set_flagfiles(name)
@@ -96,9 +97,10 @@ def commands(name, extra_args, report_out=None, run_root=None, reference=None, s
         bases = [os.path.join(run_root, os.path.basename(d.rstrip("/"))) for d in bases]
     grid = list(itertools.product(*[[(flag, v) for v in values] for flag, values in sweeps]))
     runs, run_dirs = [], []
-    for flagfile, base in zip(files, bases):
+    # Seeds outermost: a set stopped part-way already compares every configuration.
+    for seed in range(seeds) if seeds else [None]:
         for point in grid:
-            for seed in range(seeds) if seeds else [None]:
+            for flagfile, base in zip(files, bases):
                 suffix = "".join(f"-{flag}{value}" for flag, value in point) + (
                     "" if seed is None else f"-seed{seed}")
                 run_dir = base.rstrip("/") + suffix

@@ -83,8 +83,12 @@ def test_seeds_and_a_sweep_make_one_run_per_configuration_value_and_seed():
     assert lines[0].endswith("--flagfile=launch/sets/study_quick/1_baseline_long_step.flags "
                              "--base_lr=0.01 --seed=0 "
                              "--run_dir=runs/study_quick/baseline_long_step-base_lr0.01-seed0")
-    assert lines[5].endswith("--base_lr=0.05 --seed=2 "
-                             "--run_dir=runs/study_quick/baseline_long_step-base_lr0.05-seed2")
+    # Seed 0 of every configuration and value first, so a partial set compares them all.
+    assert lines[4].endswith("--base_lr=0.05 --seed=0 "
+                             "--run_dir=runs/study_quick/baseline_long_step-base_lr0.05-seed0")
+    assert lines[-2].endswith("4_bn_multistep_no_dropout.flags --base_lr=0.05 --seed=2 "
+                              "--run_dir=runs/study_quick/bn_multistep_no_dropout-base_lr0.05"
+                              "-seed2")
     assert "runs/study_quick/bn_multistep_no_dropout-base_lr0.05-seed2 " in lines[-1]
     assert lines[-1].endswith("--out=runs/study_quick/report --sweep=base_lr")
 
