@@ -14,11 +14,12 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 SOLVER_TYPES = ("SGD", "Nesterov", "Adam", "AdamW")
 VERIFY_SPLITS = ("auto", "holdout", "none")
 EXPORTS = ("latest", "best")
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 # Settings that may change between a run and its resumption: where it lives and what it
 # reports (targets are measured afresh from the whole metrics history).
 NOT_RUN_DEFINING = ("run_dir", "display", "keep_checkpoints", "weights", "target_accuracy",
                     "target", "skip_corrupt_records", "deterministic", "verify_split",
-                    "verify_interval", "verify_flip", "export")
+                    "verify_interval", "verify_flip", "export", "strategy", "cpu_devices")
 
 
 class ConfigError(ValueError):
@@ -72,6 +73,8 @@ class RunConfig:
     verify_split: str = "auto"
     verify_interval: int = 0
     verify_flip: bool = False
+    strategy: str = "auto"
+    cpu_devices: int = 1
     export: str = "latest"
     freeze_backbone_iter: int = 0
 
@@ -93,7 +96,7 @@ class RunConfig:
         for name, allowed in (("model", models.MODELS), ("norm", norms.NORMS),
                               ("precision", PRECISIONS), ("solver_type", SOLVER_TYPES),
                               ("verify_split", VERIFY_SPLITS), ("export", EXPORTS),
-                              ("weight_filler", models.FILLERS)):
+                              ("weight_filler", models.FILLERS), ("strategy", STRATEGIES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{name}={getattr(self, name)} is not one of "
                                   f"{', '.join(allowed)}")

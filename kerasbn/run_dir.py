@@ -142,6 +142,13 @@ class RunDir:
         atomic.write_json(self.config_json, config.to_dict())
         atomic.write_text(self.flags_txt, flagfile_text)
 
+    def record_distribution(self, distribution):
+        """Adds how the run is spread over devices (strategy, replicas, per-replica batch) to
+        config.json; not a setting, so a resume under another strategy replaces it."""
+        with open(self.config_json, encoding="utf-8") as f:
+            values = json.load(f)
+        atomic.write_json(self.config_json, {**values, "distribution": distribution})
+
     def read_metrics(self):
         """The run's test records, oldest first; a torn last line (a killed writer) is dropped."""
         if not os.path.exists(self.metrics_jsonl):

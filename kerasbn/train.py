@@ -29,10 +29,42 @@ ERRORS = (records.DataError, config_lib.ConfigError, schedules.ScheduleError, Ru
           FloatingPointError)
 
 
-def make_strategy():
-    """MirroredStrategy over several GPUs, otherwise the default (single-device) strategy."""
-    gpus = tf.config.list_logical_devices("GPU")
-    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+def make_strategy(name="auto"):
+    """The tf.distribute strategy `name` (config.STRATEGIES) asks for on this machine."""
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+    if name == "auto":
+        name = "mirrored" if len(gpus) > 1 else "one_device"
+    if name == "one_device":
+        # TensorFlow's default strategy: one device, and no distribution machinery at all.
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        # Logical CPU devices stand in for GPUs on a machine without any (tests, trials).
+        return tf.distribute.MirroredStrategy(
+            gpus or [d.name for d in tf.config.list_logical_devices("CPU")])
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def split_cpu(devices):
+    """Splits the CPU into `devices` logical devices; only possible before TensorFlow's
+    runtime starts, so the command does it first."""
+    if devices > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
+
+
+def describe_distribution(config, strategy):
+    """{strategy, replicas, per_replica_batch} of the run under `strategy`, after checking
+    that the global batch splits evenly; printed at start and kept in config.json."""
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise config_lib.ConfigError(
+            f"--batch_size={config.batch_size} (the global batch) does not split evenly over "
+            f"{replicas} replicas; give a multiple of {replicas}")
+    kind = "OneDevice" if replicas == 1 and config.strategy != "multi_worker" else \
+        type(strategy).__name__
+    return {"strategy": kind, "replicas": replicas,
+            "per_replica_batch": config.batch_size // replicas}
 
 
 def start(config, flagfile_text, overwrite=False, stored=None):
@@ -78,7 +110,17 @@ def train(config, run):
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     checkpoints.remove_partial(run)
-    with make_strategy().scope():
+    strategy = make_strategy(config.strategy)
+    distribution = describe_distribution(config, strategy)
+    run.record_distribution(distribution)
+    if distribution["replicas"] > 1:
+        statistics = ("synchronised across replicas" if config.norm == "sync" else
+                      "computed per replica (--norm=sync synchronises them)")
+        bn = "" if config.model == "baseline" else f"; BN statistics {statistics}"
+        print(f"{distribution['strategy']}: {distribution['replicas']} replicas of "
+              f"{distribution['per_replica_batch']} images per global batch of "
+              f"{config.batch_size}{bn}", flush=True)
+    with strategy.scope():
         model = optimizers.build_and_compile(config)
         wall_time = tf.Variable(0.0, dtype=tf.float64, trainable=False)
         position = tf.Variable(-1, dtype=tf.int64, trainable=False)
@@ -230,6 +272,7 @@ def main(argv):
     for name in ("data_dir", "run_dir"):
         if not values[name].value:
             sys.exit(f"error: --{name} is required")
+    split_cpu(values.cpu_devices)
     try:
         manifest = records.read_manifest(values.data_dir)
         config = train_flags.to_config(values, manifest)

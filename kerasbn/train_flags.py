@@ -156,6 +156,14 @@ def define(values):
     flags.DEFINE_integer("freeze_backbone_iter", 0, "Fine-tuning: train only the classifier "
                          "for the first N iterations (every other layer frozen, BN on its "
                          "moving statistics), then every layer.", lower_bound=0, **on)
+    flags.DEFINE_enum("strategy", "auto", config.STRATEGIES, "tf.distribute strategy: auto "
+                      "(mirrored over every GPU when there are several, else one device), "
+                      "one_device, mirrored (every GPU, else every logical CPU device), "
+                      "multi_worker (the cluster in TF_CONFIG). --batch_size stays the global "
+                      "batch; a run resumes under another strategy.", **on)
+    flags.DEFINE_integer("cpu_devices", 1, "Split the CPU into N logical devices, so "
+                         "--strategy=mirrored can be tried on a machine without GPUs.",
+                         lower_bound=1, upper_bound=64, **on)
     flags.DEFINE_enum("export", "latest", config.EXPORTS, "The SavedModel written at the end: "
                       "the last weights, or the best test's (checkpoints/best).", **on)
     flags.DEFINE_bool("skip_corrupt_records", False, "Train and test on what is readable of "
