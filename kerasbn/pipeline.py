@@ -121,6 +121,12 @@ def _read(path, manifest, skip_corrupt):
     return dataset.ignore_errors() if skip_corrupt else dataset
 
 
+def shards_by_record(manifest, pipelines):
+    """Whether `pipelines` input pipelines must share the training shards record by record
+    (fewer shards than pipelines), instead of each reading its own."""
+    return pipelines > 1 and len(manifest["splits"]["train"]["files"]) < pipelines
+
+
 def train_dataset(data_dir, manifest, batch_size, seed=0, shuffle_buffer=16384, crop_pad=0,
                   mirror=False, cycle_length=8, input_context=None, start_step=0,
                   skip_corrupt=False, epoch_records=None):
@@ -135,21 +141,23 @@ def train_dataset(data_dir, manifest, batch_size, seed=0, shuffle_buffer=16384, 
     number of records one epoch yields (default: the manifest's count of the shards read;
     pass the readable count when corrupt records are skipped). `batch_size` is per replica
     when `input_context` is given.
+
+    With several input pipelines (tf.distribute workers), each reads its own shards when
+    there are at least as many as pipelines (`shards_by_record` says when not); otherwise
+    each takes every Nth record of the one stream, so the pipelines' batches k together are
+    the one-pipeline global batch k.
     """
     files = records.split_files(data_dir, manifest, "train")
     counts = manifest["splits"]["train"].get("file_counts")
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        pipelines, index = input_context.num_input_pipelines, input_context.input_pipeline_id
-        if len(files) < pipelines:
-            raise records.DataError(
-                f"{data_dir} has {len(files)} training shard(s) for {pipelines} input "
-                "pipelines, so some would read nothing; rebuild the dataset with a smaller "
-                "--shard_size")
+    pipelines, index = (input_context.num_input_pipelines, input_context.input_pipeline_id) \
+        if input_context is not None else (1, 0)
+    by_record = shards_by_record(manifest, pipelines)
+    if pipelines > 1 and not by_record:
         files = files[index::pipelines]
         counts = counts[index::pipelines] if counts else None
     if epoch_records is None:
         epoch_records = sum(counts) if counts else manifest["splits"]["train"]["count"]
-    first_record = start_step * batch_size
+    first_record = start_step * batch_size * (pipelines if by_record else 1)
     first_epoch, skip = divmod(first_record, epoch_records)
     names = tf.constant(files)
 
@@ -168,6 +176,8 @@ def train_dataset(data_dir, manifest, batch_size, seed=0, shuffle_buffer=16384, 
                                         tf.stack([seed * 1_000_003 + e, i]))))).unbatch()
 
     dataset = tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(epoch).skip(skip)
+    if by_record:
+        dataset = dataset.shard(pipelines, index)
     dataset = dataset.batch(batch_size, drop_remainder=True)
     parse = _parser(manifest)
 

@@ -7,9 +7,12 @@ same --run_dir resumes from its newest checkpoint (weights, optimizer state, ite
 learning rate).
 """
 
+import dataclasses
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 
 import keras
@@ -31,17 +34,18 @@ ERRORS = (records.DataError, config_lib.ConfigError, schedules.ScheduleError, Ru
 
 def make_strategy(name="auto"):
     """The tf.distribute strategy `name` (config.STRATEGIES) asks for on this machine."""
+    if name == "multi_worker":
+        # Before anything lists logical devices, which starts TensorFlow's runtime.
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     if name == "auto":
         name = "mirrored" if len(gpus) > 1 else "one_device"
     if name == "one_device":
         # TensorFlow's default strategy: one device, and no distribution machinery at all.
         return tf.distribute.get_strategy()
-    if name == "mirrored":
-        # Logical CPU devices stand in for GPUs on a machine without any (tests, trials).
-        return tf.distribute.MirroredStrategy(
-            gpus or [d.name for d in tf.config.list_logical_devices("CPU")])
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    # mirrored: logical CPU devices stand in for GPUs on a machine without any (trials, tests).
+    return tf.distribute.MirroredStrategy(
+        gpus or [d.name for d in tf.config.list_logical_devices("CPU")])
 
 
 def split_cpu(devices):
@@ -67,13 +71,39 @@ def describe_distribution(config, strategy):
             "per_replica_batch": config.batch_size // replicas}
 
 
-def start(config, flagfile_text, overwrite=False, stored=None):
+def is_chief(strategy):
+    """Whether this process writes the run: always, but under a multi-worker strategy only
+    the chief (task `chief`, else worker 0) does."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None \
+            or not resolver.cluster_spec().as_dict():
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return (resolver.task_type == "worker" and resolver.task_id == 0
+            and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def start(config, flagfile_text, overwrite=False, stored=None, strategy=None):
     """Trains (or resumes) the run of `config` in its run dir, holding the run's lock.
 
     `stored` is the run dir's own config when it holds a run (`train_flags.stored_config`);
     a different one is refused unless `overwrite`, which deletes only the run's files.
-    Returns (summary, export dir).
+    Under a multi-worker `strategy`, a worker other than the chief trains in a scratch copy
+    of the run's checkpoints and metrics (so it resumes where the chief does), removed at the
+    end: only the chief writes the run. Returns (summary, export dir).
     """
+    if strategy is not None and not is_chief(strategy):
+        with tempfile.TemporaryDirectory(prefix="kerasbn-worker-") as scratch:
+            chief = RunDir(config.run_dir)
+            if os.path.isdir(chief.checkpoints):
+                shutil.copytree(chief.checkpoints, RunDir(scratch).checkpoints)
+            if os.path.isfile(chief.metrics_jsonl):
+                shutil.copy(chief.metrics_jsonl, RunDir(scratch).metrics_jsonl)
+            worker = dataclasses.replace(config, run_dir=scratch)
+            with RunDir(scratch).lock() as run:
+                run.write_settings(worker, flagfile_text)
+                return train(worker, run, strategy)
     run = RunDir(config.run_dir)
     data, where = os.path.realpath(config.data_dir), os.path.realpath(config.run_dir)
     if data == where or data.startswith(where + os.sep):
@@ -87,11 +117,12 @@ def start(config, flagfile_text, overwrite=False, stored=None):
             else:
                 run.check_same_run(config, stored)
         run.write_settings(config, flagfile_text)
-        return train(config, run)
+        return train(config, run, strategy)
 
 
-def train(config, run):
-    """Runs (or resumes) the training of `config` in RunDir `run` (locked by the caller)."""
+def train(config, run, strategy=None):
+    """Runs (or resumes) the training of `config` in RunDir `run` (locked by the caller),
+    under `strategy` (default: the one config.strategy names)."""
     data_dir = config.data_dir
     manifest = records.read_manifest(data_dir)
     readable = {}
@@ -110,7 +141,7 @@ def train(config, run):
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     checkpoints.remove_partial(run)
-    strategy = make_strategy(config.strategy)
+    strategy = strategy or make_strategy(config.strategy)
     distribution = describe_distribution(config, strategy)
     run.record_distribution(distribution)
     if distribution["replicas"] > 1:
@@ -145,9 +176,14 @@ def train(config, run):
 
     # One pass over the training shards holds the records checked readable above.
     stream = {"skip_corrupt": config.skip_corrupt_records, "epoch_records": readable["train"]}
-    train_data = pipeline.train_dataset(
-        data_dir, manifest, config.batch_size, seed=config.seed, crop_pad=config.crop_pad,
-        mirror=config.mirror, start_step=int(position.numpy()), **stream)
+    augment = {"seed": config.seed, "crop_pad": config.crop_pad, "mirror": config.mirror}
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        train_data = worker_batches(strategy, config, manifest, int(position.numpy()), stream,
+                                    augment)
+    else:
+        train_data = pipeline.train_dataset(data_dir, manifest, config.batch_size,
+                                            start_step=int(position.numpy()), **augment,
+                                            **stream)
     test_data = pipeline.test_dataset(data_dir, manifest, config.batch_size,
                                       skip_corrupt=config.skip_corrupt_records)
     test_step = metrics.make_test_step(model)
@@ -207,8 +243,12 @@ def train(config, run):
             freeze_backbone(model, frozen)
             if frozen:
                 remaining = min(remaining, config.freeze_backbone_iter - iterations())
-            model.fit(train_data, epochs=1, steps_per_epoch=remaining * config.iter_size,
-                      callbacks=events, verbose=0, shuffle=False)
+            if isinstance(train_data, tf.data.Dataset):
+                model.fit(train_data, epochs=1, steps_per_epoch=remaining * config.iter_size,
+                          callbacks=events, verbose=0, shuffle=False)
+            else:
+                replicated_fit(model, strategy, train_data, remaining * config.iter_size,
+                               events)
         freeze_backbone(model, False)
     if on_signal.stopped_at is not None:
         raise stop_signals.Stopped(requests.signal, on_signal.stopped_at)
@@ -217,6 +257,51 @@ def train(config, run):
     if config.export == "best":
         checkpoints.restore_latest(run, model, best=True)
     return summary, export.export_saved_model(model, manifest, run.export, data_dir)
+
+
+def worker_batches(strategy, config, manifest, start_step, stream, augment):
+    """An iterator over this worker's share of each global batch under a multi-worker
+    strategy: its own shards when there are at least as many as workers, else every Nth
+    record of the one stream (said once)."""
+    workers = strategy.extended._num_workers  # noqa: SLF001 (no public count in TF 2.21)
+    if pipeline.shards_by_record(manifest, workers):
+        print(f"warning: {config.data_dir} has fewer training shards than the {workers} "
+              f"workers, so each reads every shard and keeps one record in {workers}; "
+              "rebuild it with a smaller --shard_size so each reads its own", flush=True)
+    else:
+        stream = {**stream, "epoch_records": None}
+
+    def dataset(context):
+        return pipeline.train_dataset(
+            config.data_dir, manifest, context.get_per_replica_batch_size(config.batch_size),
+            input_context=context, start_step=start_step, **augment, **stream)
+
+    return iter(strategy.distribute_datasets_from_function(dataset))
+
+
+def replicated_fit(model, strategy, batches, steps, events):
+    """`model.fit` for a multi-worker strategy: Keras 3.15's fit fails under
+    MultiWorkerMirroredStrategy (BUILD.md says why), so this runs Keras's own train_step on
+    every replica through strategy.run and calls the same callbacks fit would, batch by
+    batch, so every iteration event (test, display, snapshot, targets, NaN guard) is the
+    same."""
+    if getattr(model, "_replicated_step", None) is None:
+        @tf.function
+        def step(iterator):
+            logs = strategy.run(model.train_step, args=(next(iterator),))
+            return {name: strategy.reduce("MEAN", value, axis=None)
+                    for name, value in logs.items()}
+        model._replicated_step = step
+    events = keras.callbacks.CallbackList(events, model=model)
+    model.stop_training = False
+    events.on_train_begin()
+    for batch in range(steps):
+        events.on_train_batch_begin(batch)
+        logs = model._replicated_step(batches)
+        events.on_train_batch_end(batch, {name: float(v) for name, v in logs.items()})
+        if model.stop_training:
+            break
+    events.on_train_end()
 
 
 def freeze_backbone(model, frozen):
@@ -229,6 +314,7 @@ def freeze_backbone(model, frozen):
         if layer.name != models.CLASSIFIER:
             layer.trainable = not frozen
     model.make_train_function(force=True)
+    model._replicated_step = None
 
 
 def make_verifier(config, model, manifest):
@@ -273,6 +359,9 @@ def main(argv):
         if not values[name].value:
             sys.exit(f"error: --{name} is required")
     split_cpu(values.cpu_devices)
+    # MultiWorkerMirroredStrategy configures collective ops, which must happen before
+    # TensorFlow's runtime starts: first thing, before any data is read.
+    strategy = make_strategy("multi_worker") if values.strategy == "multi_worker" else None
     try:
         manifest = records.read_manifest(values.data_dir)
         config = train_flags.to_config(values, manifest)
@@ -280,7 +369,7 @@ def main(argv):
         stored = train_flags.stored_config(config.run_dir, manifest) if run.holds_run() \
             else None
         summary, export_dir = start(config, train_flags.flagfile_text(values),
-                                    values.overwrite, stored)
+                                    values.overwrite, stored, strategy)
     except RunDirBusy as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(BUSY_EXIT)

@@ -7,7 +7,7 @@ from absl import flags
 
 from data_tools import bench_convert, build_records, inspect_records, synth
 from kerasbn import bench, cli, compare_norms, evaluate, export, launch, report, show_schedule
-from kerasbn import predict, train_flags
+from kerasbn import local_cluster, predict, train_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -98,6 +98,7 @@ def test_commands_print_no_tensorflow_chatter_unless_asked(tmp_path):
 COMMANDS = {
     "kerasbn.train": train_flags.define,
     "kerasbn.compare_norms": compare_norms.define_flags,
+    "kerasbn.local_cluster": local_cluster.define_flags,
     "kerasbn.show_schedule": show_schedule.define_flags,
     "kerasbn.export": export.define_flags,
     "kerasbn.evaluate": evaluate.define_flags,

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -72,3 +73,52 @@ def test_a_global_batch_that_does_not_split_over_the_replicas_is_one_error(small
     assert done.stderr.strip().splitlines()[-1] == (
         "error: --batch_size=16 (the global batch) does not split evenly over 3 replicas; "
         "give a multiple of 3")
+
+
+def _baseline_args(data, run_dir):
+    # No dropout: each replica draws its own masks, so only a deterministic network can match.
+    return train_args(data, run_dir, model="baseline", dropout=0, max_iter=20,
+                      widths="16,16,32,24,48,40,64,80")
+
+
+def test_two_local_workers_train_as_one_process_and_only_the_chief_writes(tmp_path):
+    from conftest import make_synth
+    from kerasbn import local_cluster
+    data = str(tmp_path / "data")
+    # One shard for two workers: each keeps every other record of the one stream, so the
+    # two halves of each global batch are the one process's batch (pipeline's by-record
+    # sharding; the file-sharding case is tested in test_pipeline).
+    make_synth(data, shard_size=10_000)
+    single = str(tmp_path / "single")
+    done = subprocess.run([sys.executable, "-m", "kerasbn.train", *_baseline_args(data, single)],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    scratch = set(os.listdir(tempfile.gettempdir()))
+    chief = str(tmp_path / "chief")
+    done = subprocess.run([sys.executable, "-m", "kerasbn.local_cluster", "--workers=2", "--",
+                           *_baseline_args(data, chief)], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    assert "CollectiveAllReduceStrategy: 2 replicas of 8 images per global batch of 16" in \
+        done.stdout and "fewer training shards than the 2 workers" in done.stdout
+    # Same global batches, gradients all-reduced in another order: float32 rounding only.
+    for want, got in zip(RunDir(single).read_metrics(), RunDir(chief).read_metrics()):
+        assert got["iteration"] == want["iteration"]
+        assert got["train_loss"] == pytest.approx(want["train_loss"], abs=2e-4)
+        assert got["test_loss"] == pytest.approx(want["test_loss"], abs=2e-4)
+    assert set(os.listdir(tempfile.gettempdir())) <= scratch  # the other worker's scratch is gone
+    import tensorflow as tf
+    served = tf.saved_model.load(RunDir(chief).export)
+    assert served.signatures["serving_default"](
+        images=tf.zeros([1, 50, 50, 1], tf.uint8))["probabilities"].shape == (1, 6)
+    assert local_cluster.tf_config([1, 2], 1) == (
+        '{"cluster": {"worker": ["localhost:1", "localhost:2"]}, '
+        '"task": {"type": "worker", "index": 1}}')
+
+
+def test_a_failing_worker_stops_the_cluster_with_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "kerasbn.local_cluster", "--workers=2", "--",
+                           f"--data_dir={tmp_path / 'missing'}", f"--run_dir={tmp_path / 'r'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "stopped the other workers" in done.stderr.strip().splitlines()[-1]

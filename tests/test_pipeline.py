@@ -171,7 +171,25 @@ def test_train_pipeline_shards_files_across_input_pipelines(tmp_path, small_data
     firsts = [_take(pipeline.train_dataset(str(tmp_path), manifest, 4, input_context=c), 1)
               for c in contexts]
     assert not np.array_equal(firsts[0][0][0], firsts[1][0][0])
-    one_shard = records.read_manifest(small_data)
-    one_shard["splits"]["train"]["files"] = one_shard["splits"]["train"]["files"][:1]
-    with pytest.raises(records.DataError, match="smaller --shard_size"):
-        pipeline.train_dataset(small_data, one_shard, 4, input_context=contexts[0])
+    # Each worker reads its own shards: no label sequence is shared, and together the two
+    # read every shard once per epoch.
+    files = manifest["splits"]["train"]["files"]
+    assert not pipeline.shards_by_record(manifest, 2) and len(files) >= 2
+
+
+def test_fewer_shards_than_workers_share_one_stream_record_by_record(tmp_path):
+    # One shard, two workers: worker i takes records i, i + 2, ...; their batches k together
+    # are batch k of one process reading with the global batch (same images, other order).
+    make_synth(tmp_path, shard_size=10_000)
+    manifest = records.read_manifest(tmp_path)
+    assert pipeline.shards_by_record(manifest, 2)
+    contexts = [tf.distribute.InputContext(2, i, 2) for i in range(2)]
+    for start in (0, 3):
+        halves = [_take(pipeline.train_dataset(str(tmp_path), manifest, 4, input_context=c,
+                                               start_step=start), 2) for c in contexts]
+        whole = _take(pipeline.train_dataset(str(tmp_path), manifest, 8, start_step=start), 2)
+        for k in range(2):
+            together = np.concatenate([halves[0][k][0], halves[1][k][0]])
+            key = lambda images: sorted(map(bytes, np.round(images, 4)))
+            assert key(together) == key(whole[k][0])
+            assert not set(map(bytes, halves[0][k][0])) & set(map(bytes, halves[1][k][0]))
