@@ -48,12 +48,13 @@ snapshot_prefix: "models/bvlc_reference_caffenet/caffenet_train"
 solver_mode: GPU
 """
 
-# Caffe's examples/cifar10/cifar10_full_sigmoid_solver_bn.prototxt.
-CIFAR10_BN = """net: "examples/cifar10/cifar10_full_sigmoid_train_test_bn.prototxt"
+# Caffe's examples/cifar10/cifar10_full_sigmoid_solver_bn.prototxt (weight_decay commented out).
+CIFAR10_SIGMOID_BN = """net: "examples/cifar10/cifar10_full_sigmoid_train_test_bn.prototxt"
 test_iter: 10
 test_interval: 1000
 base_lr: 0.001
 momentum: 0.9
+#weight_decay: 0.004
 lr_policy: "step"
 gamma: 1
 stepsize: 5000
@@ -62,10 +63,10 @@ max_iter: 60000
 snapshot: 10000
 snapshot_prefix: "examples/cifar10_full_sigmoid_bn"
 solver_mode: GPU
-type: "Adam"
-momentum2: 0.999
-delta: 1e-8
 """
+
+# The same solver switched to Adam.
+CIFAR10_BN = CIFAR10_SIGMOID_BN + 'type: "Adam"\nmomentum2: 0.999\ndelta: 1e-8\n'
 
 
 def _flags_of(lines):
@@ -128,22 +129,6 @@ def test_a_binary_file_and_a_non_numeric_field_are_one_line(tmp_path, capsys):
         caffe_solver.main(["caffe_solver", str(binary)])
 
 
-# Caffe's examples/cifar10/cifar10_full_sigmoid_solver_bn.prototxt (weight_decay commented out).
-CIFAR10_SIGMOID_BN = """net: "examples/cifar10/cifar10_full_sigmoid_train_test_bn.prototxt"
-test_iter: 10
-test_interval: 1000
-base_lr: 0.001
-momentum: 0.9
-#weight_decay: 0.004
-lr_policy: "step"
-gamma: 1
-stepsize: 5000
-display: 100
-max_iter: 60000
-snapshot: 10000
-snapshot_prefix: "examples/cifar10_full_sigmoid_bn"
-solver_mode: GPU
-"""
 
 
 def test_fields_left_out_take_caffes_defaults_not_kerasbns(tmp_path, capsys):
