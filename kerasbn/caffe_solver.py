@@ -104,7 +104,7 @@ def convert(text, name="solver.prototxt"):
             why = "no kerasbn equivalent"
         if why:
             unmapped.append((field, value, number, why))
-    given = {line.split("=", 1)[0][2:] for line in flags}
+    given = {cli.flag_name(line) for line in flags}
     policy = next((line.split("=", 1)[1] for line in flags
                    if line.startswith("--lr_policy=")), None)
     defaults = [f"--{field}={value}" for field, value, policies in _CAFFE_DEFAULTS
