@@ -23,10 +23,9 @@ import dataclasses
 import os
 import sys
 
-import numpy as np
 from absl import flags
 
-from kerasbn import atomic, cli, metrics, norms, records, schedules, train, train_flags
+from kerasbn import atomic, cli, metrics, norms, records, schedules, seeds, train, train_flags
 from kerasbn.run_dir import RunDir
 
 
@@ -55,6 +54,9 @@ def run_one(config, norm, seed, out):
     flagfile = (f"--flagfile={base}\n--norm={norm}\n--seed={seed}\n"
                 f"--run_dir={run.path}\n" + (f"--bn_momentum={momentum}\n" if momentum else ""))
     stored = train_flags.stored_config(run.path) if run.holds_run() else None
+    if stored is not None and run.finished():
+        run.check_same_run(config, stored)
+        return run.read_metrics()
     try:
         train.start(config, flagfile, stored=stored)
     except FloatingPointError as e:
@@ -63,42 +65,48 @@ def run_one(config, norm, seed, out):
 
 
 def summarize(runs, target):
-    """One row per implementation from {norm: [metrics entries per seed]}."""
+    """One row per implementation from {norm: [metrics entries per seed]}: mean and sample std
+    over seeds (kerasbn.seeds' rules, as the report's), iterations to `target` with a seed
+    that never reached it counted at its last test (so the mean is then a lower bound)."""
     rows = []
     keras_speed = _speed(runs.get("keras", []))
-    for norm, seeds in runs.items():
-        summaries = [metrics.summarize(s, [target]) for s in seeds if s]
-        finals = [m["final_test_top1"] for m in summaries]
-        bests = [m["best_test_top1"] for m in summaries]
-        reached = [m["targets"][f"{target:g}"] for m in summaries]
-        hits = [r["iteration"] for r in reached if r]
-        speed = _speed(seeds)
+    for norm, entries in runs.items():
+        tested = [{"entries": e} for e in entries if e]
+        jumps = [metrics.stability(e) for e in entries if len(e) > 2]
+        speed = _speed(entries)
         rows.append({
-            "norm": norm, "seeds": len(seeds),
-            "final": (np.mean(finals), np.std(finals)), "best": (np.mean(bests), np.std(bests)),
-            "reached": len(hits), "iterations_to_target": np.mean(hits) if hits else None,
-            "stability": np.mean([metrics.stability(s) for s in seeds if len(s) > 2]),
+            "norm": norm, "seeds": len(entries),
+            "final": seeds.accuracy(tested, "final_test_top1"),
+            "best": seeds.accuracy(tested, "best_test_top1"),
+            "to_target": seeds.to_target(tested, ("test_top1", target)),
+            "stability": seeds.spread(jumps),
             "step_time_vs_keras": keras_speed / speed if speed and keras_speed else None,
         })
     return rows
 
 
-def _speed(seeds):
-    return metrics.median_speed([e for s in seeds for e in s])
+def _speed(runs):
+    return metrics.median_speed([e for entries in runs for e in entries])
 
 
 def markdown(rows, target):
-    lines = [f"| norm | final top-1 | best top-1 | runs reaching {target:g} | iterations to "
-             f"{target:g} | stability (mean abs jump) | step time / keras |",
+    lines = [f"| norm | final top-1 | best top-1 | iterations to {target:g} | reached "
+             f"{target:g} | test jump (mean abs change) | step time / keras |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        to_target = f"{r['iterations_to_target']:.0f}" if r["iterations_to_target"] else "-"
+        reach = r["to_target"]
         ratio = f"{r['step_time_vs_keras']:.2f}" if r["step_time_vs_keras"] else "-"
         lines.append(
-            f"| {r['norm']} | {r['final'][0]:.3f} ± {r['final'][1]:.3f} | {r['best'][0]:.3f} "
-            f"± {r['best'][1]:.3f} | {r['reached']}/{r['seeds']} | {to_target} | "
-            f"{r['stability']:.3f} | {ratio} |")
+            f"| {r['norm']} | {_mean_std(r['final'], '.3f')} | {_mean_std(r['best'], '.3f')} | "
+            f"{'>=' if reach['censored'] else ''}{_mean_std((reach['mean'], reach['std']), '.0f')}"
+            f" | {reach['seeds'] - reach['censored']}/{reach['seeds']} | "
+            f"{_mean_std(r['stability'], '.3f')} | {ratio} |")
     return "\n".join(lines) + "\n"
+
+
+def _mean_std(mean_std, fmt):
+    mean, std = mean_std
+    return "-" if mean is None else f"{mean:{fmt}} ± {std:{fmt}}"
 
 
 def plot(runs, out):

@@ -121,8 +121,10 @@ def commands(name, extra_args, report_out=None, run_root=None, reference=None, s
 
 
 def finished(run_dir):
-    """Whether the run ended (training writes its export last)."""
-    return export.is_export(RunDir(run_dir).export)
+    """Whether the run ended: its summary says so (or, for a run from before that mark, its
+    export, which training wrote last, exists)."""
+    run = RunDir(run_dir)
+    return run.finished() or export.is_export(run.export)
 
 
 def work_through(runs, run_dirs):

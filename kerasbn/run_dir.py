@@ -182,6 +182,16 @@ class RunDir:
     def write_summary(self, summary):
         atomic.write_json(self.summary_json, summary)
 
+    def finished(self):
+        """Whether training ended here: its last summary.json, written after the export, says
+        so. Only the records are read, so a copy of them (config, flags, metrics, summary,
+        without checkpoints or export, as results/ keeps them in git) counts as finished."""
+        try:
+            with open(self.summary_json, encoding="utf-8") as f:
+                return json.load(f).get("finished") is True
+        except (OSError, json.JSONDecodeError):
+            return False
+
 
 def _shown(value):
     return "unset" if value is None else value

@@ -253,10 +253,12 @@ def train(config, run, strategy=None):
     if on_signal.stopped_at is not None:
         raise stop_signals.Stopped(requests.signal, on_signal.stopped_at)
     summary = metrics.summarize(run.read_metrics(), config.targets())
-    run.write_summary(summary)
     if config.export == "best":
         checkpoints.restore_latest(run, model, best=True)
-    return summary, export.export_saved_model(model, manifest, run.export, data_dir)
+    export_dir = export.export_saved_model(model, manifest, run.export, data_dir)
+    # Last, so a run killed in its export is not taken as finished.
+    run.write_summary({**summary, "finished": True})
+    return summary, export_dir
 
 
 def worker_batches(strategy, config, manifest, start_step, stream, augment):

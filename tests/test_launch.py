@@ -179,3 +179,53 @@ def test_the_quickstart_networks_differ_only_in_what_the_study_changed(tmp_path,
         settings[net] = {name: values[name].value for name in values}
     differ = {k for k in settings["bn"] if settings["bn"][k] != settings["baseline"][k]}
     assert differ == {"model", "norm", "bn_momentum"}
+
+
+RECORDS = ("config.json", "flags.txt", "metrics.jsonl", "summary.json")
+
+
+def _records_only(run_dir, to):
+    """A copy of a run's records without its checkpoints, export or logs (results/ in git)."""
+    import shutil
+    os.makedirs(to)
+    for name in RECORDS:
+        shutil.copy(os.path.join(run_dir, name), to)
+    return str(to)
+
+
+def test_the_records_of_a_finished_run_count_as_finished_without_its_checkpoints(
+        finished_run, tmp_path):
+    import json
+    from kerasbn import launch, report
+    copy = _records_only(finished_run, tmp_path / "copy")
+    assert launch.finished(finished_run) and launch.finished(copy)
+    assert sorted(os.listdir(copy)) == sorted(RECORDS)
+    # The report reads the records alone and tabulates the copy as the run itself.
+    assert report.load_run(copy)["entries"] == report.load_run(finished_run)["entries"]
+    summary = os.path.join(copy, "summary.json")
+    with open(summary, encoding="utf-8") as f:
+        values = json.load(f)
+    del values["finished"]  # the summary a test in the middle of the run writes
+    with open(summary, "w", encoding="utf-8") as f:
+        json.dump(values, f)
+    assert not launch.finished(copy)
+
+
+def test_a_run_killed_in_its_export_is_not_finished(small_data, tmp_path, monkeypatch):
+    from conftest import run_train, train_args
+    from kerasbn import export, launch
+    from kerasbn.run_dir import RunDir
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    run_dir = str(tmp_path / "run")
+    args = train_args(small_data, run_dir, max_iter=10)
+    with monkeypatch.context() as patch:
+        patch.setattr(export, "export_saved_model", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run_train(args)
+    assert RunDir(run_dir).read_metrics()[-1]["iteration"] == 10
+    assert not launch.finished(run_dir)
+    run_train(args)
+    assert launch.finished(run_dir) and RunDir(run_dir).finished()
