@@ -1,6 +1,6 @@
 """Training events by iteration, as Caffe's solver has them, each a Keras callback with one job:
 `NanGuard`, `ProgressDisplay`, `PeriodicTest`, `BestCheckpoint`, `StopAtTarget`,
-`StopOnSignal`, `Snapshot`.
+`StopOnSignal`, `Snapshot`, and `StopWhenBehind` for calls of several iterations.
 
 Keras counts epochs and batches; these count iterations (finished weight updates: the
 optimizer's `iterations`, which counts updates also when gradients accumulate over
@@ -46,6 +46,12 @@ def current_lr(model):
     """The optimizer's learning rate now, as a plain float (8 significant digits)."""
     rate = tf.convert_to_tensor(model.optimizer.learning_rate)
     return float(f"{float(rate):.8g}")
+
+
+def loss_scale(model):
+    """The dynamic loss scale of a mixed_float16 model's optimizer now; None without one."""
+    scale = getattr(model.optimizer, "dynamic_scale", None)
+    return None if scale is None else float(scale.numpy())
 
 
 class IterationCallback(keras.callbacks.Callback):
@@ -113,12 +119,17 @@ class ProgressDisplay(IterationCallback):
         lr = current_lr(self.model)
         done = iteration - self.start_iter
         eta = (self.max_iter - iteration) * (now - self.clock.start) / max(done, 1)
+        scale = loss_scale(self.model)
+        scaled = "" if scale is None else f"  loss scale {scale:g}"
         print(f"iter {iteration}/{self.max_iter}  loss {self.train_loss:.4f}  lr {lr:.3g}  "
-              f"{self.images_per_sec:.0f} images/s  ETA {format_seconds(eta)}", flush=True)
+              f"{self.images_per_sec:.0f} images/s{scaled}  ETA {format_seconds(eta)}",
+              flush=True)
         with self.writer.as_default(step=iteration):
             tf.summary.scalar("loss", self.train_loss)
             tf.summary.scalar("learning_rate", lr)
             tf.summary.scalar("images_per_sec", self.images_per_sec)
+            if scale is not None:
+                tf.summary.scalar("loss_scale", scale)
         self.writer.flush()
         self.model.reset_metrics()
 
@@ -237,6 +248,20 @@ class StopOnSignal(IterationCallback):
             self.stopped_at = iteration
 
 
+class StopWhenBehind(keras.callbacks.Callback):
+    """Stops fit after a call of `every` iterations (steps_per_execution) that ended off a
+    multiple of `every`: loss scaling skipped an update in it, and the next events would miss
+    their iterations. Train then catches up one iteration at a time."""
+
+    def __init__(self, every):
+        super().__init__()
+        self.every = every
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) % self.every:
+            self.model.stop_training = True
+
+
 class Snapshot(IterationCallback):
     """Every `every` iterations (0: never), at `max_iter` and whenever training is about to
     stop: a checkpoint numbered by iteration, with the run's wall time in `wall_time` and the
@@ -251,9 +276,13 @@ class Snapshot(IterationCallback):
         self.wall_time = wall_time
         self.position = position
 
+    def on_train_batch_begin(self, batch, logs=None):
+        self.first_batch = batch
+
     def on_train_batch_end(self, batch, logs=None):
-        # Every batch moves the data, also one whose update loss scaling skipped.
-        self.position.assign_add(1)
+        # Every batch moves the data, also one whose update loss scaling skipped; one call
+        # of fit's (steps_per_execution) runs the batches first_batch..batch.
+        self.position.assign_add(batch - self.first_batch + 1)
         super().on_train_batch_end(batch, logs)
 
     def on_iteration(self, iteration, logs):

@@ -19,7 +19,8 @@ STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 # reports (targets are measured afresh from the whole metrics history).
 NOT_RUN_DEFINING = ("run_dir", "display", "keep_checkpoints", "weights", "target_accuracy",
                     "target", "skip_corrupt_records", "deterministic", "verify_split",
-                    "verify_interval", "verify_flip", "export", "strategy", "cpu_devices")
+                    "verify_interval", "verify_flip", "export", "strategy", "cpu_devices",
+                    "steps_per_execution", "jit_compile")
 
 
 class ConfigError(ValueError):
@@ -77,6 +78,9 @@ class RunConfig:
     cpu_devices: int = 1
     export: str = "latest"
     freeze_backbone_iter: int = 0
+    steps_per_execution: int = 1
+    jit_compile: bool = False
+    initial_loss_scale: float = 2.0 ** 15
 
     def __post_init__(self):
         fix = lambda name, value: object.__setattr__(self, name, value)
@@ -147,10 +151,34 @@ class RunConfig:
                 metrics.parse_target(text)
             except ValueError as e:
                 raise ConfigError(str(e)) from None
+        if self.initial_loss_scale <= 0:
+            raise ConfigError(f"--initial_loss_scale must be positive, got "
+                              f"{self.initial_loss_scale:g}")
+        if self.jit_compile and self.deterministic:
+            raise ConfigError("--jit_compile and --deterministic exclude each other: Keras "
+                              "turns XLA off under TensorFlow's op determinism; drop one")
+        self._check_executions()
         expected = len(models.default_widths(self.model))
         if self.widths is not None and len(self.widths) != expected:
             raise ConfigError(f"--widths for --model={self.model} takes {expected} values, "
                               f"got {len(self.widths)}")
+
+    def _check_executions(self):
+        """Iteration events land between executions of `steps_per_execution` iterations, so
+        each must fall on a multiple of it: a test is then at its own iteration, not later."""
+        every = self.steps_per_execution
+        if every < 1:
+            raise ConfigError(f"--steps_per_execution must be at least 1, got {every}")
+        events = [("max_iter", self.max_iter), ("test_interval", self.test_interval),
+                  ("display", self.display), ("snapshot", self.snapshot),
+                  ("verify_interval", self.verify_interval),
+                  ("freeze_backbone_iter", self.freeze_backbone_iter)]
+        off = [f"--{name}={value}" for name, value in events if value % every]
+        if off:
+            raise ConfigError(f"--steps_per_execution={every} runs {every} iterations per call, "
+                              f"so every iteration event must fall on a multiple of it: "
+                              f"{', '.join(off)} {'is' if len(off) == 1 else 'are'} not; "
+                              "change them or --steps_per_execution")
 
     def targets(self):
         """Every target of the run as (metric, value): --target_accuracy's on test top-1,

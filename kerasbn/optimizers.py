@@ -10,9 +10,12 @@ named `bias` in `CaffeSGD`'s update; Caffe applies it to the whole step, decay t
 which the L2 regularizer's gradient is part of here.
 """
 
+import warnings
+
 import keras
 
 from kerasbn import models, schedules
+from kerasbn.config import ConfigError
 
 
 @keras.saving.register_keras_serializable(package="kerasbn")
@@ -64,7 +67,20 @@ def build_and_compile(config):
     """The compiled network of `config`, its optimizer variables already created (so a
     checkpoint can restore into them)."""
     model = models.build(**config.model_kwargs())
-    model.compile(make_optimizer(config),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    optimizer = make_optimizer(config)
+    if config.precision == "mixed_float16":
+        # The name Keras gives the wrapper it would add itself, so checkpoints stay readable.
+        optimizer = keras.optimizers.LossScaleOptimizer(
+            optimizer, initial_scale=config.initial_loss_scale, name="loss_scale_optimizer")
+    with warnings.catch_warnings():
+        # Keras warns and trains without XLA where it cannot compile; that is an error here.
+        warnings.simplefilter("ignore", UserWarning)
+        model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      steps_per_execution=config.steps_per_execution * config.iter_size,
+                      jit_compile=config.jit_compile)
+    if config.jit_compile and not model.jit_compile:
+        raise ConfigError(f"--jit_compile: Keras cannot compile --model={config.model} "
+                          f"--norm={config.norm} with XLA (a layer does not support it, or op "
+                          "determinism is on); train without --jit_compile")
     model.optimizer.build(model.trainable_variables)
     return model

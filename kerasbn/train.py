@@ -177,13 +177,9 @@ def train(config, run, strategy=None):
     # One pass over the training shards holds the records checked readable above.
     stream = {"skip_corrupt": config.skip_corrupt_records, "epoch_records": readable["train"]}
     augment = {"seed": config.seed, "crop_pad": config.crop_pad, "mirror": config.mirror}
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        train_data = worker_batches(strategy, config, manifest, int(position.numpy()), stream,
-                                    augment)
-    else:
-        train_data = pipeline.train_dataset(data_dir, manifest, config.batch_size,
-                                            start_step=int(position.numpy()), **augment,
-                                            **stream)
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    worker_data = worker_batches(strategy, config, manifest, int(position.numpy()), stream,
+                                 augment) if multi_worker else None
     test_data = pipeline.test_dataset(data_dir, manifest, config.batch_size,
                                       skip_corrupt=config.skip_corrupt_records)
     test_step = metrics.make_test_step(model)
@@ -243,12 +239,25 @@ def train(config, run, strategy=None):
             freeze_backbone(model, frozen)
             if frozen:
                 remaining = min(remaining, config.freeze_backbone_iter - iterations())
-            if isinstance(train_data, tf.data.Dataset):
-                model.fit(train_data, epochs=1, steps_per_epoch=remaining * config.iter_size,
-                          callbacks=events, verbose=0, shuffle=False)
-            else:
-                replicated_fit(model, strategy, train_data, remaining * config.iter_size,
+            # An update skipped by loss scaling leaves a call of steps_per_execution short of
+            # its iterations; single ones up to the next multiple put the events back.
+            behind = iterations() % config.steps_per_execution
+            per_call = 1 if behind else config.steps_per_execution
+            if behind:
+                remaining = config.steps_per_execution - behind
+            set_steps_per_execution(model, per_call * config.iter_size)
+            calls = events + ([callbacks.StopWhenBehind(per_call)] if per_call > 1 else [])
+            if multi_worker:
+                replicated_fit(model, strategy, worker_data, remaining * config.iter_size,
                                events)
+            else:
+                # A dataset restarts at its start step in every fit: start it where the
+                # data stands now.
+                model.fit(pipeline.train_dataset(data_dir, manifest, config.batch_size,
+                                                  start_step=int(position.numpy()), **augment,
+                                                  **stream),
+                          epochs=1, steps_per_epoch=remaining * config.iter_size,
+                          callbacks=calls, verbose=0, shuffle=False)
         freeze_backbone(model, False)
     if on_signal.stopped_at is not None:
         raise stop_signals.Stopped(requests.signal, on_signal.stopped_at)
@@ -304,6 +313,14 @@ def replicated_fit(model, strategy, batches, steps, events):
         if model.stop_training:
             break
     events.on_train_end()
+
+
+def set_steps_per_execution(model, steps):
+    """Keras's steps_per_execution of the compiled `model`, its train function rebuilt on a
+    change."""
+    if model.steps_per_execution != steps:
+        model.steps_per_execution = steps
+        model.make_train_function(force=True)
 
 
 def freeze_backbone(model, frozen):

@@ -166,6 +166,16 @@ def define(values):
                          lower_bound=1, upper_bound=64, **on)
     flags.DEFINE_enum("export", "latest", config.EXPORTS, "The SavedModel written at the end: "
                       "the last weights, or the best test's (checkpoints/best).", **on)
+    flags.DEFINE_integer("steps_per_execution", 1, "Iterations run per call into TensorFlow "
+                         "(Keras's steps_per_execution): fewer host round trips per step. "
+                         "Every event interval (--test_interval, --display, --snapshot, ...) "
+                         "and --max_iter must be a multiple of it.", lower_bound=1,
+                         upper_bound=100000, **on)
+    flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA.", **on)
+    flags.DEFINE_float("initial_loss_scale", 2.0 ** 15, "--precision=mixed_float16: the "
+                       "dynamic loss scale to start from (Keras's 32768); it halves at each "
+                       "overflow, which skips that update, and doubles after 2,000 finite "
+                       "steps.", lower_bound=1e-8, **on)
     flags.DEFINE_bool("skip_corrupt_records", False, "Train and test on what is readable of "
                       "corrupt or truncated shards (each is named, with what it lost) instead "
                       "of stopping.", **on)
