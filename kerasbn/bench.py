@@ -4,8 +4,10 @@
         input-pipeline images/s against bare TFRecord reading of the same shards.
     python -m kerasbn.bench --bench=separability --data_dir=data/synth
         test accuracy of a linear softmax classifier on pixels against a small CNN.
-    python -m kerasbn.bench --bench=train [--model=bn --num_classes=14700]
-        training images/s of a network at each --precisions, as ratios to the first.
+    python -m kerasbn.bench --bench=train [--model=bn --num_classes=14700] [--data_dir=D]
+        training images/s of a network at each --precisions (and --compile=plain,xla) on one
+        cached batch, as ratios to the first; with --data_dir also on that dataset's real
+        input pipeline in the same run, so whether training is input-bound is measured.
     python -m kerasbn.bench --bench=norms
         training step time with each --norms at each --precisions, as ratios to keras.
 """
@@ -99,50 +101,95 @@ def separability(data_dir, epochs, batch_size=64, seed=0):
     return result
 
 
-def bench_train(name, num_classes, variants, batch_size, steps, repeats):
-    """{(precision, norm): best images/s} of training steps on one in-memory batch (compute
-    only), the variants measured interleaved so machine noise hits them alike."""
-    images = np.random.default_rng(0).standard_normal((batch_size, 50, 50, 1), np.float32)
-    labels = np.arange(batch_size) % num_classes
-    data = tf.data.Dataset.from_tensors((images, labels)).repeat().prefetch(2)
+def _stream(data_dir, batch_size):
+    """(real training batches of `data_dir`, one of them cached and repeated, the manifest),
+    or random 50x50 gray images as the cached batch without a dataset."""
+    if data_dir is None:
+        images = np.random.default_rng(0).standard_normal((batch_size, 50, 50, 1), np.float32)
+        labels = np.arange(batch_size) % 2
+        return None, tf.data.Dataset.from_tensors((images, labels)).repeat().prefetch(2), None
+    manifest = records.read_manifest(data_dir)
+    real = pipeline.train_dataset(data_dir, manifest, batch_size, mirror=True)
+    return real, real.take(1).cache().repeat().prefetch(2), manifest
+
+
+def bench_train(name, num_classes, variants, batch_size, steps, repeats, data_dir=None):
+    """{(precision, norm, xla, steps_per_execution): {"cached": images/s, "pipeline":
+    images/s or None}}: training steps on one cached batch (compute only) and, with
+    `data_dir`, on that dataset's real input pipeline (crop-free, mirrored, shuffled), every
+    variant and input measured interleaved so machine noise hits them alike; the best of
+    `repeats` counts."""
+    real, cached, manifest = _stream(data_dir, batch_size)
+    shape = dict(image_size=tuple(manifest["image_size"]), channels=manifest["channels"]) \
+        if manifest else {}
+    inputs = {"cached": cached, **({"pipeline": real} if real is not None else {})}
     compiled = {}
-    for precision, norm in variants:
+    for variant in variants:
+        precision, norm, xla, per_call = variant
         keras.mixed_precision.set_global_policy(precision)
-        model = models.build(name, num_classes, norm=norm, weight_decay=5e-4)
+        model = models.build(name, num_classes, norm=norm, weight_decay=5e-4, **shape)
         model.compile(keras.optimizers.SGD(0.01, momentum=0.9),
-                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        model.fit(data, steps_per_epoch=3, epochs=1, verbose=0, shuffle=False)
-        compiled[precision, norm] = model
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      steps_per_execution=per_call, jit_compile=xla)
+        for data in inputs.values():
+            model.fit(data, steps_per_epoch=3 * per_call, epochs=1, verbose=0, shuffle=False)
+        compiled[variant] = model
     keras.mixed_precision.set_global_policy("float32")
-    best = dict.fromkeys(compiled, 0.0)
+    best = {variant: {"cached": 0.0, "pipeline": None} for variant in compiled}
+    timed = -(-steps // max(v[3] for v in compiled)) * max(v[3] for v in compiled)
     for _ in range(repeats):
         for variant, model in compiled.items():
-            start = time.perf_counter()
-            model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
-            best[variant] = max(best[variant],
-                                steps * batch_size / (time.perf_counter() - start))
+            for kind, data in inputs.items():
+                start = time.perf_counter()
+                model.fit(data, steps_per_epoch=timed, epochs=1, verbose=0, shuffle=False)
+                rate = timed * batch_size / (time.perf_counter() - start)
+                best[variant][kind] = max(best[variant][kind] or 0.0, rate)
     return best
+
+
+def _variant_name(variant):
+    precision, norm, xla, per_call = variant
+    return (f"{precision}" + (f", --norm={norm}" if norm != "keras" else "")
+            + (", XLA" if xla else "") + (f", {per_call} steps per call" if per_call > 1 else ""))
 
 
 def main(argv):
     values, _ = cli.parse(argv, define_flags, __doc__)
     setting = f"{values.model} x{values.num_classes} classes, batch {values.batch_size}"
+    xla = {"plain": False, "xla": True}
+    if set(values.compile) - set(xla):
+        sys.exit(f"error: --compile takes plain and/or xla, got {','.join(values.compile)}")
     if values.bench == "train":
-        rates = bench_train(values.model, values.num_classes,
-                            [(p, "keras") for p in values.precisions], values.batch_size,
-                            values.batches, values.repeats)
-        reference = rates[values.precisions[0], "keras"]
-        for (precision, _), rate in rates.items():
-            print(f"{setting}, {precision}: {rate:.0f} images/s, "
-                  f"{rate / reference:.2f}x {values.precisions[0]}")
+        variants = [(p, "keras", xla[c], values.steps_per_execution)
+                    for p in values.precisions for c in values.compile]
+        data_dir = values.data_dir[0] if values.data_dir else None
+        if data_dir:
+            classes = len(records.read_manifest(data_dir)["class_names"])
+            if values.num_classes < classes:
+                sys.exit(f"error: --num_classes={values.num_classes} is fewer than the "
+                         f"{classes} classes of {data_dir}; give at least {classes}")
+        rates = bench_train(values.model, values.num_classes, variants, values.batch_size,
+                            values.batches, values.repeats, data_dir)
+        reference = rates[variants[0]]["cached"]
+        for variant, rate in rates.items():
+            line = (f"{setting}, {_variant_name(variant)}: one cached batch "
+                    f"{rate['cached']:.0f} images/s ({rate['cached'] / reference:.2f}x "
+                    f"{_variant_name(variants[0])})")
+            if rate["pipeline"] is not None:
+                share = rate["pipeline"] / rate["cached"]
+                verdict = "input-bound" if share < 0.9 else "not input-bound"
+                line += (f", real pipeline of {data_dir} {rate['pipeline']:.0f} images/s "
+                         f"({share:.2f}x the cached batch: {verdict})")
+            print(line, flush=True)
         return
     if values.bench == "norms":
-        rates = bench_train(values.model, values.num_classes,
-                            [(p, n) for p in values.precisions for n in values.norms],
-                            values.batch_size, values.batches, values.repeats)
-        for (precision, norm), rate in rates.items():
-            print(f"{setting}, {precision}, --norm={norm}: {rate:.0f} images/s, step time "
-                  f"{rates[precision, 'keras'] / rate:.2f}x keras")
+        variants = [(p, n, False, 1) for p in values.precisions for n in values.norms]
+        rates = bench_train(values.model, values.num_classes, variants, values.batch_size,
+                            values.batches, values.repeats)
+        for (precision, norm, _, _), rate in rates.items():
+            keras_rate = rates[precision, "keras", False, 1]["cached"]
+            print(f"{setting}, {precision}, --norm={norm}: {rate['cached']:.0f} images/s, "
+                  f"step time {keras_rate / rate['cached']:.2f}x keras")
         return
     if not values.data_dir:
         sys.exit("error: --data_dir is required (a directory holding manifest.json)")
@@ -175,6 +222,10 @@ def define_flags(values):
                          lower_bound=2, **on)
     flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"], "Keras dtype policies "
                       "(train, norms benches); train: ratios to the first.", **on)
+    flags.DEFINE_list("compile", ["plain"], "train bench: plain and/or xla (XLA-compiled "
+                      "steps) for each precision.", **on)
+    flags.DEFINE_integer("steps_per_execution", 1, "train bench: training steps per call "
+                         "into TensorFlow.", lower_bound=1, upper_bound=1000, **on)
     flags.DEFINE_list("norms", list(norms.NORMS), "BN implementations (norms bench); step "
                       "times are ratios to keras at the same precision.", **on)
 

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# What a GPU machine gives kerasbn, in a few minutes: the devices TensorFlow sees, then the
+# study's BN network (NVIDIA Caffe's BN, 14,700 classes, batch 128) in mixed_float16
+# training from the real input pipeline and from one cached batch of it in the same run, with
+# and without XLA (images/s and whether the step is input-bound), then a short real training
+# run end to end (dynamic loss scaling, the loss scale on its display lines).
+#   launch/gpu_check.sh                       # after: pip install -e ".[and-cuda]"
+#   STEPS=300 PRECISION=mixed_bfloat16 launch/gpu_check.sh
+# Its lines go into BENCHMARKS.md ("GPU check") with the GPU's name.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-.venv/bin/python}
+DATA=${DATA:-data/gpu_check}
+RUN=${RUN:-runs/gpu_check}
+STEPS=${STEPS:-200}
+CLASSES=${CLASSES:-14700}
+BATCH=${BATCH:-128}
+COMPILE=${COMPILE:-plain,xla}
+export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
+
+"$PYTHON" -c "import kerasbn, tensorflow as tf
+gpus = tf.config.list_physical_devices('GPU')
+names = [tf.config.experimental.get_device_details(g).get('device_name', g.name) for g in gpus]
+print('devices:', ', '.join(names) if names else 'no GPU: this check measures the CPU')"
+# Without a GPU, float16 runs emulated (minutes per step for this network on a 2-core CPU):
+# the CPU's own fastest precision is measured instead unless PRECISION says otherwise.
+PRECISION=${PRECISION:-$("$PYTHON" -c "import kerasbn.train_flags as t; print(t.auto_precision())")}
+echo "precision: $PRECISION"
+if [ ! -f "$DATA/manifest.json" ]; then
+  # 200 identities x 60 images of the synthetic faces: 9,000 training records, enough for
+  # the shuffle and interleave to run as in a real run.
+  "$PYTHON" -m data_tools.synth --out "$DATA" --identities 200 --images_per_identity 60
+fi
+echo "== the BN network's step: one cached batch against the real input pipeline =="
+"$PYTHON" -m kerasbn.bench --bench=train --model=bn --num_classes="$CLASSES" \
+  --batch_size="$BATCH" --batches="$STEPS" --repeats=2 --precisions="$PRECISION" \
+  --compile="$COMPILE" --data_dir="$DATA"
+echo "== a real training run: $STEPS iterations, $PRECISION =="
+"$PYTHON" -m kerasbn.train --data_dir="$DATA" --run_dir="$RUN" --overwrite --model=bn \
+  --norm=nvidia --bn_momentum=0.9 --batch_size="$BATCH" --precision="$PRECISION" \
+  --max_iter="$STEPS" --test_interval="$STEPS" --display=$((STEPS / 4 > 0 ? STEPS / 4 : 1)) \
+  --snapshot=0 --verify_split=none --test_initialization=false
