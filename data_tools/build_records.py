@@ -12,9 +12,8 @@ Shards are written under a temporary name and renamed when complete; an interrup
 rerun with the same arguments, keeps its complete shards.
 """
 
-import gc
+import contextlib
 import json
-import multiprocessing
 import os
 import shutil
 import sys
@@ -25,6 +24,7 @@ from absl import flags
 from PIL import Image
 
 from data_tools import shards, sources
+from data_tools.workers import ordered_map
 from kerasbn import atomic, cli, images, records, stop_signals
 from kerasbn.progress import Progress
 
@@ -90,16 +90,10 @@ class Encoder:
 
     def __init__(self, workers):
         self.args = self.boxes = None
-        self.pool = None
-        if workers > 1:
-            # Keeps the workers' garbage collector off the parent's (TensorFlow-sized) heap,
-            # whose pages it would otherwise touch and copy in every worker.
-            gc.freeze()
-            # Started before the source is listed, so the workers load Pillow's plugins
-            # while the main process walks the folders.
-            with stop_signals.for_workers():
-                self.pool = multiprocessing.get_context("fork").Pool(workers,
-                                                                     initializer=Image.init)
+        # Started before the source is listed, so the workers load Pillow's plugins while
+        # the main process walks the folders.
+        self._pool = contextlib.ExitStack()
+        self._map = self._pool.enter_context(ordered_map(workers, initializer=Image.init))
 
     def configure(self, args, boxes):
         self.args, self.boxes = args, boxes
@@ -111,17 +105,13 @@ class Encoder:
                    self.boxes.get(name, self.boxes.get(os.path.basename(name))))
                   for label, (name, source) in chunk[i:i + ENCODE_BATCH]], self.args)
                 for i in range(0, len(chunk), ENCODE_BATCH)]
-        return self.pool.imap(_encode_batch, jobs) if self.pool else map(_encode_batch, jobs)
+        return self._map(_encode_batch, jobs)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        if self.pool:
-            # Every result has been consumed (or the build failed): nothing left to wait for.
-            self.pool.terminate()
-            self.pool.join()
-            gc.unfreeze()
+        self._pool.close()
 
 
 def _encode_batch(job):

@@ -19,6 +19,7 @@ import numpy as np
 from absl import flags
 
 from data_tools import shards
+from data_tools.workers import ordered_map
 from kerasbn import cli, records, stop_signals
 from kerasbn.progress import Progress
 
@@ -160,9 +161,11 @@ def split_sizes(images_per_identity, test_fraction):
 
 
 def write_split(out, split, params, first, count, size, seed, encoding, shard_size, progress,
-                prefix="id", tints=None):
+                prefix="id", tints=None, work=map):
     """Renders images first..first+count-1 of every identity, in a seeded shuffled order;
-    in colour with the identities' `tints`.
+    in colour with the identities' `tints`. Batches are rendered and encoded by `work` (a
+    map: workers.ordered_map's over several processes), each from its own seed, so the bytes
+    do not depend on how many processes drew them.
 
     Returns the split's manifest entry and its pixel (mean, std).
     """
@@ -171,26 +174,44 @@ def write_split(out, split, params, first, count, size, seed, encoding, shard_si
     order = np.random.default_rng([seed, _SPLIT_STREAM[split], 0]).permutation(total)
     channels = 1 if tints is None else 3
     writer = shards.ShardWriter(out, split, total, shard_size, channels=channels)
-    for batch_index, start in enumerate(range(0, total, RENDER_BATCH)):
-        labels = order[start:start + RENDER_BATCH] // count
-        rng = np.random.default_rng([seed, _SPLIT_STREAM[split], batch_index + 1])
-        gray = render({k: v[labels] for k, v in params.items()}, rng, size)
-        images = gray[..., None] if tints is None else colorize(gray, tints[labels], rng)
-        for position, (image, label) in enumerate(zip(images, labels)):
-            index = first + order[start + position] % count
-            name = f"{prefix}{label:05d}/{index:05d}.png"
-            writer.write(records.encode_example(image, label, encoding, name), image)
-        progress.update(len(labels))
+
+    def jobs():
+        for batch, start in enumerate(range(0, total, RENDER_BATCH)):
+            picked = order[start:start + RENDER_BATCH]
+            labels = picked // count
+            yield (labels, first + picked % count, {k: v[labels] for k, v in params.items()},
+                   None if tints is None else tints[labels],
+                   [seed, _SPLIT_STREAM[split], batch + 1], size, encoding, prefix)
+
+    for images, serialized in work(_render_batch, jobs()):
+        for image, record in zip(images, serialized):
+            writer.write(record, image)
+        progress.update(len(images))
     return writer.close(), writer.stats.mean_std()
 
 
+def _render_batch(job):
+    """(images, serialized records) of one batch: its identities' labels and image indices,
+    their parameters and tints, and the batch's own seed."""
+    labels, indices, params, tints, seed, size, encoding, prefix = job
+    rng = np.random.default_rng(seed)
+    gray = render(params, rng, size)
+    images = gray[..., None] if tints is None else colorize(gray, tints, rng)
+    serialized = [records.encode_example(image, label, encoding,
+                                         f"{prefix}{label:05d}/{index:05d}.png")
+                  for image, label, index in zip(images, labels, indices)]
+    return images, serialized
+
+
 def build(out, identities, images_per_identity, test_fraction, image_size, seed, encoding,
-          shard_size, overwrite, command="", holdout_identities=0, pairs=0, channels=1):
+          shard_size, overwrite, command="", holdout_identities=0, pairs=0, channels=1,
+          workers=1):
     """Writes the synthetic dataset to `out`; returns its manifest.
 
     `holdout_identities` more identities (drawn apart, so the train and test records of a
     seed stay the same) go to a `holdout` split, with `pairs` matched and `pairs` mismatched
-    pairs of them in pairs.txt, for verification on people the network never saw."""
+    pairs of them in pairs.txt, for verification on people the network never saw. `workers`
+    processes render and encode; the bytes are the same for any number."""
     if identities < 2 or images_per_identity < 2:
         raise ValueError("--identities and --images_per_identity must both be at least 2")
     if not 0 < test_fraction < 1:
@@ -198,6 +219,8 @@ def build(out, identities, images_per_identity, test_fraction, image_size, seed,
     if image_size < 16 or shard_size < 1:
         raise ValueError(f"--image_size must be at least 16 (faces are drawn at that scale) "
                          f"and --shard_size at least 1, got {image_size} and {shard_size}")
+    if workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
     if channels not in (1, 3):
         raise ValueError(f"--channels must be 1 (gray) or 3 (RGB), got {channels}")
     if pairs and holdout_identities < 2:
@@ -208,10 +231,18 @@ def build(out, identities, images_per_identity, test_fraction, image_size, seed,
     tints = identity_tints(seed, identities) if channels == 3 else None
     n_train, n_test = split_sizes(images_per_identity, test_fraction)
     progress = Progress((identities + holdout_identities) * images_per_identity, "synth")
-    train, (mean, std) = write_split(out, "train", params, 0, n_train, image_size, seed,
-                                     encoding, shard_size, progress, tints=tints)
-    test, _ = write_split(out, "test", params, n_train, n_test, image_size, seed, encoding,
-                          shard_size, progress, tints=tints)
+    with ordered_map(workers) as work:
+        train, (mean, std) = write_split(out, "train", params, 0, n_train, image_size, seed,
+                                         encoding, shard_size, progress, tints=tints,
+                                         work=work)
+        test, _ = write_split(out, "test", params, n_train, n_test, image_size, seed,
+                              encoding, shard_size, progress, tints=tints, work=work)
+        holdout = write_split(
+            out, "holdout", identity_params(seed, holdout_identities, stream=1), 0,
+            images_per_identity, image_size, seed, encoding, shard_size, progress,
+            prefix="holdout", work=work,
+            tints=identity_tints(seed, holdout_identities, 1) if channels == 3 else None,
+        )[0] if holdout_identities else None
     manifest = {
         "image_size": [image_size, image_size], "channels": channels, "encoding": encoding,
         "compression": "",
@@ -224,11 +255,7 @@ def build(out, identities, images_per_identity, test_fraction, image_size, seed,
         "resize_mode": "crop",
     }
     if holdout_identities:
-        held = identity_params(seed, holdout_identities, stream=1)
-        manifest["splits"]["holdout"], _ = write_split(
-            out, "holdout", held, 0, images_per_identity, image_size, seed, encoding,
-            shard_size, progress, prefix="holdout",
-            tints=identity_tints(seed, holdout_identities, 1) if channels == 3 else None)
+        manifest["splits"]["holdout"] = holdout
         names = [f"holdout{i:05d}" for i in range(holdout_identities)]
         manifest["holdout_class_names"] = names
         if pairs:
@@ -255,7 +282,8 @@ def main(argv):
                              values.encoding, values.shard_size, values.overwrite,
                              command="python -m data_tools.synth " + " ".join(sys.argv[1:]),
                              holdout_identities=values.holdout_identities,
-                             pairs=values.pairs, channels=values.channels)
+                             pairs=values.pairs, channels=values.channels,
+                             workers=values.workers)
     except (records.DataError, ValueError) as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
@@ -293,6 +321,8 @@ def define_flags(values):
                          lower_bound=0, **on)
     flags.DEFINE_integer("pairs", 0, "Matched and mismatched holdout pairs in pairs.txt (LFW "
                          "format), for verification.", lower_bound=0, **on)
+    flags.DEFINE_integer("workers", 1, "Processes rendering and encoding; the bytes are the "
+                         "same for any number.", lower_bound=1, upper_bound=256, **on)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,22 @@ def test_same_seed_same_bytes(tmp_path):
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
 
 
+def test_workers_write_the_bytes_one_process_does(tmp_path):
+    # Two identities x 600 images: three render batches in train, so the workers' results
+    # arrive out of their processes and must be written in order. RGB checks the tints too.
+    built = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        built[workers] = synth.build(str(out), 2, 600, 0.25, 16, 0, "png", 100, False,
+                                     holdout_identities=2, pairs=5, channels=3,
+                                     workers=workers)
+        built[workers].pop("command")
+    assert _digest(tmp_path / "w1") == _digest(tmp_path / "w2")
+    assert built[1] == built[2]
+    assert (tmp_path / "w1" / "pairs.txt").read_text() == \
+        (tmp_path / "w2" / "pairs.txt").read_text()
+
+
 def test_manifest_describes_the_shards(small_data):
     manifest = records.read_manifest(small_data)
     assert manifest["image_size"] == [50, 50] and manifest["channels"] == 1
