@@ -316,11 +316,17 @@ def replicated_fit(model, strategy, batches, steps, events):
 
 
 def set_steps_per_execution(model, steps):
-    """Keras's steps_per_execution of the compiled `model`, its train function rebuilt on a
-    change."""
-    if model.steps_per_execution != steps:
-        model.steps_per_execution = steps
-        model.make_train_function(force=True)
+    """Keras's steps_per_execution of the compiled `model`. The train function of each count
+    is kept (until freeze_backbone changes what trains), so a catch-up after a skipped update
+    and the return to N reuse their traces instead of tracing again."""
+    if model.steps_per_execution == steps:
+        return
+    functions = model.__dict__.setdefault("_train_functions", {})
+    functions[model.steps_per_execution] = model.train_function
+    model.steps_per_execution = steps
+    model.train_function = functions.get(steps)
+    if model.train_function is None:
+        model.make_train_function()
 
 
 def freeze_backbone(model, frozen):
@@ -334,6 +340,7 @@ def freeze_backbone(model, frozen):
             layer.trainable = not frozen
     model.make_train_function(force=True)
     model._replicated_step = None
+    model.__dict__.pop("_train_functions", None)
 
 
 def make_verifier(config, model, manifest):

@@ -169,8 +169,9 @@ def define(values):
     flags.DEFINE_integer("steps_per_execution", 1, "Iterations run per call into TensorFlow "
                          "(Keras's steps_per_execution): fewer host round trips per step. "
                          "Every event interval (--test_interval, --display, --snapshot, ...) "
-                         "and --max_iter must be a multiple of it.", lower_bound=1,
-                         upper_bound=100000, **on)
+                         "and --max_iter must be a multiple of it. Under "
+                         "--strategy=multi_worker (kerasbn's own loop) calls stay single.",
+                         lower_bound=1, upper_bound=100000, **on)
     flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA.", **on)
     flags.DEFINE_float("initial_loss_scale", 2.0 ** 15, "--precision=mixed_float16: the "
                        "dynamic loss scale to start from (Keras's 32768); it halves at each "
