@@ -62,8 +62,12 @@ def load_run(run_dir):
 
 def tracked_targets(runs):
     """The targets the runs tracked (--target_accuracy, then --target's), each ascending;
-    else top-1 0.8."""
-    targets = {t for run in runs for t in run["targets"]} or {("test_top1", 0.8)}
+    else top-1 0.8. A target on a metric no run recorded (verification on a dataset without
+    a holdout split) is left out: it was never measured, not missed."""
+    recorded = {key for run in runs for entry in run["entries"] for key, value in entry.items()
+                if value is not None}
+    targets = {t for run in runs for t in run["targets"] if t[0] in recorded} or {
+        ("test_top1", 0.8)}
     return sorted(targets, key=metrics.target_order)
 
 

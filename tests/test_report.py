@@ -117,3 +117,12 @@ def test_verification_is_tabulated_drawn_and_targeted(tmp_path):
     assert "| 100 | 200s | >2.00x |" in text  # bn at 100; the baseline never, last test 200
     paths = report.plot(seeds.group(runs), str(tmp_path))
     assert os.path.join(str(tmp_path), "verification_vs_iteration.png") in paths
+
+
+def test_a_target_on_a_metric_no_run_recorded_is_left_out(tmp_path):
+    # The quick sets track verify_acc:0.9; on a dataset without a holdout split no run
+    # verifies, and "never reached" would misreport a figure that was never measured.
+    base = _run(tmp_path / "baseline", "baseline", [0.1, 0.5, 0.7])
+    with open(os.path.join(base, "flags.txt"), "a") as f:
+        f.write("--target=verify_acc:0.9\n")
+    assert report.tracked_targets([report.load_run(base)]) == [("test_top1", 0.8)]
