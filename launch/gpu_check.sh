@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # What a GPU machine gives kerasbn, in a few minutes: the devices TensorFlow sees, then the
-# study's BN network (NVIDIA Caffe's BN, 14,700 classes, batch 128) in mixed_float16
-# training from the real input pipeline and from one cached batch of it in the same run, with
-# and without XLA (images/s and whether the step is input-bound), then a short real training
-# run end to end (dynamic loss scaling, the loss scale on its display lines).
+# study's BN network (Keras BN, 14,700 classes, batch 128) in mixed_float16 training from the
+# real input pipeline and from one cached batch of it in the same run, with and without XLA
+# (images/s and whether the step is input-bound), then a short real training run end to end
+# with NVIDIA Caffe's BN (dynamic loss scaling, the loss scale on its display lines).
 #   launch/gpu_check.sh                       # after: pip install -e ".[and-cuda]"
 #   STEPS=300 PRECISION=mixed_bfloat16 launch/gpu_check.sh
 # Its lines go into BENCHMARKS.md ("GPU check") with the GPU's name.
