@@ -9,11 +9,14 @@
 Each flagfile of the set is one `python -m kerasbn.train --flagfile=...` run; --data_dir
 and --precision, when given, are passed to every run. --run_root moves every run dir (and the
 report) under one directory, so the same set on other data does not resume the first runs.
---seeds=N runs each configuration with seeds 0..N-1 (run dirs RUN-seedS); --sweep=FLAG=V1,V2
-(repeatable: a grid) runs each at each value (run dirs RUN-FLAGV-seedS), and the report
-picks each configuration's best value on the first seed and reports it on the others, so a
-sweep needs --seeds=3 or more. --dry_run prints the commands (one per line, for a cluster
-queue) instead of running them; the last line is the report command.
+--seeds=N runs each configuration with seeds 0..N-1 (run dirs RUN-seedS). --sweep=FLAG=V1,V2
+(repeatable: a grid) runs seed 0 of each configuration at each value (run dirs
+RUN-FLAGV-seedS); once those have finished, it picks each configuration's best value on them
+(the report's rule) and runs the other seeds only there and at the reference's best value,
+the two values the report's speedups need; so a sweep needs --seeds=3 or more. --dry_run
+prints the commands (one per line, for a cluster queue) instead of running them; the last
+line is the report command. With a sweep whose first seed has not finished, it prints the
+first seed's commands and a line saying to rerun it once they have.
 
 Several launchers may work through one set at once (one per GPU or queue slot): each skips
 the runs already finished and those another process is training (the run directory's lock
@@ -27,11 +30,14 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 
 from absl import flags
 
-from kerasbn import cli, export, train, train_flags
+from kerasbn import cli, export, report, seeds, train, train_flags
 from kerasbn.run_dir import RunDir
+
+WAIT_SECONDS = 10
 
 
 def sets_dir():
@@ -81,14 +87,11 @@ def parse_sweep(texts):
     return sweeps
 
 
-def commands(name, extra_args, report_out=None, run_root=None, reference=None, seeds=None,
-             sweeps=()):
-    """(train commands as argument lists, their run dirs, the report command).
-
-    With `run_root`, run k goes to RUN_ROOT/<basename of its flagfile's run dir>; the report
-    defaults to RUN_ROOT/report, else to runs/SET/report. With `seeds` and `sweeps`, every
-    flagfile becomes one run per swept value (the grid of `sweeps`) and seed, seed 0 of every
-    configuration first.
+def commands(name, extra_args, run_root=None, seeds=None, sweeps=()):
+    """[{command, run_dir, flagfile, seed, point}]: one train command per flagfile of set
+    `name`, or, with `seeds` and `sweeps`, per flagfile, swept value (the grid of `sweeps`,
+    `point` one of its ((flag, value), ...)) and seed, seed 0 of every configuration first.
+    With `run_root`, run k goes to RUN_ROOT/<basename of its flagfile's run dir>.
     """
     python = [sys.executable, "-m"]
     files = set_flagfiles(name)
@@ -96,7 +99,7 @@ def commands(name, extra_args, report_out=None, run_root=None, reference=None, s
     if run_root:
         bases = [os.path.join(run_root, os.path.basename(d.rstrip("/"))) for d in bases]
     grid = list(itertools.product(*[[(flag, v) for v in values] for flag, values in sweeps]))
-    runs, run_dirs = [], []
+    plan = []
     # Seeds outermost: a set stopped part-way already compares every configuration.
     for seed in range(seeds) if seeds else [None]:
         for point in grid:
@@ -104,20 +107,51 @@ def commands(name, extra_args, report_out=None, run_root=None, reference=None, s
                 suffix = "".join(f"-{flag}{value}" for flag, value in point) + (
                     "" if seed is None else f"-seed{seed}")
                 run_dir = base.rstrip("/") + suffix
-                runs.append(python + ["kerasbn.train", f"--flagfile={flagfile}"] + extra_args
-                            + [f"--{flag}={value}" for flag, value in point]
-                            + ([] if seed is None else [f"--seed={seed}"])
-                            + ([f"--run_dir={run_dir}"] if run_root or suffix else []))
-                run_dirs.append(run_dir)
+                command = (python + ["kerasbn.train", f"--flagfile={flagfile}"] + extra_args
+                           + [f"--{flag}={value}" for flag, value in point]
+                           + ([] if seed is None else [f"--seed={seed}"])
+                           + ([f"--run_dir={run_dir}"] if run_root or suffix else []))
+                plan.append({"command": command, "run_dir": run_dir, "flagfile": flagfile,
+                             "seed": seed or 0, "point": point})
+    run_dirs = [run["run_dir"] for run in plan]
     if len(set(run_dirs)) < len(run_dirs):
         raise ValueError(f"two runs of set {name!r} share a run dir name"
                          + (f" under {run_root}" if run_root else ""))
+    return plan
+
+
+def report_command(name, run_dirs, report_out=None, run_root=None, reference=None,
+                   sweeps=()):
+    """The report over `run_dirs`, written to REPORT_OUT, else RUN_ROOT/report, else
+    runs/SET/report."""
     report_out = report_out or os.path.join(
         run_root or os.path.join("runs", os.path.basename(name.rstrip("/"))), "report")
-    report = python + ["kerasbn.report", *run_dirs, f"--out={report_out}"] + (
+    return [sys.executable, "-m", "kerasbn.report", *run_dirs, f"--out={report_out}"] + (
         [f"--reference={reference}"] if reference else []) + (
         [f"--sweep={','.join(flag for flag, _ in sweeps)}"] if sweeps else [])
-    return runs, run_dirs, report
+
+
+def chosen(plan, sweeps, reference=None):
+    """The runs of `plan` a sweep needs beyond its first seed: each configuration at its own
+    best value and at the reference's (the report's two speedups), both chosen on the
+    finished first-seed runs by the report's rule."""
+    first = [run for run in plan if run["seed"] == 0]
+    runs = [report.load_run(run["run_dir"]) for run in first]
+    of_dir = {os.path.normpath(run["run_dir"]): run for run in first}
+    choices = report.sweep_choices(seeds.group(runs), [flag for flag, _ in sweeps],
+                                   report.tracked_targets(runs)[0])
+
+    def best(choice):
+        return of_dir[os.path.normpath(choice["best"]["runs"][0]["dir"])]
+
+    wanted_reference = os.path.normpath(reference or report.default_reference(runs))
+    ref_points = [best(c)["point"] for c in choices
+                  if any(os.path.normpath(r["dir"]) == wanted_reference
+                         for g in c["groups"] for r in g["runs"])]
+    wanted = {(best(c)["flagfile"], point) for c in choices
+              for point in [best(c)["point"]] + ref_points}
+    return [run for run in plan
+            if run["seed"] > 0 and (run["flagfile"], run["point"]) in wanted]
 
 
 def finished(run_dir):
@@ -165,6 +199,23 @@ def define_flags(values):
                               "value (repeatable: a grid); needs --seeds=3 or more.", **on)
 
 
+def train_all(runs, wait=False):
+    """Works through `runs`; with `wait`, until every one has finished (training any that
+    a stopped launcher left unclaimed). Returns the runs still unfinished."""
+    waiting = False
+    while True:
+        work_through([run["command"] for run in runs], [run["run_dir"] for run in runs])
+        # Checked after the whole pass: runs skipped as claimed may have finished meanwhile.
+        left = [run for run in runs if not finished(run["run_dir"])]
+        if not (left and wait):
+            return left
+        if not waiting:
+            print(f"waiting for {len(left)} first-seed runs other processes are training: "
+                  "the sweep's choice needs them all", flush=True)
+            waiting = True
+        time.sleep(WAIT_SECONDS)
+
+
 def main(argv):
     values, names = cli.parse(argv, define_flags, __doc__)
     if len(names) != 1:
@@ -176,22 +227,36 @@ def main(argv):
         if sweeps and (values.seeds or 1) < 3:
             raise ValueError("a sweep picks each configuration's best value on the first seed "
                              "and reports it on the others: give --seeds=3 or more")
-        runs, run_dirs, report = commands(names[0], extra, values.report_out, values.run_root,
-                                          values.reference, values.seeds, sweeps)
+        plan = commands(names[0], extra, values.run_root, values.seeds, sweeps)
     except (ValueError, flags.Error) as e:
         sys.exit(f"error: {e}")
+    if sweeps:
+        first = [run for run in plan if run["seed"] == 0]
+        if values.dry_run and not all(finished(run["run_dir"]) for run in first):
+            for run in first:
+                print(shlex.join(run["command"]))
+            print(f"# seeds 1-{values.seeds - 1} follow at each configuration's best "
+                  f"{','.join(flag for flag, _ in sweeps)}, chosen on these runs: rerun "
+                  "--dry_run once they have finished")
+            return
+        if not values.dry_run:
+            train_all(first, wait=True)
+        try:
+            plan = first + chosen(plan, sweeps, values.reference)
+        except report.ReportError as e:
+            sys.exit(f"error: {e}")
+    command = report_command(names[0], [run["run_dir"] for run in plan], values.report_out,
+                             values.run_root, values.reference, sweeps)
     if values.dry_run:
-        for command in runs + [report]:
-            print(shlex.join(command))
+        for run in plan:
+            print(shlex.join(run["command"]))
+        print(shlex.join(command))
         return
-    work_through(runs, run_dirs)
-    # Checked after the whole pass: runs skipped as claimed may have finished meanwhile.
-    elsewhere = [d for d in run_dirs if not finished(d)]
-    if elsewhere:
-        print(f"{len(elsewhere)} runs are being trained by other processes; the one that "
-              f"finishes the last run writes the report (or run: {shlex.join(report)})")
+    if train_all(plan):
+        print("some runs are being trained by other processes; the one that finishes the "
+              f"last run writes the report (or run: {shlex.join(command)})")
         return
-    sys.exit(subprocess.run(report).returncode)
+    sys.exit(subprocess.run(command).returncode)
 
 
 if __name__ == "__main__":

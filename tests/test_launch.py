@@ -56,15 +56,16 @@ def test_run_root_moves_every_run_and_the_report():
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:
-        runs, _, report = launch.commands("study_quick", ["--data_dir=data/att"],
-                                          run_root="runs/att", reference="runs/best")
+        plan = launch.commands("study_quick", ["--data_dir=data/att"], run_root="runs/att")
     finally:
         os.chdir(cwd)
-    assert [r[-2:] for r in runs] == [
+    assert [r["command"][-2:] for r in plan] == [
         ["--data_dir=data/att", "--run_dir=runs/att/baseline_long_step"],
         ["--data_dir=data/att", "--run_dir=runs/att/bn_long_step"],
         ["--data_dir=data/att", "--run_dir=runs/att/bn_short_step"],
         ["--data_dir=data/att", "--run_dir=runs/att/bn_multistep_no_dropout"]]
+    report = launch.report_command("study_quick", [r["run_dir"] for r in plan],
+                                   run_root="runs/att", reference="runs/best")
     assert report[3:] == ["runs/att/baseline_long_step", "runs/att/bn_long_step",
                           "runs/att/bn_short_step", "runs/att/bn_multistep_no_dropout",
                           "--out=runs/att/report", "--reference=runs/best"]
@@ -75,22 +76,64 @@ def _launch(*args, cwd=ROOT):
                           capture_output=True, text=True)
 
 
-def test_seeds_and_a_sweep_make_one_run_per_configuration_value_and_seed():
-    done = _launch("study_quick", "--dry_run", "--seeds=3", "--sweep=base_lr=0.01,0.05")
+def test_a_sweep_runs_the_first_seed_at_every_value_before_it_chooses():
+    done = _launch("study_quick", "--dry_run", "--seeds=3", "--sweep=base_lr=0.01,0.05",
+                   "--run_root=runs/never_run")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert len(lines) == 4 * 2 * 3 + 1
+    assert len(lines) == 4 * 2 + 1
     assert lines[0].endswith("--flagfile=launch/sets/study_quick/1_baseline_long_step.flags "
                              "--base_lr=0.01 --seed=0 "
-                             "--run_dir=runs/study_quick/baseline_long_step-base_lr0.01-seed0")
-    # Seed 0 of every configuration and value first, so a partial set compares them all.
+                             "--run_dir=runs/never_run/baseline_long_step-base_lr0.01-seed0")
     assert lines[4].endswith("--base_lr=0.05 --seed=0 "
-                             "--run_dir=runs/study_quick/baseline_long_step-base_lr0.05-seed0")
-    assert lines[-2].endswith("4_bn_multistep_no_dropout.flags --base_lr=0.05 --seed=2 "
-                              "--run_dir=runs/study_quick/bn_multistep_no_dropout-base_lr0.05"
-                              "-seed2")
-    assert "runs/study_quick/bn_multistep_no_dropout-base_lr0.05-seed2 " in lines[-1]
-    assert lines[-1].endswith("--out=runs/study_quick/report --sweep=base_lr")
+                             "--run_dir=runs/never_run/baseline_long_step-base_lr0.05-seed0")
+    assert all("--seed=0" in line for line in lines[:-1])
+    assert lines[-1].startswith("# seeds 1-2 follow at each configuration's best base_lr")
+
+
+SWEPT = {"baseline": {"0.01": [0.3, 0.6, 0.7], "0.02": [0.5, 0.85, 0.9],
+                      "0.05": [0.4, 0.7, 0.82]},
+         "bn": {"0.01": [0.6, 0.85, 0.9], "0.02": [0.7, 0.9, 0.95], "0.05": [0.81, 0.9, 0.9]}}
+
+
+def _swept_set(tmp_path):
+    """A set of a baseline and a BN flagfile, and the records of their finished first-seed
+    runs at three rates (test top-1 at iterations 100, 200, 300 from SWEPT): the baseline
+    first reaches 0.8 at 0.02, the BN network at 0.05."""
+    import json
+    set_dir = tmp_path / "sets" / "pair"
+    set_dir.mkdir(parents=True)
+    for index, net in enumerate(SWEPT, start=1):
+        (set_dir / f"{index}_{net}.flags").write_text(
+            f"--model={net}\n--run_dir={tmp_path}/runs/{net}\n")
+        for rate, curve in SWEPT[net].items():
+            run_dir = tmp_path / "runs" / f"{net}-base_lr{rate}-seed0"
+            run_dir.mkdir(parents=True)
+            (run_dir / "flags.txt").write_text(f"--model={net}\n--base_lr={rate}\n--seed=0\n")
+            (run_dir / "metrics.jsonl").write_text("".join(
+                json.dumps({"iteration": 100 * (k + 1), "wall_time": 10.0 * (k + 1),
+                            "test_top1": top1}) + "\n"
+                for k, top1 in enumerate(curve)))
+            (run_dir / "summary.json").write_text(json.dumps({"finished": True}))
+    return str(set_dir)
+
+
+def test_a_sweep_runs_later_seeds_at_each_best_value_and_the_references():
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        from pathlib import Path
+        set_dir = _swept_set(Path(tmp))
+        done = _launch(set_dir, "--dry_run", "--seeds=3", "--sweep=base_lr=0.01,0.02,0.05")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    first, later, report = lines[:6], lines[6:-1], lines[-1]
+    assert all("--seed=0" in line for line in first)
+    # The baseline at its best (0.02); the BN network at its own (0.05) and the baseline's.
+    assert [line.split("--run_dir=")[1].rsplit("/", 1)[1] for line in later] == [
+        "baseline-base_lr0.02-seed1", "bn-base_lr0.02-seed1", "bn-base_lr0.05-seed1",
+        "baseline-base_lr0.02-seed2", "bn-base_lr0.02-seed2", "bn-base_lr0.05-seed2"]
+    assert len(report.split("kerasbn.report ")[1].split(" --out=")[0].split()) == 12
+    assert report.endswith("--sweep=base_lr")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -125,6 +168,25 @@ def test_a_launcher_skips_finished_runs_and_runs_another_process_trains(tmp_path
     assert f"run 1/3: {dirs[0]} finished" in out
     assert f"run 2/3: {dirs[1]} is being trained by another process" in out
     assert [launch.finished(d) for d in dirs] == [True, False, True]
+
+
+def test_a_sweep_waits_for_first_seed_runs_another_process_trains(tmp_path, monkeypatch,
+                                                                   capsys):
+    from kerasbn import launch
+    from kerasbn.run_dir import RunDir
+    commands, dirs = _fake_runs(tmp_path, 2)
+    runs = [{"command": c, "run_dir": d} for c, d in zip(commands, dirs)]
+    slept = []
+
+    def other_process_finishes(seconds):
+        slept.append(seconds)
+        subprocess.run(commands[1], check=True)
+
+    monkeypatch.setattr(launch.time, "sleep", other_process_finishes)
+    with RunDir(dirs[1]).lock():
+        assert launch.train_all(runs, wait=True) == []
+    assert slept == [launch.WAIT_SECONDS]
+    assert "waiting for 1 first-seed runs other processes are training" in capsys.readouterr().out
 
 
 def test_a_run_claimed_between_the_check_and_the_start_is_left_to_its_claimer(tmp_path,
