@@ -11,7 +11,7 @@ shard by file under tf.distribute (`input_context`).
 import numpy as np
 import tensorflow as tf
 
-from kerasbn import records
+from kerasbn import records, verified
 
 
 def compression(manifest):
@@ -26,9 +26,14 @@ def verify_split(data_dir, manifest, split, skip_corrupt=False):
     Returns (records readable, {shard path: records lost}). A shard that is corrupt or
     shorter than the manifest says raises DataError naming it and the fix, unless
     `skip_corrupt`, when its loss is returned instead (training then reads what is left).
+    A split that passed whole is noted in the dataset (`kerasbn.verified`) and not read
+    again until a shard or the manifest changes.
     """
     info = manifest["splits"][split]
     files = records.split_files(data_dir, manifest, split)
+    current = verified.stamp(manifest, split, files)
+    if verified.is_verified(data_dir, split, current):
+        return info["count"], {}
     expected = info.get("file_counts") or [None] * len(files)
     height, width = manifest["image_size"]
     shape = [height, width, manifest["channels"]]
@@ -70,10 +75,13 @@ def verify_split(data_dir, manifest, split, skip_corrupt=False):
                                             f"says {want}: the shard is truncated; {fix}")
                 lost[path] = want - count
         total += count
-    if not skip_corrupt and total != info["count"]:
-        raise records.DataError(f"the {split} shards of {data_dir} hold {total} records, "
-                                f"manifest.json says {info['count']}; run python -m "
-                                f"data_tools.inspect_records {data_dir} to find the shard")
+    if total != info["count"]:
+        if not skip_corrupt:
+            raise records.DataError(f"the {split} shards of {data_dir} hold {total} records, "
+                                    f"manifest.json says {info['count']}; run python -m "
+                                    f"data_tools.inspect_records {data_dir} to find the shard")
+    elif not lost:
+        verified.mark_verified(data_dir, split, current)
     return total, lost
 
 

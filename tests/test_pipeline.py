@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -133,7 +135,7 @@ def _damaged(tmp_path, how):
     data, ends = open(path, "rb").read(), _record_ends(path)
     if how == "truncated":
         data = data[:ends[-3]]  # exactly two records short
-    else:
+    elif how == "flipped":
         middle = (ends[2] + ends[3]) // 2
         data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:]
     open(path, "wb").write(data)
@@ -151,6 +153,40 @@ def test_a_damaged_shard_is_named_or_skipped_and_counted(tmp_path, how, message)
     read = sum(len(y) for _, y in pipeline.test_dataset(str(tmp_path), manifest, 7,
                                                          skip_corrupt=True))
     assert read == total == manifest["splits"]["test"]["count"] - lost[path]
+
+
+def test_a_split_checked_whole_is_not_read_again_until_a_shard_changes(tmp_path,
+                                                                        monkeypatch):
+    manifest, path = _damaged(tmp_path, "none")  # written whole: a 30-record test shard
+    count = manifest["splits"]["test"]["count"]
+    assert pipeline.verify_split(str(tmp_path), manifest, "test") == (count, {})
+    reads = []
+    reader = tf.data.TFRecordDataset
+    monkeypatch.setattr(pipeline.tf.data, "TFRecordDataset",
+                        lambda *a, **k: reads.append(a[0]) or reader(*a, **k))
+    assert pipeline.verify_split(str(tmp_path), manifest, "test") == (count, {})
+    assert reads == []
+    data = bytearray(open(path, "rb").read())
+    middle = (_record_ends(path)[2] + _record_ends(path)[3]) // 2
+    data[middle] ^= 0xFF  # same size: only the modification time tells
+    before = os.stat(path).st_mtime_ns
+    open(path, "wb").write(bytes(data))
+    os.utime(path, ns=(before + 10 ** 7, before + 10 ** 7))  # as a clock coarser than this test
+    with pytest.raises(records.DataError, match="is corrupt after record 3"):
+        pipeline.verify_split(str(tmp_path), manifest, "test")
+    assert reads
+
+
+def test_a_split_is_checked_whole_each_time_in_a_read_only_dataset(tmp_path, monkeypatch):
+    from kerasbn import verified
+    make_synth(tmp_path)
+    manifest = records.read_manifest(str(tmp_path))
+    monkeypatch.setattr(verified.atomic, "write_json",
+                        lambda *a, **k: (_ for _ in ()).throw(PermissionError("read-only")))
+    count = manifest["splits"]["test"]["count"]
+    for _ in range(2):
+        assert pipeline.verify_split(str(tmp_path), manifest, "test") == (count, {})
+    assert not (tmp_path / verified.FILENAME).exists()
 
 
 def test_a_label_outside_the_classes_is_named(tmp_path):
