@@ -10,6 +10,9 @@
         input pipeline in the same run, so whether training is input-bound is measured.
     python -m kerasbn.bench --bench=norms
         training step time with each --norms at each --precisions, as ratios to keras.
+    python -m kerasbn.bench --bench=scale --data_dir=data/synth_30k --data_dir=data/synth_2940k
+        the input pipeline's peak memory, shuffle quality and time to the first training
+        step on each dataset, against the first (kerasbn.bench_scale).
 """
 
 import sys
@@ -20,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from kerasbn import cli, models, norms, pipeline, records
+from kerasbn import bench_scale, cli, models, norms, pipeline, records
 
 
 
@@ -195,6 +198,9 @@ def main(argv):
         return
     if not values.data_dir:
         sys.exit("error: --data_dir is required (a directory holding manifest.json)")
+    if values.bench == "scale":
+        bench_scale.run(values.data_dir, values.batch_size, values.batches)
+        return
     for data_dir in values.data_dir:
         if values.bench == "input":
             r = bench_input(data_dir, values.batch_size, values.batches, values.repeats)
@@ -209,7 +215,7 @@ def main(argv):
 
 def define_flags(values):
     on = {"flag_values": values}
-    flags.DEFINE_enum("bench", "input", ["input", "separability", "train", "norms"],
+    flags.DEFINE_enum("bench", "input", ["input", "separability", "train", "norms", "scale"],
                       "What to measure.", **on)
     flags.DEFINE_multi_string("data_dir", None, "Dataset directory (repeat to compare "
                               "several).", **on)
