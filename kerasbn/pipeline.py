@@ -110,9 +110,23 @@ def random_crop_mirror(images, seed, crop_pad, mirror):
         images = tf.gather(padded, rows, axis=1, batch_dims=1)
         images = tf.gather(images, cols, axis=2, batch_dims=1)
     if mirror:
-        flip = tf.random.stateless_uniform([n], seeds[1]) < 0.5
-        images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
+        flip = tf.cast(tf.random.stateless_uniform([n], seeds[1]) < 0.5, tf.int32)
+        # Only the flipped images are reversed, then stitched back in place: on CPU about 4x
+        # cheaper than a where() over the whole batch and its reversed copy.
+        kept, flipped = tf.dynamic_partition(images, flip, 2)
+        images = tf.dynamic_stitch(tf.dynamic_partition(tf.range(n), flip, 2),
+                                   [kept, mirrored(flipped)])
     return images
+
+
+def mirrored(images):
+    """[N, H, W, C] images flipped left-right, through 2-D reverses of their rows (TensorFlow's
+    CPU reverse is several times slower over the 4-D tensor or a 3-D [rows, W, C] one)."""
+    shape, channels = tf.shape(images), images.shape[3]
+    rows = tf.reverse(tf.reshape(images, [-1, images.shape[2] * channels]), axis=[1])
+    if channels > 1:  # the row reverse also reversed each pixel's channels: put them back
+        rows = tf.reverse(tf.reshape(rows, [-1, channels]), axis=[1])
+    return tf.reshape(rows, shape)
 
 
 def _parser(manifest):

@@ -92,6 +92,10 @@ def test_random_crop_and_mirror_move_pixels_not_values():
     for original, flipped in zip(images.numpy(), out):
         assert (np.array_equal(flipped, original)
                 or np.array_equal(flipped, original[:, ::-1]))
+    for channels in (1, 3):
+        batch = np.random.default_rng(channels).integers(0, 256, (4, 5, 7, channels), np.uint8)
+        np.testing.assert_array_equal(pipeline.mirrored(tf.constant(batch)).numpy(),
+                                      batch[:, :, ::-1])
     cropped = pipeline.random_crop_mirror(images, tf.constant([3, 4], tf.int64), 2, False)
     assert cropped.shape == (2, 6, 6, 1)
     assert set(np.unique(cropped.numpy())) <= set(np.unique(images.numpy()))
