@@ -181,6 +181,9 @@ def train_dataset(data_dir, manifest, batch_size, seed=0, shuffle_buffer=16384, 
         epoch_records = sum(counts) if counts else manifest["splits"]["train"]["count"]
     first_record = start_step * batch_size * (pipelines if by_record else 1)
     first_epoch, skip = divmod(first_record, epoch_records)
+    # Every block of an epoch is full but its last, so the records skipped in the first one
+    # are whole blocks (dropped before they are shuffled) and the head of the next.
+    skip_blocks, skip_head = divmod(skip, shuffle_buffer)
     names = tf.constant(files)
 
     def epoch(e):
@@ -192,15 +195,20 @@ def train_dataset(data_dir, manifest, batch_size, seed=0, shuffle_buffer=16384, 
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         # A stateless shuffle of each block of `shuffle_buffer` records, keyed by (seed,
         # epoch, block): tf.data's own shuffle cannot take a per-epoch seed tensor.
-        blocks = records_.batch(shuffle_buffer).enumerate()
+        first = tf.equal(e, first_epoch)
+        blocks = records_.batch(shuffle_buffer).enumerate().skip(
+            tf.where(first, tf.constant(skip_blocks, tf.int64), 0))
         return blocks.map(lambda i, block: tf.gather(block, tf.argsort(
-            tf.random.stateless_uniform([tf.shape(block)[0]],
-                                        tf.stack([seed * 1_000_003 + e, i]))))).unbatch()
+            tf.random.stateless_uniform([tf.shape(block)[0]], tf.stack(
+                [seed * 1_000_003 + e, i]))))[tf.where(first & (i == skip_blocks),
+                                                       tf.constant(skip_head, tf.int64), 0):])
 
-    dataset = tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(epoch).skip(skip)
+    # Each global batch is `chunk` consecutive records; with pipelines sharing the stream
+    # record by record, each keeps every Nth of them.
+    chunk = batch_size * (pipelines if by_record else 1)
+    dataset = rebatched(tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(epoch), chunk)
     if by_record:
-        dataset = dataset.shard(pipelines, index)
-    dataset = dataset.batch(batch_size, drop_remainder=True)
+        dataset = dataset.map(lambda batch: batch[index::pipelines])
     parse = _parser(manifest)
 
     def prepare(step, serialized):
@@ -213,6 +221,20 @@ def train_dataset(data_dir, manifest, batch_size, seed=0, shuffle_buffer=16384, 
     dataset = tf.data.Dataset.zip(tf.data.Dataset.counter(start_step), dataset)
     dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def rebatched(blocks, size):
+    """Batches of `size` records, in order, from a stream of record blocks of any sizes.
+
+    Carrying the leftover of each block into the next keeps the per-record work to the
+    reading: unbatching to single records and batching them again cost a third of the
+    training pipeline's time."""
+    def step(carry, block):
+        joined = tf.concat([carry, block], 0)
+        full = tf.shape(joined)[0] // size * size
+        return joined[full:], tf.reshape(joined[:full], [-1, size])
+
+    return blocks.scan(tf.constant([], tf.string), step).unbatch()
 
 
 def test_dataset(data_dir, manifest, batch_size, split="test", input_context=None,

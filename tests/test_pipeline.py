@@ -242,3 +242,14 @@ def test_fewer_shards_than_workers_share_one_stream_record_by_record(tmp_path):
             key = lambda images: sorted(map(bytes, np.round(images, 4)))
             assert key(together) == key(whole[k][0])
             assert not set(map(bytes, halves[0][k][0])) & set(map(bytes, halves[1][k][0]))
+
+
+def test_rebatched_cuts_a_stream_of_uneven_blocks_into_consecutive_batches():
+    sizes = [5, 0, 13, 1, 7, 16]
+    stream = [f"r{k}".encode() for k in range(sum(sizes))]
+    starts = np.cumsum([0] + sizes)
+    blocks = tf.data.Dataset.from_generator(
+        lambda: (stream[a:b] for a, b in zip(starts, starts[1:])),
+        output_signature=tf.TensorSpec([None], tf.string))
+    batches = [b.numpy().tolist() for b in pipeline.rebatched(blocks, 4)]
+    assert batches == [stream[k:k + 4] for k in range(0, len(stream) - 3, 4)]
