@@ -157,6 +157,10 @@ class RunConfig:
         if self.jit_compile and self.deterministic:
             raise ConfigError("--jit_compile and --deterministic exclude each other: Keras "
                               "turns XLA off under TensorFlow's op determinism; drop one")
+        if self.strategy == "multi_worker" and (self.jit_compile or self.steps_per_execution > 1):
+            raise ConfigError("--jit_compile and --steps_per_execution apply to Keras's fit (one "
+                              "device or --strategy=mirrored); --strategy=multi_worker runs "
+                              "each iteration as its own replicated step: drop them")
         self._check_executions()
         expected = len(models.default_widths(self.model))
         if self.widths is not None and len(self.widths) != expected:

@@ -101,3 +101,13 @@ def test_xla_trains_the_same_network_within_float_noise(small_data, tmp_path):
 def test_xla_with_op_determinism_is_one_line(small_data, tmp_path):
     message = _error(_args(small_data, tmp_path / "run", jit_compile="true"))
     assert message.startswith("error: --jit_compile and --deterministic exclude each other")
+
+
+@pytest.mark.parametrize("extra", [{"jit_compile": "true", "deterministic": "false"},
+                                   {"steps_per_execution": 5}])
+def test_xla_and_calls_of_several_iterations_are_refused_under_multi_worker(small_data,
+                                                                           tmp_path, extra):
+    message = _error(_args(small_data, tmp_path / "run", strategy="multi_worker", **extra))
+    assert message.startswith("error: --jit_compile and --steps_per_execution apply to Keras's "
+                              "fit")
+    assert "\n" not in message
