@@ -201,7 +201,8 @@ def train_dataset(data_dir, manifest, batch_size, seed=0, shuffle_buffer=16384, 
         return blocks.map(lambda i, block: tf.gather(block, tf.argsort(
             tf.random.stateless_uniform([tf.shape(block)[0]], tf.stack(
                 [seed * 1_000_003 + e, i]))))[tf.where(first & (i == skip_blocks),
-                                                       tf.constant(skip_head, tf.int64), 0):])
+                                                       tf.constant(skip_head, tf.int64), 0):],
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     # Each global batch is `chunk` consecutive records; with pipelines sharing the stream
     # record by record, each keeps every Nth of them.
