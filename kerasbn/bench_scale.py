@@ -23,6 +23,7 @@ import numpy as np
 
 from kerasbn import pipeline, records, verified
 
+
 def _peak_rss_mb():
     """The process's peak resident memory (VmHWM), MB."""
     with open("/proc/self/status", encoding="ascii") as f:
