@@ -10,11 +10,19 @@
         input pipeline in the same run, so whether training is input-bound is measured.
     python -m kerasbn.bench --bench=norms
         training step time with each --norms at each --precisions, as ratios to keras.
+    python -m kerasbn.bench --bench=peer [--norms=keras,nvidia]
+        training images/s of the baseline and BN networks on one cached batch against the same
+        networks in PyTorch (kerasbn.bench_peer; `pip install torch`), alternating rounds,
+        and what BN costs each: the BN network's step time per image over the baseline's.
     python -m kerasbn.bench --bench=scale --data_dir=data/synth_30k --data_dir=data/synth_2940k
         the input pipeline's peak memory, shuffle quality and time to the first training
         step on each dataset, against the first (kerasbn.bench_scale).
 """
 
+import importlib.util
+import json
+import os
+import subprocess
 import sys
 import time
 
@@ -23,8 +31,10 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from kerasbn import bench_scale, cli, models, norms, pipeline, records
+from kerasbn import bench_scale, cli, models, norms, pipeline, records, train_flags
 
+# kerasbn's dtype policy beside the PyTorch setting it is measured against.
+PEER_PRECISIONS = {"float32": "float32", "mixed_bfloat16": "bfloat16"}
 
 
 def _images_per_second(dataset, batches):
@@ -166,6 +176,77 @@ class _CallClock(keras.callbacks.Callback):
         self.ends.append(time.perf_counter())
 
 
+def peer_rate(name, num_classes, precision, batch_size, steps):
+    """PyTorch's images/s for network `name` at `precision` (kerasbn.bench_peer's), measured
+    in a process of its own so neither framework's threads wait beside the other's."""
+    command = [sys.executable, "-m", "kerasbn.bench_peer", f"--model={name}",
+               f"--precision={precision}", f"--num_classes={num_classes}",
+               f"--batch_size={batch_size}", f"--steps={steps}"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    if done.returncode:
+        sys.exit(f"error: the PyTorch benchmark failed: {done.stderr.strip().splitlines()[-1]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])["images_per_second"]
+
+
+def bench_peer(num_classes, precisions, norm_names, batch_size, steps, rounds, peer=True):
+    """One dict per round {(framework, network, precision, norm): images/s}: kerasbn's
+    baseline and BN network (each of `norm_names`) on one cached batch, then PyTorch's
+    (norm None; `peer` False leaves it out) at the matching precision."""
+    measured = []
+    for _ in range(rounds):
+        rates = {}
+        for name in ("baseline", "bn"):
+            names = norm_names if name == "bn" else ["keras"]
+            variants = [(p, n, False, 1) for p in precisions for n in names]
+            for (precision, norm, _, _), rate in bench_train(
+                    name, num_classes, variants, batch_size, steps, 1).items():
+                rates["kerasbn", name, precision, norm if name == "bn" else None] = \
+                    rate["cached"]
+            for precision in precisions if peer else []:
+                rates["pytorch", name, precision, None] = peer_rate(
+                    name, num_classes, PEER_PRECISIONS[precision], batch_size, steps)
+        measured.append(rates)
+    return measured
+
+
+def _span(values, digits=0):
+    low, high = min(values), max(values)
+    return f"{low:.{digits}f}" if f"{low:.{digits}f}" == f"{high:.{digits}f}" \
+        else f"{low:.{digits}f}-{high:.{digits}f}"
+
+
+def print_peer(measured, precisions, norm_names):
+    """The rates of `bench_peer` as ranges over its rounds, then the same-round ratios."""
+    print(f"| network | {' | '.join(precisions)} |\n|---|{'---|' * len(precisions)}")
+    for key in measured[0]:
+        if key[2] != precisions[0]:
+            continue
+        framework, name, _, norm = key
+        label = f"{framework} {name}" + (f" --norm={norm}" if norm else "")
+        cells = [_span([r[framework, name, p, norm] for r in measured]) for p in precisions]
+        print(f"| {label} | {' | '.join(cells)} |")
+    peer = ("pytorch", "bn", precisions[0], None) in measured[0]
+    for precision in precisions:
+        for norm in norm_names:
+            ours = [r["kerasbn", "bn", precision, norm] for r in measured]
+            line = (f"{precision}, --norm={norm}: BN network step per image "
+                    + _span([r["kerasbn", "baseline", precision, None] / o
+                             for r, o in zip(measured, ours)], 2) + "x the baseline's")
+            if peer:
+                line += ("; kerasbn/PyTorch: BN network " + _span(
+                    [o / r["pytorch", "bn", precision, None] for r, o in zip(measured, ours)],
+                    2) + "x")
+            print(line)
+        if peer:
+            print(f"{precision}: kerasbn/PyTorch baseline " + _span(
+                [r["kerasbn", "baseline", precision, None] / r["pytorch", "baseline", precision,
+                                                               None] for r in measured], 2)
+                  + "x; PyTorch's BN network step per image " + _span(
+                [r["pytorch", "baseline", precision, None] / r["pytorch", "bn", precision, None]
+                 for r in measured], 2) + "x its baseline's")
+
+
 def _variant_name(variant):
     precision, norm, xla, per_call = variant
     return (f"{precision}" + (f", --norm={norm}" if norm != "keras" else "")
@@ -201,8 +282,29 @@ def main(argv):
                          f"({share:.2f}x the cached batch: {verdict})")
             print(line, flush=True)
         return
+    if values.bench == "peer":
+        precisions = [p for p in values.precisions if p in PEER_PRECISIONS]
+        if "mixed_bfloat16" in precisions and not train_flags.native_bfloat16():
+            print("mixed_bfloat16 left out: this CPU has no bfloat16 instructions (both "
+                  "frameworks would emulate it, PyTorch at minutes a step)", flush=True)
+            precisions.remove("mixed_bfloat16")
+        if not precisions:
+            sys.exit("error: --precisions for the peer bench takes float32 and/or "
+                     "mixed_bfloat16 (on a CPU with bfloat16 instructions)")
+        peer = importlib.util.find_spec("torch") is not None
+        if not peer:
+            print("PyTorch is not installed: kerasbn measured alone (pip install "
+                  "torch==2.13.0 for the comparison)", flush=True)
+        norm_names = values.norms or ["keras", "nvidia"]
+        measured = bench_peer(values.num_classes, precisions, norm_names, values.batch_size,
+                              values.batches, values.repeats, peer)
+        print(f"{values.num_classes} classes, batch {values.batch_size}, one cached batch, "
+              f"images/s over {values.repeats} alternating rounds:")
+        print_peer(measured, precisions, norm_names)
+        return
     if values.bench == "norms":
-        variants = [(p, n, False, 1) for p in values.precisions for n in values.norms]
+        variants = [(p, n, False, 1) for p in values.precisions
+                    for n in values.norms or norms.NORMS]
         rates = bench_train(values.model, values.num_classes, variants, values.batch_size,
                             values.batches, values.repeats)
         for (precision, norm, _, _), rate in rates.items():
@@ -229,7 +331,8 @@ def main(argv):
 
 def define_flags(values):
     on = {"flag_values": values}
-    flags.DEFINE_enum("bench", "input", ["input", "separability", "train", "norms", "scale"],
+    flags.DEFINE_enum("bench", "input",
+                      ["input", "separability", "train", "norms", "peer", "scale"],
                       "What to measure.", **on)
     flags.DEFINE_multi_string("data_dir", None, "Dataset directory (repeat to compare "
                               "several).", **on)
@@ -248,8 +351,9 @@ def define_flags(values):
                       "steps) for each precision.", **on)
     flags.DEFINE_integer("steps_per_execution", 1, "train bench: training steps per call "
                          "into TensorFlow.", lower_bound=1, upper_bound=1000, **on)
-    flags.DEFINE_list("norms", list(norms.NORMS), "BN implementations (norms bench); step "
-                      "times are ratios to keras at the same precision.", **on)
+    flags.DEFINE_list("norms", None, "BN implementations: norms bench (default every one; "
+                      "step times are ratios to keras at the same precision), peer bench "
+                      "(default keras,nvidia: the quickstart's and the study sets').", **on)
 
 
 if __name__ == "__main__":

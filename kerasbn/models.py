@@ -26,7 +26,7 @@ from kerasbn import norms
 # The last layer's name: fine-tuning replaces it, the rest is the backbone.
 CLASSIFIER = "logits"
 
-_BLOCKS = {
+BLOCKS = {
     "baseline": [((32, 64), (False, False)), ((64, 128), (False, False)),
                  ((96, 192), (False, False)), ((160, 320), (False, False))],
     "bn": [((32, 64), (True, False)), ((128,), (True,)),
@@ -36,7 +36,7 @@ _BLOCKS = {
 }
 DEFAULT_DROPOUT = {"baseline": 0.4, "bn": 0.0, "bn_all": 0.0}
 CIFAR_MODELS = ("cifar10_quick", "cifar10_full_sigmoid_bn")
-MODELS = tuple(_BLOCKS) + CIFAR_MODELS
+MODELS = tuple(BLOCKS) + CIFAR_MODELS
 FILLERS = ("network", "keras", "xavier", "msra", "gaussian")
 # The prototxts' weight filler stds, per layer.
 _CIFAR_STDS = {
@@ -64,7 +64,7 @@ def initializer(filler, filler_std=0.01, own="glorot_uniform"):
 
 def default_widths(name):
     """The study's convolution widths of network `name`, in order ([] for CIFAR-10 nets)."""
-    return [w for widths, _ in _BLOCKS.get(name, []) for w in widths]
+    return [w for widths, _ in BLOCKS.get(name, []) for w in widths]
 
 
 def build(name, num_classes, image_size=(50, 50), channels=1, widths=None, dropout=None,
@@ -99,7 +99,7 @@ def build(name, num_classes, image_size=(50, 50), channels=1, widths=None, dropo
     inputs = keras.Input((*image_size, channels), name="image")
     x = inputs
     width_iter = iter(widths)
-    for block, (convs, with_bn) in enumerate(_BLOCKS[name], start=1):
+    for block, (convs, with_bn) in enumerate(BLOCKS[name], start=1):
         for index, has_bn in enumerate(with_bn, start=1):
             layer = f"conv{block}_{index}"
             x = keras.layers.Conv2D(next(width_iter), 3, padding="same", use_bias=not has_bn,
@@ -110,7 +110,7 @@ def build(name, num_classes, image_size=(50, 50), channels=1, widths=None, dropo
             if has_bn:
                 x = norm_layer(f"{layer}_bn")(x)
             x = keras.layers.ReLU(name=f"{layer}_relu")(x)
-        if block < len(_BLOCKS[name]):
+        if block < len(BLOCKS[name]):
             x = keras.layers.MaxPooling2D(2, padding="same", name=f"pool{block}")(x)
     x = keras.layers.GlobalAveragePooling2D(name="embedding")(x)
     if dropout:

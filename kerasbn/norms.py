@@ -1,7 +1,8 @@
 """Batch Normalization implementations behind one factory, `make_norm(name, ...)`.
 
 The three Caffe semantics the study compared (REFERENCE.md section 3) are reproduced
-exactly, plus Keras's own layer, batch renormalisation, synchronised statistics and none.
+exactly, plus Keras's BatchNormalization (on TensorFlow's fused kernel), batch
+renormalisation and synchronised statistics (Keras's own layers), and none.
 Statistics are computed and kept in float32 under mixed precision.
 
 Conventions of the options: `momentum` is the weight of the old running statistic (Keras's
@@ -12,6 +13,8 @@ decay); `epsilon` is added to the variance. `None` takes each implementation's o
 import keras
 import tensorflow as tf
 
+# The least epsilon cuDNN's batch norm takes (CUDNN_BN_MIN_EPSILON).
+_CUDNN_EPSILON = 1e-5
 NORMS = ("keras", "bvlc", "windows", "nvidia", "nvidia_caffe", "renorm", "sync", "none")
 # Each implementation's own (momentum, epsilon), as its source sets them.
 DEFAULTS = {"keras": (0.99, 1e-3), "renorm": (0.99, 1e-3), "sync": (0.99, 1e-3),
@@ -68,6 +71,71 @@ class CaffeNorm(keras.layers.Layer):
         return {**super().get_config(), "momentum": self.momentum, "epsilon": self.epsilon,
                 "regularizer": keras.regularizers.serialize(self.regularizer)
                 if self.regularizer else None}
+
+
+def fused(inputs, layer, epsilon, training, average=1.0):
+    """TensorFlow's fused batch norm (FusedBatchNormV3) of `inputs` over the last axis with
+    `layer`'s scale, shift and running statistics: (y in the input's dtype, mean, variance),
+    float32. Training with `average` 1 returns the batch mean and the batch variance with
+    Bessel's correction; below 1, the running statistics moved by that factor. The kernel
+    takes 4-D NHWC input in float32, float16 or bfloat16; other ranks are viewed as
+    [N, 1, 1, C]."""
+    x = inputs if len(inputs.shape) == 4 else tf.reshape(inputs, [-1, 1, 1, inputs.shape[-1]])
+    keep = not training or average != 1.0
+    y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+        x, layer.gamma, layer.beta, mean=layer.moving_mean if keep else None,
+        variance=layer.moving_variance if keep else None, epsilon=epsilon,
+        data_format="NHWC", is_training=training, exponential_avg_factor=average)
+    return tf.reshape(y, tf.shape(inputs)), mean, variance
+
+
+@keras.saving.register_keras_serializable(package="kerasbn")
+class KerasBatchNorm(CaffeNorm):
+    """Keras's BatchNormalization (keras/src/layers/normalization/batch_normalization.py,
+    axis -1, no renorm) on TensorFlow's fused kernel: one op forward and one backward where
+    Keras runs casts, moments and a separate normalisation, so BN costs little over the
+    convolution before it. Under mixed precision the kernel takes the float16/bfloat16 input
+    itself and keeps its statistics in float32, as Keras's layer does after casting.
+
+    ```
+    keras     b=0.99 (momentum), eps=1e-3
+      train:  mmean = b*mmean + (1-b)*mu;  mvar = b*mvar + (1-b)*v     (start 0 and 1)
+              y = gamma*(x - mu)/sqrt(v + eps) + beta
+      infer:  y = gamma*(x - mmean)/sqrt(mvar + eps) + beta
+    ```
+    The kernel returns the batch variance with Bessel's correction, v*m/(m-1); the running
+    variance takes v, as Keras's does. Not trainable (a frozen backbone), the layer infers
+    in training too, as Keras's does. An epsilon under cuDNN's least, 1e-5, normalises
+    unfused, so the formula holds on every device.
+    """
+
+    def build_statistics(self, channels):
+        self.moving_mean = self._weight("moving_mean", channels, 0.0)
+        self.moving_variance = self._weight("moving_variance", channels, 1.0)
+
+    def call(self, inputs, training=False):
+        training = training and self.trainable
+        if self.epsilon < _CUDNN_EPSILON:
+            return super().call(inputs, training)
+        y, mean, variance = fused(inputs, self, self.epsilon, training)
+        if training:
+            m = tf.cast(tf.size(inputs), tf.float32) / inputs.shape[-1]
+            self._update(mean, variance * (m - 1.0) / tf.maximum(m, 2.0))
+        return y
+
+    def _update(self, mean, variance):
+        b = self.momentum
+        self.moving_mean.assign(b * self.moving_mean + (1 - b) * tf.stop_gradient(mean))
+        self.moving_variance.assign(b * self.moving_variance
+                                    + (1 - b) * tf.stop_gradient(variance))
+
+    def train_step(self, x):
+        mean, variance, _ = self.moments(x)
+        self._update(mean, variance)
+        return self.normalize(x, mean, variance, self.epsilon)
+
+    def infer(self, x):
+        return self.normalize(x, self.moving_mean, self.moving_variance, self.epsilon)
 
 
 @keras.saving.register_keras_serializable(package="kerasbn")
@@ -153,24 +221,13 @@ class NvidiaBatchNorm(CaffeNorm):
         self.moving_mean = self._weight("moving_mean", channels, 0.0)
         self.moving_variance = self._weight("moving_variance", channels, 0.0)
 
-    def _fused(self, x, training):
-        # The fused kernel takes 4-D NHWC input; other ranks are viewed as [N, 1, 1, C].
-        shape = tf.shape(x)
-        x4 = x if len(x.shape) == 4 else tf.reshape(x, [-1, 1, 1, x.shape[-1]])
-        y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-            x4, self.gamma, self.beta, mean=self.moving_mean, variance=self.moving_variance,
-            epsilon=max(self.epsilon, 1e-5), data_format="NHWC", is_training=training,
-            exponential_avg_factor=1.0 - self.momentum)[:3]
+    def call(self, inputs, training=False):
+        y, mean, variance = fused(inputs, self, max(self.epsilon, _CUDNN_EPSILON), training,
+                                  1.0 - self.momentum)
         if training:
             self.moving_mean.assign(mean)
             self.moving_variance.assign(variance)
-        return tf.reshape(y, shape)
-
-    def train_step(self, x):
-        return self._fused(x, True)
-
-    def infer(self, x):
-        return self._fused(x, False)
+        return y
 
 
 @keras.saving.register_keras_serializable(package="kerasbn")
@@ -212,8 +269,8 @@ class NvidiaCaffeBatchNorm(CaffeNorm):
         return self.normalize(x, self.moving_mean, self.moving_variance, self.epsilon)
 
 
-_CAFFE = {"bvlc": BVLCBatchNorm, "windows": WindowsBatchNorm, "nvidia": NvidiaBatchNorm,
-          "nvidia_caffe": NvidiaCaffeBatchNorm}
+_OWN = {"keras": KerasBatchNorm, "bvlc": BVLCBatchNorm, "windows": WindowsBatchNorm,
+        "nvidia": NvidiaBatchNorm, "nvidia_caffe": NvidiaCaffeBatchNorm}
 
 # Running statistics that start at zero and are read without correction, so a run shorter
 # than the averaging window tests with statistics still near their start. bvlc divides by
@@ -242,8 +299,8 @@ def make_norm(name, momentum=None, epsilon=None, name_prefix=None, regularizer=N
     default_momentum, default_epsilon = DEFAULTS[name]
     momentum = default_momentum if momentum is None else momentum
     epsilon = default_epsilon if epsilon is None else epsilon
-    if name in _CAFFE:
-        return _CAFFE[name](momentum, epsilon, regularizer, name=name_prefix)
+    if name in _OWN:
+        return _OWN[name](momentum, epsilon, regularizer, name=name_prefix)
     if name == "none":
         return keras.layers.Identity(name=name_prefix)
     # Keras keeps its moving statistics in float32 under mixed precision on its own.
@@ -255,6 +312,6 @@ def make_norm(name, momentum=None, epsilon=None, name_prefix=None, regularizer=N
             renorm_clipping={"rmax": 3.0, "rmin": 1 / 3.0, "dmax": 5.0}, name=name_prefix,
             gamma_regularizer=regularizer, beta_regularizer=regularizer)
     return keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon,
-                                           synchronized=name == "sync", name=name_prefix,
+                                           synchronized=True, name=name_prefix,
                                            gamma_regularizer=regularizer,
                                            beta_regularizer=regularizer)

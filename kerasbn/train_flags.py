@@ -194,18 +194,22 @@ def schedule_config(values):
     return schedules.ScheduleConfig(**{name: values[name].value for name in _SCHEDULE})
 
 
-def auto_precision():
-    """The fastest precision this machine trains in natively: mixed_float16 on a GPU,
-    mixed_bfloat16 on a CPU with bfloat16 instructions (emulated elsewhere, and slower than
-    float32 there), else float32."""
-    if tf.config.list_physical_devices("GPU"):
-        return "mixed_float16"
+def native_bfloat16():
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX); without them
+    bfloat16 is emulated, slower than float32."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            native = {"avx512_bf16", "amx_bf16"} & set(f.read().split())
+            return bool({"avx512_bf16", "amx_bf16"} & set(f.read().split()))
     except OSError:
-        native = set()
-    return "mixed_bfloat16" if native else "float32"
+        return False
+
+
+def auto_precision():
+    """The fastest precision this machine trains in natively: mixed_float16 on a GPU,
+    mixed_bfloat16 on a CPU with bfloat16 instructions, else float32."""
+    if tf.config.list_physical_devices("GPU"):
+        return "mixed_float16"
+    return "mixed_bfloat16" if native_bfloat16() else "float32"
 
 
 def to_config(values, manifest):

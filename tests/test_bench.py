@@ -60,3 +60,53 @@ def test_scale_bench_names_a_directory_without_a_dataset(tmp_path):
                            f"--data_dir={tmp_path}"], capture_output=True, text=True)
     assert done.returncode == 1 and done.stderr.count("\n") == 1
     assert done.stderr.startswith(f"error: {tmp_path}")
+
+
+def test_the_pytorch_peer_builds_kerasbn_s_networks_layer_for_layer():
+    import pytest
+    torch = pytest.importorskip("torch")
+    from kerasbn import bench_peer, models
+    for name in ("baseline", "bn"):
+        ours = models.build(name, 14_700)
+        peer = bench_peer.network(name, 14_700)
+        assert sum(p.numel() for p in peer.parameters()) == sum(
+            int(v.shape.num_elements()) for v in ours.trainable_variables)
+        convs = [m for m in peer if isinstance(m, torch.nn.Conv2d)]
+        assert [c.out_channels for c in convs] == models.default_widths(name)
+        assert [c.bias is not None for c in convs] == [
+            layer.use_bias for layer in ours.layers if hasattr(layer, "filters")]
+        assert peer(torch.zeros(2, 1, 50, 50)).shape == (2, 14_700)
+    assert 0 < bench.peer_rate("bn", 10, "float32", 4, 1)
+
+
+def test_peer_bench_reports_ranges_and_same_round_ratios(capsys):
+    rounds = [{("kerasbn", "baseline", "float32", None): 100.0,
+               ("pytorch", "baseline", "float32", None): 80.0,
+               ("kerasbn", "bn", "float32", "keras"): 90.0,
+               ("pytorch", "bn", "float32", None): 75.0},
+              {("kerasbn", "baseline", "float32", None): 110.0,
+               ("pytorch", "baseline", "float32", None): 88.0,
+               ("kerasbn", "bn", "float32", "keras"): 110.0,
+               ("pytorch", "bn", "float32", None): 80.0}]
+    bench.print_peer(rounds, ["float32"], ["keras"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2:6] == ["| kerasbn baseline | 100-110 |", "| pytorch baseline | 80-88 |",
+                          "| kerasbn bn --norm=keras | 90-110 |", "| pytorch bn | 75-80 |"]
+    # 100/90 = 1.11 and 110/110; 90/75 = 1.20 and 110/80 = 1.38
+    assert lines[6] == ("float32, --norm=keras: BN network step per image 1.00-1.11x the "
+                        "baseline's; kerasbn/PyTorch: BN network 1.20-1.38x")
+    assert lines[7] == ("float32: kerasbn/PyTorch baseline 1.25x; PyTorch's BN network step "
+                        "per image 1.07-1.10x its baseline's")
+
+
+def test_peer_bench_without_pytorch_measures_kerasbn_alone(monkeypatch, capsys):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torch" else real(name, *a))
+    bench.main(["bench", "--bench=peer", "--num_classes=6", "--batch_size=4", "--batches=1",
+                "--repeats=1", "--precisions=float32", "--norms=keras"])
+    out = capsys.readouterr().out
+    assert "PyTorch is not installed: kerasbn measured alone" in out
+    assert "| kerasbn bn --norm=keras |" in out and "pytorch" not in out
+    assert "float32, --norm=keras: BN network step per image " in out

@@ -2,13 +2,13 @@ import keras
 import numpy as np
 import pytest
 
-from kerasbn import models
+from kerasbn import models, norms
 
 
 def _counts(model):
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
     bn_stats = sum(int(np.prod(v.shape)) for layer in model.layers
-                   if isinstance(layer, keras.layers.BatchNormalization)
+                   if isinstance(layer, norms.KerasBatchNorm)
                    for v in layer.non_trainable_variables)
     return trainable, bn_stats
 
@@ -25,7 +25,7 @@ def _sequence(model):
 
 def test_bn_network_layer_sequence():
     model = models.build("bn", 10)
-    conv, bn, relu, pool = "Conv2D", "BatchNormalization", "ReLU", "MaxPooling2D"
+    conv, bn, relu, pool = "Conv2D", "KerasBatchNorm", "ReLU", "MaxPooling2D"
     assert _sequence(model) == [
         conv, bn, relu, conv, relu, pool,
         conv, bn, relu, pool,
@@ -40,7 +40,7 @@ def test_bn_network_layer_sequence():
 def test_baseline_has_dropout_and_no_bn():
     model = models.build("baseline", 10)
     names = _sequence(model)
-    assert "BatchNormalization" not in names
+    assert "KerasBatchNorm" not in names
     assert names[-2:] == ["Dropout", "Dense"]
     assert model.get_layer("dropout").rate == 0.4
 

@@ -1,4 +1,5 @@
-"""Each Caffe BN semantics against a numpy transcription of REFERENCE.md section 3."""
+"""Each BN semantics against a numpy transcription of REFERENCE.md section 3 (Keras's against
+its own source), and the fused Keras-semantics norm against Keras's own layer."""
 
 import keras
 import numpy as np
@@ -24,6 +25,23 @@ def _moments(x):
 
 def _y(x, gamma, beta, mean, var, eps):
     return gamma * (x - mean) / np.sqrt(var + eps) + beta
+
+
+class Keras:
+    def __init__(self, b, eps, c):
+        self.b, self.eps, self.mean, self.var = b, eps, np.zeros(c), np.ones(c)
+
+    def train(self, x, g, be):
+        mu, v, _ = _moments(x)
+        self.mean = self.b * self.mean + (1 - self.b) * mu
+        self.var = self.b * self.var + (1 - self.b) * v
+        return _y(x, g, be, mu, v, self.eps)
+
+    def infer(self, x, g, be):
+        return _y(x, g, be, self.mean, self.var, self.eps)
+
+    def stats(self):
+        return [self.mean, self.var]
 
 
 class BVLC:
@@ -103,7 +121,8 @@ class NvidiaCaffe:
         return [float(self.it), self.mean, self.var]
 
 
-REFERENCES = {"bvlc": BVLC, "windows": Windows, "nvidia": Nvidia, "nvidia_caffe": NvidiaCaffe}
+REFERENCES = {"keras": Keras, "bvlc": BVLC, "windows": Windows, "nvidia": Nvidia,
+              "nvidia_caffe": NvidiaCaffe}
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCES))
@@ -126,6 +145,52 @@ def test_training_steps_statistics_and_inference_match_the_pseudo_code(name):
     x = _batches(1, seed=9)[0]
     np.testing.assert_allclose(layer(x, training=False), reference.infer(x, gamma, beta),
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [SHAPE, (36, 5)])
+@pytest.mark.parametrize("epsilon", [1e-3, 1e-7])
+def test_keras_norm_computes_what_keras_batch_normalization_does(shape, epsilon):
+    # 1e-7 is under cuDNN's least epsilon: the layer normalises unfused there.
+    ours = norms.make_norm("keras", 0.9, epsilon)
+    theirs = keras.layers.BatchNormalization(momentum=0.9, epsilon=epsilon)
+    rng = np.random.default_rng(2)
+    gamma, beta = rng.uniform(0.5, 2, 5).astype(np.float32), rng.normal(0, 1, 5)
+    for layer in (ours, theirs):
+        layer.build(shape)
+        layer.gamma.assign(gamma)
+        layer.beta.assign(beta.astype(np.float32))
+    for x in _batches(4):
+        x = x.reshape(shape)
+        np.testing.assert_allclose(ours(x, training=True), theirs(x, training=True),
+                                   rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ours.moving_mean, theirs.moving_mean, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(ours.moving_variance, theirs.moving_variance, rtol=1e-6)
+    x = _batches(1, seed=7)[0].reshape(shape)
+    np.testing.assert_allclose(ours(x, training=False), theirs(x, training=False),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_a_frozen_keras_norm_infers_in_training_as_keras_does():
+    layer = norms.make_norm("keras", 0.9)
+    layer.build(SHAPE)
+    layer.moving_mean.assign(np.full(5, 0.5, np.float32))
+    layer.trainable = False
+    x = _batches(1)[0]
+    np.testing.assert_allclose(layer(x, training=True), layer(x, training=False))
+    np.testing.assert_array_equal(layer.moving_mean, np.full(5, 0.5, np.float32))
+
+
+def test_checkpoints_of_keras_batch_normalization_restore_into_the_keras_norm(tmp_path):
+    # Runs saved before the keras norm was fused hold Keras's layer: they resume.
+    old = keras.Sequential([keras.Input(SHAPE[1:]), keras.layers.BatchNormalization()])
+    for x in _batches(3):
+        old(x, training=True)
+    prefix = tf.train.Checkpoint(model=old).write(str(tmp_path / "ckpt"))
+    new = keras.Sequential([keras.Input(SHAPE[1:]), norms.make_norm("keras")])
+    tf.train.Checkpoint(model=new).read(prefix).assert_consumed()
+    x = _batches(1, seed=5)[0]
+    np.testing.assert_allclose(new(x, training=False), old(x, training=False), rtol=1e-5,
+                               atol=1e-6)
 
 
 def test_nvidia_caffe_clipping_changes_the_variance_after_200_steps():
