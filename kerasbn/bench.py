@@ -14,6 +14,8 @@
         training images/s of the baseline and BN networks on one cached batch against the same
         networks in PyTorch (kerasbn.bench_peer; `pip install torch`), alternating rounds,
         and what BN costs each: the BN network's step time per image over the baseline's.
+    python -m kerasbn.bench --bench=run [--run_flags=launch/quickstart/bn.flags]
+        a training run's images/s against its step's on one cached batch (kerasbn.bench_run).
     python -m kerasbn.bench --bench=scale --data_dir=data/synth_30k --data_dir=data/synth_2940k
         the input pipeline's peak memory, shuffle quality and time to the first training
         step on each dataset, against the first (kerasbn.bench_scale).
@@ -31,7 +33,8 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from kerasbn import bench_scale, cli, models, norms, pipeline, records, train_flags
+from kerasbn import (bench_run, bench_scale, bench_step, cli, models, norms, pipeline, records,
+                     train_flags)
 
 # kerasbn's dtype policy beside the PyTorch setting it is measured against.
 PEER_PRECISIONS = {"float32": "float32", "mixed_bfloat16": "bfloat16"}
@@ -114,68 +117,6 @@ def separability(data_dir, epochs, batch_size=64, seed=0):
     return result
 
 
-def _stream(data_dir, batch_size):
-    """(real training batches of `data_dir`, one of them cached and repeated, the manifest),
-    or random 50x50 gray images as the cached batch without a dataset."""
-    if data_dir is None:
-        images = np.random.default_rng(0).standard_normal((batch_size, 50, 50, 1), np.float32)
-        labels = np.arange(batch_size) % 2
-        return None, tf.data.Dataset.from_tensors((images, labels)).repeat().prefetch(2), None
-    manifest = records.read_manifest(data_dir)
-    real = pipeline.train_dataset(data_dir, manifest, batch_size, mirror=True)
-    return real, real.take(1).cache().repeat().prefetch(2), manifest
-
-
-def bench_train(name, num_classes, variants, batch_size, steps, repeats, data_dir=None):
-    """{(precision, norm, xla, steps_per_execution): {"cached": images/s[, "pipeline":
-    images/s]}}: training steps on one cached batch (compute only) and, with
-    `data_dir`, on that dataset's real input pipeline (crop-free, mirrored, shuffled), every
-    variant and input measured interleaved so machine noise hits them alike; the best of
-    `repeats` counts."""
-    real, cached, manifest = _stream(data_dir, batch_size)
-    shape = dict(image_size=tuple(manifest["image_size"]), channels=manifest["channels"]) \
-        if manifest else {}
-    inputs = {"cached": cached, **({"pipeline": real} if real is not None else {})}
-    compiled = {}
-    for variant in variants:
-        precision, norm, xla, per_call = variant
-        keras.mixed_precision.set_global_policy(precision)
-        model = models.build(name, num_classes, norm=norm, weight_decay=5e-4, **shape)
-        model.compile(keras.optimizers.SGD(0.01, momentum=0.9),
-                      keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      steps_per_execution=per_call, jit_compile=xla)
-        for data in inputs.values():
-            model.fit(data, steps_per_epoch=3 * per_call, epochs=1, verbose=0, shuffle=False)
-        compiled[variant] = model
-    keras.mixed_precision.set_global_policy("float32")
-    best = {variant: dict.fromkeys(inputs, 0.0) for variant in compiled}
-    # Whole calls only: a call of steps_per_execution steps runs them all.
-    per_call = max(variant[3] for variant in compiled)
-    timed = -(-steps // per_call) * per_call
-    for _ in range(repeats):
-        for variant, model in compiled.items():
-            for kind, data in inputs.items():
-                clock = _CallClock()
-                model.fit(data, steps_per_epoch=timed + per_call, epochs=1, verbose=0,
-                          shuffle=False, callbacks=[clock])
-                rate = timed * batch_size / (clock.ends[-1] - clock.ends[0])
-                best[variant][kind] = max(best[variant][kind], rate)
-    return best
-
-
-class _CallClock(keras.callbacks.Callback):
-    """The end time of each call into the train function. Timing from the first call's end
-    leaves out what each fit does before its steps (seconds on this CPU after switching to
-    another model), which made a fed model look input-bound."""
-
-    def __init__(self):
-        super().__init__()
-        self.ends = []
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.ends.append(time.perf_counter())
-
-
 def peer_rate(name, num_classes, precision, batch_size, steps):
     """PyTorch's images/s for network `name` at `precision` (kerasbn.bench_peer's), measured
     in a process of its own so neither framework's threads wait beside the other's."""
@@ -199,7 +140,7 @@ def bench_peer(num_classes, precisions, norm_names, batch_size, steps, rounds, p
         for name in ("baseline", "bn"):
             names = norm_names if name == "bn" else ["keras"]
             variants = [(p, n, False, 1) for p in precisions for n in names]
-            for (precision, norm, _, _), rate in bench_train(
+            for (precision, norm, _, _), rate in bench_step.bench_train(
                     name, num_classes, variants, batch_size, steps, 1).items():
                 rates["kerasbn", name, precision, norm if name == "bn" else None] = \
                     rate["cached"]
@@ -268,8 +209,9 @@ def main(argv):
             if values.num_classes < classes:
                 sys.exit(f"error: --num_classes={values.num_classes} is fewer than the "
                          f"{classes} classes of {data_dir}; give at least {classes}")
-        rates = bench_train(values.model, values.num_classes, variants, values.batch_size,
-                            values.batches, values.repeats, data_dir)
+        rates = bench_step.bench_train(values.model, values.num_classes, variants,
+                                       values.batch_size, values.batches, values.repeats,
+                                       data_dir)
         reference = rates[variants[0]]["cached"]
         for variant, rate in rates.items():
             line = (f"{setting}, {_variant_name(variant)}: one cached batch "
@@ -302,11 +244,15 @@ def main(argv):
               f"images/s over {values.repeats} alternating rounds:")
         print_peer(measured, precisions, norm_names)
         return
+    if values.bench == "run":
+        bench_run.run(values.run_flags, values.data_dir[0] if values.data_dir else None,
+                      values.batches, values.repeats)
+        return
     if values.bench == "norms":
         variants = [(p, n, False, 1) for p in values.precisions
                     for n in values.norms or norms.NORMS]
-        rates = bench_train(values.model, values.num_classes, variants, values.batch_size,
-                            values.batches, values.repeats)
+        rates = bench_step.bench_train(values.model, values.num_classes, variants,
+                                       values.batch_size, values.batches, values.repeats)
         for (precision, norm, _, _), rate in rates.items():
             keras_rate = rates[precision, "keras", False, 1]["cached"]
             print(f"{setting}, {precision}, --norm={norm}: {rate['cached']:.0f} images/s, "
@@ -332,7 +278,7 @@ def main(argv):
 def define_flags(values):
     on = {"flag_values": values}
     flags.DEFINE_enum("bench", "input",
-                      ["input", "separability", "train", "norms", "peer", "scale"],
+                      ["input", "separability", "train", "norms", "peer", "run", "scale"],
                       "What to measure.", **on)
     flags.DEFINE_multi_string("data_dir", None, "Dataset directory (repeat to compare "
                               "several).", **on)
@@ -351,6 +297,8 @@ def define_flags(values):
                       "steps) for each precision.", **on)
     flags.DEFINE_integer("steps_per_execution", 1, "train bench: training steps per call "
                          "into TensorFlow.", lower_bound=1, upper_bound=1000, **on)
+    flags.DEFINE_string("run_flags", "launch/quickstart/bn.flags", "run bench: the training "
+                        "flagfile whose run is timed (--data_dir overrides its dataset).", **on)
     flags.DEFINE_list("norms", None, "BN implementations: norms bench (default every one; "
                       "step times are ratios to keras at the same precision), peer bench "
                       "(default keras,nvidia: the quickstart's and the study sets').", **on)

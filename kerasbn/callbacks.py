@@ -93,7 +93,10 @@ class NanGuard(IterationCallback):
 
 class ProgressDisplay(IterationCallback):
     """Every `every` iterations and at `max_iter`: a line with loss, rate, images/s and ETA,
-    and the same as TensorBoard scalars. Keeps the last `train_loss` and `images_per_sec`."""
+    and the same as TensorBoard scalars. Keeps the last `train_loss` and `images_per_sec`;
+    `steady_images_per_sec()` is the rate from the end of the first iteration to the last
+    display, tests and checkpoints excluded: what a cached-batch benchmark of the step
+    measures, for the whole run."""
 
     def __init__(self, every, max_iter, images_per_iteration, clock, writer, start_iter):
         super().__init__()
@@ -106,11 +109,22 @@ class ProgressDisplay(IterationCallback):
         self.window = (time.perf_counter(), start_iter, clock.paused)
         self.train_loss = None
         self.images_per_sec = None
+        self.steady = None
+
+    def steady_images_per_sec(self):
+        if self.steady is None or self.window[1] <= self.steady[1]:
+            return None
+        (start, first, paused), (end, last, paused_end) = self.steady, self.window
+        seconds = max(end - start - (paused_end - paused), 1e-9)
+        return (last - first) * self.images_per_iteration / seconds
 
     def on_iteration(self, iteration, logs):
+        now = time.perf_counter()
+        if self.steady is None:
+            # The first iteration traces the step: left out, as a benchmark's warm-up is.
+            self.steady = (now, iteration, self.clock.paused)
         if iteration % self.every and iteration != self.max_iter:
             return
-        now = time.perf_counter()
         since, first, paused = self.window
         seconds = max(now - since - (self.clock.paused - paused), 1e-9)
         self.images_per_sec = (iteration - first) * self.images_per_iteration / seconds

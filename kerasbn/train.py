@@ -262,6 +262,7 @@ def train(config, run, strategy=None):
     if on_signal.stopped_at is not None:
         raise stop_signals.Stopped(requests.signal, on_signal.stopped_at)
     summary = metrics.summarize(run.read_metrics(), config.targets())
+    summary["train_images_per_sec"] = progress.steady_images_per_sec()
     if config.export == "best":
         checkpoints.restore_latest(run, model, best=True)
     export_dir = export.export_saved_model(model, manifest, run.export, data_dir)
@@ -373,6 +374,9 @@ def describe(summary, run_dir, export_dir):
         f"{summary['best_iteration']}), final {summary['final_test_top1']:.4f} "
         f"(iteration {summary['final_iteration']})",
         *targets,
+        *([f"training: {summary['train_images_per_sec']:.0f} images/s from the end of its "
+           "first iteration, tests and checkpoints excluded"]
+          if summary.get("train_images_per_sec") else []),
         f"TensorBoard: tensorboard --logdir {RunDir(run_dir).tensorboard}",
         f"SavedModel: {export_dir}"])
 

@@ -1,4 +1,4 @@
-from kerasbn import bench
+from kerasbn import bench, bench_step
 
 
 def test_input_bench_measures_both_readers_on_the_same_shards(small_data):
@@ -9,10 +9,10 @@ def test_input_bench_measures_both_readers_on_the_same_shards(small_data):
 
 def test_train_bench_times_the_real_pipeline_beside_one_cached_batch(small_data):
     variants = [("float32", "keras", False, 1), ("float32", "keras", False, 2)]
-    rates = bench.bench_train("bn", 6, variants, 8, 2, 1, small_data)
+    rates = bench_step.bench_train("bn", 6, variants, 8, 2, 1, small_data)
     assert list(rates) == variants
     assert all(r["cached"] > 0 and r["pipeline"] > 0 for r in rates.values())
-    alone = bench.bench_train("bn", 6, variants[:1], 8, 2, 1)
+    alone = bench_step.bench_train("bn", 6, variants[:1], 8, 2, 1)
     assert list(alone[variants[0]]) == ["cached"]
 
 
@@ -110,3 +110,16 @@ def test_peer_bench_without_pytorch_measures_kerasbn_alone(monkeypatch, capsys):
     assert "PyTorch is not installed: kerasbn measured alone" in out
     assert "| kerasbn bn --norm=keras |" in out and "pytorch" not in out
     assert "float32, --norm=keras: BN network step per image " in out
+
+
+def test_run_bench_times_a_training_run_beside_its_step(small_data, tmp_path, capsys):
+    from kerasbn import bench_run
+    flagfile = tmp_path / "run.flags"
+    flagfile.write_text(f"--model=bn\n--norm=keras\n--batch_size=8\n--data_dir={small_data}\n"
+                        "--precision=float32\n")
+    measured = bench_run.run(str(flagfile), None, 4, 1)
+    assert set(measured[0]) == {"run", "cached", "pipeline"}
+    assert all(value > 0 for value in measured[0].values())
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("round 1: bn --norm=keras, float32, batch 8, 6 classes: run ")
+    assert out[1].startswith("run/cached step over 1 round(s): ")

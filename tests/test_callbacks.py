@@ -102,3 +102,22 @@ def test_clock_continues_a_resumed_runs_wall_time():
     with clock.pause():
         pass
     assert 50.0 <= clock.elapsed() < 60.0 and clock.paused >= 0.0
+
+
+def test_the_steady_rate_leaves_out_the_first_iteration_and_the_pauses(tmp_path, monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: now[0])
+    clock = callbacks.Clock()
+    writer = tf.summary.create_file_writer(str(tmp_path / "tb"))
+    progress = callbacks.ProgressDisplay(2, 5, 8, clock, writer, 0)
+    progress.set_model(_model())
+    assert progress.steady_images_per_sec() is None
+    # Iteration 1 ends at 130 (tracing); 2-5 take 1 s each, with a 0.5 s test after 2.
+    for iteration, seconds in [(1, 130.0), (2, 131.0), (3, 132.5), (4, 133.5), (5, 134.5)]:
+        if iteration == 3:
+            now[0] = 131.0
+            with clock.pause():
+                now[0] = 131.5
+        now[0] = seconds
+        progress.on_iteration(iteration, {"loss": 1.0})
+    assert progress.steady_images_per_sec() == pytest.approx(4 * 8 / (134.5 - 130.0 - 0.5))

@@ -58,7 +58,7 @@ def test_run_writes_everything_and_loss_falls(finished_run, capsys):
     assert entries[-1]["train_loss"] < entries[1]["train_loss"]
     assert entries[-1]["test_top1"] > 1 / 6
     summary = json.load(open(os.path.join(finished_run, "summary.json")))
-    assert summary["final_iteration"] == 40
+    assert summary["final_iteration"] == 40 and summary["train_images_per_sec"] > 0
     assert summary["best_test_top1"] == max(e["test_top1"] for e in entries)
     flagfile = open(os.path.join(finished_run, "flags.txt")).read()
     assert "--max_iter=40" in flagfile and "--model=bn" in flagfile

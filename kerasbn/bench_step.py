@@ -1,0 +1,73 @@
+"""Training steps timed on one cached batch and on a dataset's real input pipeline, the
+variants interleaved: the step benchmark under `bench --bench=train`, `norms`, `peer` and
+`run`."""
+
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kerasbn import models, pipeline, records
+
+
+def _stream(data_dir, batch_size):
+    """(real training batches of `data_dir`, one of them cached and repeated, the manifest),
+    or random 50x50 gray images as the cached batch without a dataset."""
+    if data_dir is None:
+        images = np.random.default_rng(0).standard_normal((batch_size, 50, 50, 1), np.float32)
+        labels = np.arange(batch_size) % 2
+        return None, tf.data.Dataset.from_tensors((images, labels)).repeat().prefetch(2), None
+    manifest = records.read_manifest(data_dir)
+    real = pipeline.train_dataset(data_dir, manifest, batch_size, mirror=True)
+    return real, real.take(1).cache().repeat().prefetch(2), manifest
+
+
+def bench_train(name, num_classes, variants, batch_size, steps, repeats, data_dir=None):
+    """{(precision, norm, xla, steps_per_execution): {"cached": images/s[, "pipeline":
+    images/s]}}: training steps on one cached batch (compute only) and, with
+    `data_dir`, on that dataset's real input pipeline (crop-free, mirrored, shuffled), every
+    variant and input measured interleaved so machine noise hits them alike; the best of
+    `repeats` counts."""
+    real, cached, manifest = _stream(data_dir, batch_size)
+    shape = dict(image_size=tuple(manifest["image_size"]), channels=manifest["channels"]) \
+        if manifest else {}
+    inputs = {"cached": cached, **({"pipeline": real} if real is not None else {})}
+    compiled = {}
+    for variant in variants:
+        precision, norm, xla, per_call = variant
+        keras.mixed_precision.set_global_policy(precision)
+        model = models.build(name, num_classes, norm=norm, weight_decay=5e-4, **shape)
+        model.compile(keras.optimizers.SGD(0.01, momentum=0.9),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      steps_per_execution=per_call, jit_compile=xla)
+        for data in inputs.values():
+            model.fit(data, steps_per_epoch=3 * per_call, epochs=1, verbose=0, shuffle=False)
+        compiled[variant] = model
+    keras.mixed_precision.set_global_policy("float32")
+    best = {variant: dict.fromkeys(inputs, 0.0) for variant in compiled}
+    # Whole calls only: a call of steps_per_execution steps runs them all.
+    per_call = max(variant[3] for variant in compiled)
+    timed = -(-steps // per_call) * per_call
+    for _ in range(repeats):
+        for variant, model in compiled.items():
+            for kind, data in inputs.items():
+                clock = _CallClock()
+                model.fit(data, steps_per_epoch=timed + per_call, epochs=1, verbose=0,
+                          shuffle=False, callbacks=[clock])
+                rate = timed * batch_size / (clock.ends[-1] - clock.ends[0])
+                best[variant][kind] = max(best[variant][kind], rate)
+    return best
+
+
+class _CallClock(keras.callbacks.Callback):
+    """The end time of each call into the train function. Timing from the first call's end
+    leaves out what each fit does before its steps (seconds on this CPU after switching to
+    another model), which made a fed model look input-bound."""
+
+    def __init__(self):
+        super().__init__()
+        self.ends = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.ends.append(time.perf_counter())
