@@ -20,7 +20,7 @@ from absl import flags
 
 from data_tools import shards
 from data_tools.workers import ordered_map
-from kerasbn import cli, records, stop_signals
+from kerasbn import cli, records, stop_signals, verified
 from kerasbn.progress import Progress
 
 
@@ -267,6 +267,7 @@ def build(out, identities, images_per_identity, test_fraction, image_size, seed,
             manifest["pairs"] = {"file": shards.PAIRS_NAME, "matched": pairs,
                                  "mismatched": pairs}
     records.write_manifest(out, manifest)
+    verified.mark_written(out, records.read_manifest(out))
     return manifest
 
 

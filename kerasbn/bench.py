@@ -14,6 +14,9 @@
         training images/s of the baseline and BN networks on one cached batch against the same
         networks in PyTorch (kerasbn.bench_peer; `pip install torch`), alternating rounds,
         and what BN costs each: the BN network's step time per image over the baseline's.
+    python -m kerasbn.bench --bench=profile [--model=bn --norms=keras,none --batches=4]
+        where a training step's time goes: busy seconds per op type from TensorFlow's
+        profiler (the first --precisions), for each norm.
     python -m kerasbn.bench --bench=run [--run_flags=launch/quickstart/bn.flags]
         a training run's images/s against its step's on one cached batch (kerasbn.bench_run).
     python -m kerasbn.bench --bench=scale --data_dir=data/synth_30k --data_dir=data/synth_2940k
@@ -26,6 +29,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import keras
@@ -37,7 +41,8 @@ from kerasbn import (bench_run, bench_scale, bench_step, cli, models, norms, pip
                      train_flags)
 
 # kerasbn's dtype policy beside the PyTorch setting it is measured against.
-PEER_PRECISIONS = {"float32": "float32", "mixed_bfloat16": "bfloat16"}
+PEER_PRECISIONS = {"float32": "float32", "mixed_bfloat16": "bfloat16",
+                   "mixed_float16": "float16"}
 
 
 def _images_per_second(dataset, batches):
@@ -226,13 +231,17 @@ def main(argv):
         return
     if values.bench == "peer":
         precisions = [p for p in values.precisions if p in PEER_PRECISIONS]
-        if "mixed_bfloat16" in precisions and not train_flags.native_bfloat16():
+        gpu = bool(tf.config.list_physical_devices("GPU"))
+        if "mixed_bfloat16" in precisions and not gpu and not train_flags.native_bfloat16():
             print("mixed_bfloat16 left out: this CPU has no bfloat16 instructions (both "
                   "frameworks would emulate it, PyTorch at minutes a step)", flush=True)
             precisions.remove("mixed_bfloat16")
+        if "mixed_float16" in precisions and not gpu:
+            print("mixed_float16 left out: no GPU (float16 is emulated on CPUs)", flush=True)
+            precisions.remove("mixed_float16")
         if not precisions:
-            sys.exit("error: --precisions for the peer bench takes float32 and/or "
-                     "mixed_bfloat16 (on a CPU with bfloat16 instructions)")
+            sys.exit("error: --precisions for the peer bench takes float32, mixed_bfloat16 (on "
+                     "a CPU with bfloat16 instructions) and mixed_float16 (on a GPU)")
         peer = importlib.util.find_spec("torch") is not None
         if not peer:
             print("PyTorch is not installed: kerasbn measured alone (pip install "
@@ -243,6 +252,18 @@ def main(argv):
         print(f"{values.num_classes} classes, batch {values.batch_size}, one cached batch, "
               f"images/s over {values.repeats} alternating rounds:")
         print_peer(measured, precisions, norm_names)
+        return
+    if values.bench == "profile":
+        for norm in values.norms or ["keras"]:
+            with tempfile.TemporaryDirectory(prefix="kerasbn_profile_") as log_dir:
+                busy = bench_step.op_profile(values.model, values.num_classes,
+                                             values.precisions[0], norm, values.batch_size,
+                                             values.batches, log_dir)
+            total = sum(busy.values())
+            print(f"{setting}, {values.precisions[0]}, --norm={norm}: busy op time "
+                  f"{total:.3f} s per step (threads' self times added)")
+            for kind, seconds in list(busy.items())[:12]:
+                print(f"  {kind:28s} {seconds:7.3f} s  {100 * seconds / total:5.1f}%")
         return
     if values.bench == "run":
         bench_run.run(values.run_flags, values.data_dir[0] if values.data_dir else None,
@@ -278,7 +299,8 @@ def main(argv):
 def define_flags(values):
     on = {"flag_values": values}
     flags.DEFINE_enum("bench", "input",
-                      ["input", "separability", "train", "norms", "peer", "run", "scale"],
+                      ["input", "separability", "train", "norms", "peer", "profile", "run",
+                       "scale"],
                       "What to measure.", **on)
     flags.DEFINE_multi_string("data_dir", None, "Dataset directory (repeat to compare "
                               "several).", **on)

@@ -7,9 +7,11 @@ prints one JSON line {"model", "precision", "images_per_second"}. The same layer
 kerasbn.models (3x3 "same" convolutions, BN after the first convolution of each block
 without a bias, 2x2 max pools rounding up, global average pool, dropout 0.4 on the
 baseline), Keras's BN momentum 0.99 and epsilon 1e-3 (PyTorch momentum 0.01), SGD with
-momentum 0.9 and weight decay 5e-4 on the kernels only, as kerasbn trains. `float32` is
-PyTorch's default layout; `bfloat16` is PyTorch's fastest CPU setting, bfloat16 autocast on
-channels-last tensors. PyTorch is not a dependency of kerasbn: `pip install torch` first.
+momentum 0.9 and weight decay 5e-4 on the kernels only, as kerasbn trains. It runs on the
+GPU where PyTorch sees one, else on the CPU. `float32` is PyTorch's default layout;
+`bfloat16` is PyTorch's fastest CPU setting, bfloat16 autocast on channels-last tensors;
+`float16` is automatic mixed precision on a GPU (float16 autocast, channels-last, dynamic
+loss scaling with GradScaler). PyTorch is not a dependency of kerasbn: `pip install torch`.
 """
 
 import json
@@ -21,7 +23,7 @@ from absl import flags
 
 from kerasbn import cli, models
 
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("float32", "bfloat16", "float16")
 
 
 def network(name, num_classes):
@@ -47,10 +49,12 @@ def network(name, num_classes):
 def images_per_second(name, num_classes, precision, batch_size, steps, warmup=5):
     """Training images/s of PyTorch's `name` at `precision` on one cached random batch."""
     torch.manual_seed(0)
-    model = network(name, num_classes)
-    images = torch.randn(batch_size, 1, 50, 50)
-    labels = torch.arange(batch_size) % num_classes
-    if precision == "bfloat16":
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = network(name, num_classes).to(device)
+    images = torch.randn(batch_size, 1, 50, 50, device=device)
+    labels = torch.arange(batch_size, device=device) % num_classes
+    low = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(precision)
+    if low is not None:
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
     kernels = [p for p in model.parameters() if p.dim() > 1]
@@ -58,20 +62,28 @@ def images_per_second(name, num_classes, precision, batch_size, steps, warmup=5)
     optimizer = torch.optim.SGD([{"params": kernels, "weight_decay": 5e-4},
                                  {"params": others, "weight_decay": 0.0}], lr=0.01,
                                 momentum=0.9)
+    scaler = torch.amp.GradScaler(device, enabled=precision == "float16")
     model.train()
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+        with torch.autocast(device, dtype=low or torch.float32, enabled=low is not None):
             loss = torch.nn.functional.cross_entropy(model(images), labels)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    def wait():
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     for _ in range(warmup):
         step()
+    wait()
     start = time.perf_counter()
     for _ in range(steps):
         step()
+    wait()
     return steps * batch_size / (time.perf_counter() - start)
 
 
@@ -86,8 +98,9 @@ def main(argv):
 def define_flags(values):
     on = {"flag_values": values}
     flags.DEFINE_enum("model", "bn", ["baseline", "bn"], "Network.", **on)
-    flags.DEFINE_enum("precision", "float32", PRECISIONS, "float32, or bfloat16 autocast "
-                      "with channels-last tensors.", **on)
+    flags.DEFINE_enum("precision", "float32", PRECISIONS, "float32, or bfloat16 / float16 "
+                      "autocast with channels-last tensors (float16: on a GPU, loss scaled).",
+                      **on)
     flags.DEFINE_integer("num_classes", 14700, "Classes.", lower_bound=2, **on)
     flags.DEFINE_integer("batch_size", 128, "Images per batch.", lower_bound=1, **on)
     flags.DEFINE_integer("steps", 30, "Training steps timed.", lower_bound=1, **on)

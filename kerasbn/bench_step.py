@@ -1,7 +1,10 @@
 """Training steps timed on one cached batch and on a dataset's real input pipeline, the
 variants interleaved: the step benchmark under `bench --bench=train`, `norms`, `peer` and
-`run`."""
+`run`; and where a step's time goes, op type by op type (`bench --bench=profile`)."""
 
+import collections
+import json
+import os
 import time
 
 import keras
@@ -71,3 +74,31 @@ class _CallClock(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.ends.append(time.perf_counter())
+
+
+def op_profile(name, num_classes, precision, norm, batch_size, steps, log_dir):
+    """{op type: busy seconds per step} of `steps` training steps on one cached batch, from
+    TensorFlow's profiler (its framework_op_stats tool, the table TensorBoard's profile tab
+    shows), busiest first; threads' idle time left out. Self times of parallel ops add up,
+    so the shares, not the sum, compare with a step's wall time."""
+    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
+    _, cached, _ = _stream(None, batch_size)
+    keras.mixed_precision.set_global_policy(precision)
+    model = models.build(name, num_classes, norm=norm, weight_decay=5e-4)
+    keras.mixed_precision.set_global_policy("float32")
+    model.compile(keras.optimizers.SGD(0.01, momentum=0.9),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(cached, steps_per_epoch=3, epochs=1, verbose=0, shuffle=False)
+    tf.profiler.experimental.start(log_dir)
+    model.fit(cached, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
+    tf.profiler.experimental.stop()
+    traces = [os.path.join(root, f) for root, _, files in os.walk(log_dir) for f in files
+              if f.endswith(".xplane.pb")]
+    table = json.loads(plugin.xspace_to_tools_data(traces, "framework_op_stats")[0])[0]
+    columns = [c["id"] for c in table["cols"]]
+    busy = collections.Counter()
+    for row in table["rows"]:
+        cells = dict(zip(columns, [c.get("v") if c else None for c in row["c"]]))
+        if cells["type"] != "IDLE":
+            busy[cells["type"]] += cells["total_self_time"] / 1e6 / steps
+    return dict(busy.most_common())

@@ -6,7 +6,9 @@ the split's stamp (the manifest's description of it and each shard's size and mo
 time) goes into DATA_DIR/.verified.json; a later check whose stamp still matches skips the
 reading. Any rewrite of a shard or of the manifest changes the stamp, and the reading happens
 again. Record checksums (TFRecord's CRCs, checked on every read) still guard the bytes. A
-read-only dataset directory simply keeps no note.
+read-only dataset directory simply keeps no note. The converters (`data_tools.synth`,
+`build_records`) note every split they finish, whole by construction, so even a dataset's
+first run starts without reading it all.
 """
 
 import hashlib
@@ -59,3 +61,11 @@ def mark_verified(data_dir, split, current):
         atomic.write_json(_path(data_dir), notes, indent=None)
     except OSError:
         pass
+
+
+def mark_written(data_dir, manifest):
+    """Notes every split of `manifest` that its writer has just finished in `data_dir`."""
+    for split, info in manifest["splits"].items():
+        if info.get("files") and info.get("count"):
+            files = [os.path.join(data_dir, name) for name in info["files"]]
+            mark_verified(data_dir, split, stamp(manifest, split, files))

@@ -2,8 +2,10 @@
 # What a GPU machine gives kerasbn, in a few minutes: the devices TensorFlow sees, then the
 # study's BN network (Keras BN, 14,700 classes, batch 128) in mixed_float16 training from the
 # real input pipeline and from one cached batch of it in the same run, with and without XLA
-# (images/s and whether the step is input-bound), then a short real training run end to end
-# with NVIDIA Caffe's BN (dynamic loss scaling, the loss scale on its display lines).
+# (images/s and whether the step is input-bound), with PyTorch installed the baseline and BN
+# networks against the same in PyTorch (AMP, channels-last) on the GPU, then a short real
+# training run end to end with NVIDIA Caffe's BN (dynamic loss scaling, the loss scale on its
+# display lines).
 #   launch/gpu_check.sh                       # after: pip install -e ".[and-cuda]"
 #   STEPS=300 PRECISION=mixed_bfloat16 launch/gpu_check.sh
 # Its lines go into BENCHMARKS.md ("GPU check") with the GPU's name.
@@ -35,6 +37,11 @@ echo "== the BN network's step: one cached batch against the real input pipeline
 "$PYTHON" -m kerasbn.bench --bench=train --model=bn --num_classes="$CLASSES" \
   --batch_size="$BATCH" --batches="$STEPS" --repeats=2 --precisions="$PRECISION" \
   --compile="$COMPILE" --data_dir="$DATA"
+if [ "$PRECISION" = mixed_float16 ] && "$PYTHON" -c "import torch" 2>/dev/null; then
+  echo "== the baseline and BN networks against PyTorch's (AMP, channels-last) on this GPU =="
+  "$PYTHON" -m kerasbn.bench --bench=peer --precisions=float32,mixed_float16 \
+    --num_classes="$CLASSES" --batch_size="$BATCH" --batches="$STEPS" --repeats=2
+fi
 echo "== a real training run: $STEPS iterations, $PRECISION =="
 "$PYTHON" -m kerasbn.train --data_dir="$DATA" --run_dir="$RUN" --overwrite --model=bn \
   --norm=nvidia --bn_momentum=0.9 --batch_size="$BATCH" --precision="$PRECISION" \

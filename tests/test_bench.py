@@ -123,3 +123,12 @@ def test_run_bench_times_a_training_run_beside_its_step(small_data, tmp_path, ca
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("round 1: bn --norm=keras, float32, batch 8, 6 classes: run ")
     assert out[1].startswith("run/cached step over 1 round(s): ")
+
+
+def test_the_profile_names_the_fused_batch_norm_ops_of_the_keras_norm(tmp_path):
+    busy = bench_step.op_profile("bn", 10, "float32", "keras", 8, 2, str(tmp_path))
+    assert {"FusedBatchNormV3", "FusedBatchNormGradV3", "Conv2DBackpropFilter"} <= set(busy)
+    assert "IDLE" not in busy and all(seconds >= 0 for seconds in busy.values())
+    assert list(busy.values()) == sorted(busy.values(), reverse=True)
+    plain = bench_step.op_profile("bn", 10, "float32", "none", 8, 2, str(tmp_path / "none"))
+    assert not {"FusedBatchNormV3", "FusedBatchNormGradV3"} & set(plain)

@@ -142,8 +142,16 @@ def _damaged(tmp_path, how):
     elif how == "flipped":
         middle = (ends[2] + ends[3]) // 2
         data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:]
-    open(path, "wb").write(data)
+    _rewrite(path, data)
     return manifest, path
+
+
+def _rewrite(path, data):
+    """Writes a shard anew, later than its writer did (the note of a checked split goes by
+    size and modification time; this test may run within the clock's resolution)."""
+    before = os.stat(path).st_mtime_ns
+    open(path, "wb").write(data)
+    os.utime(path, ns=(before + 10 ** 7, before + 10 ** 7))
 
 
 @pytest.mark.parametrize("how,message", [("truncated", "holds 28 records, manifest.json says 30"),
@@ -173,9 +181,7 @@ def test_a_split_checked_whole_is_not_read_again_until_a_shard_changes(tmp_path,
     data = bytearray(open(path, "rb").read())
     middle = (_record_ends(path)[2] + _record_ends(path)[3]) // 2
     data[middle] ^= 0xFF  # same size: only the modification time tells
-    before = os.stat(path).st_mtime_ns
-    open(path, "wb").write(bytes(data))
-    os.utime(path, ns=(before + 10 ** 7, before + 10 ** 7))  # as a clock coarser than this test
+    _rewrite(path, bytes(data))
     with pytest.raises(records.DataError, match="is corrupt after record 3"):
         pipeline.verify_split(str(tmp_path), manifest, "test")
     assert reads
@@ -184,6 +190,7 @@ def test_a_split_checked_whole_is_not_read_again_until_a_shard_changes(tmp_path,
 def test_a_split_is_checked_whole_each_time_in_a_read_only_dataset(tmp_path, monkeypatch):
     from kerasbn import verified
     make_synth(tmp_path)
+    os.remove(tmp_path / verified.FILENAME)  # as a dataset written by another tool
     manifest = records.read_manifest(str(tmp_path))
     monkeypatch.setattr(verified.atomic, "write_json",
                         lambda *a, **k: (_ for _ in ()).throw(PermissionError("read-only")))
@@ -191,6 +198,24 @@ def test_a_split_is_checked_whole_each_time_in_a_read_only_dataset(tmp_path, mon
     for _ in range(2):
         assert pipeline.verify_split(str(tmp_path), manifest, "test") == (count, {})
     assert not (tmp_path / verified.FILENAME).exists()
+
+
+def test_a_dataset_just_written_is_not_read_whole_before_its_first_run(tmp_path, folder,
+                                                                       monkeypatch):
+    from data_tools import build_records
+    make_synth(tmp_path / "synth")
+    build_records.build(str(folder), str(tmp_path / "built"), test_fraction=0.25,
+                        log=lambda *a: None)
+    reads = []
+    reader = tf.data.TFRecordDataset
+    monkeypatch.setattr(pipeline.tf.data, "TFRecordDataset",
+                        lambda *a, **k: reads.append(a[0]) or reader(*a, **k))
+    for data_dir in (str(tmp_path / "synth"), str(tmp_path / "built")):
+        manifest = records.read_manifest(data_dir)
+        for split in ("train", "test"):
+            count = manifest["splits"][split]["count"]
+            assert pipeline.verify_split(data_dir, manifest, split) == (count, {})
+    assert reads == []
 
 
 def test_a_label_outside_the_classes_is_named(tmp_path):
