@@ -9,7 +9,7 @@
         cached batch, as ratios to the first; with --data_dir also on that dataset's real
         input pipeline in the same run, so whether training is input-bound is measured.
     python -m kerasbn.bench --bench=norms
-        training step time with each --norms at each --precisions, as ratios to keras.
+        training step time with each --norms at each --precisions, as ratios to the first.
     python -m kerasbn.bench --bench=peer [--norms=keras,nvidia]
         training images/s of the baseline and BN networks on one cached batch against the same
         networks in PyTorch (kerasbn.bench_peer; `pip install torch`), alternating rounds,
@@ -270,14 +270,14 @@ def main(argv):
                       values.batches, values.repeats)
         return
     if values.bench == "norms":
-        variants = [(p, n, False, 1) for p in values.precisions
-                    for n in values.norms or norms.NORMS]
+        names = values.norms or list(norms.NORMS)
+        variants = [(p, n, False, 1) for p in values.precisions for n in names]
         rates = bench_step.bench_train(values.model, values.num_classes, variants,
                                        values.batch_size, values.batches, values.repeats)
         for (precision, norm, _, _), rate in rates.items():
-            keras_rate = rates[precision, "keras", False, 1]["cached"]
+            reference = rates[precision, names[0], False, 1]["cached"]
             print(f"{setting}, {precision}, --norm={norm}: {rate['cached']:.0f} images/s, "
-                  f"step time {keras_rate / rate['cached']:.2f}x keras")
+                  f"step time {reference / rate['cached']:.2f}x {names[0]}")
         return
     if not values.data_dir:
         sys.exit("error: --data_dir is required (a directory holding manifest.json)")
@@ -322,7 +322,7 @@ def define_flags(values):
     flags.DEFINE_string("run_flags", "launch/quickstart/bn.flags", "run bench: the training "
                         "flagfile whose run is timed (--data_dir overrides its dataset).", **on)
     flags.DEFINE_list("norms", None, "BN implementations: norms bench (default every one; "
-                      "step times are ratios to keras at the same precision), peer bench "
+                      "step times are ratios to the first at the same precision), peer bench "
                       "(default keras,nvidia: the quickstart's and the study sets').", **on)
 
 

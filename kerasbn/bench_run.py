@@ -56,6 +56,8 @@ def run(run_flags, data_dir, iterations, rounds):
                   f"pipeline {step['pipeline']:.0f} ({rate / step['pipeline']:.2f}x)",
                   flush=True)
     ratios = [m["run"] / m["cached"] for m in measured]
+    verdict = ("0.9x and over: the run keeps up with its step" if min(ratios) >= 0.9
+               else "under 0.9x: time goes outside the step")
     print(f"run/cached step over {rounds} round(s): {min(ratios):.2f}-{max(ratios):.2f}x "
-          f"({'at' if min(ratios) >= 0.9 else 'under'} 0.9x)", flush=True)
+          f"({verdict})", flush=True)
     return measured

@@ -132,3 +132,12 @@ def test_the_profile_names_the_fused_batch_norm_ops_of_the_keras_norm(tmp_path):
     assert list(busy.values()) == sorted(busy.values(), reverse=True)
     plain = bench_step.op_profile("bn", 10, "float32", "none", 8, 2, str(tmp_path / "none"))
     assert not {"FusedBatchNormV3", "FusedBatchNormGradV3"} & set(plain)
+
+
+def test_norms_bench_gives_step_times_against_the_first_norm(capsys):
+    bench.main(["bench", "--bench=norms", "--num_classes=6", "--batch_size=4", "--batches=1",
+                "--repeats=1", "--precisions=float32", "--norms=bvlc,none"])
+    first, second = capsys.readouterr().out.splitlines()
+    assert first.startswith("bn x6 classes, batch 4, float32, --norm=bvlc: ")
+    assert first.endswith("step time 1.00x bvlc")
+    assert second.startswith("bn x6 classes, batch 4, float32, --norm=none: ")
