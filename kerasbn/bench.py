@@ -173,24 +173,25 @@ def print_peer(measured, precisions, norm_names):
         cells = [_span([r[framework, name, p, norm] for r in measured]) for p in precisions]
         print(f"| {label} | {' | '.join(cells)} |")
     peer = ("pytorch", "bn", precisions[0], None) in measured[0]
+
+    def ratio(top, bottom):
+        return _span([r[top] / r[bottom] for r in measured], 2) + "x"
+
     for precision in precisions:
+        baseline = ("kerasbn", "baseline", precision, None)
+        peer_baseline = ("pytorch", "baseline", precision, None)
+        peer_bn = ("pytorch", "bn", precision, None)
         for norm in norm_names:
-            ours = [r["kerasbn", "bn", precision, norm] for r in measured]
+            bn = ("kerasbn", "bn", precision, norm)
             line = (f"{precision}, --norm={norm}: BN network step per image "
-                    + _span([r["kerasbn", "baseline", precision, None] / o
-                             for r, o in zip(measured, ours)], 2) + "x the baseline's")
+                    f"{ratio(baseline, bn)} the baseline's")
             if peer:
-                line += ("; kerasbn/PyTorch: BN network " + _span(
-                    [o / r["pytorch", "bn", precision, None] for r, o in zip(measured, ours)],
-                    2) + "x")
+                line += f"; kerasbn/PyTorch: BN network {ratio(bn, peer_bn)}"
             print(line)
         if peer:
-            print(f"{precision}: kerasbn/PyTorch baseline " + _span(
-                [r["kerasbn", "baseline", precision, None] / r["pytorch", "baseline", precision,
-                                                               None] for r in measured], 2)
-                  + "x; PyTorch's BN network step per image " + _span(
-                [r["pytorch", "baseline", precision, None] / r["pytorch", "bn", precision, None]
-                 for r in measured], 2) + "x its baseline's")
+            print(f"{precision}: kerasbn/PyTorch baseline {ratio(baseline, peer_baseline)}; "
+                  f"PyTorch's BN network step per image {ratio(peer_baseline, peer_bn)} its "
+                  "baseline's")
 
 
 def _variant_name(variant):

@@ -26,7 +26,8 @@ def train_rate(run_flags, data_dir, iterations, run_dir):
     command = [sys.executable, "-m", "kerasbn.train", f"--flagfile={run_flags}",
                f"--run_dir={run_dir}", "--overwrite", f"--max_iter={iterations}",
                f"--test_interval={iterations}", f"--display={iterations}", "--snapshot=0",
-               "--test_initialization=false", "--verify_split=none"] + ([f"--data_dir={data_dir}"] if data_dir else [])
+               "--test_initialization=false", "--verify_split=none"]
+    command += [f"--data_dir={data_dir}"] if data_dir else []
     done = subprocess.run(command, capture_output=True, text=True, check=False,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     if done.returncode:
@@ -47,7 +48,8 @@ def run(run_flags, data_dir, iterations, rounds):
             variant = (config.precision, config.norm, config.jit_compile,
                        config.steps_per_execution)
             step = bench_step.bench_train(config.model, config.num_classes, [variant],
-                                     config.batch_size, iterations, 1, config.data_dir)[variant]
+                                          config.batch_size, iterations, 1,
+                                          config.data_dir)[variant]
             measured.append({"run": rate, **step})
             print(f"round {round_index}: {config.model} --norm={config.norm}, "
                   f"{config.precision}, batch {config.batch_size}, {config.num_classes} "

@@ -26,6 +26,18 @@ def _stream(data_dir, batch_size):
     return real, real.take(1).cache().repeat().prefetch(2), manifest
 
 
+def _compiled(name, num_classes, precision, norm, xla=False, per_call=1, shape=None):
+    """Network `name` in `precision`, compiled as every bench trains it: SGD with momentum,
+    Caffe's weight decay 5e-4, `per_call` steps per call, XLA when `xla`."""
+    keras.mixed_precision.set_global_policy(precision)
+    model = models.build(name, num_classes, norm=norm, weight_decay=5e-4, **(shape or {}))
+    keras.mixed_precision.set_global_policy("float32")
+    model.compile(keras.optimizers.SGD(0.01, momentum=0.9),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  steps_per_execution=per_call, jit_compile=xla)
+    return model
+
+
 def bench_train(name, num_classes, variants, batch_size, steps, repeats, data_dir=None):
     """{(precision, norm, xla, steps_per_execution): {"cached": images/s[, "pipeline":
     images/s]}}: training steps on one cached batch (compute only) and, with
@@ -39,15 +51,10 @@ def bench_train(name, num_classes, variants, batch_size, steps, repeats, data_di
     compiled = {}
     for variant in variants:
         precision, norm, xla, per_call = variant
-        keras.mixed_precision.set_global_policy(precision)
-        model = models.build(name, num_classes, norm=norm, weight_decay=5e-4, **shape)
-        model.compile(keras.optimizers.SGD(0.01, momentum=0.9),
-                      keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      steps_per_execution=per_call, jit_compile=xla)
+        model = _compiled(name, num_classes, precision, norm, xla, per_call, shape)
         for data in inputs.values():
             model.fit(data, steps_per_epoch=3 * per_call, epochs=1, verbose=0, shuffle=False)
         compiled[variant] = model
-    keras.mixed_precision.set_global_policy("float32")
     best = {variant: dict.fromkeys(inputs, 0.0) for variant in compiled}
     # Whole calls only: a call of steps_per_execution steps runs them all.
     per_call = max(variant[3] for variant in compiled)
@@ -83,11 +90,7 @@ def op_profile(name, num_classes, precision, norm, batch_size, steps, log_dir):
     so the shares, not the sum, compare with a step's wall time."""
     from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
     _, cached, _ = _stream(None, batch_size)
-    keras.mixed_precision.set_global_policy(precision)
-    model = models.build(name, num_classes, norm=norm, weight_decay=5e-4)
-    keras.mixed_precision.set_global_policy("float32")
-    model.compile(keras.optimizers.SGD(0.01, momentum=0.9),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model = _compiled(name, num_classes, precision, norm)
     model.fit(cached, steps_per_epoch=3, epochs=1, verbose=0, shuffle=False)
     tf.profiler.experimental.start(log_dir)
     model.fit(cached, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
