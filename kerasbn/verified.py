@@ -55,8 +55,12 @@ def is_verified(data_dir, split, current):
 def mark_verified(data_dir, split, current):
     """Notes that `split` passed its check with stamp `current`; skipped when the dataset's
     directory cannot be written."""
-    notes = _read(data_dir)
-    notes[split] = current
+    _note(data_dir, {split: current})
+
+
+def _note(data_dir, stamps):
+    """Adds {split: stamp} to the dataset's note in one write; none when it is read-only."""
+    notes = {**_read(data_dir), **stamps}
     try:
         atomic.write_json(_path(data_dir), notes, indent=None)
     except OSError:
@@ -65,7 +69,6 @@ def mark_verified(data_dir, split, current):
 
 def mark_written(data_dir, manifest):
     """Notes every split of `manifest` that its writer has just finished in `data_dir`."""
-    for split, info in manifest["splits"].items():
-        if info.get("files") and info.get("count"):
-            files = [os.path.join(data_dir, name) for name in info["files"]]
-            mark_verified(data_dir, split, stamp(manifest, split, files))
+    _note(data_dir, {
+        split: stamp(manifest, split, [os.path.join(data_dir, name) for name in info["files"]])
+        for split, info in manifest["splits"].items() if info.get("files") and info.get("count")})
