@@ -80,12 +80,19 @@ def _checkpoint_in(path):
     return None
 
 
+def _class_axis(model):
+    """The axis of the classifier's kernel that runs over classes ([features, K] for the
+    softmax's Dense, [K, features] for a margin head's centres)."""
+    return getattr(model.get_layer(CLASSIFIER), "class_axis", 1)
+
+
 def _source_classes(prefix, model):
-    """The class count of the network saved at checkpoint `prefix`: the width of its one
-    [embedding dim, K] variable (the classifier's kernel), or None when that is unclear."""
-    width = model.get_layer(CLASSIFIER).kernel.shape[0]
-    found = {shape[1] for _, shape in tf.train.list_variables(prefix)
-             if len(shape) == 2 and shape[0] == width}
+    """The class count of the network saved at checkpoint `prefix`: the class axis of its one
+    variable shaped like the classifier's kernel, or None when that is unclear."""
+    axis = _class_axis(model)
+    width = model.get_layer(CLASSIFIER).kernel.shape[1 - axis]
+    found = {shape[axis] for _, shape in tf.train.list_variables(prefix)
+             if len(shape) == 2 and shape[1 - axis] == width}
     return found.pop() if len(found) == 1 else None
 
 
@@ -114,7 +121,8 @@ def load_weights(model, path, build=None):
     if not os.path.exists(path) and not tf.io.gfile.exists(path + ".index"):
         raise records.DataError(f"--weights={path} does not exist; give a run dir, a "
                                 "checkpoint or an exported SavedModel")
-    here = model.get_layer(CLASSIFIER).kernel.shape[1] if build is not None else None
+    here = model.get_layer(CLASSIFIER).kernel.shape[_class_axis(model)] \
+        if build is not None else None
     prefix = _checkpoint_in(path)
     if prefix:
         there = _source_classes(prefix, model) if build is not None else None

@@ -7,8 +7,9 @@ so an error names the flag to change. `schedule` holds the learning-rate part, c
 """
 
 import dataclasses
+import math
 
-from kerasbn import metrics, models, norms, schedules
+from kerasbn import heads, metrics, models, norms, schedules
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 SOLVER_TYPES = ("SGD", "Nesterov", "Adam", "AdamW")
@@ -81,6 +82,13 @@ class RunConfig:
     steps_per_execution: int = 1
     jit_compile: bool = False
     initial_loss_scale: float = 2.0 ** 15
+    head: str = "softmax"
+    scale: float | None = None
+    margin: float | None = None
+    easy_margin: bool = False
+    sample_classes: float = 1.0
+    embedding: str = "pool"
+    embedding_dim: int = 128
 
     def __post_init__(self):
         fix = lambda name, value: object.__setattr__(self, name, value)
@@ -100,7 +108,8 @@ class RunConfig:
         for name, allowed in (("model", models.MODELS), ("norm", norms.NORMS),
                               ("precision", PRECISIONS), ("solver_type", SOLVER_TYPES),
                               ("verify_split", VERIFY_SPLITS), ("export", EXPORTS),
-                              ("weight_filler", models.FILLERS), ("strategy", STRATEGIES)):
+                              ("weight_filler", models.FILLERS), ("strategy", STRATEGIES),
+                              ("head", heads.HEADS), ("embedding", heads.EMBEDDINGS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{name}={getattr(self, name)} is not one of "
                                   f"{', '.join(allowed)}")
@@ -162,6 +171,7 @@ class RunConfig:
                               "device or --strategy=mirrored); --strategy=multi_worker runs "
                               "each iteration as its own replicated step: drop them")
         self._check_executions()
+        self._check_head()
         expected = len(models.default_widths(self.model))
         if self.widths is not None and len(self.widths) != expected:
             raise ConfigError(f"--widths for --model={self.model} takes {expected} values, "
@@ -183,6 +193,43 @@ class RunConfig:
                               f"so every iteration event must fall on a multiple of it: "
                               f"{', '.join(off)} {'is' if len(off) == 1 else 'are'} not; "
                               "change them or --steps_per_execution")
+
+    def _check_head(self):
+        margin_head = self.head != "softmax"
+        if self.model in models.CIFAR_MODELS and (margin_head or self.embedding != "pool"):
+            raise ConfigError(f"--head and --embedding apply to the face networks, not "
+                              f"--model={self.model}; drop them")
+        if not margin_head and (self.scale is not None or self.margin is not None):
+            raise ConfigError("--scale and --margin set a margin head's loss, but "
+                              "--head=softmax; add --head=cosface or --head=arcface")
+        if self.easy_margin and self.head != "arcface":
+            raise ConfigError("--easy_margin is ArcFace's; add --head=arcface or drop it")
+        if self.scale is not None and self.scale <= 0:
+            raise ConfigError(f"--scale must be positive, got {self.scale:g}")
+        limit = 1.0 if self.head == "cosface" else math.pi / 2
+        if self.margin is not None and not 0 <= self.margin < limit:
+            raise ConfigError(f"--margin of --head={self.head} must lie in [0, {limit:.4g}), "
+                              f"got {self.margin:g}")
+        if self.embedding_dim < 1:
+            raise ConfigError(f"--embedding_dim must be at least 1, got {self.embedding_dim}")
+        if not 0 < self.sample_classes <= 1:
+            raise ConfigError(f"--sample_classes must lie in (0, 1], got {self.sample_classes:g}")
+        if self.sample_classes == 1:
+            return
+        if not margin_head:
+            raise ConfigError("--sample_classes samples a margin head's centres (Partial FC); "
+                              "add --head=cosface or --head=arcface")
+        if self.solver_type not in ("SGD", "Nesterov") or self.iter_size > 1:
+            raise ConfigError(f"--sample_classes={self.sample_classes:g} updates only the "
+                              "centres it draws, which needs --solver_type=SGD or Nesterov and "
+                              "--iter_size=1 (Adam's moments and accumulated gradients would "
+                              "touch every centre)")
+        count = heads.sample_count(self.num_classes, self.sample_classes)
+        if count < self.batch_size:
+            raise ConfigError(f"--sample_classes={self.sample_classes:g} draws {count} of "
+                              f"{self.num_classes} centres, fewer than the {self.batch_size} "
+                              "identities a batch may hold; raise it to at least "
+                              f"{math.ceil(self.batch_size / self.num_classes * 1000) / 1000:g}")
 
     def targets(self):
         """Every target of the run as (metric, value): --target_accuracy's on test top-1,
@@ -207,7 +254,11 @@ class RunConfig:
                 # AdamW decays in the optimizer, decoupled from the gradient.
                 "weight_decay": 0.0 if self.solver_type == "AdamW" else self.weight_decay,
                 "bias_decay_mult": self.bias_decay_mult, "bn_decay_mult": self.bn_decay_mult,
-                "weight_filler": self.weight_filler, "filler_std": self.filler_std}
+                "weight_filler": self.weight_filler, "filler_std": self.filler_std,
+                "head": self.head, "scale": self.scale, "embedding": self.embedding,
+                "embedding_dim": self.embedding_dim,
+                # Partial FC decays the centres it draws in the optimizer (CaffeSGD).
+                "decay_centres": self.sample_classes == 1}
 
     def to_dict(self):
         """Plain JSON-ready values (config.json)."""

@@ -3,8 +3,11 @@
 `baseline`: the CASIA-WebFace net less one block; `bn`: the study's BN network (BN after the
 first convolution of each block, block 2's conv 64 removed, no dropout); `bn_all`: the same
 with BN after every convolution. All convolutions 3x3 "same"; 2x2 max pools rounding up like
-Caffe (50 -> 25 -> 13 -> 7); a global average pool gives the 320-d layer `embedding`.
-Logits are float32 under mixed precision.
+Caffe (50 -> 25 -> 13 -> 7); a global average pool gives the 320-d layer `embedding`
+(`embedding="pool"`), or, with `embedding="bn_fc"`, feeds insightface's neck: BN, dropout, a
+fully connected layer to `embedding_dim` and BN, the last named `embedding`. The classifier
+`logits` is the study's softmax (a Dense layer) or a margin head's `heads.CosineClassifier`;
+logits are float32 under mixed precision.
 
 `cifar10_quick` and `cifar10_full_sigmoid_bn` are Caffe's CIFAR-10 examples, the nets the
 study's side study compared BN implementations on, as their prototxts define them at BVLC/caffe
@@ -20,11 +23,11 @@ per-layer Gaussians for the CIFAR-10 ones. Biases start at 0, as Caffe's constan
 
 import keras
 
-from kerasbn import norms
+from kerasbn import heads, norms
 
-# Each block: (convolution widths, whether each convolution is followed by BN).
 # The last layer's name: fine-tuning replaces it, the rest is the backbone.
-CLASSIFIER = "logits"
+CLASSIFIER = heads.CLASSIFIER
+# Each block: (convolution widths, whether each convolution is followed by BN).
 
 BLOCKS = {
     "baseline": [((32, 64), (False, False)), ((64, 128), (False, False)),
@@ -69,21 +72,31 @@ def default_widths(name):
 
 def build(name, num_classes, image_size=(50, 50), channels=1, widths=None, dropout=None,
           norm="keras", bn_momentum=None, bn_epsilon=None, weight_decay=0.0,
-          bias_decay_mult=0.0, bn_decay_mult=0.0, weight_filler="network", filler_std=0.01):
+          bias_decay_mult=0.0, bn_decay_mult=0.0, weight_filler="network", filler_std=0.01,
+          head="softmax", scale=None, embedding="pool", embedding_dim=128,
+          decay_centres=True):
     """Builds network `name` taking normalised float images [N, H, W, channels] to logits.
 
     `weight_decay` is Caffe's: an L2 penalty of weight_decay / 2 on every kernel, times
     `bias_decay_mult` on biases and `bn_decay_mult` on BN's scale and shift (Caffe's
     decay_mult; a Caffe Scale layer's is 1). `dropout=None` takes the network's default.
+    `head`: `softmax` or a margin head (`cosface`, `arcface`: a `heads.CosineClassifier` of
+    `scale`, default the head's); `decay_centres=False` leaves its centres without the L2
+    term (Partial FC decays the rows it draws in the optimizer instead).
     """
     if name not in MODELS:
         raise ValueError(f"unknown --model {name!r}; choose one of {', '.join(MODELS)}")
+    if head not in heads.HEADS or embedding not in heads.EMBEDDINGS:
+        raise ValueError(f"unknown --head {head!r} or --embedding {embedding!r}; choose from "
+                         f"{', '.join(heads.HEADS)} and {', '.join(heads.EMBEDDINGS)}")
     l2 = lambda mult: keras.regularizers.L2(weight_decay * mult / 2) \
         if weight_decay and mult else None
     regularizer, bias_regularizer = l2(1.0), l2(bias_decay_mult)
     norm_layer = lambda n: norms.make_norm(norm, bn_momentum, bn_epsilon, name_prefix=n,
                                            regularizer=l2(bn_decay_mult))
     if name in CIFAR_MODELS:
+        if head != "softmax" or embedding != "pool":
+            raise ValueError(f"--head and --embedding apply to the face networks, not {name}")
         build_cifar = cifar10_quick if name == "cifar10_quick" else cifar10_full_sigmoid_bn
         stds = _CIFAR_STDS[name]
         layer_args = lambda layer: {
@@ -112,13 +125,28 @@ def build(name, num_classes, image_size=(50, 50), channels=1, widths=None, dropo
             x = keras.layers.ReLU(name=f"{layer}_relu")(x)
         if block < len(BLOCKS[name]):
             x = keras.layers.MaxPooling2D(2, padding="same", name=f"pool{block}")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="embedding")(x)
-    if dropout:
-        x = keras.layers.Dropout(dropout, name="dropout")(x)
-    logits = keras.layers.Dense(num_classes, kernel_regularizer=regularizer,
-                                bias_regularizer=bias_regularizer, dtype="float32",
-                                kernel_initializer=initializer(weight_filler, filler_std),
-                                name=CLASSIFIER)(x)
+    if embedding == "pool":
+        x = keras.layers.GlobalAveragePooling2D(name="embedding")(x)
+        if dropout:
+            x = keras.layers.Dropout(dropout, name="dropout")(x)
+    else:
+        x = norm_layer("pool_bn")(keras.layers.GlobalAveragePooling2D(name="pool")(x))
+        if dropout:
+            x = keras.layers.Dropout(dropout, name="dropout")(x)
+        x = keras.layers.Dense(embedding_dim, kernel_regularizer=regularizer,
+                               bias_regularizer=bias_regularizer, name="embedding_fc",
+                               kernel_initializer=initializer(weight_filler, filler_std))(x)
+        x = norm_layer("embedding")(x)
+    kernel = {"kernel_initializer": initializer(weight_filler, filler_std),
+              "kernel_regularizer": regularizer, "dtype": "float32", "name": CLASSIFIER}
+    if head == "softmax":
+        logits = keras.layers.Dense(num_classes, bias_regularizer=bias_regularizer,
+                                    **kernel)(x)
+    else:
+        if not decay_centres:
+            kernel["kernel_regularizer"] = None
+        logits = heads.CosineClassifier(num_classes, heads.resolved(head, scale)[0],
+                                        **kernel)(x)
     return keras.Model(inputs, logits, name=name)
 
 

@@ -8,13 +8,17 @@ Caffe's iter_size is Keras's gradient_accumulation_steps (schedules count update
 A bias lr_mult (Caffe prototxts commonly give biases 2) scales the rate of the variables
 named `bias` in `CaffeSGD`'s update; Caffe applies it to the whole step, decay term included,
 which the L2 regularizer's gradient is part of here.
+A gradient of some rows only (`tf.IndexedSlices`: Partial FC's drawn centres) updates those
+rows alone, their momentum and a weight decay of `row_decay` included, so the rows not drawn
+keep their values and momentum, as Partial FC keeps them.
 """
 
 import warnings
 
 import keras
+import tensorflow as tf
 
-from kerasbn import models, schedules
+from kerasbn import heads, models, schedules
 from kerasbn.config import ConfigError
 
 
@@ -22,9 +26,10 @@ from kerasbn.config import ConfigError
 class CaffeSGD(keras.optimizers.SGD):
     """Keras's SGD (momentum, Nesterov) with Caffe's lr_mult on biases."""
 
-    def __init__(self, learning_rate=0.01, bias_lr_mult=1.0, **kwargs):
+    def __init__(self, learning_rate=0.01, bias_lr_mult=1.0, row_decay=0.0, **kwargs):
         super().__init__(learning_rate, **kwargs)
         self.bias_lr_mult = float(bias_lr_mult)
+        self.row_decay = float(row_decay)
 
     def build(self, variables):
         super().build(variables)
@@ -35,10 +40,31 @@ class CaffeSGD(keras.optimizers.SGD):
     def update_step(self, gradient, variable, learning_rate):
         if self.bias_lr_mult != 1 and self._var_key(variable) in self._biases:
             learning_rate = learning_rate * self.bias_lr_mult
-        super().update_step(gradient, variable, learning_rate)
+        if isinstance(gradient, tf.IndexedSlices):
+            self._update_rows(gradient, variable, learning_rate)
+        else:
+            super().update_step(gradient, variable, learning_rate)
+
+    def _update_rows(self, gradient, variable, learning_rate):
+        """Caffe's update on the rows `gradient` holds, decay term included."""
+        rows = gradient.indices
+        # The backend hands update_step tf.Variables, but its slots are Keras variables.
+        resource = lambda v: v.value if isinstance(v, keras.Variable) else v
+        variable = resource(variable)
+        weights = tf.gather(variable, rows)
+        learning_rate = tf.cast(learning_rate, variable.dtype)
+        step = -learning_rate * (tf.cast(gradient.values, variable.dtype)
+                                 + self.row_decay * weights)
+        if self.momentum:
+            momentum = resource(self.momentums[self._get_variable_index(variable)])
+            velocity = self.momentum * tf.gather(momentum, rows) + step
+            momentum.scatter_update(tf.IndexedSlices(velocity, rows))
+            step = self.momentum * velocity + step if self.nesterov else velocity
+        variable.scatter_add(tf.IndexedSlices(step, rows))
 
     def get_config(self):
-        return {**super().get_config(), "bias_lr_mult": self.bias_lr_mult}
+        return {**super().get_config(), "bias_lr_mult": self.bias_lr_mult,
+                "row_decay": self.row_decay}
 
 
 def make_optimizer(config):
@@ -49,7 +75,7 @@ def make_optimizer(config):
     kind = config.solver_type
     if kind in ("SGD", "Nesterov"):
         return CaffeSGD(schedule, bias_lr_mult=config.bias_lr_mult, momentum=config.momentum,
-                        nesterov=kind == "Nesterov", **accumulate)
+                        nesterov=kind == "Nesterov", row_decay=config.weight_decay, **accumulate)
     if kind == "Adam":
         return keras.optimizers.Adam(schedule, beta_1=config.momentum,
                                      beta_2=config.momentum2, epsilon=config.delta,
@@ -63,10 +89,28 @@ def make_optimizer(config):
     return optimizer
 
 
+def make_loss(config):
+    """The training loss of the run's head: softmax cross entropy, with its margin."""
+    if config.head == "softmax":
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    scale, margin = heads.resolved(config.head, config.scale, config.margin)
+    return heads.MarginLoss(config.head, scale, margin, config.easy_margin)
+
+
+def build_network(config):
+    """The network of `config`, as `SampledTraining` when its head samples centres."""
+    model = models.build(**config.model_kwargs())
+    if config.sample_classes == 1:
+        return model
+    return heads.SampledTraining(model.input, model.output,
+                                 heads.sample_count(config.num_classes, config.sample_classes),
+                                 config.seed, name=model.name)
+
+
 def build_and_compile(config):
     """The compiled network of `config`, its optimizer variables already created (so a
     checkpoint can restore into them)."""
-    model = models.build(**config.model_kwargs())
+    model = build_network(config)
     optimizer = make_optimizer(config)
     if config.precision == "mixed_float16":
         # The name Keras gives the wrapper it would add itself, so checkpoints stay readable.
@@ -75,7 +119,7 @@ def build_and_compile(config):
     with warnings.catch_warnings():
         # Keras warns and trains without XLA where it cannot compile; that is an error here.
         warnings.simplefilter("ignore", UserWarning)
-        model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        model.compile(optimizer, make_loss(config),
                       steps_per_execution=config.steps_per_execution * config.iter_size,
                       jit_compile=config.jit_compile)
     if config.jit_compile and not model.jit_compile:

@@ -13,7 +13,7 @@ import os
 import tensorflow as tf
 from absl import flags
 
-from kerasbn import cli, config, models, norms, records, schedules
+from kerasbn import cli, config, heads, models, norms, records, schedules
 from kerasbn.run_dir import RunDir
 
 _SCHEDULE = [field for field in schedules.ScheduleConfig.__dataclass_fields__]
@@ -47,6 +47,28 @@ def define(values):
                        lower_bound=0, upper_bound=1, **on)
     flags.DEFINE_float("bn_epsilon", None, "BN epsilon added to the variance. Default: the "
                        "--norm's own (keras 1e-3, Caffe 1e-5, windows 1e-10).", lower_bound=0, **on)
+    flags.DEFINE_enum("head", "softmax", heads.HEADS, "Classifier and loss: softmax (the "
+                      "study's), cosface (additive cosine margin) or arcface (additive angular "
+                      "margin), the margin heads on L2-normalised features and centres.", **on)
+    flags.DEFINE_float("scale", None, "Margin heads: the scale s of the cosine logits "
+                       f"(default: cosface {heads.DEFAULTS['cosface'][0]:g}, arcface "
+                       f"{heads.DEFAULTS['arcface'][0]:g}).", lower_bound=0, **on)
+    flags.DEFINE_float("margin", None, "Margin heads: the margin m, cosine for cosface, "
+                       f"radians for arcface (default: cosface {heads.DEFAULTS['cosface'][1]:g}"
+                       f", arcface {heads.DEFAULTS['arcface'][1]:g}).", lower_bound=0,
+                       upper_bound=1.5707, **on)
+    flags.DEFINE_bool("easy_margin", False, "arcface: the margin only where cos > 0 (the "
+                      "original's easy_margin; default: its threshold fallback).", **on)
+    flags.DEFINE_float("sample_classes", 1.0, "Margin heads: the fraction F of class centres "
+                       "each training step takes logits over (Partial FC): the batch's "
+                       "classes plus random others; centres not drawn are not updated. 1: "
+                       "all, exact.", lower_bound=0, upper_bound=1, **on)
+    flags.DEFINE_enum("embedding", "pool", heads.EMBEDDINGS, "The feature the classifier "
+                      "takes: pool (the pooled 320-d layer, the study's) or bn_fc "
+                      "(insightface's neck on it: BN, dropout, a fully connected layer to "
+                      "--embedding_dim, BN).", **on)
+    flags.DEFINE_integer("embedding_dim", 128, "--embedding=bn_fc: the embedding's width.",
+                         lower_bound=1, **on)
     flags.DEFINE_integer("batch_size", 128, "Images per iteration (global, over all "
                          "replicas).", lower_bound=1, **on)
     flags.DEFINE_float("base_lr", 0.01, "Caffe base_lr.", lower_bound=0, **on)

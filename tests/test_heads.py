@@ -1,0 +1,276 @@
+"""Margin heads (CosFace, ArcFace), Partial FC's sampled classifier and the embedding neck,
+against numpy transcriptions of their formulas (insightface's CombinedMarginLoss and
+partial_fc) and against the full classifier."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import make_synth, run_train, train_args
+from kerasbn import checkpoints, config, heads, models, optimizers, serving, train_flags
+from kerasbn.run_dir import RunDir
+
+
+def _cosines(features, centres):
+    f = features / np.linalg.norm(features, axis=1, keepdims=True)
+    c = centres / np.linalg.norm(centres, axis=1, keepdims=True)
+    return f @ c.T
+
+
+def _numpy_loss(features, centres, labels, head, scale, margin, easy_margin=False):
+    """insightface's margin on the true class, then softmax cross entropy (mean)."""
+    cos = np.clip(_cosines(features, centres), -1, 1)
+    rows = np.arange(len(labels))
+    true = cos[rows, labels]
+    if head == "cosface":
+        target = true - margin
+    else:
+        theta = np.arccos(true)
+        target = np.cos(theta + margin)
+        if easy_margin:
+            target = np.where(true > 0, target, true)
+        else:
+            target = np.where(theta < math.pi - margin, target,
+                              true - math.sin(math.pi - margin) * margin)
+    logits = scale * cos
+    logits[rows, labels] = scale * target
+    logits -= logits.max(axis=1, keepdims=True)
+    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    return -log_p[rows, labels].mean()
+
+
+def _layer(centres, scale):
+    layer = heads.CosineClassifier(len(centres), scale)
+    layer.build((None, centres.shape[1]))
+    layer.kernel.assign(centres)
+    return layer
+
+
+@pytest.fixture
+def batch():
+    rng = np.random.default_rng(0)
+    return (rng.normal(size=(8, 5)).astype(np.float32),
+            rng.normal(size=(11, 5)).astype(np.float32), rng.integers(0, 11, 8))
+
+
+@pytest.mark.parametrize("head,margin,easy", [("cosface", 0.35, False), ("arcface", 0.5, False),
+                                              ("arcface", 0.5, True), ("arcface", 1.2, False)])
+def test_a_margin_heads_logits_loss_and_gradient_follow_its_formula(batch, head, margin, easy):
+    features, centres, labels = batch
+    scale = 16.0
+    layer = _layer(centres, scale)
+    np.testing.assert_allclose(layer(features).numpy(), scale * _cosines(features, centres),
+                               rtol=1e-5, atol=1e-5)
+    loss = heads.MarginLoss(head, scale, margin, easy)
+    x = tf.Variable(features)
+    with tf.GradientTape() as tape:
+        value = loss(labels, layer(x))
+    np.testing.assert_allclose(float(value), _numpy_loss(features, centres, labels, head, scale,
+                                                         margin, easy), rtol=1e-5)
+    gradient = tape.gradient(value, x).numpy()
+    numeric = np.zeros_like(features, dtype=np.float64)
+    step = 1e-3
+    for index in np.ndindex(features.shape):
+        up, down = features.astype(np.float64), features.astype(np.float64)
+        up[index] += step
+        down[index] -= step
+        numeric[index] = (_numpy_loss(up, centres, labels, head, scale, margin, easy)
+                          - _numpy_loss(down, centres, labels, head, scale, margin, easy)) / (2 * step)
+    cosine = np.sum(gradient * numeric) / np.linalg.norm(gradient) / np.linalg.norm(numeric)
+    assert cosine > 0.999
+    np.testing.assert_allclose(gradient, numeric, atol=2e-3)
+
+
+def test_arcface_falls_back_beyond_pi_minus_m_as_the_original_does():
+    # A true class at angle 170 degrees: cos(theta + m) would rise again, so the original
+    # uses cos(theta) - m sin(m) there; easy_margin leaves a negative cosine unmargined.
+    m, scale = 0.5, 10.0
+    cos = np.float32(math.cos(math.radians(170)))
+    logits = tf.constant([[scale * cos, 0.0]])
+    fallback = heads.margin_logits([0], logits, "arcface", scale, m).numpy()[0, 0]
+    assert fallback == pytest.approx(scale * (cos - math.sin(math.pi - m) * m), rel=1e-5)
+    easy = heads.margin_logits([0], logits, "arcface", scale, m, easy_margin=True).numpy()[0, 0]
+    assert easy == pytest.approx(scale * cos, rel=1e-5)
+
+
+@pytest.mark.parametrize("head", ["cosface", "arcface"])
+def test_margin_zero_is_normalised_softmax_at_the_same_scale(batch, head):
+    features, centres, labels = batch
+    logits = _layer(centres, 24.0)(features)
+    plain = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, logits)
+    margined = heads.MarginLoss(head, 24.0, 0.0)(labels, logits)
+    assert float(margined) == pytest.approx(float(plain), rel=1e-5)
+
+
+def test_sampling_every_centre_is_the_full_classifier(batch):
+    features, centres, labels = batch
+    layer = _layer(centres, 8.0)
+    logits, targets = layer.sampled(features, labels, len(centres), [1, 2])
+    np.testing.assert_allclose(logits.numpy(), layer(features).numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(targets.numpy(), labels)
+
+
+def test_a_sampled_step_holds_every_class_of_the_batch_and_its_labels_point_at_them():
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(1000, 4)).astype(np.float32)
+    layer = _layer(centres, 8.0)
+    features = rng.normal(size=(64, 4)).astype(np.float32)
+    full = layer(features).numpy()
+    drawn = set()
+    for step in range(20):
+        labels = rng.integers(0, 1000, 64)
+        logits, targets = layer.sampled(features, labels, 100, [0, step])
+        assert logits.shape == (64, 100)
+        # The logit at each label's position is the full classifier's logit of that label.
+        np.testing.assert_allclose(np.take_along_axis(logits.numpy(), targets.numpy()[:, None], 1)[:, 0],
+                                   full[np.arange(64), labels], rtol=1e-5)
+        index = np.argmax(np.isclose(logits.numpy()[:1].T, full[:1]), axis=1)
+        drawn |= set(index) - set(labels)
+    # Negatives are drawn afresh each step, not the same ones.
+    assert len(drawn) > 300
+
+
+def _config(**kw):
+    values = dict(data_dir="d", run_dir="r", num_classes=40, image_size=(50, 50), channels=1,
+                  batch_size=8, test_interval=2, schedule={"max_iter": 2, "base_lr": 0.1},
+                  widths=(8, 8, 8, 8, 8, 8, 16), head="cosface", weight_decay=0.01)
+    values.update(kw)
+    return config.RunConfig(**values)
+
+
+def _trained(cfg, steps, init=None):
+    keras.utils.set_random_seed(3)
+    model = optimizers.build_and_compile(cfg)
+    if init is not None:
+        for v, value in zip(model.variables, init):
+            v.assign(value)
+    rng = np.random.default_rng(5)
+    for _ in range(steps):
+        model.train_on_batch(rng.random((8, 50, 50, 1), np.float32), rng.integers(0, 40, 8))
+    head = model.get_layer("logits")
+    momentum = model.optimizer.momentums[model.optimizer._get_variable_index(head.kernel)]
+    return model, head.kernel.numpy(), momentum.numpy()
+
+
+@pytest.mark.parametrize("solver", ["SGD", "Nesterov"])
+def test_partial_fc_of_every_centre_updates_as_the_full_head_with_its_decay(solver):
+    full, kernel, momentum = _trained(_config(solver_type=solver), 3)
+    start = [v.numpy() for v in _trained(_config(solver_type=solver), 0)[0].variables]
+    # --sample_classes just under 1 draws all 40 centres: the sparse row update with its own
+    # decay must give Keras's dense SGD with the L2 term.
+    sampled, sampled_kernel, sampled_momentum = _trained(
+        _config(solver_type=solver, sample_classes=0.99), 3, init=start)
+    assert isinstance(sampled, heads.SampledTraining)
+    np.testing.assert_allclose(sampled_kernel, kernel, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(sampled_momentum, momentum, rtol=1e-4, atol=1e-7)
+
+
+def test_centres_not_drawn_keep_their_values_and_momentum():
+    cfg = _config(sample_classes=0.25, num_classes=64, momentum=0.9)
+    model, before, _ = _trained(cfg, 1)
+    head = model.get_layer("logits")
+    slot = model.optimizer.momentums[model.optimizer._get_variable_index(head.kernel)]
+    momentum_before = slot.numpy()
+    rng = np.random.default_rng(9)
+    labels = rng.integers(0, 64, 8)
+    model.train_on_batch(rng.random((8, 50, 50, 1), np.float32), labels)
+    moved = np.any(head.kernel.numpy() != before, axis=1)
+    assert moved.sum() == 16 and moved[labels].all()
+    np.testing.assert_array_equal(slot.numpy()[~moved], momentum_before[~moved])
+    np.testing.assert_array_equal(head.kernel.numpy()[~moved], before[~moved])
+
+
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("head", ["cosface", "arcface"])
+def test_100000_classes_give_a_finite_loss_under_mixed_precision(precision, head):
+    keras.mixed_precision.set_global_policy(precision)
+    cfg = _config(num_classes=100_000, head=head, precision=precision, sample_classes=0.01,
+                  scale=64.0)
+    model = optimizers.build_and_compile(cfg)
+    rng = np.random.default_rng(0)
+    images, labels = rng.random((8, 50, 50, 1), np.float32), rng.integers(0, 100_000, 8)
+    logits = model(images)
+    assert logits.dtype == "float32"
+    assert np.isfinite(float(optimizers.make_loss(cfg)(labels, logits)))
+    assert np.isfinite(model.train_on_batch(images, labels))
+
+
+def test_the_neck_feeds_the_classifier_an_embedding_of_its_width():
+    model = models.build("bn", 30, head="arcface", embedding="bn_fc", embedding_dim=64,
+                         norm="nvidia")
+    assert model.get_layer("embedding").output.shape == (None, 64)
+    assert model.get_layer("logits").kernel.shape == (30, 64)
+    # 320 x 64 + 64 for the fully connected layer, 2 x (320 + 64) BN scales and shifts.
+    plain = models.build("bn", 30, head="arcface")
+    extra = sum(int(np.prod(v.shape)) for v in model.trainable_variables) - sum(
+        int(np.prod(v.shape)) for v in plain.trainable_variables)
+    assert extra == 320 * 64 + 64 + 2 * (320 + 64) + 30 * (64 - 320)
+
+
+def test_the_head_and_loss_serialize():
+    layer = heads.CosineClassifier(7, 30.0, kernel_regularizer=keras.regularizers.L2(1e-4))
+    again = heads.CosineClassifier.from_config(layer.get_config())
+    assert (again.units, again.scale) == (7, 30.0)
+    assert again.kernel_regularizer.get_config() == layer.kernel_regularizer.get_config()
+    loss = heads.MarginLoss("arcface", 30.0, 0.3, easy_margin=True)
+    assert heads.MarginLoss.from_config(loss.get_config()).get_config() == loss.get_config()
+    model = models.build("bn", 5, head="cosface", widths=(8,) * 7)
+    copy = keras.models.clone_model(model)
+    assert isinstance(copy.get_layer("logits"), heads.CosineClassifier)
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"head": "softmax", "margin": 0.3}, "--head=softmax"),
+    ({"head": "cosface", "easy_margin": True}, "ArcFace's"),
+    ({"head": "cosface", "margin": 1.5}, "[0, 1)"),
+    ({"head": "softmax", "sample_classes": 0.5}, "Partial FC"),
+    ({"sample_classes": 0.5, "solver_type": "Adam"}, "--solver_type=SGD"),
+    ({"sample_classes": 0.1}, "fewer than the 8 identities"),
+    ({"model": "cifar10_quick"}, "face networks"),
+])
+def test_head_settings_that_cannot_work_are_refused_by_name(settings, message):
+    with pytest.raises(config.ConfigError, match=message.replace("[", r"\[").replace(
+            "(", r"\(").replace(")", r"\)")):
+        _config(**settings)
+
+
+@pytest.fixture(scope="module")
+def forty_people(tmp_path_factory):
+    out = tmp_path_factory.mktemp("forty")
+    make_synth(out, identities=40, images_per_identity=8, seed=4)
+    return str(out)
+
+
+def test_an_arcface_partial_fc_run_resumes_exactly_exports_and_serves_cosines(
+        forty_people, tmp_path, monkeypatch):
+    args = lambda run: train_args(forty_people, str(tmp_path / run), head="arcface",
+                                  sample_classes=0.5, embedding="bn_fc", embedding_dim=32,
+                                  max_iter=20, snapshot=10, deterministic="true")
+    run_train(args("whole"))
+    monkeypatch.setenv("KERASBN_FAULT", "iteration:7:SIGTERM")
+    with pytest.raises(SystemExit):
+        run_train(args("cut"))
+    monkeypatch.delenv("KERASBN_FAULT")
+    run_train(args("cut"))
+    restored = {}
+    for run in ("whole", "cut"):
+        cfg = train_flags.stored_config(str(tmp_path / run))
+        model = optimizers.build_and_compile(cfg)
+        checkpoints.restore_latest(RunDir(str(tmp_path / run)), model)
+        restored[run] = model.get_layer("logits").kernel.numpy()
+    assert (cfg.head, cfg.sample_classes, cfg.embedding) == ("arcface", 0.5, "bn_fc")
+    # The draws follow the iteration, so the resumed run drew what the whole one did.
+    np.testing.assert_array_equal(restored["cut"], restored["whole"])
+    served = serving.from_saved_model(RunDir(str(tmp_path / "whole")).export)
+    images = np.random.default_rng(0).integers(0, 256, (3, 50, 50, 1), np.uint8)
+    outputs = served.serve(tf.constant(images))
+    np.testing.assert_allclose(np.linalg.norm(outputs["embedding"].numpy(), axis=1), 1,
+                               rtol=1e-5)
+    assert outputs["embedding"].shape == (3, 32)
+    # Inference gives every centre's unmargined cosine times the scale.
+    scale = heads.resolved("arcface")[0]
+    assert outputs["logits"].shape == (3, 40)
+    assert np.abs(outputs["logits"].numpy()).max() <= scale * (1 + 1e-5)
