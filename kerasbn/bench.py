@@ -19,6 +19,9 @@
         profiler (the first --precisions), for each norm.
     python -m kerasbn.bench --bench=run [--run_flags=launch/quickstart/bn.flags]
         a training run's images/s against its step's on one cached batch (kerasbn.bench_run).
+    python -m kerasbn.bench --bench=heads [--head=arcface --class_counts=14700,1000000]
+        the BN network's training step and peak memory with a margin head at each class count,
+        the full classifier against Partial FC's --sample_fractions (kerasbn.bench_heads).
     python -m kerasbn.bench --bench=scale --data_dir=data/synth_30k --data_dir=data/synth_2940k
         the input pipeline's peak memory, shuffle quality and time to the first training
         step on each dataset, against the first (kerasbn.bench_scale).
@@ -37,8 +40,8 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from kerasbn import (bench_run, bench_scale, bench_step, cli, models, norms, pipeline, records,
-                     train_flags)
+from kerasbn import (bench_heads, bench_run, bench_scale, bench_step, cli, heads, models, norms,
+                     pipeline, records, train_flags)
 
 # kerasbn's dtype policy beside the PyTorch setting it is measured against.
 PEER_PRECISIONS = {"float32": "float32", "mixed_bfloat16": "bfloat16",
@@ -270,6 +273,11 @@ def main(argv):
         bench_run.run(values.run_flags, values.data_dir[0] if values.data_dir else None,
                       values.batches, values.repeats)
         return
+    if values.bench == "heads":
+        bench_heads.run(values.class_counts, values.sample_fractions, values.head,
+                        values.batch_size, values.batches, values.repeats,
+                        values.precisions[0])
+        return
     if values.bench == "norms":
         names = values.norms or list(norms.NORMS)
         variants = [(p, n, False, 1) for p in values.precisions for n in names]
@@ -301,7 +309,7 @@ def define_flags(values):
     on = {"flag_values": values}
     flags.DEFINE_enum("bench", "input",
                       ["input", "separability", "train", "norms", "peer", "profile", "run",
-                       "scale"],
+                       "scale", "heads"],
                       "What to measure.", **on)
     flags.DEFINE_multi_string("data_dir", None, "Dataset directory (repeat to compare "
                               "several).", **on)
@@ -322,6 +330,13 @@ def define_flags(values):
                          "into TensorFlow.", lower_bound=1, upper_bound=1000, **on)
     flags.DEFINE_string("run_flags", "launch/quickstart/bn.flags", "run bench: the training "
                         "flagfile whose run is timed (--data_dir overrides its dataset).", **on)
+    flags.DEFINE_enum("head", "arcface", heads.HEADS[1:], "heads bench: the margin head.",
+                      **on)
+    flags.DEFINE_multi_integer("class_counts", [14700, 1_000_000], "heads bench: identities "
+                               "(repeatable).", lower_bound=2, **on)
+    flags.DEFINE_multi_float("sample_fractions", [1.0, 0.1], "heads bench: --sample_classes "
+                             "values, ratios to the first (repeatable).", lower_bound=0,
+                             upper_bound=1, **on)
     flags.DEFINE_list("norms", None, "BN implementations: norms bench (default every one; "
                       "step times are ratios to the first at the same precision), peer bench "
                       "(default keras,nvidia: the quickstart's and the study sets').", **on)

@@ -24,7 +24,7 @@ import numpy as np
 from kerasbn import pipeline, records, verified
 
 
-def _peak_rss_mb():
+def peak_rss_mb():
     """The process's peak resident memory (VmHWM), MB."""
     with open("/proc/self/status", encoding="ascii") as f:
         line = next(line for line in f if line.startswith("VmHWM:"))
@@ -35,7 +35,7 @@ def probe(data_dir, batch_size, batches):
     """Reads `batches` batches of the training pipeline; prints {records, identities,
     rss_start_mb, rss_peak_mb, first_batch_s, images_per_sec, distinct} as JSON."""
     manifest = records.read_manifest(data_dir)
-    start_rss = _peak_rss_mb()
+    start_rss = peak_rss_mb()
     start = time.perf_counter()
     iterator = iter(pipeline.train_dataset(data_dir, manifest, batch_size, mirror=True))
     distinct = [len(np.unique(next(iterator)[1].numpy()))]
@@ -46,7 +46,7 @@ def probe(data_dir, batch_size, batches):
     rate = (batches - 1) * batch_size / (time.perf_counter() - start)
     print(json.dumps({"records": manifest["splits"]["train"]["count"],
                       "identities": len(manifest["class_names"]), "rss_start_mb": start_rss,
-                      "rss_peak_mb": _peak_rss_mb(), "first_batch_s": first,
+                      "rss_peak_mb": peak_rss_mb(), "first_batch_s": first,
                       "images_per_sec": rate, "distinct": float(np.mean(distinct))}))
 
 
@@ -55,14 +55,13 @@ def expected_distinct(identities, batch_size):
     return identities * (1 - (1 - 1 / identities) ** batch_size)
 
 
-def _probe_process(data_dir, batch_size, batches):
-    code = (f"from kerasbn import bench_scale; bench_scale.probe({data_dir!r}, "
-            f"{batch_size}, {batches})")
+def probe_process(code, what):
+    """The JSON that Python `code` prints last, run in a process of its own (so its peak
+    memory is its own); exits with one line naming `what` when it fails."""
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=False)
     if done.returncode:
-        sys.exit(f"error: the pipeline probe on {data_dir} failed: "
-                 f"{done.stderr.strip().splitlines()[-1]}")
+        sys.exit(f"error: {what} failed: {done.stderr.strip().splitlines()[-1]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -106,7 +105,9 @@ def run(data_dirs, batch_size, batches):
             sys.exit(f"error: {e}")
     results = []
     for data_dir in data_dirs:
-        result = _probe_process(data_dir, batch_size, batches)
+        result = probe_process(f"from kerasbn import bench_scale; bench_scale.probe("
+                               f"{data_dir!r}, {batch_size}, {batches})",
+                               f"the pipeline probe on {data_dir}")
         forget_checks(data_dir)
         result["first_step_unchecked_s"] = seconds_to_first_step(data_dir, batch_size)
         result["first_step_s"] = seconds_to_first_step(data_dir, batch_size)

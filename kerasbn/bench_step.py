@@ -62,7 +62,7 @@ def bench_train(name, num_classes, variants, batch_size, steps, repeats, data_di
     for _ in range(repeats):
         for variant, model in compiled.items():
             for kind, data in inputs.items():
-                clock = _CallClock()
+                clock = CallClock()
                 model.fit(data, steps_per_epoch=timed + per_call, epochs=1, verbose=0,
                           shuffle=False, callbacks=[clock])
                 rate = timed * batch_size / (clock.ends[-1] - clock.ends[0])
@@ -70,7 +70,7 @@ def bench_train(name, num_classes, variants, batch_size, steps, repeats, data_di
     return best
 
 
-class _CallClock(keras.callbacks.Callback):
+class CallClock(keras.callbacks.Callback):
     """The end time of each call into the train function. Timing from the first call's end
     leaves out what each fit does before its steps (seconds on this CPU after switching to
     another model), which made a fed model look input-bound."""

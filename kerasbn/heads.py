@@ -72,14 +72,16 @@ class CosineClassifier(keras.layers.Layer):
     def call(self, inputs):
         return self._cosines(inputs, self.kernel)
 
-    def sampled(self, features, labels, count, seed):
+    def sampled(self, features, labels, count, seed, batch_labels=None):
         """(logits over `count` centres, each label's position among them): every class in
-        `labels`, filled up with others drawn uniformly by the stateless `seed` (as Partial FC:
-        the batch's classes score 2, the rest uniform in [0, 1), the top `count` taken)."""
+        `batch_labels` (default `labels`), filled up with others drawn uniformly by the
+        stateless `seed` (as Partial FC: the batch's classes score 2, the rest uniform in
+        [0, 1), the top `count` taken)."""
         labels = tf.cast(labels, tf.int32)
+        batch_labels = labels if batch_labels is None else tf.cast(batch_labels, tf.int32)
         score = tf.random.stateless_uniform([self.units], seed)
-        score = tf.tensor_scatter_nd_update(score, labels[:, None],
-                                            tf.fill(tf.shape(labels), 2.0))
+        score = tf.tensor_scatter_nd_update(score, batch_labels[:, None],
+                                            tf.fill(tf.shape(batch_labels), 2.0))
         index = tf.sort(tf.math.top_k(score, count, sorted=False).indices)
         centres = tf.gather(self.kernel.value, index)
         return self._cosines(features, centres), tf.searchsorted(index, labels)
@@ -156,10 +158,15 @@ class SampledTraining(keras.Model):
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         seed = tf.stack([tf.constant(self.seed, tf.int64),
                          tf.cast(self.optimizer.iterations, tf.int64)])
+        # Every replica draws for the whole global batch, so they all take the same centres
+        # as one device would.
+        context = tf.distribute.get_replica_context()
+        batch_labels = context.all_gather(labels, axis=0) \
+            if context.num_replicas_in_sync > 1 else labels
         with tf.GradientTape() as tape:
             features = self._features(images, training=True)
             logits, targets = self.get_layer(CLASSIFIER).sampled(features, labels, self.count,
-                                                                 seed)
+                                                                 seed, batch_labels)
             loss = self._compute_loss(x=images, y=targets, y_pred=logits, training=True)
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
             self._loss_tracker.update_state(loss * replicas,

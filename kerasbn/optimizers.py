@@ -47,13 +47,18 @@ class CaffeSGD(keras.optimizers.SGD):
 
     def _update_rows(self, gradient, variable, learning_rate):
         """Caffe's update on the rows `gradient` holds, decay term included."""
-        rows = gradient.indices
+        rows, values = gradient.indices, gradient.values
+        if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            # The replicas' gradients of the rows they drew arrive concatenated, each row once
+            # per replica. (One device has each row once, and XLA has no tf.unique.)
+            rows, position = tf.unique(rows)
+            values = tf.math.unsorted_segment_sum(values, position, tf.shape(rows)[0])
         # The backend hands update_step tf.Variables, but its slots are Keras variables.
         resource = lambda v: v.value if isinstance(v, keras.Variable) else v
         variable = resource(variable)
         weights = tf.gather(variable, rows)
         learning_rate = tf.cast(learning_rate, variable.dtype)
-        step = -learning_rate * (tf.cast(gradient.values, variable.dtype)
+        step = -learning_rate * (tf.cast(values, variable.dtype)
                                  + self.row_decay * weights)
         if self.momentum:
             momentum = resource(self.momentums[self._get_variable_index(variable)])

@@ -1,3 +1,5 @@
+import pytest
+
 from kerasbn import bench, bench_step
 
 
@@ -141,3 +143,21 @@ def test_norms_bench_gives_step_times_against_the_first_norm(capsys):
     assert first.startswith("bn x6 classes, batch 4, float32, --norm=bvlc: ")
     assert first.endswith("step time 1.00x bvlc")
     assert second.startswith("bn x6 classes, batch 4, float32, --norm=none: ")
+
+
+def test_heads_bench_gives_each_fractions_step_and_memory_against_the_full_head(capsys):
+    bench.main(["bench", "--bench=heads", "--class_counts=40", "--sample_fractions=1",
+                "--sample_fractions=0.5", "--batch_size=8", "--batches=1", "--repeats=1",
+                "--precisions=float32"])
+    full, sampled = capsys.readouterr().out.splitlines()
+    assert full.startswith("40 classes, arcface, float32, --sample_classes=1: ")
+    assert "(1.00x F=1's), peak " in full and full.endswith("(1.00x F=1's)")
+    assert sampled.startswith("40 classes, arcface, float32, --sample_classes=0.5: ")
+    assert " s per step of 8 " in sampled and " MB over the built network " in sampled
+
+
+def test_heads_bench_names_a_fraction_too_small_for_the_batch():
+    with pytest.raises(SystemExit) as info:
+        bench.main(["bench", "--bench=heads", "--class_counts=40", "--sample_fractions=0.1",
+                    "--batch_size=8", "--batches=1", "--repeats=1"])
+    assert "--sample_classes=0.1" in str(info.value) and "fewer than the 8" in str(info.value)

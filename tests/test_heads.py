@@ -3,6 +3,9 @@ against numpy transcriptions of their formulas (insightface's CombinedMarginLoss
 partial_fc) and against the full classifier."""
 
 import math
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -12,6 +15,8 @@ import tensorflow as tf
 from conftest import make_synth, run_train, train_args
 from kerasbn import checkpoints, config, heads, models, optimizers, serving, train_flags
 from kerasbn.run_dir import RunDir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _cosines(features, centres):
@@ -274,3 +279,25 @@ def test_an_arcface_partial_fc_run_resumes_exactly_exports_and_serves_cosines(
     scale = heads.resolved("arcface")[0]
     assert outputs["logits"].shape == (3, 40)
     assert np.abs(outputs["logits"].numpy()).max() <= scale * (1 + 1e-5)
+
+
+def test_partial_fc_over_two_replicas_ends_where_one_device_does(forty_people, tmp_path):
+    # Both replicas draw for the global batch, so they take the centres one device takes.
+    args = lambda run: [sys.executable, "-m", "kerasbn.train", *train_args(
+        forty_people, str(tmp_path / run), head="cosface", sample_classes=0.5, norm="sync",
+        max_iter=10, snapshot=10, test_interval=10)]
+    for run, extra in (("one", []), ("two", ["--strategy=mirrored", "--cpu_devices=2"])):
+        done = subprocess.run(args(run) + extra, cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    want, got = (RunDir(str(tmp_path / run)).read_metrics()[-1] for run in ("one", "two"))
+    assert got["iteration"] == want["iteration"] == 10
+    # As tests/test_distribute.py: only the order of float sums differs.
+    assert got["train_loss"] == pytest.approx(want["train_loss"], abs=3e-3)
+    assert got["test_loss"] == pytest.approx(want["test_loss"], abs=3e-2)
+
+
+def test_partial_fc_trains_under_xla(forty_people, tmp_path):
+    run_dir = str(tmp_path / "xla")
+    run_train(train_args(forty_people, run_dir, head="arcface", sample_classes=0.5,
+                         max_iter=4, snapshot=4, test_interval=4, jit_compile="true"))
+    assert np.isfinite(RunDir(run_dir).read_metrics()[-1]["train_loss"])
