@@ -3,6 +3,7 @@
     python -m data_tools.build_records FOLDER --out DIR          # one subfolder per identity
     python -m data_tools.build_records LIST.txt --root R --out DIR   # Caffe `path label` lines
     python -m data_tools.build_records cifar-10-batches-py --out DIR
+    python -m data_tools.build_records faces_webface_112x112/train.rec --out DIR   # insightface
 
 Labels are the positions of the identities sorted by name (list files: by numeric label).
 Splits are drawn per identity and deterministic by --seed: `holdout` (whole identities kept
@@ -23,7 +24,7 @@ import numpy as np
 from absl import flags
 from PIL import Image
 
-from data_tools import shards, sources
+from data_tools import recordio, shards, sources
 from data_tools.workers import ordered_map
 from kerasbn import atomic, cli, images, records, stop_signals, verified
 from kerasbn.progress import Progress
@@ -122,6 +123,8 @@ def _encode_batch(job):
     for label, name, source, box in items:
         if isinstance(source, str):
             array, reason = images.load(source, *options, box)
+        elif isinstance(source, tuple):
+            array, reason = recordio.load(source, *options)
         else:
             array, reason = images.to_array(Image.fromarray(source), *options), None
         if array is None:
@@ -205,6 +208,12 @@ def collect(source, root, image_size, channels, test_fraction, holdout_identitie
             splits[split] = [items[i] for i in rng.permutation(len(items))]
         return (splits, names, [], 0, channels or 3, image_size or 32,
                 "CIFAR-10 python batches (official split)")
+    if source.endswith(".rec") and os.path.isfile(source):
+        listing, description = recordio.identities(source)
+        splits, classes, holdout, dropped = split_identities(
+            listing, test_fraction, holdout_identities, min_images, seed)
+        return (splits, classes, holdout, dropped, channels or 1, image_size or 50,
+                description)
     if os.path.isdir(source):
         listing, base, kind = sources.folder_tree(source, exclude=out), source, "folder tree"
     elif os.path.isfile(source):

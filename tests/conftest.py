@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_tools import build_records, synth
-from kerasbn import train
+from data_tools import build_records, inspect_records, synth
+from kerasbn import records, train
 
 
 def make_synth(out, identities=6, images_per_identity=20, encoding="raw", shard_size=32,
@@ -41,6 +41,19 @@ def att_faces():
     if not os.path.isdir(path):
         pytest.skip(f"AT&T faces not found at {path} (set KERASBN_ATT_FACES)")
     return path
+
+
+def read_records(out, split="train"):
+    """(images, labels, image names) of a dataset's split, in shard order."""
+    manifest = records.read_manifest(out)
+    images, labels, names = [], [], []
+    for path in records.split_files(str(out), manifest, split):
+        for _, serialized in inspect_records._records(path, manifest.get("compression")):
+            image, label, name, _ = inspect_records.decode_record(serialized)
+            images.append(image)
+            labels.append(label)
+            names.append(name)
+    return images, labels, names
 
 
 def run_train(args):

@@ -5,21 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import build_folder
+from conftest import build_folder, read_records
 from data_tools import build_records, inspect_records
 from kerasbn import pipeline, records
-
-
-def _read_all(out, split="train"):
-    manifest = records.read_manifest(out)
-    images, labels, names = [], [], []
-    for path in records.split_files(str(out), manifest, split):
-        for _, serialized in inspect_records._records(path, manifest.get("compression")):
-            image, label, name, _ = inspect_records.decode_record(serialized)
-            images.append(image)
-            labels.append(label)
-            names.append(name)
-    return images, labels, names
 
 
 def test_folder_tree_every_format_and_bad_files(folder, tmp_path):
@@ -31,10 +19,10 @@ def test_folder_tree_every_format_and_bad_files(folder, tmp_path):
     assert all(skipped.values())
     counts = {s: e["count"] for s, e in manifest["splits"].items()}
     assert counts["train"] + counts["test"] + len(skipped) == 4 * 5 + 3 + 3
-    images, labels, names = _read_all(out, "train")
+    images, labels, names = read_records(out, "train")
     assert all(im.shape == (32, 32, 1) for im in images)
-    assert "person0/nested/4.tif" in names + _read_all(out, "test")[2]
-    assert any("zoë" in n for n in names + _read_all(out, "test")[2])
+    assert "person0/nested/4.tif" in names + read_records(out, "test")[2]
+    assert any("zoë" in n for n in names + read_records(out, "test")[2])
     problems, _ = inspect_records.check(str(out))
     assert problems == []
     assert not os.path.exists(out / build_records.STATE_DIR)
@@ -42,7 +30,7 @@ def test_folder_tree_every_format_and_bad_files(folder, tmp_path):
 
 def test_each_identity_keeps_its_test_share_and_shards_mix_identities(folder, tmp_path):
     manifest = build_folder(folder, tmp_path / "out", test_fraction=0.4, shard_size=4)
-    _, test_labels, _ = _read_all(tmp_path / "out", "test")
+    _, test_labels, _ = read_records(tmp_path / "out", "test")
     assert np.bincount(test_labels).tolist() == [1, 2, 2, 2, 2]  # Zoë 3 images, others 5
     first_shard = records.split_files(str(tmp_path / "out"), manifest, "train")[0]
     labels = [inspect_records.decode_record(s)[1]
@@ -54,8 +42,8 @@ def test_splits_are_deterministic_by_seed(folder, tmp_path):
     a = build_folder(folder, tmp_path / "a", seed=1)
     b = build_folder(folder, tmp_path / "b", seed=1)
     c = build_folder(folder, tmp_path / "c", seed=2)
-    assert _read_all(tmp_path / "a", "test")[2] == _read_all(tmp_path / "b", "test")[2]
-    assert _read_all(tmp_path / "a", "test")[2] != _read_all(tmp_path / "c", "test")[2]
+    assert read_records(tmp_path / "a", "test")[2] == read_records(tmp_path / "b", "test")[2]
+    assert read_records(tmp_path / "a", "test")[2] != read_records(tmp_path / "c", "test")[2]
     assert a["mean"] == b["mean"] and a["splits"] == b["splits"] != c["splits"]
 
 
@@ -69,7 +57,7 @@ def test_holdout_identities_and_lfw_pairs(folder, tmp_path):
     mismatched = [l.split("\t") for l in lines[6:]]
     assert all(len(m) == 3 and m[0] in holdout and int(m[1]) < int(m[2]) for m in matched)
     assert all(len(m) == 4 and m[0] != m[2] for m in mismatched)
-    _, _, names = _read_all(tmp_path / "out", "holdout")
+    _, _, names = read_records(tmp_path / "out", "holdout")
     assert {n.split("/")[0] for n in names} == set(holdout)
 
 
@@ -119,7 +107,7 @@ def test_face_boxes_are_cropped_first(tmp_path):
     (tmp_path / "boxes.csv").write_text("file,x,y,w,h\na/0.png,10,10,10,10\n1.png,10,10,10,10\n")
     build_folder(tmp_path / "faces", tmp_path / "out", boxes=str(tmp_path / "boxes.csv"),
            image_size=8, test_fraction=0)
-    images, _, _ = _read_all(tmp_path / "out")
+    images, _, _ = read_records(tmp_path / "out")
     assert all(im.min() == 255 for im in images)
 
 
@@ -174,7 +162,7 @@ def test_cifar10_keeps_official_split_and_pixels(tmp_path):
     assert manifest["image_size"] == [32, 32] and manifest["channels"] == 3
     assert manifest["class_names"][0] == "class0"
     assert {s: e["count"] for s, e in manifest["splits"].items()} == {"train": 20, "test": 4}
-    images, got_labels, _ = _read_all(tmp_path / "out", "test")
+    images, got_labels, _ = read_records(tmp_path / "out", "test")
     expected = {(l, d.reshape(3, 32, 32).transpose(1, 2, 0).tobytes())
                 for l, d in zip(labels, data)}
     assert {(l, im.tobytes()) for l, im in zip(got_labels, images)} == expected
