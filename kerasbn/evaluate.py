@@ -6,6 +6,7 @@ pairs or on a pairs.txt over a folder of face photos (LFW's layout).
         [--run_dir=runs/quickstart/baseline] [--split=test] [--checkpoint=latest|best]
     python -m kerasbn.evaluate --model=runs/quickstart/bn/export --data_dir=data/quickstart
     python -m kerasbn.evaluate --run_dir=runs/bn --pairs=lfw/pairs.txt --image_root=lfw
+    python -m kerasbn.evaluate --model=runs/bn/export --bin=faces_emore/lfw.bin --bin=cfp_fp.bin
 
 A run is rebuilt from its config.json and its newest checkpoint (or its best test's); a
 `--model` is a SavedModel written by kerasbn.export, evaluated on `--data_dir`'s split.
@@ -21,7 +22,8 @@ import sys
 import numpy as np
 from absl import flags
 
-from kerasbn import atomic, charts, cli, config, holdout, images, metrics, pairs, pipeline, records
+from kerasbn import (atomic, bin_sets, charts, cli, config, holdout, images, metrics, pairs,
+                     pipeline, records)
 from kerasbn import serving, verification
 from kerasbn.progress import Progress
 from kerasbn.run_dir import RunDirError
@@ -52,8 +54,9 @@ def closed_set(served, data_dir, manifest, split, batch_size):
     return result
 
 
-def load_photos(files, served):
-    """uint8 [N, H, W, C] of image files, made into what `served` takes."""
+def photo_size(served):
+    """The square side photos are resized to for `served`; DataError when it cannot take
+    photos."""
     if not served.resize_mode:
         raise records.DataError(f"{served.source}'s dataset does not record its resize_mode; "
                                 "rebuild the dataset (and retrain) to evaluate on photos")
@@ -61,10 +64,16 @@ def load_photos(files, served):
     if height != width:
         raise records.DataError(f"photos are resized to squares; {served.source} takes "
                                 f"{height}x{width} images")
+    return height
+
+
+def load_photos(files, served):
+    """uint8 [N, H, W, C] of image files, made into what `served` takes."""
+    size = photo_size(served)
     progress = Progress(len(files), "loading photos")
-    batch = np.zeros((len(files), height, width, served.channels), np.uint8)
+    batch = np.zeros((len(files), size, size, served.channels), np.uint8)
     for i, path in enumerate(files):
-        array, reason = images.load(path, served.channels, height, served.resize_mode)
+        array, reason = images.load(path, served.channels, size, served.resize_mode)
         if reason:
             raise records.DataError(f"{path}: {reason}")
         batch[i] = array
@@ -72,21 +81,45 @@ def load_photos(files, served):
     return batch
 
 
+def embed_photos(served, photos, batch_size, flip, what="embedding photos"):
+    """float32 embeddings of uint8 `photos` by `served`, a batch at a time."""
+    step = holdout.embed_step(lambda x: served.serve(x)["embedding"], flip)
+    return holdout.embed_batches(
+        step, (photos[start:start + batch_size] for start in range(0, len(photos), batch_size)),
+        Progress(len(photos), what))
+
+
 def photo_scores(served, pairs_file, image_root, batch_size, flip):
     """(scores, same, fold) of the pairs a pairs.txt names over a folder of photos."""
     files, first, second, same, sets = pairs.file_pairs(pairs_file, image_root)
-    photos = load_photos(files, served)
-    step = holdout.embed_step(lambda x: served.serve(x)["embedding"], flip)
-    embeddings = holdout.embed_batches(
-        step, (photos[start:start + batch_size] for start in range(0, len(photos), batch_size)),
-        Progress(len(files), "embedding photos"))
+    embeddings = embed_photos(served, load_photos(files, served), batch_size, flip)
     return (verification.cosine_scores(embeddings, first, second), same,
             holdout.folds(same, sets))
 
 
+def bin_scores(served, path, batch_size, flip):
+    """(scores, same, fold) of an insightface .bin's pairs, in their order and its folds."""
+    encoded, same = bin_sets.read(path)
+    name = bin_sets.name(path)
+    photos = bin_sets.load_images(path, encoded, served.channels, photo_size(served),
+                                  served.resize_mode, Progress(len(encoded), f"loading {name}"))
+    embeddings = embed_photos(served, photos, batch_size, flip, f"embedding {name}")
+    pair = np.arange(len(same))
+    return (verification.cosine_scores(embeddings, 2 * pair, 2 * pair + 1), same,
+            bin_sets.folds(len(same)))
+
+
+def verified(scores, flip):
+    """The verification figures and ROC of (scores, same, fold)."""
+    far, tar, _ = verification.roc(scores[0], scores[1])
+    return {**verification.summarize(*scores), "verify_flip": flip,
+            "roc": {"far": far.tolist(), "tar": tar.tolist()}}
+
+
 def evaluate_network(served, values):
-    """One network's figures: closed-set on `--split` when there is a dataset, verification
-    on `--pairs` photos or else on the dataset's holdout pairs, when there are pairs."""
+    """One network's results: closed-set on `--split` when there is a dataset and
+    verification on `--pairs` photos or else on the dataset's holdout pairs, when there are
+    pairs; then one result per `--bin` set."""
     data_dir = served.data_dir or values.data_dir
     manifest = served.manifest
     if manifest is None and data_dir:
@@ -97,19 +130,21 @@ def evaluate_network(served, values):
     flip = served.verify_flip if values.verify_flip is None else values.verify_flip
     embed = lambda x: served.serve(x)["embedding"]
     if values.pairs:
-        scores = photo_scores(served, values.pairs, values.image_root, values.batch_size, flip)
-        result["pairs"] = values.pairs
+        result.update(verified(photo_scores(served, values.pairs, values.image_root,
+                                            values.batch_size, flip), flip),
+                      pairs=values.pairs)
     elif manifest is not None and holdout.available(manifest):
         progress = Progress(manifest["splits"]["holdout"]["count"], "holdout split")
         scores = holdout.scorer(embed, data_dir, manifest, values.batch_size, flip, raw=True,
                                 progress=progress)()
-        result["pairs"] = os.path.join(data_dir, manifest["pairs"]["file"])
-    else:
-        return result
-    result.update(verification.summarize(*scores), verify_flip=flip)
-    far, tar, _ = verification.roc(scores[0], scores[1])
-    result["roc"] = {"far": far.tolist(), "tar": tar.tolist()}
-    return result
+        result.update(verified(scores, flip),
+                      pairs=os.path.join(data_dir, manifest["pairs"]["file"]))
+    results = [result] if manifest is not None or values.pairs else []
+    for path in values.bin:
+        results.append({"source": served.source, "checkpoint": served.checkpoint,
+                        "pairs": path, "set": bin_sets.name(path),
+                        **verified(bin_scores(served, path, values.batch_size, flip), flip)})
+    return results
 
 
 def evaluate_run(run_dir, values):
@@ -119,10 +154,12 @@ def evaluate_run(run_dir, values):
 
 
 def label(result):
-    """A network's name on the plot and in the table: its run (or export) directory."""
+    """A network's name on the plot and in the table: its run (or export) directory, and the
+    .bin set it was verified on."""
     path = result["source"].rstrip("/")
     name = os.path.basename(path)
-    return f"{os.path.basename(os.path.dirname(path))} (export)" if name == "export" else name
+    name = f"{os.path.basename(os.path.dirname(path))} (export)" if name == "export" else name
+    return f"{name} on {result['set']}" if "set" in result else name
 
 
 def plot_roc(results, out):
@@ -144,7 +181,8 @@ def table(results):
     for r in results:
         worst = r.get("worst_identities")
         figures = [f"{r[key]:.4f}" if r.get(key) is not None else "-" for _, key in columns]
-        lines.append(f"| {r['source']} | " + " | ".join(figures) + " | "
+        shown = f"{r['source']} on {r['set']}" if "set" in r else r["source"]
+        lines.append(f"| {shown} | " + " | ".join(figures) + " | "
                      + (f"{worst[0]['identity']} ({worst[0]['accuracy']:.2f})" if worst
                         else "-") + " |")
     return "\n".join(lines) + "\n"
@@ -166,6 +204,10 @@ def define_flags(values):
     flags.DEFINE_string("image_root", None, "The folder of --pairs' photos, one sub-folder "
                         "per identity (LFW: name/name_0001.jpg); face crops like the "
                         "training images.", **on)
+    flags.DEFINE_multi_string("bin", [], "An insightface verification set (lfw.bin, "
+                              "cfp_fp.bin, agedb_30.bin, ...; repeatable), each verified on "
+                              "its own: its pairs in their order, insightface's ten folds.",
+                              **on)
     flags.DEFINE_bool("verify_flip", None, "Sum each embedding with its mirror image's "
                       "(default: as the run verified while training; off for --model).", **on)
     flags.DEFINE_integer("batch_size", 256, "Images per batch.", lower_bound=1, **on)
@@ -178,9 +220,9 @@ def check(values):
         return "give one or more --run_dir=RUN or --model=SAVED_MODEL"
     if bool(values.pairs) != bool(values.image_root):
         return "--pairs and --image_root go together: a pairs.txt and the photos it names"
-    if values.model and not values.data_dir and not values.pairs:
-        return ("--model needs --data_dir (a dataset with the classes it was trained on) "
-                "or --pairs with --image_root")
+    if values.model and not values.data_dir and not values.pairs and not values.bin:
+        return ("--model needs --data_dir (a dataset with the classes it was trained on), "
+                "--pairs with --image_root, or --bin")
     if os.path.exists(values.out) and not os.path.isdir(values.out):
         return f"--out={values.out} is a file; give a directory"
     return None
@@ -192,9 +234,9 @@ def main(argv):
     if problem:
         sys.exit(f"error: {problem}")
     try:
-        results = [evaluate_run(run_dir, values) for run_dir in values.run_dir]
-        results += [evaluate_network(serving.from_saved_model(path), values)
-                    for path in values.model]
+        results = [r for run_dir in values.run_dir for r in evaluate_run(run_dir, values)]
+        results += [r for path in values.model
+                    for r in evaluate_network(serving.from_saved_model(path), values)]
     except (records.DataError, RunDirError, config.ConfigError, FloatingPointError) as e:
         sys.exit(f"error: {e}")
     os.makedirs(values.out, exist_ok=True)

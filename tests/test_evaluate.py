@@ -1,13 +1,15 @@
 import json
 import os
+import pickle
 
+import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
 from conftest import run_train, train_args
 from data_tools import synth
-from kerasbn import evaluate, records, serving
+from kerasbn import bin_sets, evaluate, pairs, records, serving
 from kerasbn.run_dir import RunDir
 
 
@@ -51,7 +53,7 @@ def test_the_best_checkpoint_holds_the_best_test_and_is_evaluated_on_request(ver
         assert best is None
         return
     assert best.endswith(f"ckpt-{record[-1]['iteration']}")
-    result = evaluate.evaluate_run(verified_run, flag_values(checkpoint="best"))
+    [result] = evaluate.evaluate_run(verified_run, flag_values(checkpoint="best"))
     assert "/best/" in result["checkpoint"]
     assert result["top1"] == pytest.approx(record[-1]["test_top1"])
 
@@ -91,8 +93,8 @@ def test_pairs_over_a_folder_of_photos_verify_as_the_same_pairs_over_the_records
         verified_run, tmp_path):
     data_dir = json.load(open(os.path.join(verified_run, "config.json")))["data_dir"]
     write_photos(data_dir, tmp_path / "lfw")
-    records_result = evaluate.evaluate_run(verified_run, flag_values())
-    photos = evaluate.evaluate_run(verified_run, flag_values(
+    [records_result] = evaluate.evaluate_run(verified_run, flag_values())
+    [photos] = evaluate.evaluate_run(verified_run, flag_values(
         pairs=os.path.join(data_dir, "pairs.txt"), image_root=tmp_path / "lfw"))
     assert photos["verify_pairs"] == records_result["verify_pairs"]
     for key in ("verify_acc", "verify_auc", "verify_eer"):
@@ -130,3 +132,61 @@ def test_flag_combinations_that_cannot_work_are_one_line(argv, message, tmp_path
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit, match=message):
         evaluate.main(["evaluate", *argv])
+
+
+def write_bin(path, encoded, same):
+    """An insightface .bin: the pickled (encoded images, same flags), pair i = images 2i, 2i+1
+    (as insightface's lfw2pack.py writes it)."""
+    with open(path, "wb") as f:
+        pickle.dump((encoded, same), f, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def test_a_bin_set_verifies_as_the_same_pairs_over_photos_with_the_same_ten_sets(
+        verified_run, tmp_path, capsys):
+    data_dir = json.load(open(os.path.join(verified_run, "config.json")))["data_dir"]
+    root = tmp_path / "lfw"
+    write_photos(data_dir, root)
+    # The dataset's 60 + 60 pairs as ten LFW sets of 6 matched then 6 mismatched, and a .bin
+    # of the same pairs in the same order, whose ten contiguous folds are those sets.
+    listed = pairs.read_pairs(os.path.join(data_dir, "pairs.txt"))
+    matched = [p for p in listed if p.same]
+    mismatched = [p for p in listed if not p.same]
+    lines = ["10\t6"]
+    for k in range(10):
+        lines += [f"{p.first}\t{p.index_first}\t{p.index_second}" for p in matched[6 * k:6 * k + 6]]
+        lines += [f"{p.first}\t{p.index_first}\t{p.second}\t{p.index_second}"
+                  for p in mismatched[6 * k:6 * k + 6]]
+    (tmp_path / "pairs10.txt").write_text("\n".join(lines) + "\n")
+    files, first, second, same, sets = pairs.file_pairs(str(tmp_path / "pairs10.txt"), str(root))
+    encoded = [open(files[i], "rb").read() for pair in zip(first, second) for i in pair]
+    write_bin(str(tmp_path / "lfw.bin"), encoded, [bool(x) for x in same])
+    [photos] = evaluate.evaluate_run(verified_run, flag_values(
+        pairs=tmp_path / "pairs10.txt", image_root=root))
+    out = tmp_path / "out"
+    evaluate.main(["evaluate", f"--model={os.path.join(verified_run, 'export')}",
+                   f"--bin={tmp_path / 'lfw.bin'}", f"--out={out}"])
+    [binned] = json.load(open(out / "evaluate.json"))
+    assert binned["set"] == "lfw" and binned["verify_pairs"] == {"matched": 60, "mismatched": 60}
+    for key in ("verify_acc", "verify_acc_std", "verify_auc", "verify_eer"):
+        assert binned[key] == pytest.approx(photos[key], abs=1e-6), key
+    assert "export on lfw | " in capsys.readouterr().out
+    assert os.path.getsize(out / "roc.png") > 5_000
+
+
+def test_a_file_that_is_no_bin_set_is_one_line(verified_run, tmp_path):
+    with open(tmp_path / "evil.bin", "wb") as f:
+        pickle.dump(os.system, f)
+    with pytest.raises(SystemExit, match=r"evil.bin is not an insightface .bin verification "
+                                         r"set \(it names posix.system\)"):
+        evaluate.main(["evaluate", f"--run_dir={verified_run}", f"--bin={tmp_path / 'evil.bin'}",
+                       f"--out={tmp_path / 'o'}"])
+    write_bin(str(tmp_path / "odd.bin"), [b"x"] * 3, [True])
+    with pytest.raises(SystemExit, match="holds 3 images for 1 pairs"):
+        evaluate.main(["evaluate", f"--run_dir={verified_run}", f"--bin={tmp_path / 'odd.bin'}",
+                       f"--out={tmp_path / 'o'}"])
+
+
+def test_bin_folds_are_insightfaces_ten_contiguous_runs():
+    assert bin_sets.folds(23).tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2] + sum(
+        ([k, k] for k in range(3, 10)), [])
+    assert np.bincount(bin_sets.folds(6000)).tolist() == [600] * 10

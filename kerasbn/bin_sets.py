@@ -1,0 +1,79 @@
+"""insightface's verification sets (`lfw.bin`, `cfp_fp.bin`, `agedb_30.bin`, ...): a pickled
+pair (encoded images, same flags), the images in pair order (pair i is images 2i and 2i+1),
+read without executing anything the file names: only lists, tuples, bytes, bools and numpy
+byte arrays are accepted.
+
+The folds are insightface's: the pairs in their own order cut into ten contiguous runs
+(sklearn's KFold without shuffling, which insightface's verification.py uses), so for
+LFW's .bin, whose pairs follow pairs.txt, the folds are LFW's ten sets.
+"""
+
+import io
+import os
+import pickle
+
+import numpy as np
+
+from kerasbn import images
+from kerasbn.records import DataError
+
+# What a .bin's pickle may build: numpy byte arrays as some writers left them, nothing else.
+_ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+            ("numpy._core.multiarray", "scalar")}
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) not in _ALLOWED:
+            raise pickle.UnpicklingError(f"it names {module}.{name}")
+        return super().find_class(module, name)
+
+
+def name(path):
+    """A set's name from its file: `lfw` for .../lfw.bin."""
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def read(path):
+    """(encoded images as bytes, same flags as a bool array) of a .bin; DataError naming
+    the file for anything else."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path} not found: give an insightface verification set (lfw.bin, "
+                        "cfp_fp.bin, agedb_30.bin, ...)")
+    try:
+        with open(path, "rb") as f:
+            # Python 2's pickles (most published .bin files) hold str, read as bytes.
+            encoded, same = _Unpickler(f, encoding="bytes").load()
+        encoded = [bytes(e) if isinstance(e, (bytes, bytearray)) else np.asarray(e).tobytes()
+                   for e in encoded]
+        same = np.asarray(same, bool).reshape(-1)
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+        raise DataError(f"{path} is not an insightface .bin verification set ({e}); "
+                        "give a (images, same flags) pickle such as lfw.bin") from None
+    if len(encoded) != 2 * len(same) or not len(same):
+        raise DataError(f"{path} holds {len(encoded)} images for {len(same)} pairs; a .bin "
+                        "holds two images per pair")
+    return encoded, same
+
+
+def folds(count, k=10):
+    """insightface's fold of each of `count` pairs: ten contiguous runs, the first
+    count % k of them one pair longer (sklearn's KFold)."""
+    sizes = np.full(k, count // k) + (np.arange(k) < count % k)
+    return np.repeat(np.arange(k), sizes)
+
+
+def load_images(path, encoded, channels, size, mode, progress=None):
+    """uint8 [N, size, size, channels] of a .bin's encoded images, converted and resized as
+    photos are (`images.load`); DataError naming the first undecodable one. `progress` (a
+    `Progress`) counts them."""
+    batch = np.zeros((len(encoded), size, size, channels), np.uint8)
+    for i, data in enumerate(encoded):
+        array, reason = images.load(io.BytesIO(data), channels, size, mode)
+        if reason:
+            raise DataError(f"{path}: image {i} (pair {i // 2}): {reason}")
+        batch[i] = array
+        if progress:
+            progress.update(1)
+    return batch
