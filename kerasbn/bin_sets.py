@@ -14,7 +14,7 @@ import pickle
 
 import numpy as np
 
-from kerasbn import images
+from kerasbn import holdout, images, pipeline, verification
 from kerasbn.records import DataError
 
 # What a .bin's pickle may build: numpy byte arrays as some writers left them, nothing else.
@@ -77,3 +77,27 @@ def load_images(path, encoded, channels, size, mode, progress=None):
         if progress:
             progress.update(1)
     return batch
+
+
+def verifier(model, path, manifest, batch_size, flip=False):
+    """A function returning `verification.summarize`'s figures on the .bin set `path` for the
+    training `model` now; the images are read and resized once, here, as the dataset's
+    manifest says."""
+    height, width = manifest["image_size"]
+    if height != width:
+        raise DataError(f"--verify_bin={path}: its photos are resized to squares, but the "
+                        f"dataset holds {height}x{width} images")
+    encoded, same = read(path)
+    photos = load_images(path, encoded, manifest["channels"], height,
+                         manifest.get("resize_mode") or "crop")
+    step = holdout.embed_step(holdout.model_embedding(model), flip)
+    pair, fold = np.arange(len(same)), folds(len(same))
+
+    def verify():
+        embeddings = holdout.embed_batches(step, (
+            pipeline.normalize(photos[start:start + batch_size], manifest)
+            for start in range(0, len(photos), batch_size)))
+        return verification.summarize(
+            verification.cosine_scores(embeddings, 2 * pair, 2 * pair + 1), same, fold)
+
+    return verify

@@ -184,6 +184,9 @@ class PeriodicTest(IterationCallback):
         verified = {k: round(v, 3) if k == "verify_seconds" else v
                     for k, v in result.items() if k.startswith("verify_")}
         entry.update(verified)
+        sets = result.get("sets", {})
+        for name, figures in sets.items():
+            entry.update({f"{name}_{k[len('verify_'):]}": v for k, v in figures.items()})
         self.entries = [e for e in self.entries if e["iteration"] < iteration] + [entry]
         self.run.append_metrics(entry)
         self.summary = metrics.summarize(self.entries, self.targets)
@@ -192,19 +195,19 @@ class PeriodicTest(IterationCallback):
         print(f"test  iter {iteration}: top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}"
               f"  loss {result['loss']:.4f}  ({result['count']} images, "
               f"{entry['test_seconds']:.1f}s)", flush=True)
-        if verified:
-            tars = "  ".join(f"TAR@FAR={k.split('=')[1]} " + ("-" if v is None else f"{v:.4f}")
-                             for k, v in verified.items() if k.startswith("verify_tar"))
-            print(f"verify iter {iteration}: accuracy {verified['verify_acc']:.4f}  AUC "
-                  f"{verified['verify_auc']:.4f}  EER {verified['verify_eer']:.4f}  {tars}"
-                  f"  ({verified.get('verify_seconds', 0.0):.1f}s)", flush=True)
+        if "verify_acc" in verified:
+            print(_verify_line("verify", iteration, verified)
+                  + f"  ({verified.get('verify_seconds', 0.0):.1f}s)", flush=True)
+        for name, figures in sets.items():
+            print(_verify_line(name, iteration, figures), flush=True)
         with self.writer.as_default(step=iteration):
             tf.summary.scalar("loss", result["loss"])
             tf.summary.scalar("top1", result["top1"])
             tf.summary.scalar("top5", result["top5"])
-            for key, value in verified.items():
-                if isinstance(value, float):
-                    tf.summary.scalar(key, value)
+            for key, value in entry.items():
+                if key in verified or any(key.startswith(f"{name}_") for name in sets):
+                    if isinstance(value, float):
+                        tf.summary.scalar(key, value)
             for target, hit in self.summary["targets"].items():
                 if hit and hit["iteration"] == iteration:
                     print(f"target {metrics.shown_target(target)} reached at iteration {iteration} "
@@ -212,6 +215,14 @@ class PeriodicTest(IterationCallback):
                     tf.summary.scalar(f"iterations_to_{target}", iteration)
                     tf.summary.scalar(f"seconds_to_{target}", hit["wall_time"])
         self.writer.flush()
+
+
+def _verify_line(name, iteration, figures):
+    """A console line of one verification set's `verification.summarize` figures."""
+    tars = "  ".join(f"TAR@FAR={k.split('=')[1]} " + ("-" if v is None else f"{v:.4f}")
+                     for k, v in figures.items() if k.startswith("verify_tar"))
+    return (f"{name} iter {iteration}: accuracy {figures['verify_acc']:.4f}  AUC "
+            f"{figures['verify_auc']:.4f}  EER {figures['verify_eer']:.4f}  {tars}")
 
 
 class BestCheckpoint(IterationCallback):

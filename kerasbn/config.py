@@ -20,7 +20,7 @@ STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 # reports (targets are measured afresh from the whole metrics history).
 NOT_RUN_DEFINING = ("run_dir", "display", "keep_checkpoints", "weights", "target_accuracy",
                     "target", "skip_corrupt_records", "deterministic", "verify_split",
-                    "verify_interval", "verify_flip", "export", "strategy", "cpu_devices",
+                    "verify_interval", "verify_flip", "verify_bin", "export", "strategy", "cpu_devices",
                     "steps_per_execution", "jit_compile")
 
 
@@ -75,6 +75,7 @@ class RunConfig:
     verify_split: str = "auto"
     verify_interval: int = 0
     verify_flip: bool = False
+    verify_bin: tuple = ()
     strategy: str = "auto"
     cpu_devices: int = 1
     export: str = "latest"
@@ -95,6 +96,7 @@ class RunConfig:
         fix("image_size", tuple(int(v) for v in self.image_size))
         fix("target_accuracy", tuple(float(t) for t in self.target_accuracy))
         fix("target", tuple(self.target))
+        fix("verify_bin", tuple(self.verify_bin))
         if isinstance(self.schedule, dict):
             fix("schedule", schedules.ScheduleConfig(**self.schedule))
         if self.widths is not None:

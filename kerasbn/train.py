@@ -18,7 +18,7 @@ import time
 import keras
 import tensorflow as tf
 
-from kerasbn import callbacks, checkpoints, cli, config as config_lib, export, holdout
+from kerasbn import bin_sets, callbacks, checkpoints, cli, config as config_lib, export, holdout
 from kerasbn import models
 from kerasbn import metrics, optimizers, pipeline, precise_bn, records, schedules, stop_signals
 from kerasbn import train_flags
@@ -191,6 +191,7 @@ def train(config, run, strategy=None):
         if config.precise_bn and precise_bn.bn_layers(model) else None
 
     verify = make_verifier(config, model, manifest)
+    verify_sets = make_set_verifiers(config, model, manifest)
 
     def evaluate(iteration):
         if precise_batches is not None:
@@ -203,9 +204,11 @@ def train(config, run, strategy=None):
                                     f"records where {readable['test']} were checked at the "
                                     f"start: the shards of {data_dir} changed during the run")
         every = config.verify_interval or config.test_interval
-        if verify and (iteration % every == 0 or iteration == config.max_iter):
+        if (verify or verify_sets) and (iteration % every == 0 or iteration == config.max_iter):
             start = time.perf_counter()
-            result.update(verify())
+            if verify:
+                result.update(verify())
+            result["sets"] = {name: verify_set() for name, verify_set in verify_sets.items()}
             result["verify_seconds"] = time.perf_counter() - start
         return result
 
@@ -356,6 +359,20 @@ def make_verifier(config, model, manifest):
                                 "drop the flag")
     return holdout.make_verifier(model, config.data_dir, manifest, config.batch_size,
                                  config.verify_flip)
+
+
+def make_set_verifiers(config, model, manifest):
+    """{set name: verifier} of the run's --verify_bin sets, named by their files (lfw.bin:
+    lfw), each name once and none the name of a split."""
+    names = [bin_sets.name(path) for path in config.verify_bin]
+    clash = sorted({n for n in names if names.count(n) > 1 or n in ("test", "train", "verify")})
+    if clash:
+        raise config_lib.ConfigError(
+            f"--verify_bin: the sets are named by their files, and {', '.join(clash)} is taken "
+            "(twice, or by a recorded metric); rename the file")
+    return {name: bin_sets.verifier(model, path, manifest, config.batch_size,
+                                    config.verify_flip)
+            for name, path in zip(names, config.verify_bin)}
 
 
 def describe(summary, run_dir, export_dir):

@@ -173,6 +173,9 @@ def define(values):
                       "has holdout pairs.", **on)
     flags.DEFINE_integer("verify_interval", 0, "Verify every N iterations (a multiple of "
                          "--test_interval; 0: at every test).", lower_bound=0, **on)
+    flags.DEFINE_multi_string("verify_bin", [], "An insightface verification set (lfw.bin, "
+                              "cfp_fp.bin, ...; repeatable) verified with the holdout pairs, "
+                              "its figures recorded as NAME_acc, NAME_auc, ... (lfw_acc).", **on)
     flags.DEFINE_bool("verify_flip", False, "Sum each holdout embedding with its mirror "
                       "image's, as insightface does.", **on)
     flags.DEFINE_integer("freeze_backbone_iter", 0, "Fine-tuning: train only the classifier "

@@ -141,13 +141,15 @@ def write_bin(path, encoded, same):
         pickle.dump((encoded, same), f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def test_a_bin_set_verifies_as_the_same_pairs_over_photos_with_the_same_ten_sets(
-        verified_run, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def lfw_like(verified_run, tmp_path_factory):
+    """(photo folder, pairs.txt, .bin) of the run's holdout pairs: ten LFW sets of 6 matched
+    then 6 mismatched pairs, and a .bin of the same pairs in the same order, whose ten
+    contiguous folds are those sets."""
+    tmp_path = tmp_path_factory.mktemp("lfw_like")
     data_dir = json.load(open(os.path.join(verified_run, "config.json")))["data_dir"]
     root = tmp_path / "lfw"
     write_photos(data_dir, root)
-    # The dataset's 60 + 60 pairs as ten LFW sets of 6 matched then 6 mismatched, and a .bin
-    # of the same pairs in the same order, whose ten contiguous folds are those sets.
     listed = pairs.read_pairs(os.path.join(data_dir, "pairs.txt"))
     matched = [p for p in listed if p.same]
     mismatched = [p for p in listed if not p.same]
@@ -157,20 +159,41 @@ def test_a_bin_set_verifies_as_the_same_pairs_over_photos_with_the_same_ten_sets
         lines += [f"{p.first}\t{p.index_first}\t{p.second}\t{p.index_second}"
                   for p in mismatched[6 * k:6 * k + 6]]
     (tmp_path / "pairs10.txt").write_text("\n".join(lines) + "\n")
-    files, first, second, same, sets = pairs.file_pairs(str(tmp_path / "pairs10.txt"), str(root))
+    files, first, second, same, _ = pairs.file_pairs(str(tmp_path / "pairs10.txt"), str(root))
     encoded = [open(files[i], "rb").read() for pair in zip(first, second) for i in pair]
     write_bin(str(tmp_path / "lfw.bin"), encoded, [bool(x) for x in same])
-    [photos] = evaluate.evaluate_run(verified_run, flag_values(
-        pairs=tmp_path / "pairs10.txt", image_root=root))
+    return root, tmp_path / "pairs10.txt", tmp_path / "lfw.bin"
+
+
+def test_a_bin_set_verifies_as_the_same_pairs_over_photos_with_the_same_ten_sets(
+        verified_run, lfw_like, tmp_path, capsys):
+    root, pairs10, lfw_bin = lfw_like
+    [photos] = evaluate.evaluate_run(verified_run, flag_values(pairs=pairs10, image_root=root))
     out = tmp_path / "out"
     evaluate.main(["evaluate", f"--model={os.path.join(verified_run, 'export')}",
-                   f"--bin={tmp_path / 'lfw.bin'}", f"--out={out}"])
+                   f"--bin={lfw_bin}", f"--out={out}"])
     [binned] = json.load(open(out / "evaluate.json"))
     assert binned["set"] == "lfw" and binned["verify_pairs"] == {"matched": 60, "mismatched": 60}
     for key in ("verify_acc", "verify_acc_std", "verify_auc", "verify_eer"):
         assert binned[key] == pytest.approx(photos[key], abs=1e-6), key
     assert "export on lfw | " in capsys.readouterr().out
     assert os.path.getsize(out / "roc.png") > 5_000
+
+
+def test_training_tracks_a_bin_set_as_evaluate_scores_the_same_checkpoint(verified_run,
+                                                                         lfw_like, tmp_path,
+                                                                         capsys):
+    data_dir = json.load(open(os.path.join(verified_run, "config.json")))["data_dir"]
+    run_dir = str(tmp_path / "run")
+    run_train(train_args(data_dir, run_dir, max_iter=10, test_interval=5,
+                         verify_bin=lfw_like[2]))
+    out = capsys.readouterr().out
+    assert "lfw iter 10: accuracy " in out and "verify iter 10: accuracy " in out
+    last = RunDir(run_dir).read_metrics()[-1]
+    assert last["lfw_pairs"] == {"matched": 60, "mismatched": 60}
+    [_, binned] = evaluate.evaluate_run(run_dir, flag_values(bin=lfw_like[2]))
+    for key in ("acc", "acc_std", "auc", "eer"):
+        assert last[f"lfw_{key}"] == pytest.approx(binned[f"verify_{key}"], abs=1e-5), key
 
 
 def test_a_file_that_is_no_bin_set_is_one_line(verified_run, tmp_path):
@@ -190,3 +213,10 @@ def test_bin_folds_are_insightfaces_ten_contiguous_runs():
     assert bin_sets.folds(23).tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2] + sum(
         ([k, k] for k in range(3, 10)), [])
     assert np.bincount(bin_sets.folds(6000)).tolist() == [600] * 10
+
+
+def test_a_missing_verify_bin_stops_training_in_one_line(verified_run, tmp_path):
+    data_dir = json.load(open(os.path.join(verified_run, "config.json")))["data_dir"]
+    with pytest.raises(SystemExit, match=r"nowhere/lfw.bin not found: give an insightface"):
+        run_train(train_args(data_dir, str(tmp_path / "run"), max_iter=10, test_interval=5,
+                             verify_bin=tmp_path / "nowhere" / "lfw.bin"))
