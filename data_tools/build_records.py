@@ -221,7 +221,8 @@ def collect(source, root, image_size, channels, test_fraction, holdout_identitie
         listing, kind = sources.list_file(source, base, allow_outside_root), "list file"
     else:
         raise records.DataError(f"{source} does not exist; give a folder with one subfolder "
-                                "per identity, a `path label` list file, or cifar-10-batches-py")
+                                "per identity, a `path label` list file, an insightface "
+                                "train.rec, or cifar-10-batches-py")
     identities = {name: [(os.path.relpath(p, base), p) for p in paths]
                   for name, paths in listing.items()}
     splits, classes, holdout, dropped = split_identities(

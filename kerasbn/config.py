@@ -20,8 +20,8 @@ STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 # reports (targets are measured afresh from the whole metrics history).
 NOT_RUN_DEFINING = ("run_dir", "display", "keep_checkpoints", "weights", "target_accuracy",
                     "target", "skip_corrupt_records", "deterministic", "verify_split",
-                    "verify_interval", "verify_flip", "verify_bin", "export", "strategy", "cpu_devices",
-                    "steps_per_execution", "jit_compile")
+                    "verify_interval", "verify_flip", "verify_bin", "export", "strategy",
+                    "cpu_devices", "steps_per_execution", "jit_compile")
 
 
 class ConfigError(ValueError):
