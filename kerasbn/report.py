@@ -91,7 +91,10 @@ def rows(runs, targets, reference):
     table = []
     for run in runs:
         summary = summaries[run["dir"]]
-        row = {"run": run["name"], "network": run["flags"].get("model", "?"),
+        head = run["flags"].get("head", "softmax")
+        row = {"run": run["name"],
+               "network": run["flags"].get("model", "?") + ("" if head == "softmax"
+                                                           else f" + {head}"),
                "norm": run["flags"].get("norm", "-") if run["flags"].get("model") != "baseline"
                else "-", "policy": run["flags"].get("lr_policy", "?"),
                "best": summary["best_test_top1"], "final": summary["final_test_top1"],
@@ -178,6 +181,11 @@ SEEDS_NOTE = ("\nMean ± std over seeds. Speedup: per seed, the reference's iter
               "a lower bound; a speedup with `>` or `<` is a bound for the same reason.\n")
 
 
+# The verification figures of a group's last tests, where its runs verified.
+VERIFICATION = [("verify acc", "verify_acc"), ("AUC", "verify_auc"),
+                ("TAR@FAR=1e-3", "verify_tar@far=0.001"), ("TAR@FAR=1e-2", "verify_tar@far=0.01")]
+
+
 def grouped_markdown(groups, targets, reference):
     """One row per configuration: mean ± std over its seeds; speedups against the
     configuration `reference` (a group), per seed."""
@@ -185,6 +193,9 @@ def grouped_markdown(groups, targets, reference):
     head = ["configuration", "seeds", "best top-1", "final top-1"]
     for name in names:
         head += [f"iters to {name}", f"speedup at {name} vs {reference['name']}"]
+    verified = [(f"final {name}", key) for name, key in VERIFICATION
+                if any(seeds.final_verification(e["runs"], key)[0] is not None for e in groups)]
+    head += [name for name, _ in verified]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for entry in groups:
         runs = entry["runs"]
@@ -194,6 +205,7 @@ def grouped_markdown(groups, targets, reference):
         for target in targets:
             cells += [_iterations_cell(seeds.to_target(runs, target)),
                       _speedup_cell(seeds.speedup(reference["runs"], runs, target))]
+        cells += [_spread_cell(seeds.final_verification(runs, key)) for _, key in verified]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -97,6 +97,14 @@ def accuracy(runs, key):
     return spread([metrics.summarize(run["entries"], [])[key] for run in runs])
 
 
+def final_verification(runs, key):
+    """(mean, std) over `runs` of the figure `key` (verify_acc, verify_auc, ...) of each
+    run's last verification; runs that never verified, or whose figure is unresolved, are
+    left out."""
+    finals = [metrics.summarize(run["entries"], []).get("final_verify", {}) for run in runs]
+    return spread([final.get(key) for final in finals])
+
+
 def pick_on_first_seed(groups, target):
     """The group of `groups` (one configuration at several swept values) best on its first
     seed: fewest iterations to `target` (a censored count ranks behind every reached one),

@@ -102,3 +102,28 @@ def test_report_command_groups_seeds_and_sweeps(tmp_path, capsys):
     assert (out / "accuracy_vs_iteration.png").exists()
     with pytest.raises(SystemExit, match="--sweep=momentum3"):
         report.main(["report", *dirs, f"--out={out}", "--sweep=momentum3"])
+
+
+def test_the_grouped_table_gives_each_heads_last_verification_over_seeds(tmp_path):
+    runs = []
+    for name, head, accs in (("softmax", "softmax", (0.90, 0.92)),
+                             ("arcface", "arcface", (0.94, 0.95))):
+        for seed, acc in enumerate(accs):
+            run = _run(tmp_path, f"{name}-seed{seed}", "bn", seed, 300)
+            for entry in run["entries"]:
+                entry.update(verify_acc=acc - 0.1, verify_auc=0.9, **{
+                    "verify_tar@far=0.001": None})
+            run["entries"][-1].update(verify_acc=acc, verify_auc=acc + 0.02)
+            run["flags"]["head"] = head
+            runs.append(run)
+    groups = seeds.group(runs)
+    assert [g["name"] for g in groups] == ["softmax", "arcface"]
+    assert seeds.final_verification(groups[1]["runs"], "verify_acc") == pytest.approx(
+        (0.945, np.std([0.94, 0.95], ddof=1)))
+    table = report.grouped_markdown(groups, [TOP1], groups[0])
+    header, _, softmax, arcface = table.splitlines()
+    # An unresolved TAR (None in every run) gets no column; the last test's figures count.
+    assert header.endswith("| final verify acc | final AUC |")
+    assert arcface.endswith("| 0.9450 ± 0.0071 | 0.9650 ± 0.0071 |")
+    assert softmax.endswith("| 0.9100 ± 0.0141 | 0.9300 ± 0.0141 |")
+    assert "bn + arcface" == report.rows(runs, [TOP1], runs[0]["dir"])[2]["network"]
