@@ -26,7 +26,7 @@ HEADS = ("softmax", "cosface", "arcface")
 EMBEDDINGS = ("pool", "bn_fc")
 # (scale, margin) of each margin head when --scale / --margin are not given: chosen by the
 # sweep in BENCHMARKS.md ("Margin heads").
-DEFAULTS = {"cosface": (30.0, 0.2), "arcface": (30.0, 0.3)}
+DEFAULTS = {"cosface": (30.0, 0.35), "arcface": (30.0, 0.3)}
 # The classifier is the network's last layer, named as models.CLASSIFIER.
 CLASSIFIER = "logits"
 
