@@ -184,3 +184,13 @@ def test_build_records_names_a_truncated_rec_in_one_line(tmp_path, capsys):
     message = str(info.value)
     assert message.startswith("error: ") and "train.rec is truncated: record 6" in message
     assert "\n" not in message
+
+
+def test_two_workers_convert_a_rec_to_the_same_records_as_one(tmp_path):
+    path, _ = write_insightface(str(tmp_path / "set"))
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    build_records.build(path, one, test_fraction=0.2, workers=1)
+    build_records.build(path, two, test_fraction=0.2, workers=2)
+    for split in ("train", "test"):
+        a, b = read_records(one, split), read_records(two, split)
+        assert a[1:] == b[1:] and all((x == y).all() for x, y in zip(a[0], b[0]))
