@@ -15,6 +15,7 @@ import pickle
 import numpy as np
 
 from kerasbn import holdout, images, pipeline, verification
+from kerasbn.progress import Progress
 from kerasbn.records import DataError
 
 # What a .bin's pickle may build: numpy byte arrays as some writers left them, nothing else.
@@ -79,25 +80,35 @@ def load_images(path, encoded, channels, size, mode, progress=None):
     return batch
 
 
+def scorer(path, embed, channels, size, mode, batch_size, flip=False, prepare=None,
+           progress=False):
+    """A function returning (cosine score of each pair, matched or not, fold) now, over the
+    .bin set `path`, whose images are read and resized once, here; `embed` takes batches of
+    them, uint8 or as `prepare` makes them, to features. `progress` prints progress lines
+    while loading and embedding."""
+    encoded, same = read(path)
+    counter = lambda what: Progress(len(encoded), f"{what} {name(path)}") if progress else None
+    photos = load_images(path, encoded, channels, size, mode, counter("loading"))
+    step = holdout.embed_step(embed, flip)
+    pair, fold = np.arange(len(same)), folds(len(same))
+
+    def score():
+        batches = (photos[start:start + batch_size] for start in range(0, len(photos), batch_size))
+        embeddings = holdout.embed_batches(step, map(prepare, batches) if prepare else batches,
+                                           counter("embedding"))
+        return verification.cosine_scores(embeddings, 2 * pair, 2 * pair + 1), same, fold
+
+    return score
+
+
 def verifier(model, path, manifest, batch_size, flip=False):
     """A function returning `verification.summarize`'s figures on the .bin set `path` for the
-    training `model` now; the images are read and resized once, here, as the dataset's
-    manifest says."""
+    training `model` now, its images resized as the dataset's manifest says."""
     height, width = manifest["image_size"]
     if height != width:
         raise DataError(f"--verify_bin={path}: its photos are resized to squares, but the "
                         f"dataset holds {height}x{width} images")
-    encoded, same = read(path)
-    photos = load_images(path, encoded, manifest["channels"], height,
-                         manifest.get("resize_mode") or "crop")
-    step = holdout.embed_step(holdout.model_embedding(model), flip)
-    pair, fold = np.arange(len(same)), folds(len(same))
-
-    def verify():
-        embeddings = holdout.embed_batches(step, (
-            pipeline.normalize(photos[start:start + batch_size], manifest)
-            for start in range(0, len(photos), batch_size)))
-        return verification.summarize(
-            verification.cosine_scores(embeddings, 2 * pair, 2 * pair + 1), same, fold)
-
-    return verify
+    score = scorer(path, holdout.model_embedding(model), manifest["channels"], height,
+                   manifest.get("resize_mode") or "crop", batch_size, flip,
+                   prepare=lambda images: pipeline.normalize(images, manifest))
+    return lambda: verification.summarize(*score())

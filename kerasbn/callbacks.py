@@ -185,8 +185,9 @@ class PeriodicTest(IterationCallback):
                     for k, v in result.items() if k.startswith("verify_")}
         entry.update(verified)
         sets = result.get("sets", {})
-        for name, figures in sets.items():
-            entry.update({f"{name}_{k[len('verify_'):]}": v for k, v in figures.items()})
+        per_set = {f"{name}_{k[len('verify_'):]}": v
+                   for name, figures in sets.items() for k, v in figures.items()}
+        entry.update(per_set)
         self.entries = [e for e in self.entries if e["iteration"] < iteration] + [entry]
         self.run.append_metrics(entry)
         self.summary = metrics.summarize(self.entries, self.targets)
@@ -204,10 +205,9 @@ class PeriodicTest(IterationCallback):
             tf.summary.scalar("loss", result["loss"])
             tf.summary.scalar("top1", result["top1"])
             tf.summary.scalar("top5", result["top5"])
-            for key, value in entry.items():
-                if key in verified or any(key.startswith(f"{name}_") for name in sets):
-                    if isinstance(value, float):
-                        tf.summary.scalar(key, value)
+            for key, value in {**verified, **per_set}.items():
+                if isinstance(value, float):
+                    tf.summary.scalar(key, value)
             for target, hit in self.summary["targets"].items():
                 if hit and hit["iteration"] == iteration:
                     print(f"target {metrics.shown_target(target)} reached at iteration {iteration} "

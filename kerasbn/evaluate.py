@@ -81,32 +81,23 @@ def load_photos(files, served):
     return batch
 
 
-def embed_photos(served, photos, batch_size, flip, what="embedding photos"):
-    """float32 embeddings of uint8 `photos` by `served`, a batch at a time."""
-    step = holdout.embed_step(lambda x: served.serve(x)["embedding"], flip)
-    return holdout.embed_batches(
-        step, (photos[start:start + batch_size] for start in range(0, len(photos), batch_size)),
-        Progress(len(photos), what))
-
-
 def photo_scores(served, pairs_file, image_root, batch_size, flip):
     """(scores, same, fold) of the pairs a pairs.txt names over a folder of photos."""
     files, first, second, same, sets = pairs.file_pairs(pairs_file, image_root)
-    embeddings = embed_photos(served, load_photos(files, served), batch_size, flip)
+    photos = load_photos(files, served)
+    step = holdout.embed_step(lambda x: served.serve(x)["embedding"], flip)
+    embeddings = holdout.embed_batches(
+        step, (photos[start:start + batch_size] for start in range(0, len(photos), batch_size)),
+        Progress(len(files), "embedding photos"))
     return (verification.cosine_scores(embeddings, first, second), same,
             holdout.folds(same, sets))
 
 
 def bin_scores(served, path, batch_size, flip):
     """(scores, same, fold) of an insightface .bin's pairs, in their order and its folds."""
-    encoded, same = bin_sets.read(path)
-    name = bin_sets.name(path)
-    photos = bin_sets.load_images(path, encoded, served.channels, photo_size(served),
-                                  served.resize_mode, Progress(len(encoded), f"loading {name}"))
-    embeddings = embed_photos(served, photos, batch_size, flip, f"embedding {name}")
-    pair = np.arange(len(same))
-    return (verification.cosine_scores(embeddings, 2 * pair, 2 * pair + 1), same,
-            bin_sets.folds(len(same)))
+    return bin_sets.scorer(path, lambda x: served.serve(x)["embedding"], served.channels,
+                           photo_size(served), served.resize_mode, batch_size, flip,
+                           progress=True)()
 
 
 def verified(scores, flip):
