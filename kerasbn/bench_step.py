@@ -5,6 +5,7 @@ variants interleaved: the step benchmark under `bench --bench=train`, `norms`, `
 import collections
 import json
 import os
+import re
 import time
 
 import keras
@@ -87,7 +88,11 @@ def op_profile(name, num_classes, precision, norm, batch_size, steps, log_dir):
     """{op type: busy seconds per step} of `steps` training steps on one cached batch, from
     TensorFlow's profiler (its framework_op_stats tool, the table TensorBoard's profile tab
     shows), busiest first; threads' idle time left out. Self times of parallel ops add up,
-    so the shares, not the sum, compare with a step's wall time."""
+    so the shares, not the sum, compare with a step's wall time. Where TensorFlow turns
+    oneDNN on (CPUs with AVX-512 VNNI or bfloat16) it rewrites ops to `_MklNative...` or
+    `_Mkl...` types; they are named here without that prefix, so profiles of two machines
+    line up (`_MklNativeFusedBatchNormV3` is FusedBatchNormV3; `_FusedConv2D` shows as
+    FusedConv2D)."""
     from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
     _, cached, _ = _stream(None, batch_size)
     model = _compiled(name, num_classes, precision, norm)
@@ -103,5 +108,6 @@ def op_profile(name, num_classes, precision, norm, batch_size, steps, log_dir):
     for row in table["rows"]:
         cells = dict(zip(columns, [c.get("v") if c else None for c in row["c"]]))
         if cells["type"] != "IDLE":
-            busy[cells["type"]] += cells["total_self_time"] / 1e6 / steps
+            op = re.sub(r"^_Mkl(Native)?", "", cells["type"])
+            busy[op] += cells["total_self_time"] / 1e6 / steps
     return dict(busy.most_common())

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Softmax, CosFace and ArcFace on the study's BN network, verified on identities never
 # trained on (BENCHMARKS.md, "Margin heads"): launch/quickstart/bn.flags cut to 300
-# iterations (the x0.1 step moves to 225), verified every 100. Same data, learning rate and
-# iterations for every head.
+# iterations (the x0.1 step moves to 225), verified every 100. Same data, learning rate,
+# iterations and precision (float32: the quickstart's auto would pick mixed_bfloat16 on a
+# CPU with bfloat16 instructions and float32 elsewhere) for every head.
 #   1. the margin sweep on seed 0 of the embedded default data (scale 30; cosface m 0.2 and
 #      0.35, arcface m 0.3 and 0.5), softmax beside it;
 #   2. each margin head at the margin with the best final verification accuracy on seed 0,
@@ -29,7 +30,7 @@ run() {  # run DATA RUN SEED [FLAGS...]: trains ROOT/RUN-seedSEED
   if grep -qs '"finished": true' "$dir/summary.json"; then return; fi
   echo "== $dir $*"
   $PY -m kerasbn.train --flagfile=launch/quickstart/bn.flags --max_iter=300 \
-    --verify_interval=100 --data_dir="$data" --run_dir="$dir" --seed="$seed" "$@" |
+    --precision=float32 --verify_interval=100 --data_dir="$data" --run_dir="$dir" --seed="$seed" "$@" |
     grep -E "^(test|verify) +iter 300"
 }
 
