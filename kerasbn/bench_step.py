@@ -84,15 +84,26 @@ class CallClock(keras.callbacks.Callback):
         self.ends.append(time.perf_counter())
 
 
+def _stock_type(op):
+    """The stock TensorFlow type of oneDNN's rewrite `op` (`_MklNativeFusedConv2D` is
+    _FusedConv2D, `_MklNativeConv2D` Conv2D); a fusion of oneDNN's own with no stock twin
+    (Conv2DBackpropFilterWithBias) keeps its name without the prefix."""
+    from tensorflow.python.framework import op_def_registry
+    name = re.sub(r"^_Mkl(Native)?", "", op)
+    private = "_" + name
+    if name != op and op_def_registry.get(name) is None and op_def_registry.get(private):
+        return private
+    return name
+
+
 def op_profile(name, num_classes, precision, norm, batch_size, steps, log_dir):
     """{op type: busy seconds per step} of `steps` training steps on one cached batch, from
     TensorFlow's profiler (its framework_op_stats tool, the table TensorBoard's profile tab
     shows), busiest first; threads' idle time left out. Self times of parallel ops add up,
     so the shares, not the sum, compare with a step's wall time. Where TensorFlow turns
     oneDNN on (CPUs with AVX-512 VNNI or bfloat16) it rewrites ops to `_MklNative...` or
-    `_Mkl...` types; they are named here without that prefix, so profiles of two machines
-    line up (`_MklNativeFusedBatchNormV3` is FusedBatchNormV3; `_FusedConv2D` shows as
-    FusedConv2D)."""
+    `_Mkl...` types; they are named here by their stock types (`_stock_type`), so profiles
+    of two machines line up."""
     from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
     _, cached, _ = _stream(None, batch_size)
     model = _compiled(name, num_classes, precision, norm)
@@ -108,6 +119,5 @@ def op_profile(name, num_classes, precision, norm, batch_size, steps, log_dir):
     for row in table["rows"]:
         cells = dict(zip(columns, [c.get("v") if c else None for c in row["c"]]))
         if cells["type"] != "IDLE":
-            op = re.sub(r"^_Mkl(Native)?", "", cells["type"])
-            busy[op] += cells["total_self_time"] / 1e6 / steps
+            busy[_stock_type(cells["type"])] += cells["total_self_time"] / 1e6 / steps
     return dict(busy.most_common())

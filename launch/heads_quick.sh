@@ -30,7 +30,8 @@ run() {  # run DATA RUN SEED [FLAGS...]: trains ROOT/RUN-seedSEED
   if grep -qs '"finished": true' "$dir/summary.json"; then return; fi
   echo "== $dir $*"
   $PY -m kerasbn.train --flagfile=launch/quickstart/bn.flags --max_iter=300 \
-    --precision=float32 --verify_interval=100 --data_dir="$data" --run_dir="$dir" --seed="$seed" "$@" |
+    --precision=float32 --verify_interval=100 --data_dir="$data" --run_dir="$dir" \
+    --seed="$seed" "$@" |
     grep -E "^(test|verify) +iter 300"
 }
 

@@ -127,6 +127,17 @@ def test_run_bench_times_a_training_run_beside_its_step(small_data, tmp_path, ca
     assert out[1].startswith("run/cached step over 1 round(s): ")
 
 
+def test_profiles_name_onednn_rewrites_by_their_stock_types():
+    # Machines with and without oneDNN's rewrites must give one profile's rows one name.
+    assert {op: bench_step._stock_type(op) for op in (
+        "_MklNativeFusedBatchNormV3", "_MklNativeFusedConv2D", "_MklMatMul",
+        "_MklNativeConv2DBackpropFilterWithBias", "_FusedConv2D", "Relu")} == {
+        "_MklNativeFusedBatchNormV3": "FusedBatchNormV3", "_MklNativeFusedConv2D": "_FusedConv2D",
+        "_MklMatMul": "MatMul",
+        "_MklNativeConv2DBackpropFilterWithBias": "Conv2DBackpropFilterWithBias",
+        "_FusedConv2D": "_FusedConv2D", "Relu": "Relu"}
+
+
 def test_the_profile_names_the_fused_batch_norm_ops_of_the_keras_norm(tmp_path):
     busy = bench_step.op_profile("bn", 10, "float32", "keras", 8, 2, str(tmp_path))
     assert {"FusedBatchNormV3", "FusedBatchNormGradV3", "Conv2DBackpropFilter"} <= set(busy)
