@@ -11,8 +11,8 @@ shared 2-core VM can be well below 2.
 
 import multiprocessing
 import os
-import tempfile
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -20,8 +20,7 @@ from absl import flags
 from PIL import Image
 
 from data_tools import build_records
-from kerasbn import cli
-
+from kerasbn.flags import cli
 
 
 def make_jpegs(root, count, size, per_identity=20, seed=0):

@@ -26,8 +26,10 @@ from PIL import Image
 
 from data_tools import recordio, shards, sources
 from data_tools.workers import ordered_map
-from kerasbn import atomic, cli, images, records, stop_signals, verified
-from kerasbn.progress import Progress
+from kerasbn.data import checks, images, records
+from kerasbn.flags import cli
+from kerasbn.utils import atomic, stop_signals
+from kerasbn.utils.progress import Progress
 
 STATE_DIR = ".build"
 ENCODE_BATCH = 32
@@ -308,7 +310,7 @@ def build(source, out, root=None, image_size=None, channels=None, resize_mode="c
                              "numbering": "1-based position among the identity's holdout "
                                           "records sorted by image/filename"}
     records.write_manifest(out, manifest)
-    verified.mark_written(out, records.read_manifest(out))
+    checks.mark_written(out, records.read_manifest(out))
     shutil.rmtree(os.path.join(out, STATE_DIR))
     seconds = time.perf_counter() - start
     counts = {split: entry["count"] for split, entry in manifest_splits.items()}

@@ -22,7 +22,8 @@ from absl import flags
 from PIL import Image
 
 from data_tools import shards
-from kerasbn import cli, records
+from kerasbn.data import records
+from kerasbn.flags import cli
 
 _SPLIT_PREFIXES = {"train": "train", "validation": "test", "val": "test", "test": "test",
                    "holdout": "holdout"}

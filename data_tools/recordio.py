@@ -21,8 +21,8 @@ import struct
 
 import numpy as np
 
-from kerasbn import images
-from kerasbn.records import DataError
+from kerasbn.data import images
+from kerasbn.data.records import DataError
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)

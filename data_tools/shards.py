@@ -7,7 +7,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from kerasbn import atomic, records
+from kerasbn.data import records
+from kerasbn.utils import atomic
 
 PARTIAL_SUFFIX = ".partial"
 PAIRS_NAME = "pairs.txt"

@@ -9,7 +9,7 @@ import pickle
 
 import numpy as np
 
-from kerasbn.records import DataError
+from kerasbn.data.records import DataError
 
 CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 CIFAR_TEST = "test_batch"

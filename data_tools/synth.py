@@ -20,10 +20,10 @@ from absl import flags
 
 from data_tools import shards
 from data_tools.workers import ordered_map
-from kerasbn import cli, records, stop_signals, verified
-from kerasbn.progress import Progress
-
-
+from kerasbn.data import checks, records
+from kerasbn.flags import cli
+from kerasbn.utils import stop_signals
+from kerasbn.utils.progress import Progress
 
 RENDER_BATCH = 512
 _SPLIT_STREAM = {"train": 1, "test": 2, "holdout": 3}
@@ -267,7 +267,7 @@ def build(out, identities, images_per_identity, test_fraction, image_size, seed,
             manifest["pairs"] = {"file": shards.PAIRS_NAME, "matched": pairs,
                                  "mismatched": pairs}
     records.write_manifest(out, manifest)
-    verified.mark_written(out, records.read_manifest(out))
+    checks.mark_written(out, records.read_manifest(out))
     return manifest
 
 

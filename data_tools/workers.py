@@ -10,7 +10,7 @@ import contextlib
 import gc
 import multiprocessing
 
-from kerasbn import stop_signals
+from kerasbn.utils import stop_signals
 
 # Jobs queued or finished but not yet taken, per worker: enough to keep every worker busy.
 IN_FLIGHT_PER_WORKER = 4

@@ -3,7 +3,7 @@
 Importing the package imports TensorFlow without its start-up chatter (see `console`).
 """
 
-from kerasbn import console
+from kerasbn.utils import console
 
 console.import_tensorflow()
 

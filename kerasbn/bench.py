@@ -12,19 +12,21 @@
         training step time with each --norms at each --precisions, as ratios to the first.
     python -m kerasbn.bench --bench=peer [--norms=keras,nvidia]
         training images/s of the baseline and BN networks on one cached batch against the same
-        networks in PyTorch (kerasbn.bench_peer; `pip install torch`), alternating rounds,
-        and what BN costs each: the BN network's step time per image over the baseline's.
+        networks in PyTorch (kerasbn.benchmarks.pytorch_peer; `pip install torch`),
+        alternating rounds, and what BN costs each: the BN network's step time per image over the baseline's.
     python -m kerasbn.bench --bench=profile [--model=bn --norms=keras,none --batches=4]
         where a training step's time goes: busy seconds per op type from TensorFlow's
         profiler (the first --precisions), for each norm.
     python -m kerasbn.bench --bench=run [--run_flags=launch/quickstart/bn.flags]
-        a training run's images/s against its step's on one cached batch (kerasbn.bench_run).
+        a training run's images/s against its step's on one cached batch
+        (kerasbn.benchmarks.whole_run).
     python -m kerasbn.bench --bench=heads [--head=arcface --class_counts=14700,1000000]
         the BN network's training step and peak memory with a margin head at each class count,
-        the full classifier against Partial FC's --sample_fractions (kerasbn.bench_heads).
+        the full classifier against Partial FC's --sample_fractions
+        (kerasbn.benchmarks.margin_heads).
     python -m kerasbn.bench --bench=scale --data_dir=data/synth_30k --data_dir=data/synth_2940k
         the input pipeline's peak memory, shuffle quality and time to the first training
-        step on each dataset, against the first (kerasbn.bench_scale).
+        step on each dataset, against the first (kerasbn.benchmarks.scaling).
 """
 
 import importlib.util
@@ -40,8 +42,10 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from kerasbn import (bench_heads, bench_run, bench_scale, bench_step, cli, heads, models, norms,
-                     pipeline, records, train_flags)
+from kerasbn.benchmarks import margin_heads, scaling, timing, whole_run
+from kerasbn.data import pipeline, records
+from kerasbn.flags import cli, train_flags
+from kerasbn.nn import heads, models, norms
 
 # kerasbn's dtype policy beside the PyTorch setting it is measured against.
 PEER_PRECISIONS = {"float32": "float32", "mixed_bfloat16": "bfloat16",
@@ -126,9 +130,9 @@ def separability(data_dir, epochs, batch_size=64, seed=0):
 
 
 def peer_rate(name, num_classes, precision, batch_size, steps):
-    """PyTorch's images/s for network `name` at `precision` (kerasbn.bench_peer's), measured
-    in a process of its own so neither framework's threads wait beside the other's."""
-    command = [sys.executable, "-m", "kerasbn.bench_peer", f"--model={name}",
+    """PyTorch's images/s for network `name` at `precision` (kerasbn.benchmarks.pytorch_peer's),
+    measured in a process of its own so neither framework's threads wait beside the other's."""
+    command = [sys.executable, "-m", "kerasbn.benchmarks.pytorch_peer", f"--model={name}",
                f"--precision={precision}", f"--num_classes={num_classes}",
                f"--batch_size={batch_size}", f"--steps={steps}"]
     done = subprocess.run(command, capture_output=True, text=True, check=False,
@@ -148,7 +152,7 @@ def bench_peer(num_classes, precisions, norm_names, batch_size, steps, rounds, p
         for name in ("baseline", "bn"):
             names = norm_names if name == "bn" else ["keras"]
             variants = [(p, n, False, 1) for p in precisions for n in names]
-            for (precision, norm, _, _), rate in bench_step.bench_train(
+            for (precision, norm, _, _), rate in timing.bench_train(
                     name, num_classes, variants, batch_size, steps, 1).items():
                 rates["kerasbn", name, precision, norm if name == "bn" else None] = \
                     rate["cached"]
@@ -218,7 +222,7 @@ def main(argv):
             if values.num_classes < classes:
                 sys.exit(f"error: --num_classes={values.num_classes} is fewer than the "
                          f"{classes} classes of {data_dir}; give at least {classes}")
-        rates = bench_step.bench_train(values.model, values.num_classes, variants,
+        rates = timing.bench_train(values.model, values.num_classes, variants,
                                        values.batch_size, values.batches, values.repeats,
                                        data_dir)
         reference = rates[variants[0]]["cached"]
@@ -260,7 +264,7 @@ def main(argv):
     if values.bench == "profile":
         for norm in values.norms or ["keras"]:
             with tempfile.TemporaryDirectory(prefix="kerasbn_profile_") as log_dir:
-                busy = bench_step.op_profile(values.model, values.num_classes,
+                busy = timing.op_profile(values.model, values.num_classes,
                                              values.precisions[0], norm, values.batch_size,
                                              values.batches, log_dir)
             total = sum(busy.values())
@@ -270,18 +274,18 @@ def main(argv):
                 print(f"  {kind:28s} {seconds:7.3f} s  {100 * seconds / total:5.1f}%")
         return
     if values.bench == "run":
-        bench_run.run(values.run_flags, values.data_dir[0] if values.data_dir else None,
+        whole_run.run(values.run_flags, values.data_dir[0] if values.data_dir else None,
                       values.batches, values.repeats)
         return
     if values.bench == "heads":
-        bench_heads.run(values.class_counts, values.sample_fractions, values.head,
+        margin_heads.run(values.class_counts, values.sample_fractions, values.head,
                         values.batch_size, values.batches, values.repeats,
                         values.precisions[0])
         return
     if values.bench == "norms":
         names = values.norms or list(norms.NORMS)
         variants = [(p, n, False, 1) for p in values.precisions for n in names]
-        rates = bench_step.bench_train(values.model, values.num_classes, variants,
+        rates = timing.bench_train(values.model, values.num_classes, variants,
                                        values.batch_size, values.batches, values.repeats)
         for (precision, norm, _, _), rate in rates.items():
             reference = rates[precision, names[0], False, 1]["cached"]
@@ -291,7 +295,7 @@ def main(argv):
     if not values.data_dir:
         sys.exit("error: --data_dir is required (a directory holding manifest.json)")
     if values.bench == "scale":
-        bench_scale.run(values.data_dir, values.batch_size, values.batches)
+        scaling.run(values.data_dir, values.batch_size, values.batches)
         return
     for data_dir in values.data_dir:
         if values.bench == "input":

@@ -14,7 +14,8 @@ the test net's batch_size, kerasbn batches of --batch_size.
 import re
 import sys
 
-from kerasbn import cli, schedules
+from kerasbn.flags import cli
+from kerasbn.training import schedules
 
 _LINE = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*:\s*("(?:[^"\\]|\\.)*"|\'[^\']*\'|[^\s#]+)'
                    r'\s*(?:#.*)?$')

@@ -25,8 +25,14 @@ import sys
 
 from absl import flags
 
-from kerasbn import atomic, cli, metrics, norms, records, schedules, seeds, train, train_flags
-from kerasbn.run_dir import RunDir
+from kerasbn import train
+from kerasbn.analysis import seeds
+from kerasbn.data import records
+from kerasbn.flags import cli, train_flags
+from kerasbn.nn import norms
+from kerasbn.training import metrics, schedules
+from kerasbn.training.run_dir import RunDir, stored_config
+from kerasbn.utils import atomic
 
 
 def momentum_for(config, norm):
@@ -53,7 +59,7 @@ def run_one(config, norm, seed, out):
     base = os.path.abspath(os.path.join(out, "flags.txt"))
     flagfile = (f"--flagfile={base}\n--norm={norm}\n--seed={seed}\n"
                 f"--run_dir={run.path}\n" + (f"--bn_momentum={momentum}\n" if momentum else ""))
-    stored = train_flags.stored_config(run.path) if run.holds_run() else None
+    stored = stored_config(run.path) if run.holds_run() else None
     if stored is not None and run.finished():
         run.check_same_run(config, stored)
         return run.read_metrics()
@@ -66,7 +72,7 @@ def run_one(config, norm, seed, out):
 
 def summarize(runs, target):
     """One row per implementation from {norm: [metrics entries per seed]}: mean and sample std
-    over seeds (kerasbn.seeds' rules, as the report's), iterations to `target` with a seed
+    over seeds (kerasbn.analysis.seeds' rules, as the report's), iterations to `target` with a seed
     that never reached it counted at its last test (so the mean is then a lower bound)."""
     rows = []
     keras_speed = _speed(runs.get("keras", []))

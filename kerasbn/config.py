@@ -9,87 +9,205 @@ so an error names the flag to change. `schedule` holds the learning-rate part, c
 import dataclasses
 import math
 
-from kerasbn import heads, metrics, models, norms, schedules
+from kerasbn.nn import heads, models, norms
+from kerasbn.training import metrics, runtime, schedules
+from kerasbn.utils import errors, settings
+from kerasbn.utils.settings import setting
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 SOLVER_TYPES = ("SGD", "Nesterov", "Adam", "AdamW")
 VERIFY_SPLITS = ("auto", "holdout", "none")
 EXPORTS = ("latest", "best")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
-# Settings that may change between a run and its resumption: where it lives and what it
-# reports (targets are measured afresh from the whole metrics history).
-NOT_RUN_DEFINING = ("run_dir", "display", "keep_checkpoints", "weights", "target_accuracy",
-                    "target", "skip_corrupt_records", "deterministic", "verify_split",
-                    "verify_interval", "verify_flip", "verify_bin", "export", "strategy",
-                    "cpu_devices", "steps_per_execution", "jit_compile")
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError):
     """Settings that cannot be used together; the message names the flag and the fix."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class RunConfig:
-    """Every setting of a training run (README's Train section explains each)."""
+    """Every setting of a training run, each declared once with its flag's help, bounds and
+    choices (README's Train section explains each)."""
 
-    data_dir: str
-    run_dir: str
-    num_classes: int
-    image_size: tuple
-    channels: int
-    model: str = "bn"
-    norm: str = "keras"
-    widths: tuple | None = None
-    dropout: float | None = None
-    bn_momentum: float | None = None
-    bn_epsilon: float | None = None
-    batch_size: int = 128
+    data_dir: str = setting(help="Directory holding manifest.json and the TFRecord shards.")
+    model: str = setting(
+        "bn",
+        "Network: the study's baseline, its BN network, bn_all (BN after every convolution), or "
+        "Caffe's CIFAR-10 examples cifar10_quick and cifar10_full_sigmoid_bn.",
+        choices=models.MODELS)
+    norm: str = setting(
+        "keras",
+        "BN implementation for networks with BN: keras, the study's Caffe semantics bvlc, "
+        "windows, nvidia (cuDNN engine, what the study ran) and nvidia_caffe (CPU engine), "
+        "renorm, sync (statistics across replicas), none.", choices=norms.NORMS)
+    num_classes: int = setting(
+        None, "Classes; default (and must equal): the manifest's.", lower=2, from_manifest=True)
+    image_size: tuple = setting(
+        None, "Input height and width; default (and must equal): the manifest's.", lower=1,
+        from_manifest=True)
+    channels: int = setting(help="Image channels: the manifest's.", lower=1, flag=False)
+    widths: tuple | None = setting(
+        None, "Convolution widths in order (default: the study's).", kind="list")
+    dropout: float | None = setting(
+        None, "Dropout before the classifier (default: the network's, 0.4 for baseline, 0 for bn).",
+        lower=0, upper=1, upper_open=True)
+    bn_momentum: float | None = setting(
+        None,
+        "BN moving-average momentum, Keras convention: the weight of the old statistic (= Caffe "
+        "moving_average_fraction = caffe-windows decay; PyTorch momentum = 1 - this). Default: "
+        "the --norm's own (keras 0.99, bvlc/nvidia 0.999, windows 0.95).", lower=0, upper=1,
+        upper_open=True)
+    bn_epsilon: float | None = setting(
+        None,
+        "BN epsilon added to the variance. Default: the --norm's own (keras 1e-3, Caffe 1e-5, "
+        "windows 1e-10).", lower=0)
+    head: str = setting(
+        "softmax",
+        "Classifier and loss: softmax (the study's), cosface (additive cosine margin) or arcface "
+        "(additive angular margin), the margin heads on L2-normalised features and centres.",
+        choices=heads.HEADS)
+    scale: float | None = setting(
+        None, "Margin heads: the scale s of the cosine logits (default: cosface "
+        f"{heads.DEFAULTS['cosface'][0]:g}, arcface {heads.DEFAULTS['arcface'][0]:g}).",
+        lower=0, lower_open=True)
+    margin: float | None = setting(
+        None, "Margin heads: the margin m, cosine for cosface, radians for arcface (default: "
+        f"cosface {heads.DEFAULTS['cosface'][1]:g}, arcface {heads.DEFAULTS['arcface'][1]:g}).",
+        lower=0, upper=1.5707)
+    easy_margin: bool = setting(
+        False, "arcface: the margin only where cos > 0 (the original's easy_margin; default: its "
+        "threshold fallback).")
+    sample_classes: float = setting(
+        1.0, "Margin heads: the fraction F of class centres each training step takes logits over "
+        "(Partial FC): the batch's classes plus random others; centres not drawn are not updated."
+        " 1: all, exact.", lower=0, upper=1, lower_open=True)
+    embedding: str = setting(
+        "pool",
+        "The feature the classifier takes: pool (the pooled 320-d layer, the study's) or bn_fc "
+        "(insightface's neck on it: BN, dropout, a fully connected layer to --embedding_dim, BN).",
+        choices=heads.EMBEDDINGS)
+    embedding_dim: int = setting(128, "--embedding=bn_fc: the embedding's width.", lower=1)
+    batch_size: int = setting(128, "Images per iteration (global, over all replicas).", lower=1)
     schedule: schedules.ScheduleConfig = schedules.ScheduleConfig()
-    solver_type: str = "SGD"
-    momentum: float = 0.9
-    momentum2: float = 0.999
-    delta: float = 1e-8
-    weight_decay: float = 5e-4
-    bias_decay_mult: float = 0.0
-    bn_decay_mult: float = 0.0
-    bias_lr_mult: float = 1.0
-    weight_filler: str = "network"
-    filler_std: float = 0.01
-    test_interval: int = 5000
-    test_iter: int = 0
-    test_initialization: bool = True
-    display: int = 100
-    snapshot: int = 5000
-    keep_checkpoints: int = 3
-    precision: str = "float32"
-    seed: int = 0
-    target_accuracy: tuple = (0.8,)
-    target: tuple = ()
-    stop_at_target: bool = False
-    weights: str | None = None
-    precise_bn: int = 0
-    crop_pad: int = 0
-    mirror: bool = False
-    skip_corrupt_records: bool = False
-    deterministic: bool = False
-    verify_split: str = "auto"
-    verify_interval: int = 0
-    verify_flip: bool = False
-    verify_bin: tuple = ()
-    strategy: str = "auto"
-    cpu_devices: int = 1
-    export: str = "latest"
-    freeze_backbone_iter: int = 0
-    steps_per_execution: int = 1
-    jit_compile: bool = False
-    initial_loss_scale: float = 2.0 ** 15
-    head: str = "softmax"
-    scale: float | None = None
-    margin: float | None = None
-    easy_margin: bool = False
-    sample_classes: float = 1.0
-    embedding: str = "pool"
-    embedding_dim: int = 128
+    solver_type: str = setting(
+        "SGD",
+        "Caffe solver type. SGD, Nesterov and Adam use Caffe's coupled weight decay (an L2 term "
+        "in the gradient); AdamW decouples it, as its paper defines: w -= lr * weight_decay * w, "
+        "apart from the gradient step.", choices=SOLVER_TYPES)
+    momentum: float = setting(
+        0.9, "SGD/Nesterov momentum; Adam's beta_1 (BN's is --bn_momentum).", lower=0, upper=1,
+        upper_open=True)
+    momentum2: float = setting(
+        0.999, "Adam/AdamW beta_2 (Caffe momentum2).", lower=0, upper=1, upper_open=True)
+    delta: float = setting(1e-08, "Adam/AdamW epsilon (Caffe delta).", lower=0, lower_open=True)
+    weight_decay: float = setting(
+        0.0005, "Caffe weight_decay on kernels (= Keras L2 of wd/2).", lower=0)
+    bias_decay_mult: float = setting(
+        0.0,
+        "Caffe decay_mult of the biases: their weight decay is --weight_decay times this (Caffe's"
+        " default 1; kerasbn's 0, biases undecayed).", lower=0)
+    bn_decay_mult: float = setting(
+        0.0,
+        "Caffe decay_mult of BN's scale and shift (a Caffe Scale layer's default 1; kerasbn's 0).",
+        lower=0)
+    bias_lr_mult: float = setting(
+        1.0, "Caffe lr_mult of the biases (prototxts commonly 2); SGD and Nesterov only.", lower=0)
+    weight_filler: str = setting(
+        "network", "Caffe weight filler of every kernel: xavier (uniform +-sqrt(3/fan_in)), msra "
+        "(untruncated Gaussian, std sqrt(2/fan_in)), gaussian (std --filler_std), keras "
+        "(glorot_uniform), network (each network's own: he_normal for the face networks, the "
+        "prototxt's per-layer Gaussians for CIFAR-10's).", choices=models.FILLERS)
+    filler_std: float = setting(
+        0.01, "--weight_filler=gaussian: its std.", lower=0, lower_open=True)
+    test_interval: int = setting(5000, "Test every this many iterations.", lower=1)
+    test_iter: int = setting(0, "Test batches per test; 0 = the whole test split.", lower=0)
+    test_initialization: bool = setting(True, "Also test at iteration 0, as Caffe does.")
+    display: int = setting(
+        100, "Print and log loss, lr and images/s every N iterations.", lower=1,
+        run_defining=False)
+    snapshot: int = setting(5000, "Checkpoint every N iterations (0: only at the end).", lower=0)
+    keep_checkpoints: int = setting(3, "Newest checkpoints kept.", lower=1, run_defining=False)
+    run_dir: str = setting(
+        help="Directory for everything about the run; rerunning on it resumes.", run_defining=False)
+    precision: str = setting(
+        "float32",
+        "Keras dtype policy; auto: mixed_float16 on a GPU, mixed_bfloat16 on a CPU with native "
+        "bfloat16 (AVX512-BF16 or AMX), else float32.", choices=PRECISIONS, flag_choices=("auto",))
+    seed: int = setting(0, "Seed for weights and data order.", lower=0)
+    target_accuracy: tuple = setting(
+        (0.8,),
+        "Test top-1 targets (repeatable): the first tested iteration and wall time reaching each "
+        "are reported.", lower=0, upper=1, lower_open=True, kind="multi_float", run_defining=False)
+    target: tuple = setting(
+        (), "A target on any recorded metric, METRIC:VALUE (repeatable; e.g. test_top1:0.8, "
+        "verify_acc:0.9): the first tested iteration and wall time reaching it are reported, as "
+        "for --target_accuracy (the top-1 shorthand).", kind="multi_string", run_defining=False)
+    stop_at_target: bool = setting(
+        False, "End the run once every --target_accuracy is reached (for hyper-parameter search).")
+    weights: str | None = setting(
+        None,
+        "Initialise from another run: its run dir, a checkpoint, or its exported SavedModel (as "
+        "Caffe's --weights).", run_defining=False)
+    precise_bn: int = setting(
+        0,
+        "Before each test, recompute BN running statistics as the average over N training batches"
+        " (0: off), so the test curve does not jump with stale moving averages.", lower=0)
+    crop_pad: int = setting(
+        0, "Training augmentation: pad by N pixels, random crop back.", lower=0)
+    mirror: bool = setting(False, "Training augmentation: random horizontal mirror.")
+    deterministic: bool = setting(
+        False,
+        "TensorFlow's deterministic ops: the same seed gives bit-identical weights, also across a"
+        " resume (slower).", run_defining=False)
+    verify_split: str = setting(
+        "auto",
+        "Face verification on identities never trained on: embed the holdout split and score its "
+        "pairs (10-fold accuracy, AUC, EER, TAR@FAR). auto: when the dataset has holdout pairs.",
+        choices=VERIFY_SPLITS, run_defining=False)
+    verify_interval: int = setting(
+        0, "Verify every N iterations (a multiple of --test_interval; 0: at every test).", lower=0,
+        run_defining=False)
+    verify_bin: tuple = setting(
+        (),
+        "An insightface verification set (lfw.bin, cfp_fp.bin, ...; repeatable) verified with the"
+        " holdout pairs, its figures recorded as NAME_acc, NAME_auc, ... (lfw_acc).",
+        kind="multi_string", run_defining=False)
+    verify_flip: bool = setting(
+        False, "Sum each holdout embedding with its mirror image's, as insightface does.",
+        run_defining=False)
+    freeze_backbone_iter: int = setting(
+        0, "Fine-tuning: train only the classifier for the first N iterations (every other layer "
+        "frozen, BN on its moving statistics), then every layer.", lower=0)
+    strategy: str = setting(
+        "auto",
+        "tf.distribute strategy: auto (mirrored over every GPU when there are several, else one "
+        "device), one_device, mirrored (every GPU, else every logical CPU device), multi_worker "
+        "(the cluster in TF_CONFIG). --batch_size stays the global batch; a run resumes under "
+        "another strategy.", choices=STRATEGIES, run_defining=False)
+    cpu_devices: int = setting(
+        1,
+        "Split the CPU into N logical devices, so --strategy=mirrored can be tried on a machine "
+        "without GPUs.", lower=1, upper=64, run_defining=False)
+    export: str = setting(
+        "latest", "The SavedModel written at the end: the last weights, or the best test's "
+        "(checkpoints/best).", choices=EXPORTS, run_defining=False)
+    steps_per_execution: int = setting(
+        1,
+        "Iterations run per call into TensorFlow (Keras's steps_per_execution): fewer host round "
+        "trips per step. Every event interval (--test_interval, --display, --snapshot, ...) and "
+        "--max_iter must be a multiple of it. Under --strategy=multi_worker (kerasbn's own loop) "
+        "calls stay single.", lower=1, upper=100000, run_defining=False)
+    jit_compile: bool = setting(False, "Compile the training step with XLA.", run_defining=False)
+    initial_loss_scale: float = setting(
+        2.0 ** 15,
+        "--precision=mixed_float16: the dynamic loss scale to start from (Keras's 32768); it "
+        "halves at each overflow, which skips that update, and doubles after 2,000 finite steps.",
+        lower=1e-08)
+    skip_corrupt_records: bool = setting(
+        False,
+        "Train and test on what is readable of corrupt or truncated shards (each is named, with "
+        "what it lost) instead of stopping.", run_defining=False)
 
     def __post_init__(self):
         fix = lambda name, value: object.__setattr__(self, name, value)
@@ -107,23 +225,10 @@ class RunConfig:
         self._check()
 
     def _check(self):
-        for name, allowed in (("model", models.MODELS), ("norm", norms.NORMS),
-                              ("precision", PRECISIONS), ("solver_type", SOLVER_TYPES),
-                              ("verify_split", VERIFY_SPLITS), ("export", EXPORTS),
-                              ("weight_filler", models.FILLERS), ("strategy", STRATEGIES),
-                              ("head", heads.HEADS), ("embedding", heads.EMBEDDINGS)):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"--{name}={getattr(self, name)} is not one of "
-                                  f"{', '.join(allowed)}")
-        for name in ("test_interval", "batch_size", "display", "channels"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.num_classes < 2:
             raise ConfigError(f"the dataset in --data_dir={self.data_dir} has "
                               f"{self.num_classes} class(es); a classifier needs at least 2")
-        for name in ("test_iter", "snapshot", "keep_checkpoints", "precise_bn", "crop_pad"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{name} must not be negative, got {getattr(self, name)}")
+        settings.check(self, ConfigError)
         if self.verify_interval % self.test_interval:
             raise ConfigError(f"--verify_interval={self.verify_interval} is no multiple of "
                               f"--test_interval={self.test_interval}; verification runs at "
@@ -131,40 +236,18 @@ class RunConfig:
         if self.test_interval > self.max_iter:
             raise ConfigError(f"--test_interval={self.test_interval} is larger than "
                               f"--max_iter={self.max_iter}; lower it so the run is tested")
-        for name in ("momentum", "momentum2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"--{name} must lie in [0, 1), got {getattr(self, name)}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"--weight_decay must not be negative, got {self.weight_decay}")
-        for name in ("bias_decay_mult", "bn_decay_mult", "bias_lr_mult"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{name} must not be negative, got {getattr(self, name)}")
-        if self.filler_std <= 0:
-            raise ConfigError(f"--filler_std must be positive, got {self.filler_std}")
         if self.bias_lr_mult != 1 and self.solver_type not in ("SGD", "Nesterov"):
             raise ConfigError(f"--bias_lr_mult={self.bias_lr_mult:g} needs --solver_type=SGD or "
                               f"Nesterov: {self.solver_type} scales each step by the "
                               "gradient's own size, so a rate multiplier is no Caffe lr_mult "
                               "there")
-        if self.delta <= 0:
-            raise ConfigError(f"--delta must be positive, got {self.delta}")
-        if self.bn_epsilon is not None and self.bn_epsilon < 0:
-            raise ConfigError(f"--bn_epsilon must not be negative, got {self.bn_epsilon}")
-        if self.bn_momentum is not None and not 0 <= self.bn_momentum < 1:
-            raise ConfigError(f"--bn_momentum must lie in [0, 1), got {self.bn_momentum}")
-        if self.dropout is not None and not 0 <= self.dropout < 1:
-            raise ConfigError(f"--dropout must lie in [0, 1), got {self.dropout}")
-        if not self.target_accuracy or not all(0 < t <= 1 for t in self.target_accuracy):
-            raise ConfigError(f"--target_accuracy must lie in (0, 1], got "
-                              f"{list(self.target_accuracy)}")
+        if not self.target_accuracy:
+            raise ConfigError("--target_accuracy needs at least one value in (0, 1]")
         for text in self.target:
             try:
                 metrics.parse_target(text)
             except ValueError as e:
                 raise ConfigError(str(e)) from None
-        if self.initial_loss_scale <= 0:
-            raise ConfigError(f"--initial_loss_scale must be positive, got "
-                              f"{self.initial_loss_scale:g}")
         if self.jit_compile and self.deterministic:
             raise ConfigError("--jit_compile and --deterministic exclude each other: Keras "
                               "turns XLA off under TensorFlow's op determinism; drop one")
@@ -183,8 +266,6 @@ class RunConfig:
         """Iteration events land between executions of `steps_per_execution` iterations, so
         each must fall on a multiple of it: a test is then at its own iteration, not later."""
         every = self.steps_per_execution
-        if every < 1:
-            raise ConfigError(f"--steps_per_execution must be at least 1, got {every}")
         events = [("max_iter", self.max_iter), ("test_interval", self.test_interval),
                   ("display", self.display), ("snapshot", self.snapshot),
                   ("verify_interval", self.verify_interval),
@@ -206,16 +287,10 @@ class RunConfig:
                               "--head=softmax; add --head=cosface or --head=arcface")
         if self.easy_margin and self.head != "arcface":
             raise ConfigError("--easy_margin is ArcFace's; add --head=arcface or drop it")
-        if self.scale is not None and self.scale <= 0:
-            raise ConfigError(f"--scale must be positive, got {self.scale:g}")
         limit = 1.0 if self.head == "cosface" else math.pi / 2
         if self.margin is not None and not 0 <= self.margin < limit:
             raise ConfigError(f"--margin of --head={self.head} must lie in [0, {limit:.4g}), "
                               f"got {self.margin:g}")
-        if self.embedding_dim < 1:
-            raise ConfigError(f"--embedding_dim must be at least 1, got {self.embedding_dim}")
-        if not 0 < self.sample_classes <= 1:
-            raise ConfigError(f"--sample_classes must lie in (0, 1], got {self.sample_classes:g}")
         if self.sample_classes == 1:
             return
         if not margin_head:
@@ -280,6 +355,53 @@ class RunConfig:
         mine, theirs = flat(self.to_dict()), flat(other.to_dict())
         return [(name, theirs.get(name), mine.get(name)) for name in sorted(mine)
                 if name not in NOT_RUN_DEFINING and mine.get(name) != theirs.get(name)]
+
+
+def declared():
+    """[(field, Spec)] of every training setting in flag order: the run's, with the
+    schedule's in the place of `schedule`."""
+    out = []
+    for field in dataclasses.fields(RunConfig):
+        if field.name == "schedule":
+            out += settings.declared(schedules.ScheduleConfig)
+        elif "setting" in field.metadata:
+            out.append((field, field.metadata["setting"]))
+    return out
+
+
+# Settings that may change between a run and its resumption: where it lives and what it
+# reports (targets are measured afresh from the whole metrics history).
+NOT_RUN_DEFINING = tuple(field.name for field, spec in declared() if not spec.run_defining)
+_SCHEDULE = tuple(field.name for field in dataclasses.fields(schedules.ScheduleConfig))
+
+
+def resolve(values, manifest, manifest_path="manifest.json"):
+    """The `RunConfig` of the training settings `values` ({flag name: value}, as the flags
+    give them) on the dataset of `manifest`.
+
+    The class count, image size and channels come from the manifest; --num_classes and
+    --image_size, when given, must agree with it. --precision=auto becomes this machine's.
+    """
+    classes = len(manifest["class_names"])
+    height, width = manifest["image_size"]
+    if values.get("num_classes") is not None and values["num_classes"] != classes:
+        raise ConfigError(f"--num_classes={values['num_classes']} but {manifest_path} has "
+                          f"{classes} classes; drop --num_classes or use the right dataset")
+    if values.get("image_size") is not None and [values["image_size"]] * 2 != [height, width]:
+        raise ConfigError(f"--image_size={values['image_size']} but {manifest_path} holds "
+                          f"{height}x{width} images; drop --image_size or rebuild the data")
+    run = {field.name: values[field.name] for field, spec in declared()
+           if field.name in values and field.name not in _SCHEDULE and not spec.from_manifest}
+    if run.get("precision") == "auto":
+        run["precision"] = runtime.auto_precision()
+    return RunConfig(num_classes=classes, image_size=(height, width),
+                     channels=manifest["channels"], schedule=schedule_of(values), **run)
+
+
+def schedule_of(values):
+    """The `ScheduleConfig` of the training settings `values` (raises ScheduleError)."""
+    return schedules.ScheduleConfig(**{name: values[name] for name in _SCHEDULE
+                                       if name in values})
 
 
 def flat(values):

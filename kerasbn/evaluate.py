@@ -22,11 +22,16 @@ import sys
 import numpy as np
 from absl import flags
 
-from kerasbn import (atomic, bin_sets, charts, cli, config, holdout, images, metrics, pairs,
-                     pipeline, records)
-from kerasbn import serving, verification
-from kerasbn.progress import Progress
-from kerasbn.run_dir import RunDirError
+from kerasbn import config
+from kerasbn.analysis import charts
+from kerasbn.data import images, pipeline, records
+from kerasbn.evaluation import bin_sets, holdout, pairs, verification
+from kerasbn.flags import cli
+from kerasbn.serving import signatures
+from kerasbn.training import metrics
+from kerasbn.training.run_dir import RunDirError
+from kerasbn.utils import atomic
+from kerasbn.utils.progress import Progress
 
 WORST = 5
 
@@ -141,7 +146,7 @@ def evaluate_network(served, values):
 def evaluate_run(run_dir, values):
     """`evaluate_network` of a run's newest checkpoint (its best test's with
     --checkpoint=best)."""
-    return evaluate_network(serving.from_run(run_dir, values.checkpoint == "best"), values)
+    return evaluate_network(signatures.from_run(run_dir, values.checkpoint == "best"), values)
 
 
 def label(result):
@@ -227,7 +232,7 @@ def main(argv):
     try:
         results = [r for run_dir in values.run_dir for r in evaluate_run(run_dir, values)]
         results += [r for path in values.model
-                    for r in evaluate_network(serving.from_saved_model(path), values)]
+                    for r in evaluate_network(signatures.from_saved_model(path), values)]
     except (records.DataError, RunDirError, config.ConfigError, FloatingPointError) as e:
         sys.exit(f"error: {e}")
     os.makedirs(values.out, exist_ok=True)

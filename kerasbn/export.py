@@ -1,7 +1,7 @@
 """Exports a trained network as a SavedModel that serves face photos.
 
-Its signatures (kerasbn.serving): `serving_default` takes a uint8 batch [N, H, W, 1 or 3] of
-any size and preprocesses it as the dataset was made (gray, resize_mode, mean/std), then
+Its signatures (kerasbn.serving.signatures): `serving_default` takes a uint8 batch
+[N, H, W, 1 or 3] of any size and preprocesses it as the dataset was made (gray, resize_mode, mean/std), then
 returns `logits`, `probabilities`, the top-k `labels` and identity `names`, and the
 L2-normalised `embedding`; `embed` only the embedding; `serve_bytes` encoded JPEG/PNG
 strings; `metadata` the class names and the verification threshold chosen on the holdout
@@ -9,7 +9,7 @@ pairs. kerasbn_export.json beside it records the classes, image size, channels, 
 and threshold. Loading needs TensorFlow only:
 `tf.saved_model.load(DIR).signatures["serving_default"]`.
 
-`--format=litert|onnx` writes the fixed-size core instead (kerasbn.portable): a .tflite or
+`--format=litert|onnx` writes the fixed-size core instead (kerasbn.serving.portable): a .tflite or
 .onnx file taking normalised float32 images, checked against Keras with the runtime that will
 run it, and a JSON file beside it with the preprocessing, class names and threshold.
 
@@ -24,12 +24,17 @@ import sys
 import keras
 from absl import flags
 
-from kerasbn import atomic, cli, holdout, portable, records, serving
-from kerasbn.run_dir import RunDir
+from kerasbn.data import records
+from kerasbn.evaluation import holdout
+from kerasbn.flags import cli
+from kerasbn.serving import portable, signatures
+from kerasbn.training.run_dir import RunDir
+from kerasbn.utils import atomic
+
 
 def is_export(path):
-    """Whether `path` holds a SavedModel that kerasbn wrote (it carries serving.MARKER)."""
-    return os.path.isfile(os.path.join(path, serving.MARKER))
+    """Whether `path` holds a SavedModel that kerasbn wrote (it carries signatures.MARKER)."""
+    return os.path.isfile(os.path.join(path, signatures.MARKER))
 
 
 def check_out(path, fmt="saved_model"):
@@ -64,14 +69,14 @@ def export_saved_model(model, manifest, path, data_dir=None):
     cut = threshold(model, data_dir, manifest) if data_dir else None
     archive = keras.export.ExportArchive()
     archive.track(model)
-    for name, (function, signature) in serving.serving_functions(model, manifest,
+    for name, (function, signature) in signatures.serving_functions(model, manifest,
                                                                  cut).items():
         archive.add_endpoint(name, function, input_signature=signature)
     tmp = path + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
     archive.write_out(tmp, verbose=False)
-    atomic.write_json(os.path.join(tmp, serving.MARKER), {
-        "written_by": "kerasbn", **serving.input_spec(manifest), "threshold": cut})
+    atomic.write_json(os.path.join(tmp, signatures.MARKER), {
+        "written_by": "kerasbn", **signatures.input_spec(manifest), "threshold": cut})
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
     return path
@@ -81,21 +86,21 @@ def export_run(run_dir, out=None, best=False):
     """Exports the newest (or best) checkpoint of a training run, rebuilt from its config."""
     if out:
         check_out(out)
-    config, manifest, model, _ = serving.restore_run(run_dir, best)
+    config, manifest, model, _ = signatures.restore_run(run_dir, best)
     return export_saved_model(model, manifest, out or RunDir(run_dir).export, config.data_dir)
 
 
 def export_portable(run_dir, fmt, out=None, best=False):
     """(path, {output: max |difference| from Keras}, what the check ran on) of the run's
-    fixed-size core written as a `fmt` file (kerasbn.portable) with its JSON beside it."""
+    fixed-size core written as a `fmt` file (kerasbn.serving.portable) with its JSON beside it."""
     portable.require(fmt)
     out = out or RunDir(run_dir).export + portable.FORMATS[fmt][0]
     check_out(out, fmt)
-    config, manifest, model, _ = serving.restore_run(run_dir, best)
+    config, manifest, model, _ = signatures.restore_run(run_dir, best)
     images, source = portable.check_images(config, manifest)
     height, width = manifest["image_size"]
     description = {
-        "written_by": "kerasbn", **serving.input_spec(manifest),
+        "written_by": "kerasbn", **signatures.input_spec(manifest),
         "input": {"name": "image", "dtype": "float32",
                   "shape": [None, height, width, manifest["channels"]],
                   "is": "(pixel - mean) / std per channel, after gray conversion and resize"},

@@ -34,8 +34,10 @@ import time
 
 from absl import flags
 
-from kerasbn import cli, export, report, seeds, train, train_flags
-from kerasbn.run_dir import RunDir
+from kerasbn import export, report, train
+from kerasbn.analysis import seeds
+from kerasbn.flags import cli, train_flags
+from kerasbn.training.run_dir import RunDir
 
 WAIT_SECONDS = 10
 

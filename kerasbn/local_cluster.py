@@ -23,7 +23,7 @@ import time
 
 from absl import flags
 
-from kerasbn import cli
+from kerasbn.flags import cli
 
 
 def free_ports(count):

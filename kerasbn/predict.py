@@ -18,9 +18,13 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from kerasbn import atomic, cli, images, pairs, serving
-from kerasbn.progress import Progress
-from kerasbn.run_dir import RunDir
+from kerasbn.data import images
+from kerasbn.evaluation import pairs
+from kerasbn.flags import cli
+from kerasbn.serving import signatures
+from kerasbn.training.run_dir import RunDir
+from kerasbn.utils import atomic
+from kerasbn.utils.progress import Progress
 
 BATCH = 64
 
@@ -28,10 +32,10 @@ BATCH = 64
 def load_model(path):
     """(the loaded SavedModel, channels, threshold or None) of an export (or of a run dir's
     export/). Callers keep the SavedModel, not only its signatures, whose variables it holds."""
-    if not os.path.isfile(os.path.join(path, serving.MARKER)) and os.path.isfile(
-            os.path.join(RunDir(path).export, serving.MARKER)):
+    if not os.path.isfile(os.path.join(path, signatures.MARKER)) and os.path.isfile(
+            os.path.join(RunDir(path).export, signatures.MARKER)):
         path = RunDir(path).export
-    loaded, spec = serving.load_saved_model(path)
+    loaded, spec = signatures.load_saved_model(path)
     threshold = float(loaded.signatures["metadata"]()["threshold"])
     return loaded, spec["channels"], None if np.isnan(threshold) else threshold
 
@@ -104,7 +108,7 @@ def define_flags(values):
     flags.DEFINE_string("out", None, "With --embed: the .npy file to write (and OUT.txt, "
                         "the file of each row).", **on)
     flags.DEFINE_integer("top_k", 5, "Identities printed per photo.", lower_bound=1,
-                         upper_bound=serving.TOP_K, **on)
+                         upper_bound=signatures.TOP_K, **on)
 
 
 def check(values, files):

@@ -15,7 +15,7 @@ of the run (`metrics.stability`): how much stale BN statistics shake the test cu
 Runs that differ only in their seed (e.g. `launch --seeds=3`) are one configuration: the
 table then gives each configuration's mean ± std over its seeds, iterations to a target
 censored at the last test for a seed that never reached it (shown as a bound), and speedups
-computed per seed (kerasbn.seeds says how); the accuracy figure draws each configuration's
+computed per seed (kerasbn.analysis.seeds says how); the accuracy figure draws each configuration's
 mean curve with a band of one std. With `--sweep=FLAG,...` (a launcher sweep), a second table
 gives each configuration at its best swept value, chosen on the first seed and reported on the
 others, with the speedup best-against-best beside the speedup at the reference's best value,
@@ -28,9 +28,12 @@ import sys
 import numpy as np
 from absl import flags
 
-from kerasbn import charts, cli, metrics, seeds, train_flags
+from kerasbn.analysis import charts, seeds
 from kerasbn.config import ConfigError
-from kerasbn.run_dir import RunDir, RunDirError
+from kerasbn.flags import cli
+from kerasbn.training import metrics
+from kerasbn.training.run_dir import RunDir, RunDirError, run_settings
+
 FIGURES = {"accuracy_vs_iteration.png": ("iteration", "test_top1", "test top-1"),
            "accuracy_vs_time.png": ("wall_time", "test_top1", "test top-1"),
            "train_loss.png": ("iteration", "train_loss", "training loss"),
@@ -47,7 +50,7 @@ def load_run(run_dir):
     """{name, dir, flags, entries} of one run; ReportError when it has no test yet."""
     try:
         entries = RunDir(run_dir).read_metrics()
-        settings = train_flags.run_settings(run_dir) if entries else {}
+        settings = run_settings(run_dir) if entries else {}
     except (RunDirError, ConfigError) as e:
         raise ReportError(f"{run_dir}: {e}") from None
     if not entries:

@@ -12,8 +12,10 @@ import sys
 import numpy as np
 from absl import flags
 
-from kerasbn import charts, cli, schedules, train_flags
+from kerasbn.analysis import charts
 from kerasbn.config import ConfigError
+from kerasbn.flags import cli, train_flags
+from kerasbn.training import schedules
 
 
 def define_flags(values):

@@ -18,11 +18,15 @@ import time
 import keras
 import tensorflow as tf
 
-from kerasbn import bin_sets, callbacks, checkpoints, cli, config as config_lib, export, holdout
-from kerasbn import models
-from kerasbn import metrics, optimizers, pipeline, precise_bn, records, schedules, stop_signals
-from kerasbn import train_flags
-from kerasbn.run_dir import RunDir, RunDirBusy, RunDirError
+from kerasbn import config as config_lib
+from kerasbn import export
+from kerasbn.data import pipeline, records
+from kerasbn.evaluation import bin_sets, holdout
+from kerasbn.flags import cli, train_flags
+from kerasbn.nn import models
+from kerasbn.training import callbacks, checkpoints, metrics, optimizers, precise_bn, schedules
+from kerasbn.training.run_dir import RunDir, RunDirBusy, RunDirError, stored_config
+from kerasbn.utils import stop_signals
 
 # What a training command reports as one line; anything else is a bug and keeps its traceback.
 # The exit status of a run refused because another process trains in its run dir, so a
@@ -87,7 +91,7 @@ def is_chief(strategy):
 def start(config, flagfile_text, overwrite=False, stored=None, strategy=None):
     """Trains (or resumes) the run of `config` in its run dir, holding the run's lock.
 
-    `stored` is the run dir's own config when it holds a run (`train_flags.stored_config`);
+    `stored` is the run dir's own config when it holds a run (`run_dir.stored_config`);
     a different one is refused unless `overwrite`, which deletes only the run's files.
     Under a multi-worker `strategy`, a worker other than the chief trains in a scratch copy
     of the run's checkpoints and metrics (so it resumes where the chief does), removed at the
@@ -413,7 +417,7 @@ def main(argv):
         manifest = records.read_manifest(values.data_dir)
         config = train_flags.to_config(values, manifest)
         run = RunDir(config.run_dir)
-        stored = train_flags.stored_config(config.run_dir, manifest) if run.holds_run() \
+        stored = stored_config(config.run_dir, manifest) if run.holds_run() \
             else None
         summary, export_dir = start(config, train_flags.flagfile_text(values),
                                     values.overwrite, stored, strategy)

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from data_tools import build_records, inspect_records, synth
-from kerasbn import records, train
+from kerasbn import train
+from kerasbn.data import records
 
 
 def make_synth(out, identities=6, images_per_identity=20, encoding="raw", shard_size=32,

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from kerasbn import atomic
+from kerasbn.utils import atomic
 
 
 def test_a_failed_write_leaves_the_old_file_whole(tmp_path, monkeypatch):

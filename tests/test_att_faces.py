@@ -4,8 +4,8 @@ import os
 
 from conftest import run_train
 from data_tools import build_records, inspect_records
-from kerasbn import records
-from kerasbn.run_dir import RunDir
+from kerasbn.data import records
+from kerasbn.training.run_dir import RunDir
 
 # 40 classes: chance is 2.5%; 150 iterations (about 30 s on 2 cores) reach about 90%.
 MIN_TOP1 = 0.5

@@ -1,6 +1,7 @@
 import pytest
 
-from kerasbn import bench, bench_step
+from kerasbn import bench
+from kerasbn.benchmarks import timing
 
 
 def test_input_bench_measures_both_readers_on_the_same_shards(small_data):
@@ -11,10 +12,10 @@ def test_input_bench_measures_both_readers_on_the_same_shards(small_data):
 
 def test_train_bench_times_the_real_pipeline_beside_one_cached_batch(small_data):
     variants = [("float32", "keras", False, 1), ("float32", "keras", False, 2)]
-    rates = bench_step.bench_train("bn", 6, variants, 8, 2, 1, small_data)
+    rates = timing.bench_train("bn", 6, variants, 8, 2, 1, small_data)
     assert list(rates) == variants
     assert all(r["cached"] > 0 and r["pipeline"] > 0 for r in rates.values())
-    alone = bench_step.bench_train("bn", 6, variants[:1], 8, 2, 1)
+    alone = timing.bench_train("bn", 6, variants[:1], 8, 2, 1)
     assert list(alone[variants[0]]) == ["cached"]
 
 
@@ -31,18 +32,20 @@ def test_train_bench_prints_the_verdict_and_refuses_an_unknown_compile(small_dat
 
 def test_expected_distinct_identities_matches_uniform_draws():
     import numpy as np
-    from kerasbn import bench_scale
+
+    from kerasbn.benchmarks import scaling
     rng = np.random.default_rng(0)
     for identities in (6, 150, 14700):
         draws = rng.integers(0, identities, (4000, 128))
         simulated = np.mean([len(np.unique(row)) for row in draws])
-        assert abs(bench_scale.expected_distinct(identities, 128) - simulated) < 0.15
-    assert round(bench_scale.expected_distinct(14700, 128), 1) == 127.4
+        assert abs(scaling.expected_distinct(identities, 128) - simulated) < 0.15
+    assert round(scaling.expected_distinct(14700, 128), 1) == 127.4
 
 
 def test_scale_bench_measures_memory_shuffle_and_first_step(small_data, capsys):
     import os
-    from kerasbn import verified
+
+    from kerasbn.data import checks
     results = bench.bench_scale.run([small_data], 16, 20)
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"{small_data}: 90 training records of 6 identities; pipeline peak")
@@ -52,7 +55,7 @@ def test_scale_bench_measures_memory_shuffle_and_first_step(small_data, capsys):
     assert result["rss_peak_mb"] >= result["rss_start_mb"] > 0
     assert 0 < result["first_step_s"] and 0 < result["first_step_unchecked_s"]
     # The second start found the first one's note of checked splits.
-    assert os.path.exists(os.path.join(small_data, verified.FILENAME))
+    assert os.path.exists(os.path.join(small_data, checks.FILENAME))
 
 
 def test_scale_bench_names_a_directory_without_a_dataset(tmp_path):
@@ -67,10 +70,11 @@ def test_scale_bench_names_a_directory_without_a_dataset(tmp_path):
 def test_the_pytorch_peer_builds_kerasbn_s_networks_layer_for_layer():
     import pytest
     torch = pytest.importorskip("torch")
-    from kerasbn import bench_peer, models
+    from kerasbn.benchmarks import pytorch_peer
+    from kerasbn.nn import models
     for name in ("baseline", "bn"):
         ours = models.build(name, 14_700)
-        peer = bench_peer.network(name, 14_700)
+        peer = pytorch_peer.network(name, 14_700)
         assert sum(p.numel() for p in peer.parameters()) == sum(
             int(v.shape.num_elements()) for v in ours.trainable_variables)
         convs = [m for m in peer if isinstance(m, torch.nn.Conv2d)]
@@ -115,11 +119,11 @@ def test_peer_bench_without_pytorch_measures_kerasbn_alone(monkeypatch, capsys):
 
 
 def test_run_bench_times_a_training_run_beside_its_step(small_data, tmp_path, capsys):
-    from kerasbn import bench_run
+    from kerasbn.benchmarks import whole_run
     flagfile = tmp_path / "run.flags"
     flagfile.write_text(f"--model=bn\n--norm=keras\n--batch_size=8\n--data_dir={small_data}\n"
                         "--precision=float32\n")
-    measured = bench_run.run(str(flagfile), None, 4, 1)
+    measured = whole_run.run(str(flagfile), None, 4, 1)
     assert set(measured[0]) == {"run", "cached", "pipeline"}
     assert all(value > 0 for value in measured[0].values())
     out = capsys.readouterr().out.splitlines()
@@ -129,7 +133,7 @@ def test_run_bench_times_a_training_run_beside_its_step(small_data, tmp_path, ca
 
 def test_profiles_name_onednn_rewrites_by_their_stock_types():
     # Machines with and without oneDNN's rewrites must give one profile's rows one name.
-    assert {op: bench_step._stock_type(op) for op in (
+    assert {op: timing._stock_type(op) for op in (
         "_MklNativeFusedBatchNormV3", "_MklNativeFusedConv2D", "_MklMatMul",
         "_MklNativeConv2DBackpropFilterWithBias", "_FusedConv2D", "Relu")} == {
         "_MklNativeFusedBatchNormV3": "FusedBatchNormV3", "_MklNativeFusedConv2D": "_FusedConv2D",
@@ -139,11 +143,11 @@ def test_profiles_name_onednn_rewrites_by_their_stock_types():
 
 
 def test_the_profile_names_the_fused_batch_norm_ops_of_the_keras_norm(tmp_path):
-    busy = bench_step.op_profile("bn", 10, "float32", "keras", 8, 2, str(tmp_path))
+    busy = timing.op_profile("bn", 10, "float32", "keras", 8, 2, str(tmp_path))
     assert {"FusedBatchNormV3", "FusedBatchNormGradV3", "Conv2DBackpropFilter"} <= set(busy)
     assert "IDLE" not in busy and all(seconds >= 0 for seconds in busy.values())
     assert list(busy.values()) == sorted(busy.values(), reverse=True)
-    plain = bench_step.op_profile("bn", 10, "float32", "none", 8, 2, str(tmp_path / "none"))
+    plain = timing.op_profile("bn", 10, "float32", "none", 8, 2, str(tmp_path / "none"))
     assert not {"FusedBatchNormV3", "FusedBatchNormGradV3"} & set(plain)
 
 

@@ -7,7 +7,7 @@ from PIL import Image
 
 from conftest import build_folder, read_records
 from data_tools import build_records, inspect_records
-from kerasbn import pipeline, records
+from kerasbn.data import pipeline, records
 
 
 def test_folder_tree_every_format_and_bad_files(folder, tmp_path):
@@ -81,7 +81,7 @@ def test_list_file_with_root(folder, tmp_path):
 def test_resize_modes_and_exif_orientation(tmp_path):
     wide = Image.new("L", (100, 50), 0)
     wide.paste(255, (25, 0, 75, 50))
-    from kerasbn import images
+    from kerasbn.data import images
     crop = images.to_array(wide, 1, 10, "crop")
     pad = images.to_array(wide, 1, 10, "pad")
     stretch = images.to_array(wide, 1, 10, "stretch")

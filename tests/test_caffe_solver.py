@@ -1,6 +1,7 @@
 import pytest
 
-from kerasbn import caffe_solver, train_flags
+from kerasbn import caffe_solver
+from kerasbn.flags import train_flags
 
 # Caffe's examples/cifar10/cifar10_quick_solver.prototxt, as published.
 CIFAR10_QUICK = """# reduce the learning rate after 8 epochs (4000 iters) by a factor of 10

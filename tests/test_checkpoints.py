@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kerasbn import checkpoints, records
-from kerasbn.run_dir import RunDir
+from kerasbn.data import records
+from kerasbn.training import checkpoints
+from kerasbn.training.run_dir import RunDir
 
 
 def _model(width=3):

@@ -6,8 +6,9 @@ import pytest
 from absl import flags
 
 from data_tools import bench_convert, build_records, inspect_records, synth
-from kerasbn import bench, cli, compare_norms, evaluate, export, launch, report, show_schedule
-from kerasbn import local_cluster, predict, train_flags
+from kerasbn import (bench, compare_norms, evaluate, export, launch, local_cluster, predict,
+                     report, show_schedule)
+from kerasbn.flags import cli, train_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

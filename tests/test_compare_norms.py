@@ -4,8 +4,11 @@ import shutil
 
 import pytest
 
-from kerasbn import cli, compare_norms, metrics, records, train_flags
-from kerasbn.run_dir import RunDirError
+from kerasbn import compare_norms
+from kerasbn.data import records
+from kerasbn.flags import cli, train_flags
+from kerasbn.training import metrics
+from kerasbn.training.run_dir import RunDirError
 
 
 def _entries(accuracies, every=10, speed=100.0):

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from kerasbn import schedules
 from kerasbn.config import ConfigError, RunConfig
+from kerasbn.training import schedules
 
 BASE = dict(data_dir="d", run_dir="r", num_classes=6, image_size=(50, 50), channels=1)
 

@@ -1,6 +1,6 @@
 import os
 
-from kerasbn import console
+from kerasbn.utils import console
 
 
 def test_verbosity_is_read_in_every_absl_spelling():

@@ -10,7 +10,7 @@ import tempfile
 import pytest
 
 from conftest import train_args
-from kerasbn.run_dir import RunDir
+from kerasbn.training.run_dir import RunDir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

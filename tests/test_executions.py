@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import run_train, train_args
-from kerasbn.run_dir import RunDir
+from kerasbn.training.run_dir import RunDir
 from test_train import _error, _final_state, _metrics, _scalars, _train_process
 
 TIMING = ("wall_time", "images_per_sec", "test_seconds", "verify_seconds")

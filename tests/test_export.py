@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kerasbn import checkpoints, export, optimizers, pipeline, records, train_flags
-from kerasbn.run_dir import RunDir
+from kerasbn import export
+from kerasbn.data import pipeline, records
+from kerasbn.flags import train_flags
+from kerasbn.training import checkpoints, optimizers
+from kerasbn.training.run_dir import RunDir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -134,7 +137,8 @@ print(a["names"].numpy()[0][0].decode(), len(meta["class_names"].numpy()),
 def test_an_any_size_rgb_photo_embeds_as_the_pipeline_does_its_converted_image(
         finished_run, small_data, tmp_path):
     from PIL import Image
-    from kerasbn import images as image_files
+
+    from kerasbn.data import images as image_files
     manifest = records.read_manifest(small_data)
     files = records.split_files(small_data, manifest, "test")
     batch = next(iter(tf.data.TFRecordDataset(files).batch(4)))

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from conftest import make_synth, run_train, train_args
-from kerasbn import checkpoints, optimizers, train_flags
-from kerasbn.run_dir import RunDir
+from kerasbn.flags import train_flags
+from kerasbn.training import checkpoints, optimizers
+from kerasbn.training.run_dir import RunDir
 
 
 def restored(run_dir):

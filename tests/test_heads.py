@@ -13,8 +13,12 @@ import pytest
 import tensorflow as tf
 
 from conftest import make_synth, run_train, train_args
-from kerasbn import checkpoints, config, heads, models, optimizers, serving, train_flags
-from kerasbn.run_dir import RunDir
+from kerasbn import config
+from kerasbn.flags import train_flags
+from kerasbn.nn import heads, models
+from kerasbn.serving import signatures
+from kerasbn.training import checkpoints, optimizers
+from kerasbn.training.run_dir import RunDir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -270,7 +274,7 @@ def test_an_arcface_partial_fc_run_resumes_exactly_exports_and_serves_cosines(
     assert (cfg.head, cfg.sample_classes, cfg.embedding) == ("arcface", 0.5, "bn_fc")
     # The draws follow the iteration, so the resumed run drew what the whole one did.
     np.testing.assert_array_equal(restored["cut"], restored["whole"])
-    served = serving.from_saved_model(RunDir(str(tmp_path / "whole")).export)
+    served = signatures.from_saved_model(RunDir(str(tmp_path / "whole")).export)
     images = np.random.default_rng(0).integers(0, 256, (3, 50, 50, 1), np.uint8)
     outputs = served.serve(tf.constant(images))
     np.testing.assert_allclose(np.linalg.norm(outputs["embedding"].numpy(), axis=1), 1,
@@ -284,17 +288,20 @@ def test_an_arcface_partial_fc_run_resumes_exactly_exports_and_serves_cosines(
 
 def test_partial_fc_over_two_replicas_ends_where_one_device_does(forty_people, tmp_path):
     # Both replicas draw for the global batch, so they take the centres one device takes.
+    # One iteration: its loss is taken on the same weights and the same centres, and the test
+    # after it on weights one update apart only by the order of float sums. Over more steps
+    # at scale 30 those orders (and oneDNN's kernels, which differ by CPU) part the losses by
+    # more than any tolerance that still tells a wrong draw from a right one.
     args = lambda run: [sys.executable, "-m", "kerasbn.train", *train_args(
         forty_people, str(tmp_path / run), head="cosface", sample_classes=0.5, norm="sync",
-        max_iter=10, snapshot=10, test_interval=10)]
+        max_iter=1, snapshot=1, test_interval=1, display=1)]
     for run, extra in (("one", []), ("two", ["--strategy=mirrored", "--cpu_devices=2"])):
         done = subprocess.run(args(run) + extra, cwd=ROOT, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
     want, got = (RunDir(str(tmp_path / run)).read_metrics()[-1] for run in ("one", "two"))
-    assert got["iteration"] == want["iteration"] == 10
-    # As tests/test_distribute.py: only the order of float sums differs.
-    assert got["train_loss"] == pytest.approx(want["train_loss"], abs=3e-3)
-    assert got["test_loss"] == pytest.approx(want["test_loss"], abs=3e-2)
+    assert got["iteration"] == want["iteration"] == 1
+    assert got["train_loss"] == pytest.approx(want["train_loss"], abs=2e-4)
+    assert got["test_loss"] == pytest.approx(want["test_loss"], abs=1e-3)
 
 
 def test_partial_fc_trains_under_xla(forty_people, tmp_path):

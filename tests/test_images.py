@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kerasbn import images
+from kerasbn.data import images
 
 RGB = np.random.default_rng(0).integers(0, 256, (16, 16, 3), np.uint8)
 # ITU-R 601-2 luma, as Pillow's own L conversion rounds it.

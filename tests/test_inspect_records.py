@@ -5,7 +5,7 @@ from PIL import Image
 
 from conftest import build_folder
 from data_tools import inspect_records
-from kerasbn import pipeline, records
+from kerasbn.data import pipeline, records
 
 
 def test_write_manifest_describes_foreign_records(tmp_path):

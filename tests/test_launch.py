@@ -35,7 +35,8 @@ def test_sets_are_found_from_any_directory(tmp_path):
 
 
 def test_every_set_flagfile_is_a_valid_training_flagfile(tmp_path, monkeypatch):
-    from kerasbn import cli, launch, train_flags
+    from kerasbn import launch
+    from kerasbn.flags import cli, train_flags
     monkeypatch.chdir(tmp_path)  # nested --flagfile paths resolve beside the including file
     sets = launch.sets_dir()
     for name in sorted(os.listdir(sets)):
@@ -149,17 +150,17 @@ def test_a_sweep_that_cannot_report_a_spread_or_names_no_flag_is_refused(args, m
 
 def _fake_runs(tmp_path, count):
     """Commands standing in for training: each writes its run's export marker."""
-    from kerasbn import serving
-    from kerasbn.run_dir import RunDir
+    from kerasbn.serving import signatures
+    from kerasbn.training.run_dir import RunDir
     dirs = [str(tmp_path / f"run{k}") for k in range(count)]
     script = ("import os, sys; os.makedirs(sys.argv[1], exist_ok=True); "
-              f"open(os.path.join(sys.argv[1], {serving.MARKER!r}), 'w').write('{{}}')")
+              f"open(os.path.join(sys.argv[1], {signatures.MARKER!r}), 'w').write('{{}}')")
     return [[sys.executable, "-c", script, RunDir(d).export] for d in dirs], dirs
 
 
 def test_a_launcher_skips_finished_runs_and_runs_another_process_trains(tmp_path, capsys):
     from kerasbn import launch
-    from kerasbn.run_dir import RunDir
+    from kerasbn.training.run_dir import RunDir
     runs, dirs = _fake_runs(tmp_path, 3)
     assert subprocess.run(runs[0]).returncode == 0
     with RunDir(dirs[1]).lock():
@@ -173,7 +174,7 @@ def test_a_launcher_skips_finished_runs_and_runs_another_process_trains(tmp_path
 def test_a_sweep_waits_for_first_seed_runs_another_process_trains(tmp_path, monkeypatch,
                                                                    capsys):
     from kerasbn import launch
-    from kerasbn.run_dir import RunDir
+    from kerasbn.training.run_dir import RunDir
     commands, dirs = _fake_runs(tmp_path, 2)
     runs = [{"command": c, "run_dir": d} for c, d in zip(commands, dirs)]
     slept = []
@@ -202,7 +203,7 @@ def test_a_run_claimed_between_the_check_and_the_start_is_left_to_its_claimer(tm
 
 def test_training_in_a_locked_run_dir_exits_busy(small_data, tmp_path):
     from kerasbn import train
-    from kerasbn.run_dir import RunDir
+    from kerasbn.training.run_dir import RunDir
     run_dir = str(tmp_path / "claimed")
     with RunDir(run_dir).lock():
         done = subprocess.run([sys.executable, "-m", "kerasbn.train", f"--data_dir={small_data}",
@@ -216,7 +217,8 @@ def test_training_in_a_locked_run_dir_exits_busy(small_data, tmp_path):
 def test_quick_sets_run_the_study_as_it_ran(tmp_path, monkeypatch):
     # One learning rate for all four, NVIDIA Caffe's BN for the BN runs, its averaging window
     # scaled with the run length, and the schedule no longer than the run.
-    from kerasbn import cli, launch, train_flags
+    from kerasbn import launch
+    from kerasbn.flags import cli, train_flags
     monkeypatch.chdir(tmp_path)
     parsed = {}
     for path in launch.set_flagfiles(os.path.join(launch.sets_dir(), "study_quick")):
@@ -232,7 +234,7 @@ def test_quick_sets_run_the_study_as_it_ran(tmp_path, monkeypatch):
 
 
 def test_the_quickstart_networks_differ_only_in_what_the_study_changed(tmp_path, monkeypatch):
-    from kerasbn import cli, train_flags
+    from kerasbn.flags import cli, train_flags
     monkeypatch.chdir(tmp_path)
     settings = {}
     for net in ("baseline", "bn"):
@@ -258,6 +260,7 @@ def _records_only(run_dir, to):
 def test_the_records_of_a_finished_run_count_as_finished_without_its_checkpoints(
         finished_run, tmp_path):
     import json
+
     from kerasbn import launch, report
     copy = _records_only(finished_run, tmp_path / "copy")
     assert launch.finished(finished_run) and launch.finished(copy)
@@ -276,7 +279,7 @@ def test_the_records_of_a_finished_run_count_as_finished_without_its_checkpoints
 def test_a_run_killed_in_its_export_is_not_finished(small_data, tmp_path, monkeypatch):
     from conftest import run_train, train_args
     from kerasbn import export, launch
-    from kerasbn.run_dir import RunDir
+    from kerasbn.training.run_dir import RunDir
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt

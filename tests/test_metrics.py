@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kerasbn import metrics
+from kerasbn.training import metrics
 
 
 def test_summary_tracks_every_target_as_the_reference_defines_it():

@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from kerasbn import models, norms
+from kerasbn.nn import models, norms
 
 
 def _counts(model):

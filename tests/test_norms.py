@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kerasbn import models, norms
+from kerasbn.nn import models, norms
 
 SHAPE = (4, 3, 3, 5)  # m = 36 values per channel
 

@@ -3,8 +3,8 @@
 import keras
 import numpy as np
 
-from kerasbn import optimizers, schedules
 from kerasbn.config import RunConfig
+from kerasbn.training import optimizers, schedules
 
 X = np.array([[1.0, 2.0], [0.5, -1.0], [-1.5, 0.25], [2.0, 1.0]], np.float32)
 Y = np.array([[1.0], [0.0], [-1.0], [2.0]], np.float32)
@@ -124,6 +124,7 @@ def test_bias_lr_mult_scales_the_biases_whole_step_as_caffe():
 
 def test_bias_lr_mult_is_refused_where_it_is_no_caffe_lr_mult():
     import pytest
+
     from kerasbn.config import ConfigError
     with pytest.raises(ConfigError, match="--bias_lr_mult=2 needs --solver_type=SGD"):
         _config(bias_lr_mult=2.0, solver_type="Adam")

@@ -3,7 +3,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import build_folder
-from kerasbn import pairs, records
+from kerasbn.data import records
+from kerasbn.evaluation import pairs
 
 
 def test_lfw_layout_sets_and_a_malformed_line(tmp_path):

@@ -5,8 +5,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import make_synth
-from kerasbn import pipeline
-from kerasbn import records
+from kerasbn.data import pipeline, records
 
 
 def _take(dataset, n):
@@ -188,16 +187,16 @@ def test_a_split_checked_whole_is_not_read_again_until_a_shard_changes(tmp_path,
 
 
 def test_a_split_is_checked_whole_each_time_in_a_read_only_dataset(tmp_path, monkeypatch):
-    from kerasbn import verified
+    from kerasbn.data import checks
     make_synth(tmp_path)
-    os.remove(tmp_path / verified.FILENAME)  # as a dataset written by another tool
+    os.remove(tmp_path / checks.FILENAME)  # as a dataset written by another tool
     manifest = records.read_manifest(str(tmp_path))
-    monkeypatch.setattr(verified.atomic, "write_json",
+    monkeypatch.setattr(checks.atomic, "write_json",
                         lambda *a, **k: (_ for _ in ()).throw(PermissionError("read-only")))
     count = manifest["splits"]["test"]["count"]
     for _ in range(2):
         assert pipeline.verify_split(str(tmp_path), manifest, "test") == (count, {})
-    assert not (tmp_path / verified.FILENAME).exists()
+    assert not (tmp_path / checks.FILENAME).exists()
 
 
 def test_a_dataset_just_written_is_not_read_whole_before_its_first_run(tmp_path, folder,

@@ -12,8 +12,13 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 
 from conftest import run_train, train_args
-from kerasbn import checkpoints, export, models, pipeline, portable, records, train_flags
-from kerasbn.run_dir import RunDir
+from kerasbn import export
+from kerasbn.data import pipeline, records
+from kerasbn.flags import train_flags
+from kerasbn.nn import models
+from kerasbn.serving import portable
+from kerasbn.training import checkpoints
+from kerasbn.training.run_dir import RunDir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -2,7 +2,8 @@ import keras
 import numpy as np
 import pytest
 
-from kerasbn import norms, precise_bn
+from kerasbn.nn import norms
+from kerasbn.training import precise_bn
 from test_norms import SHAPE, _batches, _moments, _y
 
 

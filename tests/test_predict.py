@@ -5,8 +5,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from kerasbn import predict, records
-from kerasbn.run_dir import RunDir
+from kerasbn import predict
+from kerasbn.data import records
+from kerasbn.training.run_dir import RunDir
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from kerasbn import images, preprocess
+from kerasbn.data import images, preprocess
 
 
 def photo(height, width, channels, seed=0):

@@ -1,6 +1,6 @@
 import io
 
-from kerasbn import progress
+from kerasbn.utils import progress
 
 
 def test_format_seconds():

@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import read_records
 from data_tools import build_records, recordio, synth
-from kerasbn import images, records
+from kerasbn.data import images, records
 
 MAGIC = 0xCED7230A
 

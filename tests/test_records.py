@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kerasbn import records
+from kerasbn.data import records
 
 
 def _images(n, height=50, width=40, channels=1, seed=0):

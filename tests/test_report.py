@@ -3,7 +3,8 @@ import os
 
 import pytest
 
-from kerasbn import report, seeds
+from kerasbn import report
+from kerasbn.analysis import seeds
 
 
 def _run(directory, model, accuracies, every=100, lr=0.01, targets=()):

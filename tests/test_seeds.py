@@ -1,5 +1,5 @@
-"""Several seeds per configuration: spread, censoring, paired speedups, sweeps (kerasbn.seeds
-and the report's grouped tables), against hand computations."""
+"""Several seeds per configuration: spread, censoring, paired speedups, sweeps
+(kerasbn.analysis.seeds and the report's grouped tables), against hand computations."""
 
 import json
 import os
@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from kerasbn import report, seeds
+from kerasbn import report
+from kerasbn.analysis import seeds
 
 TOP1 = ("test_top1", 0.8)
 

@@ -3,7 +3,7 @@ import signal
 
 import pytest
 
-from kerasbn import stop_signals
+from kerasbn.utils import stop_signals
 
 
 def test_the_first_signal_is_recorded_and_a_second_ctrl_c_stops_at_once(capsys):

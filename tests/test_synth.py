@@ -6,7 +6,9 @@ import pytest
 
 from conftest import make_synth
 from data_tools import synth
-from kerasbn import bench, pairs, records
+from kerasbn import bench
+from kerasbn.data import records
+from kerasbn.evaluation import pairs
 
 
 def _digest(directory):

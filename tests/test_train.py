@@ -11,11 +11,11 @@ import tensorflow as tf
 
 from conftest import make_synth, run_train, train_args
 from data_tools import synth
-from kerasbn import callbacks, train
-from kerasbn.run_dir import RunDir
+from kerasbn import train
+from kerasbn.training import callbacks
+from kerasbn.training.run_dir import RunDir
 from test_pipeline import _damaged
 from test_run_dir import lock_held_elsewhere
-
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -2,8 +2,10 @@ import dataclasses
 
 import pytest
 
-from kerasbn import cli, config, records, train_flags
-from kerasbn.run_dir import RunDir
+from kerasbn import config
+from kerasbn.data import records
+from kerasbn.flags import cli, train_flags
+from kerasbn.training.run_dir import RunDir, run_settings, stored_config
 
 MANIFEST = {"class_names": ["a", "b", "c"], "image_size": [50, 50], "channels": 1}
 
@@ -37,11 +39,11 @@ def test_a_run_from_before_config_json_is_read_from_its_flags_txt(tmp_path, smal
     run = RunDir(str(tmp_path))
     (tmp_path / "flags.txt").write_text(f"--data_dir={small_data}\n--run_dir={tmp_path}\n"
                                         "--max_iter=60\n--test_interval=20\n--model=baseline\n")
-    stored = train_flags.stored_config(run.path)
+    stored = stored_config(run.path)
     assert (stored.model, stored.max_iter, stored.num_classes) == ("baseline", 60, 6)
-    assert train_flags.run_settings(run.path)["model"] == "baseline"
+    assert run_settings(run.path)["model"] == "baseline"
     run.write_settings(dataclasses.replace(stored, model="bn"), "")
-    assert train_flags.stored_config(run.path).model == "bn"
-    assert train_flags.run_settings(run.path)["max_iter"] == 60
+    assert stored_config(run.path).model == "bn"
+    assert run_settings(run.path)["max_iter"] == 60
     with pytest.raises(records.DataError, match="config.json not found"):
-        train_flags.stored_config(str(tmp_path / "nothing"))
+        stored_config(str(tmp_path / "nothing"))

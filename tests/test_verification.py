@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from kerasbn import verification
+from kerasbn.evaluation import verification
 
 
 def test_cosine_scores_against_a_hand_computation():

@@ -1,0 +1,84 @@
+"""The training step as identities grow: the full classifier against Partial FC.
+
+`python -m kerasbn.bench --bench=heads [--head=arcface --class_counts=14700,1000000
+--sample_fractions=1,0.1]` trains the study's BN network with the margin head on one cached
+batch (labels drawn uniformly from the classes) at each class count and fraction F of the
+centres (`--sample_classes`), each in a process of its own so each peak memory is its own,
+the variants alternating over --repeats rounds (the best round's time counts). It reports
+seconds per step and the process's peak resident memory, and both over the growth since the
+network and its optimizer were built: what the step itself holds (logits, their gradients,
+the centres' gradient), where sampling saves. The centres and their momentum are in memory
+whole either way on one device.
+"""
+
+import json
+import sys
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kerasbn import config
+from kerasbn.benchmarks import scaling, timing
+from kerasbn.training import optimizers
+
+
+def _config(num_classes, fraction, head, batch_size, precision):
+    return config.RunConfig(data_dir="-", run_dir="-", num_classes=num_classes,
+                            image_size=(50, 50), channels=1, head=head, sample_classes=fraction,
+                            batch_size=batch_size, test_interval=1, precision=precision)
+
+
+def probe(num_classes, fraction, head, batch_size, steps, precision):
+    """Times `steps` training steps; prints {seconds_per_step, rss_built_mb, rss_peak_mb}
+    as JSON."""
+    keras.mixed_precision.set_global_policy(precision)
+    model = optimizers.build_and_compile(_config(num_classes, fraction, head, batch_size,
+                                                 precision))
+    built = scaling.peak_rss_mb()
+    rng = np.random.default_rng(0)
+    data = tf.data.Dataset.from_tensors(
+        (rng.standard_normal((batch_size, 50, 50, 1), np.float32),
+         rng.integers(0, num_classes, batch_size))).repeat()
+    model.fit(data, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)
+    clock = timing.CallClock()
+    model.fit(data, steps_per_epoch=steps + 1, epochs=1, verbose=0, shuffle=False,
+              callbacks=[clock])
+    print(json.dumps({"seconds_per_step": (clock.ends[-1] - clock.ends[0]) / steps,
+                      "rss_built_mb": built, "rss_peak_mb": scaling.peak_rss_mb()}))
+
+
+def run(class_counts, fractions, head, batch_size, steps, repeats, precision):
+    """Measures each (class count, fraction); prints one line each and returns
+    {(classes, fraction): {seconds_per_step, rss_built_mb, rss_peak_mb}}."""
+    for classes in class_counts:
+        for fraction in fractions:
+            try:
+                _config(classes, fraction, head, batch_size, precision)
+            except config.ConfigError as e:
+                sys.exit(f"error: {e}")
+    rounds = {}
+    for _ in range(repeats):
+        for classes in class_counts:
+            for fraction in fractions:
+                rounds.setdefault((classes, fraction), []).append(scaling.probe_process(
+                    f"from kerasbn import bench_heads; margin_heads.probe({classes}, "
+                    f"{fraction}, {head!r}, {batch_size}, {steps}, {precision!r})",
+                    f"the {head} step at {classes} classes, --sample_classes={fraction:g}"))
+    best = {key: {"seconds_per_step": min(r["seconds_per_step"] for r in results),
+                  "rss_built_mb": min(r["rss_built_mb"] for r in results),
+                  "rss_peak_mb": max(r["rss_peak_mb"] for r in results)}
+            for key, results in rounds.items()}
+    for classes in class_counts:
+        reference = best[classes, fractions[0]]
+        grown = lambda r: r["rss_peak_mb"] - r["rss_built_mb"]
+        for fraction in fractions:
+            r = best[classes, fraction]
+            print(f"{classes:,} classes, {head}, {precision}, --sample_classes={fraction:g}: "
+                  f"{r['seconds_per_step']:.3f} s per step of {batch_size} "
+                  f"({r['seconds_per_step'] / reference['seconds_per_step']:.2f}x F="
+                  f"{fractions[0]:g}'s), peak {r['rss_peak_mb']:.0f} MB, "
+                  f"+{grown(r):.0f} MB over the built network "
+                  f"({grown(r) / max(grown(reference), 1):.2f}x F={fractions[0]:g}'s)",
+                  flush=True)
+    return best

@@ -1,0 +1,111 @@
+"""The study's `baseline` and `bn` networks written in PyTorch, timed on one cached batch as
+`bench --bench=train` times kerasbn's: the peer that `bench --bench=peer` measures against.
+
+    python -m kerasbn.benchmarks.pytorch_peer --model=bn --precision=bfloat16 --steps=30
+
+prints one JSON line {"model", "precision", "images_per_second"}. The same layers as
+kerasbn.nn.models (3x3 "same" convolutions, BN after the first convolution of each block
+without a bias, 2x2 max pools rounding up, global average pool, dropout 0.4 on the
+baseline), Keras's BN momentum 0.99 and epsilon 1e-3 (PyTorch momentum 0.01), SGD with
+momentum 0.9 and weight decay 5e-4 on the kernels only, as kerasbn trains. It runs on the
+GPU where PyTorch sees one, else on the CPU. `float32` is PyTorch's default layout;
+`bfloat16` is PyTorch's fastest CPU setting, bfloat16 autocast on channels-last tensors;
+`float16` is automatic mixed precision on a GPU (float16 autocast, channels-last, dynamic
+loss scaling with GradScaler). PyTorch is not a dependency of kerasbn: `pip install torch`.
+"""
+
+import json
+import sys
+import time
+
+import torch
+from absl import flags
+
+from kerasbn.flags import cli
+from kerasbn.nn import models
+
+PRECISIONS = ("float32", "bfloat16", "float16")
+
+
+def network(name, num_classes):
+    """kerasbn.nn.models' `name` ("baseline" or "bn") as a torch.nn.Sequential."""
+    layers, channels = [], 1
+    blocks = models.BLOCKS[name]
+    for block, (widths, with_bn) in enumerate(blocks, start=1):
+        for width, has_bn in zip(widths, with_bn):
+            layers.append(torch.nn.Conv2d(channels, width, 3, padding=1, bias=not has_bn))
+            if has_bn:
+                layers.append(torch.nn.BatchNorm2d(width, eps=1e-3, momentum=0.01))
+            layers.append(torch.nn.ReLU(inplace=True))
+            channels = width
+        if block < len(blocks):
+            layers.append(torch.nn.MaxPool2d(2, ceil_mode=True))
+    layers += [torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()]
+    if models.DEFAULT_DROPOUT[name]:
+        layers.append(torch.nn.Dropout(models.DEFAULT_DROPOUT[name]))
+    layers.append(torch.nn.Linear(channels, num_classes))
+    return torch.nn.Sequential(*layers)
+
+
+def images_per_second(name, num_classes, precision, batch_size, steps, warmup=5):
+    """Training images/s of PyTorch's `name` at `precision` on one cached random batch."""
+    torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = network(name, num_classes).to(device)
+    images = torch.randn(batch_size, 1, 50, 50, device=device)
+    labels = torch.arange(batch_size, device=device) % num_classes
+    low = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(precision)
+    if low is not None:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    kernels = [p for p in model.parameters() if p.dim() > 1]
+    others = [p for p in model.parameters() if p.dim() <= 1]
+    optimizer = torch.optim.SGD([{"params": kernels, "weight_decay": 5e-4},
+                                 {"params": others, "weight_decay": 0.0}], lr=0.01,
+                                momentum=0.9)
+    scaler = torch.amp.GradScaler(device, enabled=precision == "float16")
+    model.train()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=low or torch.float32, enabled=low is not None):
+            loss = torch.nn.functional.cross_entropy(model(images), labels)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    def wait():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        step()
+    wait()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    wait()
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def main(argv):
+    values, _ = cli.parse(argv, define_flags, __doc__)
+    rate = images_per_second(values.model, values.num_classes, values.precision,
+                             values.batch_size, values.steps)
+    print(json.dumps({"model": values.model, "precision": values.precision,
+                      "images_per_second": rate}), flush=True)
+
+
+def define_flags(values):
+    on = {"flag_values": values}
+    flags.DEFINE_enum("model", "bn", ["baseline", "bn"], "Network.", **on)
+    flags.DEFINE_enum("precision", "float32", PRECISIONS, "float32, or bfloat16 / float16 "
+                      "autocast with channels-last tensors (float16: on a GPU, loss scaled).",
+                      **on)
+    flags.DEFINE_integer("num_classes", 14700, "Classes.", lower_bound=2, **on)
+    flags.DEFINE_integer("batch_size", 128, "Images per batch.", lower_bound=1, **on)
+    flags.DEFINE_integer("steps", 30, "Training steps timed.", lower_bound=1, **on)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,74 @@
+"""The dataset converter's preprocessing (kerasbn.data.images, Pillow) as TensorFlow ops, so an
+exported network takes a photo of any size and makes it what training saw.
+
+Gray is Pillow's integer luma (R*19595 + G*38470 + B*7471 + 32768) >> 16, exact. Resizing is
+bilinear with Pillow's antialiasing (a triangle filter widened by the scale), over the same
+crop box (`crop`), fitted size and offset (`pad`) or whole image (`stretch`), rounded to
+whole gray levels as the converter's uint8 records are. It differs from Pillow's
+fixed-point arithmetic by at most a few gray levels (tests/test_preprocess.py measures it).
+"""
+
+import tensorflow as tf
+
+
+def to_channels(images, channels):
+    """uint8 [N, H, W, 1 or 3] -> float32 [N, H, W, channels] with Pillow's gray or RGB."""
+    if channels == 1:
+        rgb = tf.cast(images, tf.int32)
+        luma = tf.bitwise.right_shift(
+            rgb[..., :1] * 19595 + rgb[..., 1:2] * 38470 + rgb[..., 2:3] * 7471 + 32768, 16)
+        return tf.cast(tf.cond(tf.shape(images)[-1] == 1, lambda: rgb[..., :1],
+                               lambda: luma), tf.float32)
+    images = tf.cast(images, tf.float32)
+    return tf.cond(tf.shape(images)[-1] == 1, lambda: tf.tile(images, [1, 1, 1, 3]),
+                   lambda: images)
+
+
+def _scale(images, height, width, top, left, crop_height, crop_width):
+    """The box (top, left, crop_height, crop_width) of `images`, in source pixels (may be
+    fractional), resampled to height x width as Pillow's resize(box=...) does."""
+    scale = tf.stack([tf.cast(height, tf.float32) / crop_height,
+                      tf.cast(width, tf.float32) / crop_width])
+    return tf.raw_ops.ScaleAndTranslate(
+        images=images, size=tf.stack([height, width]), scale=scale,
+        translation=-tf.stack([top, left]) * scale, kernel_type="triangle", antialias=True)
+
+
+def resize(images, size, mode):
+    """float32 [N, H, W, C] -> float32 [N, size, size, C] of whole gray levels, as
+    kerasbn.data.images.resize: `crop` keeps the aspect and the centre, `pad` keeps the aspect
+    and pads with black, `stretch` ignores the aspect."""
+    shape = tf.shape(images)
+    height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+    if mode == "stretch":
+        out = _scale(images, size, size, 0.0, 0.0, height, width)
+    elif mode == "crop":
+        # ImageOps.fit: the largest centred square, in fractional pixels.
+        side = tf.minimum(height, width)
+        out = _scale(images, size, size, (height - side) / 2, (width - side) / 2, side, side)
+    elif mode == "pad":
+        # ImageOps.pad: the longer side fitted to `size`, the shorter rounded (half to even,
+        # like Python's round), then centred on black at a rounded offset.
+        wide = width >= height
+        fitted = tf.cast(tf.round(tf.where(wide, height / width, width / height) * size),
+                         tf.int32)
+        new_height = tf.where(wide, fitted, size)
+        new_width = tf.where(wide, size, fitted)
+        inner = _scale(images, new_height, new_width, 0.0, 0.0, height, width)
+        top = tf.cast(tf.round(tf.cast(size - new_height, tf.float32) / 2), tf.int32)
+        left = tf.cast(tf.round(tf.cast(size - new_width, tf.float32) / 2), tf.int32)
+        out = tf.image.pad_to_bounding_box(inner, top, left, size, size)
+    else:
+        raise ValueError(f"unknown resize_mode {mode!r}")
+    return tf.clip_by_value(tf.round(out), 0.0, 255.0)
+
+
+def decode(encoded, channels):
+    """One encoded JPEG/PNG/GIF/BMP string -> uint8 [1, H, W, 1 or 3] (alpha dropped, as
+    Pillow's conversion drops it)."""
+    image = tf.io.decode_image(encoded, channels=3 if channels == 3 else 0,
+                               expand_animations=False)
+    image = tf.cond(tf.shape(image)[-1] == 2, lambda: image[..., :1],
+                    lambda: image)
+    image = tf.cond(tf.shape(image)[-1] == 4, lambda: image[..., :3], lambda: image)
+    return image[None]

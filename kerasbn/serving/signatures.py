@@ -1,0 +1,160 @@
+"""A trained network as functions of face photos, from a run's checkpoint or from its
+exported SavedModel, so evaluation, prediction and serving treat both the same.
+
+`serving_functions` are the export's signatures: `serving_default` takes a uint8 batch of
+any height and width with 1 or 3 channels and applies the dataset's preprocessing inside
+(Pillow's gray, the manifest's resize_mode, the training split's mean/std), returning float32
+`logits`, `probabilities`, the top-k `labels` and `names` and the L2-normalised `embedding`;
+`embed` returns only the embedding; `serve_bytes` takes encoded JPEG/PNG/GIF/BMP strings;
+`metadata` returns the class names and the verification threshold chosen on the holdout
+pairs (NaN when the dataset had none).
+"""
+
+import dataclasses
+import json
+import os
+
+import keras
+import tensorflow as tf
+
+from kerasbn.data import preprocess, records
+from kerasbn.training import checkpoints, optimizers
+from kerasbn.training.run_dir import RunDir, stored_config
+
+# Written into every export: what a photo must be made into before the network sees it, and
+# the mark that lets a later export replace this one and nothing else.
+MARKER = "kerasbn_export.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Served:
+    """A network ready to run on uint8 faces, with what its input must be.
+
+    `serve(images)` returns the `serving_default` outputs. `data_dir` and `manifest`
+    are the training dataset's (None for a SavedModel); `checkpoint` the prefix restored;
+    `verify_flip` whether the run verified with mirrored embeddings."""
+    source: str
+    serve: object
+    image_size: tuple
+    channels: int
+    resize_mode: str
+    classes: int
+    data_dir: str = None
+    manifest: dict = None
+    checkpoint: str = None
+    verify_flip: bool = False
+
+
+TOP_K = 5
+
+
+def serving_functions(model, manifest, threshold=None):
+    """{signature name: (tf.function, input signature)} of the training `model`."""
+    height, width = manifest["image_size"]
+    channels = manifest["channels"]
+    mode = input_spec(manifest)["resize_mode"]
+    mean = tf.constant(manifest["mean"], tf.float32)
+    std = tf.constant(manifest["std"], tf.float32)
+    names = tf.constant(manifest["class_names"])
+    k = min(TOP_K, len(manifest["class_names"]))
+    features = keras.Model(model.inputs, [model.get_layer("embedding").output, model.output])
+
+    def prepare(images):
+        # A batch of 2 or 4 channels would otherwise reach the kernels, which abort.
+        check = tf.debugging.Assert(
+            tf.reduce_any(tf.equal(tf.shape(images)[-1], [1, 3])),
+            ["images must be a uint8 batch [N, H, W, 1 or 3]; got shape", tf.shape(images)])
+        with tf.control_dependencies([check]):
+            gray = preprocess.to_channels(images, channels)
+        sized = preprocess.resize(gray, height, mode) if height == width else gray
+        return (tf.ensure_shape(sized, [None, height, width, channels]) - mean) / std
+
+    def outputs(x):
+        embedding, logits = features(x, training=False)
+        embedding, logits = tf.cast(embedding, tf.float32), tf.cast(logits, tf.float32)
+        probabilities = tf.nn.softmax(logits)
+        labels = tf.math.top_k(probabilities, k).indices
+        return {"logits": logits, "probabilities": probabilities, "labels": labels,
+                "names": tf.gather(names, labels),
+                "embedding": tf.math.l2_normalize(embedding, axis=-1, epsilon=1e-24)}
+
+    images = [tf.TensorSpec([None, None, None, None], tf.uint8, name="images")]
+    serve = tf.function(lambda images: outputs(prepare(images)))
+    embed = tf.function(lambda images: {"embedding": outputs(prepare(images))["embedding"]})
+
+    @tf.function
+    def serve_bytes(encoded):
+        decoded = tf.map_fn(lambda one: prepare(preprocess.decode(one, channels))[0], encoded,
+                            fn_output_signature=tf.TensorSpec([height, width, channels]))
+        return outputs(decoded)
+
+    stored = float("nan") if threshold is None else float(threshold)
+    metadata = tf.function(lambda: {"class_names": names,
+                                    "threshold": tf.constant(stored, tf.float32)})
+    return {"serving_default": (serve, images), "embed": (embed, images),
+            "serve_bytes": (serve_bytes, [tf.TensorSpec([None], tf.string, name="encoded")]),
+            "metadata": (metadata, [])}
+
+
+def input_spec(manifest):
+    """What the exported network expects, as MARKER records it. A dataset built before
+    manifests stored resize_mode was cropped (both converters' default then)."""
+    return {"classes": len(manifest["class_names"]), "image_size": list(manifest["image_size"]),
+            "channels": manifest["channels"],
+            "resize_mode": manifest.get("resize_mode") or "crop"}
+
+
+def restore_run(run_dir, best=False, check_files=False):
+    """(config, manifest, model, checkpoint prefix) of a training run: its network rebuilt
+    from its config and restored from its newest checkpoint (its best test's, with `best`).
+    `check_files` also checks that the dataset's shards are there (to read them)."""
+    run = RunDir(run_dir)
+    config = stored_config(run_dir)
+    manifest = records.read_manifest(config.data_dir, check_files=check_files)
+    keras.mixed_precision.set_global_policy(config.precision)
+    model = optimizers.build_and_compile(config)
+    prefix = checkpoints.restore_latest(run, model, best)
+    if not prefix:
+        raise records.DataError(f"{run.best if best else run.checkpoints} holds no "
+                                "checkpoint; train the run first")
+    return config, manifest, model, prefix
+
+
+def from_run(run_dir, best=False):
+    """The run's newest (or best) checkpoint as a `Served`."""
+    config, manifest, model, prefix = restore_run(run_dir, best, check_files=True)
+    spec = input_spec(manifest)
+    serve, _ = serving_functions(model, manifest)["serving_default"]
+    return Served(run_dir, serve,
+                  tuple(spec["image_size"]), spec["channels"], spec["resize_mode"],
+                  spec["classes"], config.data_dir, manifest, prefix, config.verify_flip)
+
+
+def load_saved_model(path):
+    """(the loaded SavedModel, its MARKER's spec) of an export by kerasbn.export; DataError
+    for anything else."""
+    marker = os.path.join(path, MARKER)
+    if not os.path.isfile(marker):
+        raise records.DataError(f"{path} is not a SavedModel written by kerasbn.export (no "
+                                f"{MARKER}); export a run with python -m kerasbn.export")
+    with open(marker, encoding="utf-8") as f:
+        spec = json.load(f)
+    try:
+        loaded = tf.saved_model.load(path)
+        signatures = set(loaded.signatures)
+    except (OSError, ValueError, KeyError, tf.errors.OpError) as e:
+        raise records.DataError(f"{path}: cannot load the SavedModel "
+                                f"({str(e).strip().splitlines()[0]}); export it again") from None
+    if not {"serving_default", "embed", "metadata"} <= signatures:
+        raise records.DataError(f"{path} was exported by an older kerasbn; export the run "
+                                "again with python -m kerasbn.export")
+    return loaded, spec
+
+
+def from_saved_model(path):
+    """A SavedModel written by kerasbn.export as a `Served`."""
+    loaded, spec = load_saved_model(path)
+    # The function must hold `loaded`: its variables die with it.
+    return Served(path, lambda images: loaded.signatures["serving_default"](images=images),
+                  tuple(spec["image_size"]), spec["channels"], spec["resize_mode"],
+                  spec["classes"])

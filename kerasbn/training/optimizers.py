@@ -1,0 +1,136 @@
+"""The network and its Caffe-style solver, built from a `RunConfig`, as train, export and
+evaluation all need them.
+
+Caffe's update for SGD is v = momentum * v + lr * (grad + wd * w); w -= v. Keras's SGD keeps
+m = -v and applies the same update; the wd * w term comes from an L2 regularizer of wd / 2 on
+the kernels (models.build). Nesterov is Keras's nesterov=True, the same update as Caffe's.
+Caffe's iter_size is Keras's gradient_accumulation_steps (schedules count updates).
+A bias lr_mult (Caffe prototxts commonly give biases 2) scales the rate of the variables
+named `bias` in `CaffeSGD`'s update; Caffe applies it to the whole step, decay term included,
+which the L2 regularizer's gradient is part of here.
+A gradient of some rows only (`tf.IndexedSlices`: Partial FC's drawn centres) updates those
+rows alone, their momentum and a weight decay of `row_decay` included, so the rows not drawn
+keep their values and momentum, as Partial FC keeps them.
+"""
+
+import warnings
+
+import keras
+import tensorflow as tf
+
+from kerasbn.config import ConfigError
+from kerasbn.nn import heads, models
+from kerasbn.training import schedules
+
+
+@keras.saving.register_keras_serializable(package="kerasbn")
+class CaffeSGD(keras.optimizers.SGD):
+    """Keras's SGD (momentum, Nesterov) with Caffe's lr_mult on biases."""
+
+    def __init__(self, learning_rate=0.01, bias_lr_mult=1.0, row_decay=0.0, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.bias_lr_mult = float(bias_lr_mult)
+        self.row_decay = float(row_decay)
+
+    def build(self, variables):
+        super().build(variables)
+        # The backend hands update_step its own variables (a tf.Variable named
+        # ".../bias:0" under TensorFlow), so biases are recognised by key.
+        self._biases = {self._var_key(v) for v in variables if v.name == "bias"}
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.bias_lr_mult != 1 and self._var_key(variable) in self._biases:
+            learning_rate = learning_rate * self.bias_lr_mult
+        if isinstance(gradient, tf.IndexedSlices):
+            self._update_rows(gradient, variable, learning_rate)
+        else:
+            super().update_step(gradient, variable, learning_rate)
+
+    def _update_rows(self, gradient, variable, learning_rate):
+        """Caffe's update on the rows `gradient` holds, decay term included."""
+        rows, values = gradient.indices, gradient.values
+        if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            # The replicas' gradients of the rows they drew arrive concatenated, each row once
+            # per replica. (One device has each row once, and XLA has no tf.unique.)
+            rows, position = tf.unique(rows)
+            values = tf.math.unsorted_segment_sum(values, position, tf.shape(rows)[0])
+        # The backend hands update_step tf.Variables, but its slots are Keras variables.
+        resource = lambda v: v.value if isinstance(v, keras.Variable) else v
+        variable = resource(variable)
+        weights = tf.gather(variable, rows)
+        learning_rate = tf.cast(learning_rate, variable.dtype)
+        step = -learning_rate * (tf.cast(values, variable.dtype)
+                                 + self.row_decay * weights)
+        if self.momentum:
+            momentum = resource(self.momentums[self._get_variable_index(variable)])
+            velocity = self.momentum * tf.gather(momentum, rows) + step
+            momentum.scatter_update(tf.IndexedSlices(velocity, rows))
+            step = self.momentum * velocity + step if self.nesterov else velocity
+        variable.scatter_add(tf.IndexedSlices(step, rows))
+
+    def get_config(self):
+        return {**super().get_config(), "bias_lr_mult": self.bias_lr_mult,
+                "row_decay": self.row_decay}
+
+
+def make_optimizer(config):
+    """The optimizer of `config.solver_type` on the config's learning-rate schedule."""
+    schedule = schedules.make_schedule(config.schedule)
+    accumulate = {"gradient_accumulation_steps": config.iter_size} \
+        if config.iter_size > 1 else {}
+    kind = config.solver_type
+    if kind in ("SGD", "Nesterov"):
+        return CaffeSGD(schedule, bias_lr_mult=config.bias_lr_mult, momentum=config.momentum,
+                        nesterov=kind == "Nesterov", row_decay=config.weight_decay, **accumulate)
+    if kind == "Adam":
+        return keras.optimizers.Adam(schedule, beta_1=config.momentum,
+                                     beta_2=config.momentum2, epsilon=config.delta,
+                                     **accumulate)
+    optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay,
+                                       beta_1=config.momentum, beta_2=config.momentum2,
+                                       epsilon=config.delta, **accumulate)
+    excluded = ([] if config.bn_decay_mult else ["gamma", "beta"]) + (
+        [] if config.bias_decay_mult else ["bias"])
+    optimizer.exclude_from_weight_decay(var_names=excluded)
+    return optimizer
+
+
+def make_loss(config):
+    """The training loss of the run's head: softmax cross entropy, with its margin."""
+    if config.head == "softmax":
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    scale, margin = heads.resolved(config.head, config.scale, config.margin)
+    return heads.MarginLoss(config.head, scale, margin, config.easy_margin)
+
+
+def build_network(config):
+    """The network of `config`, as `SampledTraining` when its head samples centres."""
+    model = models.build(**config.model_kwargs())
+    if config.sample_classes == 1:
+        return model
+    return heads.SampledTraining(model.input, model.output,
+                                 heads.sample_count(config.num_classes, config.sample_classes),
+                                 config.seed, name=model.name)
+
+
+def build_and_compile(config):
+    """The compiled network of `config`, its optimizer variables already created (so a
+    checkpoint can restore into them)."""
+    model = build_network(config)
+    optimizer = make_optimizer(config)
+    if config.precision == "mixed_float16":
+        # The name Keras gives the wrapper it would add itself, so checkpoints stay readable.
+        optimizer = keras.optimizers.LossScaleOptimizer(
+            optimizer, initial_scale=config.initial_loss_scale, name="loss_scale_optimizer")
+    with warnings.catch_warnings():
+        # Keras warns and trains without XLA where it cannot compile; that is an error here.
+        warnings.simplefilter("ignore", UserWarning)
+        model.compile(optimizer, make_loss(config),
+                      steps_per_execution=config.steps_per_execution * config.iter_size,
+                      jit_compile=config.jit_compile)
+    if config.jit_compile and not model.jit_compile:
+        raise ConfigError(f"--jit_compile: Keras cannot compile --model={config.model} "
+                          f"--norm={config.norm} with XLA (a layer does not support it, or op "
+                          "determinism is on); train without --jit_compile")
+    model.optimizer.build(model.trainable_variables)
+    return model

@@ -1,0 +1,239 @@
+"""A run directory: every path of one training run, the lock of the process training in it,
+and its records (config, metrics.jsonl, summary.json).
+
+    run/flags.txt         the user's reusable flagfile
+    run/config.json       the resolved `RunConfig`, which every other command reads
+    run/metrics.jsonl     one line per test, appended whole and flushed
+    run/summary.json      best, final and target results, rewritten at every test
+    run/tensorboard/      train/ and test/ event files
+    run/checkpoints/      weights, optimizer state, iteration and wall time; best/ the weights
+                          of the best test so far
+    run/export/           the SavedModel
+    run/export.tflite     the LiteRT / ONNX core (`export --format`), each with a .json beside
+    run/export.onnx
+
+Rewritten files go through `atomic`; the lock is an OS-level `flock`, so a process killed
+even with SIGKILL never leaves the directory locked.
+"""
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+
+from kerasbn import config as config_lib
+from kerasbn.config import RunConfig
+from kerasbn.data import records
+from kerasbn.utils import atomic, errors, settings
+
+FLAGS_NAME = "flags.txt"
+CONFIG_NAME = "config.json"
+METRICS_NAME = "metrics.jsonl"
+SUMMARY_NAME = "summary.json"
+TENSORBOARD_NAME = "tensorboard"
+CHECKPOINTS_NAME = "checkpoints"
+EXPORT_NAME = "export"
+BEST_NAME = "best"
+LOCK_NAME = ".lock"
+# What --overwrite may delete: only what a run writes.
+_OWN = (FLAGS_NAME, CONFIG_NAME, METRICS_NAME, SUMMARY_NAME, TENSORBOARD_NAME,
+        CHECKPOINTS_NAME, EXPORT_NAME)
+
+
+class RunDirError(errors.UserError):
+    """A run directory that cannot be used as asked; the message names it and the fix."""
+
+
+class RunDirBusy(RunDirError):
+    """The run directory is locked by another process (a launcher takes it as claimed)."""
+
+
+class RunDir:
+    """The files of the run at `path` (which need not exist yet)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def _join(self, name):
+        return os.path.join(self.path, name)
+
+    flags_txt = property(lambda self: self._join(FLAGS_NAME))
+    config_json = property(lambda self: self._join(CONFIG_NAME))
+    metrics_jsonl = property(lambda self: self._join(METRICS_NAME))
+    summary_json = property(lambda self: self._join(SUMMARY_NAME))
+    tensorboard = property(lambda self: self._join(TENSORBOARD_NAME))
+    checkpoints = property(lambda self: self._join(CHECKPOINTS_NAME))
+    export = property(lambda self: self._join(EXPORT_NAME))
+    best = property(lambda self: os.path.join(self.checkpoints, BEST_NAME))
+
+    def holds_run(self):
+        """Whether a run was started here (by this version or one before config.json)."""
+        return os.path.isfile(self.config_json) or os.path.isfile(self.flags_txt)
+
+    def read_config(self):
+        """The run's `RunConfig` from config.json; None for a run from before config.json."""
+        if not os.path.isfile(self.config_json):
+            return None
+        try:
+            with open(self.config_json, encoding="utf-8") as f:
+                return RunConfig.from_dict(json.load(f))
+        except (json.JSONDecodeError, TypeError) as e:
+            raise RunDirError(f"{self.config_json} cannot be read ({e}); restore it, or "
+                              "delete it to fall back on flags.txt") from None
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Holds the run's lock while the block runs; a second process is refused at once."""
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise RunDirError(f"--run_dir={self.path} is a file; give a directory (new or a "
+                              "run's)")
+        os.makedirs(self.path, exist_ok=True)
+        fd = os.open(self._join(LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                raise RunDirBusy(f"--run_dir={self.path} is in use by another training "
+                                  f"process (pid {holder}); wait for it to finish or stop "
+                                  "it, or choose another --run_dir") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield self
+        finally:
+            os.close(fd)
+
+    def busy(self):
+        """Whether another process holds the run's lock now (without taking it)."""
+        try:
+            fd = os.open(self._join(LOCK_NAME), os.O_RDWR)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    def check_same_run(self, config, stored):
+        """Refuses `config` when it differs from `stored` (the run's) in a run-defining setting."""
+        changed = config.differences(stored)
+        if changed:
+            name, there, now = changed[0]
+            raise RunDirError(
+                f"--run_dir={self.path} holds a run with different settings ({len(changed)} "
+                f"differ; --{name}: {_shown(there)} there, {_shown(now)} now); rerun with its "
+                f"flags (--flagfile={self.flags_txt}) to resume, pass --overwrite to start "
+                "over, or choose another --run_dir")
+
+    def clear(self):
+        """Deletes what a run wrote here, and nothing else."""
+        for name in _OWN:
+            path = self._join(name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
+
+    def write_settings(self, config, flagfile_text):
+        """Writes config.json and flags.txt (the flags as the user gave them)."""
+        os.makedirs(self.path, exist_ok=True)
+        atomic.write_json(self.config_json, config.to_dict())
+        atomic.write_text(self.flags_txt, flagfile_text)
+
+    def record_distribution(self, distribution):
+        """Adds how the run is spread over devices (strategy, replicas, per-replica batch) to
+        config.json; not a setting, so a resume under another strategy replaces it."""
+        with open(self.config_json, encoding="utf-8") as f:
+            values = json.load(f)
+        atomic.write_json(self.config_json, {**values, "distribution": distribution})
+
+    def read_metrics(self):
+        """The run's test records, oldest first; a torn last line (a killed writer) is dropped."""
+        if not os.path.exists(self.metrics_jsonl):
+            return []
+        with open(self.metrics_jsonl, encoding="utf-8") as f:
+            lines = [line for line in f.read().split("\n") if line.strip()]
+        entries = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                if number == len(lines):
+                    break
+                raise RunDirError(f"{self.metrics_jsonl}:{number} is not a JSON line; "
+                                  "delete that line to keep the rest") from None
+        return entries
+
+    def append_metrics(self, entry):
+        """Appends one record as one whole line, flushed to disk."""
+        with open(self.metrics_jsonl, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def keep_metrics_until(self, iteration):
+        """Drops the records past `iteration` (a resume restarts from there); returns the rest."""
+        entries = [e for e in self.read_metrics() if e["iteration"] <= iteration]
+        atomic.write_text(self.metrics_jsonl, "".join(json.dumps(e) + "\n" for e in entries))
+        return entries
+
+    def write_summary(self, summary):
+        atomic.write_json(self.summary_json, summary)
+
+    def finished(self):
+        """Whether training ended here: its last summary.json, written after the export, says
+        so. Only the records are read, so a copy of them (config, flags, metrics, summary,
+        without checkpoints or export, as results/ keeps them in git) counts as finished."""
+        try:
+            with open(self.summary_json, encoding="utf-8") as f:
+                return json.load(f).get("finished") is True
+        except (OSError, json.JSONDecodeError):
+            return False
+
+
+def _shown(value):
+    return "unset" if value is None else value
+
+
+def _flagfile_settings(path):
+    """{setting: value} of a run's flags.txt, the flags' defaults for what it lacks."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line for line in f if line.strip() and not line.startswith("#")]
+    except OSError as e:
+        raise RunDirError(f"{path} cannot be read ({e.strerror}); restore it") from None
+    return settings.parse_flag_lines(
+        lines, config_lib.declared(),
+        lambda message: config_lib.ConfigError(f"{path}: {message}; fix the flagfile"))
+
+
+def stored_config(run_dir, manifest=None):
+    """The `RunConfig` of an existing run: its config.json, or for a run from before
+    config.json, its flags.txt resolved against its dataset's manifest."""
+    run = RunDir(run_dir)
+    stored = run.read_config()
+    if stored is not None:
+        return stored
+    if not os.path.isfile(run.flags_txt):
+        raise records.DataError(f"{run.config_json} not found: --run_dir must be a run "
+                                "directory made by `python -m kerasbn.train`")
+    values = _flagfile_settings(run.flags_txt)
+    if manifest is None:
+        manifest = records.read_manifest(values["data_dir"], check_files=False)
+    return config_lib.resolve(values, manifest, records.manifest_path(values["data_dir"]))
+
+
+def run_settings(run_dir):
+    """{setting: value} of a run for reports: its config.json, else its flags.txt (a partial
+    flags.txt gives the flags' defaults for what it lacks); {} when it has neither."""
+    run = RunDir(run_dir)
+    stored = run.read_config()
+    if stored is not None:
+        return config_lib.flat(stored.to_dict())
+    if not os.path.isfile(run.flags_txt):
+        return {}
+    return _flagfile_settings(run.flags_txt)
