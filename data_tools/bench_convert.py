@@ -19,7 +19,7 @@ import numpy as np
 from absl import flags
 from PIL import Image
 
-from data_tools import build_records
+from data_tools import convert
 from kerasbn.flags import cli
 
 
@@ -63,7 +63,7 @@ def bench_convert(count, size, workers, repeats):
             for n in workers:
                 out = os.path.join(tmp, f"out-{n}-{repeat}")
                 start = time.perf_counter()
-                build_records.build(source, out, workers=n, log=lambda _: None)
+                convert.build(source, out, workers=n, log=lambda _: None)
                 best[n] = max(best[n], count / (time.perf_counter() - start))
                 ceiling[n] = max(ceiling[n], cpu_rate(n))
     return best, ceiling

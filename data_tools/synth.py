@@ -22,7 +22,7 @@ from data_tools import shards
 from data_tools.workers import ordered_map
 from kerasbn.data import checks, records
 from kerasbn.flags import cli
-from kerasbn.utils import stop_signals
+from kerasbn.utils import errors, stop_signals
 from kerasbn.utils.progress import Progress
 
 RENDER_BATCH = 512
@@ -213,18 +213,18 @@ def build(out, identities, images_per_identity, test_fraction, image_size, seed,
     pairs of them in pairs.txt, for verification on people the network never saw. `workers`
     processes render and encode; the bytes are the same for any number."""
     if identities < 2 or images_per_identity < 2:
-        raise ValueError("--identities and --images_per_identity must both be at least 2")
+        raise errors.UserError("--identities and --images_per_identity must both be at least 2")
     if not 0 < test_fraction < 1:
-        raise ValueError(f"--test_fraction must lie in (0, 1), got {test_fraction}")
+        raise errors.UserError(f"--test_fraction must lie in (0, 1), got {test_fraction}")
     if image_size < 16 or shard_size < 1:
-        raise ValueError(f"--image_size must be at least 16 (faces are drawn at that scale) "
+        raise errors.UserError(f"--image_size must be at least 16 (faces are drawn at that scale) "
                          f"and --shard_size at least 1, got {image_size} and {shard_size}")
     if workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {workers}")
+        raise errors.UserError(f"--workers must be at least 1, got {workers}")
     if channels not in (1, 3):
-        raise ValueError(f"--channels must be 1 (gray) or 3 (RGB), got {channels}")
+        raise errors.UserError(f"--channels must be 1 (gray) or 3 (RGB), got {channels}")
     if pairs and holdout_identities < 2:
-        raise ValueError("--pairs needs --holdout_identities of at least 2 (pairs are drawn "
+        raise errors.UserError("--pairs needs --holdout_identities of at least 2 (pairs are drawn "
                          "from them)")
     shards.prepare_out_dir(out, overwrite)
     params = identity_params(seed, identities)

@@ -44,8 +44,9 @@ from absl import flags
 
 from kerasbn.benchmarks import margin_heads, scaling, timing, whole_run
 from kerasbn.data import pipeline, records
-from kerasbn.flags import cli, train_flags
+from kerasbn.flags import cli
 from kerasbn.nn import heads, models, norms
+from kerasbn.training import runtime
 
 # kerasbn's dtype policy beside the PyTorch setting it is measured against.
 PEER_PRECISIONS = {"float32": "float32", "mixed_bfloat16": "bfloat16",
@@ -240,7 +241,7 @@ def main(argv):
     if values.bench == "peer":
         precisions = [p for p in values.precisions if p in PEER_PRECISIONS]
         gpu = bool(tf.config.list_physical_devices("GPU"))
-        if "mixed_bfloat16" in precisions and not gpu and not train_flags.native_bfloat16():
+        if "mixed_bfloat16" in precisions and not gpu and not runtime.native_bfloat16():
             print("mixed_bfloat16 left out: this CPU has no bfloat16 instructions (both "
                   "frameworks would emulate it, PyTorch at minutes a step)", flush=True)
             precisions.remove("mixed_bfloat16")

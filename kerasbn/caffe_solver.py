@@ -16,6 +16,7 @@ import sys
 
 from kerasbn.flags import cli
 from kerasbn.training import schedules
+from kerasbn.utils import errors
 
 _LINE = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*:\s*("(?:[^"\\]|\\.)*"|\'[^\']*\'|[^\s#]+)'
                    r'\s*(?:#.*)?$')
@@ -33,7 +34,7 @@ _CAFFE_DEFAULTS = (("weight_decay", "0", None), ("momentum", "0", None),
                    ("power", "0", ("inv", "poly")))
 
 
-class SolverError(ValueError):
+class SolverError(errors.UserError):
     """A solver file that cannot be read; the message names the file and line."""
 
 

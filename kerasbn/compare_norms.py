@@ -25,14 +25,13 @@ import sys
 
 from absl import flags
 
-from kerasbn import train
-from kerasbn.analysis import seeds
+from kerasbn.analysis import comparison, seeds
 from kerasbn.data import records
 from kerasbn.flags import cli, train_flags
 from kerasbn.nn import norms
-from kerasbn.training import metrics, schedules
+from kerasbn.training import loop, metrics, schedules
 from kerasbn.training.run_dir import RunDir, stored_config
-from kerasbn.utils import atomic
+from kerasbn.utils import atomic, errors
 
 
 def momentum_for(config, norm):
@@ -64,7 +63,7 @@ def run_one(config, norm, seed, out):
         run.check_same_run(config, stored)
         return run.read_metrics()
     try:
-        train.start(config, flagfile, stored=stored)
+        loop.start(config, flagfile, stored=stored)
     except FloatingPointError as e:
         print(f"{norm} seed {seed} diverged: {e}", flush=True)
     return run.read_metrics()
@@ -103,16 +102,11 @@ def markdown(rows, target):
         reach = r["to_target"]
         ratio = f"{r['step_time_vs_keras']:.2f}" if r["step_time_vs_keras"] else "-"
         lines.append(
-            f"| {r['norm']} | {_mean_std(r['final'], '.3f')} | {_mean_std(r['best'], '.3f')} | "
-            f"{'>=' if reach['censored'] else ''}{_mean_std((reach['mean'], reach['std']), '.0f')}"
+            f"| {r['norm']} | {comparison.spread_cell(r['final'], '.3f')} | {comparison.spread_cell(r['best'], '.3f')} | "
+            f"{'>=' if reach['censored'] else ''}{comparison.spread_cell((reach['mean'], reach['std']), '.0f')}"
             f" | {reach['seeds'] - reach['censored']}/{reach['seeds']} | "
-            f"{_mean_std(r['stability'], '.3f')} | {ratio} |")
+            f"{comparison.spread_cell(r['stability'], '.3f')} | {ratio} |")
     return "\n".join(lines) + "\n"
-
-
-def _mean_std(mean_std, fmt):
-    mean, std = mean_std
-    return "-" if mean is None else f"{mean:{fmt}} ± {std:{fmt}}"
 
 
 def plot(runs, out):
@@ -167,7 +161,7 @@ def main(argv):
             if momentum is not None:
                 print(f"{norm}: BN momentum {momentum:g} ({why})", flush=True)
             runs[norm] = [run_one(config, norm, seed, out) for seed in range(values.seeds)]
-    except train.ERRORS as e:
+    except (errors.UserError, FloatingPointError) as e:
         sys.exit(f"error: {e}")
     target = config.target_accuracy[0]
     table = markdown(summarize(runs, target), target)

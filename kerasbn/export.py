@@ -1,8 +1,8 @@
 """Exports a trained network as a SavedModel that serves face photos.
 
 Its signatures (kerasbn.serving.signatures): `serving_default` takes a uint8 batch
-[N, H, W, 1 or 3] of any size and preprocesses it as the dataset was made (gray, resize_mode, mean/std), then
-returns `logits`, `probabilities`, the top-k `labels` and identity `names`, and the
+[N, H, W, 1 or 3] of any size and preprocesses it as the dataset was made (gray, resize_mode,
+mean/std), then returns `logits`, `probabilities`, the top-k `labels` and identity `names`, and the
 L2-normalised `embedding`; `embed` only the embedding; `serve_bytes` encoded JPEG/PNG
 strings; `metadata` the class names and the verification threshold chosen on the holdout
 pairs. kerasbn_export.json beside it records the classes, image size, channels, resize mode
@@ -17,101 +17,13 @@ run it, and a JSON file beside it with the preprocessing, class names and thresh
     python -m kerasbn.export --run_dir runs/bn --format=litert|onnx [--out FILE]
 """
 
-import os
-import shutil
 import sys
 
-import keras
 from absl import flags
 
-from kerasbn.data import records
-from kerasbn.evaluation import holdout
 from kerasbn.flags import cli
-from kerasbn.serving import portable, signatures
-from kerasbn.training.run_dir import RunDir
-from kerasbn.utils import atomic
-
-
-def is_export(path):
-    """Whether `path` holds a SavedModel that kerasbn wrote (it carries signatures.MARKER)."""
-    return os.path.isfile(os.path.join(path, signatures.MARKER))
-
-
-def check_out(path, fmt="saved_model"):
-    """Refuses an --out that holds anything but a previous kerasbn export of `fmt` (or
-    nothing)."""
-    if fmt != "saved_model":
-        suffix = portable.FORMATS[fmt][0]
-        if not path.endswith(suffix):
-            raise records.DataError(f"--out={path}: a {fmt} file's name must end with {suffix}")
-        if os.path.exists(path) and not (os.path.isfile(path) and portable.is_portable(path)):
-            raise records.DataError(f"--out={path} exists and is not a kerasbn export; choose "
-                                    "a new path (kerasbn replaces only its own exports)")
-    elif os.path.exists(path) and not is_export(path) and (
-            not os.path.isdir(path) or os.listdir(path)):
-        raise records.DataError(f"--out={path} exists and is not a kerasbn export; choose a "
-                                "new directory (kerasbn replaces only its own exports)")
-
-
-def threshold(model, data_dir, manifest, batch_size=256):
-    """The cosine threshold best separating the holdout pairs' matched from mismatched
-    (the mean of LFW's ten folds' choices) for `model`; None without holdout pairs."""
-    if not holdout.available(manifest):
-        return None
-    return holdout.make_verifier(model, data_dir, manifest, batch_size)()["verify_threshold"]
-
-
-def export_saved_model(model, manifest, path, data_dir=None):
-    """Writes the SavedModel to `path` via a temporary directory, so a crash never leaves a
-    partial export where a complete one is expected. `path` must hold nothing or an export
-    (the caller checks an --out with `check_out`; a run dir's export/ is the run's own).
-    With the dataset's `data_dir`, the threshold is chosen on its holdout pairs."""
-    cut = threshold(model, data_dir, manifest) if data_dir else None
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    for name, (function, signature) in signatures.serving_functions(model, manifest,
-                                                                 cut).items():
-        archive.add_endpoint(name, function, input_signature=signature)
-    tmp = path + ".partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    archive.write_out(tmp, verbose=False)
-    atomic.write_json(os.path.join(tmp, signatures.MARKER), {
-        "written_by": "kerasbn", **signatures.input_spec(manifest), "threshold": cut})
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
-    return path
-
-
-def export_run(run_dir, out=None, best=False):
-    """Exports the newest (or best) checkpoint of a training run, rebuilt from its config."""
-    if out:
-        check_out(out)
-    config, manifest, model, _ = signatures.restore_run(run_dir, best)
-    return export_saved_model(model, manifest, out or RunDir(run_dir).export, config.data_dir)
-
-
-def export_portable(run_dir, fmt, out=None, best=False):
-    """(path, {output: max |difference| from Keras}, what the check ran on) of the run's
-    fixed-size core written as a `fmt` file (kerasbn.serving.portable) with its JSON beside it."""
-    portable.require(fmt)
-    out = out or RunDir(run_dir).export + portable.FORMATS[fmt][0]
-    check_out(out, fmt)
-    config, manifest, model, _ = signatures.restore_run(run_dir, best)
-    images, source = portable.check_images(config, manifest)
-    height, width = manifest["image_size"]
-    description = {
-        "written_by": "kerasbn", **signatures.input_spec(manifest),
-        "input": {"name": "image", "dtype": "float32",
-                  "shape": [None, height, width, manifest["channels"]],
-                  "is": "(pixel - mean) / std per channel, after gray conversion and resize"},
-        "outputs": {"embedding": "L2-normalised", "probabilities": "softmax over classes"},
-        "mean": manifest["mean"], "std": manifest["std"],
-        "class_names": manifest["class_names"],
-        "threshold": threshold(model, config.data_dir, manifest),
-        "checked_on": f"{len(images)} {source}"}
-    core = portable.float32_core(config, model)
-    measured = portable.write(core, out, fmt, images, description)
-    return out, measured, description["checked_on"]
+from kerasbn.serving import exporter, portable
+from kerasbn.utils import errors
 
 
 LABELS = {"litert": "LiteRT", "onnx": "ONNX"}
@@ -136,11 +48,11 @@ def main(argv):
     best = values.checkpoint == "best"
     try:
         if values.format == "saved_model":
-            print(f"SavedModel: {export_run(values.run_dir, values.out, best)}")
+            print(f"SavedModel: {exporter.export_run(values.run_dir, values.out, best)}")
             return
-        path, measured, checked_on = export_portable(values.run_dir, values.format,
+        path, measured, checked_on = exporter.export_portable(values.run_dir, values.format,
                                                      values.out, best)
-    except ValueError as e:
+    except errors.UserError as e:
         sys.exit(f"error: {e}")
     worst = ", ".join(f"{name} {value:.1e}" for name, value in measured.items())
     print(f"{LABELS[values.format]}: {path} (max |difference| from Keras on {checked_on}: "

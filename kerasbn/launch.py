@@ -34,10 +34,11 @@ import time
 
 from absl import flags
 
-from kerasbn import export, report, train
-from kerasbn.analysis import seeds
+from kerasbn.analysis import comparison, seeds
 from kerasbn.flags import cli, train_flags
-from kerasbn.training.run_dir import RunDir
+from kerasbn.serving import exporter
+from kerasbn.training.run_dir import BUSY_EXIT, RunDir
+from kerasbn.utils import errors
 
 WAIT_SECONDS = 10
 
@@ -59,7 +60,7 @@ def set_flagfiles(name):
     files = [_shown(f) for f in sorted(glob.glob(os.path.join(directory, "*.flags")))]
     if not files:
         known = sorted(os.listdir(sets_dir())) if os.path.isdir(sets_dir()) else []
-        raise ValueError(f"no experiment set {name!r}: {directory} holds no .flags files; "
+        raise errors.UserError(f"no experiment set {name!r}: {directory} holds no .flags files; "
                          f"known sets: {', '.join(known)}")
     return files
 
@@ -71,7 +72,7 @@ def run_dir_of(flagfile):
         if cli.flag_name(line) == "run_dir":
             run_dir = line.split("=", 1)[1]
     if not run_dir:
-        raise ValueError(f"{flagfile} sets no --run_dir; every run of a set needs its own")
+        raise errors.UserError(f"{flagfile} sets no --run_dir; every run of a set needs its own")
     return run_dir
 
 
@@ -83,7 +84,7 @@ def parse_sweep(texts):
         flag, _, listed = text.partition("=")
         values = [v for v in listed.split(",") if v]
         if flag not in known or not values:
-            raise ValueError(f"--sweep={text}: give a training flag and its values, e.g. "
+            raise errors.UserError(f"--sweep={text}: give a training flag and its values, e.g. "
                              "--sweep=base_lr=0.005,0.01,0.02,0.05")
         sweeps.append((flag, values))
     return sweeps
@@ -117,7 +118,7 @@ def commands(name, extra_args, run_root=None, seeds=None, sweeps=()):
                              "seed": seed or 0, "point": point})
     run_dirs = [run["run_dir"] for run in plan]
     if len(set(run_dirs)) < len(run_dirs):
-        raise ValueError(f"two runs of set {name!r} share a run dir name"
+        raise errors.UserError(f"two runs of set {name!r} share a run dir name"
                          + (f" under {run_root}" if run_root else ""))
     return plan
 
@@ -138,15 +139,15 @@ def chosen(plan, sweeps, reference=None):
     best value and at the reference's (the report's two speedups), both chosen on the
     finished first-seed runs by the report's rule."""
     first = [run for run in plan if run["seed"] == 0]
-    runs = [report.load_run(run["run_dir"]) for run in first]
+    runs = [comparison.load_run(run["run_dir"]) for run in first]
     of_dir = {os.path.normpath(run["run_dir"]): run for run in first}
-    choices = report.sweep_choices(seeds.group(runs), [flag for flag, _ in sweeps],
-                                   report.tracked_targets(runs)[0])
+    choices = comparison.sweep_choices(seeds.group(runs), [flag for flag, _ in sweeps],
+                                   comparison.tracked_targets(runs)[0])
 
     def best(choice):
         return of_dir[os.path.normpath(choice["best"]["runs"][0]["dir"])]
 
-    wanted_reference = os.path.normpath(reference or report.default_reference(runs))
+    wanted_reference = os.path.normpath(reference or comparison.default_reference(runs))
     ref_points = [best(c)["point"] for c in choices
                   if any(os.path.normpath(r["dir"]) == wanted_reference
                          for g in c["groups"] for r in g["runs"])]
@@ -160,7 +161,7 @@ def finished(run_dir):
     """Whether the run ended: its summary says so (or, for a run from before that mark, its
     export, which training wrote last, exists)."""
     run = RunDir(run_dir)
-    return run.finished() or export.is_export(run.export)
+    return run.finished() or exporter.is_export(run.export)
 
 
 def work_through(runs, run_dirs):
@@ -176,7 +177,7 @@ def work_through(runs, run_dirs):
             code = subprocess.run(command).returncode
             if code == 0:
                 continue
-            if code != train.BUSY_EXIT:
+            if code != BUSY_EXIT:
                 sys.exit(f"error: run {index} failed; fix it and rerun (finished runs resume)")
         print(f"{head}: {run_dir} is being trained by another process", flush=True)
 
@@ -227,7 +228,7 @@ def main(argv):
     try:
         sweeps = parse_sweep(values.sweep)
         if sweeps and (values.seeds or 1) < 3:
-            raise ValueError("a sweep picks each configuration's best value on the first seed "
+            raise errors.UserError("a sweep picks each configuration's best value on the first seed "
                              "and reports it on the others: give --seeds=3 or more")
         plan = commands(names[0], extra, values.run_root, values.seeds, sweeps)
     except (ValueError, flags.Error) as e:
@@ -245,7 +246,7 @@ def main(argv):
             train_all(first, wait=True)
         try:
             plan = first + chosen(plan, sweeps, values.reference)
-        except report.ReportError as e:
+        except comparison.ReportError as e:
             sys.exit(f"error: {e}")
     command = report_command(names[0], [run["run_dir"] for run in plan], values.report_out,
                              values.run_root, values.reference, sweeps)

@@ -26,7 +26,7 @@ names = [tf.config.experimental.get_device_details(g).get('device_name', g.name)
 print('devices:', ', '.join(names) if names else 'no GPU: this check measures the CPU')"
 # Without a GPU, float16 runs emulated (minutes per step for this network on a 2-core CPU):
 # the CPU's own fastest precision is measured instead unless PRECISION says otherwise.
-PRECISION=${PRECISION:-$("$PYTHON" -c "import kerasbn.flags.train_flags as t; print(t.auto_precision())")}
+PRECISION=${PRECISION:-$("$PYTHON" -c "import kerasbn.training.runtime as t; print(t.auto_precision())")}
 echo "precision: $PRECISION"
 if [ ! -f "$DATA/manifest.json" ]; then
   # 200 identities x 60 images of the synthetic faces: 9,000 training records, enough for

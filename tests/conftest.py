@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_tools import build_records, inspect_records, synth
+from data_tools import convert, inspect_records, synth
 from kerasbn import train
 from kerasbn.data import records
 
@@ -111,6 +111,6 @@ def folder(tmp_path):
 
 
 def build_folder(source, out, **kw):
-    """build_records.build of a folder tree, quietly, in 6-record shards by default."""
+    """convert.build of a folder tree, quietly, in 6-record shards by default."""
     kw.setdefault("shard_size", 6)
-    return build_records.build(str(source), str(out), log=lambda _: None, **kw)
+    return convert.build(str(source), str(out), log=lambda _: None, **kw)

@@ -3,7 +3,7 @@
 import os
 
 from conftest import run_train
-from data_tools import build_records, inspect_records
+from data_tools import convert, inspect_records
 from kerasbn.data import records
 from kerasbn.training.run_dir import RunDir
 
@@ -13,7 +13,7 @@ MIN_TOP1 = 0.5
 
 def test_att_faces_convert_inspect_and_train(att_faces, tmp_path):
     out = str(tmp_path / "att")
-    manifest = build_records.build(att_faces, out, log=lambda _: None)
+    manifest = convert.build(att_faces, out, log=lambda _: None)
     assert len(manifest["class_names"]) == 40
     counts = {s: e["count"] for s, e in manifest["splits"].items()}
     assert counts == {"train": 320, "test": 80}

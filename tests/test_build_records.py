@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from conftest import build_folder, read_records
-from data_tools import build_records, inspect_records
+from data_tools import build_records, convert, inspect_records
 from kerasbn.data import pipeline, records
 
 
@@ -25,7 +25,7 @@ def test_folder_tree_every_format_and_bad_files(folder, tmp_path):
     assert any("zoë" in n for n in names + read_records(out, "test")[2])
     problems, _ = inspect_records.check(str(out))
     assert problems == []
-    assert not os.path.exists(out / build_records.STATE_DIR)
+    assert not os.path.exists(out / convert.STATE_DIR)
 
 
 def test_each_identity_keeps_its_test_share_and_shards_mix_identities(folder, tmp_path):
@@ -114,7 +114,7 @@ def test_face_boxes_are_cropped_first(tmp_path):
 def test_refuses_other_dataset_and_reuses_complete_shards(folder, tmp_path, monkeypatch):
     out = tmp_path / "out"
     calls = []
-    real = build_records._write_shard
+    real = convert._write_shard
 
     def die_after_two(path, *args):
         calls.append(path)
@@ -122,13 +122,13 @@ def test_refuses_other_dataset_and_reuses_complete_shards(folder, tmp_path, monk
             raise KeyboardInterrupt
         return real(path, *args)
 
-    monkeypatch.setattr(build_records, "_write_shard", die_after_two)
+    monkeypatch.setattr(convert, "_write_shard", die_after_two)
     with pytest.raises(KeyboardInterrupt):
         build_folder(folder, out, shard_size=4)
     assert not os.path.exists(records.manifest_path(out))
     assert not [n for n in os.listdir(out) if n.endswith(".partial")]
     calls.clear()
-    monkeypatch.setattr(build_records, "_write_shard",
+    monkeypatch.setattr(convert, "_write_shard",
                         lambda path, *args: calls.append(path) or real(path, *args))
     manifest = build_folder(folder, out, shard_size=4)
     assert len(calls) == manifest_shards(manifest) - 2
@@ -146,7 +146,7 @@ def _write_cifar(directory, per_batch=4):
     directory.mkdir()
     rng = np.random.default_rng(0)
     names = [f"class{i}" for i in range(10)]
-    for name in build_records.sources.CIFAR_TRAIN + [build_records.sources.CIFAR_TEST]:
+    for name in convert.sources.CIFAR_TRAIN + [convert.sources.CIFAR_TEST]:
         labels = [int(x) for x in rng.integers(0, 10, per_batch)]
         data = rng.integers(0, 256, (per_batch, 3072), np.uint8)
         with open(directory / name, "wb") as f:
@@ -233,7 +233,7 @@ def test_image_size_zero_is_refused(folder, tmp_path):
 def test_an_interrupted_build_keeps_its_finished_shards_and_a_rerun_completes(folder, tmp_path,
                                                                             monkeypatch, capsys):
     out = tmp_path / "out"
-    real, calls = build_records._write_shard, []
+    real, calls = convert._write_shard, []
 
     def interrupted_second_shard(*args):
         calls.append(1)
@@ -241,7 +241,7 @@ def test_an_interrupted_build_keeps_its_finished_shards_and_a_rerun_completes(fo
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(build_records, "_write_shard", interrupted_second_shard)
+    monkeypatch.setattr(convert, "_write_shard", interrupted_second_shard)
     argv = ["build_records", str(folder), f"--out={out}", "--shard_size=6", "--workers=1"]
     with pytest.raises(SystemExit) as info:
         build_records.main(argv)
@@ -250,6 +250,6 @@ def test_an_interrupted_build_keeps_its_finished_shards_and_a_rerun_completes(fo
     kept = sorted(p.name for p in out.glob("*.tfrecord"))
     assert len(kept) == 1 and not list(out.glob("*.partial"))
     assert not (out / "manifest.json").exists()
-    monkeypatch.setattr(build_records, "_write_shard", real)
+    monkeypatch.setattr(convert, "_write_shard", real)
     build_records.main(argv)
     assert records.read_manifest(str(out))["splits"]["train"]["count"] > 0

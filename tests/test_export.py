@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kerasbn import export
+from kerasbn.serving import exporter
 from kerasbn.data import pipeline, records
 from kerasbn.flags import train_flags
 from kerasbn.training import checkpoints, optimizers
@@ -65,7 +65,7 @@ def test_export_run_reads_a_run_from_before_config_json(finished_run, tmp_path):
     saved = open(run.config_json).read()
     os.remove(run.config_json)
     try:
-        out = export.export_run(finished_run, str(tmp_path / "legacy"))
+        out = exporter.export_run(finished_run, str(tmp_path / "legacy"))
     finally:
         with open(run.config_json, "w") as f:
             f.write(saved)
@@ -80,12 +80,12 @@ def test_out_over_anything_but_a_previous_export_is_refused(finished_run, tmp_pa
     (tmp_path / "file.txt").write_text("keep me")
     for out in (tmp_path / "mine", tmp_path / "file.txt"):
         with pytest.raises(records.DataError, match="is not a kerasbn export"):
-            export.export_run(finished_run, str(out))
+            exporter.export_run(finished_run, str(out))
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "keep me"
     assert (tmp_path / "file.txt").read_text() == "keep me"
-    first = export.export_run(finished_run, str(tmp_path / "exp"))
-    assert export.is_export(first)
-    assert export.export_run(finished_run, first) == first  # a previous export is replaced
+    first = exporter.export_run(finished_run, str(tmp_path / "exp"))
+    assert exporter.is_export(first)
+    assert exporter.export_run(finished_run, first) == first  # a previous export is replaced
 
 
 @pytest.mark.parametrize("shape, dtype, message", [

@@ -261,12 +261,13 @@ def test_the_records_of_a_finished_run_count_as_finished_without_its_checkpoints
         finished_run, tmp_path):
     import json
 
-    from kerasbn import launch, report
+    from kerasbn import launch
+    from kerasbn.analysis import comparison
     copy = _records_only(finished_run, tmp_path / "copy")
     assert launch.finished(finished_run) and launch.finished(copy)
     assert sorted(os.listdir(copy)) == sorted(RECORDS)
     # The report reads the records alone and tabulates the copy as the run itself.
-    assert report.load_run(copy)["entries"] == report.load_run(finished_run)["entries"]
+    assert comparison.load_run(copy)["entries"] == comparison.load_run(finished_run)["entries"]
     summary = os.path.join(copy, "summary.json")
     with open(summary, encoding="utf-8") as f:
         values = json.load(f)
@@ -278,7 +279,8 @@ def test_the_records_of_a_finished_run_count_as_finished_without_its_checkpoints
 
 def test_a_run_killed_in_its_export_is_not_finished(small_data, tmp_path, monkeypatch):
     from conftest import run_train, train_args
-    from kerasbn import export, launch
+    from kerasbn import launch
+    from kerasbn.serving import exporter
     from kerasbn.training.run_dir import RunDir
 
     def killed(*args, **kwargs):
@@ -287,7 +289,7 @@ def test_a_run_killed_in_its_export_is_not_finished(small_data, tmp_path, monkey
     run_dir = str(tmp_path / "run")
     args = train_args(small_data, run_dir, max_iter=10)
     with monkeypatch.context() as patch:
-        patch.setattr(export, "export_saved_model", killed)
+        patch.setattr(exporter, "export_saved_model", killed)
         with pytest.raises(KeyboardInterrupt):
             run_train(args)
     assert RunDir(run_dir).read_metrics()[-1]["iteration"] == 10

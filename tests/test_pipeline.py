@@ -201,9 +201,9 @@ def test_a_split_is_checked_whole_each_time_in_a_read_only_dataset(tmp_path, mon
 
 def test_a_dataset_just_written_is_not_read_whole_before_its_first_run(tmp_path, folder,
                                                                        monkeypatch):
-    from data_tools import build_records
+    from data_tools import convert
     make_synth(tmp_path / "synth")
-    build_records.build(str(folder), str(tmp_path / "built"), test_fraction=0.25,
+    convert.build(str(folder), str(tmp_path / "built"), test_fraction=0.25,
                         log=lambda *a: None)
     reads = []
     reader = tf.data.TFRecordDataset

@@ -12,11 +12,10 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 
 from conftest import run_train, train_args
-from kerasbn import export
 from kerasbn.data import pipeline, records
 from kerasbn.flags import train_flags
 from kerasbn.nn import models
-from kerasbn.serving import portable
+from kerasbn.serving import exporter, portable
 from kerasbn.training import checkpoints
 from kerasbn.training.run_dir import RunDir
 
@@ -99,7 +98,7 @@ def test_a_missing_converter_is_named_with_its_package(finished_run, tmp_path, m
                         lambda name: None if name == "tf2onnx" else real(name))
     with pytest.raises(records.DataError, match=r"--format=onnx needs tf2onnx, not installed "
                        r"here: pip install 'kerasbn\[onnx\]' \(or pip install tf2onnx\)"):
-        export.export_portable(finished_run, "onnx", str(tmp_path / "m.onnx"))
+        exporter.export_portable(finished_run, "onnx", str(tmp_path / "m.onnx"))
     assert os.listdir(tmp_path) == []
 
 
@@ -107,15 +106,15 @@ def test_a_file_outside_the_tolerance_is_not_written(finished_run, tmp_path, mon
     monkeypatch.setattr(portable, "TOLERANCE", 0.0)
     with pytest.raises(records.DataError, match="differ from Keras's by up to .* nothing "
                        "written"):
-        export.export_portable(finished_run, "litert", str(tmp_path / "m.tflite"))
+        exporter.export_portable(finished_run, "litert", str(tmp_path / "m.tflite"))
     assert os.listdir(tmp_path) == []
 
 
 def test_out_must_be_a_new_or_kerasbn_file_with_the_formats_suffix(finished_run, tmp_path):
     with pytest.raises(records.DataError, match="must end with .onnx"):
-        export.export_portable(finished_run, "onnx", str(tmp_path / "m.tflite"))
+        exporter.export_portable(finished_run, "onnx", str(tmp_path / "m.tflite"))
     mine = tmp_path / "mine.tflite"
     mine.write_bytes(b"keep me")
     with pytest.raises(records.DataError, match="exists and is not a kerasbn export"):
-        export.export_portable(finished_run, "litert", str(mine))
+        exporter.export_portable(finished_run, "litert", str(mine))
     assert mine.read_bytes() == b"keep me"

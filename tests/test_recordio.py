@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import read_records
-from data_tools import build_records, recordio, synth
+from data_tools import build_records, convert, recordio, synth
 from kerasbn.data import images, records
 
 MAGIC = 0xCED7230A
@@ -121,7 +121,7 @@ def test_a_record_written_in_parts_reads_back_whole(tmp_path):
 def test_insightface_layout_converts_to_the_same_images_and_labels(tmp_path):
     path, encoded = write_insightface(str(tmp_path / "faces_webface_112x112"))
     out = str(tmp_path / "out")
-    manifest = build_records.build(path, out, image_size=112, channels=3, test_fraction=0)
+    manifest = convert.build(path, out, image_size=112, channels=3, test_fraction=0)
     assert manifest["class_names"] == [str(k) for k in range(6)]
     assert "insightface layout" in manifest["source"]
     assert manifest["source"].endswith("property: 6 classes of 112x112")
@@ -141,7 +141,7 @@ def test_plain_image_records_without_an_index_convert_resized_to_gray(tmp_path):
     write_rec(path, [_pack([label, 1.0], image) if i % 2 else _pack(label, image)
                      for i, (label, image) in enumerate(zip(labels, encoded))])
     os.remove(str(tmp_path / "train.idx"))
-    manifest = build_records.build(path, str(tmp_path / "out"), test_fraction=0,
+    manifest = convert.build(path, str(tmp_path / "out"), test_fraction=0,
                                    holdout_identities=2, pairs=2)
     assert "one image per record" in manifest["source"]
     assert manifest["channels"] == 1 and manifest["image_size"] == [50, 50]
@@ -164,13 +164,13 @@ def test_a_bad_record_is_skipped_by_name_and_a_truncated_file_named_where_it_bre
     start = index[3][1] + 8 + 24
     data[start:start + 200] = b"x" * 200
     open(path, "wb").write(bytes(data))
-    manifest = build_records.build(path, str(tmp_path / "out"), test_fraction=0)
+    manifest = convert.build(path, str(tmp_path / "out"), test_fraction=0)
     assert [s["path"] for s in manifest["skipped"]] == ["train.rec:03"]
     assert manifest["splits"]["train"]["count"] == 29
     # Cut inside record 20: the conversion stops naming it, and nothing looks complete.
     open(path, "wb").write(bytes(data[:index[20][1] + 100]))
     with pytest.raises(records.DataError, match=r"truncated: record 20 \(from byte"):
-        build_records.build(path, str(tmp_path / "cut"), test_fraction=0)
+        convert.build(path, str(tmp_path / "cut"), test_fraction=0)
     assert not os.path.exists(str(tmp_path / "cut" / "manifest.json"))
 
 
@@ -189,8 +189,8 @@ def test_build_records_names_a_truncated_rec_in_one_line(tmp_path, capsys):
 def test_two_workers_convert_a_rec_to_the_same_records_as_one(tmp_path):
     path, _ = write_insightface(str(tmp_path / "set"))
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
-    build_records.build(path, one, test_fraction=0.2, workers=1)
-    build_records.build(path, two, test_fraction=0.2, workers=2)
+    convert.build(path, one, test_fraction=0.2, workers=1)
+    convert.build(path, two, test_fraction=0.2, workers=2)
     for split in ("train", "test"):
         a, b = read_records(one, split), read_records(two, split)
         assert a[1:] == b[1:] and all((x == y).all() for x, y in zip(a[0], b[0]))

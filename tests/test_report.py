@@ -4,7 +4,7 @@ import os
 import pytest
 
 from kerasbn import report
-from kerasbn.analysis import seeds
+from kerasbn.analysis import comparison, seeds
 
 
 def _run(directory, model, accuracies, every=100, lr=0.01, targets=()):
@@ -25,9 +25,9 @@ def test_table_speedup_and_figures(tmp_path):
     # The study's numbers: 80% at 64k iterations for the baseline, 45k for BN -> 1.42x.
     base = _run(tmp_path / "baseline", "baseline", [0.1] * 64 + [0.8, 0.9], every=1000)
     bn = _run(tmp_path / "bn", "bn", [0.1] * 45 + [0.81, 0.85], every=1000)
-    runs = [report.load_run(base), report.load_run(bn)]
-    assert report.default_reference(runs) == base
-    table = report.rows(runs, [0.8, 0.95], base)
+    runs = [comparison.load_run(base), comparison.load_run(bn)]
+    assert comparison.default_reference(runs) == base
+    table = comparison.rows(runs, [0.8, 0.95], base)
     assert table[0]["targets"]["0.8"] == {"iteration": 64000, "wall_time": 128000.0,
                                           "speedup": 1.0, "bound": ""}
     assert table[1]["targets"]["0.8"]["iteration"] == 45000
@@ -36,22 +36,22 @@ def test_table_speedup_and_figures(tmp_path):
                                            "speedup": None, "bound": ""}
     assert (table[1]["norm"], table[0]["norm"], table[1]["policy"]) == ("keras", "-",
                                                                          "long_step")
-    text = report.markdown(table, "baseline")
+    text = comparison.markdown(table, "baseline")
     assert "| bn | bn | keras | long_step | 0.8500 | 0.8500 (46000) | 45000 | 90000s | 1.42x |" \
         in text
     # Second half of the BN run: tests at 23k..46k, all 0.1 but for the last two (0.81, 0.85).
     assert table[1]["jump"] == pytest.approx((0.71 + 0.04) / 23)
     assert "| 0.033 | 123 |" in text  # images/s: the median of 100 .. 146
-    for path in report.plot(seeds.group(runs), str(tmp_path)):
+    for path in comparison.plot(seeds.group(runs), str(tmp_path)):
         assert os.path.getsize(path) > 10_000
 
 
 def test_run_in_progress_and_missing_metrics(tmp_path):
     running = _run(tmp_path / "running", "bn", [0.2])
-    assert report.load_run(running)["entries"][0]["test_top1"] == 0.2
+    assert comparison.load_run(running)["entries"][0]["test_top1"] == 0.2
     (tmp_path / "empty").mkdir()
-    with pytest.raises(report.ReportError, match="no metrics.jsonl"):
-        report.load_run(str(tmp_path / "empty"))
+    with pytest.raises(comparison.ReportError, match="no metrics.jsonl"):
+        comparison.load_run(str(tmp_path / "empty"))
 
 
 def test_speedup_is_a_bound_when_only_one_run_reached_the_target(tmp_path):
@@ -61,16 +61,16 @@ def test_speedup_is_a_bound_when_only_one_run_reached_the_target(tmp_path):
                                                       0.74], targets=[0.8, 0.7])
     bn = _run(tmp_path / "bn", "bn", [0.1, 0.5, 0.7, 0.8, 0.9], targets=[0.8])
     short = _run(tmp_path / "short", "bn", [0.1, 0.4, 0.6])
-    runs = [report.load_run(d) for d in (base, bn, short)]
-    assert report.tracked_targets(runs) == [("test_top1", 0.7), ("test_top1", 0.8)]
-    table = report.rows(runs, [0.7, 0.8], base)
+    runs = [comparison.load_run(d) for d in (base, bn, short)]
+    assert comparison.tracked_targets(runs) == [("test_top1", 0.7), ("test_top1", 0.8)]
+    table = comparison.rows(runs, [0.7, 0.8], base)
     assert table[1]["targets"]["0.8"]["speedup"] == pytest.approx(800 / 300)
     assert table[1]["targets"]["0.8"]["bound"] == ">"
     assert table[1]["targets"]["0.7"]["speedup"] == pytest.approx(600 / 200)
     assert table[2]["targets"]["0.7"]["speedup"] == pytest.approx(600 / 200)
     assert table[2]["targets"]["0.7"]["bound"] == "<"
     assert table[2]["targets"]["0.8"]["speedup"] is None
-    text = report.markdown(table, "baseline")
+    text = comparison.markdown(table, "baseline")
     assert "| 300 | 600s | >2.67x |" in text and "| - | - | <3.00x |" in text
 
 
@@ -110,13 +110,13 @@ def test_verification_is_tabulated_drawn_and_targeted(tmp_path):
                 f.write(json.dumps(dict(entry, verify_acc=accuracy)) + "\n")
         with open(os.path.join(directory, "flags.txt"), "a") as f:
             f.write("--target=verify_acc:0.75\n")
-    runs = [report.load_run(base), report.load_run(bn)]
-    targets = report.tracked_targets(runs)
+    runs = [comparison.load_run(base), comparison.load_run(bn)]
+    targets = comparison.tracked_targets(runs)
     assert targets == [("test_top1", 0.8), ("verify_acc", 0.75)]
-    text = report.markdown(report.rows(runs, targets, base), "baseline")
+    text = comparison.markdown(comparison.rows(runs, targets, base), "baseline")
     assert "iters to verify_acc:0.75" in text and "| best verify acc |" in text
     assert "| 100 | 200s | >2.00x |" in text  # bn at 100; the baseline never, last test 200
-    paths = report.plot(seeds.group(runs), str(tmp_path))
+    paths = comparison.plot(seeds.group(runs), str(tmp_path))
     assert os.path.join(str(tmp_path), "verification_vs_iteration.png") in paths
 
 
@@ -126,4 +126,4 @@ def test_a_target_on_a_metric_no_run_recorded_is_left_out(tmp_path):
     base = _run(tmp_path / "baseline", "baseline", [0.1, 0.5, 0.7])
     with open(os.path.join(base, "flags.txt"), "a") as f:
         f.write("--target=verify_acc:0.9\n")
-    assert report.tracked_targets([report.load_run(base)]) == [("test_top1", 0.8)]
+    assert comparison.tracked_targets([comparison.load_run(base)]) == [("test_top1", 0.8)]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kerasbn import report
-from kerasbn.analysis import seeds
+from kerasbn.analysis import comparison, seeds
 
 TOP1 = ("test_top1", 0.8)
 
@@ -26,7 +26,7 @@ def _run(root, name, model, seed, reached_at, lr=0.01, every=100, last=800):
     with open(os.path.join(directory, "flags.txt"), "w") as f:
         f.write(f"--model={model}\n--seed={seed}\n--base_lr={lr}\n--max_iter={last}\n"
                 "--target_accuracy=0.8\n")
-    return report.load_run(directory)
+    return comparison.load_run(directory)
 
 
 def test_runs_differing_only_in_seed_are_one_configuration(tmp_path):
@@ -44,7 +44,7 @@ def test_a_seed_that_never_reaches_counts_at_its_last_test_as_a_bound(tmp_path):
     assert count["mean"] == pytest.approx(500)
     assert count["std"] == pytest.approx(np.std([300, 400, 800], ddof=1))
     assert count["censored"] == 1
-    assert report._iterations_cell(count) == ">=500 ± 265 (1/3 never reached)"
+    assert comparison._iterations_cell(count) == ">=500 ± 265 (1/3 never reached)"
 
 
 def test_speedups_pair_seeds_and_say_when_they_are_bounds(tmp_path):
@@ -73,15 +73,15 @@ def test_a_sweeps_best_value_is_chosen_on_the_first_seed_and_reported_on_the_oth
         runs += [_run(tmp_path, f"bn-base_lr{lr}-seed{s}", "bn", s, at, lr=lr)
                  for s, at in enumerate(by_seed)]
     groups = seeds.group(runs)
-    choices = report.sweep_choices(groups, ["base_lr"], TOP1)
-    assert [(c["configuration"], report._value(c["best"], "base_lr"), c["seed"])
+    choices = comparison.sweep_choices(groups, ["base_lr"], TOP1)
+    assert [(c["configuration"], comparison._value(c["best"], "base_lr"), c["seed"])
             for c in choices] == [("baseline", 0.02, 0), ("bn", 0.02, 0)]
-    table = report.sweep_markdown(choices, ["base_lr"], TOP1, choices[0])
+    table = comparison.sweep_markdown(choices, ["base_lr"], TOP1, choices[0])
     baseline_row, bn_row = table.splitlines()[4:6]
     assert "| baseline | base_lr=0.02 | 0 | 2 | 700 ± 0 |" in baseline_row
     # best against best: 700 / 100 on seeds 1 and 2; at the baseline's best value too.
     assert "| 7.00x ± 0.00 (2 seeds) | 7.00x ± 0.00 (2 seeds) |" in bn_row
-    path = report.plot_sweep(choices, ["base_lr"], TOP1, str(tmp_path))
+    path = comparison.plot_sweep(choices, ["base_lr"], TOP1, str(tmp_path))
     assert os.path.getsize(path) > 0
 
 
@@ -121,10 +121,10 @@ def test_the_grouped_table_gives_each_heads_last_verification_over_seeds(tmp_pat
     assert [g["name"] for g in groups] == ["softmax", "arcface"]
     assert seeds.final_verification(groups[1]["runs"], "verify_acc") == pytest.approx(
         (0.945, np.std([0.94, 0.95], ddof=1)))
-    table = report.grouped_markdown(groups, [TOP1], groups[0])
+    table = comparison.grouped_markdown(groups, [TOP1], groups[0])
     header, _, softmax, arcface = table.splitlines()
     # An unresolved TAR (None in every run) gets no column; the last test's figures count.
     assert header.endswith("| final verify acc | final AUC |")
     assert arcface.endswith("| 0.9450 ± 0.0071 | 0.9650 ± 0.0071 |")
     assert softmax.endswith("| 0.9100 ± 0.0141 | 0.9300 ± 0.0141 |")
-    assert "bn + arcface" == report.rows(runs, [TOP1], runs[0]["dir"])[2]["network"]
+    assert "bn + arcface" == comparison.rows(runs, [TOP1], runs[0]["dir"])[2]["network"]

@@ -62,7 +62,7 @@ def run(class_counts, fractions, head, batch_size, steps, repeats, precision):
         for classes in class_counts:
             for fraction in fractions:
                 rounds.setdefault((classes, fraction), []).append(scaling.probe_process(
-                    f"from kerasbn import bench_heads; margin_heads.probe({classes}, "
+                    f"from kerasbn.benchmarks import margin_heads; margin_heads.probe({classes}, "
                     f"{fraction}, {head!r}, {batch_size}, {steps}, {precision!r})",
                     f"the {head} step at {classes} classes, --sample_classes={fraction:g}"))
     best = {key: {"seconds_per_step": min(r["seconds_per_step"] for r in results),

@@ -105,7 +105,7 @@ def run(data_dirs, batch_size, batches):
             sys.exit(f"error: {e}")
     results = []
     for data_dir in data_dirs:
-        result = probe_process(f"from kerasbn import bench_scale; scaling.probe("
+        result = probe_process(f"from kerasbn.benchmarks import scaling; scaling.probe("
                                f"{data_dir!r}, {batch_size}, {batches})",
                                f"the pipeline probe on {data_dir}")
         forget_checks(data_dir)

@@ -7,6 +7,8 @@ reason instead of an array, so one bad file never stops a conversion.
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from kerasbn.utils import errors
+
 RESIZE_MODES = ("crop", "pad", "stretch")
 
 
@@ -19,7 +21,7 @@ def resize(image, size, mode):
         return ImageOps.fit(image, (size, size), Image.BILINEAR)
     if mode == "pad":
         return ImageOps.pad(image, (size, size), Image.BILINEAR, color=0)
-    raise ValueError(f"unknown --resize_mode {mode!r}; choose one of {', '.join(RESIZE_MODES)}")
+    raise errors.UserError(f"unknown --resize_mode {mode!r}; choose one of {', '.join(RESIZE_MODES)}")
 
 
 def to_8bit(image):

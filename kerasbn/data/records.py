@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from kerasbn.utils import atomic
+from kerasbn.utils import atomic, errors
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -31,7 +31,7 @@ _FEATURES = {
 }
 
 
-class DataError(ValueError):
+class DataError(errors.UserError):
     """A dataset on disk that cannot be used as it is; the message names the file and the fix."""
 
 

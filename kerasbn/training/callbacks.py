@@ -199,7 +199,7 @@ class PeriodicTest(IterationCallback):
               f"{entry['test_seconds']:.1f}s)", flush=True)
         if "verify_acc" in verified:
             print(_verify_line("verify", iteration, verified)
-                  + f"  ({checks.get('verify_seconds', 0.0):.1f}s)", flush=True)
+                  + f"  ({verified.get('verify_seconds', 0.0):.1f}s)", flush=True)
         for name, figures in sets.items():
             print(_verify_line(name, iteration, figures), flush=True)
         with self.writer.as_default(step=iteration):

@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerasbn.data import records
+from kerasbn.utils import errors
 
 
 def make_test_step(model):
@@ -79,15 +80,15 @@ def parse_target(text):
     metric, _, value = text.rpartition(":")
     metric = metric or "test_top1"
     if metric not in TARGET_METRICS:
-        raise ValueError(f"--target={text}: the metric must be one of "
+        raise errors.UserError(f"--target={text}: the metric must be one of "
                          f"{', '.join(TARGET_METRICS)}")
     try:
         value = float(value)
     except ValueError:
-        raise ValueError(f"--target={text}: expected METRIC:VALUE, e.g. verify_acc:0.9") \
+        raise errors.UserError(f"--target={text}: expected METRIC:VALUE, e.g. verify_acc:0.9") \
             from None
     if not 0 < value <= 1:
-        raise ValueError(f"--target={text}: the value must lie in (0, 1]")
+        raise errors.UserError(f"--target={text}: the value must lie in (0, 1]")
     return metric, value
 
 

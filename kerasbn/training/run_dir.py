@@ -49,6 +49,11 @@ class RunDirBusy(RunDirError):
     """The run directory is locked by another process (a launcher takes it as claimed)."""
 
 
+# The exit status of a run refused because another process trains in its run dir, so a
+# launcher moves on to the next run (EX_TEMPFAIL).
+BUSY_EXIT = 75
+
+
 class RunDir:
     """The files of the run at `path` (which need not exist yet)."""
 
