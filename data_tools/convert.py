@@ -298,7 +298,8 @@ def build(source, out, root=None, image_size=None, channels=None, resize_mode="c
                              "numbering": "1-based position among the identity's holdout "
                                           "records sorted by image/filename"}
     records.write_manifest(out, manifest)
-    checks.mark_written(out, records.read_manifest(out))
+    written = records.read_manifest(out)
+    checks.mark_written(out, written)
     shutil.rmtree(os.path.join(out, STATE_DIR))
     seconds = time.perf_counter() - start
     counts = {split: entry["count"] for split, entry in manifest_splits.items()}
@@ -309,4 +310,4 @@ def build(source, out, root=None, image_size=None, channels=None, resize_mode="c
         log(f"  skipped {item['path']}: {item['reason']}")
     if len(skipped) > 20:
         log(f"  ... and {len(skipped) - 20} more, listed in manifest.json")
-    return manifest
+    return written

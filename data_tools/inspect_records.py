@@ -70,20 +70,20 @@ def decode_record(serialized, channels=None):
 def check(data_dir):
     """Reads every record of every split; returns (problems, {split: Counter of labels})."""
     manifest = records.read_manifest(data_dir)
-    height, width = manifest["image_size"]
-    expected = (height, width, manifest["channels"])
-    offset = manifest.get("label_offset", 0)
+    height, width = manifest.image_size
+    expected = (height, width, manifest.channels)
+    offset = manifest.label_offset
     problems, counts = [], {}
-    for split, info in manifest["splits"].items():
-        names = manifest.get("holdout_class_names") if split == "holdout" else None
-        num_classes = len(names if names is not None else manifest["class_names"])
+    for split, info in manifest.splits.items():
+        names = manifest.holdout_class_names if split == "holdout" else manifest.class_names
+        num_classes = len(names)
         counts[split] = collections.Counter()
-        for name in info["files"]:
+        for name in info.files:
             path = os.path.join(data_dir, name)
             try:
-                for index, serialized in _records(path, manifest.get("compression")):
+                for index, serialized in _records(path, manifest.compression):
                     try:
-                        image, label, _, _ = decode_record(serialized, manifest["channels"])
+                        image, label, _, _ = decode_record(serialized, manifest.channels)
                     except Exception as e:  # any parse failure is one corrupt record
                         problems.append(f"{path}: record {index} does not parse ({e})")
                         continue
@@ -97,8 +97,8 @@ def check(data_dir):
             except records.DataError as e:
                 problems.append(str(e))
         total = sum(counts[split].values())
-        if total != info["count"]:
-            problems.append(f"{split}: {total} records read, manifest.json says {info['count']}")
+        if total != info.count:
+            problems.append(f"{split}: {total} records read, manifest.json says {info.count}")
     return problems, counts
 
 
@@ -113,12 +113,11 @@ def montage(data_dir, out, samples=36, split="train", seed=0):
         raise records.DataError(f"--montage={out}: the directory {folder} does not exist; "
                                 "create it or write the montage elsewhere")
     manifest = records.read_manifest(data_dir)
-    names = (manifest.get("holdout_class_names") if split == "holdout"
-             else manifest["class_names"])
+    names = manifest.holdout_class_names if split == "holdout" else manifest.class_names
     rng = np.random.default_rng(seed)
     chosen, seen = [], 0
     for path in records.split_files(data_dir, manifest, split):
-        for _, serialized in _records(path, manifest.get("compression")):
+        for _, serialized in _records(path, manifest.compression):
             seen += 1
             # Reservoir sampling: a fair sample without holding the split in memory.
             if len(chosen) < samples:
@@ -131,8 +130,8 @@ def montage(data_dir, out, samples=36, split="train", seed=0):
     for ax in axes.flat:
         ax.axis("off")
     for ax, serialized in zip(axes.flat, chosen):
-        image, label, _, _ = decode_record(serialized, manifest["channels"])
-        label -= manifest.get("label_offset", 0)
+        image, label, _, _ = decode_record(serialized, manifest.channels)
+        label -= manifest.label_offset
         ax.imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 else None, vmin=0,
                   vmax=255)
         ax.set_title(names[label] if 0 <= label < len(names) else str(label), fontsize=8)
@@ -205,7 +204,7 @@ def write_manifest(data_dir, label_offset=0, compression="", overwrite=False):
         "command": "python -m data_tools.inspect_records " + " ".join(sys.argv[1:]),
     }
     records.write_manifest(data_dir, manifest)
-    return manifest
+    return records.read_manifest(data_dir)
 
 
 def main(argv):
@@ -218,9 +217,9 @@ def main(argv):
             manifest = write_manifest(data_dir, values.label_offset, "GZIP" if values.gzip else "",
                                       values.overwrite)
             print(f"wrote {records.manifest_path(data_dir)}: "
-                  f"{ {s: e['count'] for s, e in manifest['splits'].items()} }, "
-                  f"{len(manifest['class_names'])} classes, "
-                  f"{'x'.join(map(str, manifest['image_size']))}x{manifest['channels']}")
+                  f"{ {s: e.count for s, e in manifest.splits.items()} }, "
+                  f"{manifest.num_classes} classes, "
+                  f"{'x'.join(map(str, manifest.image_size))}x{manifest.channels}")
         problems, counts = check(data_dir)
         for split, counter in counts.items():
             print(f"{split}: {sum(counter.values())} records, {len(counter)} classes, "

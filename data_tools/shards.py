@@ -29,7 +29,7 @@ def prepare_out_dir(out, overwrite):
                 "or choose another --out")
         try:
             old = records.read_manifest(out, check_files=False)
-            old_files = [name for info in old["splits"].values() for name in info["files"]]
+            old_files = [name for info in old.splits.values() for name in info.files]
         except records.DataError:
             old_files = []
         os.remove(manifest)

@@ -267,8 +267,9 @@ def build(out, identities, images_per_identity, test_fraction, image_size, seed,
             manifest["pairs"] = {"file": shards.PAIRS_NAME, "matched": pairs,
                                  "mismatched": pairs}
     records.write_manifest(out, manifest)
-    checks.mark_written(out, records.read_manifest(out))
-    return manifest
+    written = records.read_manifest(out)
+    checks.mark_written(out, written)
+    return written
 
 
 def main(argv):

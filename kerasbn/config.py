@@ -382,8 +382,8 @@ def resolve(values, manifest, manifest_path="manifest.json"):
     The class count, image size and channels come from the manifest; --num_classes and
     --image_size, when given, must agree with it. --precision=auto becomes this machine's.
     """
-    classes = len(manifest["class_names"])
-    height, width = manifest["image_size"]
+    classes = manifest.num_classes
+    height, width = manifest.image_size
     if values.get("num_classes") is not None and values["num_classes"] != classes:
         raise ConfigError(f"--num_classes={values['num_classes']} but {manifest_path} has "
                           f"{classes} classes; drop --num_classes or use the right dataset")
@@ -395,7 +395,7 @@ def resolve(values, manifest, manifest_path="manifest.json"):
     if run.get("precision") == "auto":
         run["precision"] = runtime.auto_precision()
     return RunConfig(num_classes=classes, image_size=(height, width),
-                     channels=manifest["channels"], schedule=schedule_of(values), **run)
+                     channels=manifest.channels, schedule=schedule_of(values), **run)
 
 
 def schedule_of(values):

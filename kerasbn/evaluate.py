@@ -39,22 +39,22 @@ WORST = 5
 def closed_set(served, data_dir, manifest, split, batch_size):
     """{split, loss, top1, top5, count, worst identities} of `served` on a dataset's split."""
     if (served.classes, served.image_size, served.channels) != (
-            len(manifest["class_names"]), tuple(manifest["image_size"]), manifest["channels"]):
+            manifest.num_classes, manifest.image_size, manifest.channels):
         raise records.DataError(
             f"{served.source} takes {served.image_size} x {served.channels} images into "
-            f"{served.classes} classes, but {data_dir} holds {tuple(manifest['image_size'])} "
-            f"x {manifest['channels']} images of {len(manifest['class_names'])}; give the "
+            f"{served.classes} classes, but {data_dir} holds {manifest.image_size} "
+            f"x {manifest.channels} images of {manifest.num_classes}; give the "
             "--data_dir it was trained on")
     data = pipeline.test_dataset(data_dir, manifest, batch_size, split=split, raw=True)
     step = metrics.make_test_step(lambda x, training=False: served.serve(x)["logits"])
-    progress = Progress(manifest["splits"][split]["count"], f"{split} split")
+    progress = Progress(manifest.splits[split].count, f"{split} split")
     result = {"split": split, **metrics.evaluate(step, data, num_classes=served.classes,
                                                  progress=progress)}
     hits, counts = result.pop("class_hits"), result.pop("class_counts")
     seen = np.flatnonzero(counts)
     accuracy = hits[seen] / counts[seen]
     result["worst_identities"] = [
-        {"identity": manifest["class_names"][seen[i]], "accuracy": float(accuracy[i]),
+        {"identity": manifest.class_names[seen[i]], "accuracy": float(accuracy[i]),
          "images": int(counts[seen[i]])} for i in np.argsort(accuracy, kind="stable")[:WORST]]
     return result
 
@@ -130,11 +130,11 @@ def evaluate_network(served, values):
                                             values.batch_size, flip), flip),
                       pairs=values.pairs)
     elif manifest is not None and holdout.available(manifest):
-        progress = Progress(manifest["splits"]["holdout"]["count"], "holdout split")
+        progress = Progress(manifest.splits["holdout"].count, "holdout split")
         scores = holdout.scorer(embed, data_dir, manifest, values.batch_size, flip, raw=True,
                                 progress=progress)()
         result.update(verified(scores, flip),
-                      pairs=os.path.join(data_dir, manifest["pairs"]["file"]))
+                      pairs=os.path.join(data_dir, manifest.pairs_file))
     results = [result] if manifest is not None or values.pairs else []
     for path in values.bin:
         results.append({"source": served.source, "checkpoint": served.checkpoint,

@@ -49,7 +49,7 @@ def read_records(out, split="train"):
     manifest = records.read_manifest(out)
     images, labels, names = [], [], []
     for path in records.split_files(str(out), manifest, split):
-        for _, serialized in inspect_records._records(path, manifest.get("compression")):
+        for _, serialized in inspect_records._records(path, manifest.compression):
             image, label, name, _ = inspect_records.decode_record(serialized)
             images.append(image)
             labels.append(label)

@@ -14,12 +14,12 @@ MIN_TOP1 = 0.5
 def test_att_faces_convert_inspect_and_train(att_faces, tmp_path):
     out = str(tmp_path / "att")
     manifest = convert.build(att_faces, out, log=lambda _: None)
-    assert len(manifest["class_names"]) == 40
-    counts = {s: e["count"] for s, e in manifest["splits"].items()}
+    assert len(manifest.class_names) == 40
+    counts = {s: e.count for s, e in manifest.splits.items()}
     assert counts == {"train": 320, "test": 80}
-    assert manifest["skipped"] == []
+    assert manifest.values["skipped"] == []
     files = sum(len(fs) for _, _, fs in os.walk(att_faces)) - 1  # less the top README.md
-    assert sum(counts.values()) + len(manifest["skipped"]) == files == 400
+    assert sum(counts.values()) + len(manifest.values["skipped"]) == files == 400
     problems, per_class = inspect_records.check(out)
     assert problems == []
     assert set(per_class["test"].values()) == {2} and set(per_class["train"].values()) == {8}

@@ -1,11 +1,11 @@
 import pytest
 
 from kerasbn import bench
-from kerasbn.benchmarks import timing
+from kerasbn.benchmarks import input_pipeline, peer_comparison, scaling, timing
 
 
 def test_input_bench_measures_both_readers_on_the_same_shards(small_data):
-    result = bench.bench_input(small_data, 8, 3, 1)
+    result = input_pipeline.bench_input(small_data, 8, 3, 1)
     assert result["encoding"] == "raw" and result["bare"] > 0 and result["pipeline"] > 0
     assert result["ratio"] == result["pipeline"] / result["bare"]
 
@@ -46,7 +46,7 @@ def test_scale_bench_measures_memory_shuffle_and_first_step(small_data, capsys):
     import os
 
     from kerasbn.data import checks
-    results = bench.bench_scale.run([small_data], 16, 20)
+    results = scaling.run([small_data], 16, 20)
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"{small_data}: 90 training records of 6 identities; pipeline peak")
     (result,) = results
@@ -82,7 +82,7 @@ def test_the_pytorch_peer_builds_kerasbn_s_networks_layer_for_layer():
         assert [c.bias is not None for c in convs] == [
             layer.use_bias for layer in ours.layers if hasattr(layer, "filters")]
         assert peer(torch.zeros(2, 1, 50, 50)).shape == (2, 14_700)
-    assert 0 < bench.peer_rate("bn", 10, "float32", 4, 1)
+    assert 0 < peer_comparison.peer_rate("bn", 10, "float32", 4, 1)
 
 
 def test_peer_bench_reports_ranges_and_same_round_ratios(capsys):
@@ -94,7 +94,7 @@ def test_peer_bench_reports_ranges_and_same_round_ratios(capsys):
                ("pytorch", "baseline", "float32", None): 88.0,
                ("kerasbn", "bn", "float32", "keras"): 110.0,
                ("pytorch", "bn", "float32", None): 80.0}]
-    bench.print_peer(rounds, ["float32"], ["keras"])
+    peer_comparison.print_peer(rounds, ["float32"], ["keras"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[2:6] == ["| kerasbn baseline | 100-110 |", "| pytorch baseline | 80-88 |",
                           "| kerasbn bn --norm=keras | 90-110 |", "| pytorch bn | 75-80 |"]

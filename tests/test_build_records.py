@@ -13,11 +13,11 @@ from kerasbn.data import pipeline, records
 def test_folder_tree_every_format_and_bad_files(folder, tmp_path):
     out = tmp_path / "out"
     manifest = build_folder(folder, out, test_fraction=0.2, image_size=32)
-    assert manifest["class_names"] == ["Zoë", "person0", "person1", "person2", "person3"]
-    skipped = {s["path"]: s["reason"] for s in manifest["skipped"]}
+    assert manifest.class_names == ("Zoë", "person0", "person1", "person2", "person3")
+    skipped = {s["path"]: s["reason"] for s in manifest.values["skipped"]}
     assert set(skipped) == {"person0/empty.png", "person1/notes.txt", "person2/truncated.png"}
     assert all(skipped.values())
-    counts = {s: e["count"] for s, e in manifest["splits"].items()}
+    counts = {s: e.count for s, e in manifest.splits.items()}
     assert counts["train"] + counts["test"] + len(skipped) == 4 * 5 + 3 + 3
     images, labels, names = read_records(out, "train")
     assert all(im.shape == (32, 32, 1) for im in images)
@@ -44,13 +44,13 @@ def test_splits_are_deterministic_by_seed(folder, tmp_path):
     c = build_folder(folder, tmp_path / "c", seed=2)
     assert read_records(tmp_path / "a", "test")[2] == read_records(tmp_path / "b", "test")[2]
     assert read_records(tmp_path / "a", "test")[2] != read_records(tmp_path / "c", "test")[2]
-    assert a["mean"] == b["mean"] and a["splits"] == b["splits"] != c["splits"]
+    assert a.mean == b.mean and a.splits == b.splits != c.splits
 
 
 def test_holdout_identities_and_lfw_pairs(folder, tmp_path):
     manifest = build_folder(folder, tmp_path / "out", holdout_identities=2, pairs=5)
-    holdout = manifest["holdout_class_names"]
-    assert len(holdout) == 2 and not set(holdout) & set(manifest["class_names"])
+    holdout = manifest.holdout_class_names
+    assert len(holdout) == 2 and not set(holdout) & set(manifest.class_names)
     lines = (tmp_path / "out" / "pairs.txt").read_text().splitlines()
     assert lines[0] == "1\t5"
     matched = [l.split("\t") for l in lines[1:6]]
@@ -63,15 +63,15 @@ def test_holdout_identities_and_lfw_pairs(folder, tmp_path):
 
 def test_min_images_per_identity_drops_the_long_tail(folder, tmp_path):
     manifest = build_folder(folder, tmp_path / "out", min_images_per_identity=4)
-    assert "Zoë" not in manifest["class_names"] and manifest["dropped_identities"] == 1
+    assert "Zoë" not in manifest.class_names and manifest.values["dropped_identities"] == 1
 
 
 def test_list_file_with_root(folder, tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text("person3/0.pgm 7\nperson3/1.jpg 7\nperson1/2.png 2\nperson1/3.bmp 2\n")
     manifest = build_folder(listing, tmp_path / "out", root=str(folder), test_fraction=0.5)
-    assert manifest["class_names"] == ["2", "7"]
-    assert manifest["splits"]["train"]["count"] == 2
+    assert manifest.class_names == ("2", "7")
+    assert manifest.splits["train"].count == 2
     bad = tmp_path / "bad.txt"
     bad.write_text("person3/0.pgm 7\nno-label-here\n")
     with pytest.raises(records.DataError, match="bad.txt:2"):
@@ -139,7 +139,7 @@ def test_refuses_other_dataset_and_reuses_complete_shards(folder, tmp_path, monk
 
 
 def manifest_shards(manifest):
-    return sum(len(e["files"]) for e in manifest["splits"].values())
+    return sum(len(e.files) for e in manifest.splits.values())
 
 
 def _write_cifar(directory, per_batch=4):
@@ -159,9 +159,9 @@ def _write_cifar(directory, per_batch=4):
 def test_cifar10_keeps_official_split_and_pixels(tmp_path):
     data, labels = _write_cifar(tmp_path / "cifar-10-batches-py")
     manifest = build_folder(tmp_path / "cifar-10-batches-py", tmp_path / "out")
-    assert manifest["image_size"] == [32, 32] and manifest["channels"] == 3
-    assert manifest["class_names"][0] == "class0"
-    assert {s: e["count"] for s, e in manifest["splits"].items()} == {"train": 20, "test": 4}
+    assert manifest.image_size == (32, 32) and manifest.channels == 3
+    assert manifest.class_names[0] == "class0"
+    assert {s: e.count for s, e in manifest.splits.items()} == {"train": 20, "test": 4}
     images, got_labels, _ = read_records(tmp_path / "out", "test")
     expected = {(l, d.reshape(3, 32, 32).transpose(1, 2, 0).tobytes())
                 for l, d in zip(labels, data)}
@@ -182,7 +182,7 @@ def test_command_line_gzip_rgb_and_inspect(folder, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "3 skipped" in done.stdout and "person1/notes.txt" in done.stdout
     manifest = records.read_manifest(str(out))
-    assert manifest["compression"] == "GZIP" and manifest["channels"] == 3
+    assert manifest.compression == "GZIP" and manifest.channels == 3
     x, y = next(iter(pipeline.test_dataset(str(out), manifest, 4)))
     assert x.shape == (4, 24, 24, 3)
     checked = _cli("data_tools.inspect_records", str(out), f"--montage={tmp_path / 'm.png'}")
@@ -201,7 +201,7 @@ def test_list_file_paths_outside_root_and_twice_listed_images_are_refused(folder
         build_folder(outside, tmp_path / "o1", root=str(folder / "person3"))
     listed = build_folder(outside, tmp_path / "o2", root=str(folder / "person3"),
                           allow_outside_root=True, test_fraction=0.0)
-    assert listed["splits"]["train"]["count"] == 2  # /etc/hostname is no image: skipped
+    assert listed.splits["train"].count == 2  # /etc/hostname is no image: skipped
     twice = tmp_path / "twice.txt"
     twice.write_text("person3/0.pgm 7\nperson1/2.png 2\nperson3/./0.pgm 2\n")
     with pytest.raises(records.DataError, match="twice.txt:3: .* listed again .*line 1"):
@@ -211,9 +211,9 @@ def test_list_file_paths_outside_root_and_twice_listed_images_are_refused(folder
 def test_the_output_inside_the_source_is_never_read_as_an_identity(folder):
     first = build_folder(folder, folder / "out")
     again = build_folder(folder, folder / "out", overwrite=True)
-    assert first["class_names"] == again["class_names"] == [
-        "Zoë", "person0", "person1", "person2", "person3"]
-    assert again["splits"] == first["splits"]
+    assert first.class_names == again.class_names == (
+        "Zoë", "person0", "person1", "person2", "person3")
+    assert again.splits == first.splits
 
 
 def test_an_image_over_the_decompression_bomb_limit_is_skipped_by_name(folder, tmp_path,
@@ -221,7 +221,7 @@ def test_an_image_over_the_decompression_bomb_limit_is_skipped_by_name(folder, t
     Image.new("L", (120, 120)).save(folder / "person0" / "huge.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)  # 120 x 120 > 2 x 5000
     manifest = build_folder(folder, tmp_path / "out")
-    reasons = {s["path"]: s["reason"] for s in manifest["skipped"]}
+    reasons = {s["path"]: s["reason"] for s in manifest.values["skipped"]}
     assert "decompression-bomb limit" in reasons[os.path.join("person0", "huge.png")]
 
 
@@ -252,4 +252,4 @@ def test_an_interrupted_build_keeps_its_finished_shards_and_a_rerun_completes(fo
     assert not (out / "manifest.json").exists()
     monkeypatch.setattr(convert, "_write_shard", real)
     build_records.main(argv)
-    assert records.read_manifest(str(out))["splits"]["train"]["count"] > 0
+    assert records.read_manifest(str(out)).splits["train"].count > 0

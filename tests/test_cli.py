@@ -8,6 +8,7 @@ from absl import flags
 from data_tools import bench_convert, build_records, inspect_records, synth
 from kerasbn import (bench, compare_norms, evaluate, export, launch, local_cluster, predict,
                      report, show_schedule)
+from kerasbn.data.manifest import Manifest
 from kerasbn.flags import cli, train_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -158,7 +159,8 @@ def test_every_flag_of_every_command_refuses_bad_values_with_one_line(command, n
     assert "\n" not in message
 
 
-MANIFEST = {"class_names": ["a", "b", "c"], "image_size": [50, 50], "channels": 1}
+MANIFEST = Manifest(image_size=(50, 50), channels=1, encoding="raw", class_names=("a", "b", "c"),
+                    splits={}, mean=(0.0,), std=(1.0,))
 
 
 @pytest.mark.parametrize("args,name", [

@@ -85,7 +85,7 @@ def write_photos(data_dir, root):
     files = records.split_files(data_dir, manifest, "holdout")
     for batch in tf.data.TFRecordDataset(files).batch(1000):
         meta = records.parse_metadata(batch)
-        images, _ = records.parse_batch(batch, manifest["image_size"], 1, manifest["encoding"])
+        images, _ = records.parse_batch(batch, manifest.image_size, 1, manifest.encoding)
         for name, image in zip(meta["filename"], images.numpy()):
             path = root / name.decode()
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,9 +22,9 @@ def test_write_manifest_describes_foreign_records(tmp_path):
                     f"name{1 + i % 3}".encode())
                 w.write(example.SerializeToString())
     manifest = inspect_records.write_manifest(str(d), label_offset=1)
-    assert manifest["class_names"] == ["name1", "name2", "name3"]
-    assert manifest["encoding"] == "jpeg" and manifest["image_size"] == [20, 20]
-    assert {s: e["count"] for s, e in manifest["splits"].items()} == {"train": 12, "test": 4}
+    assert manifest.class_names == ("name1", "name2", "name3")
+    assert manifest.encoding == "jpeg" and manifest.image_size == (20, 20)
+    assert {s: e.count for s, e in manifest.splits.items()} == {"train": 12, "test": 4}
     loaded = records.read_manifest(str(d))
     _, labels = next(iter(pipeline.test_dataset(str(d), loaded, 16)))
     assert sorted(set(labels.numpy().tolist())) == [0, 1, 2]
@@ -34,7 +34,7 @@ def test_write_manifest_describes_foreign_records(tmp_path):
 def test_inspect_names_the_corrupt_record(tmp_path, folder):
     out = tmp_path / "out"
     manifest = build_folder(folder, out, shard_size=100)
-    shard = out / manifest["splits"]["train"]["files"][0]
+    shard = out / manifest.splits["train"].files[0]
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))

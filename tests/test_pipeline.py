@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import make_synth
-from kerasbn.data import pipeline, records
+from kerasbn.data import checks, pipeline, records
 
 
 def _take(dataset, n):
@@ -52,7 +52,7 @@ def test_a_resumed_train_pipeline_continues_the_same_stream(small_data):
 
 def test_train_pipeline_draws_classes_in_proportion(small_data):
     manifest = records.read_manifest(small_data)
-    count = manifest["splits"]["train"]["count"]
+    count = manifest.splits["train"].count
     dataset = pipeline.train_dataset(small_data, manifest, count, seed=0, shuffle_buffer=64)
     labels = np.concatenate([y for _, y in _take(dataset, 20)])
     counts = np.bincount(labels, minlength=6)
@@ -70,7 +70,7 @@ def test_test_pass_yields_each_record_once_with_partial_batch(small_data):
     images = np.concatenate([x for x, _ in batches])
     labels = np.concatenate([y for _, y in batches])
     np.testing.assert_array_equal(labels, expected_labels.numpy())
-    mean, std = manifest["mean"][0], manifest["std"][0]
+    mean, std = manifest.mean[0], manifest.std[0]
     np.testing.assert_allclose(images * std + mean, expected_images.numpy(), atol=1e-3)
 
 
@@ -82,7 +82,7 @@ def test_test_pass_shards_by_file_across_replicas(tmp_path):
         context = tf.distribute.InputContext(2, replica, 2)
         seen += [y for _, y in _take(pipeline.test_dataset(
             str(tmp_path), manifest, 4, input_context=context), 100)]
-    assert sum(len(y) for y in seen) == manifest["splits"]["test"]["count"]
+    assert sum(len(y) for y in seen) == manifest.splits["test"].count
 
 
 def test_random_crop_and_mirror_move_pixels_not_values():
@@ -116,10 +116,10 @@ def test_shard_of_another_size_is_named_before_training(tmp_path):
     make_synth(tmp_path / "a")
     make_synth(tmp_path / "b", image_size=32)
     manifest = records.read_manifest(tmp_path / "a")
-    name = manifest["splits"]["train"]["files"][0]
+    name = manifest.splits["train"].files[0]
     (tmp_path / "a" / name).write_bytes((tmp_path / "b" / name).read_bytes())
     with pytest.raises(records.DataError, match=name + ": record 0 holds a 32x32x1 image"):
-        pipeline.verify_split(str(tmp_path / "a"), manifest, "train")
+        checks.check_split(str(tmp_path / "a"), manifest, "train")
 
 
 def _record_ends(path):
@@ -134,7 +134,7 @@ def _record_ends(path):
 def _damaged(tmp_path, how):
     make_synth(tmp_path)
     manifest = records.read_manifest(str(tmp_path))
-    path = str(tmp_path / manifest["splits"]["test"]["files"][0])
+    path = str(tmp_path / manifest.splits["test"].files[0])
     data, ends = open(path, "rb").read(), _record_ends(path)
     if how == "truncated":
         data = data[:ends[-3]]  # exactly two records short
@@ -158,31 +158,31 @@ def _rewrite(path, data):
 def test_a_damaged_shard_is_named_or_skipped_and_counted(tmp_path, how, message):
     manifest, path = _damaged(tmp_path, how)
     with pytest.raises(records.DataError, match=message):
-        pipeline.verify_split(str(tmp_path), manifest, "test")
-    total, lost = pipeline.verify_split(str(tmp_path), manifest, "test", skip_corrupt=True)
+        checks.check_split(str(tmp_path), manifest, "test")
+    total, lost = checks.check_split(str(tmp_path), manifest, "test", skip_corrupt=True)
     assert lost == {path: 2 if how == "truncated" else 27}
     read = sum(len(y) for _, y in pipeline.test_dataset(str(tmp_path), manifest, 7,
                                                          skip_corrupt=True))
-    assert read == total == manifest["splits"]["test"]["count"] - lost[path]
+    assert read == total == manifest.splits["test"].count - lost[path]
 
 
 def test_a_split_checked_whole_is_not_read_again_until_a_shard_changes(tmp_path,
                                                                         monkeypatch):
     manifest, path = _damaged(tmp_path, "none")  # written whole: a 30-record test shard
-    count = manifest["splits"]["test"]["count"]
-    assert pipeline.verify_split(str(tmp_path), manifest, "test") == (count, {})
+    count = manifest.splits["test"].count
+    assert checks.check_split(str(tmp_path), manifest, "test") == (count, {})
     reads = []
     reader = tf.data.TFRecordDataset
     monkeypatch.setattr(pipeline.tf.data, "TFRecordDataset",
                         lambda *a, **k: reads.append(a[0]) or reader(*a, **k))
-    assert pipeline.verify_split(str(tmp_path), manifest, "test") == (count, {})
+    assert checks.check_split(str(tmp_path), manifest, "test") == (count, {})
     assert reads == []
     data = bytearray(open(path, "rb").read())
     middle = (_record_ends(path)[2] + _record_ends(path)[3]) // 2
     data[middle] ^= 0xFF  # same size: only the modification time tells
     _rewrite(path, bytes(data))
     with pytest.raises(records.DataError, match="is corrupt after record 3"):
-        pipeline.verify_split(str(tmp_path), manifest, "test")
+        checks.check_split(str(tmp_path), manifest, "test")
     assert reads
 
 
@@ -193,9 +193,9 @@ def test_a_split_is_checked_whole_each_time_in_a_read_only_dataset(tmp_path, mon
     manifest = records.read_manifest(str(tmp_path))
     monkeypatch.setattr(checks.atomic, "write_json",
                         lambda *a, **k: (_ for _ in ()).throw(PermissionError("read-only")))
-    count = manifest["splits"]["test"]["count"]
+    count = manifest.splits["test"].count
     for _ in range(2):
-        assert pipeline.verify_split(str(tmp_path), manifest, "test") == (count, {})
+        assert checks.check_split(str(tmp_path), manifest, "test") == (count, {})
     assert not (tmp_path / checks.FILENAME).exists()
 
 
@@ -212,20 +212,20 @@ def test_a_dataset_just_written_is_not_read_whole_before_its_first_run(tmp_path,
     for data_dir in (str(tmp_path / "synth"), str(tmp_path / "built")):
         manifest = records.read_manifest(data_dir)
         for split in ("train", "test"):
-            count = manifest["splits"][split]["count"]
-            assert pipeline.verify_split(data_dir, manifest, split) == (count, {})
+            count = manifest.splits[split].count
+            assert checks.check_split(data_dir, manifest, split) == (count, {})
     assert reads == []
 
 
 def test_a_label_outside_the_classes_is_named(tmp_path):
     make_synth(tmp_path)
     manifest = records.read_manifest(str(tmp_path))
-    name = manifest["splits"]["test"]["files"][0]
+    name = manifest.splits["test"].files[0]
     with tf.io.TFRecordWriter(str(tmp_path / name)) as writer:
         for label in [0] * 7 + [99]:
             writer.write(records.encode_example(np.zeros((50, 50), np.uint8), label))
     with pytest.raises(records.DataError, match=f"{name}: record 7 has label 99, outside"):
-        pipeline.verify_split(str(tmp_path), manifest, "test")
+        checks.check_split(str(tmp_path), manifest, "test")
 
 
 def test_train_pipeline_shards_files_across_input_pipelines(tmp_path, small_data):
@@ -238,7 +238,7 @@ def test_train_pipeline_shards_files_across_input_pipelines(tmp_path, small_data
     # Each worker reads its own shards: over one epoch of its own, the two read disjoint
     # records that together are the whole training split.
     assert not pipeline.shards_by_record(manifest, 2)
-    counts = manifest["splits"]["train"]["file_counts"]
+    counts = manifest.splits["train"].file_counts
     seen = []
     for index, context in enumerate(contexts):
         own = sum(counts[index::2])
@@ -247,7 +247,7 @@ def test_train_pipeline_shards_files_across_input_pipelines(tmp_path, small_data
         seen.append({bytes(np.round(x[0], 4)) for x, _ in batches})
         assert len(seen[-1]) == own
     assert not seen[0] & seen[1]
-    assert len(seen[0] | seen[1]) == manifest["splits"]["train"]["count"]
+    assert len(seen[0] | seen[1]) == manifest.splits["train"].count
 
 
 def test_fewer_shards_than_workers_share_one_stream_record_by_record(tmp_path):

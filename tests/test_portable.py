@@ -87,8 +87,8 @@ def test_the_file_gives_the_float32_networks_outputs_in_its_runtime(
         spec = json.load(f)
     manifest = records.read_manifest(small_data)
     assert spec["input"]["shape"] == [None, 50, 50, 1]
-    assert (spec["mean"], spec["std"]) == (manifest["mean"], manifest["std"])
-    assert spec["class_names"] == manifest["class_names"] and spec["format"] == fmt
+    assert (tuple(spec["mean"]), tuple(spec["std"])) == (manifest.mean, manifest.std)
+    assert tuple(spec["class_names"]) == manifest.class_names and spec["format"] == fmt
     assert max(spec["max_abs_difference"].values()) <= 1e-4
 
 

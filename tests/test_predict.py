@@ -27,7 +27,7 @@ def photos(small_data, tmp_path_factory):
     Image.fromarray(np.asarray(gray[4], np.uint16) * 257).save(root / "e.png")
     (root / "junk.jpg").write_bytes(b"not an image")
     (root / "cut.png").write_bytes((root / "b.png").read_bytes()[:200])
-    names = [manifest["class_names"][label] for label in labels.numpy()]
+    names = [manifest.class_names[label] for label in labels.numpy()]
     return root, names
 
 

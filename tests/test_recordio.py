@@ -122,10 +122,10 @@ def test_insightface_layout_converts_to_the_same_images_and_labels(tmp_path):
     path, encoded = write_insightface(str(tmp_path / "faces_webface_112x112"))
     out = str(tmp_path / "out")
     manifest = convert.build(path, out, image_size=112, channels=3, test_fraction=0)
-    assert manifest["class_names"] == [str(k) for k in range(6)]
-    assert "insightface layout" in manifest["source"]
-    assert manifest["source"].endswith("property: 6 classes of 112x112")
-    assert manifest["splits"]["train"]["count"] == 30
+    assert manifest.class_names == tuple(str(k) for k in range(6))
+    assert "insightface layout" in manifest.values["source"]
+    assert manifest.values["source"].endswith("property: 6 classes of 112x112")
+    assert manifest.splits["train"].count == 30
     arrays, labels, names = read_records(out)
     for image, label, name in zip(arrays, labels, names):
         key = int(name.split(":")[1])
@@ -143,14 +143,14 @@ def test_plain_image_records_without_an_index_convert_resized_to_gray(tmp_path):
     os.remove(str(tmp_path / "train.idx"))
     manifest = convert.build(path, str(tmp_path / "out"), test_fraction=0,
                                    holdout_identities=2, pairs=2)
-    assert "one image per record" in manifest["source"]
-    assert manifest["channels"] == 1 and manifest["image_size"] == [50, 50]
-    named = manifest["class_names"] + manifest["holdout_class_names"]
+    assert "one image per record" in manifest.values["source"]
+    assert manifest.channels == 1 and manifest.image_size == (50, 50)
+    named = manifest.class_names + manifest.holdout_class_names
     assert sorted(named) == ["2", "4", "7", "9"]
     arrays, got, names = read_records(str(tmp_path / "out"))
     for image, label, name in zip(arrays, got, names):
         key = int(name.split(":")[1])
-        assert manifest["class_names"][label] == str(labels[key])
+        assert manifest.class_names[label] == str(labels[key])
         # As the same JPEG converted from a folder of photos.
         np.testing.assert_array_equal(image, images.load(io.BytesIO(encoded[key]), 1, 50,
                                                          "crop")[0])
@@ -165,8 +165,8 @@ def test_a_bad_record_is_skipped_by_name_and_a_truncated_file_named_where_it_bre
     data[start:start + 200] = b"x" * 200
     open(path, "wb").write(bytes(data))
     manifest = convert.build(path, str(tmp_path / "out"), test_fraction=0)
-    assert [s["path"] for s in manifest["skipped"]] == ["train.rec:03"]
-    assert manifest["splits"]["train"]["count"] == 29
+    assert [s["path"] for s in manifest.values["skipped"]] == ["train.rec:03"]
+    assert manifest.splits["train"].count == 29
     # Cut inside record 20: the conversion stops naming it, and nothing looks complete.
     open(path, "wb").write(bytes(data[:index[20][1] + 100]))
     with pytest.raises(records.DataError, match=r"truncated: record 20 \(from byte"):

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from kerasbn.data import records
+from kerasbn.data.manifest import Manifest
 
 
 def _images(n, height=50, width=40, channels=1, seed=0):
@@ -72,7 +73,9 @@ def test_manifest_round_trip(tmp_path):
     _touch_shards(tmp_path, manifest)
     records.write_manifest(tmp_path, manifest)
     loaded = records.read_manifest(tmp_path)
-    assert loaded == dict(manifest, schema_version=records.SCHEMA_VERSION)
+    assert loaded.to_dict() == dict(manifest, schema_version=records.SCHEMA_VERSION)
+    assert (loaded.image_size, loaded.class_names, loaded.splits["train"].count) == (
+        (50, 50), ("ann", "bob"), 3)
     assert not os.path.exists(records.manifest_path(tmp_path) + ".tmp")
 
 
@@ -103,7 +106,7 @@ def test_empty_split_is_refused(tmp_path):
     manifest = _manifest()
     manifest["splits"]["test"] = {"files": [], "count": 0}
     with pytest.raises(records.DataError, match="no 'test' records"):
-        records.split_files(str(tmp_path), manifest, "test")
+        records.split_files(str(tmp_path), Manifest.from_dict(manifest), "test")
 
 
 def test_a_zero_std_is_refused(tmp_path):

@@ -8,7 +8,7 @@ measures each dataset in processes of its own, so each peak is its own:
   for a batch of 128 from 14,700 equally frequent identities);
 - `python -m kerasbn.train` on it, from the command's start to its first training iteration
   (no iteration-0 test): once with the dataset's shards unchecked (the first run on a
-  dataset reads them all, `pipeline.verify_split`), then again (later runs, `verified`).
+  dataset reads them all, `checks.check_split`), then again (later runs, its note).
 Ratios are to the first --data_dir, measured in the same run.
 """
 
@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from kerasbn.benchmarks import subprocesses
 from kerasbn.data import checks, pipeline, records
 
 
@@ -44,8 +45,8 @@ def probe(data_dir, batch_size, batches):
     for _ in range(batches - 1):
         distinct.append(len(np.unique(next(iterator)[1].numpy())))
     rate = (batches - 1) * batch_size / (time.perf_counter() - start)
-    print(json.dumps({"records": manifest["splits"]["train"]["count"],
-                      "identities": len(manifest["class_names"]), "rss_start_mb": start_rss,
+    print(json.dumps({"records": manifest.splits["train"].count,
+                      "identities": manifest.num_classes, "rss_start_mb": start_rss,
                       "rss_peak_mb": peak_rss_mb(), "first_batch_s": first,
                       "images_per_sec": rate, "distinct": float(np.mean(distinct))}))
 
@@ -58,11 +59,7 @@ def expected_distinct(identities, batch_size):
 def probe_process(code, what):
     """The JSON that Python `code` prints last, run in a process of its own (so its peak
     memory is its own); exits with one line naming `what` when it fails."""
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=False)
-    if done.returncode:
-        sys.exit(f"error: {what} failed: {done.stderr.strip().splitlines()[-1]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return subprocesses.last_json(["-c", code], what)
 
 
 def seconds_to_first_step(data_dir, batch_size):

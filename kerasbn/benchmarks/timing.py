@@ -47,7 +47,7 @@ def bench_train(name, num_classes, variants, batch_size, steps, repeats, data_di
     variant and input measured interleaved so machine noise hits them alike; the best of
     `repeats` counts."""
     real, cached, manifest = _stream(data_dir, batch_size)
-    shape = dict(image_size=tuple(manifest["image_size"]), channels=manifest["channels"]) \
+    shape = dict(image_size=tuple(manifest.image_size), channels=manifest.channels) \
         if manifest else {}
     inputs = {"cached": cached, **({"pipeline": real} if real is not None else {})}
     compiled = {}

@@ -13,26 +13,20 @@ step: in the pipeline (the second figure says so) or in the run's own per-iterat
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 
-from kerasbn.benchmarks import timing
+from kerasbn.benchmarks import subprocesses, timing
 from kerasbn.training.run_dir import RunDir
 
 
 def train_rate(run_flags, data_dir, iterations, run_dir):
     """(the RunConfig, images/s) of a run of `run_flags` for `iterations` in `run_dir`."""
-    command = [sys.executable, "-m", "kerasbn.train", f"--flagfile={run_flags}",
+    command = ["-m", "kerasbn.train", f"--flagfile={run_flags}",
                f"--run_dir={run_dir}", "--overwrite", f"--max_iter={iterations}",
                f"--test_interval={iterations}", f"--display={iterations}", "--snapshot=0",
                "--test_initialization=false", "--verify_split=none"]
     command += [f"--data_dir={data_dir}"] if data_dir else []
-    done = subprocess.run(command, capture_output=True, text=True, check=False,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    if done.returncode:
-        last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:]
-        sys.exit(f"error: the training run failed: {' '.join(last)}")
+    subprocesses.run(command, "the training run")
     run = RunDir(run_dir)
     with open(run.summary_json, encoding="utf-8") as f:
         return run.read_config(), json.load(f)["train_images_per_sec"]

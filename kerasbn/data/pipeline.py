@@ -5,90 +5,19 @@ interleave, a stateless shuffle of each block of records), one vectorised parse 
 optional random crop (pad and crop back) and mirror, the manifest's mean/std, prefetch.
 Testing: every record exactly once, in manifest order, the last partial batch included. Both
 shard by file under tf.distribute (`input_context`).
-`verify_split` checks a split's shards against the manifest before training reads them.
+`checks.check_split` checks a split's shards against the manifest before training reads them.
 """
 
 import numpy as np
 import tensorflow as tf
 
-from kerasbn.data import checks, records
-
-
-def compression(manifest):
-    """The TFRecord compression type of a dataset (None when uncompressed)."""
-    return manifest.get("compression") or None
-
-
-def verify_split(data_dir, manifest, split, skip_corrupt=False):
-    """Reads every record of `split` once (images not decoded) and checks it against the
-    manifest: each record's image size and label, and each shard's record count.
-
-    Returns (records readable, {shard path: records lost}). A shard that is corrupt or
-    shorter than the manifest says raises DataError naming it and the fix, unless
-    `skip_corrupt`, when its loss is returned instead (training then reads what is left).
-    A split that passed whole is noted in the dataset (`kerasbn.data.checks`) and not read
-    again until a shard or the manifest changes.
-    """
-    info = manifest["splits"][split]
-    files = records.split_files(data_dir, manifest, split)
-    current = checks.stamp(manifest, split, files)
-    if checks.is_verified(data_dir, split, current):
-        return info["count"], {}
-    expected = info.get("file_counts") or [None] * len(files)
-    height, width = manifest["image_size"]
-    shape = [height, width, manifest["channels"]]
-    classes, offset = len(manifest["class_names"]), manifest.get("label_offset", 0)
-    fix = "rebuild the dataset, or pass --skip_corrupt_records to train on the rest"
-    total, lost = 0, {}
-    for path, want in zip(files, expected):
-        count = 0
-        try:
-            for batch in tf.data.TFRecordDataset(path, compression(manifest)).batch(4096):
-                meta = records.parse_metadata(batch)
-                found = np.stack([meta["height"], meta["width"], meta["channels"]], axis=1)
-                wrong = np.flatnonzero((found != shape).any(axis=1))
-                if wrong.size:
-                    h, w, c = found[wrong[0]]
-                    raise records.DataError(
-                        f"{path}: record {count + wrong[0]} holds a {h}x{w}x{c} image but "
-                        f"{records.manifest_path(data_dir)} says {height}x{width}x{shape[2]}; "
-                        "rebuild the shards or describe them again with inspect_records "
-                        "--write_manifest")
-                labels = meta["label"] - offset
-                outside = np.flatnonzero((labels < 0) | (labels >= classes))
-                if outside.size:
-                    raise records.DataError(
-                        f"{path}: record {count + outside[0]} has label "
-                        f"{meta['label'][outside[0]]}, outside the manifest's {classes} "
-                        f"classes (0..{classes - 1}); rebuild the dataset")
-                count += len(labels)
-        except tf.errors.OpError as e:
-            count = int(_read(path, manifest, True).reduce(0, lambda n, _: n + 1))
-            if not skip_corrupt:
-                raise records.DataError(f"{path} is corrupt after record {count} "
-                                        f"({records.op_message(e)}); {fix}") from None
-            lost[path] = (want - count) if want is not None else "unknown"
-        else:
-            if want is not None and count != want:
-                if not skip_corrupt:
-                    raise records.DataError(f"{path} holds {count} records, manifest.json "
-                                            f"says {want}: the shard is truncated; {fix}")
-                lost[path] = want - count
-        total += count
-    if total != info["count"]:
-        if not skip_corrupt:
-            raise records.DataError(f"the {split} shards of {data_dir} hold {total} records, "
-                                    f"manifest.json says {info['count']}; run python -m "
-                                    f"data_tools.inspect_records {data_dir} to find the shard")
-    elif not lost:
-        checks.mark_verified(data_dir, split, current)
-    return total, lost
+from kerasbn.data import records
 
 
 def normalize(images, manifest):
     """uint8 [N, H, W, C] -> float32 with the manifest's per-channel training mean and std."""
-    mean = tf.constant(np.asarray(manifest["mean"], np.float32))
-    std = tf.constant(np.asarray(manifest["std"], np.float32))
+    mean = tf.constant(np.asarray(manifest.mean, np.float32))
+    std = tf.constant(np.asarray(manifest.std, np.float32))
     return (tf.cast(images, tf.float32) - mean) / std
 
 
@@ -130,23 +59,23 @@ def mirrored(images):
 
 
 def _parser(manifest):
-    image_size = manifest["image_size"]
+    image_size = manifest.image_size
     return lambda serialized: records.parse_batch(
-        serialized, image_size, manifest["channels"], manifest["encoding"],
-        manifest.get("label_offset", 0))
+        serialized, image_size, manifest.channels, manifest.encoding,
+        manifest.label_offset)
 
 
-def _read(path, manifest, skip_corrupt):
+def read_shard(path, manifest, skip_corrupt):
     """A shard's records; with `skip_corrupt`, a shard ends quietly at its first corrupt
-    record (`verify_split` has counted what is lost)."""
-    dataset = tf.data.TFRecordDataset(path, compression(manifest))
+    record (`checks.check_split` has counted what is lost)."""
+    dataset = tf.data.TFRecordDataset(path, manifest.compression)
     return dataset.ignore_errors() if skip_corrupt else dataset
 
 
 def shards_by_record(manifest, pipelines):
     """Whether `pipelines` input pipelines must share the training shards record by record
     (fewer shards than pipelines), instead of each reading its own."""
-    return pipelines > 1 and len(manifest["splits"]["train"]["files"]) < pipelines
+    return pipelines > 1 and len(manifest.splits["train"].files) < pipelines
 
 
 def train_dataset(data_dir, manifest, batch_size, seed=0, shuffle_buffer=16384, crop_pad=0,
@@ -170,7 +99,7 @@ def train_dataset(data_dir, manifest, batch_size, seed=0, shuffle_buffer=16384, 
     the one-pipeline global batch k.
     """
     files = records.split_files(data_dir, manifest, "train")
-    counts = manifest["splits"]["train"].get("file_counts")
+    counts = manifest.splits["train"].file_counts
     pipelines, index = (input_context.num_input_pipelines, input_context.input_pipeline_id) \
         if input_context is not None else (1, 0)
     by_record = shards_by_record(manifest, pipelines)
@@ -178,7 +107,7 @@ def train_dataset(data_dir, manifest, batch_size, seed=0, shuffle_buffer=16384, 
         files = files[index::pipelines]
         counts = counts[index::pipelines] if counts else None
     if epoch_records is None:
-        epoch_records = sum(counts) if counts else manifest["splits"]["train"]["count"]
+        epoch_records = sum(counts) if counts else manifest.splits["train"].count
     first_record = start_step * batch_size * (pipelines if by_record else 1)
     first_epoch, skip = divmod(first_record, epoch_records)
     # Every block of an epoch is full but its last, so the records skipped in the first one
@@ -190,7 +119,7 @@ def train_dataset(data_dir, manifest, batch_size, seed=0, shuffle_buffer=16384, 
         order = tf.argsort(tf.random.stateless_uniform([len(files)], tf.stack([seed, e])))
         shards = tf.data.Dataset.from_tensor_slices(tf.gather(names, order))
         records_ = shards.interleave(
-            lambda f: _read(f, manifest, skip_corrupt),
+            lambda f: read_shard(f, manifest, skip_corrupt),
             cycle_length=min(cycle_length, len(files)), block_length=1,
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         # A stateless shuffle of each block of `shuffle_buffer` records, keyed by (seed,
@@ -246,7 +175,7 @@ def test_dataset(data_dir, manifest, batch_size, split="test", input_context=Non
     if input_context is not None and input_context.num_input_pipelines > 1:
         files = files[input_context.input_pipeline_id::input_context.num_input_pipelines]
     dataset = tf.data.Dataset.from_tensor_slices(files).flat_map(
-        lambda f: _read(f, manifest, skip_corrupt))
+        lambda f: read_shard(f, manifest, skip_corrupt))
     dataset = dataset.batch(batch_size, drop_remainder=False)
     parse = _parser(manifest)
 

@@ -13,11 +13,12 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from kerasbn.utils import atomic, errors
+from kerasbn.data.manifest import ENCODINGS, Manifest
+from kerasbn.utils import atomic
+from kerasbn.utils.errors import DataError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-ENCODINGS = ("raw", "png", "jpeg")
 SPLITS = ("train", "test", "holdout")
 
 _FEATURES = {
@@ -29,10 +30,6 @@ _FEATURES = {
     "image/class/label": tf.io.FixedLenFeature([], tf.int64),
     "image/filename": tf.io.FixedLenFeature([], tf.string, default_value=""),
 }
-
-
-class DataError(errors.UserError):
-    """A dataset on disk that cannot be used as it is; the message names the file and the fix."""
 
 
 def op_message(error):
@@ -150,16 +147,17 @@ def manifest_path(data_dir):
     return os.path.join(data_dir, MANIFEST_NAME)
 
 
-def write_manifest(data_dir, manifest):
-    """Writes manifest.json atomically: a reader sees the old file or the whole new one."""
-    atomic.write_json(manifest_path(data_dir), dict(manifest, schema_version=SCHEMA_VERSION))
-
-
-_REQUIRED = ("image_size", "channels", "encoding", "class_names", "splits", "mean", "std")
+def write_manifest(data_dir, values):
+    """Writes manifest.json (a dict, or a `Manifest`) atomically: a reader sees the old file
+    or the whole new one."""
+    if isinstance(values, Manifest):
+        values = values.to_dict()
+    atomic.write_json(manifest_path(data_dir), dict(values, schema_version=SCHEMA_VERSION))
 
 
 def read_manifest(data_dir, check_files=True):
-    """Reads and checks manifest.json; raises DataError naming the file and the fix."""
+    """The dataset's `Manifest`, read and checked once; raises DataError naming the file and
+    the fix (`check_files`: also that every shard it lists is there)."""
     path = manifest_path(data_dir)
     if not os.path.isfile(path):
         raise DataError(
@@ -167,41 +165,18 @@ def read_manifest(data_dir, check_files=True):
             "`python -m data_tools.synth` or `python -m data_tools.build_records`")
     try:
         with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
+            values = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path} is not valid JSON ({e}); rebuild the dataset") from None
-    version = manifest.get("schema_version")
+    version = values.get("schema_version") if isinstance(values, dict) else None
     if version != SCHEMA_VERSION:
         raise DataError(
             f"{path} has schema_version {version!r}, this kerasbn reads version "
             f"{SCHEMA_VERSION}; rebuild the dataset with this version's data_tools")
-    missing = [key for key in _REQUIRED if key not in manifest]
-    if missing:
-        raise DataError(f"{path} lacks {', '.join(missing)}; rebuild the dataset")
-    size, channels, names = manifest["image_size"], manifest["channels"], manifest["class_names"]
-    if not (isinstance(size, list) and len(size) == 2
-            and all(isinstance(v, int) and v > 0 for v in size)):
-        raise DataError(f"{path}: image_size must be [height, width] in pixels, got {size!r}; "
-                        "rebuild the dataset or fix it with inspect_records --write_manifest")
-    if channels not in (1, 3):
-        raise DataError(f"{path}: channels must be 1 or 3, got {channels!r}")
-    if not isinstance(names, list) or not names:
-        raise DataError(f"{path} lists no classes (class_names is {names!r}); rebuild the "
-                        "dataset from a source with identities")
-    for key in ("mean", "std"):
-        if len(np.ravel(manifest[key])) != channels:
-            raise DataError(f"{path}: {key} has {len(np.ravel(manifest[key]))} values for "
-                            f"{channels} channel(s); rebuild the dataset")
-    if not all(float(s) > 0 for s in np.ravel(manifest["std"])):
-        raise DataError(f"{path}: the pixel std {manifest['std']} has a zero; the training "
-                        "images are constant, so normalising them divides by zero; rebuild "
-                        "the dataset from real images")
-    if manifest["encoding"] not in ENCODINGS:
-        raise DataError(f"{path}: unknown encoding {manifest['encoding']!r} "
-                        f"(one of {', '.join(ENCODINGS)})")
+    manifest = Manifest.from_dict(values, path)
     if check_files:
-        for split, info in manifest["splits"].items():
-            absent = [name for name in info["files"]
+        for split, info in manifest.splits.items():
+            absent = [name for name in info.files
                       if not os.path.isfile(os.path.join(data_dir, name))]
             if absent:
                 raise DataError(
@@ -212,8 +187,8 @@ def read_manifest(data_dir, check_files=True):
 
 def split_files(data_dir, manifest, split):
     """Absolute shard paths of one split; DataError when the split is absent or empty."""
-    info = manifest["splits"].get(split)
-    if not info or not info["files"] or not info.get("count"):
+    info = manifest.splits.get(split)
+    if not info or not info.files or not info.count:
         raise DataError(f"{manifest_path(data_dir)} has no {split!r} records; "
                         "rebuild the dataset with a non-empty split")
-    return [os.path.join(data_dir, name) for name in info["files"]]
+    return [os.path.join(data_dir, name) for name in info.files]

@@ -105,11 +105,11 @@ def scorer(path, embed, channels, size, mode, batch_size, flip=False, prepare=No
 def verifier(model, path, manifest, batch_size, flip=False):
     """A function returning `verification.summarize`'s figures on the .bin set `path` for the
     training `model` now, its images resized as the dataset's manifest says."""
-    height, width = manifest["image_size"]
+    height, width = manifest.image_size
     if height != width:
         raise DataError(f"--verify_bin={path}: its photos are resized to squares, but the "
                         f"dataset holds {height}x{width} images")
-    score = scorer(path, holdout.model_embedding(model), manifest["channels"], height,
-                   manifest.get("resize_mode") or "crop", batch_size, flip,
+    score = scorer(path, holdout.model_embedding(model), manifest.channels, height,
+                   manifest.resize_mode, batch_size, flip,
                    prepare=lambda images: pipeline.normalize(images, manifest))
     return lambda: verification.summarize(*score())

@@ -16,7 +16,7 @@ from kerasbn.evaluation import pairs, verification
 
 def available(manifest):
     """Whether the dataset has a holdout split and a pairs file to verify on."""
-    return "holdout" in manifest["splits"] and "pairs" in manifest
+    return "holdout" in manifest.splits and manifest.pairs_file is not None
 
 
 def folds(same, sets):

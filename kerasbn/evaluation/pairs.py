@@ -105,13 +105,13 @@ def file_pairs(path, image_root):
 def holdout_pairs(data_dir, manifest):
     """(first, second, same, set) arrays over the holdout split's records, in manifest order,
     of the dataset's pairs file; DataError naming a pair that points at no record."""
-    if "pairs" not in manifest or "holdout" not in manifest["splits"]:
+    if manifest.pairs_file is None or "holdout" not in manifest.splits:
         raise records.DataError(f"{records.manifest_path(data_dir)} has no holdout pairs; "
                                 "rebuild with --holdout_identities and --pairs")
-    path = os.path.join(data_dir, manifest["pairs"]["file"])
-    names = manifest["holdout_class_names"]
+    path = os.path.join(data_dir, manifest.pairs_file)
+    names = manifest.holdout_class_names
     files = records.split_files(data_dir, manifest, "holdout")
-    dataset = tf.data.TFRecordDataset(files, manifest.get("compression") or None).batch(4096)
+    dataset = tf.data.TFRecordDataset(files, manifest.compression).batch(4096)
     labels, filenames = [], []
     for batch in dataset:
         meta = records.parse_metadata(batch)

@@ -81,15 +81,15 @@ def export_portable(run_dir, fmt, out=None, best=False):
     check_out(out, fmt)
     config, manifest, model, _ = signatures.restore_run(run_dir, best)
     images, source = portable.check_images(config, manifest)
-    height, width = manifest["image_size"]
+    height, width = manifest.image_size
     description = {
         "written_by": "kerasbn", **signatures.input_spec(manifest),
         "input": {"name": "image", "dtype": "float32",
-                  "shape": [None, height, width, manifest["channels"]],
+                  "shape": [None, height, width, manifest.channels],
                   "is": "(pixel - mean) / std per channel, after gray conversion and resize"},
         "outputs": {"embedding": "L2-normalised", "probabilities": "softmax over classes"},
-        "mean": manifest["mean"], "std": manifest["std"],
-        "class_names": manifest["class_names"],
+        "mean": manifest.mean, "std": manifest.std,
+        "class_names": manifest.class_names,
         "threshold": threshold(model, config.data_dir, manifest),
         "checked_on": f"{len(images)} {source}"}
     core = portable.float32_core(config, model)

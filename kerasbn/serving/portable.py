@@ -73,7 +73,7 @@ def check_images(config, manifest):
         images, _ = next(iter(pipeline.test_dataset(config.data_dir, manifest, CHECK_IMAGES)))
         return images.numpy(), "test images"
     except (records.DataError, tf.errors.OpError):
-        shape = (CHECK_IMAGES, *manifest["image_size"], manifest["channels"])
+        shape = (CHECK_IMAGES, *manifest.image_size, manifest.channels)
         return np.random.default_rng(0).standard_normal(shape, np.float32), "noise images"
 
 

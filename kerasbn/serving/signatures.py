@@ -50,13 +50,13 @@ TOP_K = 5
 
 def serving_functions(model, manifest, threshold=None):
     """{signature name: (tf.function, input signature)} of the training `model`."""
-    height, width = manifest["image_size"]
-    channels = manifest["channels"]
+    height, width = manifest.image_size
+    channels = manifest.channels
     mode = input_spec(manifest)["resize_mode"]
-    mean = tf.constant(manifest["mean"], tf.float32)
-    std = tf.constant(manifest["std"], tf.float32)
-    names = tf.constant(manifest["class_names"])
-    k = min(TOP_K, len(manifest["class_names"]))
+    mean = tf.constant(manifest.mean, tf.float32)
+    std = tf.constant(manifest.std, tf.float32)
+    names = tf.constant(manifest.class_names)
+    k = min(TOP_K, manifest.num_classes)
     features = keras.Model(model.inputs, [model.get_layer("embedding").output, model.output])
 
     def prepare(images):
@@ -99,9 +99,9 @@ def serving_functions(model, manifest, threshold=None):
 def input_spec(manifest):
     """What the exported network expects, as MARKER records it. A dataset built before
     manifests stored resize_mode was cropped (both converters' default then)."""
-    return {"classes": len(manifest["class_names"]), "image_size": list(manifest["image_size"]),
-            "channels": manifest["channels"],
-            "resize_mode": manifest.get("resize_mode") or "crop"}
+    return {"classes": manifest.num_classes, "image_size": list(manifest.image_size),
+            "channels": manifest.channels,
+            "resize_mode": manifest.resize_mode}
 
 
 def restore_run(run_dir, best=False, check_files=False):

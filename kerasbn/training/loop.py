@@ -15,7 +15,7 @@ import keras
 import tensorflow as tf
 
 from kerasbn import config as config_lib
-from kerasbn.data import pipeline, records
+from kerasbn.data import checks, pipeline, records
 from kerasbn.evaluation import bin_sets, holdout
 from kerasbn.nn import models
 from kerasbn.serving import exporter
@@ -80,8 +80,8 @@ def check_data(config, manifest):
     training; with --skip_corrupt_records what was lost is said."""
     readable = {}
     for split in ("train", "test"):
-        readable[split], lost = pipeline.verify_split(config.data_dir, manifest, split,
-                                                      config.skip_corrupt_records)
+        readable[split], lost = checks.check_split(config.data_dir, manifest, split,
+                                                   config.skip_corrupt_records)
         for path, count in lost.items():
             print(f"warning: --skip_corrupt_records: {path} is short by {count} record(s) "
                   "(corrupt or truncated); training goes on without them", flush=True)

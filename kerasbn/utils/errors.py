@@ -8,3 +8,7 @@ caller can still tell them apart; a command catches this base alone.
 
 class UserError(ValueError):
     """A mistake the user can fix; the message names the thing and the fix."""
+
+
+class DataError(UserError):
+    """A dataset on disk that cannot be used as it is; the message names the file and the fix."""
