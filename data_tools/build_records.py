@@ -19,9 +19,9 @@ import sys
 from absl import flags
 
 from data_tools import convert
-from kerasbn.data import images, records
+from kerasbn.data import images
 from kerasbn.flags import cli
-from kerasbn.utils import stop_signals
+from kerasbn.utils import errors, stop_signals
 
 
 def main(argv):
@@ -42,7 +42,7 @@ def main(argv):
                   values.workers, values.overwrite,
                   command="python -m data_tools.build_records " + " ".join(sys.argv[1:]),
                   allow_outside_root=values.allow_outside_root)
-    except records.DataError as e:
+    except errors.UserError as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         print(f"interrupted: the finished shards in {values.out} are kept; rerun the same "

@@ -24,6 +24,7 @@ from PIL import Image
 from data_tools import shards
 from kerasbn.data import records
 from kerasbn.flags import cli
+from kerasbn.utils import errors
 
 _SPLIT_PREFIXES = {"train": "train", "validation": "test", "val": "test", "test": "test",
                    "holdout": "holdout"}
@@ -227,7 +228,7 @@ def main(argv):
                   "per class")
         if values.montage:
             print(f"montage: {montage(data_dir, values.montage, values.samples)}")
-    except records.DataError as e:
+    except errors.UserError as e:
         sys.exit(f"error: {e}")
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)

@@ -286,7 +286,7 @@ def main(argv):
                              holdout_identities=values.holdout_identities,
                              pairs=values.pairs, channels=values.channels,
                              workers=values.workers)
-    except (records.DataError, ValueError) as e:
+    except errors.UserError as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         print(f"interrupted: no manifest.json was written, so {values.out} is no dataset yet; "

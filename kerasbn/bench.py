@@ -13,7 +13,8 @@
     python -m kerasbn.bench --bench=peer [--norms=keras,nvidia]
         training images/s of the baseline and BN networks on one cached batch against the same
         networks in PyTorch (kerasbn.benchmarks.pytorch_peer; `pip install torch`),
-        alternating rounds, and what BN costs each: the BN network's step time per image over the baseline's.
+        alternating rounds, and what BN costs each: the BN network's step time per image over
+        the baseline's.
     python -m kerasbn.bench --bench=profile [--model=bn --norms=keras,none --batches=4]
         where a training step's time goes: busy seconds per op type from TensorFlow's
         profiler (the first --precisions), for each norm.

@@ -140,7 +140,7 @@ def main(argv):
         sys.exit(f"error: cannot read {path}: {e.strerror}")
     except UnicodeDecodeError:
         sys.exit(f"error: {path} is not a text file; give a Caffe solver.prototxt")
-    except SolverError as e:
+    except errors.UserError as e:
         sys.exit(f"error: {e}")
     print(f"# converted from {path} by python -m kerasbn.caffe_solver")
     print("\n".join(flags))

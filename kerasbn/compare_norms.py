@@ -25,7 +25,7 @@ import sys
 
 from absl import flags
 
-from kerasbn.analysis import comparison, seeds
+from kerasbn.analysis import charts, comparison, seeds
 from kerasbn.data import records
 from kerasbn.flags import cli, train_flags
 from kerasbn.nn import norms
@@ -102,8 +102,9 @@ def markdown(rows, target):
         reach = r["to_target"]
         ratio = f"{r['step_time_vs_keras']:.2f}" if r["step_time_vs_keras"] else "-"
         lines.append(
-            f"| {r['norm']} | {comparison.spread_cell(r['final'], '.3f')} | {comparison.spread_cell(r['best'], '.3f')} | "
-            f"{'>=' if reach['censored'] else ''}{comparison.spread_cell((reach['mean'], reach['std']), '.0f')}"
+            f"| {r['norm']} | {comparison.spread_cell(r['final'], '.3f')} | "
+            f"{comparison.spread_cell(r['best'], '.3f')} | {'>=' if reach['censored'] else ''}"
+            f"{comparison.spread_cell((reach['mean'], reach['std']), '.0f')}"
             f" | {reach['seeds'] - reach['censored']}/{reach['seeds']} | "
             f"{comparison.spread_cell(r['stability'], '.3f')} | {ratio} |")
     return "\n".join(lines) + "\n"
@@ -111,24 +112,11 @@ def markdown(rows, target):
 
 def plot(runs, out):
     """Test top-1 against iteration, every seed, one colour per implementation."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 5))
-    for index, (norm, seeds) in enumerate(runs.items()):
-        color = f"C{index % 10}"
-        for k, entries in enumerate(seeds):
-            ax.plot([e["iteration"] for e in entries], [e["test_top1"] for e in entries],
-                    color=color, alpha=0.8, label=norm if k == 0 else None)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("test top-1")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    curves = [(norm if k == 0 else None, [e["iteration"] for e in entries],
+               [e["test_top1"] for e in entries], {"color": f"C{index % 10}", "alpha": 0.8})
+              for index, (norm, runs_of_norm) in enumerate(runs.items())
+              for k, entries in enumerate(runs_of_norm)]
+    charts.save_lines(curves, out, "iteration", "test top-1", ylim=(0, 1))
 
 
 def define_flags(values):

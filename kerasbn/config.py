@@ -50,7 +50,8 @@ class RunConfig:
     widths: tuple | None = setting(
         None, "Convolution widths in order (default: the study's).", kind="list")
     dropout: float | None = setting(
-        None, "Dropout before the classifier (default: the network's, 0.4 for baseline, 0 for bn).",
+        None, "Dropout before the classifier (default: the network's, 0.4 for baseline, 0 for "
+        "bn).",
         lower=0, upper=1, upper_open=True)
     bn_momentum: float | None = setting(
         None,
@@ -129,7 +130,8 @@ class RunConfig:
     snapshot: int = setting(5000, "Checkpoint every N iterations (0: only at the end).", lower=0)
     keep_checkpoints: int = setting(3, "Newest checkpoints kept.", lower=1, run_defining=False)
     run_dir: str = setting(
-        help="Directory for everything about the run; rerunning on it resumes.", run_defining=False)
+        help="Directory for everything about the run; rerunning on it resumes.",
+        run_defining=False)
     precision: str = setting(
         "float32",
         "Keras dtype policy; auto: mixed_float16 on a GPU, mixed_bfloat16 on a CPU with native "

@@ -228,10 +228,10 @@ def main(argv):
     try:
         sweeps = parse_sweep(values.sweep)
         if sweeps and (values.seeds or 1) < 3:
-            raise errors.UserError("a sweep picks each configuration's best value on the first seed "
-                             "and reports it on the others: give --seeds=3 or more")
+            raise errors.UserError("a sweep picks each configuration's best value on the first "
+                                   "seed and reports it on the others: give --seeds=3 or more")
         plan = commands(names[0], extra, values.run_root, values.seeds, sweeps)
-    except (ValueError, flags.Error) as e:
+    except (errors.UserError, flags.Error) as e:
         sys.exit(f"error: {e}")
     if sweeps:
         first = [run for run in plan if run["seed"] == 0]
@@ -246,7 +246,7 @@ def main(argv):
             train_all(first, wait=True)
         try:
             plan = first + chosen(plan, sweeps, values.reference)
-        except comparison.ReportError as e:
+        except errors.UserError as e:
             sys.exit(f"error: {e}")
     command = report_command(names[0], [run["run_dir"] for run in plan], values.report_out,
                              values.run_root, values.reference, sweeps)

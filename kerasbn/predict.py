@@ -23,7 +23,7 @@ from kerasbn.evaluation import pairs
 from kerasbn.flags import cli
 from kerasbn.serving import signatures
 from kerasbn.training.run_dir import RunDir
-from kerasbn.utils import atomic
+from kerasbn.utils import atomic, errors
 from kerasbn.utils.progress import Progress
 
 BATCH = 64
@@ -136,7 +136,7 @@ def main(argv):
         sys.exit(f"error: {problem}")
     try:
         model, channels, threshold = load_model(values.model)
-    except ValueError as e:
+    except errors.UserError as e:
         sys.exit(f"error: {e}")
     paths = image_files(values.embed) if values.embed else files
     if values.embed:

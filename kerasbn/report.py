@@ -68,7 +68,8 @@ def main(argv):
                                            chosen_reference)
             figures.append(comparison.plot_sweep(choices, values.sweep, targets[0], values.out))
     else:
-        table = comparison.markdown(comparison.rows(runs, targets, reference["dir"]), reference["name"])
+        table = comparison.markdown(comparison.rows(runs, targets, reference["dir"]),
+                                    reference["name"])
     atomic.write_text(os.path.join(values.out, "report.md"), table)
     print(table)
     for path in comparison.plot(groups, values.out) + figures:

@@ -13,9 +13,9 @@ import numpy as np
 from absl import flags
 
 from kerasbn.analysis import charts
-from kerasbn.config import ConfigError
 from kerasbn.flags import cli, train_flags
 from kerasbn.training import schedules
+from kerasbn.utils import errors
 
 
 def define_flags(values):
@@ -47,7 +47,7 @@ def main(argv):
             print(f"wrote {values.plot}")
             return
         config = train_flags.schedule_config(values)
-    except (schedules.ScheduleError, ConfigError) as e:
+    except errors.UserError as e:
         sys.exit(f"error: {e}")
     iterations = list(range(0, config.max_iter + 1, max(1, values.print_every)))
     for iteration, lr in zip(iterations, schedules.rates(schedules.make_schedule(config),

@@ -8,7 +8,7 @@ from kerasbn import compare_norms
 from kerasbn.data import records
 from kerasbn.flags import cli, train_flags
 from kerasbn.training import metrics
-from kerasbn.training.run_dir import RunDirError
+from kerasbn.training.run_dir import RunDirError, stored_config
 
 
 def _entries(accuracies, every=10, speed=100.0):
@@ -71,7 +71,7 @@ def test_each_implementation_keeps_its_own_window_scaled_to_a_short_run(small_da
         pytest.approx(0.9), "its own 0.999 (a 1000-iteration window) scaled to 4 of 420000 iterations")
     assert compare_norms.momentum_for(config, "bvlc") == (0.999, "its own")
     compare_norms.run_one(config, "nvidia", 0, str(tmp_path))
-    stored = train_flags.stored_config(os.path.join(tmp_path, "nvidia", "seed0"))
+    stored = stored_config(os.path.join(tmp_path, "nvidia", "seed0"))
     assert stored.bn_momentum == pytest.approx(0.9)
     given = dataclasses.replace(config, bn_momentum=0.5)
     assert compare_norms.momentum_for(given, "nvidia") == (0.5, "--bn_momentum")
@@ -88,8 +88,8 @@ def test_the_cifar10_comparison_runs_on_the_rgb_stand_in(tmp_path):
                         f"--data_dir={data}", "--max_iter=4", "--test_interval=2",
                         "--display=2", "--snapshot=4", "--batch_size=8",
                         "--norms=nvidia,bvlc", "--seeds=1", f"--out={out}"])
-    config = train_flags.stored_config(str(out / "nvidia" / "seed0"))
+    config = stored_config(str(out / "nvidia" / "seed0"))
     assert config.model == "cifar10_full_sigmoid_bn" and config.channels == 3
     assert config.bn_momentum == pytest.approx(0.9)  # window 1000 scaled to 4 of 60,000
-    assert train_flags.stored_config(str(out / "bvlc" / "seed0")).bn_momentum == 0.999
+    assert stored_config(str(out / "bvlc" / "seed0")).bn_momentum == 0.999
     assert (out / "compare_norms.md").exists() and (out / "compare_norms.png").exists()

@@ -11,7 +11,7 @@ from conftest import run_train, train_args
 from data_tools import synth
 from kerasbn import evaluate
 from kerasbn.data import records
-from kerasbn.evaluation import bin_sets, pairs
+from kerasbn.evaluation import bin_sets, evaluator, pairs
 from kerasbn.serving import signatures
 from kerasbn.training.run_dir import RunDir
 
@@ -109,7 +109,7 @@ def test_pairs_over_a_folder_of_photos_verify_as_the_same_pairs_over_the_records
 def test_photos_are_resized_as_the_training_dataset_was(mode, tmp_path):
     Image.new("L", (100, 50), 200).save(tmp_path / "wide.png")
     served = signatures.Served("net", None, (20, 20), 1, mode, 3)
-    photo = evaluate.load_photos([str(tmp_path / "wide.png")], served)[0, ..., 0]
+    photo = evaluator.load_photos([str(tmp_path / "wide.png")], served)[0, ..., 0]
     assert photo.shape == (20, 20)
     # pad keeps the whole 2:1 photo and fills the rest black; crop keeps its middle square.
     assert (photo[:4] == 0).all() == (mode == "pad") and (photo[8:12] == 200).all()

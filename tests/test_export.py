@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kerasbn.serving import exporter
 from kerasbn.data import pipeline, records
-from kerasbn.flags import train_flags
-from kerasbn.training import checkpoints, optimizers
-from kerasbn.training.run_dir import RunDir
+from kerasbn.serving import exporter
+from kerasbn.training import checkpoints, network
+from kerasbn.training.run_dir import RunDir, stored_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,7 +22,7 @@ def test_saved_model_serves_uint8_and_matches_keras(finished_run, small_data):
     images, _ = records.parse_batch(batch, (50, 50), 1, "raw")
     served = tf.saved_model.load(os.path.join(finished_run, "export"))
     out = served.signatures["serving_default"](images=images)
-    model = optimizers.build_and_compile(train_flags.stored_config(finished_run))
+    model = network.build_and_compile(stored_config(finished_run))
     assert checkpoints.restore_latest(RunDir(finished_run), model)
     logits = model(pipeline.normalize(images, manifest), training=False)
     np.testing.assert_allclose(out["probabilities"].numpy(), tf.nn.softmax(logits).numpy(),
@@ -144,7 +143,7 @@ def test_an_any_size_rgb_photo_embeds_as_the_pipeline_does_its_converted_image(
     batch = next(iter(tf.data.TFRecordDataset(files).batch(4)))
     faces, _ = records.parse_batch(batch, (50, 50), 1, "raw")
     serve = tf.saved_model.load(RunDir(finished_run).export).signatures["serving_default"]
-    model = optimizers.build_and_compile(train_flags.stored_config(finished_run))
+    model = network.build_and_compile(stored_config(finished_run))
     checkpoints.restore_latest(RunDir(finished_run), model)
     embed = keras.Model(model.inputs, model.get_layer("embedding").output)
     for face in faces.numpy():

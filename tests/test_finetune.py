@@ -4,13 +4,12 @@ import numpy as np
 import pytest
 
 from conftest import make_synth, run_train, train_args
-from kerasbn.flags import train_flags
-from kerasbn.training import checkpoints, optimizers
-from kerasbn.training.run_dir import RunDir
+from kerasbn.training import checkpoints, network
+from kerasbn.training.run_dir import RunDir, stored_config
 
 
 def restored(run_dir):
-    model = optimizers.build_and_compile(train_flags.stored_config(run_dir))
+    model = network.build_and_compile(stored_config(run_dir))
     checkpoints.restore_latest(RunDir(run_dir), model)
     return {layer.name: [v.numpy() for v in layer.variables] for layer in model.layers
             if layer.variables}

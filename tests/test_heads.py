@@ -14,11 +14,10 @@ import tensorflow as tf
 
 from conftest import make_synth, run_train, train_args
 from kerasbn import config
-from kerasbn.flags import train_flags
 from kerasbn.nn import heads, models
 from kerasbn.serving import signatures
-from kerasbn.training import checkpoints, optimizers
-from kerasbn.training.run_dir import RunDir
+from kerasbn.training import checkpoints, network, partial_fc
+from kerasbn.training.run_dir import RunDir, stored_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -152,7 +151,7 @@ def _config(**kw):
 
 def _trained(cfg, steps, init=None):
     keras.utils.set_random_seed(3)
-    model = optimizers.build_and_compile(cfg)
+    model = network.build_and_compile(cfg)
     if init is not None:
         for v, value in zip(model.variables, init):
             v.assign(value)
@@ -172,7 +171,7 @@ def test_partial_fc_of_every_centre_updates_as_the_full_head_with_its_decay(solv
     # decay must give Keras's dense SGD with the L2 term.
     sampled, sampled_kernel, sampled_momentum = _trained(
         _config(solver_type=solver, sample_classes=0.99), 3, init=start)
-    assert isinstance(sampled, heads.SampledTraining)
+    assert isinstance(sampled, partial_fc.SampledTraining)
     np.testing.assert_allclose(sampled_kernel, kernel, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(sampled_momentum, momentum, rtol=1e-4, atol=1e-7)
 
@@ -198,12 +197,12 @@ def test_100000_classes_give_a_finite_loss_under_mixed_precision(precision, head
     keras.mixed_precision.set_global_policy(precision)
     cfg = _config(num_classes=100_000, head=head, precision=precision, sample_classes=0.01,
                   scale=64.0)
-    model = optimizers.build_and_compile(cfg)
+    model = network.build_and_compile(cfg)
     rng = np.random.default_rng(0)
     images, labels = rng.random((8, 50, 50, 1), np.float32), rng.integers(0, 100_000, 8)
     logits = model(images)
     assert logits.dtype == "float32"
-    assert np.isfinite(float(optimizers.make_loss(cfg)(labels, logits)))
+    assert np.isfinite(float(network.make_loss(cfg)(labels, logits)))
     assert np.isfinite(model.train_on_batch(images, labels))
 
 
@@ -267,8 +266,8 @@ def test_an_arcface_partial_fc_run_resumes_exactly_exports_and_serves_cosines(
     run_train(args("cut"))
     restored = {}
     for run in ("whole", "cut"):
-        cfg = train_flags.stored_config(str(tmp_path / run))
-        model = optimizers.build_and_compile(cfg)
+        cfg = stored_config(str(tmp_path / run))
+        model = network.build_and_compile(cfg)
         checkpoints.restore_latest(RunDir(str(tmp_path / run)), model)
         restored[run] = model.get_layer("logits").kernel.numpy()
     assert (cfg.head, cfg.sample_classes, cfg.embedding) == ("arcface", 0.5, "bn_fc")

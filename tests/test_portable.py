@@ -13,11 +13,10 @@ from ai_edge_litert.interpreter import Interpreter
 
 from conftest import run_train, train_args
 from kerasbn.data import pipeline, records
-from kerasbn.flags import train_flags
 from kerasbn.nn import models
 from kerasbn.serving import exporter, portable
 from kerasbn.training import checkpoints
-from kerasbn.training.run_dir import RunDir
+from kerasbn.training.run_dir import RunDir, stored_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,7 +32,7 @@ def bfloat16_run(small_data, tmp_path_factory):
 def float32_reference(run_dir, images):
     """(L2-normalised embedding, probabilities) of the run's checkpoint rebuilt in float32,
     with the normalisation and softmax done in numpy."""
-    config = train_flags.stored_config(run_dir)
+    config = stored_config(run_dir)
     keras.mixed_precision.set_global_policy("float32")
     model = models.build(**config.model_kwargs())
     assert checkpoints.restore_latest(RunDir(run_dir), model)

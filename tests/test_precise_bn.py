@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from kerasbn.nn import norms
-from kerasbn.training import precise_bn
+from kerasbn.nn import precise_bn
 from test_norms import SHAPE, _batches, _moments, _y
 
 

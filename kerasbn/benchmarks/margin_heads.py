@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from kerasbn import config
 from kerasbn.benchmarks import scaling, timing
-from kerasbn.training import optimizers
+from kerasbn.training import network
 
 
 def _config(num_classes, fraction, head, batch_size, precision):
@@ -33,7 +33,7 @@ def probe(num_classes, fraction, head, batch_size, steps, precision):
     """Times `steps` training steps; prints {seconds_per_step, rss_built_mb, rss_peak_mb}
     as JSON."""
     keras.mixed_precision.set_global_policy(precision)
-    model = optimizers.build_and_compile(_config(num_classes, fraction, head, batch_size,
+    model = network.build_and_compile(_config(num_classes, fraction, head, batch_size,
                                                  precision))
     built = scaling.peak_rss_mb()
     rng = np.random.default_rng(0)

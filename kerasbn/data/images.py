@@ -21,7 +21,8 @@ def resize(image, size, mode):
         return ImageOps.fit(image, (size, size), Image.BILINEAR)
     if mode == "pad":
         return ImageOps.pad(image, (size, size), Image.BILINEAR, color=0)
-    raise errors.UserError(f"unknown --resize_mode {mode!r}; choose one of {', '.join(RESIZE_MODES)}")
+    raise errors.UserError(f"unknown --resize_mode {mode!r}; choose one of "
+                           f"{', '.join(RESIZE_MODES)}")
 
 
 def to_8bit(image):
@@ -85,3 +86,18 @@ def load(path, channels, size=None, mode=None, box=None):
         return None, f"larger than Pillow's decompression-bomb limit ({e})"
     except (OSError, SyntaxError, ValueError) as e:
         return None, f"unreadable image ({e})"
+
+
+def load_batch(sources, channels, size, mode, label, progress=None):
+    """uint8 [N, size, size, channels] of image files or file objects, each converted and
+    resized as `load` does; DataError naming `label(i)` of the first that cannot be read.
+    `progress` (a `Progress`) counts them."""
+    batch = np.zeros((len(sources), size, size, channels), np.uint8)
+    for i, source in enumerate(sources):
+        array, reason = load(source, channels, size, mode)
+        if reason:
+            raise errors.DataError(f"{label(i)}: {reason}")
+        batch[i] = array
+        if progress:
+            progress.update(1)
+    return batch

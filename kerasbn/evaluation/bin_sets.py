@@ -66,21 +66,6 @@ def folds(count, k=10):
     return np.repeat(np.arange(k), sizes)
 
 
-def load_images(path, encoded, channels, size, mode, progress=None):
-    """uint8 [N, size, size, channels] of a .bin's encoded images, converted and resized as
-    photos are (`images.load`); DataError naming the first undecodable one. `progress` (a
-    `Progress`) counts them."""
-    batch = np.zeros((len(encoded), size, size, channels), np.uint8)
-    for i, data in enumerate(encoded):
-        array, reason = images.load(io.BytesIO(data), channels, size, mode)
-        if reason:
-            raise DataError(f"{path}: image {i} (pair {i // 2}): {reason}")
-        batch[i] = array
-        if progress:
-            progress.update(1)
-    return batch
-
-
 def scorer(path, embed, channels, size, mode, batch_size, flip=False, prepare=None,
            progress=False):
     """A function returning (cosine score of each pair, matched or not, fold) now, over the
@@ -89,7 +74,9 @@ def scorer(path, embed, channels, size, mode, batch_size, flip=False, prepare=No
     while loading and embedding."""
     encoded, same = read(path)
     counter = lambda what: Progress(len(encoded), f"{what} {name(path)}") if progress else None
-    photos = load_images(path, encoded, channels, size, mode, counter("loading"))
+    photos = images.load_batch([io.BytesIO(data) for data in encoded], channels, size, mode,
+                               lambda i: f"{path}: image {i} (pair {i // 2})",
+                               counter("loading"))
     step = holdout.embed_step(embed, flip)
     pair, fold = np.arange(len(same)), folds(len(same))
 

@@ -77,7 +77,7 @@ def scorer(embed, data_dir, manifest, batch_size, flip=False, raw=False, progres
     return lambda: (verification.cosine_scores(embed_all(), first, second), same, fold)
 
 
-def make_verifier(model, data_dir, manifest, batch_size, flip=False):
+def verifier(model, data_dir, manifest, batch_size, flip=False):
     """A function returning `verification.summarize`'s figures for the training `model` now."""
     score = scorer(model_embedding(model), data_dir, manifest, batch_size, flip)
     return lambda: verification.summarize(*score())

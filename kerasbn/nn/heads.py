@@ -1,4 +1,4 @@
-"""Face-recognition heads: CosFace and ArcFace margins, and Partial FC's sampled classifier.
+"""Face-recognition heads: CosFace and ArcFace margins, and the cosine classifier Partial FC samples.
 
 The study trains a plain softmax (`models.build`'s Dense `logits`, head `softmax`). The margin
 heads replace it by `CosineClassifier`: one centre per identity, and as logits s * cos(theta)
@@ -9,12 +9,9 @@ lives in the loss (`MarginLoss`), as in insightface's CombinedMarginLoss: the tr
 logit becomes s * (cos(theta) - m) for CosFace and s * cos(theta + m) for ArcFace, before
 softmax cross entropy.
 
-Partial FC (`--sample_classes F`, `SampledTraining`): each training step takes its logits over
-ceil(F * K) centres only, every class of the batch plus randomly drawn others (drawn from the
-seed and iteration, so a resumed run draws the same), as insightface's partial_fc does. The
-centres' gradient is then a `tf.IndexedSlices` of the drawn rows, and `optimizers.CaffeSGD`
-updates only those rows (momentum and weight decay included), so a centre that was not drawn
-is left exactly as it was, momentum too.
+Partial FC (`--sample_classes F`, `kerasbn.training.partial_fc`) trains on the logits of
+`CosineClassifier.sampled`: ceil(F * K) centres only, every class of the batch plus randomly
+drawn others.
 """
 
 import math
@@ -138,43 +135,3 @@ class MarginLoss(keras.losses.Loss):
     def get_config(self):
         return {**super().get_config(), "head": self.head, "scale": self.scale,
                 "margin": self.margin, "easy_margin": self.easy_margin}
-
-
-@keras.saving.register_keras_serializable(package="kerasbn")
-class SampledTraining(keras.Model):
-    """A network with a `CosineClassifier` whose training steps take their logits over
-    `count` sampled centres (Partial FC); calling it, testing and exporting it use every
-    centre, as the same network without sampling would."""
-
-    def __init__(self, inputs, outputs, count, seed=0, **kwargs):
-        super().__init__(inputs, outputs, **kwargs)
-        self.count, self.seed = int(count), int(seed)
-        # Outside Keras's tracking: the same layers, so neither weights nor checkpoint
-        # entries are added.
-        object.__setattr__(self, "_features", keras.Model(
-            self.inputs, self.get_layer(CLASSIFIER).input))
-
-    def train_step(self, data):
-        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
-        seed = tf.stack([tf.constant(self.seed, tf.int64),
-                         tf.cast(self.optimizer.iterations, tf.int64)])
-        # Every replica draws for the whole global batch, so they all take the same centres
-        # as one device would.
-        context = tf.distribute.get_replica_context()
-        batch_labels = context.all_gather(labels, axis=0) \
-            if context.num_replicas_in_sync > 1 else labels
-        with tf.GradientTape() as tape:
-            features = self._features(images, training=True)
-            logits, targets = self.get_layer(CLASSIFIER).sampled(features, labels, self.count,
-                                                                 seed, batch_labels)
-            loss = self._compute_loss(x=images, y=targets, y_pred=logits, training=True)
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            self._loss_tracker.update_state(loss * replicas,
-                                            sample_weight=tf.shape(images)[0])
-            loss = self.optimizer.scale_loss(loss)
-        gradients = tape.gradient(loss, self.trainable_weights)
-        self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
-        return self.compute_metrics(images, targets, logits)
-
-    def get_config(self):
-        return {**super().get_config(), "count": self.count, "seed": self.seed}

@@ -41,7 +41,7 @@ def threshold(model, data_dir, manifest, batch_size=256):
     (the mean of LFW's ten folds' choices) for `model`; None without holdout pairs."""
     if not holdout.available(manifest):
         return None
-    return holdout.make_verifier(model, data_dir, manifest, batch_size)()["verify_threshold"]
+    return holdout.verifier(model, data_dir, manifest, batch_size)()["verify_threshold"]
 
 
 def export_saved_model(model, manifest, path, data_dir=None):

@@ -18,7 +18,7 @@ import keras
 import tensorflow as tf
 
 from kerasbn.data import preprocess, records
-from kerasbn.training import checkpoints, optimizers
+from kerasbn.training import checkpoints, network
 from kerasbn.training.run_dir import RunDir, stored_config
 
 # Written into every export: what a photo must be made into before the network sees it, and
@@ -112,7 +112,7 @@ def restore_run(run_dir, best=False, check_files=False):
     config = stored_config(run_dir)
     manifest = records.read_manifest(config.data_dir, check_files=check_files)
     keras.mixed_precision.set_global_policy(config.precision)
-    model = optimizers.build_and_compile(config)
+    model = network.build_and_compile(config)
     prefix = checkpoints.restore_latest(run, model, best)
     if not prefix:
         raise records.DataError(f"{run.best if best else run.checkpoints} holds no "

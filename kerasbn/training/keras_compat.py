@@ -63,3 +63,18 @@ def freeze_backbone(model, frozen):
     model.make_train_function(force=True)
     model._replicated_step = None
     model.__dict__.pop("_train_functions", None)
+
+
+def compute_loss(model, x, y, y_pred):
+    """The compiled loss of `model` as Keras's own train_step computes it (Model._compute_loss:
+    the loss with its regularization terms, `training` passed on), for a train_step of ours
+    (Partial FC) whose logits are not the model's outputs."""
+    return model._compute_loss(x=x, y=y, y_pred=y_pred, training=True)  # noqa: SLF001
+
+
+def track_loss(model, loss, batch):
+    """Adds a step's loss to the `loss` that fit reports, as Keras's train_step does
+    (Model._loss_tracker). Under a strategy the loss is divided by the replica count to sum
+    over replicas, so it is scaled back to the batch's mean first."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    model._loss_tracker.update_state(loss * replicas, sample_weight=batch)  # noqa: SLF001

@@ -17,10 +17,9 @@ import tensorflow as tf
 from kerasbn import config as config_lib
 from kerasbn.data import checks, pipeline, records
 from kerasbn.evaluation import bin_sets, holdout
-from kerasbn.nn import models
+from kerasbn.nn import models, precise_bn
 from kerasbn.serving import exporter
-from kerasbn.training import (callbacks, checkpoints, keras_compat, metrics, optimizers,
-                              precise_bn, runtime)
+from kerasbn.training import callbacks, checkpoints, keras_compat, metrics, network, runtime
 from kerasbn.training.run_dir import RunDir, RunDirError
 from kerasbn.utils import stop_signals
 
@@ -131,7 +130,7 @@ def build_state(config, run, strategy):
     """The compiled network under `strategy`, resumed from the newest checkpoint, or
     initialised from --weights, or new."""
     with strategy.scope():
-        model = optimizers.build_and_compile(config)
+        model = network.build_and_compile(config)
         wall_time = tf.Variable(0.0, dtype=tf.float64, trainable=False)
         position = tf.Variable(-1, dtype=tf.int64, trainable=False)
         manager = checkpoints.make_manager(run, model, wall_time, position,
@@ -326,7 +325,7 @@ def make_verifier(config, model, manifest):
         raise records.DataError(f"--verify_split=holdout but {config.data_dir} has no holdout "
                                 "pairs; rebuild it with --holdout_identities and --pairs, or "
                                 "drop the flag")
-    return holdout.make_verifier(model, config.data_dir, manifest, config.batch_size,
+    return holdout.verifier(model, config.data_dir, manifest, config.batch_size,
                                  config.verify_flip)
 
 

@@ -1,5 +1,5 @@
-"""The network and its Caffe-style solver, built from a `RunConfig`, as train, export and
-evaluation all need them.
+"""The Caffe-style solver of a `RunConfig` (`kerasbn.training.network` compiles the network
+with it).
 
 Caffe's update for SGD is v = momentum * v + lr * (grad + wd * w); w -= v. Keras's SGD keeps
 m = -v and applies the same update; the wd * w term comes from an L2 regularizer of wd / 2 on
@@ -13,13 +13,9 @@ rows alone, their momentum and a weight decay of `row_decay` included, so the ro
 keep their values and momentum, as Partial FC keeps them.
 """
 
-import warnings
-
 import keras
 import tensorflow as tf
 
-from kerasbn.config import ConfigError
-from kerasbn.nn import heads, models
 from kerasbn.training import schedules
 
 
@@ -72,7 +68,6 @@ class CaffeSGD(keras.optimizers.SGD):
         return {**super().get_config(), "bias_lr_mult": self.bias_lr_mult,
                 "row_decay": self.row_decay}
 
-
 def make_optimizer(config):
     """The optimizer of `config.solver_type` on the config's learning-rate schedule."""
     schedule = schedules.make_schedule(config.schedule)
@@ -93,44 +88,3 @@ def make_optimizer(config):
         [] if config.bias_decay_mult else ["bias"])
     optimizer.exclude_from_weight_decay(var_names=excluded)
     return optimizer
-
-
-def make_loss(config):
-    """The training loss of the run's head: softmax cross entropy, with its margin."""
-    if config.head == "softmax":
-        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    scale, margin = heads.resolved(config.head, config.scale, config.margin)
-    return heads.MarginLoss(config.head, scale, margin, config.easy_margin)
-
-
-def build_network(config):
-    """The network of `config`, as `SampledTraining` when its head samples centres."""
-    model = models.build(**config.model_kwargs())
-    if config.sample_classes == 1:
-        return model
-    return heads.SampledTraining(model.input, model.output,
-                                 heads.sample_count(config.num_classes, config.sample_classes),
-                                 config.seed, name=model.name)
-
-
-def build_and_compile(config):
-    """The compiled network of `config`, its optimizer variables already created (so a
-    checkpoint can restore into them)."""
-    model = build_network(config)
-    optimizer = make_optimizer(config)
-    if config.precision == "mixed_float16":
-        # The name Keras gives the wrapper it would add itself, so checkpoints stay readable.
-        optimizer = keras.optimizers.LossScaleOptimizer(
-            optimizer, initial_scale=config.initial_loss_scale, name="loss_scale_optimizer")
-    with warnings.catch_warnings():
-        # Keras warns and trains without XLA where it cannot compile; that is an error here.
-        warnings.simplefilter("ignore", UserWarning)
-        model.compile(optimizer, make_loss(config),
-                      steps_per_execution=config.steps_per_execution * config.iter_size,
-                      jit_compile=config.jit_compile)
-    if config.jit_compile and not model.jit_compile:
-        raise ConfigError(f"--jit_compile: Keras cannot compile --model={config.model} "
-                          f"--norm={config.norm} with XLA (a layer does not support it, or op "
-                          "determinism is on); train without --jit_compile")
-    model.optimizer.build(model.trainable_variables)
-    return model
