@@ -293,7 +293,7 @@ def main(argv):
               "rerun the same command", file=sys.stderr)
         sys.exit(130)
     seconds = time.perf_counter() - start
-    counts = {split: info["count"] for split, info in manifest["splits"].items()}
+    counts = {split: info.count for split, info in manifest.splits.items()}
     total = sum(counts.values())
     print(f"wrote {os.path.abspath(values.out)}: {counts} in {seconds:.1f}s "
           f"({total / seconds:.0f} images/s)")
