@@ -22,6 +22,7 @@ from absl import flags
 from PIL import Image
 
 from data_tools import shards
+from kerasbn.analysis import charts
 from kerasbn.data import records
 from kerasbn.flags import cli
 from kerasbn.utils import errors
@@ -105,9 +106,7 @@ def check(data_dir):
 
 def montage(data_dir, out, samples=36, split="train", seed=0):
     """Draws `samples` random records of `split` in a grid labelled with identity names."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = charts.pyplot()
 
     folder = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(folder):
@@ -139,8 +138,7 @@ def montage(data_dir, out, samples=36, split="train", seed=0):
     fig.suptitle(f"{os.path.basename(os.path.abspath(data_dir))}: {len(chosen)} random "
                  f"{split} images", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    charts.save_figure(fig, out)
     return out
 
 

@@ -153,8 +153,7 @@ def main(argv):
         sys.exit(f"error: {e}")
     target = config.target_accuracy[0]
     table = markdown(summarize(runs, target), target)
-    with open(os.path.join(out, "compare_norms.md"), "w", encoding="utf-8") as f:
-        f.write(table)
+    atomic.write_text(os.path.join(out, "compare_norms.md"), table)
     plot(runs, os.path.join(out, "compare_norms.png"))
     print(table)
     print(f"table: {os.path.join(out, 'compare_norms.md')}  curves: "

@@ -278,48 +278,39 @@ def plot(groups, out_dir):
     """Writes the FIGURES whose values some run recorded; returns their paths. A
     configuration of several seeds is drawn as its mean over them against iteration, with a
     band of one std (on the iterations every seed tested), and run by run against wall time."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     paths = []
     everything = [e for entry in groups for run in entry["runs"] for e in run["entries"]]
     for name, (x_key, y_key, label) in FIGURES.items():
         if not any(e.get(y_key) is not None for e in everything):
             continue
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        for index, entry in enumerate(groups):
-            color = f"C{index % 10}"
-            curves = [[(e[x_key], e[y_key]) for e in run["entries"]
-                       if e.get(x_key) is not None and e.get(y_key) is not None]
-                      for run in entry["runs"]]
-            curves = [c for c in curves if c]
-            if not curves:
-                continue
-            if len(curves) == 1 or x_key != "iteration":
-                for k, curve in enumerate(curves):
-                    ax.plot(*zip(*curve), marker="." if len(curves) == 1 else None,
-                            color=color, alpha=1 if len(curves) == 1 else 0.6,
-                            label=entry["name"] if k == 0 else None)
-                continue
-            shared = sorted(set.intersection(*(set(x for x, _ in c) for c in curves)))
-            table = np.array([[dict(c)[x] for x in shared] for c in curves])
-            mean, std = table.mean(0), table.std(0, ddof=1)
-            ax.plot(shared, mean, color=color,
-                    label=f"{entry['name']} (mean of {len(curves)} seeds)")
-            ax.fill_between(shared, mean - std, mean + std, color=color, alpha=0.2)
-        if y_key == "lr":
-            ax.set_yscale("log")
-        ax.set_xlabel("wall time (s)" if x_key == "wall_time" else "iteration")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
+        curves = [curve for index, entry in enumerate(groups)
+                  for curve in _group_curves(entry, x_key, y_key, f"C{index % 10}")]
         path = os.path.join(out_dir, name)
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        charts.save_lines(curves, path, "wall time (s)" if x_key == "wall_time" else "iteration",
+                          label, yscale="log" if y_key == "lr" else "linear")
         paths.append(path)
     return paths
+
+
+def _group_curves(entry, x_key, y_key, color):
+    """A configuration's curves of `y_key` against `x_key`: its one run, its runs one by one
+    (against wall time), or their mean with a band of one std (against iteration)."""
+    runs = [[(e[x_key], e[y_key]) for e in run["entries"]
+             if e.get(x_key) is not None and e.get(y_key) is not None]
+            for run in entry["runs"]]
+    runs = [run for run in runs if run]
+    if len(runs) == 1 or (runs and x_key != "iteration"):
+        return [(entry["name"] if k == 0 else None, *zip(*run),
+                 {"color": color, "alpha": 1 if len(runs) == 1 else 0.6,
+                  "marker": "." if len(runs) == 1 else None})
+                for k, run in enumerate(runs)]
+    if not runs:
+        return []
+    shared = sorted(set.intersection(*(set(x for x, _ in run) for run in runs)))
+    table = np.array([[dict(run)[x] for x in shared] for run in runs])
+    mean, std = table.mean(0), table.std(0, ddof=1)
+    return [(f"{entry['name']} (mean of {len(runs)} seeds)", shared, mean,
+             {"color": color, "band": (mean - std, mean + std)})]
 
 
 def default_reference(runs):
