@@ -1,9 +1,12 @@
 """The settings of one training run as a value: typed, checked once, saved as config.json.
 
-A command's `main` makes a `RunConfig` from its flags and the dataset's manifest and passes it
-on; nothing below the command layer reads flags. Field names are the training flags' names,
-so an error names the flag to change. `schedule` holds the learning-rate part, checked by
-`schedules.ScheduleConfig` itself.
+A command's `main` makes a `RunConfig` from its flags and the dataset's manifest (`resolve`)
+and passes it on; nothing below the command layer reads flags. Each field is a setting
+declared once (`kerasbn.utils.settings.setting`): its default, help, bounds, choices and
+whether it defines the run, from which the training flags are generated
+(`kerasbn.flags.train_flags`) and each value is checked; field names are the flags' names, so
+an error names the flag to change. `schedule` holds the learning-rate part, declared and
+checked by `schedules.ScheduleConfig` itself.
 """
 
 import dataclasses
@@ -28,7 +31,7 @@ class ConfigError(errors.UserError):
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RunConfig:
     """Every setting of a training run, each declared once with its flag's help, bounds and
-    choices (README's Train section explains each)."""
+    choices (docs/training.md explains them)."""
 
     data_dir: str = setting(help="Directory holding manifest.json and the TFRecord shards.")
     model: str = setting(
