@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
@@ -93,11 +92,13 @@ def test_two_local_workers_train_as_one_process_and_only_the_chief_writes(tmp_pa
     done = subprocess.run([sys.executable, "-m", "kerasbn.train", *_baseline_args(data, single)],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    scratch = set(os.listdir(tempfile.gettempdir()))
+    # The cluster's own temporary folder, so other processes' files there do not count.
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     chief = str(tmp_path / "chief")
     done = subprocess.run([sys.executable, "-m", "kerasbn.local_cluster", "--workers=2", "--",
                            *_baseline_args(data, chief)], cwd=ROOT, capture_output=True,
-                          text=True)
+                          text=True, env={**os.environ, "TMPDIR": str(scratch)})
     assert done.returncode == 0, done.stderr
     assert "CollectiveAllReduceStrategy: 2 replicas of 8 images per global batch of 16" in \
         done.stdout and "fewer training shards than the 2 workers" in done.stdout
@@ -106,7 +107,7 @@ def test_two_local_workers_train_as_one_process_and_only_the_chief_writes(tmp_pa
         assert got["iteration"] == want["iteration"]
         assert got["train_loss"] == pytest.approx(want["train_loss"], abs=2e-4)
         assert got["test_loss"] == pytest.approx(want["test_loss"], abs=2e-4)
-    assert set(os.listdir(tempfile.gettempdir())) <= scratch  # the other worker's scratch is gone
+    assert os.listdir(scratch) == []  # the other worker's scratch copy of the run is gone
     import tensorflow as tf
     served = tf.saved_model.load(RunDir(chief).export)
     assert served.signatures["serving_default"](
