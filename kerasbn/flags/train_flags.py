@@ -1,11 +1,12 @@
-"""The training flags (DESIGN.md's core flags), shared by the commands that train, and their
+"""The training flags, generated from the settings `config.RunConfig` declares (one flag per
+setting, with its help, bounds and choices), shared by the commands that train, and their
 conversion to a `RunConfig`.
 
     values, _ = cli.parse(argv, train_flags.define)
     config = train_flags.to_config(values, records.read_manifest(values.data_dir))
 
-`flags.txt` in a run dir holds them as the user gave them (a reusable flagfile); a run from
-before config.json is read back through here.
+`flags.txt` in a run dir holds them as the user gave them (a reusable flagfile, read back by
+`parse_flagfile` here and, without absl, by `run_dir.stored_config`).
 """
 
 import dataclasses
