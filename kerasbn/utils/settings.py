@@ -15,9 +15,6 @@ import dataclasses
 import types
 import typing
 
-# How a tuple-valued setting is given on the command line.
-SEQUENCE_KINDS = ("list", "multi_integer", "multi_float", "multi_string")
-
 
 @dataclasses.dataclass(frozen=True)
 class Spec:
@@ -33,7 +30,8 @@ class Spec:
     flag_choices: tuple = ()
     # False: the setting may change when a run resumes (where it lives, what it reports).
     run_defining: bool = True
-    # A tuple's flag kind (SEQUENCE_KINDS); other kinds follow the field's type.
+    # A tuple's flag kind: list (comma-separated) or multi_integer, multi_float, multi_string
+    # (repeated); other kinds follow the field's type.
     kind: str | None = None
     # A flag whose value the dataset fixes: given, it must equal the manifest's.
     from_manifest: bool = False
@@ -53,7 +51,7 @@ def declared(cls):
 
 
 def kind(field, spec):
-    """The flag kind of a setting: integer, float, bool, string, enum or a SEQUENCE_KINDS."""
+    """The flag kind of a setting: integer, float, bool, string, enum, or a tuple's `Spec.kind`."""
     if spec.kind:
         return spec.kind
     if spec.from_manifest:
