@@ -41,7 +41,8 @@ def main(argv):
                   values.shard_size, values.encoding, "GZIP" if values.gzip else "",
                   values.workers, values.overwrite,
                   command="python -m data_tools.build_records " + " ".join(sys.argv[1:]),
-                  allow_outside_root=values.allow_outside_root)
+                  allow_outside_root=values.allow_outside_root,
+                  extensions=tuple(values.extensions))
     except errors.UserError as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
@@ -80,6 +81,9 @@ def define_flags(values):
     flags.DEFINE_integer("workers", max(1, os.cpu_count() or 1), "Decoding processes.",
                          lower_bound=1, **on)
     flags.DEFINE_bool("overwrite", False, "Replace a dataset already in --out.", **on)
+    flags.DEFINE_list("extensions", list(images.IMAGE_EXTENSIONS), "Folder sources: the "
+                      "file name endings taken as images (any case); other files are left "
+                      "out and listed, e.g. a dataset's *.bad rejects.", **on)
     flags.DEFINE_bool("allow_outside_root", False, "List files: accept paths that lie outside "
                       "--root (refused by default, as a list file's mistake).", **on)
 

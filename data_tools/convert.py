@@ -180,10 +180,11 @@ def _write_shard(path, chunk, encoder, args):
 
 
 def collect(source, root, image_size, channels, test_fraction, holdout_identities,
-            min_images, seed, out=None, allow_outside_root=False):
+            min_images, seed, out=None, allow_outside_root=False,
+            extensions=images.IMAGE_EXTENSIONS):
     """Reads the source listing (never the output directory `out`, should it lie inside);
     returns (splits, class names, holdout names, dropped, channels, image size,
-    description)."""
+    description, [(path, reason)] of a folder's files that are not images)."""
     if sources.is_cifar10(source):
         if holdout_identities:
             raise records.DataError("--holdout_identities does not apply to CIFAR-10, whose "
@@ -197,15 +198,17 @@ def collect(source, root, image_size, channels, test_fraction, holdout_identitie
                      for i, image in enumerate(per_class[name])]
             splits[split] = [items[i] for i in rng.permutation(len(items))]
         return (splits, names, [], 0, channels or 3, image_size or 32,
-                "CIFAR-10 python batches (official split)")
+                "CIFAR-10 python batches (official split)", [])
     if source.endswith(".rec") and os.path.isfile(source):
         listing, description = recordio.identities(source)
         splits, classes, holdout, dropped = split_identities(
             listing, test_fraction, holdout_identities, min_images, seed)
         return (splits, classes, holdout, dropped, channels or 1, image_size or 50,
-                description)
+                description, [])
+    left_out = []
     if os.path.isdir(source):
-        listing, base, kind = sources.folder_tree(source, exclude=out), source, "folder tree"
+        (listing, left_out), base, kind = sources.folder_tree(
+            source, out, extensions), source, "folder tree"
     elif os.path.isfile(source):
         base = root or os.path.dirname(os.path.abspath(source))
         listing, kind = sources.list_file(source, base, allow_outside_root), "list file"
@@ -218,7 +221,8 @@ def collect(source, root, image_size, channels, test_fraction, holdout_identitie
     splits, classes, holdout, dropped = split_identities(
         identities, test_fraction, holdout_identities, min_images, seed)
     return (splits, classes, holdout, dropped, channels or 1, image_size or 50,
-            f"{kind} {os.path.abspath(source)}")
+            f"{kind} {os.path.abspath(source)}",
+            [(os.path.relpath(path, base), reason) for path, reason in left_out])
 
 
 def _prepare(out, args, overwrite):
@@ -243,7 +247,7 @@ def build(source, out, root=None, image_size=None, channels=None, resize_mode="c
           boxes=None, test_fraction=0.2, holdout_identities=0, pairs=0,
           min_images_per_identity=1, seed=0, shard_size=4096, encoding="raw",
           compression="", workers=1, overwrite=False, command="", log=print,
-          allow_outside_root=False):
+          allow_outside_root=False, extensions=images.IMAGE_EXTENSIONS):
     """Converts `source` to shards + manifest in `out`; returns the manifest."""
     if image_size is not None and image_size < 1:
         raise records.DataError(f"--image_size must be at least 1, got {image_size}")
@@ -257,14 +261,16 @@ def build(source, out, root=None, image_size=None, channels=None, resize_mode="c
         raise records.DataError(f"--encoding must be raw or png, got {encoding!r}")
     start = time.perf_counter()
     with Encoder(workers) as encoder:
-        splits, classes, holdout, dropped, channels, image_size, description = collect(
-            source, root, image_size, channels, test_fraction, holdout_identities,
-            min_images_per_identity, seed, out, allow_outside_root)
+        (splits, classes, holdout, dropped, channels, image_size, description,
+         left_out) = collect(source, root, image_size, channels, test_fraction,
+                             holdout_identities, min_images_per_identity, seed, out,
+                             allow_outside_root, extensions)
         args = {"source": os.path.abspath(source), "root": root, "image_size": image_size,
                 "channels": channels, "resize_mode": resize_mode, "boxes": boxes,
                 "test_fraction": test_fraction, "holdout_identities": holdout_identities,
                 "min_images_per_identity": min_images_per_identity, "seed": seed,
-                "shard_size": shard_size, "encoding": encoding, "compression": compression}
+                "shard_size": shard_size, "encoding": encoding, "compression": compression,
+                "extensions": sorted(extensions)}
         encoder.configure(args, read_boxes(boxes) if boxes else {})
         _prepare(out, args, overwrite)
         progress = Progress(sum(len(items) for items in splits.values()), "build_records")
@@ -291,6 +297,7 @@ def build(source, out, root=None, image_size=None, channels=None, resize_mode="c
         "dropped_identities": dropped, "source": description, "command": command,
         "label_order": "identities sorted by name (list files: by numeric label)",
         "resize_mode": resize_mode,
+        "left_out": [{"path": path, "reason": reason} for path, reason in left_out],
     }
     if pairs:
         shards.write_pairs(os.path.join(out, shards.PAIRS_NAME), holdout, holdout_written, pairs, seed)
@@ -304,10 +311,15 @@ def build(source, out, root=None, image_size=None, channels=None, resize_mode="c
     seconds = time.perf_counter() - start
     counts = {split: entry["count"] for split, entry in manifest_splits.items()}
     log(f"wrote {os.path.abspath(out)}: {counts}, {len(classes)} classes, "
-        f"{len(skipped)} skipped, {dropped} identities dropped, {seconds:.1f}s "
+        f"{len(skipped)} skipped, {len(left_out)} files left out (not images), "
+        f"{dropped} identities dropped, {seconds:.1f}s "
         f"({sum(counts.values()) / seconds:.0f} images/s)")
     for item in skipped[:20]:
         log(f"  skipped {item['path']}: {item['reason']}")
     if len(skipped) > 20:
         log(f"  ... and {len(skipped) - 20} more, listed in manifest.json")
+    for path, reason in left_out[:5]:
+        log(f"  left out {path}: {reason}")
+    if len(left_out) > 5:
+        log(f"  ... and {len(left_out) - 5} more, listed in manifest.json (left_out)")
     return written

@@ -64,7 +64,7 @@ def decode_record(serialized, channels=None):
             im = im.convert("L" if (channels or stored_channels) == 1 else "RGB")
             image = np.asarray(im).reshape(im.height, im.width, -1)
     label = feature["image/class/label"].int64_list.value[0]
-    filename = (feature["image/filename"].bytes_list.value[0].decode("utf-8", "replace")
+    filename = (feature["image/filename"].bytes_list.value[0].decode("utf-8", "surrogateescape")
                 if "image/filename" in feature else "")
     return image, label, filename, fmt
 

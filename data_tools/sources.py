@@ -9,6 +9,7 @@ import pickle
 
 import numpy as np
 
+from kerasbn.data import images
 from kerasbn.data.records import DataError
 
 CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
@@ -20,15 +21,19 @@ def is_cifar10(path):
         os.path.isfile(os.path.join(path, name)) for name in CIFAR_TRAIN + [CIFAR_TEST])
 
 
-def folder_tree(root, exclude=None):
-    """{identity: sorted image paths}: one subfolder per identity, images anywhere below it.
+def folder_tree(root, exclude=None, extensions=images.IMAGE_EXTENSIONS):
+    """({identity: sorted image paths}, [(path, why it was left out)]): one subfolder per
+    identity, images anywhere below it.
 
-    Files directly in `root` (a README, a list file) are not images of anyone and are ignored,
-    and so is the directory `exclude` wherever it lies (the output, when it is inside the
-    source: it must never become an identity or part of one).
+    Only regular files whose name ends with one of `extensions` (any case) are images; the
+    rest (a dataset's rejects such as Extended Yale B's *.pgm.bad, notes, a FIFO) are left
+    out and listed. Files directly in `root` (a README, a list file) are not images of anyone
+    and are ignored, and so is the directory `exclude` wherever it lies (the output, when it
+    is inside the source: it must never become an identity or part of one).
     """
     skip = os.path.realpath(exclude) if exclude else None
-    identities = {}
+    extensions = tuple("." + e.lower().lstrip(".") for e in extensions if e.strip("."))
+    identities, left_out = {}, []
     for name in sorted(os.listdir(root)):
         top = os.path.join(root, name)
         if not os.path.isdir(top) or os.path.realpath(top) == skip:
@@ -37,13 +42,23 @@ def folder_tree(root, exclude=None):
         for directory, subdirs, files in os.walk(top):
             subdirs[:] = sorted(d for d in subdirs
                                 if os.path.realpath(os.path.join(directory, d)) != skip)
-            paths += [os.path.join(directory, f) for f in sorted(files) if not f.startswith(".")]
+            for f in sorted(files):
+                path = os.path.join(directory, f)
+                if f.startswith("."):
+                    continue
+                if not f.lower().endswith(extensions):
+                    left_out.append((path, "not an image file name (widen --extensions)"))
+                elif not os.path.isfile(path):
+                    left_out.append((path, "not a regular file"))
+                else:
+                    paths.append(path)
         if paths:
             identities[name] = paths
     if not identities:
-        raise DataError(f"{root} holds no identity subfolders with files; a folder source needs "
-                        "one subfolder per identity")
-    return identities
+        raise DataError(f"{root} holds no identity subfolders with image files ("
+                        f"{', '.join(extensions)}; {len(left_out)} other files); a folder "
+                        "source needs one subfolder per identity")
+    return identities, left_out
 
 
 def list_file(path, root, allow_outside_root=False):

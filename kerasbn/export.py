@@ -48,7 +48,9 @@ def main(argv):
     best = values.checkpoint == "best"
     try:
         if values.format == "saved_model":
-            print(f"SavedModel: {exporter.export_run(values.run_dir, values.out, best)}")
+            path, kept = exporter.export_run(values.run_dir, values.out, best)
+            print(f"SavedModel: {path}" + (f" (your files there stayed: {', '.join(kept)})"
+                                           if kept else ""))
             return
         path, measured, checked_on = exporter.export_portable(values.run_dir, values.format,
                                                      values.out, best)

@@ -19,9 +19,8 @@ import tensorflow as tf
 from absl import flags
 
 from kerasbn.data import images
-from kerasbn.evaluation import pairs
 from kerasbn.flags import cli
-from kerasbn.serving import signatures
+from kerasbn.serving import export_layout, signatures
 from kerasbn.training.run_dir import RunDir
 from kerasbn.utils import atomic, errors
 from kerasbn.utils.progress import Progress
@@ -32,8 +31,8 @@ BATCH = 64
 def load_model(path):
     """(the loaded SavedModel, channels, threshold or None) of an export (or of a run dir's
     export/). Callers keep the SavedModel, not only its signatures, whose variables it holds."""
-    if not os.path.isfile(os.path.join(path, signatures.MARKER)) and os.path.isfile(
-            os.path.join(RunDir(path).export, signatures.MARKER)):
+    if not os.path.isfile(os.path.join(path, export_layout.MARKER)) and os.path.isfile(
+            os.path.join(RunDir(path).export, export_layout.MARKER)):
         path = RunDir(path).export
     loaded, spec = signatures.load_saved_model(path)
     threshold = float(loaded.signatures["metadata"]()["threshold"])
@@ -93,8 +92,14 @@ def compare_line(a, b, similarity, threshold):
 def image_files(root):
     """Image files under `root`, recursively, sorted."""
     found = [os.path.join(folder, name) for folder, _, names in os.walk(root)
-             for name in names if name.lower().endswith(pairs.IMAGE_EXTENSIONS)]
+             for name in names if name.lower().endswith(images.IMAGE_EXTENSIONS)
+             and os.path.isfile(os.path.join(folder, name))]
     return sorted(found)
+
+
+def list_file(out):
+    """The text file beside --embed's FILE.npy naming the image of each row: FILE.txt."""
+    return out[:-len(".npy")] + ".txt"
 
 
 def define_flags(values):
@@ -105,8 +110,8 @@ def define_flags(values):
                       "same/different at the export's threshold.", **on)
     flags.DEFINE_string("embed", None, "Embed every image under this folder (--out "
                         "required).", **on)
-    flags.DEFINE_string("out", None, "With --embed: the .npy file to write (and OUT.txt, "
-                        "the file of each row).", **on)
+    flags.DEFINE_string("out", None, "With --embed: the FILE.npy to write (and FILE.txt, "
+                        "the image of each row).", **on)
     flags.DEFINE_integer("top_k", 5, "Identities printed per photo.", lower_bound=1,
                          upper_bound=signatures.TOP_K, **on)
 
@@ -118,8 +123,13 @@ def check(values, files):
     if values.embed:
         if files or values.compare:
             return "--embed takes a folder and no photo arguments or --compare"
-        if not values.out:
-            return "--embed needs --out=FILE.npy for the embeddings"
+        if not values.out or not values.out.endswith(".npy"):
+            return "--embed needs --out=FILE.npy for the embeddings (FILE.txt gets the paths)"
+        parent = os.path.dirname(os.path.abspath(values.out))
+        if not os.path.isdir(parent):
+            return f"--out={values.out}: the directory {parent} does not exist; create it first"
+        if os.path.isdir(values.out) or os.path.isdir(list_file(values.out)):
+            return f"--out={values.out}: it or {list_file(values.out)} is a directory"
         if not os.path.isdir(values.embed):
             return f"--embed={values.embed} is not a directory"
     elif values.compare and len(files) != 2:
@@ -155,10 +165,11 @@ def main(argv):
         embedding = run(model.signatures["embed"], photos,
                         Progress(len(photos), "embed"))["embedding"]
         atomic.write_with(values.out, lambda f: np.save(f, embedding.astype(np.float32)))
-        atomic.write_text(os.path.splitext(values.out)[0] + ".txt",
-                          "".join(os.path.relpath(p, values.embed) + "\n" for p, _ in photos))
+        # The names' own bytes, so a name that is not UTF-8 is listed as it is on disk.
+        atomic.write_with(list_file(values.out), lambda f: f.write(b"".join(
+            os.fsencode(os.path.relpath(p, values.embed)) + b"\n" for p, _ in photos)))
         print(f"wrote {values.out} ({embedding.shape[0]} x {embedding.shape[1]}) and "
-              f"{os.path.splitext(values.out)[0]}.txt")
+              f"{list_file(values.out)}")
     else:
         print("\n".join(name_lines(photos, run(model.signatures["serving_default"], photos),
                                    values.top_k)))

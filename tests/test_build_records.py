@@ -15,10 +15,12 @@ def test_folder_tree_every_format_and_bad_files(folder, tmp_path):
     manifest = build_folder(folder, out, test_fraction=0.2, image_size=32)
     assert manifest.class_names == ("Zoë", "person0", "person1", "person2", "person3")
     skipped = {s["path"]: s["reason"] for s in manifest.values["skipped"]}
-    assert set(skipped) == {"person0/empty.png", "person1/notes.txt", "person2/truncated.png"}
+    assert set(skipped) == {"person0/empty.png", "person2/truncated.png"}
     assert all(skipped.values())
+    left_out = {s["path"]: s["reason"] for s in manifest.values["left_out"]}
+    assert left_out == {"person1/notes.txt": "not an image file name (widen --extensions)"}
     counts = {s: e.count for s, e in manifest.splits.items()}
-    assert counts["train"] + counts["test"] + len(skipped) == 4 * 5 + 3 + 3
+    assert counts["train"] + counts["test"] + len(skipped) + len(left_out) == 4 * 5 + 3 + 3
     images, labels, names = read_records(out, "train")
     assert all(im.shape == (32, 32, 1) for im in images)
     assert "person0/nested/4.tif" in names + read_records(out, "test")[2]
@@ -180,7 +182,8 @@ def test_command_line_gzip_rgb_and_inspect(folder, tmp_path):
     done = _cli("data_tools.build_records", str(folder), f"--out={out}", "--gzip",
                 "--channels=3", "--image_size=24", "--workers=2", "--shard_size=5")
     assert done.returncode == 0, done.stderr
-    assert "3 skipped" in done.stdout and "person1/notes.txt" in done.stdout
+    assert "2 skipped, 1 files left out" in done.stdout
+    assert "left out person1/notes.txt: not an image file name" in done.stdout
     manifest = records.read_manifest(str(out))
     assert manifest.compression == "GZIP" and manifest.channels == 3
     x, y = next(iter(pipeline.test_dataset(str(out), manifest, 4)))
@@ -253,3 +256,29 @@ def test_an_interrupted_build_keeps_its_finished_shards_and_a_rerun_completes(fo
     monkeypatch.setattr(convert, "_write_shard", real)
     build_records.main(argv)
     assert records.read_manifest(str(out)).splits["train"].count > 0
+
+
+def test_only_image_files_are_taken_and_the_rest_is_listed(folder, tmp_path):
+    # Extended Yale B marks its rejects *.pgm.bad; a FIFO would block a reader forever; a
+    # name that is not UTF-8 is kept byte for byte.
+    (folder / "person3" / "yaleB01_P00A+000E+00.pgm.bad").write_bytes(
+        (folder / "person3" / "0.pgm").read_bytes())
+    os.mkfifo(folder / "person3" / "pipe.png")
+    odd = os.path.join(os.fsencode(folder / "person3"), b"caf\xe9.png")
+    with open(odd, "wb") as f:
+        f.write((folder / "person3" / "2.png").read_bytes())
+    manifest = build_folder(folder, tmp_path / "out", test_fraction=0.2, image_size=32)
+    left_out = {s["path"]: s["reason"] for s in manifest.values["left_out"]}
+    assert left_out == {
+        "person1/notes.txt": "not an image file name (widen --extensions)",
+        "person3/yaleB01_P00A+000E+00.pgm.bad": "not an image file name (widen --extensions)",
+        "person3/pipe.png": "not a regular file"}
+    names = read_records(tmp_path / "out", "train")[2] + read_records(tmp_path / "out",
+                                                                      "test")[2]
+    assert os.fsdecode(b"person3/caf\xe9.png") in names
+    widened = build_folder(folder, tmp_path / "wide", test_fraction=0.2, image_size=32,
+                           extensions=(".png", ".pgm", ".jpg", ".tif", "bmp", ".bad"))
+    assert "person3/yaleB01_P00A+000E+00.pgm.bad" not in {
+        s["path"] for s in widened.values["left_out"]}
+    assert sum(e.count for e in widened.splits.values()) == sum(
+        e.count for e in manifest.splits.values()) + 1

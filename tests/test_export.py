@@ -6,9 +6,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from kerasbn.data import pipeline, records
-from kerasbn.serving import exporter
+from kerasbn.serving import exporter, signatures
 from kerasbn.training import checkpoints, network
 from kerasbn.training.run_dir import RunDir, stored_config
 
@@ -64,7 +65,7 @@ def test_export_run_reads_a_run_from_before_config_json(finished_run, tmp_path):
     saved = open(run.config_json).read()
     os.remove(run.config_json)
     try:
-        out = exporter.export_run(finished_run, str(tmp_path / "legacy"))
+        out, _ = exporter.export_run(finished_run, str(tmp_path / "legacy"))
     finally:
         with open(run.config_json, "w") as f:
             f.write(saved)
@@ -82,9 +83,55 @@ def test_out_over_anything_but_a_previous_export_is_refused(finished_run, tmp_pa
             exporter.export_run(finished_run, str(out))
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "keep me"
     assert (tmp_path / "file.txt").read_text() == "keep me"
-    first = exporter.export_run(finished_run, str(tmp_path / "exp"))
-    assert exporter.is_export(first)
-    assert exporter.export_run(finished_run, first) == first  # a previous export is replaced
+    first, kept = exporter.export_run(finished_run, str(tmp_path / "exp"))
+    assert exporter.is_export(first) and kept == []
+    assert exporter.export_run(finished_run, first) == (first, [])  # an export is replaced
+
+
+def test_reexport_replaces_only_the_exports_files_and_no_user_file_is_a_temporary(
+        finished_run, tmp_path):
+    out = tmp_path / "exp"
+    exporter.export_run(finished_run, str(out))
+    (out / "client.py").write_text("mine")
+    (out / "notes").mkdir()
+    (out / "notes" / "a.txt").write_text("mine")
+    # The names an earlier kerasbn wrote its temporaries under: now the user's.
+    (tmp_path / "exp.partial").mkdir()
+    (tmp_path / "exp.partial" / "thesis.tex").write_text("mine")
+    (out / "variables" / "variables.index").write_bytes(b"stale")
+    path, kept = exporter.export_run(finished_run, str(out))
+    assert path == str(out) and kept == ["client.py", "notes"]
+    assert (out / "client.py").read_text() == "mine"
+    assert (out / "notes" / "a.txt").read_text() == "mine"
+    assert (tmp_path / "exp.partial" / "thesis.tex").read_text() == "mine"
+    assert sorted(os.listdir(tmp_path)) == ["exp", "exp.partial"]
+    assert (out / "variables" / "variables.index").read_bytes() != b"stale"
+    images = tf.zeros([2, 50, 50, 1], tf.uint8)
+    np.testing.assert_allclose(_serve(str(out), images)["probabilities"],
+                               _serve(RunDir(finished_run).export, images)["probabilities"],
+                               atol=1e-6)
+
+
+def test_export_into_a_training_runs_own_export_is_refused(finished_run, tmp_path):
+    with RunDir(finished_run).lock():
+        with pytest.raises(records.DataError, match="is training now.*give --out elsewhere"):
+            exporter.export_run(finished_run)
+        path, _ = exporter.export_run(finished_run, str(tmp_path / "now"))
+    assert exporter.is_export(path)
+
+
+def test_out_in_a_missing_directory_and_a_malformed_marker_are_one_line(finished_run,
+                                                                         tmp_path):
+    with pytest.raises(records.DataError, match="does not exist; create it first"):
+        exporter.export_run(finished_run, str(tmp_path / "no" / "such" / "exp"))
+    assert os.listdir(tmp_path) == []
+    path, _ = exporter.export_run(finished_run, str(tmp_path / "exp"))
+    marker = os.path.join(path, "kerasbn_export.json")
+    for text in ("{not json", '{"classes": 6}', "[]"):
+        with open(marker, "w") as f:
+            f.write(text)
+        with pytest.raises(records.DataError, match="kerasbn_export.json is malformed"):
+            signatures.load_saved_model(path)
 
 
 @pytest.mark.parametrize("shape, dtype, message", [
@@ -154,3 +201,41 @@ def test_an_any_size_rgb_photo_embeds_as_the_pipeline_does_its_converted_image(
         features = embed(pipeline.normalize(tf.constant(converted[None]), manifest)).numpy()[0]
         features /= np.linalg.norm(features)
         assert served @ features > 0.999
+
+
+def test_the_export_sees_a_large_jpeg_as_the_converter_recorded_it(finished_run, tmp_path):
+    # Photos at least twice the record size: the converter once decoded them at a reduced
+    # DCT scale (Pillow's draft mode) while the export decodes them whole.
+    from conftest import build_folder, read_records
+    from kerasbn import predict
+    from kerasbn.data import preprocess
+
+    root = tmp_path / "photos"
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:250, 0:250] / 250
+    for person in range(2):
+        (root / f"p{person}").mkdir(parents=True)
+        for i in range(3):
+            face = np.sin(9 * y + i + person) * np.cos(7 * x - i) * 80 + 128 + rng.normal(
+                0, 12, (250, 250))
+            Image.fromarray(np.clip(face, 0, 255).astype(np.uint8)).save(
+                root / f"p{person}" / f"{i}.jpg", quality=90)
+    build_folder(root, tmp_path / "data", test_fraction=0, image_size=50)
+    recorded, _, names = read_records(tmp_path / "data")
+    files = [str(root / name) for name in names]
+    # predict's path: the file decoded whole, then the export's resize.
+    loaded = np.stack([predict.read_photos([f], 1)[0][0][1] for f in files])
+    served = preprocess.resize(preprocess.to_channels(tf.constant(loaded), 1), 50, "crop")
+    # serve_bytes's path: the encoded file decoded and resized inside the graph.
+    decoded = tf.concat([preprocess.resize(preprocess.to_channels(preprocess.decode(
+        tf.constant(open(f, "rb").read()), 1), 1), 50, "crop") for f in files], 0)
+    for graph in (served.numpy(), decoded.numpy()):
+        difference = np.abs(graph - np.stack(recorded).astype(np.float32))
+        assert difference.mean() <= 0.6 and difference.max() <= 1, (difference.mean(),
+                                                                    difference.max())
+    export = tf.saved_model.load(RunDir(finished_run).export)
+    from_records = export.signatures["serving_default"](images=tf.constant(np.stack(recorded)))
+    from_files = export.signatures["serve_bytes"](
+        encoded=tf.constant([open(f, "rb").read() for f in files]))
+    np.testing.assert_allclose(from_files["probabilities"], from_records["probabilities"],
+                               atol=0.02)

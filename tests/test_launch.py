@@ -150,11 +150,11 @@ def test_a_sweep_that_cannot_report_a_spread_or_names_no_flag_is_refused(args, m
 
 def _fake_runs(tmp_path, count):
     """Commands standing in for training: each writes its run's export marker."""
-    from kerasbn.serving import signatures
+    from kerasbn.serving import export_layout
     from kerasbn.training.run_dir import RunDir
     dirs = [str(tmp_path / f"run{k}") for k in range(count)]
     script = ("import os, sys; os.makedirs(sys.argv[1], exist_ok=True); "
-              f"open(os.path.join(sys.argv[1], {signatures.MARKER!r}), 'w').write('{{}}')")
+              f"open(os.path.join(sys.argv[1], {export_layout.MARKER!r}), 'w').write('{{}}')")
     return [[sys.executable, "-c", script, RunDir(d).export] for d in dirs], dirs
 
 

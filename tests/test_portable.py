@@ -66,6 +66,8 @@ def run_onnx(path, images):
 def test_the_file_gives_the_float32_networks_outputs_in_its_runtime(
         bfloat16_run, small_data, tmp_path, fmt, suffix, label, runtime):
     out = str(tmp_path / f"face{suffix}")
+    # The name an earlier kerasbn wrote its temporary file under: now the user's.
+    (tmp_path / f"face.partial{suffix}").write_text("mine")
     done = subprocess.run([sys.executable, "-m", "kerasbn.export", f"--run_dir={bfloat16_run}",
                            f"--format={fmt}", f"--out={out}"],
                           cwd=ROOT, capture_output=True, text=True)
@@ -73,7 +75,9 @@ def test_the_file_gives_the_float32_networks_outputs_in_its_runtime(
     assert done.stderr == ""
     assert done.stdout.startswith(f"{label}: {out} (max |difference| from Keras on 30 test "
                                   "images: embedding ")
-    assert sorted(os.listdir(tmp_path)) == [f"face{suffix}", f"face{suffix}.json"]
+    assert sorted(os.listdir(tmp_path)) == sorted([f"face.partial{suffix}", f"face{suffix}",
+                                                   f"face{suffix}.json"])
+    assert (tmp_path / f"face.partial{suffix}").read_text() == "mine"
     images = split_images(small_data)
     embedding, probabilities = runtime(out, images)
     want_embedding, want_probabilities = float32_reference(bfloat16_run, images)

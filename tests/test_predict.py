@@ -1,5 +1,9 @@
 """python -m kerasbn.predict on the files users have: several formats and sizes, bad files."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -8,6 +12,8 @@ from PIL import Image
 from kerasbn import predict
 from kerasbn.data import records
 from kerasbn.training.run_dir import RunDir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +86,37 @@ def test_embed_writes_every_readable_image_and_the_file_list(finished_run, photo
     (["--model=m"], "give one or more photos"),
     (["--model=m", "--compare", "a.jpg"], "--compare takes exactly two photos, got 1"),
     (["--model=m", "--embed=."], "--embed needs --out"),
+    (["--model=m", "--embed=.", "--out=emb.txt"], r"--embed needs --out=FILE.npy"),
+    (["--model=m", "--embed=.", "--out=no/such/emb.npy"], "does not exist; create it first"),
     (["--model=m", "a.jpg"], "m is not a SavedModel written by kerasbn.export"),
 ])
 def test_commands_that_cannot_work_are_one_line(argv, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit, match=message):
         predict.main(["predict", *argv])
+
+
+def test_embed_lists_odd_file_names_as_they_are_and_skips_what_is_no_file(finished_run, photos,
+                                                                          tmp_path, capsys):
+    root, _ = photos
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    odd = os.path.join(os.fsencode(folder), b"caf\xe9.png")
+    with open(odd, "wb") as f:
+        f.write((root / "b.png").read_bytes())
+    (folder / "a.pgm").write_bytes((root / "a.pgm").read_bytes())
+    os.mkfifo(folder / "pipe.jpg")
+    out = tmp_path / "emb.npy"
+    predict.main(["predict", f"--model={finished_run}", f"--embed={folder}", f"--out={out}"])
+    assert (tmp_path / "emb.txt").read_bytes() == b"a.pgm\ncaf\xe9.png\n"
+    assert np.load(out).shape == (2, 64)
+
+
+def test_output_cut_short_by_its_reader_ends_quietly(finished_run, photos):
+    root, _ = photos
+    files = [str(root / "a.pgm")] * 3000
+    done = subprocess.run(
+        f"{sys.executable} -m kerasbn.predict --model={finished_run} {' '.join(files)} | head -1",
+        shell=True, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0 and done.stdout.startswith(files[0])
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr

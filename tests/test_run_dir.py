@@ -76,3 +76,29 @@ def test_a_different_run_is_refused_and_clear_removes_only_the_runs_files(tmp_pa
         run.check_same_run(RunConfig(**{**CONFIG.to_dict(), "seed": 1}), CONFIG)
     run.clear()
     assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
+
+
+def test_clear_keeps_the_users_files_inside_the_runs_own_folders(tmp_path):
+    run = RunDir(str(tmp_path))
+    run.write_settings(CONFIG, "")
+    written = ["metrics.jsonl", "summary.json", "summary.json.tmp4242",
+               "checkpoints/checkpoint", "checkpoints/ckpt-10.index",
+               "checkpoints/ckpt-10.data-00000-of-00001", "checkpoints/ckpt-20_temp/part",
+               "checkpoints/best/checkpoint", "checkpoints/best/ckpt-5.index",
+               "tensorboard/train/events.out.tfevents.1.host.2.v2",
+               "tensorboard/test/events.out.tfevents.1.host.2.v2",
+               "export/saved_model.pb", "export/fingerprint.pb", "export/kerasbn_export.json",
+               "export/variables/variables.index", "export/assets/x",
+               "export.onnx", "export.onnx.json", "export.tflite", "export.tflite.json"]
+    mine = ["notes.txt", "checkpoints/README.md", "checkpoints/best/why.txt",
+            "tensorboard/train/plot.png", "tensorboard/mine/events.out.tfevents.9",
+            "export/client.py", "export.onnx.bak"]
+    for path in written + mine:
+        os.makedirs(os.path.dirname(tmp_path / path), exist_ok=True)
+        (tmp_path / path).write_text("x")
+    assert run.clear() == sorted(mine)
+    left = sorted(os.path.relpath(os.path.join(folder, name), tmp_path)
+                  for folder, _, names in os.walk(tmp_path) for name in names)
+    assert left == sorted(mine)
+    assert not (tmp_path / "tensorboard" / "test").exists()
+    assert not (tmp_path / "export" / "variables").exists()

@@ -254,10 +254,20 @@ def test_a_run_dir_that_is_or_holds_the_dataset_is_refused(small_data, tmp_path)
 def test_overwrite_deletes_only_what_a_run_wrote(small_data, tmp_path):
     run_dir = str(tmp_path / "run")
     run_train(train_args(small_data, run_dir, max_iter=10, test_interval=5, snapshot=5))
-    (tmp_path / "run" / "notes.txt").write_text("mine")
+    run = tmp_path / "run"
+    mine = ["notes.txt", "checkpoints/README.md", "export/client.py",
+            "tensorboard/train/plot.png"]
+    for path in mine:
+        (run / path).write_text("mine")
+    # A stale core of the earlier run: its network is gone, so it must go too.
+    for name in ("export.onnx", "export.onnx.json"):
+        (run / name).write_text("stale")
     run_train(train_args(small_data, run_dir, max_iter=10, test_interval=10, overwrite="true"))
-    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
+    assert all((run / path).read_text() == "mine" for path in mine)
+    assert not (run / "export.onnx").exists() and not (run / "export.onnx.json").exists()
     assert [e["iteration"] for e in _metrics(run_dir)] == [0, 10]
+    assert sorted(os.listdir(run / "checkpoints")) == [
+        "README.md", "best", "checkpoint", "ckpt-10.data-00000-of-00001", "ckpt-10.index"]
 
 
 def test_a_run_killed_before_its_first_checkpoint_tests_iteration_0_once(small_data, tmp_path,

@@ -4,12 +4,20 @@ Runs in the decoding worker processes of build_records; a file that cannot be us
 reason instead of an array, so one bad file never stops a conversion.
 """
 
+import os
+import stat
+
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from kerasbn.utils import errors
 
 RESIZE_MODES = ("crop", "pad", "stretch")
+# What a folder of photos is taken to hold (build_records' default --extensions, predict
+# --embed, a pairs file's image folders): a dataset's own rejects (Extended Yale B's
+# *.pgm.bad), notes and list files stay out.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".bmp", ".gif", ".tif",
+                    ".tiff", ".webp")
 
 
 def resize(image, size, mode):
@@ -70,12 +78,14 @@ def to_array(image, channels, size, mode, box=None):
 
 def load(path, channels, size=None, mode=None, box=None):
     """(array, None) for a usable image file, (None, reason) otherwise; `to_array`'s
-    arguments."""
+    arguments. A JPEG is decoded at full size, never at a reduced DCT scale (Pillow's draft
+    mode): the export, predict and evaluate decode it whole, and the pixels a network
+    trains on must be those it is served."""
     try:
+        if isinstance(path, str) and not stat.S_ISREG(os.stat(path).st_mode):
+            # A FIFO or a device would block or stream forever on reading.
+            return None, "not a regular file"
         with Image.open(path) as image:
-            if box is None and size is not None:
-                # JPEG: decode at the smallest DCT scale still >= size (up to 8x less work).
-                image.draft("L" if channels == 1 else "RGB", (size, size))
             image.load()
             return to_array(image, channels, size, mode, box), None
     except FileNotFoundError:

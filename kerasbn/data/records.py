@@ -76,7 +76,8 @@ def encode_example(image, label, encoding="raw", filename=""):
         "image/width": _int(width),
         "image/channels": _int(channels),
         "image/class/label": _int(label),
-        "image/filename": _bytes(filename.encode("utf-8")),
+        # A name that is not UTF-8 on disk keeps its own bytes.
+        "image/filename": _bytes(filename.encode("utf-8", "surrogateescape")),
     }
     # Deterministic: protobuf map order would otherwise vary, and the same seed must give the
     # same shard bytes (README).

@@ -16,7 +16,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from kerasbn.data import records
+from kerasbn.data import images, records
 
 Pair = collections.namedtuple("Pair", "first index_first second index_second same set")
 
@@ -54,10 +54,6 @@ def read_pairs(path):
     return pairs
 
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".bmp", ".gif", ".tif",
-                    ".tiff", ".webp")
-
-
 def _pick(path, number, name, image, images, where):
     """The index of `name`'s image number `image` in `images`; DataError naming the line."""
     if not 1 <= image <= len(images):
@@ -91,8 +87,8 @@ def file_pairs(path, image_root):
     per_identity = {}
     for name in {p.first for p in pairs} | {p.second for p in pairs}:
         folder = os.path.join(image_root, name)
-        found = sorted(f for f in os.listdir(folder)
-                       if f.lower().endswith(IMAGE_EXTENSIONS)) if os.path.isdir(folder) else []
+        found = sorted(f for f in os.listdir(folder) if f.lower().endswith(
+            images.IMAGE_EXTENSIONS)) if os.path.isdir(folder) else []
         per_identity[name] = [os.path.join(name, f) for f in found]
     first, second, same, sets = _resolve(path, pairs, per_identity, image_root)
     used = sorted(set(first.tolist()) | set(second.tolist()))

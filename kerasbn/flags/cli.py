@@ -7,7 +7,9 @@ them; and a bad flag or a missing flagfile ends the command with one line. `--he
 the command's own flags; `-v N` (absl's verbosity) also lets TensorFlow log (see `console`).
 """
 
+import atexit
 import os
+import signal
 import sys
 
 from absl import flags, logging
@@ -20,6 +22,7 @@ def parse(argv, define, doc=""):
 
     Exits with one line on a bad flag or flagfile, and after printing help for --help.
     """
+    _settle_console()
     values = flags.FlagValues()
     define(values)
     flags.DEFINE_integer("verbosity", -1, "Logging verbosity (absl's): 0 and up show "
@@ -39,6 +42,42 @@ def parse(argv, define, doc=""):
                      "(see --help)")
     logging.set_verbosity(max(values.verbosity, logging.WARNING))
     return values, rest[1:]
+
+
+def _settle_console():
+    """A file name that is not UTF-8 prints with its odd bytes escaped instead of raising,
+    and output cut short by its reader (`| head`) ends the command quietly, as it ends any
+    Unix tool (exit 141), instead of with a BrokenPipeError traceback."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    if getattr(sys.excepthook, "quiet_on_broken_pipe", False):
+        return
+    earlier = sys.excepthook
+
+    def hook(kind, error, traceback):
+        if issubclass(kind, BrokenPipeError):
+            _end_on_broken_pipe()
+        earlier(kind, error, traceback)
+
+    hook.quiet_on_broken_pipe = True
+    sys.excepthook = hook
+    # Piped output is buffered, so the write that finds the pipe closed is often the last
+    # flush, after the command's own code and its excepthook.
+    atexit.register(_flush_stdout)
+
+
+def _flush_stdout():
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _end_on_broken_pipe()
+
+
+def _end_on_broken_pipe():
+    # The interpreter flushes stdout once more at exit; that flush must go nowhere.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    os._exit(128 + signal.SIGPIPE)
 
 
 def _one_line(error):

@@ -5,24 +5,29 @@ these."""
 
 import os
 import shutil
+import tempfile
 
 import keras
 
 from kerasbn.data import records
 from kerasbn.evaluation import holdout
-from kerasbn.serving import portable, signatures
+from kerasbn.serving import export_layout, portable, signatures
 from kerasbn.training.run_dir import RunDir
 from kerasbn.utils import atomic
 
 
 def is_export(path):
-    """Whether `path` holds a SavedModel that kerasbn wrote (it carries signatures.MARKER)."""
-    return os.path.isfile(os.path.join(path, signatures.MARKER))
+    """Whether `path` holds a SavedModel that kerasbn wrote (it carries the marker)."""
+    return os.path.isfile(os.path.join(path, export_layout.MARKER))
 
 
 def check_out(path, fmt="saved_model"):
     """Refuses an --out that holds anything but a previous kerasbn export of `fmt` (or
-    nothing)."""
+    nothing), or whose directory does not exist."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise records.DataError(f"--out={path}: the directory {parent} does not exist; "
+                                "create it first")
     if fmt != "saved_model":
         suffix = portable.FORMATS[fmt][0]
         if not path.endswith(suffix):
@@ -45,32 +50,64 @@ def threshold(model, data_dir, manifest, batch_size=256):
 
 
 def export_saved_model(model, manifest, path, data_dir=None):
-    """Writes the SavedModel to `path` via a temporary directory, so a crash never leaves a
-    partial export where a complete one is expected. `path` must hold nothing or an export
-    (the caller checks an --out with `check_out`; a run dir's export/ is the run's own).
-    With the dataset's `data_dir`, the threshold is chosen on its holdout pairs."""
+    """Writes the SavedModel to `path` through a temporary directory of this process's own,
+    so a crash never leaves a partial export where a complete one is expected. `path` must
+    hold nothing or an export (the caller checks an --out with `check_out`; a run dir's
+    export/ is the run's own); an earlier export there is replaced, and any other file in it
+    stays. With the dataset's `data_dir`, the threshold is chosen on its holdout pairs.
+    Returns the files of the user's that stayed beside the export."""
     cut = threshold(model, data_dir, manifest) if data_dir else None
     archive = keras.export.ExportArchive()
     archive.track(model)
     for name, (function, signature) in signatures.serving_functions(model, manifest,
                                                                  cut).items():
         archive.add_endpoint(name, function, input_signature=signature)
-    tmp = path + ".partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    archive.write_out(tmp, verbose=False)
-    atomic.write_json(os.path.join(tmp, signatures.MARKER), {
-        "written_by": "kerasbn", **signatures.input_spec(manifest), "threshold": cut})
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
-    return path
+    tmp = _private_dir(path, "partial")
+    try:
+        archive.write_out(tmp, verbose=False)
+        atomic.write_json(os.path.join(tmp, export_layout.MARKER), {
+            "written_by": "kerasbn", **signatures.input_spec(manifest), "threshold": cut})
+        return _replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _private_dir(path, role):
+    """A new directory beside `path` that no user and no other process owns."""
+    parent, name = os.path.split(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix=f".{name}.", suffix=f".{role}", dir=parent)
+
+
+def _replace(new, path):
+    """Moves the export in directory `new` to `path`. An export already there is set aside
+    whole, then the user's own entries in it move into the new one; returns their names."""
+    if not os.path.exists(path):
+        os.replace(new, path)
+        return []
+    old = _private_dir(path, "old")
+    os.replace(path, old)
+    os.replace(new, path)
+    kept = sorted(set(os.listdir(old)) - set(export_layout.SAVED_MODEL))
+    for name in kept:
+        os.replace(os.path.join(old, name), os.path.join(path, name))
+    shutil.rmtree(old)
+    return kept
 
 
 def export_run(run_dir, out=None, best=False):
-    """Exports the newest (or best) checkpoint of a training run, rebuilt from its config."""
+    """Exports the newest (or best) checkpoint of a training run, rebuilt from its config;
+    returns (the export's path, the user's files that stayed in it)."""
+    run = RunDir(run_dir)
     if out:
         check_out(out)
+    elif run.busy():
+        raise records.DataError(f"--run_dir={run_dir} is training now and its last step "
+                                f"exports into {run.export}; give --out elsewhere for an "
+                                "export of its newest checkpoint")
     config, manifest, model, _ = signatures.restore_run(run_dir, best)
-    return export_saved_model(model, manifest, out or RunDir(run_dir).export, config.data_dir)
+    path = out or run.export
+    return path, export_saved_model(model, manifest, path, config.data_dir)
 
 
 def export_portable(run_dir, fmt, out=None, best=False):

@@ -17,6 +17,7 @@ outputs differ by more than TOLERANCE is not written.
 
 import importlib.util
 import os
+import tempfile
 import warnings
 
 import keras
@@ -25,14 +26,15 @@ import tensorflow as tf
 
 from kerasbn.data import pipeline, records
 from kerasbn.nn import models
+from kerasbn.serving import export_layout
 from kerasbn.utils import atomic, console
 
 TOLERANCE = 1e-4
 # Per format: the file's suffix, the modules that write and run it, and the extra naming
 # their pip packages.
 FORMATS = {
-    "litert": (".tflite", ("ai_edge_litert",), "litert"),
-    "onnx": (".onnx", ("tf2onnx", "onnxruntime"), "onnx"),
+    "litert": (export_layout.SUFFIXES["litert"], ("ai_edge_litert",), "litert"),
+    "onnx": (export_layout.SUFFIXES["onnx"], ("tf2onnx", "onnxruntime"), "onnx"),
 }
 PACKAGES = {"ai_edge_litert": "ai-edge-litert", "tf2onnx": "tf2onnx",
             "onnxruntime": "onnxruntime"}
@@ -103,11 +105,9 @@ def run_file(path, fmt, images):
     return dict(zip(names, session.run(None, {"image": images})))
 
 
-
-
 def sidecar(path):
     """The JSON file beside a model file, saying what its input must be."""
-    return path + ".json"
+    return export_layout.portable_files(path)[1]
 
 
 def is_portable(path):
@@ -120,8 +120,10 @@ def write(core, path, fmt, images, description):
     only when every output is within TOLERANCE of Keras's; writes the sidecar with
     `description` and the measured differences. Returns the differences. `path` ends with
     the format's suffix (Keras's LiteRT exporter insists on it)."""
-    suffix = FORMATS[fmt][0]
-    tmp = path[:-len(suffix)] + ".partial" + suffix
+    parent, name = os.path.split(os.path.abspath(path))
+    handle, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial" + FORMATS[fmt][0],
+                                   dir=parent)
+    os.close(handle)
     # Keras's ONNX exporter reads the input signature of a model that has been called.
     expected = core({"image": images}, training=False)
     try:

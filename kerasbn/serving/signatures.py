@@ -18,12 +18,10 @@ import keras
 import tensorflow as tf
 
 from kerasbn.data import preprocess, records
+from kerasbn.serving import export_layout
 from kerasbn.training import checkpoints, network
 from kerasbn.training.run_dir import RunDir, stored_config
 
-# Written into every export: what a photo must be made into before the network sees it, and
-# the mark that lets a later export replace this one and nothing else.
-MARKER = "kerasbn_export.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,8 +95,8 @@ def serving_functions(model, manifest, threshold=None):
 
 
 def input_spec(manifest):
-    """What the exported network expects, as MARKER records it. A dataset built before
-    manifests stored resize_mode was cropped (both converters' default then)."""
+    """What the exported network expects, as the export's marker records it. A dataset built
+    before manifests stored resize_mode was cropped (both converters' default then)."""
     return {"classes": manifest.num_classes, "image_size": list(manifest.image_size),
             "channels": manifest.channels,
             "resize_mode": manifest.resize_mode}
@@ -131,14 +129,20 @@ def from_run(run_dir, best=False):
 
 
 def load_saved_model(path):
-    """(the loaded SavedModel, its MARKER's spec) of an export by kerasbn.export; DataError
+    """(the loaded SavedModel, its marker's spec) of an export by kerasbn.export; DataError
     for anything else."""
-    marker = os.path.join(path, MARKER)
+    marker = os.path.join(path, export_layout.MARKER)
     if not os.path.isfile(marker):
         raise records.DataError(f"{path} is not a SavedModel written by kerasbn.export (no "
-                                f"{MARKER}); export a run with python -m kerasbn.export")
-    with open(marker, encoding="utf-8") as f:
-        spec = json.load(f)
+                                f"{export_layout.MARKER}); export a run with python -m "
+                                "kerasbn.export")
+    try:
+        with open(marker, encoding="utf-8") as f:
+            spec = json.load(f)
+        _check_spec(spec)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as e:
+        raise records.DataError(f"{marker} is malformed ({str(e).splitlines()[0]}); export the "
+                                "run again with python -m kerasbn.export") from None
     try:
         loaded = tf.saved_model.load(path)
         signatures = set(loaded.signatures)
@@ -149,6 +153,18 @@ def load_saved_model(path):
         raise records.DataError(f"{path} was exported by an older kerasbn; export the run "
                                 "again with python -m kerasbn.export")
     return loaded, spec
+
+
+def _check_spec(spec):
+    """Raises ValueError unless `spec` is an input_spec as an export writes it."""
+    if not isinstance(spec, dict):
+        raise ValueError("not a JSON object")
+    for key, kind in (("classes", int), ("image_size", list), ("channels", int),
+                      ("resize_mode", str)):
+        if not isinstance(spec.get(key), kind):
+            raise ValueError(f"'{key}' missing or not a {kind.__name__}")
+    if len(spec["image_size"]) != 2:
+        raise ValueError("'image_size' is not [height, width]")
 
 
 def from_saved_model(path):

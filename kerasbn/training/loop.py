@@ -53,7 +53,11 @@ def start(config, flagfile_text, overwrite=False, stored=None, strategy=None):
     with run.lock():
         if stored is not None:
             if overwrite:
-                run.clear()
+                kept = run.clear()
+                if kept:
+                    print(f"--overwrite: kept {len(kept)} file(s) kerasbn did not write in "
+                          f"{run.path}: {', '.join(kept[:5])}" + (" ..." if len(kept) > 5
+                                                                  else ""), flush=True)
             else:
                 run.check_same_run(config, stored)
         run.write_settings(config, flagfile_text)
@@ -290,9 +294,9 @@ def finish(config, run, state, events, manifest):
     summary["train_images_per_sec"] = events.progress.steady_images_per_sec()
     if config.export == "best":
         checkpoints.restore_latest(run, state.model, best=True)
-    export_dir = exporter.export_saved_model(state.model, manifest, run.export, config.data_dir)
+    exporter.export_saved_model(state.model, manifest, run.export, config.data_dir)
     run.write_summary({**summary, "finished": True})
-    return summary, export_dir
+    return summary, run.export
 
 
 def worker_batches(strategy, config, manifest, start_step, stream, augment):

@@ -20,12 +20,12 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 
 from kerasbn import config as config_lib
 from kerasbn.config import RunConfig
 from kerasbn.data import records
-from kerasbn.utils import atomic, errors, settings
+from kerasbn.serving import export_layout
+from kerasbn.utils import atomic, errors, owned, settings
 
 FLAGS_NAME = "flags.txt"
 CONFIG_NAME = "config.json"
@@ -36,9 +36,21 @@ CHECKPOINTS_NAME = "checkpoints"
 EXPORT_NAME = "export"
 BEST_NAME = "best"
 LOCK_NAME = ".lock"
-# What --overwrite may delete: only what a run writes.
-_OWN = (FLAGS_NAME, CONFIG_NAME, METRICS_NAME, SUMMARY_NAME, TENSORBOARD_NAME,
-        CHECKPOINTS_NAME, EXPORT_NAME)
+# What --overwrite may delete, as paths in the run dir: only what a run writes (tf.summary's
+# event files, tf.train.CheckpointManager's index and checkpoints, an export's entries).
+_WRITTEN = (
+    *(f"{name}{tmp}" for name in (FLAGS_NAME, CONFIG_NAME, METRICS_NAME, SUMMARY_NAME)
+      for tmp in ("", ".tmp[0-9]*")),
+    *(f"{TENSORBOARD_NAME}/{split}/events.out.tfevents.*" for split in ("train", "test")),
+    *(f"{folder}/{name}" for folder in (CHECKPOINTS_NAME, f"{CHECKPOINTS_NAME}/{BEST_NAME}")
+      for name in ("checkpoint", "ckpt-*")),
+    *(f"{EXPORT_NAME}/{name}" for name in export_layout.SAVED_MODEL),
+    *(name for suffix in export_layout.SUFFIXES.values()
+      for name in export_layout.portable_files(EXPORT_NAME + suffix)),
+)
+# The folders a run makes, removed by --overwrite when nothing of the user's is left in them.
+_FOLDERS = (TENSORBOARD_NAME, f"{TENSORBOARD_NAME}/train", f"{TENSORBOARD_NAME}/test",
+            CHECKPOINTS_NAME, f"{CHECKPOINTS_NAME}/{BEST_NAME}", EXPORT_NAME)
 
 
 class RunDirError(errors.UserError):
@@ -135,13 +147,10 @@ class RunDir:
                 "over, or choose another --run_dir")
 
     def clear(self):
-        """Deletes what a run wrote here, and nothing else."""
-        for name in _OWN:
-            path = self._join(name)
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            elif os.path.exists(path):
-                os.remove(path)
+        """Deletes what a run wrote here, and nothing else; returns the paths of the user's
+        files that stay (relative to the run dir)."""
+        return [path for path in owned.remove(self.path, _WRITTEN, _FOLDERS)
+                if path != LOCK_NAME]
 
     def write_settings(self, config, flagfile_text):
         """Writes config.json and flags.txt (the flags as the user gave them)."""

@@ -29,5 +29,8 @@ def write_with(path, write):
 
 
 def write_json(path, value, indent=1):
-    """`write_text` of `value` as JSON (non-ASCII kept, newline at the end)."""
-    write_text(path, json.dumps(value, indent=indent, ensure_ascii=False) + "\n")
+    """`value` written whole as JSON (non-ASCII kept, newline at the end). A file name that
+    is not UTF-8 holds lone surrogates; they are written as JSON's \\udcXX escapes, which
+    read back as the same name."""
+    text = json.dumps(value, indent=indent, ensure_ascii=False) + "\n"
+    write_with(path, lambda f: f.write(text.encode("utf-8", "backslashreplace")))
