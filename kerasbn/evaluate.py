@@ -65,7 +65,8 @@ def plot_roc(results, out):
 def table(results):
     columns = [("top-1", "top1"), ("top-5", "top5"), ("loss", "loss"),
                ("verify acc", "verify_acc"), ("AUC", "verify_auc"), ("EER", "verify_eer"),
-               ("TAR@FAR=1e-2", "verify_tar@far=0.01")]
+               ("TAR@FAR=1e-2 pooled", "verify_tar@far=0.01"),
+               ("VAL@FAR=1e-3 10-fold", "verify_val@far=0.001")]
     lines = ["| network | " + " | ".join(name for name, _ in columns) + " | worst identity |",
              "|---" * (len(columns) + 2) + "|"]
     for r in results:

@@ -212,6 +212,36 @@ def test_a_file_that_is_no_bin_set_is_one_line(verified_run, tmp_path):
                        f"--out={tmp_path / 'o'}"])
 
 
+@pytest.mark.parametrize("same, message", [
+    (["True", "False"] * 3, "a same flag is str 'True', not a boolean"),
+    ([1, 0] * 3, "a same flag is int 1, not a boolean"),
+    ([True] * 6, "holds 6 matched and 0 mismatched pairs; verification needs both kinds"),
+    ([False] * 6, "holds 0 matched and 6 mismatched pairs; verification needs both kinds"),
+])
+def test_a_bin_set_whose_flags_cannot_be_trusted_is_refused(same, message, tmp_path):
+    write_bin(str(tmp_path / "set.bin"), [b"x"] * 12, same)
+    with pytest.raises(records.DataError, match=message):
+        bin_sets.read(str(tmp_path / "set.bin"))
+
+
+@pytest.mark.parametrize("protocol", [0, 1, 2, 4, 5])
+def test_python3_bin_pickles_of_every_protocol_are_read(protocol, tmp_path):
+    # Protocols 0-2 store bytes through _codecs.encode, which the reader allows alone.
+    with open(tmp_path / "set.bin", "wb") as f:
+        pickle.dump(([b"\x00\xffa", b"b"] * 2, [True, False]), f, protocol=protocol)
+    encoded, same = bin_sets.read(str(tmp_path / "set.bin"))
+    assert encoded == [b"\x00\xffa", b"b"] * 2 and same.tolist() == [True, False]
+
+
+def test_a_pairs_file_of_one_kind_is_refused(tmp_path):
+    (tmp_path / "pairs.txt").write_text("1\t2\nA\t1\t2\nA\t1\t3\nB\t1\t2\nB\t2\t3\n")
+    with pytest.raises(records.DataError, match="4 matched and 0 mismatched"):
+        pairs.read_pairs(str(tmp_path / "pairs.txt"))
+    (tmp_path / "bad.txt").write_bytes(b"1\t1\nA\t1\t\xff\nA\t1\tB\t2\n")
+    with pytest.raises(records.DataError, match="bad.txt is not UTF-8 text"):
+        pairs.read_pairs(str(tmp_path / "bad.txt"))
+
+
 def test_bin_folds_are_insightfaces_ten_contiguous_runs():
     assert bin_sets.folds(23).tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2] + sum(
         ([k, k] for k in range(3, 10)), [])

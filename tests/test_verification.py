@@ -57,3 +57,54 @@ def test_stratified_folds_each_hold_both_kinds():
     for k in range(10):
         assert is_same[fold == k].any() and (~is_same[fold == k]).any()
     assert np.bincount(fold[~is_same]).tolist() == [10] * 5 + [9] * 5
+
+
+def test_exactly_far_times_n_false_accepts_is_within_far():
+    # 3,000 impostors, 30 of them (1e-2 exactly) above every genuine score but one group:
+    # accepting >= 0.5 takes 30 false accepts, FAR 30/3000 = 0.01, and all 100 genuine.
+    impostor = np.concatenate([np.full(30, 0.6), np.linspace(0.0, 0.3, 2970)])
+    genuine = np.concatenate([np.full(60, 0.9), np.full(40, 0.5)])
+    scores = np.concatenate([genuine, impostor])
+    is_same = np.arange(len(scores)) < 100
+    assert verification.tar_at_far(scores, is_same, 1e-2) == 1.0
+    # One more false accept at 0.5 pushes it past: the loosest threshold within is 0.6.
+    impostor[30] = 0.5
+    scores = np.concatenate([genuine, impostor])
+    assert verification.tar_at_far(scores, is_same, 1e-2) == 0.6
+
+
+def _distance_pairs(genuine, impostor):
+    """(cosine scores, same flags) of pairs given by the squared distance of their unit
+    embeddings (2 - 2 cos)."""
+    distances = np.array(genuine + impostor)
+    return 1.0 - distances / 2.0, np.array([True] * len(genuine) + [False] * len(impostor))
+
+
+def test_val_at_far_follows_calculate_val_by_hand():
+    # Fold 0's threshold comes from fold 1's impostors (0.5, 1.0, 1.5, 2.0): FAR 1/4 up to
+    # 1.0, 1/2 from 1.001, so FAR 0.3 interpolates to 1.0 + 0.2 x 0.001; fold 0's genuine
+    # 0.2 and 0.9 are accepted, 1.1 is not, and no impostor (3.0+). Fold 1's comes from fold
+    # 0's impostors (FAR 1/4 up to 3.5): 3.5002 accepts all of fold 1, impostors too.
+    s0, same0 = _distance_pairs([0.2, 0.9, 1.1], [3.0, 3.5, 3.6, 3.9])
+    s1, same1 = _distance_pairs([0.1, 0.3, 0.7], [0.5, 1.0, 1.5, 2.0])
+    scores, is_same = np.concatenate([s0, s1]), np.concatenate([same0, same1])
+    fold = np.array([0] * 7 + [1] * 7)
+    val, spread, reached = verification.kfold_val(scores, is_same, fold, 0.3)
+    assert val == pytest.approx((2 / 3 + 1.0) / 2) and spread == pytest.approx(1 / 6)
+    assert reached == pytest.approx((0.0 + 1.0) / 2)
+
+
+def test_val_at_far_thresholds_at_zero_where_the_far_is_never_reached():
+    # Impostors at distance 4 (opposite embeddings) are beyond the grid's last point 3.999:
+    # the other folds never reach the FAR, so calculate_val's threshold 0 accepts nothing.
+    scores, is_same = _distance_pairs([0.1, 0.2] * 10, [4.0, 4.0] * 10)
+    fold = np.concatenate([np.arange(10)] * 4)
+    assert verification.kfold_val(scores, is_same, fold, 1e-3) == (0.0, 0.0, 0.0)
+    figures = verification.summarize(scores, is_same, fold)
+    assert figures["verify_val@far=0.001"] == 0.0 and figures["verify_acc"] == 1.0
+
+
+@pytest.mark.parametrize("same", [[True] * 4, [False] * 4])
+def test_pairs_of_one_kind_are_refused(same):
+    with pytest.raises(verification.errors.DataError, match="needs both kinds"):
+        verification.require_both_kinds(np.array(same), "set.bin")

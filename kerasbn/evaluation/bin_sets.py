@@ -1,7 +1,9 @@
 """insightface's verification sets (`lfw.bin`, `cfp_fp.bin`, `agedb_30.bin`, ...): a pickled
 pair (encoded images, same flags), the images in pair order (pair i is images 2i and 2i+1),
-read without executing anything the file names: only lists, tuples, bytes, bools and numpy
-byte arrays are accepted.
+read without executing anything the file names: only lists, tuples, bytes, bools, numpy
+byte arrays and `_codecs.encode` (which Python 3 pickles of protocols 0-2 store bytes
+through; it only turns text into bytes) are accepted. The same flags must be booleans
+(Python's or numpy's): a flag written as "False" or 0 is refused rather than read as True.
 
 The folds are insightface's: the pairs in their own order cut into ten contiguous runs
 (sklearn's KFold without shuffling, which insightface's verification.py uses), so for
@@ -22,7 +24,7 @@ from kerasbn.utils.progress import Progress
 # What a .bin's pickle may build: numpy byte arrays as some writers left them, nothing else.
 _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
             ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-            ("numpy._core.multiarray", "scalar")}
+            ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
 
 
 class _Unpickler(pickle.Unpickler):
@@ -49,14 +51,25 @@ def read(path):
             encoded, same = _Unpickler(f, encoding="bytes").load()
         encoded = [bytes(e) if isinstance(e, (bytes, bytearray)) else np.asarray(e).tobytes()
                    for e in encoded]
-        same = np.asarray(same, bool).reshape(-1)
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+        same = _flags(same)
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+            UnicodeError) as e:
         raise DataError(f"{path} is not an insightface .bin verification set ({e}); "
                         "give a (images, same flags) pickle such as lfw.bin") from None
     if len(encoded) != 2 * len(same) or not len(same):
         raise DataError(f"{path} holds {len(encoded)} images for {len(same)} pairs; a .bin "
                         "holds two images per pair")
+    verification.require_both_kinds(same, path)
     return encoded, same
+
+
+def _flags(same):
+    """The same flags as a bool array; ValueError for a flag that is not a boolean."""
+    flags = np.asarray(same, object).reshape(-1)
+    for flag in flags:
+        if not isinstance(flag, (bool, np.bool_)):
+            raise ValueError(f"a same flag is {type(flag).__name__} {flag!r}, not a boolean")
+    return flags.astype(bool)
 
 
 def folds(count, k=10):

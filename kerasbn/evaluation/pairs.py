@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerasbn.data import images, records
+from kerasbn.evaluation import verification
 
 Pair = collections.namedtuple("Pair", "first index_first second index_second same set")
 
@@ -25,8 +26,12 @@ def read_pairs(path):
     """The pairs of a pairs.txt; DataError naming the line of a malformed one."""
     if not os.path.isfile(path):
         raise records.DataError(f"{path} not found: give a pairs.txt in LFW's layout")
-    with open(path, encoding="utf-8") as f:
-        lines = [line.rstrip("\n") for line in f if line.strip()]
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.rstrip("\n") for line in f if line.strip()]
+    except UnicodeDecodeError as e:
+        raise records.DataError(f"{path} is not UTF-8 text (byte {e.start}); give a "
+                                "pairs.txt in LFW's layout") from None
     try:
         sets, per_set = (int(v) for v in lines[0].split())
     except (ValueError, IndexError):
@@ -51,6 +56,7 @@ def read_pairs(path):
         except ValueError:
             raise records.DataError(f"{path}:{number}: expected `name i j` or "
                                     f"`name1 i name2 j`, got {line!r}") from None
+    verification.require_both_kinds([pair.same for pair in pairs], path)
     return pairs
 
 
@@ -112,7 +118,7 @@ def holdout_pairs(data_dir, manifest):
     for batch in dataset:
         meta = records.parse_metadata(batch)
         labels += meta["label"].tolist()
-        filenames += [f.decode("utf-8") for f in meta["filename"]]
+        filenames += [f.decode("utf-8", "surrogateescape") for f in meta["filename"]]
     per_identity = collections.defaultdict(list)
     for index in sorted(range(len(labels)), key=lambda i: filenames[i]):
         per_identity[names[labels[index]]].append(index)

@@ -1,16 +1,37 @@
 """Face verification figures from pair scores: does a pair show one person or two?
 
 The LFW protocol: 10-fold accuracy, each fold scored at the threshold chosen on the other
-nine (never on itself); the ROC's area (AUC), the equal error rate (EER), and the true accept
-rate at fixed false accept rates (TAR@FAR). A FAR is reported only where the impostor pairs
-can resolve it: at least `MIN_FALSE_ACCEPTS` of them may be accepted at that rate
-(impostors x FAR >= 10), else the figure would rest on a handful of pairs.
+nine (never on itself); the ROC's area (AUC), the equal error rate (EER), and two true
+accept rates at fixed false accept rates, each under its own name:
+
+- `verify_tar@far=F`, pooled: the ROC of every pair at once, at the loosest threshold whose
+  false accepts are at most F x impostors (exactly F counts). Reported only where the impostor
+  pairs can resolve F: at least `MIN_FALSE_ACCEPTS` of them may be accepted at that rate
+  (impostors x F >= 10), else the figure would rest on a handful of pairs.
+- `verify_val@far=F`, the protocol published tables report (facenet's and insightface's
+  `calculate_val`, "VAL@FAR"): per fold, the squared distance of the unit embeddings
+  (2 - 2 cos) is thresholded on a grid of step `VAL_GRID_STEP` over [0, 4); the threshold is
+  interpolated, linearly, to where the other nine folds' FAR reaches F (0 when it never
+  does), and the fold's own true accept rate is taken there; the rate is averaged over the
+  folds (`_std` its spread, `verify_val_far@far=F` the FAR the folds actually got).
 """
 
 import numpy as np
 
+from kerasbn.utils import errors
+
 MIN_FALSE_ACCEPTS = 10
 FARS = (1e-2, 1e-3)
+VAL_GRID_STEP = 0.001
+
+
+def require_both_kinds(same, where):
+    """Raises DataError naming `where` unless the pairs hold matched and mismatched ones:
+    with one kind alone every threshold is right, so accuracy would read 1 and AUC nan."""
+    matched = int(np.sum(same))
+    if not matched or matched == len(same):
+        raise errors.DataError(f"{where} holds {matched} matched and {len(same) - matched} "
+                               "mismatched pairs; verification needs both kinds")
 
 
 def cosine_scores(embeddings, first, second):
@@ -67,8 +88,11 @@ def roc(scores, is_same):
     scores, is_same = np.asarray(scores, float), np.asarray(is_same, bool)
     thresholds = np.unique(scores)[::-1]
     genuine, impostor = np.sort(scores[is_same]), np.sort(scores[~is_same])
-    tar = 1.0 - np.searchsorted(genuine, thresholds, side="left") / max(len(genuine), 1)
-    far = 1.0 - np.searchsorted(impostor, thresholds, side="left") / max(len(impostor), 1)
+    # Counted, then divided once: 1 - (n - fa) / n rounds exactly F x n false accepts above F.
+    tar = (len(genuine) - np.searchsorted(genuine, thresholds, side="left")) / max(
+        len(genuine), 1)
+    far = (len(impostor) - np.searchsorted(impostor, thresholds, side="left")) / max(
+        len(impostor), 1)
     return np.concatenate([[0.0], far]), np.concatenate([[0.0], tar]), thresholds
 
 
@@ -104,6 +128,33 @@ def tar_at_far(scores, is_same, far):
     return float(tars[np.flatnonzero(fars <= far)[-1]])
 
 
+def _val_far(distances, is_same, thresholds):
+    """(true accept rate, false accept rate) of accepting distance < each threshold."""
+    genuine, impostor = np.sort(distances[is_same]), np.sort(distances[~is_same])
+    accepted = lambda d: np.searchsorted(d, thresholds, side="left") / max(len(d), 1)
+    return accepted(genuine), accepted(impostor)
+
+
+def kfold_val(scores, is_same, fold, far):
+    """(mean, std, mean FAR reached) over the folds of `calculate_val`'s validation rate at
+    false accept rate `far` (the module's docstring says how)."""
+    distances = 2.0 - 2.0 * np.asarray(scores, float)
+    is_same, fold = np.asarray(is_same, bool), np.asarray(fold)
+    grid = np.arange(0.0, 4.0, VAL_GRID_STEP)
+    rates, reached = [], []
+    for k in np.unique(fold):
+        test = fold == k
+        _, train_far = _val_far(distances[~test], is_same[~test], grid)
+        # calculate_val interpolates with scipy's interp1d(kind="slinear"), which current
+        # scipy refuses for these repeated FARs (insightface issue 2152); np.interp takes
+        # the loosest grid point whose FAR is at most `far` and interpolates to the next.
+        threshold = float(np.interp(far, train_far, grid)) if train_far.max() >= far else 0.0
+        val, got = _val_far(distances[test], is_same[test], np.array([threshold]))
+        rates.append(val[0])
+        reached.append(got[0])
+    return float(np.mean(rates)), float(np.std(rates)), float(np.mean(reached))
+
+
 def summarize(scores, is_same, fold):
     """Every figure of one verification run, JSON-ready."""
     is_same = np.asarray(is_same, bool)
@@ -115,4 +166,7 @@ def summarize(scores, is_same, fold):
                                "mismatched": int((~is_same).sum())}}
     for far in FARS:
         result[f"verify_tar@far={far:g}"] = tar_at_far(scores, is_same, far)
+        val, val_std, reached = kfold_val(scores, is_same, fold, far)
+        result.update({f"verify_val@far={far:g}": val, f"verify_val@far={far:g}_std": val_std,
+                       f"verify_val_far@far={far:g}": reached})
     return result

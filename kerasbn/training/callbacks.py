@@ -222,8 +222,11 @@ def _verify_line(name, iteration, figures):
     """A console line of one verification set's `verification.summarize` figures."""
     tars = "  ".join(f"TAR@FAR={k.split('=')[1]} " + ("-" if v is None else f"{v:.4f}")
                      for k, v in figures.items() if k.startswith("verify_tar"))
+    vals = "  ".join(f"VAL@FAR={k.split('=')[1]} {v:.4f}" for k, v in figures.items()
+                     if k.startswith("verify_val@") and not k.endswith("_std"))
     return (f"{name} iter {iteration}: accuracy {figures['verify_acc']:.4f}  AUC "
-            f"{figures['verify_auc']:.4f}  EER {figures['verify_eer']:.4f}  {tars}")
+            f"{figures['verify_auc']:.4f}  EER {figures['verify_eer']:.4f}  {tars} (pooled)  "
+            f"{vals} (10-fold)")
 
 
 class BestCheckpoint(IterationCallback):
