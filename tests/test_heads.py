@@ -104,6 +104,30 @@ def test_arcface_falls_back_beyond_pi_minus_m_as_the_original_does():
     assert easy == pytest.approx(scale * cos, rel=1e-5)
 
 
+@pytest.mark.parametrize("dim", [1, 8])
+@pytest.mark.parametrize("easy", [False, True])
+def test_arcface_keeps_a_finite_gradient_where_a_feature_is_parallel_to_its_centre(dim, easy):
+    rng = np.random.default_rng(dim)
+    centres = rng.normal(size=(4, dim)).astype(np.float32)
+    labels = np.array([0, 2, 3])
+    features = tf.Variable(centres[labels] * np.float32(2.5))  # cos = 1 with the true centre
+    layer = heads.CosineClassifier(4, 30.0)
+    layer.build((None, dim))
+    layer.kernel.assign(centres)
+    loss = heads.MarginLoss("arcface", 30.0, 0.5, easy)
+    with tf.GradientTape() as tape:
+        value = tf.reduce_mean(loss(labels, layer(features)))
+    gradients = tape.gradient(value, [features, layer.kernel])
+    assert np.isfinite(value.numpy())
+    for gradient in gradients:
+        assert np.all(np.isfinite(gradient.numpy()))
+    # The margin's value there is cos(0 + m), to float32's resolution of an angle near 0
+    # (a cosine of 1 - 6e-8 is an angle of 3.5e-4).
+    margined = heads.margin_logits(labels, layer(features), "arcface", 30.0, 0.5, easy)
+    np.testing.assert_allclose(tf.gather(margined, labels, batch_dims=1) / 30.0,
+                               math.cos(0.5), atol=5e-4)
+
+
 @pytest.mark.parametrize("head", ["cosface", "arcface"])
 def test_margin_zero_is_normalised_softmax_at_the_same_scale(batch, head):
     features, centres, labels = batch

@@ -101,7 +101,12 @@ def margin_logits(labels, logits, head, scale, margin, easy_margin=False):
     if head == "cosface":
         margined = true - margin
     else:
-        sine = tf.sqrt(tf.maximum(1.0 - true * true, 0.0))
+        # sqrt's gradient is infinite at 0 (a feature parallel to its centre, cos = 1, where
+        # the cosine's own gradient is 0: inf x 0 is NaN); sqrt is taken of positive gaps
+        # only, so the value stays exact and the gradient finite.
+        gap = 1.0 - true * true
+        positive = gap > 0.0
+        sine = tf.where(positive, tf.sqrt(tf.where(positive, gap, 1.0)), 0.0)
         margined = true * math.cos(margin) - sine * math.sin(margin)
         if easy_margin:
             margined = tf.where(true > 0, margined, true)
