@@ -84,8 +84,13 @@ class RunConfig:
         "threshold fallback).")
     sample_classes: float = setting(
         1.0, "Margin heads: the fraction F of class centres each training step takes logits over "
-        "(Partial FC): the batch's classes plus random others; centres not drawn are not updated."
-        " 1: all, exact.", lower=0, upper=1, lower_open=True)
+        "(Partial FC): the batch's classes plus random others; what moves the centres not drawn "
+        "is --sample_update. 1: all, exact.", lower=0, upper=1, lower_open=True)
+    sample_update: str = setting(
+        "drawn", "Partial FC: drawn (insightface's first Partial FC; a step costs the drawn rows "
+        "only) updates only the centres drawn, their momentum and weight decay with them; all "
+        "(insightface's PartialFC_V2) lets momentum and weight decay act on every centre each "
+        "step, the undrawn ones with a zero gradient.", choices=("drawn", "all"))
     embedding: str = setting(
         "pool",
         "The feature the classifier takes: pool (the pooled 320-d layer, the study's) or bn_fc "
@@ -297,6 +302,9 @@ class RunConfig:
             raise ConfigError(f"--margin of --head={self.head} must lie in [0, {limit:.4g}), "
                               f"got {self.margin:g}")
         if self.sample_classes == 1:
+            if self.sample_update != "drawn":
+                raise ConfigError(f"--sample_update={self.sample_update} sets how Partial FC "
+                                  "moves the centres it did not draw; add --sample_classes")
             return
         if not margin_head:
             raise ConfigError("--sample_classes samples a margin head's centres (Partial FC); "

@@ -336,3 +336,36 @@ def test_partial_fc_trains_under_xla(forty_people, tmp_path):
         test_interval=4, jit_compile="true")], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert np.isfinite(RunDir(run_dir).read_metrics()[-1]["train_loss"])
+
+
+def test_every_centre_takes_momentum_and_decay_with_sample_update_all():
+    # insightface's PartialFC_V2: a centre not drawn has a zero gradient, but SGD's momentum
+    # and weight decay still act on it: v = mu v - lr wd w; w += v (Keras's SGD, Caffe's).
+    cfg = _config(sample_classes=0.25, num_classes=64, momentum=0.9, sample_update="all")
+    model, before, _ = _trained(cfg, 1)
+    head = model.get_layer("logits")
+    slot = model.optimizer.momentums[model.optimizer._get_variable_index(head.kernel)]
+    velocity = slot.numpy()
+    rng = np.random.default_rng(9)
+    labels = rng.integers(0, 64, 8)
+    lr = float(model.optimizer.learning_rate)
+    model.train_on_batch(rng.random((8, 50, 50, 1), np.float32), labels)
+    after = head.kernel.numpy()
+    expected_velocity = 0.9 * velocity - lr * 0.01 * before
+    # The 48 centres not drawn (16 of 64 are) follow the formula (a drawn negative whose
+    # gradient is tiny may too), the batch's classes do not; every centre moved.
+    follows = np.all(np.isclose(after, before + expected_velocity, rtol=1e-5, atol=1e-8),
+                     axis=1)
+    assert follows.sum() >= 64 - 16 and not follows[labels].any()
+    assert np.all(np.any(after != before, axis=1))
+    np.testing.assert_allclose(slot.numpy()[follows], expected_velocity[follows], rtol=1e-4,
+                               atol=1e-7)
+
+
+def test_sample_update_all_of_every_centre_is_the_full_head():
+    full, kernel, momentum = _trained(_config(), 3)
+    start = [v.numpy() for v in _trained(_config(), 0)[0].variables]
+    _, sampled_kernel, sampled_momentum = _trained(
+        _config(sample_classes=0.99, sample_update="all"), 3, init=start)
+    np.testing.assert_allclose(sampled_kernel, kernel, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(sampled_momentum, momentum, rtol=1e-4, atol=1e-7)

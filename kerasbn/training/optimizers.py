@@ -10,7 +10,9 @@ named `bias` in `CaffeSGD`'s update; Caffe applies it to the whole step, decay t
 which the L2 regularizer's gradient is part of here.
 A gradient of some rows only (`tf.IndexedSlices`: Partial FC's drawn centres) updates those
 rows alone, their momentum and a weight decay of `row_decay` included, so the rows not drawn
-keep their values and momentum, as Partial FC keeps them.
+keep their values and momentum, as insightface's first Partial FC kept them; with
+`every_row`, it is made dense (zero for the rows not drawn) and every row takes the update,
+decay and momentum included, as insightface's PartialFC_V2 does.
 """
 
 import keras
@@ -23,10 +25,12 @@ from kerasbn.training import schedules
 class CaffeSGD(keras.optimizers.SGD):
     """Keras's SGD (momentum, Nesterov) with Caffe's lr_mult on biases."""
 
-    def __init__(self, learning_rate=0.01, bias_lr_mult=1.0, row_decay=0.0, **kwargs):
+    def __init__(self, learning_rate=0.01, bias_lr_mult=1.0, row_decay=0.0, every_row=False,
+                 **kwargs):
         super().__init__(learning_rate, **kwargs)
         self.bias_lr_mult = float(bias_lr_mult)
         self.row_decay = float(row_decay)
+        self.every_row = bool(every_row)
 
     def build(self, variables):
         super().build(variables)
@@ -37,7 +41,11 @@ class CaffeSGD(keras.optimizers.SGD):
     def update_step(self, gradient, variable, learning_rate):
         if self.bias_lr_mult != 1 and self._var_key(variable) in self._biases:
             learning_rate = learning_rate * self.bias_lr_mult
-        if isinstance(gradient, tf.IndexedSlices):
+        if isinstance(gradient, tf.IndexedSlices) and self.every_row:
+            dense = tf.convert_to_tensor(gradient)
+            super().update_step(dense + self.row_decay * tf.cast(variable, dense.dtype),
+                                variable, learning_rate)
+        elif isinstance(gradient, tf.IndexedSlices):
             self._update_rows(gradient, variable, learning_rate)
         else:
             super().update_step(gradient, variable, learning_rate)
@@ -66,7 +74,7 @@ class CaffeSGD(keras.optimizers.SGD):
 
     def get_config(self):
         return {**super().get_config(), "bias_lr_mult": self.bias_lr_mult,
-                "row_decay": self.row_decay}
+                "row_decay": self.row_decay, "every_row": self.every_row}
 
 def make_optimizer(config):
     """The optimizer of `config.solver_type` on the config's learning-rate schedule."""
@@ -76,7 +84,8 @@ def make_optimizer(config):
     kind = config.solver_type
     if kind in ("SGD", "Nesterov"):
         return CaffeSGD(schedule, bias_lr_mult=config.bias_lr_mult, momentum=config.momentum,
-                        nesterov=kind == "Nesterov", row_decay=config.weight_decay, **accumulate)
+                        nesterov=kind == "Nesterov", row_decay=config.weight_decay,
+                        every_row=config.sample_update == "all", **accumulate)
     if kind == "Adam":
         return keras.optimizers.Adam(schedule, beta_1=config.momentum,
                                      beta_2=config.momentum2, epsilon=config.delta,

@@ -1,9 +1,12 @@
 """Partial FC (`--sample_classes F`): each training step takes its logits over ceil(F * K)
 centres only, every class of the batch plus randomly drawn others (drawn from the seed and
 iteration, so a resumed run draws the same), as insightface's partial_fc does. The centres'
-gradient is then a `tf.IndexedSlices` of the drawn rows, and `optimizers.CaffeSGD` updates
-only those rows (momentum and weight decay included), so a centre that was not drawn is left
-exactly as it was, momentum too.
+gradient is then a `tf.IndexedSlices` of the drawn rows. With `--sample_update=drawn` (the
+default, insightface's first Partial FC) `optimizers.CaffeSGD` updates only those rows
+(momentum and weight decay included), so a centre that was not drawn is left exactly as it
+was, momentum too, and a step costs the drawn rows alone. With `--sample_update=all`
+(insightface's PartialFC_V2 today) every centre takes SGD's update, the undrawn ones with a
+zero gradient: their momentum keeps moving them and weight decay shrinks them.
 """
 
 import keras
