@@ -73,7 +73,7 @@ def test_weights_take_the_network_but_not_the_optimizer_state(tmp_path):
     _train(trained, 3)
     checkpoints.save(checkpoints.make_manager(run, trained, _variable(0.0), _variable(0), 1), 3)
     fresh = _model()
-    assert checkpoints.load_weights(fresh, str(tmp_path)).endswith("ckpt-3")
+    assert checkpoints.load_weights(fresh, str(tmp_path)).endswith("ckpt-3: every layer")
     np.testing.assert_array_equal(fresh.get_weights()[0], trained.get_weights()[0])
     assert int(fresh.optimizer.iterations.numpy()) == 0
     with pytest.raises(records.DataError, match="does not fit --model"):

@@ -1,5 +1,7 @@
 """Fine-tuning: --weights from a network trained on other identities (another class count)."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -28,7 +30,9 @@ def test_a_run_starts_from_another_class_counts_backbone_with_a_fresh_classifier
     run_dir = str(tmp_path / "tuned")
     run_train(train_args(seven_people, run_dir, max_iter=10, weights=finished_run,
                          freeze_backbone_iter=10, test_interval=10))
-    assert "every layer but the classifier (6 classes there, 7 here" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ckpt-" in out and "every layer but the classifier (" in out
+    assert "variables; 6 classes there, 7 here; the classifier starts fresh)" in out
     source, tuned = restored(finished_run), restored(run_dir)
     assert tuned["logits"][0].shape[1] == 7
     for name, weights in source.items():
@@ -50,7 +54,41 @@ def test_a_network_of_the_same_classes_loads_whole(finished_run, small_data, tmp
     run_train(train_args(small_data, str(tmp_path / "again"), max_iter=1, test_interval=1,
                          weights=finished_run))
     out = capsys.readouterr().out
-    assert "initialised from" in out and "classifier" not in out
+    assert "initialised from" in out and "every layer (" in out and "classifier" not in out
+
+
+def test_an_export_of_other_identities_gives_its_backbone_by_name(finished_run, seven_people,
+                                                                  tmp_path, capsys):
+    run_dir = str(tmp_path / "tuned")
+    run_train(train_args(seven_people, run_dir, max_iter=2, test_interval=2,
+                         weights=RunDir(finished_run).export, freeze_backbone_iter=2))
+    assert "6 classes there, 7 here" in capsys.readouterr().out
+    source, tuned = restored(finished_run), restored(run_dir)
+    for name, weights in source.items():
+        if name != "logits":
+            for a, b in zip(weights, tuned[name]):
+                np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+@pytest.mark.parametrize("donor, here, message", [
+    # The study's baseline into a BN run: its convolutions carry biases, BN's do not.
+    ({"model": "baseline", "widths": "16,16,32,32,24,48,40,64"}, {},
+     "is another network: its variables have no conv1_1_bn/gamma"),
+    # A donor with insightface's neck into a network without it.
+    ({"head": "cosface", "embedding": "bn_fc", "embedding_dim": 16}, {"head": "cosface"},
+     "is another network: it has pool_bn/gamma (64,), which this one lacks"),
+    ({}, {"widths": "16,16,32,24,48,40,32"}, "is another network: conv4_2/kernel is (3, 3, 40, 64) "
+                                             "there, (3, 3, 40, 32) here"),
+])
+def test_weights_of_another_network_are_refused_by_the_first_mismatch(
+        small_data, tmp_path, donor, here, message):
+    source = str(tmp_path / "donor")
+    run_train(train_args(small_data, source, max_iter=1, test_interval=1, **donor))
+    with pytest.raises(SystemExit, match=re.escape(message)) as stopped:
+        run_train(train_args(small_data, str(tmp_path / "run"), max_iter=1, test_interval=1,
+                             weights=source, **here))
+    assert str(stopped.value).startswith("error: --weights=") and "\n" not in str(
+        stopped.value)
 
 
 def final_test(run_dir):

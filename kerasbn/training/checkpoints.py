@@ -7,14 +7,17 @@ complete one; `remove_partial` clears what such a save left behind.
 """
 
 import glob
+import json
 import os
 import shutil
 
 import tensorflow as tf
 
 from kerasbn.data import records
+from kerasbn.nn import models
 from kerasbn.nn.models import CLASSIFIER
-from kerasbn.training.run_dir import RunDir
+from kerasbn.serving import export_layout
+from kerasbn.training.run_dir import RunDir, stored_config
 from kerasbn.utils import faults
 
 
@@ -81,89 +84,131 @@ def _checkpoint_in(path):
     return None
 
 
-def _class_axis(model):
-    """The axis of the classifier's kernel that runs over classes ([features, K] for the
-    softmax's Dense, [K, features] for a margin head's centres)."""
-    return getattr(model.get_layer(CLASSIFIER), "class_axis", 1)
+def _run_of(path):
+    """The run directory --weights lies in (itself, or above its checkpoints/, best/ or a
+    checkpoint prefix), or None."""
+    for candidate in (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path)),
+                      os.path.dirname(os.path.dirname(os.path.dirname(path)))):
+        if candidate and RunDir(candidate).holds_run():
+            return candidate
+    return None
 
 
-def _source_classes(prefix, model):
-    """The class count of the network saved at checkpoint `prefix`: the class axis of its one
-    variable shaped like the classifier's kernel, or None when that is unclear."""
-    axis = _class_axis(model)
-    width = model.get_layer(CLASSIFIER).kernel.shape[1 - axis]
-    found = {shape[axis] for _, shape in tf.train.list_variables(prefix)
-             if len(shape) == 2 and shape[1 - axis] == width}
-    return found.pop() if len(found) == 1 else None
+def _weights(variables):
+    """{path: value} of a network's variables, without random generators' states (Dropout's
+    seed, which is no weight)."""
+    return {v.path: v for v in variables if "seed_generator" not in v.path}
 
 
-def _copy_all_but_the_classifier(source, model):
-    """Assigns `source`'s variables (a list in `model.variables`' order, from a network with
-    another class count) to `model`'s, except the classifier's; False when they differ in
-    more than the classifier."""
-    classifier = {id(v) for v in model.get_layer(CLASSIFIER).variables}
-    keep = [i for i, v in enumerate(model.variables) if id(v) not in classifier]
-    if len(source) != len(model.variables) or any(
-            tuple(source[i].shape) != tuple(model.variables[i].shape) for i in keep):
-        return False
-    for i in keep:
-        model.variables[i].assign(source[i])
-    return True
+def _saved_model_weights(path):
+    """({variable path: value}, class count) of an exported SavedModel."""
+    loaded = tf.saved_model.load(path)
+    values = {v.name.split(":")[0]: v for v in getattr(loaded, "variables", [])
+              if "seed_generator" not in v.name}
+    try:
+        with open(os.path.join(path, export_layout.MARKER), encoding="utf-8") as f:
+            classes = json.load(f).get("classes")
+    except (OSError, ValueError, AttributeError):
+        classes = None
+    return values, classes
 
 
-def load_weights(model, path, build=None):
-    """Initialises `model` from another run's checkpoint or exported SavedModel (--weights);
-    returns what it did, in words.
+def _run_weights(run_dir, prefix):
+    """({variable path: value}, class count) of the network of `run_dir` at checkpoint
+    `prefix`, rebuilt from the run's own config, so variables are known by name."""
+    config = stored_config(run_dir)
+    donor = models.build(**config.model_kwargs())
+    try:
+        tf.train.Checkpoint(model=donor).read(prefix).assert_existing_objects_matched()
+    except (AssertionError, ValueError) as e:
+        raise records.DataError(f"--weights={run_dir}: its checkpoint {prefix} does not fit "
+                                f"the run's own config.json ({str(e).splitlines()[0]}); "
+                                "restore the run's files") from None
+    return _weights(donor.variables), config.num_classes
+
+
+def _load_by_name(model, donor, classes_there, where, source):
+    """Assigns the donor's {path: value} (from --weights=`where`, read at `source`) to
+    `model`'s variables of the same names. Every variable on either side but the
+    classifier's must find its match, by name and shape (otherwise DataError naming the
+    first that does not); the classifier comes along when it matches too. Returns what was
+    loaded, in words."""
+    mine = _weights(model.variables)
+    is_classifier = lambda name: name.split("/")[0] == CLASSIFIER
+    for name, variable in mine.items():
+        if is_classifier(name):
+            continue
+        if name not in donor:
+            raise records.DataError(f"--weights={where} is another network: its variables "
+                                    f"have no {name} {tuple(variable.shape)}; give a run of "
+                                    "the same --model, --norm, --widths and --embedding")
+        if tuple(donor[name].shape) != tuple(variable.shape):
+            raise records.DataError(f"--weights={where} is another network: {name} is "
+                                    f"{tuple(donor[name].shape)} there, {tuple(variable.shape)}"
+                                    " here; give a run of the same --model, --widths and "
+                                    "--embedding_dim")
+    for name, value in donor.items():
+        if not is_classifier(name) and name not in mine:
+            raise records.DataError(f"--weights={where} is another network: it has {name} "
+                                    f"{tuple(value.shape)}, which this one lacks; give a run "
+                                    "of the same --model, --norm and --embedding")
+    classifier = {n: v for n, v in mine.items() if is_classifier(n)}
+    whole = all(n in donor and tuple(donor[n].shape) == tuple(v.shape)
+                for n, v in classifier.items()) and len(classifier) == sum(
+        1 for n in donor if is_classifier(n))
+    for name, variable in mine.items():
+        if whole or not is_classifier(name):
+            variable.assign(tf.cast(donor[name], variable.dtype))
+    if whole:
+        return f"{source}: every layer ({len(mine)} variables)"
+    here = model.get_layer(CLASSIFIER).kernel.shape[
+        getattr(model.get_layer(CLASSIFIER), "class_axis", 1)]
+    there = "another class count" if classes_there is None else f"{classes_there} classes"
+    return (f"{source}: every layer but the classifier ({len(mine) - len(classifier)} "
+            f"variables; {there} there, {here} here; the classifier starts fresh)")
+
+
+def load_weights(model, path):
+    """Initialises `model` from another run, one of its checkpoints, or an exported
+    SavedModel (--weights); returns what it loaded, in words.
 
     Only weights are taken, not the optimizer state or iteration: a new run starts from them.
-    A network trained on other identities (another class count) gives every layer but the
-    classifier, which starts fresh; `build(num_classes)` makes the donor network then.
+    Variables are matched by name and shape, the donor rebuilt from its run's config: every
+    one but the classifier's must match (a network of another --model, --norm or neck is
+    refused, naming the first variable that differs). A donor trained on other identities
+    gives every layer but the classifier, which starts fresh. A bare checkpoint with no run
+    around it loads whole or not at all.
     """
     if not os.path.exists(path) and not tf.io.gfile.exists(path + ".index"):
         raise records.DataError(f"--weights={path} does not exist; give a run dir, a "
                                 "checkpoint or an exported SavedModel")
-    here = model.get_layer(CLASSIFIER).kernel.shape[_class_axis(model)] \
-        if build is not None else None
-    prefix = _checkpoint_in(path)
-    if prefix:
-        there = _source_classes(prefix, model) if build is not None else None
-        if there not in (None, here):
-            donor = build(there)
-            tf.train.Checkpoint(model=donor).read(prefix).expect_partial()
-            if _copy_all_but_the_classifier(donor.variables, model):
-                return (f"{prefix}: every layer but the classifier ({there} classes there, "
-                        f"{here} here; the classifier starts fresh)")
-        # A Keras model tracks its optimizer, so reading restores that too; put it back.
-        fresh = [(v, v.numpy()) for v in getattr(model.optimizer, "variables", [])]
-        mismatch = None
-        try:
-            status = tf.train.Checkpoint(model=model).read(prefix)
-            status.assert_existing_objects_matched()
-        except (AssertionError, ValueError) as e:
-            # A variable of another shape fails while reading, before any check can.
-            mismatch = str(e).splitlines()[0]
-        finally:
-            for v, value in fresh:
-                v.assign(value)
-        if mismatch:
-            raise records.DataError(f"--weights={path}: the checkpoint {prefix} does not fit "
-                                    f"--model and its flags ({mismatch}); use a run of the "
-                                    "same network")
-        status.expect_partial()
-        return prefix
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
-        source = list(getattr(tf.saved_model.load(path), "variables", []))
-        shapes = lambda vs: [tuple(v.shape) for v in vs]
-        if shapes(source) == shapes(model.variables):
-            for v, w in zip(model.variables, source):
-                v.assign(w)
-            return path
-        if build is not None and _copy_all_but_the_classifier(source, model):
-            return (f"{path}: every layer but the classifier (another class count there, "
-                    f"{here} here; the classifier starts fresh)")
-        raise records.DataError(f"--weights={path}: the SavedModel's variables "
-                                "do not fit --model and its flags; use an export of the "
+        donor, classes = _saved_model_weights(path)
+        return _load_by_name(model, donor, classes, path, path)
+    prefix = _checkpoint_in(path)
+    if prefix is None:
+        raise records.DataError(f"--weights={path} holds nothing loadable: no checkpoint and "
+                                "no saved_model.pb; give a run dir, a checkpoint or an "
+                                "exported SavedModel")
+    run_dir = _run_of(path)
+    if run_dir is not None:
+        donor, classes = _run_weights(run_dir, prefix)
+        return _load_by_name(model, donor, classes, path, prefix)
+    # A Keras model tracks its optimizer, so reading restores that too; put it back.
+    fresh = [(v, v.numpy()) for v in getattr(model.optimizer, "variables", [])]
+    mismatch = None
+    try:
+        status = tf.train.Checkpoint(model=model).read(prefix)
+        status.assert_existing_objects_matched()
+    except (AssertionError, ValueError) as e:
+        # A variable of another shape fails while reading, before any check can.
+        mismatch = str(e).splitlines()[0]
+    finally:
+        for v, value in fresh:
+            v.assign(value)
+    if mismatch:
+        raise records.DataError(f"--weights={path}: the checkpoint {prefix} does not fit "
+                                f"--model and its flags ({mismatch}); use a run of the "
                                 "same network")
-    raise records.DataError(f"--weights={path} holds nothing loadable: no checkpoint and no "
-                            "saved_model.pb; give a run dir, a checkpoint or an exported "
-                            "SavedModel")
+    status.expect_partial()
+    return f"{prefix}: every layer"

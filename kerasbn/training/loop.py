@@ -17,7 +17,7 @@ import tensorflow as tf
 from kerasbn import config as config_lib
 from kerasbn.data import checks, pipeline, records
 from kerasbn.evaluation import bin_sets, holdout
-from kerasbn.nn import models, precise_bn
+from kerasbn.nn import precise_bn
 from kerasbn.serving import exporter
 from kerasbn.training import callbacks, checkpoints, keras_compat, metrics, network, runtime
 from kerasbn.training.run_dir import RunDir, RunDirError
@@ -142,8 +142,7 @@ def build_state(config, run, strategy):
     if manager.latest_checkpoint:
         print(f"resuming from {checkpoints.restore(manager)}", flush=True)
     elif config.weights:
-        donor = lambda classes: models.build(**{**config.model_kwargs(), "num_classes": classes})
-        print(f"initialised from {checkpoints.load_weights(model, config.weights, donor)}",
+        print(f"initialised from {checkpoints.load_weights(model, config.weights)}",
               flush=True)
     if config.iter_size > 1 and config.model != "baseline":
         print(f"warning: --iter_size={config.iter_size} accumulates gradients, but BN "
