@@ -13,6 +13,12 @@ The format, as MXNet's recordio.py and dmlc-core's recordio.h write it:
   1 .. a-1, and records a .. b-1 are one per identity, each with labels (start, end), the
   range of that identity's image records. Sets without record 0's ranges are plain image
   records, each labelled by its header's (first) label.
+
+Refused, naming the record: identity ranges that overlap (they would merge identities) or
+reach outside the image records (a huge range would exhaust memory), an image record whose
+header label disagrees with the identity range it lies in (insightface trains on the header
+label, kerasbn on the ranges: they must agree), labels that are NaN, infinite, negative or
+fractional, and `.idx` offsets that are negative.
 """
 
 import io
@@ -46,18 +52,29 @@ def read_index(rec_path):
     if not os.path.isfile(path):
         return list(enumerate(_walk(rec_path)))
     index = []
-    with open(path, encoding="ascii") as f:
-        for number, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            try:
-                key, offset = int(fields[0]), int(fields[1])
-            except (ValueError, IndexError):
-                raise DataError(f"{path}, line {number}: expected `key<TAB>offset`, got "
-                                f"{line.strip()!r}; rebuild the index") from None
-            index.append((key, offset))
+    for number, line in enumerate(_text_lines(path), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            key, offset = int(fields[0]), int(fields[1])
+            if offset < 0:
+                raise ValueError
+        except (ValueError, IndexError):
+            raise DataError(f"{path}, line {number}: expected `key<TAB>offset` (an offset of "
+                            f"0 or more), got {line.strip()!r}; rebuild the index") from None
+        index.append((key, offset))
     return index
+
+
+def _text_lines(path):
+    """The lines of the ASCII text file `path`; DataError naming it when it is not text."""
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read().splitlines()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not ASCII text (byte {e.start}); the file is damaged, "
+                        "copy or rebuild it") from None
 
 
 def _walk(rec_path):
@@ -150,8 +167,7 @@ def read_property(rec_path):
     path = beside(rec_path, "property")
     if not os.path.isfile(path):
         return None
-    with open(path, encoding="ascii") as f:
-        text = f.read().strip()
+    text = "\n".join(_text_lines(path)).strip()
     try:
         classes, height, width = (int(v) for v in text.split(","))
     except ValueError:
@@ -175,14 +191,11 @@ def identities(rec_path):
         first = _labels(f, offsets, 0, rec_path) if 0 in offsets else []
         if len(first) == 2 and first[0] >= 1 and _ranged(f, offsets, first):
             layout = "insightface layout (identity ranges in record 0)"
-            for identity, key in enumerate(range(int(first[0]), int(first[1]))):
-                start, end = _labels(f, offsets, key, rec_path)[:2]
-                for image in range(int(start), int(end)):
-                    labels[image] = identity
+            labels = _ranges(f, offsets, first, rec_path)
         else:
             layout = "one image per record"
             for key, _ in index:
-                labels[key] = int(_labels(f, offsets, key, rec_path)[0])
+                labels[key] = _whole(_labels(f, offsets, key, rec_path)[0], key, rec_path)
     width, key_width = len(str(max(labels.values()))), len(str(max(labels)))
     name = os.path.basename(rec_path)
     listing = {}
@@ -202,9 +215,50 @@ def identities(rec_path):
 
 def _ranged(f, offsets, first):
     """Whether records first[0] .. first[1]-1 all exist and the first holds a range."""
+    if not first[0] < first[1] <= max(offsets) + 1:
+        return False
     keys = range(int(first[0]), int(first[1]))
-    return bool(keys) and all(k in offsets for k in keys) and len(
-        _labels(f, offsets, keys[0], "")) >= 2
+    return all(k in offsets for k in keys) and len(_labels(f, offsets, keys[0], "")) >= 2
+
+
+def _ranges(f, offsets, first, rec_path):
+    """{image record key: identity} of insightface's layout, each identity's (start, end)
+    read from its record; DataError naming the record whose range overlaps another's,
+    reaches outside the image records 1 .. first[0]-1, or whose images' header labels
+    disagree with it."""
+    labels = {}
+    for identity, key in enumerate(range(int(first[0]), int(first[1]))):
+        start, end = (_whole(v, key, rec_path) for v in _labels(f, offsets, key, rec_path)[:2])
+        if not 1 <= start <= end <= first[0]:
+            raise DataError(f"{rec_path}: record {key} gives identity {identity} the image "
+                            f"records {start} .. {end - 1}, outside the images 1 .. "
+                            f"{int(first[0]) - 1} that record 0 announces; the file is damaged")
+        for image in range(start, end):
+            if image in labels:
+                raise DataError(f"{rec_path}: record {key} gives image record {image} to "
+                                f"identity {identity}, but identity {labels[image]}'s range "
+                                "holds it too; overlapping ranges would merge two people, "
+                                "rebuild the set")
+            labels[image] = identity
+    for image, identity in sorted(labels.items()):
+        if image not in offsets:
+            continue
+        header = _whole(_labels(f, offsets, image, rec_path)[0], image, rec_path)
+        if header != identity:
+            raise DataError(f"{rec_path}: image record {image} is labelled {header} in its "
+                            f"header but lies in identity {identity}'s range in record 0's "
+                            "layout; insightface trains on the header, kerasbn on the "
+                            "ranges, so the set is inconsistent: rebuild it")
+    return labels
+
+
+def _whole(value, key, rec_path):
+    """A label as an int; DataError naming record `key` for NaN, infinity, a negative or a
+    fractional value."""
+    if not np.isfinite(value) or value < 0 or value != int(value):
+        raise DataError(f"{rec_path}: record {key} has the label {float(value)!r}, not a "
+                        "whole number of 0 or more; the file is damaged")
+    return int(value)
 
 
 def _labels(f, offsets, key, rec_path):

@@ -194,3 +194,59 @@ def test_two_workers_convert_a_rec_to_the_same_records_as_one(tmp_path):
     for split in ("train", "test"):
         a, b = read_records(one, split), read_records(two, split)
         assert a[1:] == b[1:] and all((x == y).all() for x, y in zip(a[0], b[0]))
+
+
+def _insightface_payloads(identities, per_identity, ranges=None, image_labels=None):
+    """Payloads of insightface's layout with tiny images; `ranges` and `image_labels`
+    override the identity records' (start, end) and the image records' header labels."""
+    n = identities * per_identity
+    ranges = ranges or [(1 + k * per_identity, 1 + (k + 1) * per_identity)
+                        for k in range(identities)]
+    image_labels = image_labels or [i // per_identity for i in range(n)]
+    return ([_pack([n + 1, n + 1 + identities])]
+            + [_pack(label, b"jpeg", id=i + 1) for i, label in enumerate(image_labels)]
+            + [_pack(list(r)) for r in ranges])
+
+
+@pytest.mark.parametrize("ranges, image_labels, message", [
+    ([(1, 4), (3, 7)], None, r"record 8 gives image record 3 to identity 1, but identity 0's "
+                             r"range holds it too"),
+    ([(1, 4), (4, 10**8)], None, r"record 8 gives identity 1 the image records 4 \.\. "
+                                 r"99999999, outside the images 1 \.\. 6"),
+    (None, [0, 0, 0, 1, 0, 1], r"image record 5 is labelled 0 in its header but lies in "
+                               r"identity 1's range"),
+    ([(1, 4), (4, float("nan"))], None, r"record 8 has the label nan, not a whole number"),
+])
+def test_inconsistent_insightface_ranges_are_refused_by_record(tmp_path, ranges, image_labels,
+                                                               message):
+    path = str(tmp_path / "train.rec")
+    write_rec(path, _insightface_payloads(2, 3, ranges, image_labels))
+    with pytest.raises(records.DataError, match=message):
+        recordio.identities(path)
+
+
+@pytest.mark.parametrize("label, shown", [(float("inf"), "inf"), (float("nan"), "nan"),
+                                          (-2.0, "-2.0"), (1.5, "1.5")])
+def test_a_plain_records_label_that_is_no_class_is_refused_by_record(tmp_path, label, shown):
+    path = str(tmp_path / "train.rec")
+    write_rec(path, [_pack(0, b"a"), _pack(1, b"b"), _pack(label, b"c")])
+    with pytest.raises(records.DataError, match=f"record 2 has the label {shown}, not a whole"):
+        recordio.identities(path)
+
+
+def test_a_damaged_idx_or_property_is_named(tmp_path):
+    path = str(tmp_path / "train.rec")
+    write_rec(path, [_pack(0, b"a"), _pack(1, b"b")])
+    idx = tmp_path / "train.idx"
+    good = idx.read_text()
+    idx.write_text("0\t0\n1\t-36\n")
+    with pytest.raises(records.DataError, match=r"train.idx, line 2: expected `key<TAB>offset` "
+                                                r"\(an offset of 0 or more\), got '1\\t-36'"):
+        recordio.identities(path)
+    idx.write_bytes(b"0\t0\n1\t\xff\n")
+    with pytest.raises(records.DataError, match="train.idx is not ASCII text"):
+        recordio.identities(path)
+    idx.write_text(good)
+    (tmp_path / "property").write_bytes(b"2,112,\xe9\n")
+    with pytest.raises(records.DataError, match="property is not ASCII text"):
+        recordio.identities(path)
