@@ -407,8 +407,28 @@ def resolve(values, manifest, manifest_path="manifest.json"):
            if field.name in values and field.name not in _SCHEDULE and not spec.from_manifest}
     if run.get("precision") == "auto":
         run["precision"] = runtime.auto_precision()
-    return RunConfig(num_classes=classes, image_size=(height, width),
-                     channels=manifest.channels, schedule=schedule_of(values), **run)
+    config = RunConfig(num_classes=classes, image_size=(height, width),
+                       channels=manifest.channels, schedule=schedule_of(values), **run)
+    _check_verification(config, manifest, manifest_path)
+    return config
+
+
+def _check_verification(config, manifest, manifest_path):
+    """Refuses verification the dataset cannot give, and targets on figures the run will
+    never record (they would be reported as never reached)."""
+    if config.verify_split == "holdout" and not manifest.has_holdout_pairs:
+        raise ConfigError(f"--verify_split=holdout but {manifest_path} has no holdout pairs; "
+                          "rebuild the dataset with --holdout_identities and --pairs, or drop "
+                          "the flag")
+    if config.verify_split != "none" and manifest.has_holdout_pairs:
+        return
+    why = ("--verify_split=none" if config.verify_split == "none"
+           else f"{manifest_path} has no holdout pairs")
+    for text in config.target:
+        if metrics.parse_target(text)[0].startswith("verify_"):
+            raise ConfigError(f"--target={text} is a verification figure, but this run never "
+                              f"verifies ({why}); drop the target, or verify on a dataset "
+                              "with holdout pairs")
 
 
 def schedule_of(values):

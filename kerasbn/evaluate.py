@@ -86,7 +86,8 @@ def define_flags(values):
                               "(repeatable); evaluated on --data_dir and/or --pairs.", **on)
     flags.DEFINE_string("data_dir", None, "The dataset a --model is evaluated on (a run uses "
                         "its own).", **on)
-    flags.DEFINE_enum("split", "test", records.SPLITS, "The split evaluated for top-1.", **on)
+    flags.DEFINE_enum("split", "test", records.SPLITS, "The split evaluated for top-1 (test or "
+                      "train; the holdout split's people are verified, not classified).", **on)
     flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "A run's newest checkpoint, "
                       "or the weights of its best test (verification accuracy when the run "
                       "verified, else top-1).", **on)
@@ -114,6 +115,10 @@ def check(values):
     if values.model and not values.data_dir and not values.pairs and not values.bin:
         return ("--model needs --data_dir (a dataset with the classes it was trained on), "
                 "--pairs with --image_root, or --bin")
+    if values.split == "holdout":
+        return ("--split=holdout: the holdout people were never trained on, so a top-1 over the "
+                "network's classes means nothing there; their pairs are verified anyway (the "
+                "verify figures). Give --split=test or train")
     if os.path.exists(values.out) and not os.path.isdir(values.out):
         return f"--out={values.out} is a file; give a directory"
     return None

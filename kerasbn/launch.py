@@ -27,6 +27,7 @@ import glob
 import importlib.resources
 import itertools
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -76,8 +77,12 @@ def run_dir_of(flagfile):
     return run_dir
 
 
+# Training flags the launcher sets itself for every run: a sweep may not vary them.
+LAUNCHER_FLAGS = ("seed", "run_dir", "overwrite")
+
+
 def parse_sweep(texts):
-    """[(flag, [values])] of --sweep's FLAG=V1,V2 items; ValueError naming a bad one."""
+    """[(flag, [values])] of --sweep's FLAG=V1,V2 items; UserError naming a bad one."""
     known = set(train_flags.names())
     sweeps = []
     for text in texts:
@@ -86,8 +91,23 @@ def parse_sweep(texts):
         if flag not in known or not values:
             raise errors.UserError(f"--sweep={text}: give a training flag and its values, e.g. "
                              "--sweep=base_lr=0.005,0.01,0.02,0.05")
+        if flag in LAUNCHER_FLAGS:
+            raise errors.UserError(f"--sweep={text}: the launcher sets --{flag} for each run "
+                                   "itself (--seeds for seeds, --run_root for run dirs); sweep "
+                                   "another flag")
+        if flag in [swept for swept, _ in sweeps]:
+            raise errors.UserError(f"--sweep={text}: --{flag} is swept twice; give its values "
+                                   "in one --sweep")
+        if len(set(values)) < len(values):
+            raise errors.UserError(f"--sweep={text}: a value is listed twice")
         sweeps.append((flag, values))
     return sweeps
+
+
+def _path_safe(value):
+    """A swept value as part of a run dir's name: nothing but letters, digits, '.', '-' and
+    '_', so no value (`../x`, `a/b`) can place a run outside its run root."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", value)
 
 
 def commands(name, extra_args, run_root=None, seeds=None, sweeps=()):
@@ -107,7 +127,7 @@ def commands(name, extra_args, run_root=None, seeds=None, sweeps=()):
     for seed in range(seeds) if seeds else [None]:
         for point in grid:
             for flagfile, base in zip(files, bases):
-                suffix = "".join(f"-{flag}{value}" for flag, value in point) + (
+                suffix = "".join(f"-{flag}{_path_safe(value)}" for flag, value in point) + (
                     "" if seed is None else f"-seed{seed}")
                 run_dir = base.rstrip("/") + suffix
                 command = (python + ["kerasbn.train", f"--flagfile={flagfile}"] + extra_args

@@ -45,12 +45,13 @@ def main(argv):
             runs.append(reference)
         targets = comparison.parse_targets(values.targets) if values.targets \
             else comparison.tracked_targets(runs)
+        groups = seeds.group(runs)
+        comparison.check_distinct(runs, groups)
     except errors.UserError as e:
         sys.exit(f"error: {e}")
     if os.path.exists(values.out) and not os.path.isdir(values.out):
         sys.exit(f"error: --out={values.out} is a file; give a directory for report.md and "
                  "the figures")
-    groups = seeds.group(runs)
     unknown = [flag for flag in values.sweep or [] if flag not in reference["flags"]]
     if unknown:
         sys.exit(f"error: --sweep={','.join(unknown)}: no such setting in the runs' "
@@ -70,6 +71,10 @@ def main(argv):
     else:
         table = comparison.markdown(comparison.rows(runs, targets, reference["dir"]),
                                     reference["name"])
+    unfinished = [run["dir"] for run in runs if not run["finished"]]
+    if unfinished:
+        table += (f"\n{len(unfinished)} run(s) marked unfinished have not ended (still "
+                  "training, or stopped): their figures are those of their last test.\n")
     atomic.write_text(os.path.join(values.out, "report.md"), table)
     print(table)
     for path in comparison.plot(groups, values.out) + figures:

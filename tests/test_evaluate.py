@@ -130,6 +130,8 @@ def test_a_pairs_line_naming_a_missing_photo_is_one_line_naming_it(verified_run,
     (["--model=m"], "--model needs --data_dir"),
     (["--model=m", "--pairs=p.txt"], "--pairs and --image_root go together"),
     (["--model=m", "--data_dir=d"], "m is not a SavedModel written by kerasbn.export"),
+    (["--run_dir=r", "--split=holdout"], "--split=holdout: the holdout people were never "
+                                        "trained on"),
 ])
 def test_flag_combinations_that_cannot_work_are_one_line(argv, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -141,6 +141,11 @@ def test_a_sweep_runs_later_seeds_at_each_best_value_and_the_references():
     (["--seeds=2", "--sweep=base_lr=0.01,0.02"], "give --seeds=3 or more"),
     (["--seeds=3", "--sweep=base_rate=0.01"], "--sweep=base_rate=0.01: give a training flag"),
     (["--seeds=3", "--sweep=base_lr="], "--sweep=base_lr=: give a training flag"),
+    (["--seeds=3", "--sweep=seed=1,2"], "--sweep=seed=1,2: the launcher sets --seed"),
+    (["--seeds=3", "--sweep=run_dir=a,b"], "--sweep=run_dir=a,b: the launcher sets --run_dir"),
+    (["--seeds=3", "--sweep=base_lr=0.01", "--sweep=base_lr=0.02"],
+     "--sweep=base_lr=0.02: --base_lr is swept twice"),
+    (["--seeds=3", "--sweep=base_lr=0.01,0.01"], "a value is listed twice"),
 ])
 def test_a_sweep_that_cannot_report_a_spread_or_names_no_flag_is_refused(args, message):
     done = _launch("study_quick", "--dry_run", *args)
@@ -296,3 +301,13 @@ def test_a_run_killed_in_its_export_is_not_finished(small_data, tmp_path, monkey
     assert not launch.finished(run_dir)
     run_train(args)
     assert launch.finished(run_dir) and RunDir(run_dir).finished()
+
+
+def test_a_swept_value_cannot_place_a_run_outside_the_run_root(tmp_path):
+    from kerasbn import launch
+    sweeps = launch.parse_sweep(["weights=../../elsewhere/run,/abs/run"])
+    plan = launch.commands("study_quick", [], str(tmp_path / "root"), 3, sweeps)
+    for run in plan:
+        real = os.path.realpath(run["run_dir"])
+        assert os.path.dirname(real) == os.path.realpath(tmp_path / "root"), run["run_dir"]
+    assert any(run["run_dir"].endswith("-weights.._.._elsewhere_run-seed0") for run in plan)

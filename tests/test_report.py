@@ -7,8 +7,11 @@ from kerasbn import report
 from kerasbn.analysis import comparison, seeds
 
 
-def _run(directory, model, accuracies, every=100, lr=0.01, targets=()):
+def _run(directory, model, accuracies, every=100, lr=0.01, targets=(), finished=True):
     os.makedirs(directory)
+    if finished:
+        with open(os.path.join(directory, "summary.json"), "w") as f:
+            json.dump({"finished": True}, f)
     with open(os.path.join(directory, "metrics.jsonl"), "w") as f:
         for i, a in enumerate(accuracies):
             f.write(json.dumps({"iteration": i * every, "wall_time": 2.0 * i * every,
@@ -127,3 +130,29 @@ def test_a_target_on_a_metric_no_run_recorded_is_left_out(tmp_path):
     with open(os.path.join(base, "flags.txt"), "a") as f:
         f.write("--target=verify_acc:0.9\n")
     assert comparison.tracked_targets([comparison.load_run(base)]) == [("test_top1", 0.8)]
+
+
+def test_one_run_twice_or_two_copies_of_one_seed_are_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a = _run(tmp_path / "a", "bn", [0.2, 0.5])
+    with pytest.raises(SystemExit, match=r"a/\. is given twice \(as .*a too\)"):
+        report.main(["report", a, os.path.join(a, ".")])
+    _run(tmp_path / "copy", "bn", [0.2, 0.5])
+    with pytest.raises(SystemExit, match="are the same configuration with the same seed 0"):
+        report.main(["report", a, str(tmp_path / "copy")])
+
+
+def test_a_run_with_figures_that_are_not_finite_is_refused_by_line(tmp_path):
+    bad = _run(tmp_path / "bad", "bn", [0.2, float("nan"), 0.5])
+    with pytest.raises(comparison.ReportError, match=r"metrics.jsonl:2 records test_top1 nan "
+                                                     r"at iteration 100"):
+        comparison.load_run(bad)
+
+
+def test_unfinished_runs_are_marked(tmp_path, capsys):
+    base = _run(tmp_path / "baseline", "baseline", [0.2, 0.5])
+    running = _run(tmp_path / "bn", "bn", [0.3, 0.6], finished=False)
+    report.main(["report", base, running, f"--out={tmp_path / 'out'}"])
+    out = capsys.readouterr().out
+    assert "| bn (unfinished) | bn |" in out and "| baseline |" in out
+    assert "1 run(s) marked unfinished" in out

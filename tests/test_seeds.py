@@ -26,6 +26,8 @@ def _run(root, name, model, seed, reached_at, lr=0.01, every=100, last=800):
     with open(os.path.join(directory, "flags.txt"), "w") as f:
         f.write(f"--model={model}\n--seed={seed}\n--base_lr={lr}\n--max_iter={last}\n"
                 "--target_accuracy=0.8\n")
+    with open(os.path.join(directory, "summary.json"), "w") as f:
+        json.dump({"finished": True}, f)
     return comparison.load_run(directory)
 
 

@@ -405,3 +405,27 @@ def test_verification_on_holdout_identities_is_recorded_at_the_tests_it_is_asked
     assert "verify_auc" in _tags(os.path.join(run_dir, "tensorboard", "test"))
     assert "--verify_split=holdout" in _error(train_args(
         small_data, str(tmp_path / "r2"), verify_split="holdout"))
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"verify_split": "none", "target": "verify_acc:0.9"},
+     "--target=verify_acc:0.9 is a verification figure, but this run never verifies "
+     "(--verify_split=none)"),
+    ({"target": "verify_auc:0.9"}, "has no holdout pairs); drop the target"),
+    ({"verify_split": "holdout"}, "--verify_split=holdout but"),
+])
+def test_verification_the_run_cannot_measure_is_refused_before_anything_is_written(
+        small_data, tmp_path, extra, message):
+    run_dir = tmp_path / "run"
+    assert message in _error(train_args(small_data, str(run_dir), max_iter=10, **extra))
+    assert not run_dir.exists() or os.listdir(run_dir) == []
+
+
+def test_a_start_refused_on_its_data_leaves_no_settings_behind(small_data, tmp_path):
+    run_dir = tmp_path / "run"
+    message = _error(train_args(small_data, str(run_dir), max_iter=10,
+                                weights=tmp_path / "no_such_run"))
+    assert "no_such_run does not exist" in message
+    assert sorted(os.listdir(run_dir)) == [".lock"]
+    # The same run dir takes other settings at once: nothing was started there.
+    run_train(train_args(small_data, str(run_dir), max_iter=2, test_interval=2, base_lr=0.01))

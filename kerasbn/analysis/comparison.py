@@ -3,6 +3,7 @@ a launcher's set): each run's records loaded, iterations to each target and the 
 against a reference, configurations over seeds, a swept value chosen on the first seed, and
 the curves drawn as PNGs. The report command's docstring describes each figure."""
 
+import math
 import os
 
 import numpy as np
@@ -36,11 +37,40 @@ def load_run(run_dir):
     if not entries:
         raise ReportError(f"{run_dir} has no metrics.jsonl lines: it is not a kerasbn run "
                           "directory, or its first test has not run yet")
+    for number, entry in enumerate(entries, start=1):
+        for key, value in entry.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ReportError(f"{RunDir(run_dir).metrics_jsonl}:{number} records {key} "
+                                  f"{value} at iteration {entry.get('iteration')}; a run whose "
+                                  "figures are not finite cannot be averaged or compared, "
+                                  "leave it out")
     return {"name": os.path.basename(os.path.normpath(run_dir)), "dir": run_dir,
+            "finished": RunDir(run_dir).finished(),
             "flags": settings,
             "targets": [("test_top1", t) for t in settings.get("target_accuracy") or []]
             + [metrics.parse_target(t) for t in settings.get("target") or []],
             "entries": entries}
+
+
+def check_distinct(runs, groups):
+    """ReportError when one run is given twice, or two runs are the same configuration and
+    seed: either would count one measurement as two seeds."""
+    seen = {}
+    for run in runs:
+        real = os.path.realpath(run["dir"])
+        if real in seen:
+            raise ReportError(f"{run['dir']} is given twice (as {seen[real]} too); a run "
+                              "counts once")
+        seen[real] = run["dir"]
+    for entry in groups:
+        by_seed = {}
+        for run in entry["runs"]:
+            seed = seeds.seed_of(run)
+            if seed in by_seed:
+                raise ReportError(f"{by_seed[seed]} and {run['dir']} are the same configuration "
+                                  f"with the same seed {seed}: one measurement, not two seeds; "
+                                  "give one of them")
+            by_seed[seed] = run["dir"]
 
 
 def tracked_targets(runs):
@@ -75,7 +105,7 @@ def rows(runs, targets, reference):
     for run in runs:
         summary = summaries[run["dir"]]
         head = run["flags"].get("head", "softmax")
-        row = {"run": run["name"],
+        row = {"run": run["name"] + ("" if run["finished"] else " (unfinished)"),
                "network": run["flags"].get("model", "?") + ("" if head == "softmax"
                                                            else f" + {head}"),
                "norm": run["flags"].get("norm", "-") if run["flags"].get("model") != "baseline"
@@ -183,7 +213,9 @@ def grouped_markdown(groups, targets, reference):
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for entry in groups:
         runs = entry["runs"]
-        cells = [entry["name"], str(len(runs)),
+        unfinished = sum(not run["finished"] for run in runs)
+        cells = [entry["name"] + (f" ({unfinished} unfinished)" if unfinished else ""),
+                 str(len(runs)),
                  spread_cell(seeds.accuracy(runs, "best_test_top1")),
                  spread_cell(seeds.accuracy(runs, "final_test_top1"))]
         for target in targets:

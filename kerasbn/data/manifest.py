@@ -56,6 +56,11 @@ class Manifest:
     def num_classes(self):
         return len(self.class_names)
 
+    @property
+    def has_holdout_pairs(self):
+        """Whether the dataset has a holdout split and a pairs file to verify on."""
+        return "holdout" in self.splits and self.pairs_file is not None
+
     def to_dict(self):
         """The manifest's JSON as it is on disk."""
         return dict(self.values)

@@ -116,7 +116,7 @@ def evaluate_network(served, values):
         result.update(figures(photo_scores(served, values.pairs, values.image_root,
                                             values.batch_size, flip), flip),
                       pairs=values.pairs)
-    elif manifest is not None and holdout.available(manifest):
+    elif manifest is not None and manifest.has_holdout_pairs:
         progress = Progress(manifest.splits["holdout"].count, "holdout split")
         scores = holdout.scorer(embed, data_dir, manifest, values.batch_size, flip, raw=True,
                                 progress=progress)()

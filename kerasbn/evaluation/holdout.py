@@ -14,11 +14,6 @@ from kerasbn.data import pipeline
 from kerasbn.evaluation import pairs, verification
 
 
-def available(manifest):
-    """Whether the dataset has a holdout split and a pairs file to verify on."""
-    return "holdout" in manifest.splits and manifest.pairs_file is not None
-
-
 def folds(same, sets):
     """The pairs file's own ten sets as the folds (LFW's protocol), else stratified folds."""
     return sets if len(np.unique(sets)) == 10 else verification.stratified_folds(same)

@@ -44,7 +44,7 @@ def check_out(path, fmt="saved_model"):
 def threshold(model, data_dir, manifest, batch_size=256):
     """The cosine threshold best separating the holdout pairs' matched from mismatched
     (the mean of LFW's ten folds' choices) for `model`; None without holdout pairs."""
-    if not holdout.available(manifest):
+    if not manifest.has_holdout_pairs:
         return None
     return holdout.verifier(model, data_dir, manifest, batch_size)()["verify_threshold"]
 

@@ -21,7 +21,7 @@ from kerasbn.nn import precise_bn
 from kerasbn.serving import exporter
 from kerasbn.training import callbacks, checkpoints, keras_compat, metrics, network, runtime
 from kerasbn.training.run_dir import RunDir, RunDirError
-from kerasbn.utils import stop_signals
+from kerasbn.utils import errors, stop_signals
 
 
 def start(config, flagfile_text, overwrite=False, stored=None, strategy=None):
@@ -61,7 +61,14 @@ def start(config, flagfile_text, overwrite=False, stored=None, strategy=None):
             else:
                 run.check_same_run(config, stored)
         run.write_settings(config, flagfile_text)
-        return train(config, run, strategy)
+        try:
+            return train(config, run, strategy)
+        except errors.UserError:
+            if (stored is None or overwrite) and not run.read_metrics():
+                # Refused before its first test: no run was started here, so a rerun with
+                # other settings is not told that this one is in the way.
+                run.forget_settings()
+            raise
 
 
 def train(config, run, strategy=None):
@@ -320,14 +327,9 @@ def worker_batches(strategy, config, manifest, start_step, stream, augment):
 
 def make_verifier(config, model, manifest):
     """The holdout verification `config.verify_split` asks for, or None (`auto`: when the
-    dataset has holdout pairs)."""
-    if config.verify_split == "none" or (config.verify_split == "auto"
-                                         and not holdout.available(manifest)):
+    dataset has holdout pairs; `config.resolve` refused `holdout` without them)."""
+    if config.verify_split == "none" or not manifest.has_holdout_pairs:
         return None
-    if not holdout.available(manifest):
-        raise records.DataError(f"--verify_split=holdout but {config.data_dir} has no holdout "
-                                "pairs; rebuild it with --holdout_identities and --pairs, or "
-                                "drop the flag")
     return holdout.verifier(model, config.data_dir, manifest, config.batch_size,
                                  config.verify_flip)
 

@@ -158,6 +158,12 @@ class RunDir:
         atomic.write_json(self.config_json, config.to_dict())
         atomic.write_text(self.flags_txt, flagfile_text)
 
+    def forget_settings(self):
+        """Removes config.json and flags.txt of a start that was refused before it ran."""
+        for path in (self.config_json, self.flags_txt):
+            if os.path.exists(path):
+                os.remove(path)
+
     def record_distribution(self, distribution):
         """Adds how the run is spread over devices (strategy, replicas, per-replica batch) to
         config.json; not a setting, so a resume under another strategy replaces it."""
