@@ -80,3 +80,35 @@ def test_weights_take_the_network_but_not_the_optimizer_state(tmp_path):
         checkpoints.load_weights(_model(width=5), str(tmp_path))
     with pytest.raises(records.DataError, match="does not exist"):
         checkpoints.load_weights(_model(), str(tmp_path / "nowhere"))
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, capsys):
+    run = RunDir(str(tmp_path))
+    model = _model(width=300)
+    manager = checkpoints.make_manager(run, model, _variable(0.0), _variable(0), keep=3)
+    weights = {}
+    for iteration in (10, 20, 30):
+        _train(model, 1)
+        checkpoints.save(manager, iteration)
+        weights[iteration] = model.get_weights()[0].copy()
+    # A copy or a full disk cut the two newest short.
+    for iteration in (20, 30):
+        [data] = [p for p in os.listdir(run.checkpoints)
+                  if p.startswith(f"ckpt-{iteration}.data")]
+        path = os.path.join(run.checkpoints, data)
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+    fresh = _model(width=300)
+    again = checkpoints.make_manager(run, fresh, _variable(0.0), _variable(0), keep=3)
+    assert checkpoints.restore(again).endswith("ckpt-10")
+    np.testing.assert_array_equal(fresh.get_weights()[0], weights[10])
+    err = capsys.readouterr().err
+    assert "checkpoint" in err and "ckpt-30 is damaged" in err and "ckpt-20 is damaged" in err
+    assert "restored" in err and "ckpt-10, the newest intact checkpoint" in err
+    other = _model(width=300)
+    assert checkpoints.restore_latest(run, other).endswith("ckpt-10")
+    np.testing.assert_array_equal(other.get_weights()[0], weights[10])
+    [data] = [p for p in os.listdir(run.checkpoints) if p.startswith("ckpt-10.data")]
+    os.remove(os.path.join(run.checkpoints, data))
+    with pytest.raises(records.DataError, match="every checkpoint is damaged"):
+        checkpoints.restore_latest(run, _model(width=300))

@@ -56,6 +56,13 @@ def test_metrics_append_whole_lines_and_a_torn_last_line_is_dropped(tmp_path):
         f.write('{"iteration": 0}\nbroken\n{"iteration": 20}\n')
     with pytest.raises(RunDirError, match="metrics.jsonl:2"):
         run.read_metrics()
+    with open(run.metrics_jsonl, "wb") as f:
+        f.write(b'{"iteration": 0}\n{"iteration": 1\xff}\n{"iteration": 20}\n')
+    with pytest.raises(RunDirError, match="metrics.jsonl:2 is not a JSON line"):
+        run.read_metrics()
+    with open(run.metrics_jsonl, "wb") as f:
+        f.write(b'{"iteration": 0}\n{"iteration": 1\xff')
+    assert [e["iteration"] for e in run.read_metrics()] == [0]
 
 
 def test_settings_are_written_and_read_back(tmp_path):

@@ -10,6 +10,7 @@ import glob
 import json
 import os
 import shutil
+import sys
 
 import tensorflow as tf
 
@@ -42,19 +43,50 @@ def save(manager, iteration):
 
 
 def restore(manager):
-    """Restores the newest checkpoint of `manager` into its objects; returns its prefix.
+    """Restores the newest intact checkpoint of `manager` into its objects; returns its
+    prefix (and warns of each newer one that is damaged, such as a file cut short by a full
+    disk or a copy).
 
     A checkpoint from before the data position was saved restores all but it (the caller
     then derives the position from the iteration).
     """
-    prefix = manager.latest_checkpoint
-    saved = {name.split("/")[0] for name, _ in tf.train.list_variables(prefix)}
-    checkpoint = manager.checkpoint
-    if "position" not in saved:
-        checkpoint = tf.train.Checkpoint(model=checkpoint.model, optimizer=checkpoint.optimizer,
-                                         wall_time=checkpoint.wall_time)
-    checkpoint.restore(prefix).assert_existing_objects_matched()
-    return prefix
+    def read(prefix):
+        saved = {name.split("/")[0] for name, _ in tf.train.list_variables(prefix)}
+        checkpoint = manager.checkpoint
+        if "position" not in saved:
+            checkpoint = tf.train.Checkpoint(model=checkpoint.model,
+                                             optimizer=checkpoint.optimizer,
+                                             wall_time=checkpoint.wall_time)
+        checkpoint.restore(prefix).assert_existing_objects_matched()
+
+    return _newest_intact(manager.checkpoints, read)
+
+
+def _newest_intact(prefixes, read):
+    """The newest of `prefixes` (oldest first) that `read(prefix)` restores without a
+    damaged-file error; a warning line names each newer one. DataError when none is intact."""
+    damaged = []
+    for prefix in reversed(prefixes):
+        try:
+            read(prefix)
+        # TensorFlow's checkpoint reader reports a cut-short data file as IndexError ("Read
+        # less bytes than requested"), a missing one as an OpError, others as RuntimeError.
+        except (tf.errors.OpError, IndexError, RuntimeError) as e:
+            damaged.append(prefix)
+            print(f"warning: checkpoint {prefix} is damaged ({_first_line(e)}); trying the one "
+                  "before it", file=sys.stderr, flush=True)
+            continue
+        if damaged:
+            print(f"warning: restored {prefix}, the newest intact checkpoint", file=sys.stderr,
+                  flush=True)
+        return prefix
+    raise records.DataError(f"every checkpoint is damaged ({', '.join(damaged)}); restore "
+                            "the run's checkpoints/ from a copy, or start over with --overwrite")
+
+
+def _first_line(error):
+    message = getattr(error, "message", None) or str(error)
+    return message.strip().splitlines()[0]
 
 
 def remove_partial(run):
@@ -64,12 +96,15 @@ def remove_partial(run):
 
 
 def restore_latest(run, model, best=False):
-    """Restores the model's weights from RunDir `run`'s newest checkpoint (its best test's,
-    with `best`); returns its prefix."""
-    latest = tf.train.latest_checkpoint(run.best if best else run.checkpoints)
-    if latest:
-        tf.train.Checkpoint(model=model).read(latest).expect_partial()
-    return latest
+    """Restores the model's weights from RunDir `run`'s newest intact checkpoint (its best
+    test's, with `best`); returns its prefix, None when there is none."""
+    directory = run.best if best else run.checkpoints
+    state = tf.train.get_checkpoint_state(directory)
+    if not state:
+        return None
+    return _newest_intact(list(state.all_model_checkpoint_paths),
+                          lambda prefix: tf.train.Checkpoint(model=model).read(
+                              prefix).expect_partial())
 
 
 def _checkpoint_in(path):

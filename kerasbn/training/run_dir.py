@@ -175,13 +175,13 @@ class RunDir:
         """The run's test records, oldest first; a torn last line (a killed writer) is dropped."""
         if not os.path.exists(self.metrics_jsonl):
             return []
-        with open(self.metrics_jsonl, encoding="utf-8") as f:
-            lines = [line for line in f.read().split("\n") if line.strip()]
+        with open(self.metrics_jsonl, "rb") as f:
+            lines = [line for line in f.read().split(b"\n") if line.strip()]
         entries = []
         for number, line in enumerate(lines, start=1):
             try:
-                entries.append(json.loads(line))
-            except json.JSONDecodeError:
+                entries.append(json.loads(line.decode("utf-8")))
+            except (UnicodeDecodeError, json.JSONDecodeError):
                 if number == len(lines):
                     break
                 raise RunDirError(f"{self.metrics_jsonl}:{number} is not a JSON line; "
