@@ -177,3 +177,40 @@ def test_flags_whose_range_depends_on_others_are_refused_naming_them(args, name)
     values, _ = cli.parse(["train", "--data_dir=d", "--run_dir=r", *args], train_flags.define)
     with pytest.raises(ValueError, match=name):
         train_flags.to_config(values, MANIFEST)
+
+
+def test_a_full_disk_is_one_line_naming_the_file():
+    import errno
+
+    import tensorflow as tf
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/data/out/train-00000.tfrecord")
+    assert cli.disk_full_line(full).startswith(
+        "error: the disk is full (/data/out/train-00000.tfrecord); free space and rerun")
+    saved = tf.errors.ResourceExhaustedError(
+        None, None, "{{function_node SaveV2}} /run/checkpoints/ckpt-10_temp/part-0; No space "
+        "left on device")
+    assert "(/run/checkpoints/ckpt-10_temp/part-0; No space left on device)" in \
+        cli.disk_full_line(saved)
+    assert cli.disk_full_line(OSError(errno.EACCES, "Permission denied")) is None
+    assert cli.disk_full_line(ValueError("a bug")) is None
+
+
+def test_a_command_that_fills_the_disk_ends_with_that_line(tmp_path):
+    # A real full disk where this machine lets a test mount a small tmpfs (root); else the
+    # line itself is tested above.
+    full = tmp_path / "full"
+    full.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(full)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        done = subprocess.run([sys.executable, "-m", "data_tools.synth", f"--out={full / 'd'}",
+                               "--identities=20", "--images_per_identity=50"],
+                              capture_output=True, text=True, cwd=ROOT)
+        assert done.returncode == 1
+        assert done.stderr.strip().splitlines()[-1].startswith("error: the disk is full (")
+        assert "Traceback" not in done.stderr
+        assert not os.path.exists(full / "d" / "manifest.json")
+    finally:
+        subprocess.run(["umount", str(full)], capture_output=True)

@@ -8,7 +8,9 @@ the command's own flags; `-v N` (absl's verbosity) also lets TensorFlow log (see
 """
 
 import atexit
+import errno
 import os
+import re
 import signal
 import sys
 
@@ -58,6 +60,10 @@ def _settle_console():
     def hook(kind, error, traceback):
         if issubclass(kind, BrokenPipeError):
             _end_on_broken_pipe()
+        full = disk_full_line(error)
+        if full:
+            print(full, file=sys.stderr, flush=True)
+            os._exit(1)
         earlier(kind, error, traceback)
 
     hook.quiet_on_broken_pipe = True
@@ -65,6 +71,23 @@ def _settle_console():
     # Piped output is buffered, so the write that finds the pipe closed is often the last
     # flush, after the command's own code and its excepthook.
     atexit.register(_flush_stdout)
+
+
+def disk_full_line(error):
+    """The one line a command ends with when `error` is a full disk or quota (Python's
+    OSError or TensorFlow's ResourceExhaustedError while writing), else None. Every writer
+    of kerasbn writes whole files through temporary names, so what is on disk stays
+    consistent and a rerun after freeing space continues."""
+    text = str(error)
+    full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(
+        words in text for words in ("No space left on device", "Disk quota exceeded"))
+    if not full:
+        return None
+    # TensorFlow's message wraps the path in its function's name and op.
+    where = getattr(error, "filename", None) or re.sub(
+        r"\{\{[^}]*\}\}\s*|\s*\[Op:\w+\]", "", text.strip().splitlines()[-1])
+    return (f"error: the disk is full ({where}); free space and rerun the same command: "
+            "what was written whole is kept, nothing half-written is taken as complete")
 
 
 def _flush_stdout():
