@@ -73,8 +73,9 @@ class RunConfig:
         choices=heads.HEADS)
     scale: float | None = setting(
         None, "Margin heads: the scale s of the cosine logits (default: cosface "
-        f"{heads.DEFAULTS['cosface'][0]:g}, arcface {heads.DEFAULTS['arcface'][0]:g}).",
-        lower=0, lower_open=True)
+        f"{heads.DEFAULTS['cosface'][0]:g}, arcface {heads.DEFAULTS['arcface'][0]:g}; the field "
+        "uses 30-64, and past 1,000 the softmax saturates: every gradient 0 or 1).",
+        lower=0, upper=1000, lower_open=True)
     margin: float | None = setting(
         None, "Margin heads: the margin m, cosine for cosface, radians for arcface (default: "
         f"cosface {heads.DEFAULTS['cosface'][1]:g}, arcface {heads.DEFAULTS['arcface'][1]:g}).",

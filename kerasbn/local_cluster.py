@@ -6,19 +6,23 @@ training before a cluster.
 
 Starts N `python -m kerasbn.train ... --strategy=multi_worker` processes, each with a
 TF_CONFIG naming all N on loopback ports and its own index; worker 0 is the chief, whose
-output this command streams (the others' goes to a log, shown if one fails). If any worker
-fails, the others are stopped and the command exits with the failed worker's status; Ctrl-C
-or SIGTERM stops them all. On a real cluster each machine runs the same train command with
+output this command streams, with its `warning:` and `error:` lines (everything else a
+worker writes to standard error goes to a log). If any worker fails, the others are stopped
+and the command ends with that worker's own `error:` line, or the last lines of its log when
+it died without one, never the other workers' collective-abort dumps that its death causes,
+and exits with its status; Ctrl-C or SIGTERM stops them all. On a real cluster each machine runs the same train command with
 its own TF_CONFIG (BUILD.md shows a Slurm array and a Kubernetes Job).
 """
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from absl import flags
@@ -45,16 +49,56 @@ def tf_config(ports, index):
 
 
 def start_workers(count, train_args, log_dir):
-    """[(process, log path)] of `count` workers running `train_args`, worker 0 first."""
+    """[(process, log path)] of `count` workers running `train_args`, worker 0 first: the
+    chief's standard output stays this command's, its standard error is logged and its own
+    lines forwarded; the other workers write only to their logs."""
     ports = free_ports(count)
     command = [sys.executable, "-m", "kerasbn.train", *train_args, "--strategy=multi_worker"]
     workers = []
     for index in range(count):
         env = {**os.environ, "TF_CONFIG": tf_config(ports, index)}
-        log = None if index == 0 else os.path.join(log_dir, f"worker{index}.log")
-        out = None if log is None else open(log, "w", encoding="utf-8")
-        workers.append((subprocess.Popen(command, env=env, stdout=out, stderr=out), log))
+        log = os.path.join(log_dir, f"worker{index}.log")
+        if index == 0:
+            process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
+            threading.Thread(target=_forward, args=(process.stderr, log), daemon=True).start()
+        else:
+            with open(log, "wb") as out:
+                process = subprocess.Popen(command, env=env, stdout=out, stderr=out)
+        workers.append((process, log))
     return workers
+
+
+def _forward(stream, log):
+    """Copies the chief's standard error into `log`, passing its own warning and error
+    lines on as they come."""
+    with open(log, "wb") as out:
+        for line in stream:
+            out.write(line)
+            out.flush()
+            if line.startswith(OWN_LINES):
+                sys.stderr.buffer.write(line)
+                sys.stderr.flush()
+
+
+# A worker's own lines on standard error, as every kerasbn command writes them.
+OWN_LINES = (b"warning:", b"error:")
+
+
+def cause(log):
+    """What a failed worker's `log` says of its failure: its own `error:` lines, else the
+    last lines that are neither TensorFlow's log nor a traceback's frames."""
+    with open(log, encoding="utf-8", errors="replace") as f:
+        lines = f.read().splitlines()
+    own = [line for line in lines if line.startswith("error:")]
+    if own:
+        return own[-1:]
+    plain = [line for line in lines if line.strip() and not TF_LOG.match(line)
+             and not line.startswith((" ", "Traceback"))]
+    return plain[-3:]
+
+
+# TensorFlow's C++ log lines (absl's format: severity, date, time, thread, file:line).
+TF_LOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d|^WARNING: All log messages before")
 
 
 def stop(workers):
@@ -71,20 +115,20 @@ def stop(workers):
 
 def supervise(workers):
     """Waits for every worker; the exit status of the first that fails (after stopping the
-    others), else 0."""
+    others), else 0. Of workers found failed at the same poll, one other than the chief is
+    taken: the chief's collective ops fail because a peer died, not the other way round."""
     while True:
         codes = [process.poll() for process, _ in workers]
-        failed = next((i for i, code in enumerate(codes) if code not in (None, 0)), None)
-        if failed is not None:
+        failed = [i for i, code in enumerate(codes) if code not in (None, 0)]
+        if failed:
+            first = max(failed) if failed[0] == 0 else failed[0]
             stop(workers)
-            _, log = workers[failed]
-            if log:
-                with open(log, encoding="utf-8", errors="replace") as f:
-                    tail = f.read().strip().splitlines()[-5:]
-                print("\n".join(f"worker {failed}: {line}" for line in tail), file=sys.stderr)
-            print(f"error: worker {failed} exited with status {codes[failed]}; stopped the "
+            time.sleep(0.2)  # the chief's forwarding thread finishes its log
+            for line in cause(workers[first][1]):
+                print(f"worker {first}: {line}", file=sys.stderr)
+            print(f"error: worker {first} exited with status {codes[first]}; stopped the "
                   "other workers", file=sys.stderr)
-            return codes[failed]
+            return codes[first]
         if all(code == 0 for code in codes):
             return 0
         time.sleep(0.2)

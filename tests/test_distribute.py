@@ -123,3 +123,38 @@ def test_a_failing_worker_stops_the_cluster_with_one_line(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert "stopped the other workers" in done.stderr.strip().splitlines()[-1]
+
+
+class _Exited:
+    """A worker process that has exited with `code` (None: still running)."""
+
+    def __init__(self, code):
+        self.code = code
+
+    def poll(self):
+        return self.code
+
+    def wait(self, timeout=None):
+        return self.code
+
+    def terminate(self):
+        self.code = -15
+
+
+def test_a_dead_worker_is_named_by_its_own_line_not_the_chiefs_abort_dump(tmp_path, capsys):
+    from kerasbn import local_cluster
+    chief, other = tmp_path / "worker0.log", tmp_path / "worker1.log"
+    chief.write_text(
+        "E0000 00:00:1796 collective_ops.cc:123] Collective ops is aborted by: peer down\n"
+        "Traceback (most recent call last):\n  File \"train.py\", line 1, in <module>\n"
+        "tensorflow.python.framework.errors_impl.UnavailableError: Collective ops is aborted\n")
+    other.write_text("W0000 00:00:1796 some.cc:1] chatter\nKilled\n")
+    code = local_cluster.supervise([(_Exited(1), str(chief)), (_Exited(137), str(other))])
+    err = capsys.readouterr().err
+    assert code == 137
+    assert err.splitlines() == ["worker 1: Killed", "error: worker 1 exited with status 137; "
+                                                    "stopped the other workers"]
+    other.write_text("error: --data_dir=/x: manifest.json not found\n")
+    assert local_cluster.supervise([(_Exited(None), str(chief)), (_Exited(1), str(other))]) == 1
+    assert capsys.readouterr().err.splitlines()[0] == (
+        "worker 1: error: --data_dir=/x: manifest.json not found")
