@@ -20,6 +20,8 @@ from kerasbn.utils.settings import setting
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 SOLVER_TYPES = ("SGD", "Nesterov", "Adam", "AdamW")
 VERIFY_SPLITS = ("auto", "holdout", "none")
+# How --verify_flip combines an image's embedding with its mirror image's.
+FLIP_SUMS = ("unit", "raw")
 EXPORTS = ("latest", "best")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 
@@ -187,6 +189,10 @@ class RunConfig:
     verify_flip: bool = setting(
         False, "Sum each holdout embedding with its mirror image's, as insightface does.",
         run_defining=False)
+    flip_sum: str = setting(
+        "unit", "--verify_flip: unit sums the two views' L2-normalised embeddings (each view "
+        "counts the same); raw sums the raw embeddings, normalised after, as insightface's "
+        "verification.py does.", choices=FLIP_SUMS, run_defining=False)
     freeze_backbone_iter: int = setting(
         0, "Fine-tuning: train only the classifier for the first N iterations (every other layer "
         "frozen, BN on its moving statistics), then every layer.", lower=0)
@@ -321,6 +327,11 @@ class RunConfig:
                               f"{self.num_classes} centres, fewer than the {self.batch_size} "
                               "identities a batch may hold; raise it to at least "
                               f"{math.ceil(self.batch_size / self.num_classes * 1000) / 1000:g}")
+
+    def flip(self):
+        """How verification embeds a face: False (one view), or how the two views are
+        summed (FLIP_SUMS), as `holdout.embed_step` takes it."""
+        return self.flip_sum if self.verify_flip else False
 
     def targets(self):
         """Every target of the run as (metric, value): --target_accuracy's on test top-1,

@@ -22,6 +22,7 @@ import sys
 import numpy as np
 from absl import flags
 
+from kerasbn import config
 from kerasbn.analysis import charts
 from kerasbn.data import records
 from kerasbn.evaluation import evaluator
@@ -32,8 +33,13 @@ from kerasbn.utils import atomic, errors
 
 def request(values):
     """The `evaluator.Request` of the command's flags."""
+    flip = values.verify_flip
+    if flip is None and values.flip_sum:
+        flip = True
+    if flip:
+        flip = values.flip_sum or "unit"
     return evaluator.Request(values.data_dir, values.split, values.batch_size, values.pairs,
-                             values.image_root, tuple(values.bin), values.verify_flip)
+                             values.image_root, tuple(values.bin), flip)
 
 
 def evaluate_run(run_dir, values):
@@ -102,6 +108,9 @@ def define_flags(values):
                               **on)
     flags.DEFINE_bool("verify_flip", None, "Sum each embedding with its mirror image's "
                       "(default: as the run verified while training; off for --model).", **on)
+    flags.DEFINE_enum("flip_sum", None, list(config.FLIP_SUMS), "How --verify_flip sums the "
+                      "two views: unit (their L2-normalised embeddings, the default) or raw "
+                      "(the raw embeddings, as insightface's verification.py).", **on)
     flags.DEFINE_integer("batch_size", 256, "Images per batch.", lower_bound=1, **on)
     flags.DEFINE_string("out", "evaluation", "Directory for evaluate.json and roc.png.", **on)
 

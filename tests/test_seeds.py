@@ -130,3 +130,18 @@ def test_the_grouped_table_gives_each_heads_last_verification_over_seeds(tmp_pat
     assert arcface.endswith("| 0.9450 ± 0.0071 | 0.9650 ± 0.0071 |")
     assert softmax.endswith("| 0.9100 ± 0.0141 | 0.9300 ± 0.0141 |")
     assert "bn + arcface" == comparison.rows(runs, [TOP1], runs[0]["dir"])[2]["network"]
+
+
+def test_a_seed_that_meets_the_target_before_training_stays_in_the_speedup(tmp_path):
+    # Seed 1 of BN meets 0.8 at its iteration-0 test: its speedup is unbounded, so it counts
+    # as more than the baseline's 300 over its first later test (100): > 3x, not dropped.
+    base = [_run(tmp_path, f"base-seed{s}", "baseline", s, 300) for s in (0, 1)]
+    bn = [_run(tmp_path, "bn-seed0", "bn", 0, 200), _run(tmp_path, "bn-seed1", "bn", 1, 0)]
+    result = seeds.speedup(base, bn, ("test_top1", 0.8))
+    assert result["seeds"] == 2 and result["bound"] == ">"
+    assert result["mean"] == pytest.approx((300 / 200 + 300 / 100) / 2)
+    both = seeds.speedup([_run(tmp_path, "base0-seed1", "baseline", 1, 0)], bn[1:],
+                         ("test_top1", 0.8))
+    assert (both["mean"], both["bound"]) == (1.0, "")
+    row = comparison.rows([base[1], bn[1]], [0.8], base[1]["dir"])[1]["targets"]["0.8"]
+    assert (row["speedup"], row["bound"]) == (3.0, ">")

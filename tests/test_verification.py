@@ -108,3 +108,25 @@ def test_val_at_far_thresholds_at_zero_where_the_far_is_never_reached():
 def test_pairs_of_one_kind_are_refused(same):
     with pytest.raises(verification.errors.DataError, match="needs both kinds"):
         verification.require_both_kinds(np.array(same), "set.bin")
+
+
+@pytest.mark.parametrize("flip", ["unit", "raw"])
+def test_flip_sums_the_two_views_as_named(flip):
+    import tensorflow as tf
+
+    from kerasbn.evaluation import holdout
+
+    images = np.random.default_rng(0).random((3, 4, 5, 1)).astype(np.float32)
+    # A toy embedding whose two views differ in length: "unit" weighs them equally,
+    # "raw" (insightface's) by their lengths.
+    embed = lambda x: tf.reshape(x, [tf.shape(x)[0], -1]) * tf.reshape(
+        tf.range(1, 21, dtype=tf.float32), [1, 20])
+    got = holdout.embed_step(embed, flip)(tf.constant(images)).numpy()
+    one = images.reshape(3, -1) * np.arange(1, 21)
+    mirrored = images[:, :, ::-1].reshape(3, -1) * np.arange(1, 21)
+    if flip == "unit":
+        unit = lambda v: v / np.linalg.norm(v, axis=1, keepdims=True)
+        want = unit(one) + unit(mirrored)
+    else:
+        want = one + mirrored
+    np.testing.assert_allclose(got, want, rtol=1e-5)

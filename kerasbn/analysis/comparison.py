@@ -118,18 +118,33 @@ def rows(runs, targets, reference):
         for target, hit in summary["targets"].items():
             row["targets"][target] = {
                 "iteration": hit and hit["iteration"], "wall_time": hit and hit["wall_time"],
-                **_speedup(ref[target], ref_last, hit, summary["final_iteration"])}
+                **_speedup(ref[target], ref_last, hit, summary["final_iteration"],
+                           _first_update_test(run["entries"]))}
         table.append(row)
     return table
 
 
-def _speedup(base, base_last, hit, last):
+def _first_update_test(entries):
+    """The first tested iteration after iteration 0, or None."""
+    return next((e["iteration"] for e in entries if e["iteration"] > 0), None)
+
+
+def _speedup(base, base_last, hit, last, first_test=None):
     """{speedup, bound}: the reference's iterations to the target over the run's.
 
     When only one of the two reached the target, its iterations lie beyond the other's last
     test, so the speedup is a bound: `>` when only the run reached it, `<` when only the
     reference did (a run short of the target still says how far ahead or behind it is).
+    A run that met the target at its iteration-0 test is `>` the reference's iterations over
+    its first later test (`first_test`), or 1.0 when the reference met it there too.
     """
+    if hit and hit["iteration"] == 0:
+        if base and base["iteration"] == 0:
+            return {"speedup": 1.0, "bound": ""}
+        reference = base["iteration"] if base else base_last
+        if reference and first_test:
+            return {"speedup": reference / first_test, "bound": ">"}
+        return {"speedup": None, "bound": ""}
     if hit and base and hit["iteration"]:
         return {"speedup": base["iteration"] / hit["iteration"], "bound": ""}
     if hit and not base and hit["iteration"] and base_last:

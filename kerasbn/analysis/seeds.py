@@ -7,8 +7,11 @@ first tested iteration reaching it; a run that never reaches it is censored at i
 is a lower bound. A speedup is computed per seed, pairing the two configurations' runs of the
 same seed (the same data order and initial draw where the networks allow it): the reference's
 iterations over the run's, a bound when either side is censored (">" when only the reference
-is, "<" when only the run is; a seed where both are is left out). Spreads are the sample
-standard deviation over seeds (ddof 1; 0 for a single seed).
+is, "<" when only the run is; a seed where both are is left out). A run that meets the
+target at its iteration-0 test (before any update) stays in: its speedup is unbounded, so it
+counts as ">" the reference's iterations over the run's first later test (1.0 when the
+reference met it at iteration 0 too). Spreads are the sample standard deviation over seeds
+(ddof 1; 0 for a single seed).
 """
 
 import re
@@ -83,14 +86,27 @@ def speedup(reference_runs, runs, target):
             continue
         (base, base_censored), (mine, censored) = reference[seed_of(run)], iterations_to(
             run, target)
-        if (base_censored and censored) or not mine:
+        if base_censored and censored:
             continue
-        ratios.append(base / mine)
-        bounds.add(">" if base_censored else "<" if censored else "")
+        if mine == 0:
+            ratio, bound = _from_the_start(run, base)
+        else:
+            ratio, bound = base / mine, ">" if base_censored else "<" if censored else ""
+        ratios.append(ratio)
+        bounds.add(bound)
     mean, std = spread(ratios)
     bounds.discard("")
     bound = bounds.pop() if len(bounds) == 1 else "~" if bounds else ""
     return {"mean": mean, "std": std, "bound": bound, "seeds": len(ratios)}
+
+
+def _from_the_start(run, base):
+    """(ratio, bound) of a run that met the target at its iteration-0 test against a
+    reference that took `base` iterations: a lower bound over the run's first later test."""
+    if base == 0:
+        return 1.0, ""
+    later = next((e["iteration"] for e in run["entries"] if e["iteration"] > 0), None)
+    return (base / later, ">") if later else (float("inf"), ">")
 
 
 def accuracy(runs, key):

@@ -88,7 +88,8 @@ def figures(scores, flip):
 class Request:
     """What to evaluate a network on (`python -m kerasbn.evaluate`'s flags of the same names):
     a dataset's split, a pairs.txt over photos, insightface .bin sets; `verify_flip` None:
-    as the network's run verified."""
+    as the network's run verified, else False or how the mirrored views are summed
+    ("unit", "raw")."""
 
     data_dir: str | None = None
     split: str = "test"
@@ -96,7 +97,7 @@ class Request:
     pairs: str | None = None
     image_root: str | None = None
     bins: tuple = ()
-    verify_flip: bool | None = None
+    verify_flip: bool | str | None = None
 
 
 def evaluate_network(served, values):

@@ -21,17 +21,18 @@ def folds(same, sets):
 
 def embed_step(embed, flip=False):
     """A compiled function: a batch of images -> float32 embeddings by `embed` (images ->
-    features), summed with the mirror images' when `flip`."""
-
-    def unit(images):
-        return tf.math.l2_normalize(tf.cast(embed(images), tf.float32), axis=-1,
-                                    epsilon=1e-24)
+    features), summed with the mirror images' when `flip`: "unit" (or True) sums the two
+    L2-normalised embeddings, "raw" the raw ones, as insightface's verification.py does
+    (the scores normalise what they are given)."""
+    view = (lambda images: tf.cast(embed(images), tf.float32)) if flip == "raw" else (
+        lambda images: tf.math.l2_normalize(tf.cast(embed(images), tf.float32), axis=-1,
+                                            epsilon=1e-24))
 
     @tf.function(reduce_retracing=True)
     def step(images):
-        features = unit(images)
+        features = view(images)
         if flip:
-            features += unit(tf.reverse(images, axis=[2]))
+            features += view(tf.reverse(images, axis=[2]))
         return features
 
     return step

@@ -30,7 +30,7 @@ class Served:
 
     `serve(images)` returns the `serving_default` outputs. `data_dir` and `manifest`
     are the training dataset's (None for a SavedModel); `checkpoint` the prefix restored;
-    `verify_flip` whether the run verified with mirrored embeddings."""
+    `verify_flip` how the run verified: False, or how it summed mirrored embeddings."""
     source: str
     serve: object
     image_size: tuple
@@ -40,7 +40,7 @@ class Served:
     data_dir: str = None
     manifest: dict = None
     checkpoint: str = None
-    verify_flip: bool = False
+    verify_flip: bool | str = False
 
 
 TOP_K = 5
@@ -125,7 +125,7 @@ def from_run(run_dir, best=False):
     serve, _ = serving_functions(model, manifest)["serving_default"]
     return Served(run_dir, serve,
                   tuple(spec["image_size"]), spec["channels"], spec["resize_mode"],
-                  spec["classes"], config.data_dir, manifest, prefix, config.verify_flip)
+                  spec["classes"], config.data_dir, manifest, prefix, config.flip())
 
 
 def load_saved_model(path):

@@ -331,7 +331,7 @@ def make_verifier(config, model, manifest):
     if config.verify_split == "none" or not manifest.has_holdout_pairs:
         return None
     return holdout.verifier(model, config.data_dir, manifest, config.batch_size,
-                                 config.verify_flip)
+                                 config.flip())
 
 
 def make_set_verifiers(config, model, manifest):
@@ -344,5 +344,5 @@ def make_set_verifiers(config, model, manifest):
             f"--verify_bin: the sets are named by their files, and {', '.join(clash)} is taken "
             "(twice, or by a recorded metric); rename the file")
     return {name: bin_sets.verifier(model, path, manifest, config.batch_size,
-                                    config.verify_flip)
+                                    config.flip())
             for name, path in zip(names, config.verify_bin)}
