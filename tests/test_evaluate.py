@@ -255,3 +255,20 @@ def test_a_missing_verify_bin_stops_training_in_one_line(verified_run, tmp_path)
     with pytest.raises(SystemExit, match=r"nowhere/lfw.bin not found: give an insightface"):
         run_train(train_args(data_dir, str(tmp_path / "run"), max_iter=10, test_interval=5,
                              verify_bin=tmp_path / "nowhere" / "lfw.bin"))
+
+
+def test_a_bin_sets_colour_jpegs_turn_gray_as_pillows_convert_l():
+    import io
+
+    from kerasbn.data import images
+    rng = np.random.default_rng(4)
+    encoded = []
+    for _ in range(4):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (112, 112, 3), np.uint8)).save(buffer, "JPEG")
+        encoded.append(buffer.getvalue())
+    loaded = images.load_batch([io.BytesIO(e) for e in encoded], 1, 112, "crop",
+                               lambda i: f"image {i}")
+    for array, data in zip(loaded, encoded):
+        want = np.asarray(Image.open(io.BytesIO(data)).convert("L"))
+        np.testing.assert_array_equal(array[..., 0], want)

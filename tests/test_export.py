@@ -152,6 +152,7 @@ def test_the_savedmodel_loads_and_serves_photos_without_kerasbn(finished_run, tm
     face = np.asarray(Image.fromarray(np.uint8(np.random.default_rng(0).integers(
         0, 255, (112, 92)))).convert("RGB"))
     Image.fromarray(face).save(tmp_path / "face.png")
+    Image.fromarray(face).save(tmp_path / "face.ppm")
     script = f"""
 import sys
 sys.modules["kerasbn"] = None
@@ -165,6 +166,9 @@ b = m.signatures["serve_bytes"](encoded=tf.constant([open({str(tmp_path / 'face.
 e = m.signatures["embed"](images=tf.constant(face[None]))
 meta = m.signatures["metadata"]()
 assert np.abs(a["embedding"].numpy() - b["embedding"].numpy()).max() < 1e-6
+p = m.signatures["serve_bytes"](encoded=tf.constant([open({str(tmp_path / 'face.ppm')!r},
+                                                          "rb").read()]))
+assert np.abs(a["embedding"].numpy() - p["embedding"].numpy()).max() < 1e-6
 assert np.abs(a["embedding"].numpy() - e["embedding"].numpy()).max() < 1e-6
 print(a["names"].numpy()[0][0].decode(), len(meta["class_names"].numpy()),
       float(meta["threshold"]))

@@ -63,3 +63,17 @@ def test_an_encoded_file_preprocesses_as_pillow_reads_it(fmt, mean, most, shape,
     difference = np.abs(graph.numpy() - pil.astype(np.float32))
     assert difference.mean() <= mean and difference.max() <= most, (difference.mean(),
                                                                      difference.max())
+
+
+@pytest.mark.parametrize("magic, maxval", [("P5", 255), ("P5", 15), ("P5", 100),
+                                           ("P5", 1000), ("P5", 65535), ("P6", 255),
+                                           ("P6", 63)])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_pgm_or_ppm_decodes_in_the_graph_as_the_converter_reads_it(magic, maxval, channels):
+    depth = 3 if magic == "P6" else 1
+    values = np.random.default_rng(maxval).integers(0, maxval + 1, (7, 5, depth))
+    pixels = values.astype(">u2" if maxval > 255 else np.uint8).tobytes()
+    encoded = f"{magic}\n# written by a scanner\n5 7\n{maxval}\n".encode() + pixels
+    want = images.load(io.BytesIO(encoded), channels)[0].astype(np.float32)
+    got = preprocess.to_channels(preprocess.decode(tf.constant(encoded), channels), channels)
+    np.testing.assert_array_equal(got[0].numpy(), want)

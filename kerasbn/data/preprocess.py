@@ -63,12 +63,52 @@ def resize(images, size, mode):
     return tf.clip_by_value(tf.round(out), 0.0, 255.0)
 
 
+# A binary PGM (P5) or PPM (P6) header: magic, width, height, maxval, each after whitespace
+# or comment lines, and the one whitespace byte before the pixels.
+_NETPBM_HEADER = r"^P[56](?:\s|#[^\n]*\n)+\d+(?:\s|#[^\n]*\n)+\d+(?:\s|#[^\n]*\n)+\d+\s"
+
+
 def decode(encoded, channels):
-    """One encoded JPEG/PNG/GIF/BMP string -> uint8 [1, H, W, 1 or 3] (alpha dropped, as
-    Pillow's conversion drops it)."""
-    image = tf.io.decode_image(encoded, channels=3 if channels == 3 else 0,
-                               expand_animations=False)
+    """One encoded JPEG/PNG/GIF/BMP/PGM/PPM string -> uint8 [1, H, W, 1 or 3] (alpha
+    dropped, as Pillow's conversion drops it)."""
+    netpbm = tf.strings.regex_full_match(tf.strings.substr(encoded, 0, 2), "P[56]")
+    image = tf.cond(netpbm, lambda: _decode_netpbm(encoded),
+                    lambda: tf.io.decode_image(encoded, channels=3 if channels == 3 else 0,
+                                               expand_animations=False))
     image = tf.cond(tf.shape(image)[-1] == 2, lambda: image[..., :1],
                     lambda: image)
     image = tf.cond(tf.shape(image)[-1] == 4, lambda: image[..., :3], lambda: image)
     return image[None]
+
+
+def _decode_netpbm(encoded):
+    """A binary PGM/PPM -> uint8 [H, W, 1 or 3] as Pillow reads it and the converter makes it
+    8-bit: a maxval under 255 scaled to 255 (rounded half up); 16-bit values scaled to 65535,
+    then divided by 257 when any exceeds 255 (`images.to_8bit`)."""
+    head = tf.strings.substr(encoded, 0, 1024)
+    size = tf.strings.length(head) - tf.strings.length(
+        tf.strings.regex_replace(head, _NETPBM_HEADER, "", replace_global=False))
+    tokens = tf.strings.split(tf.strings.strip(tf.strings.regex_replace(
+        tf.strings.substr(head, 0, size), "#[^\n]*", " ")))
+    tf.debugging.assert_equal(tf.size(tokens), 4, "not a binary PGM or PPM header")
+    width, height, maxval = (tf.strings.to_number(tokens[i], tf.int32) for i in (1, 2, 3))
+    depth = tf.where(tokens[0] == "P6", 3, 1)
+    wide = maxval > 255
+    count = width * height * depth
+    body = tf.strings.substr(encoded, size, count * tf.where(wide, 2, 1))
+    tf.debugging.assert_equal(tf.strings.length(body), count * tf.where(wide, 2, 1),
+                              "the PGM/PPM file is cut short")
+
+    def eight_bit():
+        values = tf.cast(tf.io.decode_raw(body, tf.uint8), tf.float32)
+        return tf.floor(values * 255.0 / tf.cast(maxval, tf.float32) + 0.5)
+
+    def sixteen_bit():
+        values = tf.cast(tf.io.decode_raw(body, tf.uint16, little_endian=False), tf.float32)
+        values = tf.floor(values * 65535.0 / tf.cast(maxval, tf.float32) + 0.5)
+        return tf.cond(tf.reduce_max(values) > 255.0, lambda: tf.round(values / 257.0),
+                       lambda: values)
+
+    values = tf.cond(wide, sixteen_bit, eight_bit)
+    return tf.cast(tf.reshape(tf.clip_by_value(values, 0.0, 255.0), [height, width, depth]),
+                   tf.uint8)
