@@ -237,7 +237,7 @@ def _prepare(out, args, overwrite):
         if not same:
             shutil.rmtree(state_dir)
             for name in os.listdir(out):
-                if name.endswith(".tfrecord"):
+                if shards.is_shard(name):
                     os.remove(os.path.join(out, name))
     os.makedirs(state_dir, exist_ok=True)
     atomic.write_json(args_path, args, indent=None)

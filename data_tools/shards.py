@@ -3,6 +3,7 @@ statistics of what was written, for the manifest."""
 
 import contextlib
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -11,6 +12,17 @@ from kerasbn.data import records
 from kerasbn.utils import atomic
 
 PARTIAL_SUFFIX = ".partial"
+# A shard's name (records.shard_name), whole or half-written: the only files in --out a new
+# run may delete; a user's own `notes.partial` or `mine.tfrecord` stays.
+_SHARD = re.compile(r"^(?:%s)-\d{5}-of-\d{5}\.tfrecord(%s)?$" % (
+    "|".join(records.SPLITS), re.escape(PARTIAL_SUFFIX)))
+
+
+def is_shard(name, partial=False):
+    """Whether file `name` is a shard a converter writes (its half-written form, with
+    `partial`)."""
+    match = _SHARD.match(name)
+    return bool(match) and bool(match.group(1)) == partial
 PAIRS_NAME = "pairs.txt"
 
 
@@ -20,6 +32,9 @@ def prepare_out_dir(out, overwrite):
     The old manifest goes first, so an interrupted overwrite never leaves a directory that
     still looks like a complete dataset.
     """
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise records.DataError(f"--out={out} is a file; give a directory (new, or a "
+                                "dataset's)")
     os.makedirs(out, exist_ok=True)
     manifest = records.manifest_path(out)
     if os.path.exists(manifest):
@@ -38,7 +53,7 @@ def prepare_out_dir(out, overwrite):
             if os.path.exists(path):
                 os.remove(path)
     for name in os.listdir(out):
-        if name.endswith(PARTIAL_SUFFIX):
+        if is_shard(name, partial=True):
             os.remove(os.path.join(out, name))
 
 

@@ -282,3 +282,21 @@ def test_only_image_files_are_taken_and_the_rest_is_listed(folder, tmp_path):
         s["path"] for s in widened.values["left_out"]}
     assert sum(e.count for e in widened.splits.values()) == sum(
         e.count for e in manifest.splits.values()) + 1
+
+
+def test_out_keeps_the_users_own_files_and_refuses_a_file(folder, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("notes.partial", "mine.tfrecord", "train-00000-of-00001.tfrecord.bak"):
+        (out / name).write_text("mine")
+    (out / "train-00000-of-00009.tfrecord.partial").write_text("a killed run's shard")
+    build_folder(folder, out, image_size=24)
+    # Other arguments: the earlier shards go, the user's files stay.
+    build_folder(folder, out, image_size=20, overwrite=True)
+    for name in ("notes.partial", "mine.tfrecord", "train-00000-of-00001.tfrecord.bak"):
+        assert (out / name).read_text() == "mine"
+    assert not (out / "train-00000-of-00009.tfrecord.partial").exists()
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(records.DataError, match="afile is a file; give a directory"):
+        build_folder(folder, tmp_path / "afile")
+    assert (tmp_path / "afile").read_text() == "mine"
