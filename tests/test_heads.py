@@ -200,19 +200,28 @@ def test_partial_fc_of_every_centre_updates_as_the_full_head_with_its_decay(solv
     np.testing.assert_allclose(sampled_momentum, momentum, rtol=1e-4, atol=1e-7)
 
 
-def test_centres_not_drawn_keep_their_values_and_momentum():
-    cfg = _config(sample_classes=0.25, num_classes=64, momentum=0.9)
+def _second_step(sample_update):
+    """A Partial FC head (16 of 64 centres drawn) after one step, then another: (the
+    centres and their momentum before the second step, after it, its labels, its rate)."""
+    cfg = _config(sample_classes=0.25, num_classes=64, momentum=0.9,
+                  sample_update=sample_update)
     model, before, _ = _trained(cfg, 1)
     head = model.get_layer("logits")
     slot = model.optimizer.momentums[model.optimizer._get_variable_index(head.kernel)]
-    momentum_before = slot.numpy()
+    velocity = slot.numpy()
     rng = np.random.default_rng(9)
     labels = rng.integers(0, 64, 8)
+    lr = float(model.optimizer.learning_rate)
     model.train_on_batch(rng.random((8, 50, 50, 1), np.float32), labels)
-    moved = np.any(head.kernel.numpy() != before, axis=1)
+    return (before, velocity), (head.kernel.numpy(), slot.numpy()), labels, lr
+
+
+def test_centres_not_drawn_keep_their_values_and_momentum():
+    (before, momentum_before), (after, momentum), labels, _ = _second_step("drawn")
+    moved = np.any(after != before, axis=1)
     assert moved.sum() == 16 and moved[labels].all()
-    np.testing.assert_array_equal(slot.numpy()[~moved], momentum_before[~moved])
-    np.testing.assert_array_equal(head.kernel.numpy()[~moved], before[~moved])
+    np.testing.assert_array_equal(momentum[~moved], momentum_before[~moved])
+    np.testing.assert_array_equal(after[~moved], before[~moved])
 
 
 @pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
@@ -341,16 +350,7 @@ def test_partial_fc_trains_under_xla(forty_people, tmp_path):
 def test_every_centre_takes_momentum_and_decay_with_sample_update_all():
     # insightface's PartialFC_V2: a centre not drawn has a zero gradient, but SGD's momentum
     # and weight decay still act on it: v = mu v - lr wd w; w += v (Keras's SGD, Caffe's).
-    cfg = _config(sample_classes=0.25, num_classes=64, momentum=0.9, sample_update="all")
-    model, before, _ = _trained(cfg, 1)
-    head = model.get_layer("logits")
-    slot = model.optimizer.momentums[model.optimizer._get_variable_index(head.kernel)]
-    velocity = slot.numpy()
-    rng = np.random.default_rng(9)
-    labels = rng.integers(0, 64, 8)
-    lr = float(model.optimizer.learning_rate)
-    model.train_on_batch(rng.random((8, 50, 50, 1), np.float32), labels)
-    after = head.kernel.numpy()
+    (before, velocity), (after, momentum), labels, lr = _second_step("all")
     expected_velocity = 0.9 * velocity - lr * 0.01 * before
     # The 48 centres not drawn (16 of 64 are) follow the formula (a drawn negative whose
     # gradient is tiny may too), the batch's classes do not; every centre moved.
@@ -358,7 +358,7 @@ def test_every_centre_takes_momentum_and_decay_with_sample_update_all():
                      axis=1)
     assert follows.sum() >= 64 - 16 and not follows[labels].any()
     assert np.all(np.any(after != before, axis=1))
-    np.testing.assert_allclose(slot.numpy()[follows], expected_velocity[follows], rtol=1e-4,
+    np.testing.assert_allclose(momentum[follows], expected_velocity[follows], rtol=1e-4,
                                atol=1e-7)
 
 

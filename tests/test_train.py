@@ -381,7 +381,8 @@ def test_mistakes_around_the_run_dir_and_the_data_are_one_line(small_data, tmp_p
     other = train_args(str(data), str(tmp_path / "other"), max_iter=10, test_interval=10,
                        widths="8,8,8,8,8,8,16", weights=run_dir)
     message = _error(other)
-    assert "does not fit --model and its flags" in message and "\n" not in message
+    assert "is another network: conv1_1/kernel is (3, 3, 1, 16) there, (3, 3, 1, 8) here" \
+        in message and "\n" not in message
 
 
 def test_verification_on_holdout_identities_is_recorded_at_the_tests_it_is_asked_for(
