@@ -26,6 +26,9 @@ setup(
         "absl-py>=2.1",
         "numpy>=1.26",
         "matplotlib>=3.8",
+        # Face detection (kerasbn.faces.detector): MIT-licensed code and weights, the
+        # weights inside the wheel; the version tested.
+        "mtcnn==1.0.0",
     ],
     # The converters' runtimes for `python -m kerasbn.export --format=litert|onnx`; the tests
     # run both formats, so the test extra carries them.
@@ -33,6 +36,9 @@ setup(
         "and-cuda": ["tensorflow[and-cuda]>=2.21,<2.22"],
         "litert": LITERT,
         "onnx": ONNX,
-        "test": ["pytest>=8", *LITERT, *ONNX],
+        # scikit-image and OpenCV are the references the alignment is tested against
+        # (and scikit-image's astronaut the public-domain photo it is tested on).
+        "test": ["pytest>=8", "scikit-image>=0.26", "opencv-python-headless>=4.8", *LITERT,
+                 *ONNX],
     },
 )

@@ -21,7 +21,6 @@ from absl import flags
 from data_tools import convert
 from kerasbn.data import images
 from kerasbn.flags import cli
-from kerasbn.utils import errors, stop_signals
 
 
 def main(argv):
@@ -31,24 +30,16 @@ def main(argv):
                  "cifar-10-batches-py")
     if not values.out:
         sys.exit("error: --out is required")
-    try:
-        with stop_signals.as_interrupt():
-            convert.build(args[0], values.out, values.root, values.image_size,
-                  int(values.channels) if values.channels else None,
-                  values.resize_mode, values.boxes, values.test_fraction,
-                  values.holdout_identities,
-                  values.pairs, values.min_images_per_identity, values.seed,
-                  values.shard_size, values.encoding, "GZIP" if values.gzip else "",
-                  values.workers, values.overwrite,
-                  command="python -m data_tools.build_records " + " ".join(sys.argv[1:]),
-                  allow_outside_root=values.allow_outside_root,
-                  extensions=tuple(values.extensions))
-    except errors.UserError as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        print(f"interrupted: the finished shards in {values.out} are kept; rerun the same "
-              "command to convert the rest", file=sys.stderr)
-        sys.exit(130)
+    cli.run(lambda: convert.build(
+        args[0], values.out, values.root, values.image_size,
+        int(values.channels) if values.channels else None, values.resize_mode, values.boxes,
+        values.test_fraction, values.holdout_identities, values.pairs,
+        values.min_images_per_identity, values.seed, values.shard_size, values.encoding,
+        "GZIP" if values.gzip else "", values.workers, values.overwrite,
+        command="python -m data_tools.build_records " + " ".join(sys.argv[1:]),
+        allow_outside_root=values.allow_outside_root, extensions=tuple(values.extensions)),
+        f"the finished shards in {values.out} are kept; rerun the same command to convert "
+        "the rest")
 
 
 def define_flags(values):

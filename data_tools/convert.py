@@ -15,7 +15,7 @@ from PIL import Image
 from data_tools import recordio, shards, sources
 from data_tools.workers import ordered_map
 from kerasbn.data import checks, images, records
-from kerasbn.utils import atomic
+from kerasbn.utils import atomic, console
 from kerasbn.utils.progress import Progress
 
 
@@ -314,12 +314,9 @@ def build(source, out, root=None, image_size=None, channels=None, resize_mode="c
         f"{len(skipped)} skipped, {len(left_out)} files left out (not images), "
         f"{dropped} identities dropped, {seconds:.1f}s "
         f"({sum(counts.values()) / seconds:.0f} images/s)")
-    for item in skipped[:20]:
-        log(f"  skipped {item['path']}: {item['reason']}")
-    if len(skipped) > 20:
-        log(f"  ... and {len(skipped) - 20} more, listed in manifest.json")
-    for path, reason in left_out[:5]:
-        log(f"  left out {path}: {reason}")
-    if len(left_out) > 5:
-        log(f"  ... and {len(left_out) - 5} more, listed in manifest.json (left_out)")
+    for line in console.at_most([f"  skipped {s['path']}: {s['reason']}" for s in skipped],
+                                20, "listed in manifest.json") + console.at_most(
+            [f"  left out {path}: {reason}" for path, reason in left_out], 5,
+            "listed in manifest.json (left_out)"):
+        log(line)
     return written

@@ -32,26 +32,14 @@ def folder_tree(root, exclude=None, extensions=images.IMAGE_EXTENSIONS):
     is inside the source: it must never become an identity or part of one).
     """
     skip = os.path.realpath(exclude) if exclude else None
-    extensions = tuple("." + e.lower().lstrip(".") for e in extensions if e.strip("."))
     identities, left_out = {}, []
     for name in sorted(os.listdir(root)):
         top = os.path.join(root, name)
         if not os.path.isdir(top) or os.path.realpath(top) == skip:
             continue
         paths = []
-        for directory, subdirs, files in os.walk(top):
-            subdirs[:] = sorted(d for d in subdirs
-                                if os.path.realpath(os.path.join(directory, d)) != skip)
-            for f in sorted(files):
-                path = os.path.join(directory, f)
-                if f.startswith("."):
-                    continue
-                if not f.lower().endswith(extensions):
-                    left_out.append((path, "not an image file name (widen --extensions)"))
-                elif not os.path.isfile(path):
-                    left_out.append((path, "not a regular file"))
-                else:
-                    paths.append(path)
+        for path, reason in images.files_under(top, extensions, exclude):
+            (left_out.append((path, reason)) if reason else paths.append(path))
         if paths:
             identities[name] = paths
     if not identities:

@@ -22,7 +22,7 @@ from data_tools import shards
 from data_tools.workers import ordered_map
 from kerasbn.data import checks, records
 from kerasbn.flags import cli
-from kerasbn.utils import errors, stop_signals
+from kerasbn.utils import errors
 from kerasbn.utils.progress import Progress
 
 RENDER_BATCH = 512
@@ -277,21 +277,14 @@ def main(argv):
     if not values.out:
         sys.exit("error: --out is required: the directory to write the dataset into")
     start = time.perf_counter()
-    try:
-        with stop_signals.as_interrupt():
-            manifest = build(values.out, values.identities, values.images_per_identity,
-                             values.test_fraction, values.image_size, values.seed,
-                             values.encoding, values.shard_size, values.overwrite,
-                             command="python -m data_tools.synth " + " ".join(sys.argv[1:]),
-                             holdout_identities=values.holdout_identities,
-                             pairs=values.pairs, channels=values.channels,
-                             workers=values.workers)
-    except errors.UserError as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        print(f"interrupted: no manifest.json was written, so {values.out} is no dataset yet; "
-              "rerun the same command", file=sys.stderr)
-        sys.exit(130)
+    manifest = cli.run(lambda: build(
+        values.out, values.identities, values.images_per_identity, values.test_fraction,
+        values.image_size, values.seed, values.encoding, values.shard_size, values.overwrite,
+        command="python -m data_tools.synth " + " ".join(sys.argv[1:]),
+        holdout_identities=values.holdout_identities, pairs=values.pairs,
+        channels=values.channels, workers=values.workers),
+        f"no manifest.json was written, so {values.out} is no dataset yet; rerun the same "
+        "command")
     seconds = time.perf_counter() - start
     counts = {split: info.count for split, info in manifest.splits.items()}
     total = sum(counts.values())

@@ -91,10 +91,7 @@ def compare_line(a, b, similarity, threshold):
 
 def image_files(root):
     """Image files under `root`, recursively, sorted."""
-    found = [os.path.join(folder, name) for folder, _, names in os.walk(root)
-             for name in names if name.lower().endswith(images.IMAGE_EXTENSIONS)
-             and os.path.isfile(os.path.join(folder, name))]
-    return sorted(found)
+    return sorted(path for path, reason in images.files_under(root) if reason is None)
 
 
 def list_file(out):

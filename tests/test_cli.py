@@ -6,8 +6,8 @@ import pytest
 from absl import flags
 
 from data_tools import bench_convert, build_records, inspect_records, synth
-from kerasbn import (bench, compare_norms, evaluate, export, launch, local_cluster, predict,
-                     report, show_schedule)
+from kerasbn import (align, bench, compare_norms, evaluate, export, launch, local_cluster,
+                     predict, report, show_schedule)
 from kerasbn.data.manifest import Manifest
 from kerasbn.flags import cli, train_flags
 
@@ -99,6 +99,7 @@ def test_commands_print_no_tensorflow_chatter_unless_asked(tmp_path):
 # Every command's flags: what its main parses with cli.parse.
 COMMANDS = {
     "kerasbn.train": train_flags.define,
+    "kerasbn.align": align.define_flags,
     "kerasbn.compare_norms": compare_norms.define_flags,
     "kerasbn.local_cluster": local_cluster.define_flags,
     "kerasbn.show_schedule": show_schedule.define_flags,

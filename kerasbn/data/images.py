@@ -20,6 +20,28 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".bmp", ".gif", ".t
                     ".tiff", ".webp")
 
 
+def files_under(root, extensions=IMAGE_EXTENSIONS, exclude=None):
+    """(path, None) of each image file below directory `root`, and (path, why it is no
+    image) of every other file, in sorted order; hidden files and the directory `exclude`
+    (an output written inside the source) are passed over. Only regular files whose name
+    ends with one of `extensions` (any case; the dot optional) are images: a FIFO would
+    block its reader."""
+    extensions = tuple("." + e.lower().lstrip(".") for e in extensions if e.strip("."))
+    skip = os.path.realpath(exclude) if exclude else None
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if os.path.realpath(os.path.join(folder, d)) != skip)
+        for name in sorted(names):
+            path = os.path.join(folder, name)
+            if name.startswith("."):
+                continue
+            if not name.lower().endswith(extensions):
+                yield path, "not an image file name (widen --extensions)"
+            elif not os.path.isfile(path):
+                yield path, "not a regular file"
+            else:
+                yield path, None
+
+
 def resize(image, size, mode):
     """Resizes a PIL image to size x size: `crop` keeps the aspect and crops the centre,
     `pad` keeps the aspect and pads with black, `stretch` ignores the aspect."""

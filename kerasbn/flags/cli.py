@@ -16,6 +16,8 @@ import sys
 
 from absl import flags, logging
 
+from kerasbn.utils import errors, stop_signals
+
 COMMENT = ("#", "//")
 
 
@@ -44,6 +46,19 @@ def parse(argv, define, doc=""):
                      "(see --help)")
     logging.set_verbosity(max(values.verbosity, logging.WARNING))
     return values, rest[1:]
+
+
+def run(work, interrupted):
+    """`work()`'s result; a UserError ends the command with its `error:` line, and Ctrl-C or
+    SIGTERM with `interrupted: ...` (what was kept, how to continue) and exit 130."""
+    try:
+        with stop_signals.as_interrupt():
+            return work()
+    except errors.UserError as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        print(f"interrupted: {interrupted}", file=sys.stderr)
+        sys.exit(130)
 
 
 def _settle_console():

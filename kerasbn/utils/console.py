@@ -49,3 +49,10 @@ def import_tensorflow():
         import tensorflow as tf
         tf.config.list_physical_devices("GPU")
     tf.get_logger().setLevel("ERROR")
+
+
+def at_most(lines, limit, rest):
+    """The first `limit` of `lines`, then one saying how many more there are and `rest`
+    (where they are all listed)."""
+    more = [f"  ... and {len(lines) - limit} more, {rest}"] if len(lines) > limit else []
+    return lines[:limit] + more

@@ -1,0 +1,210 @@
+"""Finds the faces in photos and writes each one aligned: its five landmarks (MTCNN, the
+`mtcnn` package) carried onto insightface's ArcFace template by a similarity transform.
+
+    python -m kerasbn.align PHOTOS --out DIR [--size 112] [--width W] [--channels 3]
+        [--faces largest|all] [--min_confidence 0.9] [--min_face_size 20] [--workers N]
+
+PHOTOS is a folder tree or a list file of photo paths (any format Pillow reads, EXIF
+orientation applied). Each photo's crop goes to the same place in DIR's tree as a PNG
+(PHOTO.png; with --faces=all, PHOTO_0.png for the largest face, PHOTO_1.png, ...). DIR/
+align.jsonl reports every photo as it is done (faces found, their boxes, confidences and
+landmarks, which were kept, or why none was), DIR/align.csv sums it up, and DIR/
+align_montage.png draws a few photos with their boxes and landmarks beside their crops.
+A rerun of the same command continues where an interrupted one stopped; every file is
+written whole. kerasbn.faces.template says where the landmarks go at each crop size.
+"""
+
+import concurrent.futures
+import csv
+import io
+import json
+import multiprocessing
+import os
+import sys
+
+import numpy as np
+from absl import flags
+from PIL import Image
+
+from kerasbn.analysis import charts
+from kerasbn.data import images
+from kerasbn.faces import detector, photo_alignment, photos
+from kerasbn.flags import cli
+from kerasbn.utils import atomic, console
+from kerasbn.utils.progress import Progress
+
+REPORT = "align.jsonl"
+SUMMARY = "align.csv"
+MONTAGE = "align_montage.png"
+MONTAGE_PHOTOS = 6
+
+
+def crop_names(name, kept, keep):
+    """The crops' file names (relative to --out) of photo `name` and its kept faces."""
+    stem = os.path.splitext(name)[0]
+    return [f"{stem}.png"] if keep == "largest" else [f"{stem}_{i}.png" for i in kept]
+
+
+def read_report(out):
+    """{photo name: entry} of the photos an earlier run of this command finished in `out`
+    (a torn last line, from a killed run, is dropped)."""
+    path = os.path.join(out, REPORT)
+    done = {}
+    if not os.path.exists(path):
+        return done
+    with open(path, "rb") as f:
+        for line in f.read().split(b"\n"):
+            try:
+                entry = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                continue
+            if all(os.path.isfile(os.path.join(out, crop)) for crop in entry["crops"]):
+                done[entry["photo"]] = entry
+    return done
+
+
+def _worker_start():
+    console.import_tensorflow()
+
+
+def _aligned(job):
+    path, settings = job
+    return photo_alignment.align_photo(path, settings)
+
+
+def results(jobs, workers):
+    """(entry, crops) of each (path, settings) job, in order, over `workers` processes
+    (spawned: TensorFlow must not be forked)."""
+    if workers == 1:
+        yield from map(_aligned, jobs)
+        return
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
+                                                initializer=_worker_start) as pool:
+        yield from pool.map(_aligned, jobs, chunksize=4)
+
+
+def align_all(source, out, settings, workers=1):
+    """Aligns every photo of `source` into `out`; returns the report entries, in order."""
+    listed = photos.listing(source, exclude=out)
+    os.makedirs(out, exist_ok=True)
+    done = read_report(out)
+    todo = [(name, path) for name, path in listed if name not in done]
+    if done:
+        print(f"continuing: {len(done)} of {len(listed)} photos were aligned before")
+    progress = Progress(len(todo), "align", unit="photos")
+    with open(os.path.join(out, REPORT), "a", encoding="utf-8") as report:
+        jobs = ((path, settings) for _, path in todo)
+        for (name, _), (entry, crops) in zip(todo, results(jobs, workers)):
+            names = crop_names(name, entry["kept"], settings.keep)
+            for crop_name, crop in zip(names, crops):
+                target = os.path.join(out, crop_name)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                atomic.write_with(target, lambda f, c=crop: Image.fromarray(
+                    c[..., 0] if c.shape[2] == 1 else c).save(f, "PNG"))
+            done[name] = {"photo": name, "crops": names[:len(crops)], **entry}
+            report.write(json.dumps(done[name]) + "\n")
+            report.flush()
+            progress.update(1)
+    entries = [done[name] for name, _ in listed]
+    write_summary(os.path.join(out, SUMMARY), entries)
+    return entries
+
+
+def write_summary(path, entries):
+    """align.csv: one row per photo."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["photo", "faces_found", "kept", "crops", "confidence", "box",
+                     "landmarks", "reason"])
+    for entry in entries:
+        first = entry["faces"][entry["kept"][0]] if entry["kept"] else {}
+        writer.writerow([entry["photo"], entry["faces_found"], len(entry["kept"]),
+                         " ".join(entry["crops"]), first.get("confidence", ""),
+                         " ".join(map(str, first.get("box", []))),
+                         " ".join(f"{x} {y}" for x, y in first.get("landmarks", [])),
+                         entry.get("reason", "")])
+    atomic.write_text(path, buffer.getvalue())
+
+
+def draw_montage(source_paths, out, entries, path):
+    """A few photos with their faces' boxes and landmarks drawn, each beside its crops."""
+    shown = [(entry, source_paths[entry["photo"]]) for entry in entries if entry["kept"]]
+    shown = shown[:MONTAGE_PHOTOS]
+    if not shown:
+        return None
+    plt = charts.pyplot()
+    width = 1 + max(len(entry["kept"]) for entry, _ in shown)
+    fig, axes = plt.subplots(len(shown), width, figsize=(2.2 * width, 2.2 * len(shown)),
+                             squeeze=False)
+    for row, (entry, photo_path) in zip(axes, shown):
+        photo, _ = images.load(photo_path, 3)
+        row[0].imshow(photo)
+        for face in entry["faces"]:
+            x, y, w, h = face["box"]
+            row[0].add_patch(plt.Rectangle((x, y), w, h, fill=False, color="lime"))
+            row[0].scatter(*np.array(face["landmarks"]).T, s=6, color="red")
+        row[0].set_title(entry["photo"][-24:], fontsize=7)
+        for axis, crop in zip(row[1:], entry["crops"]):
+            crop_image = np.asarray(Image.open(os.path.join(out, crop)))
+            axis.imshow(crop_image, cmap="gray" if crop_image.ndim == 2 else None)
+        for axis in row:
+            axis.axis("off")
+    charts.save_figure(fig, path)
+    return path
+
+
+def define_flags(values):
+    on = {"flag_values": values}
+    flags.DEFINE_string("out", None, "The directory for the aligned crops and the report.",
+                        **on)
+    flags.DEFINE_integer("size", 112, "The crop's height (and width unless --width): 112 "
+                         "for the field's networks, 50 for the study's.", lower_bound=16,
+                         upper_bound=1024, **on)
+    flags.DEFINE_integer("width", None, "The crop's width (default --size; 96 for the 112x96 "
+                         "crops of SphereFace and CosFace).", lower_bound=16,
+                         upper_bound=1024, **on)
+    flags.DEFINE_enum("channels", "3", ["1", "3"], "1 gray (Pillow's luma) or 3 RGB.", **on)
+    flags.DEFINE_enum("faces", "largest", list(photo_alignment.KEEP), "largest: one crop "
+                      "per photo, its largest face; all: every face found.", **on)
+    flags.DEFINE_float("min_confidence", detector.MIN_CONFIDENCE, "Faces the detector is "
+                       "less sure of are not kept.", lower_bound=0, upper_bound=1, **on)
+    flags.DEFINE_integer("min_face_size", detector.MIN_FACE_SIZE, "The smallest face, in "
+                         "pixels, the detector looks for.", lower_bound=12, **on)
+    flags.DEFINE_integer("workers", 1, "Processes aligning photos.", lower_bound=1,
+                         upper_bound=64, **on)
+
+
+def main(argv):
+    values, args = cli.parse(argv, define_flags, __doc__)
+    if len(args) != 1:
+        sys.exit("error: give one PHOTOS folder or list file")
+    if not values.out:
+        sys.exit("error: --out is required")
+    if os.path.exists(values.out) and not os.path.isdir(values.out):
+        sys.exit(f"error: --out={values.out} is a file; give a directory")
+    settings = photo_alignment.Settings(values.size, values.width or values.size,
+                                        int(values.channels), values.faces,
+                                        values.min_confidence, values.min_face_size)
+    console.import_tensorflow()
+    entries = cli.run(lambda: align_all(args[0], values.out, settings, values.workers),
+                      f"the photos aligned so far are kept in {values.out}; rerun the same "
+                      "command to continue")
+    sources = dict(photos.listing(args[0], exclude=values.out))
+    kept = sum(len(entry["kept"]) for entry in entries)
+    none = [entry for entry in entries if not entry["kept"]]
+    print(f"aligned {kept} faces from {len(entries) - len(none)} of {len(entries)} photos "
+          f"into {values.out} ({settings.height}x{settings.width}, {settings.channels} "
+          f"channel{'s' if settings.channels > 1 else ''}); report: "
+          f"{os.path.join(values.out, SUMMARY)}")
+    for line in console.at_most([f"  no crop for {e['photo']}: {e['reason']}" for e in none],
+                                10, f"in {os.path.join(values.out, SUMMARY)}"):
+        print(line)
+    montage = draw_montage(sources, values.out, entries,
+                           os.path.join(values.out, MONTAGE))
+    if montage:
+        print(f"montage: {montage}")
+
+
+if __name__ == "__main__":
+    main(sys.argv)

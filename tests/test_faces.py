@@ -1,0 +1,100 @@
+"""Detection and alignment of faces in whole photos, against the libraries of the field:
+scikit-image's similarity transform, OpenCV's warp (insightface's norm_crop uses both) and
+the mtcnn package's own detect_faces."""
+
+import os
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data, transform
+
+from kerasbn.faces import aligner, detector, photo_alignment, similarity, template
+
+
+def test_the_template_at_each_size_follows_the_documented_rule():
+    np.testing.assert_array_equal(template.template(112, 112), template.ARCFACE_112)
+    np.testing.assert_allclose(template.template(128, 128),
+                               template.ARCFACE_112 + [8.0, 0.0])
+    np.testing.assert_allclose(template.template(112, 96), template.ARCFACE_112 - [8.0, 0.0])
+    np.testing.assert_allclose(template.template(50, 50), template.ARCFACE_112 * 50 / 112)
+    np.testing.assert_allclose(template.template(256, 256),
+                               template.ARCFACE_112 * 2 + [16.0, 0.0])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_similarity_is_scikit_images(seed):
+    rng = np.random.default_rng(seed)
+    angle, scale = rng.uniform(-1, 1), rng.uniform(0.3, 3)
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    source = template.ARCFACE_112 @ rotation.T * scale + rng.uniform(-50, 300, 2)
+    source += rng.normal(0, 2, source.shape)  # landmarks are never exact
+    reference = transform.SimilarityTransform.from_estimate(source, template.ARCFACE_112)
+    np.testing.assert_allclose(similarity.estimate(source, template.ARCFACE_112),
+                               reference.params[:2], atol=1e-4)
+
+
+def test_the_crop_is_opencvs_warp_affine():
+    photo = data.astronaut()
+    landmarks = np.array([[203.5, 100.1], [245.4, 102.2], [224.2, 126.4], [201.8, 138.6],
+                          [244.4, 140.4]])
+    for height, width in ((112, 112), (112, 96), (50, 50)):
+        matrix = aligner.matrices([landmarks], height, width)[0]
+        reference = cv2.warpAffine(photo, matrix, (width, height), borderValue=0.0)
+        crop = aligner.crops(photo, landmarks[None], height, width, 3)[0]
+        difference = np.abs(crop.astype(float) - reference)
+        assert difference.mean() <= 1.0 and difference.max() <= 1, (difference.mean(),
+                                                                    difference.max())
+
+
+def test_landmarks_are_the_mtcnn_packages_own():
+    from mtcnn import MTCNN
+    photo = data.astronaut()
+    [face] = detector.detect(photo)
+    [reference] = MTCNN().detect_faces(photo)
+    points = [reference["keypoints"][name] for name in template.LANDMARKS]
+    # The package rounds its JSON output to whole pixels.
+    np.testing.assert_allclose(face.landmarks, points, atol=1.0)
+    assert face.confidence == pytest.approx(reference["confidence"], abs=1e-6)
+
+
+def composite(att_faces, placements, size=(640, 480)):
+    """AT&T faces of people 1, 2, ... pasted at (x, y, angle in degrees, scale) on gray."""
+    canvas = Image.new("L", size, 128)
+    for person, (x, y, angle, scale) in enumerate(placements, start=1):
+        face = Image.open(os.path.join(att_faces, f"s{person}", "1.pgm"))
+        face = face.resize((int(92 * scale), int(112 * scale)), Image.BILINEAR)
+        canvas.paste(face.rotate(angle, Image.BILINEAR, expand=True, fillcolor=128), (x, y))
+    return np.asarray(canvas)[..., None]
+
+
+PLACEMENTS = [(40, 60, 0, 1.5), (260, 140, 20, 1.3), (450, 40, -15, 1.2)]
+
+
+def test_every_pasted_face_is_found_and_its_crop_undoes_the_rotation(att_faces):
+    photo = composite(att_faces, PLACEMENTS)
+    faces = detector.detect(photo)
+    assert len(faces) == 3
+    centres = sorted((face.box[0] + face.box[2] / 2) for face in faces)
+    assert [c < 200 for c in centres] == [True, False, False] and centres[2] > 450
+    crops = aligner.crops(photo, np.stack([f.landmarks for f in faces]), 112, 112, 3)
+    for crop in crops:
+        # An independent look: the detector run again on the crop (set in a margin, as
+        # MTCNN wants context around a face) finds the landmarks on the template, the
+        # pasted rotation undone.
+        framed = np.pad(crop, ((56, 56), (56, 56), (0, 0)), constant_values=128)
+        [again] = detector.detect(framed, min_confidence=0.5)
+        assert np.abs(again.landmarks - 56 - template.template(112, 112)).max() < 6
+
+
+def test_a_photo_without_a_face_or_unreadable_or_tiny_is_reported(tmp_path):
+    settings = photo_alignment.Settings()
+    Image.fromarray(np.full((200, 200, 3), 90, np.uint8)).save(tmp_path / "wall.jpg")
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "dot.png")
+    (tmp_path / "cut.jpg").write_bytes(open(tmp_path / "wall.jpg", "rb").read()[:300])
+    Image.fromarray(np.zeros((40, 40, 4), np.uint8), "CMYK").save(tmp_path / "cmyk.jpg")
+    for name, reason in (("wall.jpg", "no face found"), ("dot.png", "smaller than 12 px"),
+                         ("cut.jpg", "unreadable image"), ("cmyk.jpg", "no face found")):
+        entry, crops = photo_alignment.align_photo(str(tmp_path / name), settings)
+        assert entry["reason"].startswith(reason) and crops.shape == (0, 112, 112, 3), name
