@@ -37,7 +37,8 @@ def main(argv):
         values.min_images_per_identity, values.seed, values.shard_size, values.encoding,
         "GZIP" if values.gzip else "", values.workers, values.overwrite,
         command="python -m data_tools.build_records " + " ".join(sys.argv[1:]),
-        allow_outside_root=values.allow_outside_root, extensions=tuple(values.extensions)),
+        allow_outside_root=values.allow_outside_root, extensions=tuple(values.extensions),
+        align=values.align, landmarks=values.landmarks),
         f"the finished shards in {values.out} are kept; rerun the same command to convert "
         "the rest")
 
@@ -75,6 +76,13 @@ def define_flags(values):
     flags.DEFINE_list("extensions", list(images.IMAGE_EXTENSIONS), "Folder sources: the "
                       "file name endings taken as images (any case); other files are left "
                       "out and listed, e.g. a dataset's *.bad rejects.", **on)
+    flags.DEFINE_bool("align", False, "Folder and list sources: find each photo's largest "
+                      "face (MTCNN) and align it by its five landmarks to the ArcFace "
+                      "template at --image_size (photos without a face are skipped and "
+                      "counted); one process, as detection runs TensorFlow.", **on)
+    flags.DEFINE_string("landmarks", None, "Align with the five points this file gives each "
+                        "photo (`path x1 y1 ... x5 y5` lines, or insightface .lst lines) "
+                        "instead of detecting them.", **on)
     flags.DEFINE_bool("allow_outside_root", False, "List files: accept paths that lie outside "
                       "--root (refused by default, as a list file's mistake).", **on)
 

@@ -41,6 +41,38 @@ def read_boxes(path):
     return boxes
 
 
+def read_landmarks(path):
+    """{file name or relative path: [5, 2] landmarks} of a landmarks file: per line a photo
+    and its five points (the template's order: left eye, right eye, nose, mouth left, mouth
+    right) as `path x1 y1 ... x5 y5`, or an insightface .lst line (`flag<TAB>path<TAB>label
+    <TAB>x y x y` box `<TAB>` five x then five y, as face2rec reads them)."""
+    points = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = list(f)
+    except UnicodeDecodeError as e:
+        raise records.DataError(f"{path} is not UTF-8 text (byte {e.start}); give `path x1 y1 "
+                                "... x5 y5` lines") from None
+    for number, line in enumerate(lines, start=1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        try:
+            if len(fields) == 11:
+                name, values = fields[0], np.array(fields[1:], np.float64).reshape(5, 2)
+            elif len(fields) == 17:
+                name, values = fields[1], np.array(fields[7:], np.float64).reshape(2, 5).T
+            else:
+                raise ValueError
+            if not np.all(np.isfinite(values)):
+                raise ValueError
+        except ValueError:
+            raise records.DataError(f"{path}:{number}: expected `path x1 y1 ... x5 y5` (or an "
+                                    f"insightface .lst line), got {line.strip()!r}") from None
+        points[name] = values
+    return points
+
+
 def split_identities(identities, test_fraction, holdout_identities, min_images, seed):
     """Deterministic splits of {name: items}.
 
@@ -86,14 +118,14 @@ class Encoder:
         self._pool = contextlib.ExitStack()
         self._map = self._pool.enter_context(ordered_map(workers, initializer=Image.init))
 
-    def configure(self, args, boxes):
-        self.args, self.boxes = args, boxes
+    def configure(self, args, boxes, landmarks=None):
+        self.args, self.boxes, self.landmarks = args, boxes, landmarks or {}
 
     def encode(self, chunk):
         """Per batch of items: ([(name, label, serialized or None, skip reason)], PixelStats
         of the batch's images). Batches keep the main process's share of the work small."""
-        jobs = [([(label, name, source,
-                   self.boxes.get(name, self.boxes.get(os.path.basename(name))))
+        known = lambda table, name: table.get(name, table.get(os.path.basename(name)))
+        jobs = [([(label, name, source, known(self.boxes, name), known(self.landmarks, name))
                   for label, (name, source) in chunk[i:i + ENCODE_BATCH]], self.args)
                 for i in range(0, len(chunk), ENCODE_BATCH)]
         return self._map(_encode_batch, jobs)
@@ -110,8 +142,10 @@ def _encode_batch(job):
     options = (args["channels"], args["image_size"], args["resize_mode"])
     stats = shards.PixelStats(args["channels"])
     results = []
-    for label, name, source, box in items:
-        if isinstance(source, str):
+    for label, name, source, box, points in items:
+        if isinstance(source, str) and (args["align"] or points is not None):
+            array, reason = _aligned(source, name, points, args)
+        elif isinstance(source, str):
             array, reason = images.load(source, *options, box)
         elif isinstance(source, tuple):
             array, reason = recordio.load(source, *options)
@@ -124,6 +158,40 @@ def _encode_batch(job):
         results.append((name, label, records.encode_example(array, label, args["encoding"],
                                                             name), None))
     return results, stats
+
+
+def _check_landmarks(points, splits, path):
+    """DataError naming the first photo of `splits` the landmarks file has no row for."""
+    for items in splits.values():
+        for _, (name, _) in items:
+            if name not in points and os.path.basename(name) not in points:
+                raise records.DataError(f"{path} has no row for {name}; give every photo its "
+                                        "five points, or drop it from the source")
+
+
+def _aligned(path, name, points, args):
+    """(the aligned crop of the photo at `path`, None) or (None, why not): its face found by
+    the detector, or placed by the landmarks file's `points`, which must lie in the photo."""
+    from kerasbn.faces import aligner, detector
+
+    photo, reason = images.load(path, 3)
+    if reason:
+        return None, reason
+    if points is None:
+        faces = detector.detect(photo)
+        if not faces:
+            return None, NO_FACE
+        points = faces[0].landmarks
+    height, width = photo.shape[:2]
+    if np.any(points < 0) or np.any(points[:, 0] > width) or np.any(points[:, 1] > height):
+        raise records.DataError(f"{args['landmarks']}: the landmarks of {name} lie outside its "
+                                f"{width}x{height} photo; fix that row")
+    size = args["image_size"]
+    return aligner.crops(photo, points[None], size, size, args["channels"])[0], None
+
+
+# The skip reason of a photo --align finds no face in; the manifest counts them.
+NO_FACE = "no face found"
 
 
 def _state_path(out, name):
@@ -247,8 +315,11 @@ def build(source, out, root=None, image_size=None, channels=None, resize_mode="c
           boxes=None, test_fraction=0.2, holdout_identities=0, pairs=0,
           min_images_per_identity=1, seed=0, shard_size=4096, encoding="raw",
           compression="", workers=1, overwrite=False, command="", log=print,
-          allow_outside_root=False, extensions=images.IMAGE_EXTENSIONS):
-    """Converts `source` to shards + manifest in `out`; returns the manifest."""
+          allow_outside_root=False, extensions=images.IMAGE_EXTENSIONS, align=False,
+          landmarks=None):
+    """Converts `source` to shards + manifest in `out`; returns the manifest. `align` finds
+    each photo's largest face and aligns it (kerasbn.faces); `landmarks` (a file) aligns with
+    the five points it gives each photo instead."""
     if image_size is not None and image_size < 1:
         raise records.DataError(f"--image_size must be at least 1, got {image_size}")
     if not 0 <= test_fraction < 1:
@@ -260,7 +331,9 @@ def build(source, out, root=None, image_size=None, channels=None, resize_mode="c
     if encoding not in ("raw", "png"):
         raise records.DataError(f"--encoding must be raw or png, got {encoding!r}")
     start = time.perf_counter()
-    with Encoder(workers) as encoder:
+    aligning = bool(align or landmarks)
+    # Alignment runs TensorFlow (the detector, the warp), which forked workers must not.
+    with Encoder(1 if aligning else workers) as encoder:
         (splits, classes, holdout, dropped, channels, image_size, description,
          left_out) = collect(source, root, image_size, channels, test_fraction,
                              holdout_identities, min_images_per_identity, seed, out,
@@ -270,8 +343,12 @@ def build(source, out, root=None, image_size=None, channels=None, resize_mode="c
                 "test_fraction": test_fraction, "holdout_identities": holdout_identities,
                 "min_images_per_identity": min_images_per_identity, "seed": seed,
                 "shard_size": shard_size, "encoding": encoding, "compression": compression,
-                "extensions": sorted(extensions)}
-        encoder.configure(args, read_boxes(boxes) if boxes else {})
+                "extensions": sorted(extensions), "align": bool(align),
+                "landmarks": landmarks}
+        points = read_landmarks(landmarks) if landmarks else None
+        if points is not None:
+            _check_landmarks(points, splits, landmarks)
+        encoder.configure(args, read_boxes(boxes) if boxes else {}, points)
         _prepare(out, args, overwrite)
         progress = Progress(sum(len(items) for items in splits.values()), "build_records")
         manifest_splits, skipped, train_stats, holdout_written = {}, [], None, []
@@ -299,6 +376,12 @@ def build(source, out, root=None, image_size=None, channels=None, resize_mode="c
         "resize_mode": resize_mode,
         "left_out": [{"path": path, "reason": reason} for path, reason in left_out],
     }
+    if aligning:
+        manifest["aligned"] = {
+            "by": f"landmarks from {os.path.abspath(landmarks)}" if landmarks
+            else "MTCNN's largest face (the mtcnn package)", "template": "insightface "
+            "arcface_dst, scaled as kerasbn.faces.template says",
+            "faces_missing": sum(item["reason"] == NO_FACE for item in skipped)}
     if pairs:
         shards.write_pairs(os.path.join(out, shards.PAIRS_NAME), holdout, holdout_written, pairs, seed)
         manifest["pairs"] = {"file": shards.PAIRS_NAME, "matched": pairs, "mismatched": pairs,

@@ -87,3 +87,58 @@ def test_commands_that_cannot_work_are_one_line(argv, message, tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit, match=message):
         align.main(["align", *argv])
+
+
+def test_build_records_aligns_inline_and_counts_photos_without_a_face(photos, tmp_path):
+    from conftest import build_folder, read_records
+    from kerasbn.faces import aligner, detector
+
+    manifest = build_folder(photos, tmp_path / "data", align=True, image_size=112,
+                            channels=3, test_fraction=0)
+    assert manifest.values["aligned"]["faces_missing"] == 1
+    skipped = {s["path"]: s["reason"] for s in manifest.values["skipped"]}
+    assert skipped == {"empty/wall.jpg": "no face found",
+                       "empty/broken.jpg": "not an image Pillow can read"}
+    crops, _, names = read_records(tmp_path / "data")
+    photo = np.asarray(Image.open(photos / "people" / "astronaut.jpg"))
+    [face] = detector.detect(photo)
+    want = aligner.crops(photo, face.landmarks[None], 112, 112, 3)[0]
+    np.testing.assert_array_equal(crops[names.index("people/astronaut.jpg")], want)
+
+
+def test_build_records_aligns_by_a_landmarks_file_and_refuses_a_bad_one(photos, tmp_path):
+    from conftest import build_folder, read_records
+    from data_tools import convert
+    from kerasbn.faces import aligner
+    from kerasbn.data import records
+
+    source = tmp_path / "faces"
+    (source / "a").mkdir(parents=True)
+    (source / "b").mkdir()
+    Image.fromarray(data.astronaut()).save(source / "a" / "1.png")
+    Image.fromarray(data.astronaut()[::-1].copy()).save(source / "b" / "2.png")
+    points = np.array([[203.5, 100.1], [245.4, 102.2], [224.2, 126.4], [201.8, 138.6],
+                       [244.4, 140.4]])
+    flipped = points * [1, -1] + [0, 511]
+    # One photo as `path x1 y1 ...`, the other as an insightface .lst line (five x, five y).
+    (tmp_path / "points.txt").write_text(
+        "a/1.png " + " ".join(f"{v}" for v in points.ravel()) + "\n"
+        + "0\tb/2.png\t1\t0\t0\t10\t10\t" + "\t".join(
+            f"{v}" for v in np.concatenate([flipped[:, 0], flipped[:, 1]])) + "\n")
+    build_folder(source, tmp_path / "data", landmarks=str(tmp_path / "points.txt"),
+                 image_size=50, channels=1, test_fraction=0)
+    crops, _, names = read_records(tmp_path / "data")
+    want = aligner.crops(data.astronaut(), points[None], 50, 50, 1)[0]
+    np.testing.assert_array_equal(crops[names.index("a/1.png")], want)
+    (tmp_path / "short.txt").write_text("a/1.png " + " ".join(map(str, points.ravel())) + "\n")
+    with pytest.raises(records.DataError, match="short.txt has no row for b/2.png"):
+        build_folder(source, tmp_path / "short", landmarks=str(tmp_path / "short.txt"))
+    outside = points.copy()
+    outside[0, 0] = 900
+    (tmp_path / "far.txt").write_text("".join(
+        f"{n} " + " ".join(map(str, outside.ravel())) + "\n" for n in ("a/1.png", "b/2.png")))
+    with pytest.raises(records.DataError, match="far.txt: the landmarks of a/1.png lie outside "
+                                                "its 512x512 photo"):
+        build_folder(source, tmp_path / "far", landmarks=str(tmp_path / "far.txt"))
+    assert not os.path.exists(tmp_path / "far" / "manifest.json")
+    assert convert.read_landmarks(str(tmp_path / "points.txt"))["b/2.png"].shape == (5, 2)
