@@ -9,6 +9,10 @@ as its dataset was made. A file that is not a usable image is named and skipped;
 are still predicted. --compare says "same" when the cosine similarity reaches the threshold
 chosen on the dataset's holdout pairs, which travels inside the export. --embed writes the
 L2-normalised embeddings (float32 [N, D]) and, beside them, OUT.txt with one file per row.
+
+--align takes whole photos: the faces are found (MTCNN) and aligned to the size the network
+takes (kerasbn.faces), and each face gets its own line (its box and detection confidence,
+then its identities); --compare and --embed take the largest face of each photo and say so.
 """
 
 import os
@@ -19,6 +23,7 @@ import tensorflow as tf
 from absl import flags
 
 from kerasbn.data import images
+from kerasbn.faces import photo_alignment
 from kerasbn.flags import cli
 from kerasbn.serving import export_layout, signatures
 from kerasbn.training.run_dir import RunDir
@@ -29,14 +34,15 @@ BATCH = 64
 
 
 def load_model(path):
-    """(the loaded SavedModel, channels, threshold or None) of an export (or of a run dir's
-    export/). Callers keep the SavedModel, not only its signatures, whose variables it holds."""
+    """(the loaded SavedModel, its input spec, threshold or None) of an export (or of a run
+    dir's export/). Callers keep the SavedModel, not only its signatures, whose variables it
+    holds."""
     if not os.path.isfile(os.path.join(path, export_layout.MARKER)) and os.path.isfile(
             os.path.join(RunDir(path).export, export_layout.MARKER)):
         path = RunDir(path).export
     loaded, spec = signatures.load_saved_model(path)
     threshold = float(loaded.signatures["metadata"]()["threshold"])
-    return loaded, spec["channels"], None if np.isnan(threshold) else threshold
+    return loaded, spec, None if np.isnan(threshold) else threshold
 
 
 def read_photos(paths, channels):
@@ -46,6 +52,26 @@ def read_photos(paths, channels):
         array, reason = images.load(path, channels)
         (bad.append((path, reason)) if reason else good.append((path, array)))
     return good, bad
+
+
+def aligned_faces(paths, spec, every):
+    """([(label, aligned uint8 crop)], [(path, reason)]) of the photos at `paths`: every face
+    of each (`every`), labelled by photo, box and detection confidence, or its largest,
+    labelled by the photo; cropped to the export's size and channels."""
+    height, width = spec["image_size"]
+    settings = photo_alignment.Settings(height, width, spec["channels"],
+                                        "all" if every else "largest")
+    faces, bad = [], []
+    for path in paths:
+        entry, crops = photo_alignment.align_photo(path, settings)
+        if not len(crops):
+            bad.append((path, entry["reason"]))
+        for index, crop in zip(entry["kept"], crops):
+            face = entry["faces"][index]
+            box = ",".join(f"{v:.0f}" for v in face["box"])
+            faces.append((f"{path} face {index} at {box} ({face['confidence']:.3f})"
+                          if every else path, crop))
+    return faces, bad
 
 
 def run(signature, photos, progress=None):
@@ -109,6 +135,9 @@ def define_flags(values):
                         "required).", **on)
     flags.DEFINE_string("out", None, "With --embed: the FILE.npy to write (and FILE.txt, "
                         "the image of each row).", **on)
+    flags.DEFINE_bool("align", False, "Whole photos: find the faces (MTCNN), align each to "
+                      "the network's size, and name every face (--compare, --embed: the "
+                      "largest of each photo).", **on)
     flags.DEFINE_integer("top_k", 5, "Identities printed per photo.", lower_bound=1,
                          upper_bound=signatures.TOP_K, **on)
 
@@ -142,13 +171,17 @@ def main(argv):
     if problem:
         sys.exit(f"error: {problem}")
     try:
-        model, channels, threshold = load_model(values.model)
+        model, spec, threshold = load_model(values.model)
     except errors.UserError as e:
         sys.exit(f"error: {e}")
     paths = image_files(values.embed) if values.embed else files
     if values.embed:
-        print(f"embedding {len(paths)} images under {values.embed}")
-    photos, bad = read_photos(paths, channels)
+        print(f"embedding {len(paths)} images under {values.embed}"
+              + (" (the largest face of each)" if values.align else ""))
+    if values.align:
+        photos, bad = aligned_faces(paths, spec, every=not (values.compare or values.embed))
+    else:
+        photos, bad = read_photos(paths, spec["channels"])
     for path, reason in bad:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     if not photos:
@@ -157,7 +190,8 @@ def main(argv):
         if bad:
             sys.exit("error: --compare needs both photos")
         embedding = run(model.signatures["embed"], photos)["embedding"]
-        print(compare_line(files[0], files[1], float(embedding[0] @ embedding[1]), threshold))
+        print(compare_line(files[0], files[1], float(embedding[0] @ embedding[1]), threshold)
+              + (" (the largest face of each)" if values.align else ""))
     elif values.embed:
         embedding = run(model.signatures["embed"], photos,
                         Progress(len(photos), "embed"))["embedding"]

@@ -142,3 +142,23 @@ def test_build_records_aligns_by_a_landmarks_file_and_refuses_a_bad_one(photos, 
         build_folder(source, tmp_path / "far", landmarks=str(tmp_path / "far.txt"))
     assert not os.path.exists(tmp_path / "far" / "manifest.json")
     assert convert.read_landmarks(str(tmp_path / "points.txt"))["b/2.png"].shape == (5, 2)
+
+
+def test_predict_align_names_every_face_and_compares_the_largest(finished_run, photos,
+                                                                 capsys):
+    from kerasbn import predict
+    group = str(photos / "people" / "group.png")
+    astronaut = str(photos / "people" / "astronaut.jpg")
+    predict.main(["predict", f"--model={finished_run}", "--align", "--top_k=2", group,
+                  str(photos / "empty" / "wall.jpg")])
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert len(lines) == 3 and all(line.startswith(f"{group} face ") for line in lines)
+    assert [line.split(" face ")[1].split(" ")[0] for line in lines] == ["0", "1", "2"]
+    assert all(len(line.split(": ")[1].split("  ")) == 2 for line in lines)
+    assert "wall.jpg: no face found" in err
+    predict.main(["predict", f"--model={finished_run}", "--align", "--compare", astronaut,
+                  astronaut])
+    assert capsys.readouterr().out.strip().endswith(
+        "cosine 1.0000 (the export holds no threshold: its dataset had no holdout pairs) "
+        "(the largest face of each)")
