@@ -39,7 +39,7 @@ def request(values):
     if flip:
         flip = values.flip_sum or "unit"
     return evaluator.Request(values.data_dir, values.split, values.batch_size, values.pairs,
-                             values.image_root, tuple(values.bin), flip)
+                             values.image_root, tuple(values.bin), flip, values.align)
 
 
 def evaluate_run(run_dir, values):
@@ -102,6 +102,9 @@ def define_flags(values):
     flags.DEFINE_string("image_root", None, "The folder of --pairs' photos, one sub-folder "
                         "per identity (LFW: name/name_0001.jpg); face crops like the "
                         "training images.", **on)
+    flags.DEFINE_bool("align", False, "--pairs over whole photos: align each photo's largest "
+                      "face (MTCNN's five landmarks onto the ArcFace template) instead of "
+                      "resizing the photo.", **on)
     flags.DEFINE_multi_string("bin", [], "An insightface verification set (lfw.bin, "
                               "cfp_fp.bin, agedb_30.bin, ...; repeatable), each verified on "
                               "its own: its pairs in their order, insightface's ten folds.",
@@ -119,6 +122,8 @@ def check(values):
     """One line naming what is wrong with a flag combination, or None."""
     if not values.run_dir and not values.model:
         return "give one or more --run_dir=RUN or --model=SAVED_MODEL"
+    if values.align and not values.pairs:
+        return "--align aligns the photos of --pairs and --image_root; give them"
     if bool(values.pairs) != bool(values.image_root):
         return "--pairs and --image_root go together: a pairs.txt and the photos it names"
     if values.model and not values.data_dir and not values.pairs and not values.bin:

@@ -162,3 +162,31 @@ def test_predict_align_names_every_face_and_compares_the_largest(finished_run, p
     assert capsys.readouterr().out.strip().endswith(
         "cosine 1.0000 (the export holds no threshold: its dataset had no holdout pairs) "
         "(the largest face of each)")
+
+
+def test_evaluate_verifies_pairs_of_whole_photos_by_their_aligned_faces(finished_run,
+                                                                        att_faces, tmp_path):
+    from kerasbn import evaluate
+    import json
+    root = tmp_path / "lfw"
+    rng = np.random.default_rng(0)
+    for person in (1, 2, 3):
+        (root / f"p{person}").mkdir(parents=True)
+        for image in (1, 2):
+            canvas = Image.new("L", (240, 200), 100)
+            face = Image.open(os.path.join(att_faces, f"s{person}", f"{image}.pgm"))
+            canvas.paste(face.resize((138, 168)), tuple(rng.integers(0, 30, 2).tolist()))
+            canvas.save(root / f"p{person}" / f"p{person}_{image:04d}.png")
+    (tmp_path / "pairs.txt").write_text("1\t3\np1\t1\t2\np2\t1\t2\np3\t1\t2\n"
+                                        "p1\t1\tp2\t1\np2\t2\tp3\t1\np3\t2\tp1\t2\n")
+    out = tmp_path / "out"
+    evaluate.main(["evaluate", f"--model={finished_run}/export", f"--pairs={tmp_path / 'pairs.txt'}",
+                   f"--image_root={root}", "--align", f"--out={out}"])
+    [result] = json.load(open(out / "evaluate.json"))
+    assert result["aligned"] is True
+    assert result["verify_pairs"] == {"matched": 3, "mismatched": 3}
+    Image.new("L", (240, 200), 100).save(root / "p3" / "p3_0002.png")
+    with pytest.raises(SystemExit, match=r"p3_0002.png: no face found; a pair needs a face"):
+        evaluate.main(["evaluate", f"--model={finished_run}/export",
+                       f"--pairs={tmp_path / 'pairs.txt'}", f"--image_root={root}", "--align",
+                       f"--out={out}"])

@@ -9,6 +9,7 @@ import numpy as np
 
 from kerasbn.data import images, pipeline, records
 from kerasbn.evaluation import bin_sets, holdout, pairs, verification
+from kerasbn.faces import photo_alignment
 from kerasbn.training import metrics
 from kerasbn.utils.progress import Progress
 
@@ -52,16 +53,34 @@ def photo_size(served):
     return height
 
 
-def load_photos(files, served):
-    """uint8 [N, H, W, C] of image files, made into what `served` takes."""
-    return images.load_batch(files, served.channels, photo_size(served), served.resize_mode,
-                             lambda i: files[i], Progress(len(files), "loading photos"))
+def load_photos(files, served, align=False):
+    """uint8 [N, H, W, C] of image files, made into what `served` takes: resized as its
+    dataset was made, or, with `align`, each photo's largest face aligned (kerasbn.faces);
+    DataError naming a photo without a face."""
+    if not align:
+        return images.load_batch(files, served.channels, photo_size(served),
+                                 served.resize_mode, lambda i: files[i],
+                                 Progress(len(files), "loading photos"))
+    height, width = served.image_size
+    settings = photo_alignment.Settings(height, width, served.channels)
+    progress = Progress(len(files), "aligning photos", unit="photos")
+    crops = []
+    for path in files:
+        entry, faces = photo_alignment.align_photo(path, settings)
+        if not len(faces):
+            raise records.DataError(f"{path}: {entry['reason']}; a pair needs a face in each "
+                                    "photo (lower --min_confidence with kerasbn.align, or "
+                                    "fix the photo)")
+        crops.append(faces[0])
+        progress.update(1)
+    return np.stack(crops)
 
 
-def photo_scores(served, pairs_file, image_root, batch_size, flip):
-    """(scores, same, fold) of the pairs a pairs.txt names over a folder of photos."""
+def photo_scores(served, pairs_file, image_root, batch_size, flip, align=False):
+    """(scores, same, fold) of the pairs a pairs.txt names over a folder of photos (their
+    largest faces aligned, with `align`)."""
     files, first, second, same, sets = pairs.file_pairs(pairs_file, image_root)
-    photos = load_photos(files, served)
+    photos = load_photos(files, served, align)
     step = holdout.embed_step(lambda x: served.serve(x)["embedding"], flip)
     embeddings = holdout.embed_batches(
         step, (photos[start:start + batch_size] for start in range(0, len(photos), batch_size)),
@@ -98,6 +117,7 @@ class Request:
     image_root: str | None = None
     bins: tuple = ()
     verify_flip: bool | str | None = None
+    align: bool = False
 
 
 def evaluate_network(served, values):
@@ -115,8 +135,8 @@ def evaluate_network(served, values):
     embed = lambda x: served.serve(x)["embedding"]
     if values.pairs:
         result.update(figures(photo_scores(served, values.pairs, values.image_root,
-                                            values.batch_size, flip), flip),
-                      pairs=values.pairs)
+                                            values.batch_size, flip, values.align), flip),
+                      pairs=values.pairs, aligned=values.align)
     elif manifest is not None and manifest.has_holdout_pairs:
         progress = Progress(manifest.splits["holdout"].count, "holdout split")
         scores = holdout.scorer(embed, data_dir, manifest, values.batch_size, flip, raw=True,
