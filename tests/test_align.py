@@ -190,3 +190,46 @@ def test_evaluate_verifies_pairs_of_whole_photos_by_their_aligned_faces(finished
         evaluate.main(["evaluate", f"--model={finished_run}/export",
                        f"--pairs={tmp_path / 'pairs.txt'}", f"--image_root={root}", "--align",
                        f"--out={out}"])
+
+
+def test_a_network_trained_on_aligned_faces_names_each_face_of_a_whole_photo(att_faces,
+                                                                            tmp_path):
+    # Three people's AT&T photos, each set in a larger canvas, aligned by build_records
+    # --align; the exported network then takes a whole group photo of them, and nothing but
+    # TensorFlow: serve_photo finds, aligns and names every face inside the graph.
+    import subprocess
+    import sys
+
+    from conftest import build_folder, run_train, train_args
+    from kerasbn.training.run_dir import RunDir
+    from test_faces import composite
+    source = tmp_path / "people"
+    for person in (1, 2, 3):
+        (source / f"s{person}").mkdir(parents=True)
+        for image in range(1, 11):
+            canvas = Image.new("L", (200, 220), 128)
+            canvas.paste(Image.open(os.path.join(att_faces, f"s{person}", f"{image}.pgm")),
+                         (50 + 3 * image, 50))
+            canvas.save(source / f"s{person}" / f"{image}.png")
+    build_folder(source, tmp_path / "data", align=True, image_size=50, channels=1,
+                 test_fraction=0.2)
+    run_dir = str(tmp_path / "run")
+    run_train(train_args(str(tmp_path / "data"), run_dir, max_iter=120, test_interval=120,
+                         snapshot=120, batch_size=16))
+    group = tmp_path / "group.png"
+    Image.fromarray(composite(att_faces, PLACEMENTS)[..., 0]).save(group)
+    script = f"""
+import sys
+sys.modules["kerasbn"] = None
+sys.modules["mtcnn"] = None
+import tensorflow as tf
+out = tf.saved_model.load({RunDir(run_dir).export!r}).signatures["serve_photo"](
+    photo=tf.constant(open({str(group)!r}, "rb").read()))
+for box, names in zip(out["boxes"].numpy(), out["names"].numpy()):
+    print(int(box[0]), names[0].decode())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    faces = sorted((int(x), name) for x, name in (line.split() for line in
+                                                  done.stdout.splitlines()))
+    assert [name for _, name in faces] == ["s1", "s2", "s3"]

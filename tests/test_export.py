@@ -180,7 +180,7 @@ print(a["names"].numpy()[0][0].decode(), len(meta["class_names"].numpy()),
     shown = subprocess.run([os.path.join(os.path.dirname(sys.executable), "saved_model_cli"),
                             "show", "--dir", RunDir(finished_run).export, "--all"],
                            capture_output=True, text=True)
-    for signature in ("serving_default", "embed", "serve_bytes", "metadata"):
+    for signature in ("serving_default", "embed", "serve_bytes", "serve_photo", "metadata"):
         assert f"signature_def['{signature}']" in shown.stdout
 
 

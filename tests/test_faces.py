@@ -98,3 +98,22 @@ def test_a_photo_without_a_face_or_unreadable_or_tiny_is_reported(tmp_path):
                          ("cut.jpg", "unreadable image"), ("cmyk.jpg", "no face found")):
         entry, crops = photo_alignment.align_photo(str(tmp_path / name), settings)
         assert entry["reason"].startswith(reason) and crops.shape == (0, 112, 112, 3), name
+
+
+def test_the_graph_detector_is_the_mtcnn_packages_detect_faces(att_faces):
+    import tensorflow as tf
+
+    from kerasbn.faces import graph_detector
+    from mtcnn import MTCNN
+    found = tf.function(graph_detector.GraphDetector(min_confidence=0.0).detect)
+    reference = MTCNN()
+    for photo in (data.astronaut(), np.repeat(composite(att_faces, PLACEMENTS), 3, axis=2),
+                  np.full((120, 90, 3), 90, np.uint8)):
+        boxes, confidence, landmarks = (t.numpy() for t in found(photo))
+        want = sorted(reference.detect_faces(photo, output_type="numpy"),
+                      key=lambda row: -row[3] * row[4])
+        assert len(boxes) == len(want)
+        for box, score, points, row in zip(boxes, confidence, landmarks, want):
+            np.testing.assert_allclose(box, row[1:5], atol=1e-2)
+            assert score == pytest.approx(row[5], abs=1e-5)
+            np.testing.assert_allclose(points, np.stack([row[6:11], row[11:16]], 1), atol=1e-2)

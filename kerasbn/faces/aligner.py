@@ -11,8 +11,8 @@ from kerasbn.faces import similarity, template
 def matrices(landmarks, height, width):
     """[N, 2, 3] similarity matrices carrying each face's landmarks [N, 5, 2] onto the
     template of a height x width crop."""
-    target = template.template(height, width)
-    return np.stack([similarity.estimate(points, target) for points in landmarks])
+    return similarity.estimate(np.asarray(landmarks, np.float64),
+                               template.template(height, width)).numpy()
 
 
 def crops(photo, landmarks, height, width, channels):

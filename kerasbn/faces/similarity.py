@@ -2,7 +2,7 @@
 landmarks onto the template, and the warp that applies it.
 
 `estimate` is Umeyama's least-squares similarity (1991), what scikit-image's
-SimilarityTransform.estimate and insightface's norm_crop compute; `warp` is TensorFlow's own
+SimilarityTransform and insightface's norm_crop compute; `warp` is TensorFlow's own
 projective image transform, bilinear with black outside the photo, as OpenCV's warpAffine
 makes insightface's crops. Both are tested against those libraries (tests/test_faces.py);
 the same warp runs inside a graph, so a served network aligns as its data was aligned.
@@ -13,20 +13,26 @@ import tensorflow as tf
 
 
 def estimate(source, target):
-    """The 2x3 matrix M of the similarity best mapping `source` points [N, 2] onto `target`
-    [N, 2] in least squares (Umeyama): target ~ M @ [x, y, 1]."""
-    source, target = np.asarray(source, np.float64), np.asarray(target, np.float64)
-    mean_s, mean_t = source.mean(0), target.mean(0)
+    """The 2x3 matrices M [..., 2, 3] of the similarities best mapping `source` points
+    [..., N, 2] onto `target` [N, 2] in least squares (Umeyama): target ~ M @ [x, y, 1].
+    TensorFlow ops in float64, so the same code runs eagerly and inside a SavedModel."""
+    source = tf.cast(source, tf.float64)
+    target = tf.broadcast_to(tf.cast(target, tf.float64), tf.shape(source))
+    mean_s = tf.reduce_mean(source, -2, keepdims=True)
+    mean_t = tf.reduce_mean(target, -2, keepdims=True)
     s, t = source - mean_s, target - mean_t
-    covariance = t.T @ s / len(source)
-    u, singular, vt = np.linalg.svd(covariance)
-    sign = np.ones(2)
-    if np.linalg.det(covariance) < 0:
-        sign[-1] = -1.0
-    rotation = u @ np.diag(sign) @ vt
-    scale = (singular * sign).sum() / s.var(0).sum()
-    shift = mean_t - scale * rotation @ mean_s
-    return np.hstack([scale * rotation, shift[:, None]])
+    count = tf.cast(tf.shape(source)[-2], tf.float64)
+    covariance = tf.matmul(t, s, transpose_a=True) / count
+    singular, u, v = tf.linalg.svd(covariance)
+    flip = tf.where(tf.linalg.det(covariance) < 0, tf.constant(-1.0, tf.float64),
+                    tf.constant(1.0, tf.float64))
+    sign = tf.stack([tf.ones_like(flip), flip], -1)
+    rotation = tf.matmul(u * sign[..., None, :], v, transpose_b=True)
+    variance = tf.reduce_sum(tf.reduce_mean(s * s, -2), -1)
+    scale = tf.reduce_sum(singular * sign, -1) / variance
+    shift = mean_t[..., 0, :] - scale[..., None] * tf.linalg.matvec(rotation,
+                                                                     mean_s[..., 0, :])
+    return tf.concat([scale[..., None, None] * rotation, shift[..., :, None]], -1)
 
 
 def apply(matrix, points):

@@ -11,6 +11,7 @@ import keras
 
 from kerasbn.data import records
 from kerasbn.evaluation import holdout
+from kerasbn.faces import graph_detector
 from kerasbn.serving import export_layout, portable, signatures
 from kerasbn.training.run_dir import RunDir
 from kerasbn.utils import atomic
@@ -59,8 +60,11 @@ def export_saved_model(model, manifest, path, data_dir=None):
     cut = threshold(model, data_dir, manifest) if data_dir else None
     archive = keras.export.ExportArchive()
     archive.track(model)
-    for name, (function, signature) in signatures.serving_functions(model, manifest,
-                                                                 cut).items():
+    detector = graph_detector.GraphDetector()
+    for network in (detector.pnet, detector.rnet, detector.onet):
+        archive.track(network)
+    for name, (function, signature) in signatures.serving_functions(
+            model, manifest, cut, detector).items():
         archive.add_endpoint(name, function, input_signature=signature)
     tmp = _private_dir(path, "partial")
     try:

@@ -18,6 +18,7 @@ import keras
 import tensorflow as tf
 
 from kerasbn.data import preprocess, records
+from kerasbn.faces import similarity, template
 from kerasbn.serving import export_layout
 from kerasbn.training import checkpoints, network
 from kerasbn.training.run_dir import RunDir, stored_config
@@ -46,8 +47,9 @@ class Served:
 TOP_K = 5
 
 
-def serving_functions(model, manifest, threshold=None):
-    """{signature name: (tf.function, input signature)} of the training `model`."""
+def serving_functions(model, manifest, threshold=None, detector=None):
+    """{signature name: (tf.function, input signature)} of the training `model`; with a
+    `graph_detector.GraphDetector`, also `serve_photo`."""
     height, width = manifest.image_size
     channels = manifest.channels
     mode = input_spec(manifest)["resize_mode"]
@@ -86,12 +88,36 @@ def serving_functions(model, manifest, threshold=None):
                             fn_output_signature=tf.TensorSpec([height, width, channels]))
         return outputs(decoded)
 
+    @tf.function
+    def serve_photo(encoded):
+        photo = preprocess.decode(encoded, 3)[0]
+        photo = tf.cond(tf.shape(photo)[-1] == 1, lambda: tf.tile(photo, [1, 1, 3]),
+                        lambda: photo)
+        boxes, confidence, landmarks = detector.detect(photo)
+        matrices = similarity.estimate(landmarks, template.template(height, width))
+        count = tf.shape(boxes)[0]
+
+        def faces():
+            crops = similarity.warp(tf.repeat(photo[None], count, axis=0), matrices, height,
+                                    width)
+            return outputs(prepare(tf.cast(tf.clip_by_value(tf.round(crops), 0.0, 255.0),
+                                           tf.uint8)))
+
+        # No face: the network cannot take an empty batch, so the outputs' shapes come from
+        # one blank crop, emptied.
+        none = lambda: {key: value[:0] for key, value in outputs(prepare(tf.zeros(
+            [1, height, width, 3], tf.uint8))).items()}
+        return {"boxes": boxes, "confidence": confidence, "landmarks": landmarks,
+                **tf.cond(count > 0, faces, none)}
+
     stored = float("nan") if threshold is None else float(threshold)
     metadata = tf.function(lambda: {"class_names": names,
                                     "threshold": tf.constant(stored, tf.float32)})
     return {"serving_default": (serve, images), "embed": (embed, images),
             "serve_bytes": (serve_bytes, [tf.TensorSpec([None], tf.string, name="encoded")]),
-            "metadata": (metadata, [])}
+            "metadata": (metadata, []),
+            **({"serve_photo": (serve_photo, [tf.TensorSpec([], tf.string, name="photo")])}
+               if detector is not None else {})}
 
 
 def input_spec(manifest):
