@@ -28,6 +28,9 @@
     python -m kerasbn.bench --bench=scale --data_dir=data/synth_30k --data_dir=data/synth_2940k
         the input pipeline's peak memory, shuffle quality and time to the first training
         step on each dataset, against the first (kerasbn.benchmarks.scaling).
+    python -m kerasbn.bench --bench=photos --export=runs/bn/export --faces_dir=att_faces
+        align's photos/s at two photo sizes, and serve_photo's latency with one and six
+        faces against serve_bytes on the same faces aligned (kerasbn.benchmarks.photo_pipeline).
 """
 
 import importlib.util
@@ -37,8 +40,8 @@ import tempfile
 import tensorflow as tf
 from absl import flags
 
-from kerasbn.benchmarks import (input_pipeline, margin_heads, peer_comparison, scaling,
-                                separability, timing, whole_run)
+from kerasbn.benchmarks import (input_pipeline, margin_heads, peer_comparison,
+                                photo_pipeline, scaling, separability, timing, whole_run)
 from kerasbn.data import records
 from kerasbn.flags import cli
 from kerasbn.nn import heads, models, norms
@@ -165,6 +168,13 @@ def separability_bench(values):
               f"small CNN {r['small_cnn']:.3f}")
 
 
+def photos_bench(values):
+    if not values.export or not values.faces_dir:
+        sys.exit("error: --bench=photos needs --export (a SavedModel written by kerasbn.export) "
+                 "and --faces_dir (a folder of face images, e.g. the AT&T set)")
+    photo_pipeline.run(values.export, values.faces_dir, values.repeats)
+
+
 def _data_dirs(values):
     if not values.data_dir:
         sys.exit("error: --data_dir is required (a directory holding manifest.json)")
@@ -173,7 +183,8 @@ def _data_dirs(values):
 
 BENCHES = {"input": input_bench, "separability": separability_bench, "train": train_bench,
            "norms": norms_bench, "peer": peer_bench, "profile": profile_bench,
-           "run": run_bench, "scale": scale_bench, "heads": heads_bench}
+           "run": run_bench, "scale": scale_bench, "heads": heads_bench,
+           "photos": photos_bench}
 
 
 def main(argv):
@@ -212,6 +223,10 @@ def define_flags(values):
     flags.DEFINE_multi_float("sample_fractions", [1.0, 0.1], "heads bench: --sample_classes "
                              "values, ratios to the first (repeatable).", lower_bound=0,
                              upper_bound=1, **on)
+    flags.DEFINE_string("export", None, "photos bench: the SavedModel whose serve_photo is "
+                        "timed.", **on)
+    flags.DEFINE_string("faces_dir", None, "photos bench: face images pasted into the timed "
+                        "photos (the AT&T set).", **on)
     flags.DEFINE_list("norms", None, "BN implementations: norms bench (default every one; "
                       "step times are ratios to the first at the same precision), peer bench "
                       "(default keras,nvidia: the quickstart's and the study sets').", **on)

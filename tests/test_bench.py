@@ -176,3 +176,15 @@ def test_heads_bench_names_a_fraction_too_small_for_the_batch():
         bench.main(["bench", "--bench=heads", "--class_counts=40", "--sample_fractions=0.1",
                     "--batch_size=8", "--batches=1", "--repeats=1"])
     assert "--sample_classes=0.1" in str(info.value) and "fewer than the 8" in str(info.value)
+
+
+def test_the_photos_bench_times_align_and_serve_photo_against_their_references(
+        finished_run, att_faces):
+    from kerasbn.benchmarks import photo_pipeline
+    from kerasbn.training.run_dir import RunDir
+    result = photo_pipeline.run(RunDir(finished_run).export, att_faces, repeats=1, photos=1)
+    assert set(result) == {"align_640x480_photos_per_sec", "mtcnn_640x480_photos_per_sec",
+                           "align_1280x960_photos_per_sec", "mtcnn_1280x960_photos_per_sec",
+                           "serve_photo_1_faces_ms", "serve_bytes_1_faces_ms",
+                           "serve_photo_6_faces_ms", "serve_bytes_6_faces_ms"}
+    assert all(value > 0 for value in result.values())

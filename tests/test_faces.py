@@ -105,7 +105,8 @@ def test_the_graph_detector_is_the_mtcnn_packages_detect_faces(att_faces):
 
     from kerasbn.faces import graph_detector
     from mtcnn import MTCNN
-    found = tf.function(graph_detector.GraphDetector(min_confidence=0.0).detect)
+    module = graph_detector.GraphDetector()
+    found = tf.function(lambda photo: module.detect(photo, min_confidence=0.0))
     reference = MTCNN()
     for photo in (data.astronaut(), np.repeat(composite(att_faces, PLACEMENTS), 3, axis=2),
                   np.full((120, 90, 3), 90, np.uint8)):

@@ -1,6 +1,7 @@
 """Faces found in a photo by MTCNN (Zhang et al. 2016), as the `mtcnn` package (MIT licence,
-its networks' weights inside its wheel, so nothing is downloaded) detects them: a box, a
-confidence and five landmarks (the template's order, kerasbn.faces.template.LANDMARKS).
+its networks' weights inside its wheel, so nothing is downloaded) detects them, run as the
+graph a SavedModel's serve_photo runs (kerasbn.faces.graph_detector): a box, a confidence and
+five landmarks (the template's order, kerasbn.faces.template.LANDMARKS).
 
 MTCNN finds upright faces from about `min_face_size` pixels up; faces turned more than about
 45 degrees in the image plane, or seen in profile, are often missed or get poor landmarks.
@@ -9,12 +10,15 @@ MTCNN finds upright faces from about `min_face_size` pixels up; faces turned mor
 import dataclasses
 
 import numpy as np
+import tensorflow as tf
 
-MIN_FACE_SIZE = 20
-MIN_CONFIDENCE = 0.9
+from kerasbn.faces import detector_defaults, graph_detector
+
+MIN_FACE_SIZE = detector_defaults.MIN_FACE_SIZE
+MIN_CONFIDENCE = detector_defaults.MIN_CONFIDENCE
 # PNet's window: a photo smaller than this cannot hold a face MTCNN finds.
 SMALLEST_PHOTO = 12
-_detector = None
+_detect = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,13 +41,15 @@ class Face:
                               for x, y in self.landmarks]}
 
 
-def _mtcnn():
-    """The package's detector, built once per process (its three networks load here)."""
-    global _detector
-    if _detector is None:
-        from mtcnn import MTCNN
-        _detector = MTCNN()
-    return _detector
+def _graph():
+    """The detector's compiled graph, built once per process (its networks load here)."""
+    global _detect
+    if _detect is None:
+        module = graph_detector.GraphDetector()
+        _detect = tf.function(module.detect, input_signature=[
+            tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([], tf.float32),
+            tf.TensorSpec([], tf.float32)])
+    return _detect
 
 
 def detect(photo, min_face_size=MIN_FACE_SIZE, min_confidence=MIN_CONFIDENCE):
@@ -52,13 +58,7 @@ def detect(photo, min_face_size=MIN_FACE_SIZE, min_confidence=MIN_CONFIDENCE):
     if min(photo.shape[:2]) < SMALLEST_PHOTO:
         return []
     rgb = np.repeat(photo, 3, axis=2) if photo.shape[2] == 1 else photo
-    found = _mtcnn().detect_faces(rgb, min_face_size=min_face_size, output_type="numpy",
-                                  box_format="xyxy")
-    faces = []
-    # Each row: image index, x1, y1, x2, y2, confidence, then the five x and the five y.
-    for row in np.asarray(found, np.float64):
-        if row[5] < min_confidence:
-            continue
-        faces.append(Face((row[1], row[2], row[3] - row[1], row[4] - row[2]), row[5],
-                          np.stack([row[6:11], row[11:16]], axis=1)))
-    return sorted(faces, key=lambda face: -face.area)
+    boxes, confidence, landmarks = _graph()(rgb, float(min_face_size), float(min_confidence))
+    return [Face(tuple(float(v) for v in box), float(score), points)
+            for box, score, points in zip(boxes.numpy(), confidence.numpy(),
+                                          landmarks.numpy().astype(np.float64))]

@@ -1,4 +1,5 @@
-"""MTCNN as TensorFlow ops, so a SavedModel finds faces with nothing but TensorFlow: the
+"""MTCNN as TensorFlow ops, so a SavedModel finds faces with nothing but TensorFlow (and the
+Python path, kerasbn.faces.detector, runs the same graph): the
 `mtcnn` package's three networks (their weights taken from its wheel when the graph is
 built) and its pipeline, step for step as its stages run it (mtcnn 1.0.0): the image
 pyramid (AREA resizing, scale factor 0.709 from 12 / min_face_size), PNet's cells at stride
@@ -14,7 +15,7 @@ import math
 
 import tensorflow as tf
 
-from kerasbn.faces import detector
+from kerasbn.faces import detector_defaults
 
 # The package's defaults (mtcnn.MTCNN.detect_faces).
 SCALE_FACTOR = 0.709
@@ -40,25 +41,24 @@ def networks():
 
 
 class GraphDetector(tf.Module):
-    """`detect(photo)` of uint8 [H, W, 3]: (boxes [N, 4] x, y, width, height, confidence [N],
-    landmarks [N, 5, 2]), largest face first; faces below `min_confidence` dropped."""
+    """`detect(photo, min_face_size, min_confidence)` of uint8 [H, W, 3]: (boxes [N, 4] x, y,
+    width, height, confidence [N], landmarks [N, 5, 2]), largest face first; faces below
+    `min_confidence` dropped."""
 
-    def __init__(self, nets=None, min_face_size=detector.MIN_FACE_SIZE,
-                 min_confidence=detector.MIN_CONFIDENCE):
+    def __init__(self, nets=None):
         super().__init__()
         self.pnet, self.rnet, self.onet = nets or networks()
-        self.min_face_size = float(min_face_size)
-        self.min_confidence = float(min_confidence)
 
-    def detect(self, photo):
+    def detect(self, photo, min_face_size=detector_defaults.MIN_FACE_SIZE,
+               min_confidence=detector_defaults.MIN_CONFIDENCE):
         image = (tf.cast(photo, tf.float32) - 127.5) / 128.0
         image = image[None]
         shape = tf.shape(image)
         height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
-        boxes = self._proposals(image, height, width)
+        boxes = self._proposals(image, height, width, tf.cast(min_face_size, tf.float32))
         boxes = self._refine(image, boxes, height, width)
         boxes, landmarks = self._output(image, boxes, height, width)
-        keep = boxes[:, 4] >= self.min_confidence
+        keep = boxes[:, 4] >= tf.cast(min_confidence, tf.float32)
         boxes, landmarks = tf.boolean_mask(boxes, keep), tf.boolean_mask(landmarks, keep)
         x1 = tf.clip_by_value(boxes[:, 0], 0.0, width - 1)
         y1 = tf.clip_by_value(boxes[:, 1], 0.0, height - 1)
@@ -69,12 +69,12 @@ class GraphDetector(tf.Module):
         return (tf.gather(xywh, order), tf.gather(boxes[:, 4], order),
                 tf.gather(landmarks, order))
 
-    def _proposals(self, image, height, width):
+    def _proposals(self, image, height, width, min_face_size):
         """PNet over the pyramid: [N, 5] boxes (x1, y1, x2, y2, score), squared."""
         smallest = tf.minimum(height, width)
         count = tf.cast(tf.round(-(tf.math.log(smallest / CELL) / math.log(SCALE_FACTOR) + 1)),
                         tf.int32)
-        first = CELL / self.min_face_size
+        first = CELL / min_face_size
         found = tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False,
                                element_shape=tf.TensorShape([None, 5]))
 
