@@ -88,14 +88,17 @@ def test_every_pasted_face_is_found_and_its_crop_undoes_the_rotation(att_faces):
         assert np.abs(again.landmarks - 56 - template.template(112, 112)).max() < 6
 
 
-def test_a_photo_without_a_face_or_unreadable_or_tiny_is_reported(tmp_path):
+def test_a_photo_without_a_face_or_unreadable_or_tiny_is_reported(tmp_path, monkeypatch):
     settings = photo_alignment.Settings()
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300 * 300 // 2)  # a bomb at 2x the limit
+    Image.fromarray(np.zeros((600, 600, 3), np.uint8)).save(tmp_path / "bomb.png")
     Image.fromarray(np.full((200, 200, 3), 90, np.uint8)).save(tmp_path / "wall.jpg")
     Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "dot.png")
     (tmp_path / "cut.jpg").write_bytes(open(tmp_path / "wall.jpg", "rb").read()[:300])
     Image.fromarray(np.zeros((40, 40, 4), np.uint8), "CMYK").save(tmp_path / "cmyk.jpg")
     for name, reason in (("wall.jpg", "no face found"), ("dot.png", "smaller than 12 px"),
-                         ("cut.jpg", "unreadable image"), ("cmyk.jpg", "no face found")):
+                         ("cut.jpg", "unreadable image"), ("cmyk.jpg", "no face found"),
+                         ("bomb.png", "larger than Pillow's decompression-bomb limit")):
         entry, crops = photo_alignment.align_photo(str(tmp_path / name), settings)
         assert entry["reason"].startswith(reason) and crops.shape == (0, 112, 112, 3), name
 
