@@ -12,7 +12,7 @@ checked by `schedules.ScheduleConfig` itself.
 import dataclasses
 import math
 
-from kerasbn.nn import heads, models, norms
+from kerasbn.nn import heads, iresnet, models, norms
 from kerasbn.training import metrics, runtime, schedules
 from kerasbn.utils import errors, settings
 from kerasbn.utils.settings import setting
@@ -38,8 +38,10 @@ class RunConfig:
     data_dir: str = setting(help="Directory holding manifest.json and the TFRecord shards.")
     model: str = setting(
         "bn",
-        "Network: the study's baseline, its BN network, bn_all (BN after every convolution), or "
-        "Caffe's CIFAR-10 examples cifar10_quick and cifar10_full_sigmoid_bn.",
+        "Network: the study's baseline, its BN network, bn_all (BN after every convolution), "
+        "insightface's iresnet18/34/50/100 (images whose sides are multiples of 16, e.g. "
+        "112x112 RGB; --widths: stem and four stages), or Caffe's CIFAR-10 examples "
+        "cifar10_quick and cifar10_full_sigmoid_bn.",
         choices=models.MODELS)
     norm: str = setting(
         "keras",
@@ -296,6 +298,12 @@ class RunConfig:
 
     def _check_head(self):
         margin_head = self.head != "softmax"
+        if self.model in iresnet.LAYERS and (self.embedding != "pool" or any(
+                side % iresnet.STRIDE for side in self.image_size)):
+            raise ConfigError(f"--model={self.model} has insightface's neck built in (drop "
+                              f"--embedding) and takes images whose sides are multiples of "
+                              f"{iresnet.STRIDE}, not {self.image_size[0]}x"
+                              f"{self.image_size[1]}; build the dataset at 112x112")
         if self.model in models.CIFAR_MODELS and (margin_head or self.embedding != "pool"):
             raise ConfigError(f"--head and --embedding apply to the face networks, not "
                               f"--model={self.model}; drop them")

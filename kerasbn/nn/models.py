@@ -23,7 +23,7 @@ per-layer Gaussians for the CIFAR-10 ones. Biases start at 0, as Caffe's constan
 
 import keras
 
-from kerasbn.nn import heads, norms
+from kerasbn.nn import heads, iresnet, norms
 
 # The last layer's name: fine-tuning replaces it, the rest is the backbone.
 CLASSIFIER = heads.CLASSIFIER
@@ -37,9 +37,10 @@ BLOCKS = {
     "bn_all": [((32, 64), (True, True)), ((128,), (True,)),
                ((96, 192), (True, True)), ((160, 320), (True, True))],
 }
-DEFAULT_DROPOUT = {"baseline": 0.4, "bn": 0.0, "bn_all": 0.0}
+DEFAULT_DROPOUT = {"baseline": 0.4, "bn": 0.0, "bn_all": 0.0,
+                   **{name: 0.0 for name in iresnet.LAYERS}}
 CIFAR_MODELS = ("cifar10_quick", "cifar10_full_sigmoid_bn")
-MODELS = tuple(BLOCKS) + CIFAR_MODELS
+MODELS = tuple(BLOCKS) + tuple(iresnet.LAYERS) + CIFAR_MODELS
 FILLERS = ("network", "keras", "xavier", "msra", "gaussian")
 # The prototxts' weight filler stds, per layer.
 _CIFAR_STDS = {
@@ -66,7 +67,10 @@ def initializer(filler, filler_std=0.01, own="glorot_uniform"):
 
 
 def default_widths(name):
-    """The study's convolution widths of network `name`, in order ([] for CIFAR-10 nets)."""
+    """The convolution widths of network `name`, in order: the study's nets' every
+    convolution, IResNet's stem and stages ([] for CIFAR-10 nets)."""
+    if name in iresnet.LAYERS:
+        return list(iresnet.WIDTHS)
     return [w for widths, _ in BLOCKS.get(name, []) for w in widths]
 
 
@@ -110,6 +114,18 @@ def build(name, num_classes, image_size=(50, 50), channels=1, widths=None, dropo
                          f"got {len(widths)}")
     dropout = DEFAULT_DROPOUT[name] if dropout is None else dropout
     inputs = keras.Input((*image_size, channels), name="image")
+    if name in iresnet.LAYERS:
+        if embedding != "pool" or any(side % iresnet.STRIDE for side in image_size):
+            raise ValueError(f"{name} has insightface's neck built in (no --embedding) and "
+                             f"takes images whose sides are multiples of {iresnet.STRIDE}")
+        x = iresnet.backbone(
+            name, inputs, widths, dropout, embedding_dim, norm_layer,
+            {"kernel_initializer": initializer(weight_filler, filler_std, "he_normal"),
+             "kernel_regularizer": regularizer},
+            {"kernel_initializer": initializer(weight_filler, filler_std),
+             "kernel_regularizer": regularizer, "bias_regularizer": bias_regularizer})
+        return _with_classifier(inputs, x, name, num_classes, head, scale, decay_centres,
+                                weight_filler, filler_std, regularizer, bias_regularizer)
     x = inputs
     width_iter = iter(widths)
     for block, (convs, with_bn) in enumerate(BLOCKS[name], start=1):
@@ -137,6 +153,13 @@ def build(name, num_classes, image_size=(50, 50), channels=1, widths=None, dropo
                                bias_regularizer=bias_regularizer, name="embedding_fc",
                                kernel_initializer=initializer(weight_filler, filler_std))(x)
         x = norm_layer("embedding")(x)
+    return _with_classifier(inputs, x, name, num_classes, head, scale, decay_centres,
+                            weight_filler, filler_std, regularizer, bias_regularizer)
+
+
+def _with_classifier(inputs, x, name, num_classes, head, scale, decay_centres, weight_filler,
+                     filler_std, regularizer, bias_regularizer):
+    """The network from `inputs` to the logits of `head` on the embedding `x`."""
     kernel = {"kernel_initializer": initializer(weight_filler, filler_std),
               "kernel_regularizer": regularizer, "dtype": "float32", "name": CLASSIFIER}
     if head == "softmax":

@@ -70,7 +70,11 @@ def export_saved_model(model, manifest, path, data_dir=None):
     try:
         archive.write_out(tmp, verbose=False)
         atomic.write_json(os.path.join(tmp, export_layout.MARKER), {
-            "written_by": "kerasbn", **signatures.input_spec(manifest), "threshold": cut})
+            "written_by": "kerasbn", **signatures.input_spec(manifest), "threshold": cut,
+            # Not the network's own: --weights from this export leaves them out.
+            export_layout.DETECTOR_VARIABLES: sorted(
+                v.path for network in (detector.pnet, detector.rnet, detector.onet)
+                for v in network.variables)})
         return _replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -136,16 +136,19 @@ def _weights(variables):
 
 
 def _saved_model_weights(path):
-    """({variable path: value}, class count) of an exported SavedModel."""
-    loaded = tf.saved_model.load(path)
-    values = {v.name.split(":")[0]: v for v in getattr(loaded, "variables", [])
-              if "seed_generator" not in v.name}
+    """({variable path: value}, class count) of an exported SavedModel's network (its face
+    detector's variables, listed in the marker, left out)."""
     try:
         with open(os.path.join(path, export_layout.MARKER), encoding="utf-8") as f:
-            classes = json.load(f).get("classes")
-    except (OSError, ValueError, AttributeError):
-        classes = None
-    return values, classes
+            marker = json.load(f)
+    except (OSError, ValueError):
+        marker = {}
+    marker = marker if isinstance(marker, dict) else {}
+    detector = set(marker.get(export_layout.DETECTOR_VARIABLES, []))
+    loaded = tf.saved_model.load(path)
+    values = {v.name.split(":")[0]: v for v in getattr(loaded, "variables", [])
+              if "seed_generator" not in v.name and v.name.split(":")[0] not in detector}
+    return values, marker.get("classes")
 
 
 def _run_weights(run_dir, prefix):

@@ -1,0 +1,62 @@
+"""insightface's IResNet (arcface_torch, backbones/iresnet.py), the backbone the field trains
+ArcFace with: a 3x3 stem of 64 with BN and PReLU; four stages of improved residual blocks
+(BN, 3x3 conv, BN, PReLU, 3x3 conv carrying the stride, BN; a 1x1 conv and BN on the
+shortcut where the shape changes), each stage halving the size; then BN, dropout, the
+flattened map through a fully connected layer to the embedding and a last BN, `embedding`.
+
+Convolutions pad explicitly by one pixel, as PyTorch's padding=1 does (Keras's "same" pads
+a stride-2 convolution on one side only). PReLU starts at 0.25, PyTorch's default. The norm
+layers are the run's `--norm`, so every BN semantics applies to these networks too.
+"""
+
+import keras
+
+# Blocks per stage, by network.
+LAYERS = {"iresnet18": (2, 2, 2, 2), "iresnet34": (3, 4, 6, 3), "iresnet50": (3, 4, 14, 3),
+          "iresnet100": (3, 13, 30, 3)}
+# The stem's width, then each stage's (--widths scales them, e.g. half for CPU trials).
+WIDTHS = (64, 64, 128, 256, 512)
+# The factor each stage shrinks the image by: 112 -> 7.
+STRIDE = 16
+
+
+def _conv(x, filters, kernel, stride, name, conv_args):
+    if kernel == 3:
+        x = keras.layers.ZeroPadding2D(1, name=f"{name}_pad")(x)
+    return keras.layers.Conv2D(filters, kernel, stride, use_bias=False, name=name,
+                               **conv_args)(x)
+
+
+def _prelu(name):
+    return keras.layers.PReLU(keras.initializers.Constant(0.25), shared_axes=[1, 2],
+                              name=name)
+
+
+def _block(x, filters, stride, name, norm_layer, conv_args):
+    shortcut = x
+    out = norm_layer(f"{name}_bn1")(x)
+    out = _conv(out, filters, 3, 1, f"{name}_conv1", conv_args)
+    out = _prelu(f"{name}_prelu")(norm_layer(f"{name}_bn2")(out))
+    out = _conv(out, filters, 3, stride, f"{name}_conv2", conv_args)
+    out = norm_layer(f"{name}_bn3")(out)
+    if stride != 1 or x.shape[-1] != filters:
+        shortcut = _conv(x, filters, 1, stride, f"{name}_down", conv_args)
+        shortcut = norm_layer(f"{name}_down_bn")(shortcut)
+    return keras.layers.Add(name=f"{name}_add")([out, shortcut])
+
+
+def backbone(name, inputs, widths, dropout, embedding_dim, norm_layer, conv_args, dense_args):
+    """The embedding tensor of IResNet `name` on `inputs` ([N, H, W, C], H and W multiples
+    of 16), its widths `widths` (stem, then the four stages)."""
+    x = _conv(inputs, widths[0], 3, 1, "stem", conv_args)
+    x = _prelu("stem_prelu")(norm_layer("stem_bn")(x))
+    for stage, (blocks, filters) in enumerate(zip(LAYERS[name], widths[1:]), start=1):
+        for index in range(blocks):
+            x = _block(x, filters, 2 if index == 0 else 1, f"stage{stage}_{index + 1}",
+                       norm_layer, conv_args)
+    x = norm_layer("neck_bn")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="dropout")(x)
+    x = keras.layers.Dense(embedding_dim, name="embedding_fc", **dense_args)(x)
+    return norm_layer("embedding")(x)

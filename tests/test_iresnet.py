@@ -1,0 +1,90 @@
+"""insightface's IResNet: parameter counts from its definition, counted by hand, and
+training under every BN semantics at narrow widths."""
+
+import keras
+import numpy as np
+import pytest
+
+from kerasbn import config
+from kerasbn.nn import iresnet, models, norms
+from kerasbn.training import network
+
+
+def _trainable(model):
+    return sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+
+
+def by_hand(name, size, channels, embedding, widths=iresnet.WIDTHS):
+    """The backbone's parameters from insightface's definition: convolutions without bias,
+    BN's scale and shift, PReLU's one slope per channel, the neck's fully connected layer."""
+    bn = lambda c: 2 * c
+    stem, *stages = widths
+    count = 3 * 3 * channels * stem + bn(stem) + stem
+    inplanes = stem
+    for blocks, planes in zip(iresnet.LAYERS[name], stages):
+        for index in range(blocks):
+            count += bn(inplanes) + 9 * inplanes * planes + bn(planes) + planes
+            count += 9 * planes * planes + bn(planes)
+            if index == 0:  # stride 2: the shortcut is a 1x1 convolution and BN
+                count += inplanes * planes + bn(planes)
+            inplanes = planes
+    height, width = (side // iresnet.STRIDE for side in size)
+    return count + bn(inplanes) + inplanes * height * width * embedding + embedding + bn(
+        embedding)
+
+
+@pytest.mark.parametrize("name", list(iresnet.LAYERS))
+def test_parameter_counts_at_112_are_the_definitions(name):
+    model = models.build(name, 10, image_size=(112, 112), channels=3, embedding_dim=512)
+    classifier = 512 * 10 + 10
+    assert _trainable(model) - classifier == by_hand(name, (112, 112), 3, 512)
+    assert model.get_layer("embedding").output.shape == (None, 512)
+
+
+def test_the_published_sizes_of_r50_and_r100():
+    # insightface: about 43.6M parameters for r50 and 65.2M for r100 with a 512-d embedding.
+    assert by_hand("iresnet50", (112, 112), 3, 512) / 1e6 == pytest.approx(43.6, abs=0.05)
+    assert by_hand("iresnet100", (112, 112), 3, 512) / 1e6 == pytest.approx(65.2, abs=0.05)
+
+
+def test_an_odd_size_and_narrow_widths_build_and_embed():
+    widths = (8, 8, 16, 16, 32)
+    model = models.build("iresnet18", 5, image_size=(80, 64), channels=1, widths=widths,
+                         embedding_dim=16)
+    assert _trainable(model) - (16 * 5 + 5) == by_hand("iresnet18", (80, 64), 1, 16, widths)
+    out = model(np.zeros((2, 80, 64, 1), np.float32), training=False)
+    assert out.shape == (2, 5)
+
+
+def _narrow(norm, **kw):
+    values = dict(data_dir="d", run_dir="r", model="iresnet18", num_classes=6,
+                  image_size=(32, 32), channels=3, batch_size=8, test_interval=2,
+                  schedule={"max_iter": 2, "base_lr": 0.05}, widths=(8, 8, 8, 16, 16),
+                  embedding_dim=16, norm=norm, head="arcface")
+    values.update(kw)
+    return config.RunConfig(**values)
+
+
+@pytest.mark.parametrize("norm", norms.NORMS)
+def test_a_narrow_iresnet_trains_under_every_norm(norm):
+    keras.utils.set_random_seed(0)
+    model = network.build_and_compile(_narrow(norm))
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        logs = model.train_on_batch(rng.normal(size=(8, 32, 32, 3)).astype(np.float32),
+                                    rng.integers(0, 6, 8), return_dict=True)
+        assert np.isfinite(logs["loss"]), norm
+    assert all(np.all(np.isfinite(v.numpy())) for v in model.variables)
+
+
+def test_it_serializes_and_refuses_what_it_cannot_take(tmp_path):
+    model = models.build("iresnet18", 4, image_size=(32, 32), channels=3,
+                         widths=(8, 8, 8, 16, 16), embedding_dim=8)
+    model.save(tmp_path / "m.keras")
+    again = keras.saving.load_model(tmp_path / "m.keras")
+    x = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(again(x, training=False), model(x, training=False), atol=1e-5)
+    with pytest.raises(config.ConfigError, match="multiples of 16, not 50x50"):
+        _narrow("keras", image_size=(50, 50))
+    with pytest.raises(config.ConfigError, match="neck built in"):
+        _narrow("keras", embedding="bn_fc")
