@@ -39,9 +39,10 @@ class RunConfig:
     model: str = setting(
         "bn",
         "Network: the study's baseline, its BN network, bn_all (BN after every convolution), "
-        "insightface's iresnet18/34/50/100 (images whose sides are multiples of 16, e.g. "
-        "112x112 RGB; --widths: stem and four stages), or Caffe's CIFAR-10 examples "
-        "cifar10_quick and cifar10_full_sigmoid_bn.",
+        "insightface's iresnet18/34/50/100 and mobilefacenet (images whose sides are "
+        "multiples of 16, e.g. 112x112 RGB; --widths: kerasbn/nn/iresnet.py and "
+        "mobilefacenet.py say which), or Caffe's CIFAR-10 examples cifar10_quick and "
+        "cifar10_full_sigmoid_bn.",
         choices=models.MODELS)
     norm: str = setting(
         "keras",
@@ -298,7 +299,7 @@ class RunConfig:
 
     def _check_head(self):
         margin_head = self.head != "softmax"
-        if self.model in iresnet.LAYERS and (self.embedding != "pool" or any(
+        if self.model in models.FIELD_MODELS and (self.embedding != "pool" or any(
                 side % iresnet.STRIDE for side in self.image_size)):
             raise ConfigError(f"--model={self.model} has insightface's neck built in (drop "
                               f"--embedding) and takes images whose sides are multiples of "

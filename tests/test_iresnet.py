@@ -1,12 +1,13 @@
-"""insightface's IResNet: parameter counts from its definition, counted by hand, and
-training under every BN semantics at narrow widths."""
+"""The field's networks, insightface's IResNet and MobileFaceNet: parameter counts from
+their definitions, counted by hand, and training under every BN semantics at narrow
+widths."""
 
 import keras
 import numpy as np
 import pytest
 
 from kerasbn import config
-from kerasbn.nn import iresnet, models, norms
+from kerasbn.nn import iresnet, mobilefacenet, models, norms
 from kerasbn.training import network
 
 
@@ -56,6 +57,32 @@ def test_an_odd_size_and_narrow_widths_build_and_embed():
     assert out.shape == (2, 5)
 
 
+def mbf_by_hand(size, channels, embedding, widths=mobilefacenet.WIDTHS):
+    """MobileFaceNet's parameters from arcface_torch's definition."""
+    low, high, e1, e2, e3, separable = widths
+    block = lambda c_in, c_out, k, groups=1, prelu=True: (
+        k * k * (c_in // groups) * c_out + 2 * c_out + (c_out if prelu else 0))
+    bottleneck = lambda c_in, c_out, e: (block(c_in, e, 1) + block(e, e, 3, e)
+                                         + block(e, c_out, 1, prelu=False))
+    count = block(channels, low, 3) + block(low, low, 3, low // 2)
+    count += bottleneck(low, low, e1) + 4 * bottleneck(low, low, e1)
+    count += bottleneck(low, high, e2) + 6 * bottleneck(high, high, e2)
+    count += bottleneck(high, high, e3) + 2 * bottleneck(high, high, e2)
+    count += block(high, separable, 1)
+    height, width = (side // mobilefacenet.STRIDE for side in size)
+    count += height * width * separable + 2 * separable  # the GDC and its BN
+    return count + separable * embedding + 2 * embedding
+
+
+@pytest.mark.parametrize("size, widths", [((112, 112), mobilefacenet.WIDTHS),
+                                          ((64, 96), (16, 32, 16, 32, 64, 64))])
+def test_mobilefacenets_parameter_count_is_its_definitions(size, widths):
+    model = models.build("mobilefacenet", 10, image_size=size, channels=3, embedding_dim=512,
+                         widths=widths)
+    assert _trainable(model) - (512 * 10 + 10) == mbf_by_hand(size, 3, 512, widths)
+    assert model.get_layer("embedding").output.shape == (None, 512)
+
+
 def _narrow(norm, **kw):
     values = dict(data_dir="d", run_dir="r", model="iresnet18", num_classes=6,
                   image_size=(32, 32), channels=3, batch_size=8, test_interval=2,
@@ -65,10 +92,12 @@ def _narrow(norm, **kw):
     return config.RunConfig(**values)
 
 
+@pytest.mark.parametrize("model, widths", [("iresnet18", (8, 8, 8, 16, 16)),
+                                           ("mobilefacenet", (16, 32, 16, 32, 64, 64))])
 @pytest.mark.parametrize("norm", norms.NORMS)
-def test_a_narrow_iresnet_trains_under_every_norm(norm):
+def test_a_narrow_field_network_trains_under_every_norm(norm, model, widths):
     keras.utils.set_random_seed(0)
-    model = network.build_and_compile(_narrow(norm))
+    model = network.build_and_compile(_narrow(norm, model=model, widths=widths))
     rng = np.random.default_rng(0)
     for _ in range(3):
         logs = model.train_on_batch(rng.normal(size=(8, 32, 32, 3)).astype(np.float32),

@@ -23,7 +23,7 @@ per-layer Gaussians for the CIFAR-10 ones. Biases start at 0, as Caffe's constan
 
 import keras
 
-from kerasbn.nn import heads, iresnet, norms
+from kerasbn.nn import heads, iresnet, mobilefacenet, norms
 
 # The last layer's name: fine-tuning replaces it, the rest is the backbone.
 CLASSIFIER = heads.CLASSIFIER
@@ -37,10 +37,12 @@ BLOCKS = {
     "bn_all": [((32, 64), (True, True)), ((128,), (True,)),
                ((96, 192), (True, True)), ((160, 320), (True, True))],
 }
+# The field's networks at 112x112: insightface's IResNets and MobileFaceNet.
+FIELD_MODELS = tuple(iresnet.LAYERS) + ("mobilefacenet",)
 DEFAULT_DROPOUT = {"baseline": 0.4, "bn": 0.0, "bn_all": 0.0,
-                   **{name: 0.0 for name in iresnet.LAYERS}}
+                   **{name: 0.0 for name in FIELD_MODELS}}
 CIFAR_MODELS = ("cifar10_quick", "cifar10_full_sigmoid_bn")
-MODELS = tuple(BLOCKS) + tuple(iresnet.LAYERS) + CIFAR_MODELS
+MODELS = tuple(BLOCKS) + FIELD_MODELS + CIFAR_MODELS
 FILLERS = ("network", "keras", "xavier", "msra", "gaussian")
 # The prototxts' weight filler stds, per layer.
 _CIFAR_STDS = {
@@ -71,6 +73,8 @@ def default_widths(name):
     convolution, IResNet's stem and stages ([] for CIFAR-10 nets)."""
     if name in iresnet.LAYERS:
         return list(iresnet.WIDTHS)
+    if name == "mobilefacenet":
+        return list(mobilefacenet.WIDTHS)
     return [w for widths, _ in BLOCKS.get(name, []) for w in widths]
 
 
@@ -114,16 +118,18 @@ def build(name, num_classes, image_size=(50, 50), channels=1, widths=None, dropo
                          f"got {len(widths)}")
     dropout = DEFAULT_DROPOUT[name] if dropout is None else dropout
     inputs = keras.Input((*image_size, channels), name="image")
-    if name in iresnet.LAYERS:
+    if name in FIELD_MODELS:
         if embedding != "pool" or any(side % iresnet.STRIDE for side in image_size):
             raise ValueError(f"{name} has insightface's neck built in (no --embedding) and "
                              f"takes images whose sides are multiples of {iresnet.STRIDE}")
-        x = iresnet.backbone(
-            name, inputs, widths, dropout, embedding_dim, norm_layer,
-            {"kernel_initializer": initializer(weight_filler, filler_std, "he_normal"),
-             "kernel_regularizer": regularizer},
-            {"kernel_initializer": initializer(weight_filler, filler_std),
-             "kernel_regularizer": regularizer, "bias_regularizer": bias_regularizer})
+        conv_args = {"kernel_initializer": initializer(weight_filler, filler_std, "he_normal"),
+                     "kernel_regularizer": regularizer}
+        dense_args = {"kernel_initializer": initializer(weight_filler, filler_std),
+                      "kernel_regularizer": regularizer}
+        x = mobilefacenet.backbone(inputs, widths, embedding_dim, norm_layer, conv_args,
+                                   dense_args) if name == "mobilefacenet" else \
+            iresnet.backbone(name, inputs, widths, dropout, embedding_dim, norm_layer,
+                             conv_args, {**dense_args, "bias_regularizer": bias_regularizer})
         return _with_classifier(inputs, x, name, num_classes, head, scale, decay_centres,
                                 weight_filler, filler_std, regularizer, bias_regularizer)
     x = inputs
