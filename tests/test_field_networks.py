@@ -2,9 +2,12 @@
 their definitions, counted by hand, and training under every BN semantics at narrow
 widths."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
+from PIL import Image
 
 from kerasbn import config
 from kerasbn.nn import iresnet, mobilefacenet, models, norms
@@ -117,3 +120,45 @@ def test_it_serializes_and_refuses_what_it_cannot_take(tmp_path):
         _narrow("keras", image_size=(50, 50))
     with pytest.raises(config.ConfigError, match="neck built in"):
         _narrow("keras", embedding="bn_fc")
+
+
+LAUNCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch",
+                      "field")
+
+
+@pytest.mark.parametrize("preset", ["arcface_r50", "arcface_r100", "arcface_mbf", "quick"])
+def test_the_field_presets_are_valid_runs_at_112(preset):
+    from absl import flags
+
+    from kerasbn.data.manifest import Manifest
+    from kerasbn.flags import cli, train_flags
+    values = cli.parse(["train", f"--flagfile={os.path.join(LAUNCH, preset + '.flags')}"],
+                       train_flags.define)[0]
+    manifest = Manifest(image_size=(112, 112), channels=3, encoding="raw",
+                        class_names=tuple(f"id{i}" for i in range(100)), splits={},
+                        mean=(0.0,) * 3, std=(1.0,) * 3)
+    run = train_flags.to_config(values, manifest)
+    assert run.model.startswith(("iresnet", "mobilefacenet")) and run.head == "arcface"
+    assert isinstance(values, flags.FlagValues)
+
+
+def test_the_quick_preset_trains_verifies_exports_and_names_an_aligned_photo(tmp_path, capsys):
+    from skimage import data as photos
+
+    from conftest import run_train
+    from data_tools import synth
+    from kerasbn import predict
+    from kerasbn.training.run_dir import RunDir
+    synth.build(str(tmp_path / "data"), 6, 12, 0.25, 112, 0, "raw", 64, False,
+                holdout_identities=4, pairs=20, channels=3)
+    run_dir = str(tmp_path / "run")
+    run_train([f"--flagfile={os.path.join(LAUNCH, 'quick.flags')}",
+               f"--data_dir={tmp_path / 'data'}", f"--run_dir={run_dir}", "--max_iter=4",
+               "--test_interval=4", "--snapshot=4", "--display=2"])
+    out = capsys.readouterr().out
+    assert "verify iter 4: accuracy" in out
+    Image.fromarray(photos.astronaut()).save(tmp_path / "astronaut.png")
+    predict.main(["predict", f"--model={RunDir(run_dir).export}", "--align",
+                  str(tmp_path / "astronaut.png")])
+    [line] = capsys.readouterr().out.splitlines()
+    assert line.startswith(f"{tmp_path / 'astronaut.png'} face 0 at ")
