@@ -28,7 +28,7 @@ from PIL import Image
 
 from kerasbn.analysis import charts
 from kerasbn.data import images
-from kerasbn.faces import detector, photo_alignment, photos
+from kerasbn.faces import detector_defaults, photo_alignment, photos
 from kerasbn.flags import cli
 from kerasbn.utils import atomic, console
 from kerasbn.utils.progress import Progress
@@ -85,7 +85,8 @@ def results(jobs, workers):
 
 
 def align_all(source, out, settings, workers=1):
-    """Aligns every photo of `source` into `out`; returns the report entries, in order."""
+    """Aligns every photo of `source` into `out`; returns (the report entries, in order,
+    {photo name: its path})."""
     listed = photos.listing(source, exclude=out)
     os.makedirs(out, exist_ok=True)
     done = read_report(out)
@@ -108,7 +109,7 @@ def align_all(source, out, settings, workers=1):
             progress.update(1)
     entries = [done[name] for name, _ in listed]
     write_summary(os.path.join(out, SUMMARY), entries)
-    return entries
+    return entries, dict(listed)
 
 
 def write_summary(path, entries):
@@ -167,10 +168,11 @@ def define_flags(values):
     flags.DEFINE_enum("channels", "3", ["1", "3"], "1 gray (Pillow's luma) or 3 RGB.", **on)
     flags.DEFINE_enum("faces", "largest", list(photo_alignment.KEEP), "largest: one crop "
                       "per photo, its largest face; all: every face found.", **on)
-    flags.DEFINE_float("min_confidence", detector.MIN_CONFIDENCE, "Faces the detector is "
-                       "less sure of are not kept.", lower_bound=0, upper_bound=1, **on)
-    flags.DEFINE_integer("min_face_size", detector.MIN_FACE_SIZE, "The smallest face, in "
-                         "pixels, the detector looks for.", lower_bound=12, **on)
+    flags.DEFINE_float("min_confidence", detector_defaults.MIN_CONFIDENCE, "Faces the "
+                       "detector is less sure of are not kept.", lower_bound=0,
+                       upper_bound=1, **on)
+    flags.DEFINE_integer("min_face_size", detector_defaults.MIN_FACE_SIZE, "The smallest "
+                         "face, in pixels, the detector looks for.", lower_bound=12, **on)
     flags.DEFINE_integer("workers", 1, "Processes aligning photos.", lower_bound=1,
                          upper_bound=64, **on)
 
@@ -187,10 +189,10 @@ def main(argv):
                                         int(values.channels), values.faces,
                                         values.min_confidence, values.min_face_size)
     console.import_tensorflow()
-    entries = cli.run(lambda: align_all(args[0], values.out, settings, values.workers),
-                      f"the photos aligned so far are kept in {values.out}; rerun the same "
-                      "command to continue")
-    sources = dict(photos.listing(args[0], exclude=values.out))
+    entries, sources = cli.run(
+        lambda: align_all(args[0], values.out, settings, values.workers),
+        f"the photos aligned so far are kept in {values.out}; rerun the same command to "
+        "continue")
     kept = sum(len(entry["kept"]) for entry in entries)
     none = [entry for entry in entries if not entry["kept"]]
     print(f"aligned {kept} faces from {len(entries) - len(none)} of {len(entries)} photos "

@@ -180,8 +180,9 @@ def test_evaluate_verifies_pairs_of_whole_photos_by_their_aligned_faces(finished
     (tmp_path / "pairs.txt").write_text("1\t3\np1\t1\t2\np2\t1\t2\np3\t1\t2\n"
                                         "p1\t1\tp2\t1\np2\t2\tp3\t1\np3\t2\tp1\t2\n")
     out = tmp_path / "out"
-    evaluate.main(["evaluate", f"--model={finished_run}/export", f"--pairs={tmp_path / 'pairs.txt'}",
-                   f"--image_root={root}", "--align", f"--out={out}"])
+    evaluate.main(["evaluate", f"--model={finished_run}/export",
+                   f"--pairs={tmp_path / 'pairs.txt'}", f"--image_root={root}", "--align",
+                   f"--out={out}"])
     [result] = json.load(open(out / "evaluate.json"))
     assert result["aligned"] is True
     assert result["verify_pairs"] == {"matched": 3, "mismatched": 3}

@@ -14,8 +14,6 @@ import tensorflow as tf
 
 from kerasbn.faces import detector_defaults, graph_detector
 
-MIN_FACE_SIZE = detector_defaults.MIN_FACE_SIZE
-MIN_CONFIDENCE = detector_defaults.MIN_CONFIDENCE
 # PNet's window: a photo smaller than this cannot hold a face MTCNN finds.
 SMALLEST_PHOTO = 12
 _detect = None
@@ -52,7 +50,8 @@ def _graph():
     return _detect
 
 
-def detect(photo, min_face_size=MIN_FACE_SIZE, min_confidence=MIN_CONFIDENCE):
+def detect(photo, min_face_size=detector_defaults.MIN_FACE_SIZE,
+           min_confidence=detector_defaults.MIN_CONFIDENCE):
     """[Face] in uint8 `photo` [H, W, 1 or 3], largest first; [] for none (or a photo
     smaller than SMALLEST_PHOTO)."""
     if min(photo.shape[:2]) < SMALLEST_PHOTO:

@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 
 from kerasbn.data import images
-from kerasbn.faces import aligner, detector
+from kerasbn.faces import aligner, detector, detector_defaults
 
 KEEP = ("largest", "all")
 
@@ -20,8 +20,8 @@ class Settings:
     width: int = 112
     channels: int = 3
     keep: str = "largest"
-    min_confidence: float = detector.MIN_CONFIDENCE
-    min_face_size: int = detector.MIN_FACE_SIZE
+    min_confidence: float = detector_defaults.MIN_CONFIDENCE
+    min_face_size: int = detector_defaults.MIN_FACE_SIZE
 
 
 def align_photo(path, settings):
