@@ -47,7 +47,8 @@ class GraphDetector(tf.Module):
 
     def __init__(self, nets=None):
         super().__init__()
-        self.pnet, self.rnet, self.onet = nets or networks()
+        self.networks = nets or networks()
+        self.pnet, self.rnet, self.onet = self.networks
 
     def detect(self, photo, min_face_size=detector_defaults.MIN_FACE_SIZE,
                min_confidence=detector_defaults.MIN_CONFIDENCE):

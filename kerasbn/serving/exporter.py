@@ -61,7 +61,7 @@ def export_saved_model(model, manifest, path, data_dir=None):
     archive = keras.export.ExportArchive()
     archive.track(model)
     detector = graph_detector.GraphDetector()
-    for network in (detector.pnet, detector.rnet, detector.onet):
+    for network in detector.networks:
         archive.track(network)
     for name, (function, signature) in signatures.serving_functions(
             model, manifest, cut, detector).items():
@@ -73,8 +73,7 @@ def export_saved_model(model, manifest, path, data_dir=None):
             "written_by": "kerasbn", **signatures.input_spec(manifest), "threshold": cut,
             # Not the network's own: --weights from this export leaves them out.
             export_layout.DETECTOR_VARIABLES: sorted(
-                v.path for network in (detector.pnet, detector.rnet, detector.onet)
-                for v in network.variables)})
+                v.path for network in detector.networks for v in network.variables)})
         return _replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

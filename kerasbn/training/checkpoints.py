@@ -129,10 +129,10 @@ def _run_of(path):
     return None
 
 
-def _weights(variables):
-    """{path: value} of a network's variables, without random generators' states (Dropout's
-    seed, which is no weight)."""
-    return {v.path: v for v in variables if "seed_generator" not in v.path}
+def _weights(named):
+    """{name: value} of a network's (name, variable) pairs, without random generators'
+    states (Dropout's seed, which is no weight)."""
+    return {name: v for name, v in named if "seed_generator" not in name}
 
 
 def _saved_model_weights(path):
@@ -146,9 +146,9 @@ def _saved_model_weights(path):
     marker = marker if isinstance(marker, dict) else {}
     detector = set(marker.get(export_layout.DETECTOR_VARIABLES, []))
     loaded = tf.saved_model.load(path)
-    values = {v.name.split(":")[0]: v for v in getattr(loaded, "variables", [])
-              if "seed_generator" not in v.name and v.name.split(":")[0] not in detector}
-    return values, marker.get("classes")
+    named = ((v.name.split(":")[0], v) for v in getattr(loaded, "variables", []))
+    return _weights((name, v) for name, v in named if name not in detector), marker.get(
+        "classes")
 
 
 def _run_weights(run_dir, prefix):
@@ -162,7 +162,7 @@ def _run_weights(run_dir, prefix):
         raise records.DataError(f"--weights={run_dir}: its checkpoint {prefix} does not fit "
                                 f"the run's own config.json ({str(e).splitlines()[0]}); "
                                 "restore the run's files") from None
-    return _weights(donor.variables), config.num_classes
+    return _weights((v.path, v) for v in donor.variables), config.num_classes
 
 
 def _load_by_name(model, donor, classes_there, where, source):
@@ -171,7 +171,7 @@ def _load_by_name(model, donor, classes_there, where, source):
     classifier's must find its match, by name and shape (otherwise DataError naming the
     first that does not); the classifier comes along when it matches too. Returns what was
     loaded, in words."""
-    mine = _weights(model.variables)
+    mine = _weights((v.path, v) for v in model.variables)
     is_classifier = lambda name: name.split("/")[0] == CLASSIFIER
     for name, variable in mine.items():
         if is_classifier(name):
