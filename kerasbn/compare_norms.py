@@ -69,10 +69,11 @@ def run_one(config, norm, seed, out):
     return run.read_metrics()
 
 
-def summarize(runs, target):
+def summarize(runs, targets):
     """One row per implementation from {norm: [metrics entries per seed]}: mean and sample std
-    over seeds (kerasbn.analysis.seeds' rules, as the report's), iterations to `target` with a seed
-    that never reached it counted at its last test (so the mean is then a lower bound)."""
+    over seeds (kerasbn.analysis.seeds' rules, as the report's), iterations to each of
+    `targets` ((metric, value) pairs) with a seed that never reached it counted at its last
+    test (so the mean is then a lower bound)."""
     rows = []
     keras_speed = _speed(runs.get("keras", []))
     for norm, entries in runs.items():
@@ -83,7 +84,7 @@ def summarize(runs, target):
             "norm": norm, "seeds": len(entries),
             "final": seeds.accuracy(tested, "final_test_top1"),
             "best": seeds.accuracy(tested, "best_test_top1"),
-            "to_target": seeds.to_target(tested, ("test_top1", target)),
+            "to_targets": [seeds.to_target(tested, target) for target in targets],
             "stability": seeds.spread(jumps),
             "step_time_vs_keras": keras_speed / speed if speed and keras_speed else None,
         })
@@ -94,18 +95,22 @@ def _speed(runs):
     return metrics.median_speed([e for entries in runs for e in entries])
 
 
-def markdown(rows, target):
-    lines = [f"| norm | final top-1 | best top-1 | iterations to {target:g} | reached "
-             f"{target:g} | test jump (mean abs change) | step time / keras |",
-             "|---|---|---|---|---|---|---|"]
+def markdown(rows, targets):
+    names = [metrics.target_name(t) for t in targets]
+    lines = ["| norm | final top-1 | best top-1 | "
+             + "".join(f"iterations to {n} | reached {n} | " for n in names)
+             + "test jump (mean abs change) | step time / keras |",
+             "|---|---|---|" + "---|---|" * len(names) + "---|---|"]
     for r in rows:
-        reach = r["to_target"]
         ratio = f"{r['step_time_vs_keras']:.2f}" if r["step_time_vs_keras"] else "-"
+        reached = "".join(
+            f"{'>=' if reach['censored'] else ''}"
+            f"{comparison.spread_cell((reach['mean'], reach['std']), '.0f')} | "
+            f"{reach['seeds'] - reach['censored']}/{reach['seeds']} | "
+            for reach in r["to_targets"])
         lines.append(
             f"| {r['norm']} | {comparison.spread_cell(r['final'], '.3f')} | "
-            f"{comparison.spread_cell(r['best'], '.3f')} | {'>=' if reach['censored'] else ''}"
-            f"{comparison.spread_cell((reach['mean'], reach['std']), '.0f')}"
-            f" | {reach['seeds'] - reach['censored']}/{reach['seeds']} | "
+            f"{comparison.spread_cell(r['best'], '.3f')} | {reached}"
             f"{comparison.spread_cell(r['stability'], '.3f')} | {ratio} |")
     return "\n".join(lines) + "\n"
 
@@ -151,8 +156,8 @@ def main(argv):
             runs[norm] = [run_one(config, norm, seed, out) for seed in range(values.seeds)]
     except (errors.UserError, FloatingPointError) as e:
         sys.exit(f"error: {e}")
-    target = config.target_accuracy[0]
-    table = markdown(summarize(runs, target), target)
+    targets = config.targets()
+    table = markdown(summarize(runs, targets), targets)
     atomic.write_text(os.path.join(out, "compare_norms.md"), table)
     plot(runs, os.path.join(out, "compare_norms.png"))
     print(table)

@@ -25,18 +25,32 @@ def test_summary_table_on_scripted_runs():
     runs = {"keras": [_entries([0.1, 0.85, 0.9]), _entries([0.1, 0.7, 0.95])],
             "bvlc": [_entries([0.1, 0.5, 0.6], speed=50.0), _entries([0.1, 0.4, 0.82],
                                                                     speed=50.0)]}
-    rows = {r["norm"]: r for r in compare_norms.summarize(runs, 0.8)}
+    rows = {r["norm"]: r for r in compare_norms.summarize(runs, [("test_top1", 0.8)])}
     assert rows["keras"]["final"][0] == pytest.approx(0.925)
     # Sample std over seeds, as the report's: |0.9 - 0.95| / sqrt(2).
     assert rows["keras"]["final"][1] == pytest.approx(0.05 / 2 ** 0.5)
-    assert rows["keras"]["to_target"] == {"mean": 15, "std": pytest.approx(5 * 2 ** 0.5),
-                                          "censored": 0, "seeds": 2}
+    assert rows["keras"]["to_targets"] == [{"mean": 15, "std": pytest.approx(5 * 2 ** 0.5),
+                                            "censored": 0, "seeds": 2}]
     # The seed that never reached 0.8 counts at its last test (20), so 20 is a lower bound.
-    assert rows["bvlc"]["to_target"] == {"mean": 20, "std": 0.0, "censored": 1, "seeds": 2}
+    assert rows["bvlc"]["to_targets"] == [{"mean": 20, "std": 0.0, "censored": 1,
+                                            "seeds": 2}]
     assert rows["bvlc"]["step_time_vs_keras"] == pytest.approx(2.0)
-    table = compare_norms.markdown(list(rows.values()), 0.8)
+    table = compare_norms.markdown(list(rows.values()), [("test_top1", 0.8)])
     assert "| bvlc | 0.710 ± 0.156 | 0.710 ± 0.156 | >=20 ± 0 | 1/2 |" in table
     assert "| keras | 0.925 ± 0.035 | 0.925 ± 0.035 | 15 ± 7 | 2/2 |" in table
+
+
+def test_a_verification_target_gets_its_own_columns():
+    runs = {"keras": [_entries([0.1, 0.85, 0.9]), _entries([0.1, 0.7, 0.95])]}
+    for entries, verified in zip(runs["keras"], ([0.6, 0.8, 0.92], [0.6, 0.95, 0.97])):
+        for entry, accuracy in zip(entries, verified):
+            entry["verify_acc"] = accuracy
+    targets = [("test_top1", 0.8), ("verify_acc", 0.9)]
+    [row] = compare_norms.summarize(runs, targets)
+    assert [r["mean"] for r in row["to_targets"]] == [15, 15]
+    table = compare_norms.markdown([row], targets)
+    assert "| iterations to 0.8 | reached 0.8 | iterations to verify_acc:0.9 |" in table
+    assert "| 15 ± 7 | 2/2 | 15 ± 7 | 2/2 |" in table
 
 
 def test_real_runs_write_table_and_curves(small_data, tmp_path):

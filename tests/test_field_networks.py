@@ -86,6 +86,18 @@ def test_mobilefacenets_parameter_count_is_its_definitions(size, widths):
     assert model.get_layer("embedding").output.shape == (None, 512)
 
 
+def _train_a_few(model, size=32):
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        logs = model.train_on_batch(rng.normal(size=(8, size, size, 3)).astype(np.float32),
+                                    rng.integers(0, 6, 8), return_dict=True)
+        assert np.isfinite(logs["loss"])
+    assert all(np.all(np.isfinite(v.numpy())) for v in model.variables)
+
+
+FIELD_NARROW = [("iresnet18", (8, 8, 8, 16, 16)), ("mobilefacenet", (16, 32, 16, 32, 64, 64))]
+
+
 def _narrow(norm, **kw):
     values = dict(data_dir="d", run_dir="r", model="iresnet18", num_classes=6,
                   image_size=(32, 32), channels=3, batch_size=8, test_interval=2,
@@ -95,18 +107,59 @@ def _narrow(norm, **kw):
     return config.RunConfig(**values)
 
 
-@pytest.mark.parametrize("model, widths", [("iresnet18", (8, 8, 8, 16, 16)),
-                                           ("mobilefacenet", (16, 32, 16, 32, 64, 64))])
+@pytest.mark.parametrize("model, widths", FIELD_NARROW)
 @pytest.mark.parametrize("norm", norms.NORMS)
 def test_a_narrow_field_network_trains_under_every_norm(norm, model, widths):
     keras.utils.set_random_seed(0)
-    model = network.build_and_compile(_narrow(norm, model=model, widths=widths))
-    rng = np.random.default_rng(0)
-    for _ in range(3):
-        logs = model.train_on_batch(rng.normal(size=(8, 32, 32, 3)).astype(np.float32),
-                                    rng.integers(0, 6, 8), return_dict=True)
-        assert np.isfinite(logs["loss"]), norm
-    assert all(np.all(np.isfinite(v.numpy())) for v in model.variables)
+    _train_a_few(network.build_and_compile(_narrow(norm, model=model, widths=widths)))
+
+
+@pytest.mark.parametrize("model, widths", FIELD_NARROW)
+@pytest.mark.parametrize("precision, norm, xla", [
+    ("mixed_float16", "keras", False), ("mixed_float16", "bvlc", False),
+    ("mixed_bfloat16", "nvidia", False), ("mixed_bfloat16", "windows", False),
+    ("mixed_bfloat16", "keras", True), ("float32", "nvidia", True)])
+def test_mixed_precision_and_xla_train_the_field_networks(model, widths, precision, norm, xla):
+    from tensorflow.python.framework import config as tf_config
+    tf_config.disable_op_determinism()  # an earlier --deterministic run in this process
+    keras.utils.set_random_seed(0)
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        net = network.build_and_compile(_narrow(norm, model=model, widths=widths,
+                                                precision=precision, jit_compile=xla))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert net.get_layer("stem").compute_dtype == precision.replace("mixed_", "")
+    assert net.jit_compile == xla
+    _train_a_few(net)
+
+
+@pytest.mark.parametrize("model, widths", FIELD_NARROW)
+def test_bn_runs_the_fused_kernel_on_the_low_precision_tensor_without_casts(model, widths):
+    import tensorflow as tf
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        net = models.build(model, 6, image_size=(32, 32), channels=3, widths=widths,
+                           embedding_dim=16, norm="keras")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+    @tf.function
+    def step(images):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(net(images, training=True))
+        return tape.gradient(loss, net.trainable_variables)
+
+    graph = step.get_concrete_function(tf.TensorSpec([8, 32, 32, 3])).graph
+    ops = {op.name: op for op in graph.get_operations()}
+    fused = [op for op in ops.values() if op.type == "FusedBatchNormV3"]
+    bn_layers = [layer for layer in net.layers if isinstance(layer, norms.KerasBatchNorm)]
+    assert len(fused) == len(bn_layers) > 10
+    for op in fused:
+        assert op.get_attr("T") == tf.bfloat16, op.name
+        assert op.inputs[0].op.type != "Cast", op.name  # the kernel takes bfloat16 itself
+    backward = [op for op in ops.values() if op.type == "FusedBatchNormGradV3"]
+    assert len(backward) == len(bn_layers)
 
 
 def test_it_serializes_and_refuses_what_it_cannot_take(tmp_path):
@@ -162,3 +215,55 @@ def test_the_quick_preset_trains_verifies_exports_and_names_an_aligned_photo(tmp
                   str(tmp_path / "astronaut.png")])
     [line] = capsys.readouterr().out.splitlines()
     assert line.startswith(f"{tmp_path / 'astronaut.png'} face 0 at ")
+
+
+@pytest.fixture(scope="module")
+def rgb32(tmp_path_factory):
+    from data_tools import synth
+    out = tmp_path_factory.mktemp("rgb32")
+    synth.build(str(out), 6, 16, 0.25, 32, 0, "raw", 64, False, channels=3)
+    return str(out)
+
+
+def _iresnet_args(data_dir, run_dir, **extra):
+    from conftest import train_args
+    settings = dict(model="iresnet18", widths="8,8,8,16,16", embedding_dim=16, head="arcface",
+                    batch_size=8, max_iter=8, snapshot=4, test_interval=4, display=4)
+    settings.update(extra)
+    return train_args(data_dir, run_dir, **settings)
+
+
+def test_an_iresnet_run_resumes_bit_identical_and_tunes_into_new_identities(rgb32, tmp_path,
+                                                                            capsys):
+    import signal
+
+    from conftest import run_train
+    from data_tools import synth
+    from test_finetune import restored
+    from test_train import _final_state, _metrics, _train_process
+    runs = {name: str(tmp_path / name) for name in ("whole", "cut", "tuned")}
+    args = lambda run: _iresnet_args(rgb32, runs[run], deterministic="true")
+    assert _train_process(args("whole")).returncode == 0
+    killed = _train_process(args("cut"), "iteration:6")  # after the checkpoint at 4
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert _train_process(args("cut")).returncode == 0
+    timing = ("wall_time", "images_per_sec", "test_seconds", "verify_seconds")
+    strip = lambda run: [{k: v for k, v in e.items() if k not in timing}
+                         for e in _metrics(runs[run])]
+    assert strip("cut") == strip("whole")
+    whole, cut = _final_state(runs["whole"]), _final_state(runs["cut"])
+    assert whole.keys() == cut.keys() and len(whole) > 100
+    for name in whole:
+        np.testing.assert_array_equal(whole[name], cut[name], err_msg=name)
+    # Fine-tuning into 7 people never seen: the backbone comes over, frozen for the whole run.
+    others = str(tmp_path / "others")
+    synth.build(others, 7, 12, 0.25, 32, 5, "raw", 64, False, channels=3)
+    run_train(_iresnet_args(others, runs["tuned"], max_iter=4, weights=runs["whole"],
+                            freeze_backbone_iter=4))
+    assert "6 classes there, 7 here" in capsys.readouterr().out
+    source, tuned = restored(runs["whole"]), restored(runs["tuned"])
+    assert tuned["logits"][0].shape == (7, 16)  # ArcFace keeps a centre per row
+    for name, weights in source.items():
+        if name != "logits":
+            for a, b in zip(weights, tuned[name]):
+                np.testing.assert_array_equal(a, b, err_msg=name)

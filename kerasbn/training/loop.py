@@ -13,6 +13,8 @@ import time
 
 import keras
 import tensorflow as tf
+# disable_op_determinism has no public name; tf.config.experimental re-exports this module's.
+from tensorflow.python.framework import config as tf_config
 
 from kerasbn import config as config_lib
 from kerasbn.data import checks, pipeline, records
@@ -106,8 +108,12 @@ def start_runtime(config, run, strategy):
     print(f"{run.path}: {config.model}{norm}, {config.precision}, seed {config.seed}, "
           f"{config.max_iter} iterations of {config.batch_size} at base_lr "
           f"{config.schedule.base_lr:g} ({config.schedule.lr_policy})", flush=True)
+    # Set both ways: a run started after a deterministic one in the same process (compare_norms,
+    # a notebook) would otherwise inherit determinism, and with it lose XLA.
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
+    else:
+        tf_config.disable_op_determinism()
     checkpoints.remove_partial(run)
     strategy = strategy or runtime.make_strategy(config.strategy)
     distribution = runtime.describe_distribution(config, strategy)
