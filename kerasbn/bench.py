@@ -15,6 +15,9 @@
         networks in PyTorch (kerasbn.benchmarks.pytorch_peer; `pip install torch`),
         alternating rounds, and what BN costs each: the BN network's step time per image over
         the baseline's.
+    python -m kerasbn.bench --bench=peer --networks=iresnet50,mobilefacenet --batch_size=64
+        the same for the field's networks at 112x112 RGB, with each one's FLOPs per image and
+        the fraction of this CPU's peak its step reaches.
     python -m kerasbn.bench --bench=profile [--model=bn --norms=keras,none --batches=4]
         where a training step's time goes: busy seconds per op type from TensorFlow's
         profiler (the first --precisions), for each norm.
@@ -104,13 +107,24 @@ def peer_bench(values):
     if not peer:
         print("PyTorch is not installed: kerasbn measured alone (pip install "
               "torch==2.13.0 for the comparison)", flush=True)
-    norm_names = values.norms or ["keras", "nvidia"]
-    measured = peer_comparison.bench_peer(values.num_classes, precisions, norm_names,
-                                          values.batch_size, values.batches, values.repeats,
-                                          peer)
+    unknown = set(values.networks) - set(peer_comparison.NETWORKS)
+    if unknown:
+        sys.exit(f"error: --networks takes {', '.join(peer_comparison.NETWORKS)}, not "
+                 f"{', '.join(sorted(unknown))}")
     print(f"{values.num_classes} classes, batch {values.batch_size}, one cached batch, "
-          f"images/s over {values.repeats} alternating rounds:")
-    peer_comparison.print_peer(measured, precisions, norm_names)
+          f"images/s over {values.repeats} alternating rounds:", flush=True)
+    field = [n for n in values.networks if n in models.FIELD_MODELS]
+    if len(field) < len(values.networks):
+        norm_names = values.norms or ["keras", "nvidia"]
+        measured = peer_comparison.bench_peer(values.num_classes, precisions, norm_names,
+                                              values.batch_size, values.batches,
+                                              values.repeats, peer)
+        peer_comparison.print_peer(measured, precisions, norm_names)
+    if field:
+        measured = peer_comparison.bench_field(field, values.num_classes, precisions,
+                                               values.batch_size, values.batches,
+                                               values.repeats, peer)
+        peer_comparison.print_field(measured, field, values.num_classes, precisions)
 
 
 def profile_bench(values):
@@ -227,6 +241,9 @@ def define_flags(values):
                         "timed.", **on)
     flags.DEFINE_string("faces_dir", None, "photos bench: face images pasted into the timed "
                         "photos (the AT&T set).", **on)
+    flags.DEFINE_list("networks", ["baseline", "bn"], "peer bench: the study's baseline,bn "
+                      "(timed as a pair, for BN's cost) and/or the field's "
+                      f"{','.join(models.FIELD_MODELS)} at 112x112 RGB.", **on)
     flags.DEFINE_list("norms", None, "BN implementations: norms bench (default every one; "
                       "step times are ratios to the first at the same precision), peer bench "
                       "(default keras,nvidia: the quickstart's and the study sets').", **on)

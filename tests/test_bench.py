@@ -85,6 +85,25 @@ def test_the_pytorch_peer_builds_kerasbn_s_networks_layer_for_layer():
     assert 0 < peer_comparison.peer_rate("bn", 10, "float32", 4, 1)
 
 
+@pytest.mark.parametrize("name", ["iresnet50", "mobilefacenet"])
+def test_the_pytorch_peer_of_a_field_network_has_its_parameters_and_convolutions(name):
+    torch = pytest.importorskip("torch")
+    from kerasbn.benchmarks import flops, pytorch_peer
+    from kerasbn.nn import models
+    ours = models.build(name, 100, **models.made_for(name))
+    peer = pytorch_peer.network(name, 100)
+    assert sum(p.numel() for p in peer.parameters()) == sum(
+        int(v.shape.num_elements()) for v in ours.trainable_variables)
+    # The same multiply-adds, convolution for convolution, counted on PyTorch's side by hooks.
+    macs = []
+    hook = lambda m, i, o: macs.append(o.numel() * m.weight[0].numel())
+    for module in peer.modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            module.register_forward_hook(hook)
+    peer.eval()(torch.zeros(1, 3, 112, 112))
+    assert 2 * sum(macs) == flops.per_image(ours)["forward"]
+
+
 def test_peer_bench_reports_ranges_and_same_round_ratios(capsys):
     rounds = [{("kerasbn", "baseline", "float32", None): 100.0,
                ("pytorch", "baseline", "float32", None): 80.0,
@@ -188,3 +207,58 @@ def test_the_photos_bench_times_align_and_serve_photo_against_their_references(
                            "serve_photo_1_faces_ms", "serve_bytes_1_faces_ms",
                            "serve_photo_6_faces_ms", "serve_bytes_6_faces_ms"}
     assert all(value > 0 for value in result.values())
+
+
+def _profiled_flops(model, shape):
+    """FLOPs of the convolutions and matrix products in `model`'s forward graph, counted by
+    TensorFlow's own profiler."""
+    import tensorflow as tf
+    graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(
+        tf.TensorSpec(shape)).graph
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    profile = tf.compat.v1.profiler.profile(graph=graph, options=options)
+    kinds = {op.name: op.type for op in graph.get_operations()}
+    counted = ("Conv2D", "DepthwiseConv2dNative", "MatMul")
+    stack, total = [profile], 0
+    while stack:
+        node = stack.pop()
+        stack += node.children
+        total += node.float_ops if kinds.get(node.name) in counted else 0
+    return total
+
+
+@pytest.mark.parametrize("name, widths", [("iresnet18", (8, 8, 8, 16, 16)),
+                                          ("mobilefacenet", (16, 32, 16, 32, 64, 64))])
+def test_flops_per_image_are_tensorflow_profilers_count(name, widths):
+    from kerasbn.benchmarks import flops
+    from kerasbn.nn import models
+    model = models.build(name, 10, image_size=(32, 32), channels=3, widths=widths,
+                         embedding_dim=16)
+    counts = flops.per_image(model)
+    assert counts["forward"] == _profiled_flops(model, [1, 32, 32, 3])
+    # Backward: the weights' gradients and the inputs' (the stem's input is the image).
+    stem = model.get_layer("stem")
+    height, width, filters = stem.output.shape[1:]
+    assert counts["training"] == 3 * counts["forward"] - 2 * height * width * filters * 3 * 3 * 3
+
+
+def test_the_published_flops_of_r50_and_mbf():
+    from kerasbn.benchmarks import flops
+    from kerasbn.nn import models
+    # insightface's tables: r50 6.3G and mbf about 0.45G multiply-adds at 112x112.
+    r50 = flops.per_image(models.build("iresnet50", 10, **models.made_for("iresnet50")))
+    mbf = flops.per_image(models.build("mobilefacenet", 10,
+                                       **models.made_for("mobilefacenet")))
+    assert r50["forward"] / 2e9 == pytest.approx(6.3, abs=0.05)
+    assert mbf["forward"] / 2e9 == pytest.approx(0.44, abs=0.02)
+
+
+def test_the_cpu_peak_is_cores_clock_and_units():
+    from kerasbn.benchmarks import flops
+    info = "processor\t: 0\ncpu MHz\t\t: 2600.000\nflags\t\t: fpu avx2 avx512f amx_bf16\n"
+    assert flops.cpu_peak("float32", info, 2)[0] == 2 * 2.6e9 * 64
+    assert flops.cpu_peak("mixed_bfloat16", info, 2)[0] == 2 * 2.6e9 * 1024
+    old = info.replace("avx512f amx_bf16", "")
+    assert flops.cpu_peak("mixed_bfloat16", old, 4)[0] == 4 * 2.6e9 * 32
+    assert flops.cpu_peak("float32", "flags: sse2\n", 1)[0] is None

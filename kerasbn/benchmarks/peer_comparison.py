@@ -1,9 +1,15 @@
-"""kerasbn's study networks against the same networks in PyTorch (kerasbn.benchmarks.pytorch_peer,
-each round in a process of its own), alternating rounds, and what BN costs each
-(`bench --bench=peer`)."""
+"""kerasbn's networks against the same networks in PyTorch (kerasbn.benchmarks.pytorch_peer,
+each round in a process of its own), alternating rounds (`bench --bench=peer`): for the
+study's, what BN costs each; for the field's, how near each step comes to the CPU's peak."""
 
-from kerasbn.benchmarks import subprocesses, timing
+import keras
 
+from kerasbn.benchmarks import flops, subprocesses, timing
+from kerasbn.nn import models
+
+# The networks the peer bench has in PyTorch: the study's pair (timed together, for BN's
+# cost) and the field's.
+NETWORKS = ("baseline", "bn") + models.FIELD_MODELS
 # kerasbn's dtype policy beside the PyTorch setting it is measured against.
 PEER_PRECISIONS = {"float32": "float32", "mixed_bfloat16": "bfloat16",
                    "mixed_float16": "float16"}
@@ -75,3 +81,47 @@ def print_peer(measured, precisions, norm_names):
             print(f"{precision}: kerasbn/PyTorch baseline {ratio(baseline, peer_baseline)}; "
                   f"PyTorch's BN network step per image {ratio(peer_baseline, peer_bn)} its "
                   "baseline's")
+
+
+def bench_field(names, num_classes, precisions, batch_size, steps, rounds, peer=True):
+    """One dict per round {(framework, network, precision): images/s} of the field's networks
+    `names` (Keras's norm, softmax on the 512-d embedding), kerasbn's then PyTorch's."""
+    measured = []
+    for _ in range(rounds):
+        rates = {}
+        for name in names:
+            variants = [(p, "keras", False, 1) for p in precisions]
+            for (precision, _, _, _), rate in timing.bench_train(
+                    name, num_classes, variants, batch_size, steps, 1).items():
+                rates["kerasbn", name, precision] = rate["cached"]
+            for precision in precisions if peer else []:
+                rates["pytorch", name, precision] = peer_rate(
+                    name, num_classes, PEER_PRECISIONS[precision], batch_size, steps)
+        measured.append(rates)
+    return measured
+
+
+def print_field(measured, names, num_classes, precisions):
+    """Per network and precision: FLOPs per image, each framework's images/s over the rounds,
+    kerasbn/PyTorch in each round, and the FLOP/s of kerasbn's best round against the CPU's
+    peak (flops.cpu_peak)."""
+    for name in names:
+        counts = flops.per_image(models.build(name, num_classes, **models.made_for(name)))
+        keras.backend.clear_session()
+        print(f"{name}: {counts['forward'] / 1e9:.2f} GFLOPs per image forward, "
+              f"{counts['training'] / 1e9:.2f} per training step (convolutions and dense "
+              "layers, a multiply-add as two)")
+        for precision in precisions:
+            ours = [r["kerasbn", name, precision] for r in measured]
+            line = f"  {precision}: kerasbn {_span(ours)} images/s"
+            if ("pytorch", name, precision) in measured[0]:
+                theirs = [r["pytorch", name, precision] for r in measured]
+                ratios = [a / b for a, b in zip(ours, theirs)]
+                line += (f", PyTorch {_span(theirs)}; kerasbn/PyTorch {_span(ratios, 2)}x "
+                         f"({sum(x >= 1.2 for x in ratios)}/{len(ratios)} rounds >= 1.2x)")
+            achieved = max(ours) * counts["training"]
+            peak, how = flops.cpu_peak(precision)
+            line += f"; {achieved / 1e9:.0f} GFLOP/s"
+            line += (f" = {100 * achieved / peak:.1f}% of the peak {peak / 1e9:.0f} GFLOP/s "
+                     f"({how})" if peak else f" (no peak: {how})")
+            print(line, flush=True)

@@ -16,11 +16,14 @@ from kerasbn.data import pipeline, records
 from kerasbn.nn import models
 
 
-def _stream(data_dir, batch_size):
+def _stream(data_dir, batch_size, name):
     """(real training batches of `data_dir`, one of them cached and repeated, the manifest),
-    or random 50x50 gray images as the cached batch without a dataset."""
+    or random images of the size network `name` is made for as the cached batch without a
+    dataset."""
     if data_dir is None:
-        images = np.random.default_rng(0).standard_normal((batch_size, 50, 50, 1), np.float32)
+        shape = models.made_for(name)
+        images = np.random.default_rng(0).standard_normal(
+            (batch_size, *shape["image_size"], shape["channels"]), np.float32)
         labels = np.arange(batch_size) % 2
         return None, tf.data.Dataset.from_tensors((images, labels)).repeat().prefetch(2), None
     manifest = records.read_manifest(data_dir)
@@ -30,9 +33,11 @@ def _stream(data_dir, batch_size):
 
 def _compiled(name, num_classes, precision, norm, xla=False, per_call=1, shape=None):
     """Network `name` in `precision`, compiled as every bench trains it: SGD with momentum,
-    Caffe's weight decay 5e-4, `per_call` steps per call, XLA when `xla`."""
+    Caffe's weight decay 5e-4, `per_call` steps per call, XLA when `xla`; at `shape`
+    (`build`'s image_size and channels), else the size it is made for."""
     keras.mixed_precision.set_global_policy(precision)
-    model = models.build(name, num_classes, norm=norm, weight_decay=5e-4, **(shape or {}))
+    model = models.build(name, num_classes, norm=norm, weight_decay=5e-4,
+                         **{**models.made_for(name), **(shape or {})})
     keras.mixed_precision.set_global_policy("float32")
     model.compile(keras.optimizers.SGD(0.01, momentum=0.9),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -46,9 +51,9 @@ def bench_train(name, num_classes, variants, batch_size, steps, repeats, data_di
     `data_dir`, on that dataset's real input pipeline (crop-free, mirrored, shuffled), every
     variant and input measured interleaved so machine noise hits them alike; the best of
     `repeats` counts."""
-    real, cached, manifest = _stream(data_dir, batch_size)
+    real, cached, manifest = _stream(data_dir, batch_size, name)
     shape = dict(image_size=tuple(manifest.image_size), channels=manifest.channels) \
-        if manifest else {}
+        if manifest else None
     inputs = {"cached": cached, **({"pipeline": real} if real is not None else {})}
     compiled = {}
     for variant in variants:
@@ -106,7 +111,7 @@ def op_profile(name, num_classes, precision, norm, batch_size, steps, log_dir):
     `_Mkl...` types; they are named here by their stock types (`_stock_type`), so profiles
     of two machines line up."""
     from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
-    _, cached, _ = _stream(None, batch_size)
+    _, cached, _ = _stream(None, batch_size, name)
     model = _compiled(name, num_classes, precision, norm)
     model.fit(cached, steps_per_epoch=3, epochs=1, verbose=0, shuffle=False)
     tf.profiler.experimental.start(log_dir)

@@ -5,10 +5,14 @@ residual where the shape stays) in stages of 1, 4, 6 and 2 at widths 128 and 256
 expansions 128, 256 and 512; a 1x1 convolution to 512; and the global depthwise convolution
 (GDC, a depthwise kernel the size of the last map) before a fully connected layer without
 bias to the embedding and a BN, `embedding`. Every convolution block is convolution, BN and
-PReLU (the linear ones without PReLU); the norm layers are the run's `--norm`.
+PReLU (the linear ones without PReLU); the norm layers are the run's `--norm`. The grouped
+and depthwise convolutions are kerasbn.nn.grouped_conv's, which TensorFlow runs 20-300x
+faster on CPUs than a grouped Conv2D.
 """
 
 import keras
+
+from kerasbn.nn import grouped_conv
 
 # Bottlenecks in each residual stage (arcface_torch's blocks=(1, 4, 6, 2); the first is the
 # single grouped convolution).
@@ -24,8 +28,8 @@ def _block(x, filters, kernel, stride, groups, name, norm_layer, conv_args, acti
     PReLU (slopes start at 0.25, PyTorch's default)."""
     if kernel > 1 and kernel % 2:
         x = keras.layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
-    x = keras.layers.Conv2D(filters, kernel, stride, groups=groups, use_bias=False,
-                            name=name, **conv_args)(x)
+    x = grouped_conv.conv2d(filters, kernel, stride, groups, use_bias=False, name=name,
+                            **conv_args)(x)
     x = norm_layer(f"{name}_bn")(x)
     if activation:
         x = keras.layers.PReLU(keras.initializers.Constant(0.25), shared_axes=[1, 2],
@@ -58,7 +62,7 @@ def backbone(inputs, widths, embedding_dim, norm_layer, conv_args, dense_args):
                             norm_layer, conv_args)
     x = _block(x, separable, 1, 1, 1, "separable", norm_layer, conv_args)
     height, width = x.shape[1], x.shape[2]
-    x = keras.layers.Conv2D(separable, (height, width), groups=separable, use_bias=False,
+    x = grouped_conv.conv2d(separable, (height, width), groups=separable, use_bias=False,
                             name="gdc", **conv_args)(x)
     x = keras.layers.Flatten(name="flatten")(norm_layer("gdc_bn")(x))
     x = keras.layers.Dense(embedding_dim, use_bias=False, name="embedding_fc",

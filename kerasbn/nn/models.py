@@ -68,6 +68,17 @@ def initializer(filler, filler_std=0.01, own="glorot_uniform"):
     raise ValueError(f"unknown --weight_filler {filler!r}; choose one of {', '.join(FILLERS)}")
 
 
+def made_for(name):
+    """`build`'s keyword arguments for the input (and embedding) network `name` is made for:
+    the field's 112x112 RGB with insightface's 512-d embedding, the CIFAR-10 nets' 32x32 RGB,
+    the study's 50x50 gray."""
+    if name in FIELD_MODELS:
+        return {"image_size": (112, 112), "channels": 3, "embedding_dim": 512}
+    if name in CIFAR_MODELS:
+        return {"image_size": (32, 32), "channels": 3}
+    return {"image_size": (50, 50), "channels": 1}
+
+
 def default_widths(name):
     """The convolution widths of network `name`, in order: the study's nets' every
     convolution, IResNet's stem and stages ([] for CIFAR-10 nets)."""
