@@ -38,7 +38,7 @@ setup(
         "onnx": ONNX,
         # scikit-image and OpenCV are the references the alignment is tested against
         # (and scikit-image's astronaut the public-domain photo it is tested on).
-        "test": ["pytest>=8", "scikit-image>=0.26", "opencv-python-headless>=4.8", *LITERT,
+        "test": ["pytest>=8", "scikit-image>=0.26", "opencv-python-headless>=4.8,<5", *LITERT,
                  *ONNX],
     },
 )

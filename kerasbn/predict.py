@@ -106,13 +106,14 @@ def name_lines(photos, outputs, top_k):
     return lines
 
 
-def compare_line(a, b, similarity, threshold):
-    """The verdict of a pair at the stored threshold."""
+def compare_line(a, b, similarity, threshold, source=None):
+    """The verdict of a pair at the stored threshold, and where the threshold came from."""
     if threshold is None:
-        return (f"{a} {b}: cosine {similarity:.4f} (the export holds no threshold: its "
-                "dataset had no holdout pairs)")
+        return (f"{a} {b}: cosine {similarity:.4f} (the export holds no threshold: "
+                f"{source or 'its dataset had no holdout pairs'})")
     verdict = "same person" if similarity >= threshold else "different people"
-    return f"{a} {b}: cosine {similarity:.4f} -> {verdict} (threshold {threshold:.4f})"
+    return (f"{a} {b}: cosine {similarity:.4f} -> {verdict} (threshold {threshold:.4f}"
+            + (f", {source}" if source else "") + ")")
 
 
 def image_files(root):
@@ -190,7 +191,8 @@ def main(argv):
         if bad:
             sys.exit("error: --compare needs both photos")
         embedding = run(model.signatures["embed"], photos)["embedding"]
-        print(compare_line(files[0], files[1], float(embedding[0] @ embedding[1]), threshold)
+        print(compare_line(files[0], files[1], float(embedding[0] @ embedding[1]), threshold,
+                           spec.get(export_layout.THRESHOLD_SOURCE))
               + (" (the largest face of each)" if values.align else ""))
     elif values.embed:
         embedding = run(model.signatures["embed"], photos,
@@ -201,6 +203,9 @@ def main(argv):
             os.fsencode(os.path.relpath(p, values.embed)) + b"\n" for p, _ in photos)))
         print(f"wrote {values.out} ({embedding.shape[0]} x {embedding.shape[1]}) and "
               f"{list_file(values.out)}")
+    elif not spec["classes"]:
+        sys.exit(f"error: {values.model} has no classifier (an imported embedding network); "
+                 "compare two photos with --compare or embed a folder with --embed")
     else:
         print("\n".join(name_lines(photos, run(model.signatures["serving_default"], photos),
                                    values.top_k)))

@@ -34,14 +34,18 @@ def _scale(images, height, width, top, left, crop_height, crop_width):
         translation=-tf.stack([top, left]) * scale, kernel_type="triangle", antialias=True)
 
 
-def resize(images, size, mode):
+def resize(images, size, mode, out_width=None):
     """float32 [N, H, W, C] -> float32 [N, size, size, C] of whole gray levels, as
     kerasbn.data.images.resize: `crop` keeps the aspect and the centre, `pad` keeps the aspect
-    and pads with black, `stretch` ignores the aspect."""
+    and pads with black, `stretch` ignores the aspect (and alone takes an `out_width` other
+    than `size`, for a network of non-square input)."""
     shape = tf.shape(images)
     height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+    if out_width not in (None, size) and mode != "stretch":
+        raise ValueError(f"resize_mode {mode!r} makes square images; a {size}x{out_width} "
+                         "input is stretched")
     if mode == "stretch":
-        out = _scale(images, size, size, 0.0, 0.0, height, width)
+        out = _scale(images, size, out_width or size, 0.0, 0.0, height, width)
     elif mode == "crop":
         # ImageOps.fit: the largest centred square, in fractional pixels.
         side = tf.minimum(height, width)

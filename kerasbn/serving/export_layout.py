@@ -7,8 +7,13 @@ MARKER = "kerasbn_export.json"
 # The marker's list of the face detector's variables (serve_photo's), which are not the
 # trained network's.
 DETECTOR_VARIABLES = "detector_variables"
-# What a SavedModel export holds: TensorFlow's entries and the marker.
-SAVED_MODEL = ("saved_model.pb", "fingerprint.pb", "variables", "assets", MARKER)
+# The marker's note of where the verification threshold came from.
+THRESHOLD_SOURCE = "threshold_source"
+# The Keras model file an imported network's export also holds (caffe_import).
+KERAS_MODEL = "model.keras"
+# What a SavedModel export holds: TensorFlow's entries, the marker and, for an imported
+# network, its Keras model file.
+SAVED_MODEL = ("saved_model.pb", "fingerprint.pb", "variables", "assets", MARKER, KERAS_MODEL)
 # The fixed-size core's file suffix per format, and the suffix of the JSON beside it.
 SUFFIXES = {"litert": ".tflite", "onnx": ".onnx"}
 SIDECAR = ".json"

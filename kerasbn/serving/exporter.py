@@ -50,14 +50,19 @@ def threshold(model, data_dir, manifest, batch_size=256):
     return holdout.verifier(model, data_dir, manifest, batch_size)()["verify_threshold"]
 
 
-def export_saved_model(model, manifest, path, data_dir=None):
+def export_saved_model(model, manifest, path, data_dir=None, given=None, keras_file=False):
     """Writes the SavedModel to `path` through a temporary directory of this process's own,
     so a crash never leaves a partial export where a complete one is expected. `path` must
     hold nothing or an export (the caller checks an --out with `check_out`; a run dir's
     export/ is the run's own); an earlier export there is replaced, and any other file in it
-    stays. With the dataset's `data_dir`, the threshold is chosen on its holdout pairs.
-    Returns the files of the user's that stayed beside the export."""
-    cut = threshold(model, data_dir, manifest) if data_dir else None
+    stays. With the dataset's `data_dir`, the threshold is chosen on its holdout pairs;
+    `given` is (threshold, where it came from) instead. `keras_file` also writes the Keras
+    model file. Returns the files of the user's that stayed beside the export."""
+    if data_dir:
+        cut = threshold(model, data_dir, manifest)
+        source = f"chosen on the holdout pairs of {data_dir}" if cut is not None else None
+    else:
+        cut, source = given or (None, None)
     archive = keras.export.ExportArchive()
     archive.track(model)
     detector = graph_detector.GraphDetector()
@@ -69,8 +74,11 @@ def export_saved_model(model, manifest, path, data_dir=None):
     tmp = _private_dir(path, "partial")
     try:
         archive.write_out(tmp, verbose=False)
+        if keras_file:
+            model.save(os.path.join(tmp, export_layout.KERAS_MODEL))
         atomic.write_json(os.path.join(tmp, export_layout.MARKER), {
             "written_by": "kerasbn", **signatures.input_spec(manifest), "threshold": cut,
+            export_layout.THRESHOLD_SOURCE: source,
             # Not the network's own: --weights from this export leaves them out.
             export_layout.DETECTOR_VARIABLES: sorted(
                 v.path for network in detector.networks for v in network.variables)})

@@ -57,6 +57,7 @@ def serving_functions(model, manifest, threshold=None, detector=None):
     std = tf.constant(manifest.std, tf.float32)
     names = tf.constant(manifest.class_names)
     k = min(TOP_K, manifest.num_classes)
+    # Two outputs always: a network without a classifier gives its embedding twice.
     features = keras.Model(model.inputs, [model.get_layer("embedding").output, model.output])
 
     def prepare(images):
@@ -66,17 +67,20 @@ def serving_functions(model, manifest, threshold=None, detector=None):
             ["images must be a uint8 batch [N, H, W, 1 or 3]; got shape", tf.shape(images)])
         with tf.control_dependencies([check]):
             gray = preprocess.to_channels(images, channels)
-        sized = preprocess.resize(gray, height, mode) if height == width else gray
+        # A non-square network (112x96 Caffe nets) takes photos stretched to its shape.
+        sized = preprocess.resize(gray, height, mode if height == width else "stretch", width)
         return (tf.ensure_shape(sized, [None, height, width, channels]) - mean) / std
 
     def outputs(x):
         embedding, logits = features(x, training=False)
         embedding, logits = tf.cast(embedding, tf.float32), tf.cast(logits, tf.float32)
+        unit = tf.math.l2_normalize(embedding, axis=-1, epsilon=1e-24)
+        if not manifest.num_classes:  # an imported embedding network, no classifier
+            return {"embedding": unit}
         probabilities = tf.nn.softmax(logits)
         labels = tf.math.top_k(probabilities, k).indices
         return {"logits": logits, "probabilities": probabilities, "labels": labels,
-                "names": tf.gather(names, labels),
-                "embedding": tf.math.l2_normalize(embedding, axis=-1, epsilon=1e-24)}
+                "names": tf.gather(names, labels), "embedding": unit}
 
     images = [tf.TensorSpec([None, None, None, None], tf.uint8, name="images")]
     serve = tf.function(lambda images: outputs(prepare(images)))

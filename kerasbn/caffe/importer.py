@@ -1,0 +1,71 @@
+"""An imported Caffe network made servable: the network from an RGB image (after the
+export's (x - mean) / std) to its logits, with a layer `embedding`, in Caffe's channel order,
+and the manifest its export records (size, channels, mean and scale, class names)."""
+
+import keras
+
+from kerasbn.caffe import network, proto
+from kerasbn.data.manifest import Manifest
+
+
+def embedding_source(built, embedding_layer=None, classifier=False):
+    """(the layer whose output is the embedding, the logits blob or None) of a network with
+    one output: a final Softmax's input is the logits, and the input of the fully connected
+    layer giving them the embedding; without a Softmax (and without `classifier`) the output
+    is the embedding and there are no logits. `embedding_layer` names the layer instead."""
+    [end] = built.ends
+    last = next(layer for layer in reversed(built.layers) if end in layer.top)
+    logits = last.bottom[0] if last.type == "Softmax" else end if classifier else None
+    if embedding_layer:
+        if embedding_layer not in built.sources:
+            known = ", ".join(list(built.sources)[-8:])
+            raise network.CaffeError(f"--embedding_layer={embedding_layer}: no such layer; "
+                                     f"the last layers are {known}")
+        return embedding_layer, logits
+    if logits is None:
+        return last.name, None
+    giving = built.sources[last.name][0] if last.type == "Softmax" else last.name
+    kind = next(layer.type for layer in built.layers if layer.name == giving)
+    return (built.sources[giving][0] if kind == "InnerProduct" else giving), logits
+
+
+def build(prototxt, caffemodel, input_size=None, channel_order="bgr", mean=(0.0,), scale=1.0,
+          embedding_layer=None, class_names=None):
+    """(Keras model in kerasbn's form: input `image`, a layer `embedding`, logits out (the
+    embedding where the network has no classifier); its Manifest) of a deploy prototxt and
+    caffemodel. `mean` (one value or one per channel, in the network's channel order) and
+    `scale` are Caffe's preprocessing, (x - mean) * scale; `class_names` the classifier's
+    names (default "class 0", ...)."""
+    deploy = proto.read_prototxt(prototxt)
+    weights = network.weights_of(proto.read_caffemodel(caffemodel))
+    bgr = channel_order == "bgr"
+    built = network.build(deploy, weights, input_size, bgr)
+    if len(built.ends) != 1:
+        raise network.CaffeError(f"the network has {len(built.ends)} outputs "
+                                 f"({', '.join(built.ends)}); kerasbn imports networks of one "
+                                 "output")
+    source, logits = embedding_source(built, embedding_layer, class_names is not None)
+    built = network.build(deploy, weights, input_size, bgr, embedding=source)
+    embedding = built.model.get_layer("embedding").output
+    if len(embedding.shape) != 2:
+        raise network.CaffeError(f"the embedding ({source}'s output) must be a vector per "
+                                 f"image, not of shape {tuple(embedding.shape[1:])}; name a "
+                                 "fully connected layer with --embedding_layer")
+    out = built.blobs[logits] if logits else embedding
+    model = keras.Model(built.model.input, out, name=deploy.name or "caffe")
+    classes = int(out.shape[-1]) if logits else 0
+    if class_names is not None and len(class_names) != classes:
+        raise network.CaffeError(f"--class_names lists {len(class_names)} names; the "
+                                 f"network's classifier has {classes} classes")
+    height, width, channels = model.input.shape[1:]
+    if len(mean) not in (1, channels):
+        raise network.CaffeError(f"--mean takes one value or {channels} (one per channel), "
+                                 f"got {len(mean)}")
+    per_channel = list(mean) * channels if len(mean) == 1 else list(mean)
+    manifest = Manifest(
+        image_size=(height, width), channels=channels, encoding="raw",
+        class_names=tuple(class_names or (f"class {i}" for i in range(classes))), splits={},
+        # The export subtracts the mean from RGB pixels; the network's order is BGR.
+        mean=tuple(per_channel[::-1] if bgr and channels == 3 else per_channel),
+        std=(1.0 / scale,) * channels, resize_mode="stretch")
+    return model, manifest

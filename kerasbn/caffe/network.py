@@ -1,0 +1,430 @@
+"""A Caffe deploy network and its weights as a Keras functional model, channels last: each
+layer of the prototxt becomes the Keras layer computing what Caffe's computes, its weights
+taken from the caffemodel's layer of the same name, shape checked. BatchNorm followed by its
+Scale becomes one of kerasbn's Caffe BN layers (kerasbn.nn.norms), so an imported network
+trains on with its own BN semantics."""
+
+import dataclasses
+
+import keras
+import numpy as np
+
+from kerasbn.caffe import caffe_layers, schema
+from kerasbn.nn import grouped_conv, norms
+from kerasbn.utils import errors
+
+SUPPORTED = ("BatchNorm", "BN", "Concat", "Convolution", "Deconvolution",
+             "DepthwiseConvolution", "Dropout", "ELU", "Eltwise", "Flatten", "InnerProduct",
+             "Input", "LRN", "Normalize", "PReLU", "Pooling", "Power", "ReLU", "Reshape",
+             "Scale", "Sigmoid", "Slice", "Softmax", "Split", "TanH")
+_NO_WEIGHTS = ("Concat", "Dropout", "ELU", "Eltwise", "Flatten", "Input", "LRN", "Pooling",
+               "Power", "ReLU", "Reshape", "Sigmoid", "Slice", "Softmax", "Split", "TanH")
+
+
+class CaffeError(errors.UserError):
+    """A deploy network or caffemodel that cannot be imported, said in one line."""
+
+
+@dataclasses.dataclass
+class Layer:
+    """One layer of either format: its name, LayerParameter type, bottoms, tops, the message
+    (for its *_param fields) and its blobs as arrays."""
+
+    name: str
+    type: str
+    bottom: list
+    top: list
+    message: object
+    blobs: list = dataclasses.field(default_factory=list)
+
+
+def _in_test_phase(layer):
+    test = 1
+    if layer.include:
+        return any(not rule.HasField("phase") or rule.phase == test for rule in layer.include)
+    return not any(rule.HasField("phase") and rule.phase == test for rule in layer.exclude)
+
+
+def _type(layer, v1):
+    if not v1:
+        return layer.type
+    name = type(layer).DESCRIPTOR.enum_types_by_name["LayerType"].values_by_number[
+        layer.type].name
+    return schema.V1_TYPES.get(name, name)
+
+
+def blob_array(blob):
+    """A BlobProto's data as an array of its shape (`shape`, or the legacy num, channels,
+    height, width)."""
+    shape = list(blob.shape.dim) if blob.HasField("shape") else [
+        blob.num, blob.channels, blob.height, blob.width]
+    data = np.asarray(blob.double_data if len(blob.double_data) else blob.data, np.float32)
+    if data.size != int(np.prod(shape)):
+        raise CaffeError(f"a blob holds {data.size} values but its shape is {shape}")
+    return data.reshape(shape)
+
+
+def layers_of(net):
+    """The layers of NetParameter `net` (either format) that run at test time."""
+    v1 = not net.layer and bool(net.layers)
+    return [Layer(layer.name, _type(layer, v1), list(layer.bottom), list(layer.top), layer)
+            for layer in (net.layers if v1 else net.layer) if _in_test_phase(layer)]
+
+
+def weights_of(net):
+    """{layer name: [blob arrays]} of a caffemodel's NetParameter."""
+    out = {}
+    for layer in layers_of(net) if (net.layer or net.layers) else []:
+        try:
+            out[layer.name] = [blob_array(b) for b in layer.message.blobs]
+        except CaffeError as e:
+            raise CaffeError(f"layer {layer.name}: {e}") from None
+    return out
+
+
+def input_shapes(deploy, layers, input_size=None):
+    """{input blob: (channels, height, width)} from `input` with `input_shape` or
+    `input_dim`, or Input layers; `input_size` (height, width) overrides the sizes."""
+    shapes = {}
+    dims = list(deploy.input_dim)
+    for index, name in enumerate(deploy.input):
+        if index < len(deploy.input_shape):
+            shape = list(deploy.input_shape[index].dim)
+        elif len(dims) >= 4 * (index + 1):
+            shape = dims[4 * index:4 * index + 4]
+        else:
+            raise CaffeError(f"input {name!r} has no input_shape or input_dim in the prototxt")
+        shapes[name] = shape
+    for layer in layers:
+        if layer.type == "Input":
+            given = list(layer.message.input_param.shape)
+            for index, top in enumerate(layer.top):
+                shapes[top] = list(given[min(index, len(given) - 1)].dim) if given else None
+    if not shapes:
+        raise CaffeError("the prototxt declares no input (input/input_dim/input_shape or an "
+                         "Input layer)")
+    out = {}
+    for name, shape in shapes.items():
+        if shape is None or len(shape) != 4:
+            raise CaffeError(f"input {name!r} needs a 4-D N,C,H,W shape, got {shape}")
+        height, width = input_size or shape[2:]
+        out[name] = (int(shape[1]), int(height), int(width))
+    return out
+
+
+def _pair(param, name, default):
+    """The (h, w) `name` ("kernel", "stride" or "pad") of a convolution or pooling: name_h and
+    name_w, else its repeated field once or per axis, else `default`."""
+    if param.HasField(f"{name}_h") or param.HasField(f"{name}_w"):
+        return int(getattr(param, f"{name}_h")), int(getattr(param, f"{name}_w"))
+    values = list(getattr(param, "kernel_size" if name == "kernel" else name))
+    return (int(values[0]), int(values[-1])) if values else (default, default)
+
+
+def _expect(layer, blobs, shapes):
+    """Checks `blobs` against the `shapes` the layer needs (None: any), naming the first
+    that differs."""
+    if len(blobs) < len([s for s in shapes if s is not False]):
+        raise CaffeError(f"layer {layer.name} ({layer.type}) has {len(blobs)} weight blobs in "
+                         f"the caffemodel; it needs {len(shapes)}")
+    for index, (blob, shape) in enumerate(zip(blobs, shapes)):
+        if shape is not None and blob.size != int(np.prod(shape)):
+            raise CaffeError(f"layer {layer.name} ({layer.type}): blob {index} has shape "
+                             f"{list(blob.shape)}, the layer needs {list(shape)}")
+    return [blob.reshape(shape) if shape is not None else blob
+            for blob, shape in zip(blobs, shapes)]
+
+
+def _axis(axis, rank):
+    """A Caffe axis of an N,C,H,W (or N,C) blob as the channels-last tensor's axis."""
+    axis = axis + rank if axis < 0 else axis
+    return {0: 0, 1: 3, 2: 1, 3: 2}[axis] if rank == 4 else axis
+
+
+def _convolution(layer, x, blobs):
+    p = layer.message.convolution_param
+    channels = x.shape[-1]
+    kernel, stride, pad = _pair(p, "kernel", 1), _pair(p, "stride", 1), _pair(p, "pad", 0)
+    dilation = tuple(int(d) for d in p.dilation) or (1,)
+    dilation = (dilation[0], dilation[-1])
+    groups = channels if layer.type == "DepthwiseConvolution" else p.group
+    outputs = p.num_output
+    if channels % groups or outputs % groups:
+        raise CaffeError(f"layer {layer.name}: group {groups} does not divide its "
+                         f"{channels} input and {outputs} output channels")
+    shapes = [(outputs, channels // groups, *kernel)] + ([(outputs,)] if p.bias_term else [])
+    weights = _expect(layer, blobs, shapes)
+    if pad != (0, 0):
+        x = keras.layers.ZeroPadding2D(pad, name=f"{layer.name}_pad")(x)
+    conv = grouped_conv.conv2d(outputs, kernel, stride, groups, dilation_rate=dilation,
+                               use_bias=p.bias_term, name=layer.name)
+    y = conv(x)
+    conv.set_weights([weights[0].transpose(2, 3, 1, 0), *weights[1:]])
+    return y
+
+
+def _deconvolution(layer, x, blobs):
+    p = layer.message.convolution_param
+    kernel, stride, pad = _pair(p, "kernel", 1), _pair(p, "stride", 1), _pair(p, "pad", 0)
+    if p.group != 1 or list(p.dilation) not in ([], [1]):
+        raise CaffeError(f"layer {layer.name} (Deconvolution): only group 1 and dilation 1 "
+                         "are supported")
+    shapes = [(x.shape[-1], p.num_output, *kernel)] + ([(p.num_output,)] if p.bias_term
+                                                        else [])
+    weights = _expect(layer, blobs, shapes)
+    deconv = keras.layers.Conv2DTranspose(p.num_output, kernel, stride, use_bias=p.bias_term,
+                                          name=layer.name)
+    y = deconv(x)
+    deconv.set_weights([weights[0].transpose(2, 3, 1, 0), *weights[1:]])
+    if pad != (0, 0):
+        y = keras.layers.Cropping2D(pad, name=f"{layer.name}_crop")(y)
+    return y
+
+
+def _inner_product(layer, x, blobs):
+    p = layer.message.inner_product_param
+    if _axis(p.axis, len(x.shape)) != (3 if len(x.shape) == 4 else 1):
+        raise CaffeError(f"layer {layer.name} (InnerProduct): only axis 1 is supported")
+    if len(x.shape) != 2:
+        x = caffe_layers.ChannelsFirstFlatten(name=f"{layer.name}_flatten")(x)
+    inputs = x.shape[-1]
+    shape = (inputs, p.num_output) if p.transpose else (p.num_output, inputs)
+    weights = _expect(layer, blobs, [shape] + ([(p.num_output,)] if p.bias_term else []))
+    dense = keras.layers.Dense(p.num_output, use_bias=p.bias_term, name=layer.name)
+    y = dense(x)
+    dense.set_weights([weights[0] if p.transpose else weights[0].T, *weights[1:]])
+    return y
+
+
+def _batch_norm(layer, x, blobs, scale):
+    """BVLC's BatchNorm (mean, variance, scale factor), or NVIDIA Caffe's with its own scale
+    and bias (five blobs), with the Scale layer after it (`scale`: its blobs, or None), as
+    kerasbn's `bvlc` or `nvidia` norm."""
+    channels = x.shape[-1]
+    eps = layer.message.batch_norm_param.eps
+    own = len(blobs) == 5
+    mean, variance, factor, *affine = _expect(
+        layer, blobs, [(channels,), (channels,), (1,)] + [(channels,)] * (2 if own else 0))
+    gamma, beta = affine if own else (scale if scale else (np.ones(channels),
+                                                           np.zeros(channels)))
+    if own:
+        k = 0.0 if factor[0] == 0 else 1.0 / factor[0]
+        bn = norms.make_norm("nvidia", epsilon=max(eps, 1e-5), name_prefix=layer.name)
+        y = bn(x)
+        bn.set_weights([gamma, beta, k * mean, k * variance])
+        return y
+    bn = norms.make_norm("bvlc", epsilon=eps, name_prefix=layer.name)
+    y = bn(x)
+    bn.set_weights([gamma, beta, factor.reshape(()), mean, variance])
+    return y
+
+
+def _windows_bn(layer, x, blobs):
+    """caffe-windows' BN: scale, shift, running mean and variance; no epsilon at inference."""
+    channels = x.shape[-1]
+    gamma, beta, mean, variance = _expect(layer, blobs, [(channels,)] * 4)
+    bn = norms.make_norm("windows", name_prefix=layer.name)
+    y = bn(x)
+    bn.set_weights([gamma, beta, mean, variance])
+    return y
+
+
+def _scale(layer, x, blobs):
+    p = layer.message.scale_param
+    if len(layer.bottom) != 1 or p.num_axes != 1 or _axis(p.axis, len(x.shape)) != len(
+            x.shape) - 1:
+        raise CaffeError(f"layer {layer.name} (Scale): only a learned scale along the "
+                         "channels (axis 1, one bottom) is supported")
+    weights = _expect(layer, blobs, [(x.shape[-1],)] * (2 if p.bias_term else 1))
+    scale = caffe_layers.Scale(p.bias_term, name=layer.name)
+    y = scale(x)
+    scale.set_weights(weights)
+    return y
+
+
+def _prelu(layer, x, blobs):
+    shared = layer.message.prelu_param.channel_shared
+    [slope] = _expect(layer, blobs, [(1,) if shared else (x.shape[-1],)])
+    axes = list(range(1, len(x.shape))) if shared else list(range(1, len(x.shape) - 1))
+    prelu = keras.layers.PReLU(shared_axes=axes or None, name=layer.name)
+    y = prelu(x)
+    prelu.set_weights([np.broadcast_to(slope, prelu.alpha.shape).copy()])
+    return y
+
+
+def _pooling(layer, x):
+    p = layer.message.pooling_param
+    method = type(p).DESCRIPTOR.enum_types_by_name["PoolMethod"].values_by_number[p.pool].name
+    if method == "STOCHASTIC":
+        raise CaffeError(f"layer {layer.name} (Pooling): STOCHASTIC pooling is not supported")
+    return caffe_layers.CaffePooling(method, _pair(p, "kernel", 1), _pair(p, "stride", 1),
+                                     _pair(p, "pad", 0), p.global_pooling, name=layer.name)(x)
+
+
+def _one_input(layer, x, blobs):
+    """The layers with one bottom and one top."""
+    kind = layer.type
+    m = layer.message
+    if kind == "ReLU":
+        slope = m.relu_param.negative_slope
+        return keras.layers.LeakyReLU(slope, name=layer.name)(x) if slope else \
+            keras.layers.ReLU(name=layer.name)(x)
+    if kind in ("Sigmoid", "TanH"):
+        return keras.layers.Activation(kind.lower(), name=layer.name)(x)
+    if kind == "ELU":
+        return keras.layers.ELU(m.elu_param.alpha, name=layer.name)(x)
+    if kind == "Power":
+        p = m.power_param
+        return caffe_layers.Power(p.power, p.scale, p.shift, name=layer.name)(x)
+    if kind == "Softmax":
+        return keras.layers.Softmax(_axis(m.softmax_param.axis, len(x.shape)),
+                                    name=layer.name)(x)
+    if kind == "LRN":
+        p = m.lrn_param
+        return caffe_layers.LRN(p.local_size, p.alpha, p.beta, p.k, p.norm_region == 1,
+                                name=layer.name)(x)
+    if kind == "Flatten":
+        p = m.flatten_param
+        if p.axis != 1 or p.end_axis != -1:
+            raise CaffeError(f"layer {layer.name} (Flatten): only axis 1 to the end is "
+                             "supported")
+        return caffe_layers.ChannelsFirstFlatten(name=layer.name)(x)
+    if kind == "Reshape":
+        return _reshape(layer, x)
+    if kind == "Pooling":
+        return _pooling(layer, x)
+    if kind == "Normalize":
+        p = m.norm_param
+        [scale] = _expect(layer, blobs, [(1,) if p.channel_shared else (x.shape[-1],)])
+        norm = caffe_layers.Normalize(p.across_spatial, p.channel_shared, p.eps,
+                                      name=layer.name)
+        y = norm(x)
+        norm.set_weights([scale])
+        return y
+    return {"Convolution": _convolution, "DepthwiseConvolution": _convolution,
+            "Deconvolution": _deconvolution, "InnerProduct": _inner_product,
+            "BN": _windows_bn, "Scale": _scale, "PReLU": _prelu}[kind](layer, x, blobs)
+
+
+def _reshape(layer, x):
+    p = layer.message.reshape_param
+    caffe_shape = [x.shape[-1], *x.shape[1:-1]] if len(x.shape) == 4 else list(x.shape[1:])
+    full = [None] + caffe_shape
+    axis = p.axis + len(full) if p.axis < 0 else p.axis
+    end = len(full) if p.num_axes == -1 else axis + p.num_axes
+    dims = [full[axis + i] if d == 0 else d for i, d in enumerate(p.shape.dim)]
+    new = full[:axis] + dims + full[end:]
+    if new[0] not in (None, 0, -1):
+        raise CaffeError(f"layer {layer.name} (Reshape): the batch axis must stay (dim 0 or "
+                         "-1 first)")
+    rest = new[1:]
+    known = int(np.prod([d for d in rest if d != -1]))
+    if -1 in rest:
+        rest[rest.index(-1)] = int(np.prod(caffe_shape)) // known
+    return caffe_layers.CaffeReshape(rest, name=layer.name)(x)
+
+
+def _many_inputs(layer, xs):
+    m = layer.message
+    if layer.type == "Eltwise":
+        p = m.eltwise_param
+        operation = type(p).DESCRIPTOR.enum_types_by_name["EltwiseOp"].values_by_number[
+            p.operation].name
+        return [caffe_layers.Eltwise(operation, list(p.coeff), name=layer.name)(xs)]
+    if layer.type == "Concat":
+        p = m.concat_param
+        axis = p.axis if p.HasField("axis") or not p.HasField("concat_dim") else p.concat_dim
+        return [keras.layers.Concatenate(_axis(axis, len(xs[0].shape)), name=layer.name)(xs)]
+    [x] = xs
+    p = m.slice_param
+    axis = _axis(p.axis if p.HasField("axis") or not p.HasField("slice_dim") else p.slice_dim,
+                 len(x.shape))
+    size = x.shape[axis]
+    points = list(p.slice_point) or [size * i // len(layer.top) for i in
+                                     range(1, len(layer.top))]
+    edges = [0, *points, size]
+    return [caffe_layers.SliceAxis(axis, a, b, name=f"{layer.name}_{index}")(x)
+            for index, (a, b) in enumerate(zip(edges, edges[1:]))]
+
+
+@dataclasses.dataclass
+class Built:
+    """A built network: the Keras model from the image to every output blob, each blob's
+    latest tensor, the layers run, the output blobs, and per layer the layers whose outputs
+    it read."""
+
+    model: keras.Model
+    blobs: dict
+    layers: list
+    ends: list
+    sources: dict
+
+
+def build(deploy, weights, input_size=None, bgr=False, embedding=None):
+    """The `Built` network of deploy NetParameter `deploy` with `weights` ({layer name:
+    [blob arrays]}): one input, NHWC, of `input_size` (height, width) when given, its
+    channels reversed first with `bgr` (an RGB image into a BGR network); a Keras layer
+    `embedding` marks the output of the layer of that name."""
+    layers = layers_of(deploy)
+    shapes = input_shapes(deploy, layers, input_size)
+    if len(shapes) != 1:
+        raise CaffeError(f"the network takes {len(shapes)} inputs ({', '.join(shapes)}); "
+                         "kerasbn imports networks of one image input")
+    [(input_name, (channels, height, width))] = shapes.items()
+    image = keras.Input((height, width, channels), name="image")
+    blobs = {input_name: caffe_layers.ReverseChannels(name="rgb_to_bgr")(image)
+             if bgr and channels == 3 else image}
+    writer = {input_name: None}
+    sources = {}
+    # Whether each blob's latest value has been read since written: in-place layers (top
+    # equal to bottom) write a blob again, so the outputs are the values never read.
+    read = {}
+    fused_scale = set()
+    for index, layer in enumerate(layers):
+        if layer.type == "Input" or layer.name in fused_scale:
+            continue
+        if layer.type not in SUPPORTED:
+            raise CaffeError(f"layer {layer.name} has type {layer.type}, which kerasbn does "
+                             f"not import; supported: {', '.join(SUPPORTED)}")
+        missing = [b for b in layer.bottom if b not in blobs]
+        if missing:
+            raise CaffeError(f"layer {layer.name} ({layer.type}) reads blob {missing[0]!r}, "
+                             "which no earlier layer produces")
+        if layer.type not in _NO_WEIGHTS and layer.name not in weights:
+            raise CaffeError(f"layer {layer.name} ({layer.type}) has no weights in the "
+                             "caffemodel (no layer of that name there)")
+        own = weights.get(layer.name, [])
+        xs = [blobs[b] for b in layer.bottom]
+        read.update(dict.fromkeys(layer.bottom, True))
+        sources[layer.name] = [writer[b] for b in layer.bottom]
+        if layer.type in ("Split", "Dropout"):
+            outputs = [xs[0]] * len(layer.top)
+        elif layer.type in ("Eltwise", "Concat", "Slice"):
+            outputs = _many_inputs(layer, xs)
+        elif layer.type == "BatchNorm":
+            after = layers[index + 1] if index + 1 < len(layers) else None
+            scale = None
+            if after is not None and after.type == "Scale" and after.bottom == layer.top:
+                p = after.message.scale_param
+                bias = p.bias_term
+                scale = _expect(after, weights.get(after.name, []),
+                                [(xs[0].shape[-1],)] * (2 if bias else 1))
+                if not bias:
+                    scale.append(np.zeros(xs[0].shape[-1]))
+                fused_scale.add(after.name)
+                layer = dataclasses.replace(layer, top=after.top)
+            outputs = [_batch_norm(layer, xs[0], own, scale)]
+        else:
+            outputs = [_one_input(layer, xs[0], own)]
+        if layer.name == embedding:
+            outputs = [keras.layers.Identity(name="embedding")(outputs[0]), *outputs[1:]]
+        blobs.update(zip(layer.top, outputs))
+        read.update(dict.fromkeys(layer.top, False))
+        writer.update(dict.fromkeys(layer.top, layer.name))
+    ends = [blob for blob, was_read in read.items() if not was_read]
+    if not ends:
+        raise CaffeError("the network has no output blob")
+    outputs = [blobs[t] for t in ends]
+    model = keras.Model(image, outputs[0] if len(outputs) == 1 else outputs,
+                        name=deploy.name or "caffe")
+    return Built(model, blobs, layers, ends, sources)

@@ -1,0 +1,245 @@
+"""Importing Caffe networks: every supported layer against OpenCV's dnn module (an independent
+implementation of Caffe's layers), both network formats, the command's export and its
+one-line refusals."""
+
+import os
+
+import numpy as np
+import pytest
+
+from kerasbn import caffe_import
+from kerasbn.caffe import network, proto
+
+cv2 = pytest.importorskip("cv2")
+if not hasattr(cv2.dnn, "readNetFromCaffe"):
+    pytest.skip("OpenCV without Caffe import (5.x removed it; pip install "
+                "'opencv-python-headless<5')", allow_module_level=True)
+
+
+def _blob(array):
+    blob = proto.messages()["BlobProto"]()
+    blob.shape.dim.extend(array.shape)
+    blob.data.extend(np.asarray(array, np.float32).ravel().tolist())
+    return blob
+
+
+def write_net(directory, name, text, weights, v1=False):
+    """(prototxt path, caffemodel path) of a network `text` with `weights` ({layer: [arrays]})
+    in today's format, or the legacy `layers` with `v1`."""
+    net = proto.messages()["NetParameter"]()
+    for layer_name, arrays in weights.items():
+        layer = (net.layers if v1 else net.layer).add(name=layer_name)
+        layer.blobs.extend(_blob(a) for a in arrays)
+    prototxt, caffemodel = (os.path.join(directory, f"{name}.{ext}")
+                            for ext in ("prototxt", "caffemodel"))
+    with open(prototxt, "w") as f:
+        f.write(text)
+    with open(caffemodel, "wb") as f:
+        f.write(net.SerializeToString())
+    return prototxt, caffemodel
+
+
+def ours(prototxt, caffemodel, x):
+    built = network.build(proto.read_prototxt(prototxt),
+                          network.weights_of(proto.read_caffemodel(caffemodel)))
+    out = built.model(x.transpose(0, 2, 3, 1)).numpy()
+    return out.transpose(0, 3, 1, 2) if out.ndim == 4 else out
+
+
+def opencv(prototxt, caffemodel, x):
+    net = cv2.dnn.readNetFromCaffe(prototxt, caffemodel)
+    net.setInput(x)
+    return net.forward()
+
+
+def assert_close(mine, reference):
+    assert mine.shape == reference.shape
+    worst = np.abs(mine - reference).max() / np.abs(reference).max()
+    assert worst < 1e-4, worst
+    return worst
+
+
+RNG = np.random.default_rng(0)
+
+
+def _normal(*shape):
+    return RNG.normal(size=shape).astype(np.float32)
+
+
+HEADER = 'name: "{name}"\ninput: "data"\ninput_dim: 2 input_dim: {c} input_dim: {h} ' \
+         'input_dim: {w}\n'
+
+
+def layer(name, kind, bottom, top=None, params=""):
+    bottoms = "".join(f' bottom: "{b}"' for b in ([bottom] if isinstance(bottom, str)
+                                                    else bottom))
+    tops = "".join(f' top: "{t}"' for t in ([top or name] if isinstance(top or name, str)
+                                             else top))
+    return f'layer {{ name: "{name}" type: "{kind}"{bottoms}{tops} {params} }}\n'
+
+
+CONVOLUTIONS = HEADER.format(name="convolutions", c=3, h=17, w=15) + "".join([
+    # Per-axis kernel, stride and padding, no bias.
+    layer("conv1", "Convolution", "data", params="convolution_param { num_output: 8 "
+          "kernel_h: 3 kernel_w: 5 stride_h: 2 stride_w: 1 pad_h: 1 pad_w: 2 bias_term: false }"),
+    layer("prelu1", "PReLU", "conv1"),
+    # Groups and dilation.
+    layer("conv2", "Convolution", "prelu1", params="convolution_param { num_output: 6 "
+          "kernel_size: 3 group: 2 dilation: 2 pad: 2 }"),
+    # BVLC's BatchNorm and the Scale after it, in place; a leaky ReLU in place.
+    layer("bn2", "BatchNorm", "conv2", "conv2", "batch_norm_param { eps: 0.001 }"),
+    layer("scale2", "Scale", "conv2", "conv2", "scale_param { bias_term: true }"),
+    layer("relu2", "ReLU", "conv2", "conv2", "relu_param { negative_slope: 0.1 }"),
+    # Caffe's rounding up: 9x15 -> 4x7 (5x8 from 9x15 would need the last window in padding).
+    layer("pool1", "Pooling", "conv2", params="pooling_param { pool: MAX kernel_size: 3 "
+          "stride: 2 }"),
+    layer("pool2", "Pooling", "pool1", params="pooling_param { pool: AVE kernel_size: 3 "
+          "stride: 2 pad: 1 }"),
+    layer("deconv", "Deconvolution", "pool2", params="convolution_param { num_output: 5 "
+          "kernel_size: 3 stride: 2 pad: 1 }"),
+    layer("flat", "Flatten", "deconv"),
+    layer("fc", "InnerProduct", "flat", params="inner_product_param { num_output: 7 }"),
+])
+
+
+def _convolution_weights():
+    bn_var = RNG.uniform(0.5, 2, 6).astype(np.float32)
+    return {"conv1": [_normal(8, 3, 3, 5)], "prelu1": [RNG.uniform(0, 0.5, 8)],
+            "conv2": [_normal(6, 4, 3, 3), _normal(6)],
+            "bn2": [_normal(6) * 4, bn_var * 8, np.array([4.0])],
+            "scale2": [_normal(6), _normal(6)], "deconv": [_normal(6, 5, 3, 3), _normal(5)],
+            "fc": [_normal(7, 5 * 5 * 7), _normal(7)]}
+
+
+def test_convolutions_batchnorm_pooling_and_the_flatten_order_equal_opencv(tmp_path):
+    files = write_net(tmp_path, "convolutions", CONVOLUTIONS, _convolution_weights())
+    x = _normal(2, 3, 17, 15)
+    assert_close(ours(*files, x), opencv(*files, x))
+
+
+ELEMENTWISE = HEADER.format(name="elementwise", c=4, h=6, w=5) + "".join([
+    layer("conv", "Convolution", "data", params="convolution_param { num_output: 6 "
+          "kernel_size: 1 }"),
+    layer("split", "Split", "conv", ["a", "b", "c"]),
+    layer("tanh", "TanH", "a"),
+    layer("elu", "ELU", "b", params="elu_param { alpha: 0.5 }"),
+    layer("sigmoid", "Sigmoid", "c"),
+    layer("power", "Power", "sigmoid", params="power_param { power: 2 scale: 0.5 shift: 1 }"),
+    layer("sum", "Eltwise", ["tanh", "elu"], params="eltwise_param { operation: SUM "
+          "coeff: 0.5 coeff: -2 }"),
+    layer("prod", "Eltwise", ["sum", "power"], params="eltwise_param { operation: PROD }"),
+    layer("max", "Eltwise", ["prod", "tanh"], params="eltwise_param { operation: MAX }"),
+    layer("cat", "Concat", ["max", "elu"]),
+    layer("slice", "Slice", "cat", ["s1", "s2"], "slice_param { axis: 1 slice_point: 5 }"),
+    layer("cat2", "Concat", ["s2", "s1"]),
+    layer("drop", "Dropout", "cat2", "cat2", "dropout_param { dropout_ratio: 0.3 }"),
+    layer("reshape", "Reshape", "cat2", params="reshape_param { shape { dim: 0 dim: -1 } }"),
+    layer("fc", "InnerProduct", "reshape", params="inner_product_param { num_output: 4 }"),
+    layer("prob", "Softmax", "fc"),
+])
+
+
+def test_elementwise_concat_slice_reshape_and_softmax_equal_opencv(tmp_path):
+    files = write_net(tmp_path, "elementwise", ELEMENTWISE, {
+        "conv": [_normal(6, 4, 1, 1), _normal(6)], "fc": [_normal(4, 12 * 30) * 0.3,
+                                                          _normal(4)]})
+    x = _normal(2, 4, 6, 5)
+    assert_close(ours(*files, x), opencv(*files, x))
+
+
+NORMALISATIONS = HEADER.format(name="norms", c=5, h=9, w=7) + "".join([
+    # OpenCV reads no k (it takes 1); k is tested against Caffe's formula below.
+    layer("lrn1", "LRN", "data", params="lrn_param { local_size: 3 alpha: 0.3 beta: 0.75 }"),
+    layer("lrn2", "LRN", "lrn1", params="lrn_param { local_size: 3 alpha: 0.2 beta: 0.6 "
+          "norm_region: WITHIN_CHANNEL }"),
+    layer("norm1", "Normalize", "lrn2", params="norm_param { across_spatial: false "
+          "channel_shared: false }"),
+    layer("norm2", "Normalize", "norm1", params="norm_param { across_spatial: true "
+          "channel_shared: true }"),
+    layer("prelu", "PReLU", "norm2", params="prelu_param { channel_shared: true }"),
+    layer("gap", "Pooling", "prelu", params="pooling_param { pool: AVE global_pooling: true }"),
+    layer("gmp", "Pooling", "prelu", params="pooling_param { pool: MAX global_pooling: true }"),
+    layer("both", "Eltwise", ["gap", "gmp"]),
+    layer("fc", "InnerProduct", "both", params="inner_product_param { num_output: 3 }"),
+])
+
+
+def test_lrn_normalize_shared_prelu_and_global_pooling_equal_opencv(tmp_path):
+    files = write_net(tmp_path, "norms", NORMALISATIONS, {
+        "norm1": [RNG.uniform(1, 3, 5)], "norm2": [np.array([20.0])],
+        "prelu": [np.array([0.2])], "fc": [_normal(3, 5), _normal(3)]})
+    x = _normal(2, 5, 9, 7)
+    assert_close(ours(*files, x), opencv(*files, x))
+
+
+LEGACY = HEADER.format(name="legacy", c=1, h=13, w=11) + """
+layers { name: "conv" type: CONVOLUTION bottom: "data" top: "conv" blobs_lr: 1
+         convolution_param { num_output: 4 kernel_size: 3 } }
+layers { name: "relu" type: RELU bottom: "conv" top: "conv" }
+layers { name: "pool" type: POOLING bottom: "conv" top: "pool"
+         pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layers { name: "fc" type: INNER_PRODUCT bottom: "pool" top: "fc"
+         inner_product_param { num_output: 5 } }
+layers { name: "prob" type: SOFTMAX bottom: "fc" top: "prob" }
+"""
+
+
+def test_the_legacy_layers_format_equals_opencv(tmp_path):
+    files = write_net(tmp_path, "legacy", LEGACY, {
+        "conv": [_normal(4, 1, 3, 3), _normal(4)], "fc": [_normal(5, 4 * 6 * 5), _normal(5)]},
+        v1=True)
+    x = _normal(2, 1, 13, 11)
+    assert_close(ours(*files, x), opencv(*files, x))
+
+
+def _variant(bn_layers):
+    return (HEADER.format(name="variant", c=4, h=7, w=6)
+            + layer("conv", "Convolution", "data", params="convolution_param { num_output: 4 "
+                    "kernel_size: 3 pad: 1 }") + bn_layers
+            + layer("fc", "InnerProduct", "bn", params="inner_product_param { num_output: 3 "
+                    "}"))
+
+
+def test_layers_opencv_lacks_equal_their_opencv_equivalents(tmp_path):
+    # caffe-windows' BN and NVIDIA's BatchNorm with its own scale and bias are BatchNorm and
+    # Scale; DepthwiseConvolution is a grouped convolution.
+    mean, var = _normal(4), RNG.uniform(0.5, 2, 4).astype(np.float32)
+    gamma, beta = _normal(4), _normal(4)
+    shared = {"conv": [_normal(4, 4, 3, 3), _normal(4)], "fc": [_normal(3, 4 * 7 * 6),
+                                                                _normal(3)]}
+    x = _normal(2, 4, 7, 6)
+    for kind, params, blobs, eps in (
+            ("BN", "", [gamma, beta, mean, var], 0.0),
+            ("BatchNorm", "batch_norm_param { eps: 0.001 }",
+             [mean * 2, var * 2, np.array([2.0]), gamma, beta], 0.001)):
+        files = write_net(tmp_path, kind, _variant(layer("bn", kind, "conv", params=params)),
+                          {**shared, "bn": blobs})
+        equivalent = write_net(tmp_path, "cv", _variant(
+            layer("bn", "BatchNorm", "conv", "bn0", f"batch_norm_param {{ eps: {eps} }}")
+            + layer("bn_scale", "Scale", "bn0", "bn", "scale_param { bias_term: true }")),
+            {**shared, "bn": [mean, var, np.array([1.0])], "bn_scale": [gamma, beta]})
+        assert_close(ours(*files, x), opencv(*equivalent, x))
+    depthwise = (HEADER.format(name="dw", c=4, h=7, w=6) + layer(
+        "dw", "DepthwiseConvolution", "data", params="convolution_param { num_output: 4 "
+        "kernel_size: 3 stride: 2 }"))
+    weights = {"dw": [_normal(4, 1, 3, 3), _normal(4)]}
+    files = write_net(tmp_path, "dw", depthwise, weights)
+    grouped = write_net(tmp_path, "grouped", depthwise.replace(
+        '"DepthwiseConvolution"', '"Convolution"').replace("stride: 2", "stride: 2 group: 4"),
+        weights)
+    assert_close(ours(*files, x), opencv(*grouped, x))
+
+
+def test_lrn_takes_caffes_k_and_inner_product_its_transpose(tmp_path):
+    # Against Caffe's formulas in numpy: x / (k + alpha/n sum x^2)^beta over 3 channels.
+    text = (HEADER.format(name="k", c=5, h=4, w=3)
+            + layer("lrn", "LRN", "data", params="lrn_param { local_size: 3 alpha: 0.3 "
+                    "beta: 0.75 k: 2 }")
+            + layer("fc", "InnerProduct", "lrn", params="inner_product_param { num_output: 2 "
+                    "transpose: true bias_term: false }"))
+    weights = _normal(5 * 4 * 3, 2)
+    x = _normal(2, 5, 4, 3)
+    squares = np.pad(x ** 2, [(0, 0), (1, 1), (0, 0), (0, 0)])
+    window = squares[:, :-2] + squares[:, 1:-1] + squares[:, 2:]
+    expected = (x / (2 + 0.3 / 3 * window) ** 0.75).reshape(2, -1) @ weights
+    assert_close(ours(*write_net(tmp_path, "k", text, {"fc": [weights]}), x), expected)
