@@ -243,3 +243,186 @@ def test_lrn_takes_caffes_k_and_inner_product_its_transpose(tmp_path):
     window = squares[:, :-2] + squares[:, 1:-1] + squares[:, 2:]
     expected = (x / (2 + 0.3 / 3 * window) ** 0.75).reshape(2, -1) @ weights
     assert_close(ours(*write_net(tmp_path, "k", text, {"fc": [weights]}), x), expected)
+
+
+def _study_bn_as_caffe(model):
+    """kerasbn's `bn` network (norm bvlc) written as a Caffe prototxt and caffemodel's
+    weights: Convolution, BatchNorm + Scale, ReLU, Pooling rounding up, InnerProduct."""
+    import keras
+
+    from kerasbn.nn import norms
+    text = HEADER.format(name="study_bn", c=1, h=50, w=50)
+    weights, bottom = {}, "data"
+    for layer in model.layers[1:]:
+        name = layer.name
+        if isinstance(layer, keras.layers.Conv2D):
+            text += _layer_text(name, "Convolution", bottom, "convolution_param { num_output: "
+                                f"{layer.filters} kernel_size: 3 pad: 1 bias_term: "
+                                f"{str(layer.use_bias).lower()} }}")
+            weights[name] = [layer.kernel.numpy().transpose(3, 2, 0, 1)] + (
+                [layer.bias.numpy()] if layer.use_bias else [])
+        elif isinstance(layer, norms.BVLCBatchNorm):
+            gamma, beta, factor, mean, variance = [w.numpy() for w in layer.weights]
+            text += _layer_text(name, "BatchNorm", bottom, "batch_norm_param { eps: 1e-5 }")
+            text += _layer_text(f"{name}_scale", "Scale", name, "scale_param { bias_term: "
+                                "true }", top=name)
+            weights[name] = [mean, variance, factor.reshape(1)]
+            weights[f"{name}_scale"] = [gamma, beta]
+        elif isinstance(layer, keras.layers.ReLU):
+            text += _layer_text(name, "ReLU", bottom, "")
+        elif isinstance(layer, keras.layers.MaxPooling2D):
+            text += _layer_text(name, "Pooling", bottom, "pooling_param { pool: MAX "
+                                "kernel_size: 2 stride: 2 }")
+        elif isinstance(layer, keras.layers.GlobalAveragePooling2D):
+            text += _layer_text(name, "Pooling", bottom, "pooling_param { pool: AVE "
+                                "global_pooling: true }")
+        else:
+            text += _layer_text(name, "InnerProduct", bottom, "inner_product_param { "
+                                f"num_output: {layer.units} }}")
+            weights[name] = [layer.kernel.numpy().T, layer.bias.numpy()]
+        bottom = name
+    return text, weights
+
+
+def _layer_text(name, kind, bottom, params, top=None):
+    return layer(name, kind, bottom, top, params)
+
+
+def test_the_study_bn_network_written_in_caffe_imports_as_kerasbn_s_own(tmp_path):
+    from kerasbn.nn import models
+    model = models.build("bn", 5, widths=[8, 8, 8, 8, 8, 8, 16], norm="bvlc")
+    for bn in [layer for layer in model.layers if layer.name.endswith("_bn")]:
+        channels = bn.gamma.shape[0]
+        bn.set_weights([_normal(channels), _normal(channels), np.float32(3.0),
+                        _normal(channels) * 3, RNG.uniform(1, 6, channels)])
+    text, weights = _study_bn_as_caffe(model)
+    files = write_net(tmp_path, "study", text, weights)
+    x = RNG.uniform(-1, 1, (2, 1, 50, 50)).astype(np.float32)
+    mine = ours(*files, x)
+    assert_close(mine, model(x.transpose(0, 2, 3, 1), training=False).numpy())
+    assert_close(mine, opencv(*files, x))
+
+
+CLASSIFIER = HEADER.format(name="classifier", c=3, h=32, w=28) + "".join([
+    layer("conv", "Convolution", "data", params="convolution_param { num_output: 6 "
+          "kernel_size: 3 stride: 2 }"),
+    layer("relu", "ReLU", "conv", "conv"),
+    layer("fc5", "InnerProduct", "conv", params="inner_product_param { num_output: 16 }"),
+    layer("relu5", "ReLU", "fc5", "fc5"),
+    layer("fc6", "InnerProduct", "fc5", params="inner_product_param { num_output: 4 }"),
+    layer("prob", "Softmax", "fc6"),
+])
+
+
+def _classifier(directory):
+    return write_net(directory, "classifier", CLASSIFIER, {
+        "conv": [_normal(6, 3, 3, 3) * 0.1, _normal(6)], "fc5": [_normal(16, 6 * 15 * 13)
+                                                                  * 0.1, _normal(16)],
+        "fc6": [_normal(4, 16), _normal(4)]})
+
+
+def test_an_import_serves_photos_as_caffe_preprocessed_them(tmp_path, capsys):
+    import json
+
+    import keras
+    import tensorflow as tf
+    from PIL import Image
+
+    from kerasbn import predict
+    prototxt, caffemodel = _classifier(tmp_path)
+    (tmp_path / "names.txt").write_text("ann\nbob\ncy\ndee\n")
+    out = tmp_path / "export"
+    caffe_import.main(["caffe_import", f"--prototxt={prototxt}", f"--caffemodel={caffemodel}",
+                       f"--out={out}", "--mean=104,117,123", "--scale=0.0078125",
+                       f"--class_names={tmp_path / 'names.txt'}", "--threshold=0.3"])
+    said = capsys.readouterr().out
+    assert "32x28x3 BGR in, a 16-d embedding, 4 classes" in said
+    assert {"saved_model.pb", "model.keras", "kerasbn_export.json"} <= set(os.listdir(out))
+    marker = json.loads((out / "kerasbn_export.json").read_text())
+    assert marker["threshold"] == 0.3 and marker["image_size"] == [32, 28]
+    # The served probabilities of an RGB photo are OpenCV's on the BGR image, mean
+    # subtracted and scaled as given.
+    photo = RNG.integers(0, 256, (32, 28, 3), np.uint8)
+    served = tf.saved_model.load(str(out)).signatures["serving_default"](
+        images=tf.constant(photo[None]))
+    caffe_input = ((photo[..., ::-1].astype(np.float32) - [104, 117, 123]) * 0.0078125)
+    reference = opencv(prototxt, caffemodel, np.repeat(
+        caffe_input.transpose(2, 0, 1)[None], 2, axis=0).astype(np.float32))[:1]
+    assert_close(served["probabilities"].numpy(), reference)
+    assert served["embedding"].shape == (1, 16)
+    assert served["names"][0][0].numpy().decode() == ["ann", "bob", "cy", "dee"][
+        int(np.argmax(reference))]
+    # The Keras model file is the same network.
+    again = keras.saving.load_model(out / "model.keras")
+    normalised = (photo[None].astype(np.float32) - [123, 117, 104]) * 0.0078125
+    assert_close(tf.nn.softmax(again(normalised)).numpy(), reference)
+    Image.fromarray(photo).save(tmp_path / "a.png")
+    Image.fromarray(255 - photo).save(tmp_path / "b.png")
+    predict.main(["predict", f"--model={out}", "--compare", str(tmp_path / "a.png"),
+                  str(tmp_path / "b.png")])
+    assert "(threshold 0.3000, given at import (--threshold))" in capsys.readouterr().out
+
+
+def test_an_embedding_network_without_classifier_embeds_and_refuses_to_name(tmp_path,
+                                                                             capsys):
+    text = CLASSIFIER.split('layer { name: "fc6"')[0]
+    files = write_net(tmp_path, "embedder", text, {
+        "conv": [_normal(6, 3, 3, 3), _normal(6)], "fc5": [_normal(16, 6 * 15 * 13),
+                                                            _normal(16)]})
+    out = tmp_path / "export"
+    caffe_import.main(["caffe_import", f"--prototxt={files[0]}", f"--caffemodel={files[1]}",
+                       f"--out={out}", "--channel_order=rgb"])
+    assert "a 16-d embedding, no classes" in capsys.readouterr().out
+    from PIL import Image
+
+    from kerasbn import predict
+    Image.fromarray(RNG.integers(0, 256, (40, 40, 3), np.uint8)).save(tmp_path / "a.png")
+    with pytest.raises(SystemExit, match="has no classifier .* --compare or embed a folder"):
+        predict.main(["predict", f"--model={out}", str(tmp_path / "a.png")])
+    predict.main(["predict", f"--model={out}", "--compare", str(tmp_path / "a.png"),
+                  str(tmp_path / "a.png")])
+    assert "cosine 1.0000 (the export holds no threshold: import with --pairs or " \
+           "--threshold to store one)" in capsys.readouterr().out
+
+
+def _refusal(tmp_path, prototxt, caffemodel):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as info:
+        caffe_import.main(["caffe_import", f"--prototxt={prototxt}",
+                           f"--caffemodel={caffemodel}", f"--out={out}"])
+    assert not out.exists()
+    message = str(info.value.code)
+    assert message.startswith("error: ") and "\n" not in message
+    return message
+
+
+def test_broken_files_and_networks_are_one_line_and_write_nothing(tmp_path):
+    prototxt, caffemodel = _classifier(tmp_path)
+    data = open(caffemodel, "rb").read()
+    cut = tmp_path / "cut.caffemodel"
+    cut.write_bytes(data[:len(data) // 2])
+    assert "is truncated or not a caffemodel" in _refusal(tmp_path, prototxt, cut)
+    broken = tmp_path / "broken.prototxt"
+    broken.write_text(CLASSIFIER.replace('num_output: 16 }', 'num_output: sixteen }'))
+    assert "syntax error at line 6, column 102: Couldn't parse integer" in _refusal(
+        tmp_path, broken, caffemodel)
+
+    def variant(name, text, weights=None):
+        return _refusal(tmp_path, *write_net(tmp_path, name, text, weights or {
+            "conv": [_normal(6, 3, 3, 3), _normal(6)], "fc5": [_normal(16, 6 * 15 * 13),
+                                                                _normal(16)],
+            "fc6": [_normal(4, 16), _normal(4)]}))
+
+    assert "layer fc6 (InnerProduct): blob 0 has shape [4, 15], the layer needs [4, 16]" in \
+        variant("shape", CLASSIFIER, {"conv": [_normal(6, 3, 3, 3), _normal(6)],
+                                      "fc5": [_normal(16, 6 * 15 * 13), _normal(16)],
+                                      "fc6": [_normal(4, 15), _normal(4)]})
+    assert "layer fc6 (InnerProduct) has no weights in the caffemodel" in variant(
+        "missing", CLASSIFIER, {"conv": [_normal(6, 3, 3, 3), _normal(6)],
+                                "fc5": [_normal(16, 6 * 15 * 13), _normal(16)]})
+    assert "layer fc6 (InnerProduct) reads blob 'nothing', which no earlier layer " \
+           "produces" in variant("bottom", CLASSIFIER.replace('bottom: "fc5" top: "fc6"',
+                                                              'bottom: "nothing" top: "fc6"'))
+    assert "layer crop has type Crop, which kerasbn does not import; supported: BatchNorm" in \
+        variant("unknown", CLASSIFIER.replace('layer { name: "fc6"', layer(
+            "crop", "Crop", "fc5", "fc5") + 'layer { name: "fc6"'))

@@ -119,7 +119,11 @@ def read_prototxt(path):
         raise errors.UserError(f"--prototxt={path} is not a text prototxt (is it the "
                                "caffemodel?); give the deploy .prototxt") from None
     except text_format.ParseError as e:
-        raise errors.UserError(f"--prototxt={path}: syntax error at {e}") from None
+        reason = str(e).split(" : ", 1)[-1]
+        if reason.startswith("'") and "': " in reason:  # the line's text, then the reason
+            reason = reason.rsplit("': ", 1)[1]
+        raise errors.UserError(f"--prototxt={path}: syntax error at line {e.GetLine()}, "
+                               f"column {e.GetColumn()}: {reason}") from None
     return net
 
 
