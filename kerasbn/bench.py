@@ -34,6 +34,10 @@
     python -m kerasbn.bench --bench=photos --export=runs/bn/export --faces_dir=att_faces
         align's photos/s at two photo sizes, and serve_photo's latency with one and six
         faces against serve_bytes on the same faces aligned (kerasbn.benchmarks.photo_pipeline).
+    python -m kerasbn.bench --bench=caffe [--prototxt=P --caffemodel=M] [--batch_size=64]
+        an imported Caffe network's conversion time and images/s against OpenCV's dnn on the
+        same files, and their largest difference (kerasbn.benchmarks.caffe_speed; without
+        --prototxt, the study's BN network written as Caffe files).
 """
 
 import importlib.util
@@ -43,7 +47,7 @@ import tempfile
 import tensorflow as tf
 from absl import flags
 
-from kerasbn.benchmarks import (input_pipeline, margin_heads, peer_comparison,
+from kerasbn.benchmarks import (caffe_speed, input_pipeline, margin_heads, peer_comparison,
                                 photo_pipeline, scaling, separability, timing, whole_run)
 from kerasbn.data import records
 from kerasbn.flags import cli
@@ -189,6 +193,16 @@ def photos_bench(values):
     photo_pipeline.run(values.export, values.faces_dir, values.repeats)
 
 
+def caffe_bench(values):
+    if bool(values.prototxt) != bool(values.caffemodel):
+        sys.exit("error: --prototxt and --caffemodel go together (or neither, for the study's "
+                 "BN network)")
+    with tempfile.TemporaryDirectory(prefix="kerasbn_caffe_") as directory:
+        files = (values.prototxt, values.caffemodel) if values.prototxt else \
+            caffe_speed.write_study_bn(directory)
+        caffe_speed.run(*files, values.batch_size, values.batches, values.repeats)
+
+
 def _data_dirs(values):
     if not values.data_dir:
         sys.exit("error: --data_dir is required (a directory holding manifest.json)")
@@ -198,7 +212,7 @@ def _data_dirs(values):
 BENCHES = {"input": input_bench, "separability": separability_bench, "train": train_bench,
            "norms": norms_bench, "peer": peer_bench, "profile": profile_bench,
            "run": run_bench, "scale": scale_bench, "heads": heads_bench,
-           "photos": photos_bench}
+           "photos": photos_bench, "caffe": caffe_bench}
 
 
 def main(argv):
@@ -241,6 +255,8 @@ def define_flags(values):
                         "timed.", **on)
     flags.DEFINE_string("faces_dir", None, "photos bench: face images pasted into the timed "
                         "photos (the AT&T set).", **on)
+    flags.DEFINE_string("prototxt", None, "caffe bench: a deploy prototxt.", **on)
+    flags.DEFINE_string("caffemodel", None, "caffe bench: its caffemodel.", **on)
     flags.DEFINE_list("networks", ["baseline", "bn"], "peer bench: the study's baseline,bn "
                       "(timed as a pair, for BN's cost) and/or the field's "
                       f"{','.join(models.FIELD_MODELS)} at 112x112 RGB.", **on)

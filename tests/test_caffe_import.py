@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from kerasbn import caffe_import
+from kerasbn.benchmarks import caffe_speed
 from kerasbn.caffe import network, proto
 
 cv2 = pytest.importorskip("cv2")
@@ -245,49 +246,6 @@ def test_lrn_takes_caffes_k_and_inner_product_its_transpose(tmp_path):
     assert_close(ours(*write_net(tmp_path, "k", text, {"fc": [weights]}), x), expected)
 
 
-def _study_bn_as_caffe(model):
-    """kerasbn's `bn` network (norm bvlc) written as a Caffe prototxt and caffemodel's
-    weights: Convolution, BatchNorm + Scale, ReLU, Pooling rounding up, InnerProduct."""
-    import keras
-
-    from kerasbn.nn import norms
-    text = HEADER.format(name="study_bn", c=1, h=50, w=50)
-    weights, bottom = {}, "data"
-    for layer in model.layers[1:]:
-        name = layer.name
-        if isinstance(layer, keras.layers.Conv2D):
-            text += _layer_text(name, "Convolution", bottom, "convolution_param { num_output: "
-                                f"{layer.filters} kernel_size: 3 pad: 1 bias_term: "
-                                f"{str(layer.use_bias).lower()} }}")
-            weights[name] = [layer.kernel.numpy().transpose(3, 2, 0, 1)] + (
-                [layer.bias.numpy()] if layer.use_bias else [])
-        elif isinstance(layer, norms.BVLCBatchNorm):
-            gamma, beta, factor, mean, variance = [w.numpy() for w in layer.weights]
-            text += _layer_text(name, "BatchNorm", bottom, "batch_norm_param { eps: 1e-5 }")
-            text += _layer_text(f"{name}_scale", "Scale", name, "scale_param { bias_term: "
-                                "true }", top=name)
-            weights[name] = [mean, variance, factor.reshape(1)]
-            weights[f"{name}_scale"] = [gamma, beta]
-        elif isinstance(layer, keras.layers.ReLU):
-            text += _layer_text(name, "ReLU", bottom, "")
-        elif isinstance(layer, keras.layers.MaxPooling2D):
-            text += _layer_text(name, "Pooling", bottom, "pooling_param { pool: MAX "
-                                "kernel_size: 2 stride: 2 }")
-        elif isinstance(layer, keras.layers.GlobalAveragePooling2D):
-            text += _layer_text(name, "Pooling", bottom, "pooling_param { pool: AVE "
-                                "global_pooling: true }")
-        else:
-            text += _layer_text(name, "InnerProduct", bottom, "inner_product_param { "
-                                f"num_output: {layer.units} }}")
-            weights[name] = [layer.kernel.numpy().T, layer.bias.numpy()]
-        bottom = name
-    return text, weights
-
-
-def _layer_text(name, kind, bottom, params, top=None):
-    return layer(name, kind, bottom, top, params)
-
-
 def test_the_study_bn_network_written_in_caffe_imports_as_kerasbn_s_own(tmp_path):
     from kerasbn.nn import models
     model = models.build("bn", 5, widths=[8, 8, 8, 8, 8, 8, 16], norm="bvlc")
@@ -295,8 +253,7 @@ def test_the_study_bn_network_written_in_caffe_imports_as_kerasbn_s_own(tmp_path
         channels = bn.gamma.shape[0]
         bn.set_weights([_normal(channels), _normal(channels), np.float32(3.0),
                         _normal(channels) * 3, RNG.uniform(1, 6, channels)])
-    text, weights = _study_bn_as_caffe(model)
-    files = write_net(tmp_path, "study", text, weights)
+    files = caffe_speed.as_caffe(model, str(tmp_path))
     x = RNG.uniform(-1, 1, (2, 1, 50, 50)).astype(np.float32)
     mine = ours(*files, x)
     assert_close(mine, model(x.transpose(0, 2, 3, 1), training=False).numpy())
@@ -426,3 +383,33 @@ def test_broken_files_and_networks_are_one_line_and_write_nothing(tmp_path):
     assert "layer crop has type Crop, which kerasbn does not import; supported: BatchNorm" in \
         variant("unknown", CLASSIFIER.replace('layer { name: "fc6"', layer(
             "crop", "Crop", "fc5", "fc5") + 'layer { name: "fc6"'))
+
+
+def test_the_threshold_is_chosen_on_pairs_of_photos(tmp_path, att_faces, capsys):
+    import json
+    text = HEADER.format(name="gray", c=1, h=32, w=32) + layer(
+        "conv", "Convolution", "data", params="convolution_param { num_output: 4 "
+        "kernel_size: 5 stride: 3 }") + layer("fc", "InnerProduct", "conv",
+                                             params="inner_product_param { num_output: 8 }")
+    files = write_net(tmp_path, "gray", text, {"conv": [_normal(4, 1, 5, 5), _normal(4)],
+                                               "fc": [_normal(8, 4 * 10 * 10), _normal(8)]})
+    lines = ["1\t20"] + [f"s{i}\t1\t2" for i in range(1, 21)] + [
+        f"s{i}\t1\ts{i + 20}\t1" for i in range(1, 21)]
+    (tmp_path / "pairs.txt").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "export"
+    caffe_import.main(["caffe_import", f"--prototxt={files[0]}", f"--caffemodel={files[1]}",
+                       f"--out={out}", "--mean=127.5", "--scale=0.0078125",
+                       f"--pairs={tmp_path / 'pairs.txt'}", f"--image_root={att_faces}"])
+    said = capsys.readouterr().out
+    marker = json.loads((out / "kerasbn_export.json").read_text())
+    assert f"{tmp_path / 'pairs.txt'}: accuracy " in said
+    assert f"threshold {marker['threshold']:.4f}" in said
+    assert marker["threshold_source"] == f"chosen at import on {tmp_path / 'pairs.txt'}"
+
+
+def test_the_caffe_bench_times_both_and_reports_the_difference(tmp_path, capsys):
+    files = caffe_speed.write_study_bn(str(tmp_path), num_classes=10)
+    result = caffe_speed.run(*files, 4, 1, 2)
+    assert len(result["kerasbn"]) == len(result["opencv"]) == 2
+    assert result["max_difference"] < 1e-4 and result["convert_s"] > 0
+    assert "kerasbn/OpenCV" in capsys.readouterr().out
