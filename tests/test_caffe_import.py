@@ -17,29 +17,6 @@ if not hasattr(cv2.dnn, "readNetFromCaffe"):
                 "'opencv-python-headless<5')", allow_module_level=True)
 
 
-def _blob(array):
-    blob = proto.messages()["BlobProto"]()
-    blob.shape.dim.extend(array.shape)
-    blob.data.extend(np.asarray(array, np.float32).ravel().tolist())
-    return blob
-
-
-def write_net(directory, name, text, weights, v1=False):
-    """(prototxt path, caffemodel path) of a network `text` with `weights` ({layer: [arrays]})
-    in today's format, or the legacy `layers` with `v1`."""
-    net = proto.messages()["NetParameter"]()
-    for layer_name, arrays in weights.items():
-        layer = (net.layers if v1 else net.layer).add(name=layer_name)
-        layer.blobs.extend(_blob(a) for a in arrays)
-    prototxt, caffemodel = (os.path.join(directory, f"{name}.{ext}")
-                            for ext in ("prototxt", "caffemodel"))
-    with open(prototxt, "w") as f:
-        f.write(text)
-    with open(caffemodel, "wb") as f:
-        f.write(net.SerializeToString())
-    return prototxt, caffemodel
-
-
 def ours(prototxt, caffemodel, x):
     built = network.build(proto.read_prototxt(prototxt),
                           network.weights_of(proto.read_caffemodel(caffemodel)))
@@ -113,7 +90,7 @@ def _convolution_weights():
 
 
 def test_convolutions_batchnorm_pooling_and_the_flatten_order_equal_opencv(tmp_path):
-    files = write_net(tmp_path, "convolutions", CONVOLUTIONS, _convolution_weights())
+    files = proto.write_net(tmp_path, "convolutions", CONVOLUTIONS, _convolution_weights())
     x = _normal(2, 3, 17, 15)
     assert_close(ours(*files, x), opencv(*files, x))
 
@@ -141,7 +118,7 @@ ELEMENTWISE = HEADER.format(name="elementwise", c=4, h=6, w=5) + "".join([
 
 
 def test_elementwise_concat_slice_reshape_and_softmax_equal_opencv(tmp_path):
-    files = write_net(tmp_path, "elementwise", ELEMENTWISE, {
+    files = proto.write_net(tmp_path, "elementwise", ELEMENTWISE, {
         "conv": [_normal(6, 4, 1, 1), _normal(6)], "fc": [_normal(4, 12 * 30) * 0.3,
                                                           _normal(4)]})
     x = _normal(2, 4, 6, 5)
@@ -166,7 +143,7 @@ NORMALISATIONS = HEADER.format(name="norms", c=5, h=9, w=7) + "".join([
 
 
 def test_lrn_normalize_shared_prelu_and_global_pooling_equal_opencv(tmp_path):
-    files = write_net(tmp_path, "norms", NORMALISATIONS, {
+    files = proto.write_net(tmp_path, "norms", NORMALISATIONS, {
         "norm1": [RNG.uniform(1, 3, 5)], "norm2": [np.array([20.0])],
         "prelu": [np.array([0.2])], "fc": [_normal(3, 5), _normal(3)]})
     x = _normal(2, 5, 9, 7)
@@ -186,7 +163,7 @@ layers { name: "prob" type: SOFTMAX bottom: "fc" top: "prob" }
 
 
 def test_the_legacy_layers_format_equals_opencv(tmp_path):
-    files = write_net(tmp_path, "legacy", LEGACY, {
+    files = proto.write_net(tmp_path, "legacy", LEGACY, {
         "conv": [_normal(4, 1, 3, 3), _normal(4)], "fc": [_normal(5, 4 * 6 * 5), _normal(5)]},
         v1=True)
     x = _normal(2, 1, 13, 11)
@@ -213,9 +190,9 @@ def test_layers_opencv_lacks_equal_their_opencv_equivalents(tmp_path):
             ("BN", "", [gamma, beta, mean, var], 0.0),
             ("BatchNorm", "batch_norm_param { eps: 0.001 }",
              [mean * 2, var * 2, np.array([2.0]), gamma, beta], 0.001)):
-        files = write_net(tmp_path, kind, _variant(layer("bn", kind, "conv", params=params)),
+        files = proto.write_net(tmp_path, kind, _variant(layer("bn", kind, "conv", params=params)),
                           {**shared, "bn": blobs})
-        equivalent = write_net(tmp_path, "cv", _variant(
+        equivalent = proto.write_net(tmp_path, "cv", _variant(
             layer("bn", "BatchNorm", "conv", "bn0", f"batch_norm_param {{ eps: {eps} }}")
             + layer("bn_scale", "Scale", "bn0", "bn", "scale_param { bias_term: true }")),
             {**shared, "bn": [mean, var, np.array([1.0])], "bn_scale": [gamma, beta]})
@@ -224,8 +201,8 @@ def test_layers_opencv_lacks_equal_their_opencv_equivalents(tmp_path):
         "dw", "DepthwiseConvolution", "data", params="convolution_param { num_output: 4 "
         "kernel_size: 3 stride: 2 }"))
     weights = {"dw": [_normal(4, 1, 3, 3), _normal(4)]}
-    files = write_net(tmp_path, "dw", depthwise, weights)
-    grouped = write_net(tmp_path, "grouped", depthwise.replace(
+    files = proto.write_net(tmp_path, "dw", depthwise, weights)
+    grouped = proto.write_net(tmp_path, "grouped", depthwise.replace(
         '"DepthwiseConvolution"', '"Convolution"').replace("stride: 2", "stride: 2 group: 4"),
         weights)
     assert_close(ours(*files, x), opencv(*grouped, x))
@@ -243,7 +220,7 @@ def test_lrn_takes_caffes_k_and_inner_product_its_transpose(tmp_path):
     squares = np.pad(x ** 2, [(0, 0), (1, 1), (0, 0), (0, 0)])
     window = squares[:, :-2] + squares[:, 1:-1] + squares[:, 2:]
     expected = (x / (2 + 0.3 / 3 * window) ** 0.75).reshape(2, -1) @ weights
-    assert_close(ours(*write_net(tmp_path, "k", text, {"fc": [weights]}), x), expected)
+    assert_close(ours(*proto.write_net(tmp_path, "k", text, {"fc": [weights]}), x), expected)
 
 
 def test_the_study_bn_network_written_in_caffe_imports_as_kerasbn_s_own(tmp_path):
@@ -272,7 +249,7 @@ CLASSIFIER = HEADER.format(name="classifier", c=3, h=32, w=28) + "".join([
 
 
 def _classifier(directory):
-    return write_net(directory, "classifier", CLASSIFIER, {
+    return proto.write_net(directory, "classifier", CLASSIFIER, {
         "conv": [_normal(6, 3, 3, 3) * 0.1, _normal(6)], "fc5": [_normal(16, 6 * 15 * 13)
                                                                   * 0.1, _normal(16)],
         "fc6": [_normal(4, 16), _normal(4)]})
@@ -323,7 +300,7 @@ def test_an_import_serves_photos_as_caffe_preprocessed_them(tmp_path, capsys):
 def test_an_embedding_network_without_classifier_embeds_and_refuses_to_name(tmp_path,
                                                                              capsys):
     text = CLASSIFIER.split('layer { name: "fc6"')[0]
-    files = write_net(tmp_path, "embedder", text, {
+    files = proto.write_net(tmp_path, "embedder", text, {
         "conv": [_normal(6, 3, 3, 3), _normal(6)], "fc5": [_normal(16, 6 * 15 * 13),
                                                             _normal(16)]})
     out = tmp_path / "export"
@@ -365,7 +342,7 @@ def test_broken_files_and_networks_are_one_line_and_write_nothing(tmp_path):
         tmp_path, broken, caffemodel)
 
     def variant(name, text, weights=None):
-        return _refusal(tmp_path, *write_net(tmp_path, name, text, weights or {
+        return _refusal(tmp_path, *proto.write_net(tmp_path, name, text, weights or {
             "conv": [_normal(6, 3, 3, 3), _normal(6)], "fc5": [_normal(16, 6 * 15 * 13),
                                                                 _normal(16)],
             "fc6": [_normal(4, 16), _normal(4)]}))
@@ -391,7 +368,7 @@ def test_the_threshold_is_chosen_on_pairs_of_photos(tmp_path, att_faces, capsys)
         "conv", "Convolution", "data", params="convolution_param { num_output: 4 "
         "kernel_size: 5 stride: 3 }") + layer("fc", "InnerProduct", "conv",
                                              params="inner_product_param { num_output: 8 }")
-    files = write_net(tmp_path, "gray", text, {"conv": [_normal(4, 1, 5, 5), _normal(4)],
+    files = proto.write_net(tmp_path, "gray", text, {"conv": [_normal(4, 1, 5, 5), _normal(4)],
                                                "fc": [_normal(8, 4 * 10 * 10), _normal(8)]})
     lines = ["1\t20"] + [f"s{i}\t1\t2" for i in range(1, 21)] + [
         f"s{i}\t1\ts{i + 20}\t1" for i in range(1, 21)]

@@ -6,7 +6,6 @@ Without --prototxt it measures the study's BN network (kerasbn.nn.models' `bn`, 
 classes, 50x50 gray, BVLC's BatchNorm + Scale) written as Caffe files with random weights
 (`write_study_bn`), the network the tests also import."""
 
-import os
 import time
 
 import keras
@@ -14,13 +13,6 @@ import numpy as np
 
 from kerasbn.caffe import network, proto
 from kerasbn.nn import models, norms
-
-
-def _blob(array):
-    blob = proto.messages()["BlobProto"]()
-    blob.shape.dim.extend(array.shape)
-    blob.data.extend(np.asarray(array, np.float32).ravel().tolist())
-    return blob
 
 
 def _layer(name, kind, bottom, params="", top=None):
@@ -35,7 +27,7 @@ def as_caffe(model, directory, name="study_bn"):
     height, width, channels = model.input.shape[1:]
     text = (f'name: "{name}"\ninput: "data"\ninput_dim: 1 input_dim: {channels} '
             f'input_dim: {height} input_dim: {width}\n')
-    net = proto.messages()["NetParameter"]()
+    weights = {}
     bottom = "data"
     for layer in model.layers[1:]:
         blobs = []
@@ -52,8 +44,7 @@ def as_caffe(model, directory, name="study_bn"):
             text += _layer(f"{layer.name}_scale", "Scale", layer.name,
                            "scale_param { bias_term: true }", top=layer.name)
             blobs = [mean, variance, factor.reshape(1)]
-            net.layer.add(name=f"{layer.name}_scale").blobs.extend(
-                [_blob(gamma), _blob(beta)])
+            weights[f"{layer.name}_scale"] = [gamma, beta]
         elif isinstance(layer, keras.layers.ReLU):
             text += _layer(layer.name, "ReLU", bottom)
         elif isinstance(layer, keras.layers.MaxPooling2D):
@@ -69,15 +60,9 @@ def as_caffe(model, directory, name="study_bn"):
         else:
             raise ValueError(f"{layer.name} ({type(layer).__name__}) has no Caffe twin here")
         if blobs:
-            net.layer.add(name=layer.name).blobs.extend(_blob(b) for b in blobs)
+            weights[layer.name] = blobs
         bottom = layer.name
-    prototxt, caffemodel = (os.path.join(directory, f"{name}.{ext}")
-                            for ext in ("prototxt", "caffemodel"))
-    with open(prototxt, "w") as f:
-        f.write(text)
-    with open(caffemodel, "wb") as f:
-        f.write(net.SerializeToString())
-    return prototxt, caffemodel
+    return proto.write_net(directory, name, text, weights)
 
 
 def write_study_bn(directory, num_classes=14700, seed=0):

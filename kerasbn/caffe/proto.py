@@ -1,9 +1,13 @@
 """Caffe's network messages built at run time from `schema.CAFFE_PROTO` with protobuf (which
 TensorFlow brings): no Caffe, no protoc. Reads a deploy prototxt (protobuf's text format) and
-a caffemodel (the binary format) into NetParameter messages."""
+a caffemodel (the binary format) into NetParameter messages, and writes a network's files
+(the tests' networks and the benchmark's)."""
 
 import functools
+import os
 import re
+
+import numpy as np
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory, text_format
 
@@ -144,3 +148,23 @@ def read_caffemodel(path):
     if not net.layer and not net.layers:
         raise errors.UserError(f"--caffemodel={path} holds no layers; is it a caffemodel?")
     return net
+
+
+def write_net(directory, name, text, weights, v1=False):
+    """(prototxt path, caffemodel path) in `directory` of deploy network `text` and `weights`
+    ({layer name: [arrays in Caffe's layouts]}), in today's format or, with `v1`, the legacy
+    `layers`."""
+    net = messages()["NetParameter"]()
+    for layer_name, arrays in weights.items():
+        layer = (net.layers if v1 else net.layer).add(name=layer_name)
+        for array in arrays:
+            blob = layer.blobs.add()
+            blob.shape.dim.extend(np.shape(array))
+            blob.data.extend(np.asarray(array, np.float32).ravel().tolist())
+    prototxt, caffemodel = (os.path.join(directory, f"{name}.{ext}")
+                            for ext in ("prototxt", "caffemodel"))
+    with open(prototxt, "w", encoding="utf-8") as f:
+        f.write(text)
+    with open(caffemodel, "wb") as f:
+        f.write(net.SerializeToString())
+    return prototxt, caffemodel
