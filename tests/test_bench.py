@@ -88,7 +88,8 @@ def test_the_pytorch_peer_builds_kerasbn_s_networks_layer_for_layer():
 @pytest.mark.parametrize("name", ["iresnet50", "mobilefacenet"])
 def test_the_pytorch_peer_of_a_field_network_has_its_parameters_and_convolutions(name):
     torch = pytest.importorskip("torch")
-    from kerasbn.benchmarks import flops, pytorch_peer
+    from kerasbn.benchmarks import pytorch_peer
+    from kerasbn.nn import flops
     from kerasbn.nn import models
     ours = models.build(name, 100, **models.made_for(name))
     peer = pytorch_peer.network(name, 100)
@@ -231,7 +232,7 @@ def _profiled_flops(model, shape):
 @pytest.mark.parametrize("name, widths", [("iresnet18", (8, 8, 8, 16, 16)),
                                           ("mobilefacenet", (16, 32, 16, 32, 64, 64))])
 def test_flops_per_image_are_tensorflow_profilers_count(name, widths):
-    from kerasbn.benchmarks import flops
+    from kerasbn.nn import flops
     from kerasbn.nn import models
     model = models.build(name, 10, image_size=(32, 32), channels=3, widths=widths,
                          embedding_dim=16)
@@ -244,7 +245,7 @@ def test_flops_per_image_are_tensorflow_profilers_count(name, widths):
 
 
 def test_the_published_flops_of_r50_and_mbf():
-    from kerasbn.benchmarks import flops
+    from kerasbn.nn import flops
     from kerasbn.nn import models
     # insightface's tables: r50 6.3G and mbf about 0.45G multiply-adds at 112x112.
     r50 = flops.per_image(models.build("iresnet50", 10, **models.made_for("iresnet50")))
@@ -255,10 +256,10 @@ def test_the_published_flops_of_r50_and_mbf():
 
 
 def test_the_cpu_peak_is_cores_clock_and_units():
-    from kerasbn.benchmarks import flops
+    from kerasbn.training import runtime
     info = "processor\t: 0\ncpu MHz\t\t: 2600.000\nflags\t\t: fpu avx2 avx512f amx_bf16\n"
-    assert flops.cpu_peak("float32", info, 2)[0] == 2 * 2.6e9 * 64
-    assert flops.cpu_peak("mixed_bfloat16", info, 2)[0] == 2 * 2.6e9 * 1024
+    assert runtime.cpu_peak("float32", info, 2)[0] == 2 * 2.6e9 * 64
+    assert runtime.cpu_peak("mixed_bfloat16", info, 2)[0] == 2 * 2.6e9 * 1024
     old = info.replace("avx512f amx_bf16", "")
-    assert flops.cpu_peak("mixed_bfloat16", old, 4)[0] == 4 * 2.6e9 * 32
-    assert flops.cpu_peak("float32", "flags: sse2\n", 1)[0] is None
+    assert runtime.cpu_peak("mixed_bfloat16", old, 4)[0] == 4 * 2.6e9 * 32
+    assert runtime.cpu_peak("float32", "flags: sse2\n", 1)[0] is None
