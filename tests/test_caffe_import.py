@@ -382,6 +382,12 @@ def test_the_threshold_is_chosen_on_pairs_of_photos(tmp_path, att_faces, capsys)
     assert f"{tmp_path / 'pairs.txt'}: accuracy " in said
     assert f"threshold {marker['threshold']:.4f}" in said
     assert marker["threshold_source"] == f"chosen at import on {tmp_path / 'pairs.txt'}"
+    # evaluate on the export finds the accuracy the import chose its threshold by.
+    from kerasbn import evaluate
+    accuracy = said.split("accuracy ")[1].split()[0]
+    evaluate.main(["evaluate", f"--model={out}", f"--pairs={tmp_path / 'pairs.txt'}",
+                   f"--image_root={att_faces}", f"--out={tmp_path / 'evaluation'}"])
+    assert f"| {accuracy} |" in capsys.readouterr().out
 
 
 def test_the_caffe_bench_times_both_and_reports_the_difference(tmp_path, capsys):
