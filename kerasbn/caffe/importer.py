@@ -1,11 +1,12 @@
-"""An imported Caffe network made servable: the network from an RGB image (after the
-export's (x - mean) / std) to its logits, with a layer `embedding`, in Caffe's channel order,
-and the manifest its export records (size, channels, mean and scale, class names)."""
+"""An imported Caffe network made servable: the network from an RGB image's pixels (0-255),
+through Caffe's preprocessing (channel order, mean, scale), to its logits, with a layer
+`embedding`; and the manifest its export records (size, channels, class names)."""
 
 import keras
 
 from kerasbn.caffe import network, proto
 from kerasbn.data.manifest import Manifest
+from kerasbn.nn import caffe_layers
 
 
 def embedding_source(built, embedding_layer=None, classifier=False):
@@ -31,21 +32,22 @@ def embedding_source(built, embedding_layer=None, classifier=False):
 
 def build(prototxt, caffemodel, input_size=None, channel_order="bgr", mean=(0.0,), scale=1.0,
           embedding_layer=None, class_names=None):
-    """(Keras model in kerasbn's form: input `image`, a layer `embedding`, logits out (the
-    embedding where the network has no classifier); its Manifest) of a deploy prototxt and
-    caffemodel. `mean` (one value or one per channel, in the network's channel order) and
-    `scale` are Caffe's preprocessing, (x - mean) * scale; `class_names` the classifier's
-    names (default "class 0", ...)."""
+    """(Keras model in kerasbn's form: input `image` (RGB pixels, 0-255), a layer
+    `embedding`, logits out (the embedding where the network has no classifier); its
+    Manifest) of a deploy prototxt and caffemodel. `channel_order`, `mean` (one value or one
+    per channel, in the network's channel order) and `scale` are Caffe's preprocessing,
+    (x - mean) * scale; `class_names` the classifier's names (default "class 0", ...)."""
     deploy = proto.read_prototxt(prototxt)
     weights = network.weights_of(proto.read_caffemodel(caffemodel))
-    bgr = channel_order == "bgr"
-    built = network.build(deploy, weights, input_size, bgr)
+    preprocess = lambda: caffe_layers.CaffeInput(channel_order == "bgr", mean, scale,
+                                                 name="caffe_input")
+    built = network.build(deploy, weights, input_size, preprocess())
     if len(built.ends) != 1:
         raise network.CaffeError(f"the network has {len(built.ends)} outputs "
                                  f"({', '.join(built.ends)}); kerasbn imports networks of one "
                                  "output")
     source, logits = embedding_source(built, embedding_layer, class_names is not None)
-    built = network.build(deploy, weights, input_size, bgr, embedding=source)
+    built = network.build(deploy, weights, input_size, preprocess(), embedding=source)
     embedding = built.model.get_layer("embedding").output
     if len(embedding.shape) != 2:
         raise network.CaffeError(f"the embedding ({source}'s output) must be a vector per "
@@ -61,11 +63,9 @@ def build(prototxt, caffemodel, input_size=None, channel_order="bgr", mean=(0.0,
     if len(mean) not in (1, channels):
         raise network.CaffeError(f"--mean takes one value or {channels} (one per channel), "
                                  f"got {len(mean)}")
-    per_channel = list(mean) * channels if len(mean) == 1 else list(mean)
+    # The network preprocesses its pixels itself, so the export passes them unchanged.
     manifest = Manifest(
         image_size=(height, width), channels=channels, encoding="raw",
         class_names=tuple(class_names or (f"class {i}" for i in range(classes))), splits={},
-        # The export subtracts the mean from RGB pixels; the network's order is BGR.
-        mean=tuple(per_channel[::-1] if bgr and channels == 3 else per_channel),
-        std=(1.0 / scale,) * channels, resize_mode="stretch")
+        mean=(0.0,) * channels, std=(1.0,) * channels, resize_mode="stretch")
     return model, manifest

@@ -9,8 +9,8 @@ import dataclasses
 import keras
 import numpy as np
 
-from kerasbn.caffe import caffe_layers, schema
-from kerasbn.nn import grouped_conv, norms
+from kerasbn.caffe import schema
+from kerasbn.nn import caffe_layers, grouped_conv, norms
 from kerasbn.utils import errors
 
 SUPPORTED = ("BatchNorm", "BN", "Concat", "Convolution", "Deconvolution",
@@ -360,11 +360,11 @@ class Built:
     sources: dict
 
 
-def build(deploy, weights, input_size=None, bgr=False, embedding=None):
+def build(deploy, weights, input_size=None, preprocess=None, embedding=None):
     """The `Built` network of deploy NetParameter `deploy` with `weights` ({layer name:
-    [blob arrays]}): one input, NHWC, of `input_size` (height, width) when given, its
-    channels reversed first with `bgr` (an RGB image into a BGR network); a Keras layer
-    `embedding` marks the output of the layer of that name."""
+    [blob arrays]}): one input, NHWC, of `input_size` (height, width) when given, made into
+    the network's input first by `preprocess` (a Keras layer: Caffe's preprocessing of RGB
+    pixels); a Keras layer `embedding` marks the output of the layer of that name."""
     layers = layers_of(deploy)
     shapes = input_shapes(deploy, layers, input_size)
     if len(shapes) != 1:
@@ -372,8 +372,7 @@ def build(deploy, weights, input_size=None, bgr=False, embedding=None):
                          "kerasbn imports networks of one image input")
     [(input_name, (channels, height, width))] = shapes.items()
     image = keras.Input((height, width, channels), name="image")
-    blobs = {input_name: caffe_layers.ReverseChannels(name="rgb_to_bgr")(image)
-             if bgr and channels == 3 else image}
+    blobs = {input_name: preprocess(image) if preprocess else image}
     writer = {input_name: None}
     sources = {}
     # Whether each blob's latest value has been read since written: in-place layers (top

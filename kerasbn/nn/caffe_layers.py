@@ -1,7 +1,7 @@
 """Keras layers for the Caffe operations Keras has no exact twin for, channels last: Caffe's
 pooling (output size rounded up, average over the window clipped to the padded input), LRN,
-SSD's Normalize, Scale, Power, Eltwise, Slice, Reshape in Caffe's C,H,W order, and the
-channel order of a BGR network. Each serializes with get_config."""
+SSD's Normalize, Scale, Power, Eltwise, Slice, Reshape in Caffe's C,H,W order, and Caffe's
+preprocessing of an image (channel order, mean, scale). Each serializes with get_config."""
 
 import keras
 import numpy as np
@@ -223,8 +223,20 @@ class ChannelsFirstFlatten(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kerasbn_caffe")
-class ReverseChannels(keras.layers.Layer):
-    """RGB to BGR (and back): a Caffe network trained on OpenCV's BGR images."""
+class CaffeInput(keras.layers.Layer):
+    """Caffe's preprocessing of RGB pixels (0-255): to BGR with `bgr` (a network trained on
+    OpenCV's images), the mean subtracted (one, or one per channel in the network's order),
+    times `scale`."""
+
+    def __init__(self, bgr=True, mean=(0.0,), scale=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.bgr, self.mean, self.scale = bgr, [float(m) for m in mean], float(scale)
 
     def call(self, x):
-        return x[..., ::-1]
+        if self.bgr and x.shape[-1] == 3:
+            x = x[..., ::-1]
+        return (x - tf.constant(self.mean, x.dtype)) * self.scale
+
+    def get_config(self):
+        return {**super().get_config(), "bgr": self.bgr, "mean": self.mean,
+                "scale": self.scale}
