@@ -12,7 +12,7 @@ checked by `schedules.ScheduleConfig` itself.
 import dataclasses
 import math
 
-from kerasbn.nn import heads, iresnet, models, norms
+from kerasbn.nn import heads, imported, iresnet, models, norms
 from kerasbn.training import metrics, runtime, schedules
 from kerasbn.utils import errors, settings
 from kerasbn.utils.settings import setting
@@ -165,6 +165,14 @@ class RunConfig:
         None,
         "Initialise from another run: its run dir, a checkpoint, or its exported SavedModel (as "
         "Caffe's --weights).", run_defining=False)
+    backbone: str | None = setting(
+        None,
+        "Train an imported network (an export written by python -m kerasbn.caffe_import): its "
+        "layers up to its embedding become the backbone under --head, its BN layers keeping "
+        "their Caffe semantics and statistics; --model, --widths and --norm do not apply.")
+    input_norm: tuple = setting(
+        (), "With --backbone: the dataset's (mean, std), undone before the imported network, "
+        "which preprocesses pixels itself.", flag=False)
     precise_bn: int = setting(
         0,
         "Before each test, recompute BN running statistics as the average over N training batches"
@@ -235,6 +243,7 @@ class RunConfig:
         fix("target_accuracy", tuple(float(t) for t in self.target_accuracy))
         fix("target", tuple(self.target))
         fix("verify_bin", tuple(self.verify_bin))
+        fix("input_norm", tuple(tuple(float(v) for v in part) for part in self.input_norm))
         if isinstance(self.schedule, dict):
             fix("schedule", schedules.ScheduleConfig(**self.schedule))
         if self.widths is not None:
@@ -367,7 +376,8 @@ class RunConfig:
                 "bias_decay_mult": self.bias_decay_mult, "bn_decay_mult": self.bn_decay_mult,
                 "weight_filler": self.weight_filler, "filler_std": self.filler_std,
                 "head": self.head, "scale": self.scale, "embedding": self.embedding,
-                "embedding_dim": self.embedding_dim,
+                "embedding_dim": self.embedding_dim, "backbone": self.backbone,
+                "input_norm": self.input_norm,
                 # Partial FC decays the centres it draws in the optimizer (CaffeSGD).
                 "decay_centres": self.sample_classes == 1}
 
@@ -428,6 +438,11 @@ def resolve(values, manifest, manifest_path="manifest.json"):
            if field.name in values and field.name not in _SCHEDULE and not spec.from_manifest}
     if run.get("precision") == "auto":
         run["precision"] = runtime.auto_precision()
+    if run.get("backbone"):
+        problem = imported.check(run["backbone"], (height, width), manifest.channels)
+        if problem:
+            raise ConfigError(problem)
+        run["input_norm"] = (manifest.mean, manifest.std)
     config = RunConfig(num_classes=classes, image_size=(height, width),
                        channels=manifest.channels, schedule=schedule_of(values), **run)
     _check_verification(config, manifest, manifest_path)

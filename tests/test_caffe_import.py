@@ -395,3 +395,67 @@ def test_the_caffe_bench_times_both_and_reports_the_difference(tmp_path, capsys)
     assert len(result["kerasbn"]) == len(result["opencv"]) == 2
     assert result["max_difference"] < 1e-4 and result["convert_s"] > 0
     assert "kerasbn/OpenCV" in capsys.readouterr().out
+
+
+BACKBONE = HEADER.format(name="backbone", c=3, h=32, w=32) + "".join([
+    layer("conv", "Convolution", "data", params="convolution_param { num_output: 6 "
+          "kernel_size: 3 stride: 2 bias_term: false }"),
+    layer("bn", "BatchNorm", "conv", "conv", "batch_norm_param { moving_average_fraction: "
+          "0.9 }"),
+    layer("scale", "Scale", "conv", "conv", "scale_param { bias_term: true }"),
+    layer("prelu", "PReLU", "conv", "conv"),
+    layer("fc5", "InnerProduct", "conv", params="inner_product_param { num_output: 16 }"),
+])
+
+
+def test_an_import_trains_as_a_backbone_under_a_margin_head(tmp_path, capsys):
+    import keras
+    import tensorflow as tf
+
+    from conftest import run_train, train_args
+    from data_tools import synth
+    from kerasbn.nn import norms
+    from kerasbn.training import checkpoints, network
+    from kerasbn.training.run_dir import RunDir, stored_config
+    files = proto.write_net(tmp_path, "backbone", BACKBONE, {
+        "conv": [_normal(6, 3, 3, 3) * 0.3], "bn": [_normal(6), RNG.uniform(1, 3, 6),
+                                                   np.array([1.0])],
+        "scale": [_normal(6), _normal(6)], "prelu": [RNG.uniform(0, 0.3, 6)],
+        "fc5": [_normal(16, 6 * 15 * 15) * 0.1, _normal(16)]})
+    export = tmp_path / "import"
+    caffe_import.main(["caffe_import", f"--prototxt={files[0]}", f"--caffemodel={files[1]}",
+                       f"--out={export}", "--mean=127.5", "--scale=0.0078125"])
+    data = tmp_path / "data"
+    synth.build(str(data), 5, 12, 0.25, 32, 0, "raw", 64, False, channels=3)
+    run_dir = str(tmp_path / "run")
+    run_train(train_args(str(data), run_dir, backbone=export, head="arcface", max_iter=4,
+                         test_interval=4, snapshot=4, freeze_backbone_iter=4))
+    capsys.readouterr()
+    config = stored_config(run_dir)
+    model = network.build_and_compile(config)
+    checkpoints.restore_latest(RunDir(run_dir), model)
+    # Fed the dataset's normalised images, the backbone gives the import's embedding of the
+    # pixels: the normalisation is undone before Caffe's own preprocessing.
+    pixels = RNG.integers(0, 256, (2, 32, 32, 3)).astype(np.float32)
+    mean, std = (np.array(v, np.float32) for v in config.input_norm)
+    features = keras.Model(model.input, model.get_layer("embedding").output)
+    imported = keras.saving.load_model(export / "model.keras")
+    wanted = keras.Model(imported.input, imported.get_layer("embedding").output)(pixels)
+    assert_close(features((pixels - mean) / std).numpy(), wanted.numpy())
+    # Frozen for the whole run, the imported BN kept the caffemodel's statistics.
+    [bn] = [layer for layer in model.get_layer("backbone").layers
+            if isinstance(layer, norms.BVLCBatchNorm)]
+    assert float(bn.scale_factor.numpy()) == 1.0
+    # The run's export serves it.
+    served = tf.saved_model.load(RunDir(run_dir).export).signatures["serving_default"](
+        images=tf.constant(pixels[:1].astype(np.uint8)))
+    assert served["probabilities"].shape == (1, 5) and served["embedding"].shape == (1, 16)
+    # Unfrozen, training moves the backbone's BN statistics with BVLC's semantics and the
+    # prototxt's moving_average_fraction.
+    run_train(train_args(str(data), str(tmp_path / "tuned"), backbone=export, max_iter=2,
+                         test_interval=2, snapshot=2))
+    tuned = network.build_and_compile(stored_config(str(tmp_path / "tuned")))
+    checkpoints.restore_latest(RunDir(str(tmp_path / "tuned")), tuned)
+    [bn] = [layer for layer in tuned.get_layer("backbone").layers
+            if isinstance(layer, norms.BVLCBatchNorm)]
+    assert float(bn.scale_factor.numpy()) == pytest.approx(1.0 * 0.9 ** 2 + 0.9 + 1)

@@ -201,7 +201,8 @@ def _batch_norm(layer, x, blobs, scale):
     and bias (five blobs), with the Scale layer after it (`scale`: its blobs, or None), as
     kerasbn's `bvlc` or `nvidia` norm."""
     channels = x.shape[-1]
-    eps = layer.message.batch_norm_param.eps
+    param = layer.message.batch_norm_param
+    eps, momentum = param.eps, param.moving_average_fraction
     own = len(blobs) == 5
     mean, variance, factor, *affine = _expect(
         layer, blobs, [(channels,), (channels,), (1,)] + [(channels,)] * (2 if own else 0))
@@ -209,11 +210,11 @@ def _batch_norm(layer, x, blobs, scale):
                                                            np.zeros(channels)))
     if own:
         k = 0.0 if factor[0] == 0 else 1.0 / factor[0]
-        bn = norms.make_norm("nvidia", epsilon=max(eps, 1e-5), name_prefix=layer.name)
+        bn = norms.make_norm("nvidia", momentum, max(eps, 1e-5), name_prefix=layer.name)
         y = bn(x)
         bn.set_weights([gamma, beta, k * mean, k * variance])
         return y
-    bn = norms.make_norm("bvlc", epsilon=eps, name_prefix=layer.name)
+    bn = norms.make_norm("bvlc", momentum, eps, name_prefix=layer.name)
     y = bn(x)
     bn.set_weights([gamma, beta, factor.reshape(()), mean, variance])
     return y

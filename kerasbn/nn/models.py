@@ -23,7 +23,7 @@ per-layer Gaussians for the CIFAR-10 ones. Biases start at 0, as Caffe's constan
 
 import keras
 
-from kerasbn.nn import heads, iresnet, mobilefacenet, norms
+from kerasbn.nn import heads, imported, iresnet, mobilefacenet, norms
 
 # The last layer's name: fine-tuning replaces it, the rest is the backbone.
 CLASSIFIER = heads.CLASSIFIER
@@ -93,7 +93,7 @@ def build(name, num_classes, image_size=(50, 50), channels=1, widths=None, dropo
           norm="keras", bn_momentum=None, bn_epsilon=None, weight_decay=0.0,
           bias_decay_mult=0.0, bn_decay_mult=0.0, weight_filler="network", filler_std=0.01,
           head="softmax", scale=None, embedding="pool", embedding_dim=128,
-          decay_centres=True):
+          decay_centres=True, backbone=None, input_norm=()):
     """Builds network `name` taking normalised float images [N, H, W, channels] to logits.
 
     `weight_decay` is Caffe's: an L2 penalty of weight_decay / 2 on every kernel, times
@@ -101,7 +101,9 @@ def build(name, num_classes, image_size=(50, 50), channels=1, widths=None, dropo
     decay_mult; a Caffe Scale layer's is 1). `dropout=None` takes the network's default.
     `head`: `softmax` or a margin head (`cosface`, `arcface`: a `heads.CosineClassifier` of
     `scale`, default the head's); `decay_centres=False` leaves its centres without the L2
-    term (Partial FC decays the rows it draws in the optimizer instead).
+    term (Partial FC decays the rows it draws in the optimizer instead). `backbone`: an
+    imported network's export (nn/imported), fed images normalised by `input_norm`, instead
+    of network `name`.
     """
     if name not in MODELS:
         raise ValueError(f"unknown --model {name!r}; choose one of {', '.join(MODELS)}")
@@ -113,6 +115,10 @@ def build(name, num_classes, image_size=(50, 50), channels=1, widths=None, dropo
     regularizer, bias_regularizer = l2(1.0), l2(bias_decay_mult)
     norm_layer = lambda n: norms.make_norm(norm, bn_momentum, bn_epsilon, name_prefix=n,
                                            regularizer=l2(bn_decay_mult))
+    if backbone:
+        inputs, x = imported.backbone(backbone, image_size, channels, input_norm)
+        return _with_classifier(inputs, x, "imported", num_classes, head, scale, decay_centres,
+                                weight_filler, filler_std, regularizer, bias_regularizer)
     if name in CIFAR_MODELS:
         if head != "softmax" or embedding != "pool":
             raise ValueError(f"--head and --embedding apply to the face networks, not {name}")

@@ -55,6 +55,8 @@ class CaffeNorm(keras.layers.Layer):
         return self.gamma * (x - mean) * tf.math.rsqrt(variance + epsilon) + self.beta
 
     def call(self, inputs, training=False):
+        # Frozen (a fine-tuned backbone's first iterations), it infers, as Keras's BN does.
+        training = training and self.trainable
         x = tf.cast(inputs, tf.float32)
         y = self.train_step(x) if training else self.infer(x)
         return tf.cast(y, inputs.dtype)
@@ -222,6 +224,7 @@ class NvidiaBatchNorm(CaffeNorm):
         self.moving_variance = self._weight("moving_variance", channels, 0.0)
 
     def call(self, inputs, training=False):
+        training = training and self.trainable
         y, mean, variance = fused(inputs, self, max(self.epsilon, _CUDNN_EPSILON), training,
                                   1.0 - self.momentum)
         if training:

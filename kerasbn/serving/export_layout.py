@@ -1,6 +1,8 @@
 """The names an export writes, declared once: replacing an export (`export`, `train
 --overwrite`) removes these and nothing else, so a user's own file beside them survives."""
 
+from kerasbn.nn import imported
+
 # Written into every SavedModel export: what a photo must be made into before the network
 # sees it, and the mark that lets a later export replace this one and nothing else.
 MARKER = "kerasbn_export.json"
@@ -10,7 +12,7 @@ DETECTOR_VARIABLES = "detector_variables"
 # The marker's note of where the verification threshold came from.
 THRESHOLD_SOURCE = "threshold_source"
 # The Keras model file an imported network's export also holds (caffe_import).
-KERAS_MODEL = "model.keras"
+KERAS_MODEL = imported.FILE
 # What a SavedModel export holds: TensorFlow's entries, the marker and, for an imported
 # network, its Keras model file.
 SAVED_MODEL = ("saved_model.pb", "fingerprint.pb", "variables", "assets", MARKER, KERAS_MODEL)
