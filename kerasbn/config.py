@@ -308,7 +308,8 @@ class RunConfig:
 
     def _check_head(self):
         margin_head = self.head != "softmax"
-        if self.model in models.FIELD_MODELS and (self.embedding != "pool" or any(
+        if self.model in models.FIELD_MODELS and not self.backbone and (
+                self.embedding != "pool" or any(
                 side % iresnet.STRIDE for side in self.image_size)):
             raise ConfigError(f"--model={self.model} has insightface's neck built in (drop "
                               f"--embedding) and takes images whose sides are multiples of "

@@ -459,3 +459,23 @@ def test_an_import_trains_as_a_backbone_under_a_margin_head(tmp_path, capsys):
     [bn] = [layer for layer in tuned.get_layer("backbone").layers
             if isinstance(layer, norms.BVLCBatchNorm)]
     assert float(bn.scale_factor.numpy()) == pytest.approx(1.0 * 0.9 ** 2 + 0.9 + 1)
+
+
+def test_a_backbone_that_is_no_import_or_of_another_size_is_one_line(tmp_path):
+    from conftest import make_synth, run_train, train_args
+    make_synth(tmp_path / "data", image_size=48)
+    files = proto.write_net(tmp_path, "backbone", BACKBONE, {
+        "conv": [_normal(6, 3, 3, 3)], "bn": [_normal(6), RNG.uniform(1, 3, 6),
+                                             np.array([1.0])],
+        "scale": [_normal(6), _normal(6)], "prelu": [RNG.uniform(0, 0.3, 6)],
+        "fc5": [_normal(16, 6 * 15 * 15), _normal(16)]})
+    caffe_import.main(["caffe_import", f"--prototxt={files[0]}", f"--caffemodel={files[1]}",
+                       f"--out={tmp_path / 'import'}"])
+    for backbone, message in ((tmp_path, "holds no model.keras; give an export written by "
+                               "python -m kerasbn.caffe_import"),
+                              (tmp_path / "import", "takes 32x32x3 images but the dataset "
+                               "holds 48x48x1")):
+        with pytest.raises(SystemExit, match=message):
+            run_train(train_args(str(tmp_path / "data"), str(tmp_path / "run"),
+                                 backbone=backbone))
+    assert not (tmp_path / "run" / "config.json").exists()
