@@ -116,9 +116,8 @@ def test_a_narrow_field_network_trains_under_every_norm(norm, model, widths):
 
 @pytest.mark.parametrize("model, widths", FIELD_NARROW)
 @pytest.mark.parametrize("precision, norm, xla", [
-    ("mixed_float16", "keras", False), ("mixed_float16", "bvlc", False),
-    ("mixed_bfloat16", "nvidia", False), ("mixed_bfloat16", "windows", False),
-    ("mixed_bfloat16", "keras", True), ("float32", "nvidia", True)])
+    ("mixed_float16", "bvlc", False), ("mixed_bfloat16", "nvidia", False),
+    ("mixed_bfloat16", "keras", True)])
 def test_mixed_precision_and_xla_train_the_field_networks(model, widths, precision, norm, xla):
     from tensorflow.python.framework import config as tf_config
     tf_config.disable_op_determinism()  # an earlier --deterministic run in this process
