@@ -164,7 +164,8 @@ layers { name: "prob" type: SOFTMAX bottom: "fc" top: "prob" }
 
 def test_the_legacy_layers_format_equals_opencv(tmp_path):
     files = proto.write_net(tmp_path, "legacy", LEGACY, {
-        "conv": [_normal(4, 1, 3, 3), _normal(4)], "fc": [_normal(5, 4 * 6 * 5), _normal(5)]},
+        "conv": [_normal(4, 1, 3, 3), _normal(4)], "fc": [_normal(5, 4 * 6 * 5) * 0.1,
+                                                     _normal(5)]},
         v1=True)
     x = _normal(2, 1, 13, 11)
     assert_close(ours(*files, x), opencv(*files, x))
