@@ -15,6 +15,10 @@ run it, and a JSON file beside it with the preprocessing, class names and thresh
 
     python -m kerasbn.export --run_dir runs/bn [--checkpoint=latest|best] [--out DIR]
     python -m kerasbn.export --run_dir runs/bn --format=litert|onnx [--out FILE]
+    python -m kerasbn.export --model exports/caffe_net --format=litert|onnx [--out FILE]
+
+`--model` converts an imported Caffe network's export (kerasbn.caffe_import): its core takes
+RGB pixels and does Caffe's preprocessing itself.
 """
 
 import sys
@@ -37,23 +41,33 @@ def define_flags(values):
     flags.DEFINE_enum("format", "saved_model", ["saved_model", "litert", "onnx"],
                       "saved_model: the serving SavedModel; litert (.tflite) or onnx: the "
                       "fixed-size float32 core for phones and other runtimes.", **on)
+    flags.DEFINE_string("model", None, "Instead of --run_dir, with --format=litert|onnx: an "
+                        "imported network's export (python -m kerasbn.caffe_import).", **on)
     flags.DEFINE_string("out", None, "Where to write it (default: RUN_DIR/export, "
                         "RUN_DIR/export.tflite or RUN_DIR/export.onnx).", **on)
 
 
 def main(argv):
     values, _ = cli.parse(argv, define_flags, __doc__)
-    if not values.run_dir:
-        sys.exit("error: --run_dir is required (a directory made by kerasbn.train)")
+    if bool(values.run_dir) == bool(values.model):
+        sys.exit("error: give --run_dir (a directory made by kerasbn.train), or --model (an "
+                 "imported network's export) with --format=litert|onnx")
+    if values.model and values.format == "saved_model":
+        sys.exit(f"error: --model={values.model} is a SavedModel already; --model takes "
+                 "--format=litert or onnx")
     best = values.checkpoint == "best"
     try:
-        if values.format == "saved_model":
+        if values.model:
+            path, measured, checked_on = exporter.export_import_portable(
+                values.model, values.format, values.out)
+        elif values.format == "saved_model":
             path, kept = exporter.export_run(values.run_dir, values.out, best)
             print(f"SavedModel: {path}" + (f" (your files there stayed: {', '.join(kept)})"
                                            if kept else ""))
             return
-        path, measured, checked_on = exporter.export_portable(values.run_dir, values.format,
-                                                     values.out, best)
+        else:
+            path, measured, checked_on = exporter.export_portable(
+                values.run_dir, values.format, values.out, best)
     except errors.UserError as e:
         sys.exit(f"error: {e}")
     worst = ", ".join(f"{name} {value:.1e}" for name, value in measured.items())

@@ -480,3 +480,23 @@ def test_a_backbone_that_is_no_import_or_of_another_size_is_one_line(tmp_path):
             run_train(train_args(str(tmp_path / "data"), str(tmp_path / "run"),
                                  backbone=backbone))
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "litert"])
+def test_an_import_converts_to_a_portable_core_checked_against_keras(tmp_path, capsys, fmt):
+    import json
+
+    from kerasbn import export
+    prototxt, caffemodel = _classifier(tmp_path)
+    caffe_import.main(["caffe_import", f"--prototxt={prototxt}", f"--caffemodel={caffemodel}",
+                       f"--out={tmp_path / 'export'}", "--mean=127.5", "--threshold=0.4"])
+    capsys.readouterr()
+    out = tmp_path / f"core.{'tflite' if fmt == 'litert' else 'onnx'}"
+    export.main(["export", f"--model={tmp_path / 'export'}", f"--format={fmt}",
+                 f"--out={out}"])
+    assert "max |difference| from Keras on 64 noise images" in capsys.readouterr().out
+    sidecar = json.loads(open(f"{out}.json").read())
+    assert sidecar["threshold"] == 0.4 and sidecar["class_names"][0] == "class 0"
+    assert set(sidecar["outputs"]) == {"embedding", "probabilities"}
+    with pytest.raises(SystemExit, match="is a SavedModel already"):
+        export.main(["export", f"--model={tmp_path / 'export'}"])

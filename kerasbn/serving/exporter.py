@@ -8,6 +8,7 @@ import shutil
 import tempfile
 
 import keras
+import numpy as np
 
 from kerasbn.data import records
 from kerasbn.evaluation import holdout
@@ -147,3 +148,35 @@ def export_portable(run_dir, fmt, out=None, best=False):
     core = portable.float32_core(config, model)
     measured = portable.write(core, out, fmt, images, description)
     return out, measured, description["checked_on"]
+
+
+def export_import_portable(path, fmt, out=None):
+    """As `export_portable`, for the export at `path` of an imported network
+    (`python -m kerasbn.caffe_import`): its Keras model file, which takes RGB pixels and
+    preprocesses them as Caffe did, checked on seeded noise pixels."""
+    portable.require(fmt)
+    model_file = os.path.join(path, export_layout.KERAS_MODEL)
+    if not os.path.isfile(model_file):
+        raise records.DataError(f"--model={path} holds no {export_layout.KERAS_MODEL}: only "
+                                "an imported network's export converts from an export; give a "
+                                "trained run's --run_dir")
+    out = out or os.path.abspath(path).rstrip(os.sep) + portable.FORMATS[fmt][0]
+    check_out(out, fmt)
+    loaded, spec = signatures.load_saved_model(path)
+    names = loaded.signatures["metadata"]()["class_names"].numpy()
+    height, width = spec["image_size"]
+    images = np.random.default_rng(0).uniform(
+        0, 255, (portable.CHECK_IMAGES, height, width, spec["channels"])).astype(np.float32)
+    description = {
+        "written_by": "kerasbn",
+        **{key: spec[key] for key in ("classes", "image_size", "channels", "resize_mode")},
+        "input": {"name": "image", "dtype": "float32",
+                  "shape": [None, height, width, spec["channels"]],
+                  "is": "RGB pixels (0-255), resized; the network does Caffe's preprocessing"},
+        "outputs": {"embedding": "L2-normalised"} | (
+            {"probabilities": "softmax over classes"} if spec["classes"] else {}),
+        "class_names": [n.decode("utf-8") for n in names],
+        "threshold": spec.get("threshold"),
+        "checked_on": f"{len(images)} noise images"}
+    core = portable.core(keras.saving.load_model(model_file), spec["classes"] > 0)
+    return out, portable.write(core, out, fmt, images, description), description["checked_on"]

@@ -52,20 +52,25 @@ def require(fmt):
 
 
 def float32_core(config, model):
-    """A float32 copy of the trained `model` mapping a normalised image batch to
-    {"embedding": L2-normalised, "probabilities": softmax of the logits}."""
+    """A float32 copy of the trained `model` as its `core`."""
     saved = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
         copy = models.build(**config.model_kwargs())
-        unit = keras.layers.UnitNormalization(name="embedding_l2")
-        softmax = keras.layers.Softmax(name="probabilities")
+        copy.set_weights(model.get_weights())
+        return core(copy, classifier=True)
     finally:
         keras.mixed_precision.set_global_policy(saved)
-    copy.set_weights(model.get_weights())
-    return keras.Model(copy.inputs, {
-        "embedding": unit(copy.get_layer("embedding").output),
-        "probabilities": softmax(copy.output)}, name="core")
+
+
+def core(model, classifier):
+    """`model` (float32) mapping an image batch to {"embedding": L2-normalised,
+    "probabilities": softmax of the logits (with a `classifier`)}."""
+    outputs = {"embedding": keras.layers.UnitNormalization(name="embedding_l2")(
+        model.get_layer("embedding").output)}
+    if classifier:
+        outputs["probabilities"] = keras.layers.Softmax(name="probabilities")(model.output)
+    return keras.Model(model.inputs, outputs, name="core")
 
 
 def check_images(config, manifest):
