@@ -122,17 +122,16 @@ def _pair(param, name, default):
 
 
 def _expect(layer, blobs, shapes):
-    """Checks `blobs` against the `shapes` the layer needs (None: any), naming the first
-    that differs."""
-    if len(blobs) < len([s for s in shapes if s is not False]):
+    """`blobs` in the `shapes` the layer needs, naming the first that differs. Sizes are
+    compared, as the legacy format stores every blob 4-D (an InnerProduct's as 1,1,out,in)."""
+    if len(blobs) < len(shapes):
         raise CaffeError(f"layer {layer.name} ({layer.type}) has {len(blobs)} weight blobs in "
                          f"the caffemodel; it needs {len(shapes)}")
     for index, (blob, shape) in enumerate(zip(blobs, shapes)):
-        if shape is not None and blob.size != int(np.prod(shape)):
+        if blob.size != int(np.prod(shape)):
             raise CaffeError(f"layer {layer.name} ({layer.type}): blob {index} has shape "
                              f"{list(blob.shape)}, the layer needs {list(shape)}")
-    return [blob.reshape(shape) if shape is not None else blob
-            for blob, shape in zip(blobs, shapes)]
+    return [blob.reshape(shape) for blob, shape in zip(blobs, shapes)]
 
 
 def _axis(axis, rank):
