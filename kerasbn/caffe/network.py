@@ -27,15 +27,14 @@ class CaffeError(errors.UserError):
 
 @dataclasses.dataclass
 class Layer:
-    """One layer of either format: its name, LayerParameter type, bottoms, tops, the message
-    (for its *_param fields) and its blobs as arrays."""
+    """One layer of either format: its name, LayerParameter type, bottoms, tops, and the
+    message (for its *_param fields)."""
 
     name: str
     type: str
     bottom: list
     top: list
     message: object
-    blobs: list = dataclasses.field(default_factory=list)
 
 
 def _in_test_phase(layer):
@@ -74,7 +73,7 @@ def layers_of(net):
 def weights_of(net):
     """{layer name: [blob arrays]} of a caffemodel's NetParameter."""
     out = {}
-    for layer in layers_of(net) if (net.layer or net.layers) else []:
+    for layer in layers_of(net):
         try:
             out[layer.name] = [blob_array(b) for b in layer.message.blobs]
         except CaffeError as e:
