@@ -35,17 +35,24 @@ def test_the_similarity_is_scikit_images(seed):
                                reference.params[:2], atol=1e-4)
 
 
-def test_the_crop_is_opencvs_warp_affine():
+def test_the_crop_is_scikit_images_warp_and_opencvs_warp_affine():
     photo = data.astronaut()
     landmarks = np.array([[203.5, 100.1], [245.4, 102.2], [224.2, 126.4], [201.8, 138.6],
                           [244.4, 140.4]])
     for height, width in ((112, 112), (112, 96), (50, 50)):
         matrix = aligner.matrices([landmarks], height, width)[0]
-        reference = cv2.warpAffine(photo, matrix, (width, height), borderValue=0.0)
-        crop = aligner.crops(photo, landmarks[None], height, width, 3)[0]
-        difference = np.abs(crop.astype(float) - reference)
-        assert difference.mean() <= 1.0 and difference.max() <= 1, (difference.mean(),
-                                                                    difference.max())
+        crop = aligner.crops(photo, landmarks[None], height, width, 3)[0].astype(float)
+        # scikit-image's bilinear warp in floating point: equal after rounding.
+        exact = transform.warp(photo, transform.AffineTransform(
+            matrix=np.vstack([matrix, [0, 0, 1]])).inverse, output_shape=(height, width),
+            order=1, preserve_range=True, cval=0)
+        assert np.abs(crop - np.round(exact)).max() <= 1
+        # OpenCV 4.x (the test extra's) places each pixel to 1/32 of a pixel in fixed point,
+        # which moves a sharp edge by up to 255/64 gray levels; on average it agrees.
+        difference = np.abs(crop - cv2.warpAffine(photo, matrix, (width, height),
+                                                  borderValue=0.0))
+        assert difference.mean() <= 0.25 and difference.max() <= 5, (difference.mean(),
+                                                                     difference.max())
 
 
 def test_landmarks_are_the_mtcnn_packages_own():
