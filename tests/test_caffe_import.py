@@ -430,36 +430,30 @@ def test_an_import_trains_as_a_backbone_under_a_margin_head(tmp_path, capsys):
     synth.build(str(data), 5, 12, 0.25, 32, 0, "raw", 64, False, channels=3)
     run_dir = str(tmp_path / "run")
     run_train(train_args(str(data), run_dir, backbone=export, head="arcface", max_iter=4,
-                         test_interval=4, snapshot=4, freeze_backbone_iter=4))
+                         test_interval=4, snapshot=4, freeze_backbone_iter=2))
     capsys.readouterr()
     config = stored_config(run_dir)
+    # Fed the dataset's normalised images, the backbone (as built, before training) gives the
+    # import's embedding of the pixels: the normalisation is undone before Caffe's own
+    # preprocessing.
     model = network.build_and_compile(config)
-    checkpoints.restore_latest(RunDir(run_dir), model)
-    # Fed the dataset's normalised images, the backbone gives the import's embedding of the
-    # pixels: the normalisation is undone before Caffe's own preprocessing.
     pixels = RNG.integers(0, 256, (2, 32, 32, 3)).astype(np.float32)
     mean, std = (np.array(v, np.float32) for v in config.input_norm)
     features = keras.Model(model.input, model.get_layer("embedding").output)
     imported = keras.saving.load_model(export / "model.keras")
     wanted = keras.Model(imported.input, imported.get_layer("embedding").output)(pixels)
     assert_close(features((pixels - mean) / std).numpy(), wanted.numpy())
-    # Frozen for the whole run, the imported BN kept the caffemodel's statistics.
+    # Frozen for two iterations the imported BN kept the caffemodel's statistics (scale
+    # factor 1); the two after moved them by BVLC's rule at the prototxt's
+    # moving_average_fraction: s = 0.9 s + 1, twice.
+    checkpoints.restore_latest(RunDir(run_dir), model)
     [bn] = [layer for layer in model.get_layer("backbone").layers
             if isinstance(layer, norms.BVLCBatchNorm)]
-    assert float(bn.scale_factor.numpy()) == 1.0
+    assert float(bn.scale_factor.numpy()) == pytest.approx(1.0 * 0.9 ** 2 + 0.9 + 1)
     # The run's export serves it.
     served = tf.saved_model.load(RunDir(run_dir).export).signatures["serving_default"](
         images=tf.constant(pixels[:1].astype(np.uint8)))
     assert served["probabilities"].shape == (1, 5) and served["embedding"].shape == (1, 16)
-    # Unfrozen, training moves the backbone's BN statistics with BVLC's semantics and the
-    # prototxt's moving_average_fraction.
-    run_train(train_args(str(data), str(tmp_path / "tuned"), backbone=export, max_iter=2,
-                         test_interval=2, snapshot=2))
-    tuned = network.build_and_compile(stored_config(str(tmp_path / "tuned")))
-    checkpoints.restore_latest(RunDir(str(tmp_path / "tuned")), tuned)
-    [bn] = [layer for layer in tuned.get_layer("backbone").layers
-            if isinstance(layer, norms.BVLCBatchNorm)]
-    assert float(bn.scale_factor.numpy()) == pytest.approx(1.0 * 0.9 ** 2 + 0.9 + 1)
 
 
 def test_a_backbone_that_is_no_import_or_of_another_size_is_one_line(tmp_path):
@@ -482,8 +476,9 @@ def test_a_backbone_that_is_no_import_or_of_another_size_is_one_line(tmp_path):
     assert not (tmp_path / "run" / "config.json").exists()
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "litert"])
-def test_an_import_converts_to_a_portable_core_checked_against_keras(tmp_path, capsys, fmt):
+def test_an_import_converts_to_a_portable_core_checked_against_keras(tmp_path, capsys):
+    # ONNX; LiteRT goes through the same portable.write (tests/test_export.py runs both).
+    fmt = "onnx"
     import json
 
     from kerasbn import export
