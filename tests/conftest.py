@@ -62,6 +62,16 @@ def run_train(args):
     train.main(["train"] + args)
 
 
+def run_stopped_then_resumed(args, monkeypatch, iteration):
+    """Trains `args` in this process, stopped by SIGTERM at `iteration` (a fault fires once
+    per process: give each test its own iteration), then again to resume it."""
+    monkeypatch.setenv("KERASBN_FAULT", f"iteration:{iteration}:SIGTERM")
+    with pytest.raises(SystemExit):
+        run_train(args)
+    monkeypatch.delenv("KERASBN_FAULT")
+    run_train(args)
+
+
 def train_args(data_dir, run_dir, **extra):
     """Flags of a small, fast BN run on `data_dir` (extra flags override)."""
     args = {"data_dir": data_dir, "run_dir": run_dir, "model": "bn", "batch_size": 16,

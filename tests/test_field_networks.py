@@ -234,21 +234,16 @@ def _iresnet_args(data_dir, run_dir, **extra):
 
 def test_an_iresnet_run_resumes_bit_identical_and_tunes_into_new_identities(
         rgb32, tmp_path, capsys, monkeypatch):
-    from conftest import run_train
+    from conftest import run_stopped_then_resumed, run_train
     from data_tools import synth
     from test_finetune import restored
     from test_train import _final_state, _metrics
     runs = {name: str(tmp_path / name) for name in ("whole", "cut", "tuned")}
     args = lambda run: _iresnet_args(rgb32, runs[run], deterministic="true")
     run_train(args("whole"))
-    # Stopped by SIGTERM at iteration 4, then resumed (test_train kills the study's network
-    # at any moment; the displayed loss averages the iterations a process ran, so the stop is
-    # at a display).
-    monkeypatch.setenv("KERASBN_FAULT", "iteration:4:SIGTERM")
-    with pytest.raises(SystemExit):
-        run_train(args("cut"))
-    monkeypatch.delenv("KERASBN_FAULT")
-    run_train(args("cut"))
+    # Stopped at a display (the displayed loss averages the iterations a process ran);
+    # test_train kills the study's network at any moment.
+    run_stopped_then_resumed(args("cut"), monkeypatch, 4)
     timing = ("wall_time", "images_per_sec", "test_seconds", "verify_seconds")
     strip = lambda run: [{k: v for k, v in e.items() if k not in timing}
                          for e in _metrics(runs[run])]

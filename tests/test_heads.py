@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import make_synth, run_train, train_args
+from conftest import make_synth, run_stopped_then_resumed, run_train, train_args
 from kerasbn import config
 from kerasbn.nn import heads, models
 from kerasbn.serving import signatures
@@ -291,12 +291,7 @@ def test_an_arcface_partial_fc_run_resumes_exactly_exports_and_serves_cosines(
                                   sample_classes=0.5, embedding="bn_fc", embedding_dim=32,
                                   max_iter=20, snapshot=10, deterministic="true")
     run_train(args("whole"))
-    # Its own iteration: a fault fires once per process, and test_train uses 7.
-    monkeypatch.setenv("KERASBN_FAULT", "iteration:6:SIGTERM")
-    with pytest.raises(SystemExit):
-        run_train(args("cut"))
-    monkeypatch.delenv("KERASBN_FAULT")
-    run_train(args("cut"))
+    run_stopped_then_resumed(args("cut"), monkeypatch, 6)  # test_train's is 7
     restored = {}
     for run in ("whole", "cut"):
         cfg = stored_config(str(tmp_path / run))
