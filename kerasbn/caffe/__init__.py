@@ -1,3 +1,3 @@
 """Trained Caffe networks brought over: Caffe's messages (proto, from a caffe.proto subset in
-schema), its layers as Keras layers (caffe_layers), a deploy network and caffemodel as a Keras
-model (network), and that model made servable (importer; `python -m kerasbn.caffe_import`)."""
+schema), a deploy network and caffemodel as a Keras model of kerasbn.nn's layers (network),
+and that model made servable (importer; `python -m kerasbn.caffe_import`)."""
