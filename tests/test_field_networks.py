@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from kerasbn import config
-from kerasbn.nn import iresnet, mobilefacenet, models, norms
+from kerasbn.nn import iresnet, mobilefacenet, models, norms, prelu
 from kerasbn.training import network
 
 
@@ -162,6 +162,41 @@ def test_bn_runs_the_fused_kernel_on_the_low_precision_tensor_without_casts(mode
         assert op.inputs[0].op.type != "Cast", op.name  # the kernel takes bfloat16 itself
     backward = [op for op in ops.values() if op.type == "FusedBatchNormGradV3"]
     assert len(backward) == len(bn_layers)
+
+
+@pytest.mark.parametrize("shared_axes", [[1, 2], None])
+def test_the_fused_prelu_is_the_formula_and_kerass_layer_with_their_gradients(shared_axes):
+    import tensorflow as tf
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 5, 6, 7)).astype(np.float32)
+    upstream = rng.standard_normal(x.shape).astype(np.float32)
+    ours = prelu.PReLU(shared_axes=shared_axes)
+    theirs = keras.layers.PReLU(shared_axes=shared_axes)
+    for layer in (ours, theirs):
+        layer.build(x.shape)
+    alpha = rng.uniform(-1, 1, ours.alpha.shape).astype(np.float32)
+    ours.set_weights([alpha])
+    theirs.set_weights([alpha])
+    axes = (0, *(shared_axes or ()))
+    expected = [np.where(x > 0, x, alpha * x), np.where(x > 0, upstream, alpha * upstream),
+                np.where(x > 0, 0, x * upstream).sum(axes, keepdims=True)[0]]
+    inputs = tf.constant(x)
+    for layer in (ours, theirs):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            y = layer(inputs, training=True)
+        found = [y, *tape.gradient(y, [inputs, layer.alpha], output_gradients=upstream)]
+        for got, want in zip(found, expected):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(ours(inputs, training=False), theirs(inputs))
+    low = tf.cast(inputs, tf.bfloat16)
+    ours_low = prelu.PReLU.from_config({**ours.get_config(), "dtype": "mixed_bfloat16"})
+    theirs_low = keras.layers.PReLU.from_config({**ours.get_config(),
+                                                 "dtype": "mixed_bfloat16"})
+    for layer in (ours_low, theirs_low):
+        layer.build(x.shape)
+        layer.set_weights([alpha])
+    np.testing.assert_array_equal(ours_low(low, training=True), theirs_low(low))
 
 
 def test_it_serializes_and_refuses_what_it_cannot_take(tmp_path):

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 
 from kerasbn.caffe import schema
-from kerasbn.nn import caffe_layers, grouped_conv, norms
+from kerasbn.nn import caffe_layers, grouped_conv, norms, prelu
 from kerasbn.utils import errors
 
 SUPPORTED = ("BatchNorm", "BN", "Concat", "Convolution", "Deconvolution",
@@ -245,9 +245,9 @@ def _prelu(layer, x, blobs):
     shared = layer.message.prelu_param.channel_shared
     [slope] = _expect(layer, blobs, [(1,) if shared else (x.shape[-1],)])
     axes = list(range(1, len(x.shape))) if shared else list(range(1, len(x.shape) - 1))
-    prelu = keras.layers.PReLU(shared_axes=axes or None, name=layer.name)
-    y = prelu(x)
-    prelu.set_weights([np.broadcast_to(slope, prelu.alpha.shape).copy()])
+    activation = prelu.PReLU(shared_axes=axes or None, name=layer.name)
+    y = activation(x)
+    activation.set_weights([np.broadcast_to(slope, activation.alpha.shape).copy()])
     return y
 
 

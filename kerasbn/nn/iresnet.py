@@ -11,6 +11,8 @@ layers are the run's `--norm`, so every BN semantics applies to these networks t
 
 import keras
 
+from kerasbn.nn import prelu
+
 # Blocks per stage, by network.
 LAYERS = {"iresnet18": (2, 2, 2, 2), "iresnet34": (3, 4, 6, 3), "iresnet50": (3, 4, 14, 3),
           "iresnet100": (3, 13, 30, 3)}
@@ -28,8 +30,7 @@ def _conv(x, filters, kernel, stride, name, conv_args):
 
 
 def _prelu(name):
-    return keras.layers.PReLU(keras.initializers.Constant(0.25), shared_axes=[1, 2],
-                              name=name)
+    return prelu.PReLU(keras.initializers.Constant(0.25), shared_axes=[1, 2], name=name)
 
 
 def _block(x, filters, stride, name, norm_layer, conv_args):

@@ -12,7 +12,7 @@ faster on CPUs than a grouped Conv2D.
 
 import keras
 
-from kerasbn.nn import grouped_conv
+from kerasbn.nn import grouped_conv, prelu
 
 # Bottlenecks in each residual stage (arcface_torch's blocks=(1, 4, 6, 2); the first is the
 # single grouped convolution).
@@ -32,8 +32,8 @@ def _block(x, filters, kernel, stride, groups, name, norm_layer, conv_args, acti
                             **conv_args)(x)
     x = norm_layer(f"{name}_bn")(x)
     if activation:
-        x = keras.layers.PReLU(keras.initializers.Constant(0.25), shared_axes=[1, 2],
-                               name=f"{name}_prelu")(x)
+        x = prelu.PReLU(keras.initializers.Constant(0.25), shared_axes=[1, 2],
+                        name=f"{name}_prelu")(x)
     return x
 
 
