@@ -3,7 +3,9 @@
 # study's BN network (Keras BN, 14,700 classes, batch 128) in mixed_float16 training from the
 # real input pipeline and from one cached batch of it in the same run, with and without XLA
 # (images/s and whether the step is input-bound), with PyTorch installed the baseline and BN
-# networks against the same in PyTorch (AMP, channels-last) on the GPU, then a short real
+# networks against the same in PyTorch (AMP, channels-last) on the GPU, the field's
+# IResNet-50 and MobileFaceNet at 112x112 the same way (kerasbn alone without PyTorch),
+# their FLOPs per image beside the rates, then a short real
 # training run end to end with NVIDIA Caffe's BN (dynamic loss scaling, the loss scale on its
 # display lines).
 #   launch/gpu_check.sh                       # after: pip install -e ".[and-cuda]"
@@ -41,6 +43,12 @@ if [ "$PRECISION" = mixed_float16 ] && "$PYTHON" -c "import torch" 2>/dev/null; 
   echo "== the baseline and BN networks against PyTorch's (AMP, channels-last) on this GPU =="
   "$PYTHON" -m kerasbn.bench --bench=peer --precisions=float32,mixed_float16 \
     --num_classes="$CLASSES" --batch_size="$BATCH" --batches="$STEPS" --repeats=2
+fi
+if [ "$PRECISION" = mixed_float16 ]; then
+  echo "== IResNet-50 and MobileFaceNet at 112x112, $PRECISION, against PyTorch's where installed =="
+  "$PYTHON" -m kerasbn.bench --bench=peer --networks=iresnet50,mobilefacenet \
+    --precisions="$PRECISION" --num_classes="$CLASSES" --batch_size="$BATCH" \
+    --batches="$STEPS" --repeats=2
 fi
 echo "== a real training run: $STEPS iterations, $PRECISION =="
 "$PYTHON" -m kerasbn.train --data_dir="$DATA" --run_dir="$RUN" --overwrite --model=bn \

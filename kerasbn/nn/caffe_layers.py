@@ -75,15 +75,18 @@ class LRN(keras.layers.Layer):
         super().__init__(**kwargs)
         self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
         self.within_channel = within_channel
+        pad = (self.size - 1) // 2
+        self._average = CaffePooling("AVE", (self.size,) * 2, (1, 1), (pad, pad))
+
+    def build(self, input_shape):
+        self._average.build(input_shape)
 
     def call(self, x):
         if not self.within_channel:
             return tf.nn.local_response_normalization(
                 x, depth_radius=(self.size - 1) // 2, bias=self.k, alpha=self.alpha / self.size,
                 beta=self.beta)
-        pad = (self.size - 1) // 2
-        average = CaffePooling("AVE", (self.size,) * 2, (1, 1), (pad, pad))(tf.square(x))
-        return x * tf.pow(1.0 + self.alpha * average, -self.beta)
+        return x * tf.pow(1.0 + self.alpha * self._average(tf.square(x)), -self.beta)
 
     def get_config(self):
         return {**super().get_config(), "size": self.size, "alpha": self.alpha,
