@@ -9,7 +9,7 @@ import pytest
 
 from kerasbn import caffe_import
 from kerasbn.benchmarks import caffe_speed
-from kerasbn.caffe import network, proto
+from kerasbn.caffe import importer, network, proto
 
 cv2 = pytest.importorskip("cv2")
 if not hasattr(cv2.dnn, "readNetFromCaffe"):
@@ -317,6 +317,24 @@ def test_an_embedding_network_without_classifier_embeds_and_refuses_to_name(tmp_
                   str(tmp_path / "a.png")])
     assert "cosine 1.0000 (the export holds no threshold: import with --pairs or " \
            "--threshold to store one)" in capsys.readouterr().out
+
+
+def test_an_embedding_ending_in_batchnorm_and_scale_is_that_bn_s_output(tmp_path):
+    # Caffe face networks often end their embedding with BatchNorm and Scale in place.
+    text = CLASSIFIER.split('layer { name: "fc6"')[0] + layer(
+        "fc5_bn", "BatchNorm", "fc5", "fc5") + layer(
+        "fc5_scale", "Scale", "fc5", "fc5", "scale_param { bias_term: true }")
+    files = proto.write_net(tmp_path, "embedder", text, {
+        "conv": [_normal(6, 3, 3, 3), _normal(6)],
+        "fc5": [_normal(16, 6 * 15 * 13), _normal(16)],
+        "fc5_bn": [_normal(16), np.abs(_normal(16)) + 0.5, np.array([2.0], np.float32)],
+        "fc5_scale": [_normal(16), _normal(16)]})
+    model, manifest = importer.build(*files, channel_order="rgb")
+    assert manifest.num_classes == 0
+    x = RNG.uniform(0, 255, (2, 3, 32, 28)).astype(np.float32)
+    embedding = model(x.transpose(0, 2, 3, 1)).numpy()
+    assert model.get_layer("embedding").output is model.output
+    assert_close(embedding, opencv(*files, x))
 
 
 def _refusal(tmp_path, prototxt, caffemodel):

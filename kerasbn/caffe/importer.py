@@ -9,25 +9,26 @@ from kerasbn.data.manifest import Manifest
 from kerasbn.nn import caffe_layers
 
 
-def embedding_source(built, embedding_layer=None, classifier=False):
-    """(the layer whose output is the embedding, the logits blob or None) of a network with
-    one output: a final Softmax's input is the logits, and the input of the fully connected
-    layer giving them the embedding; without a Softmax (and without `classifier`) the output
-    is the embedding and there are no logits. `embedding_layer` names the layer instead."""
-    [end] = built.ends
-    last = next(layer for layer in reversed(built.layers) if end in layer.top)
+def embedding_source(planned, embedding_layer=None, classifier=False):
+    """(the layer whose output is the embedding, the logits blob or None) of a network
+    (`network.plan`'s) with one output: a final Softmax's input is the logits, and the input
+    of the fully connected layer giving them the embedding; without a Softmax (and without
+    `classifier`) the output is the embedding and there are no logits. `embedding_layer`
+    names the layer instead."""
+    [end] = planned.ends
+    last = next(layer for layer, scale in reversed(planned.steps) if end in (scale or layer).top)
     logits = last.bottom[0] if last.type == "Softmax" else end if classifier else None
     if embedding_layer:
-        if embedding_layer not in built.sources:
-            known = ", ".join(list(built.sources)[-8:])
+        if embedding_layer not in planned.sources:
+            known = ", ".join(list(planned.sources)[-8:])
             raise network.CaffeError(f"--embedding_layer={embedding_layer}: no such layer; "
                                      f"the last layers are {known}")
         return embedding_layer, logits
     if logits is None:
         return last.name, None
-    giving = built.sources[last.name][0] if last.type == "Softmax" else last.name
-    kind = next(layer.type for layer in built.layers if layer.name == giving)
-    return (built.sources[giving][0] if kind == "InnerProduct" else giving), logits
+    giving = planned.sources[last.name][0] if last.type == "Softmax" else last.name
+    kind = next(layer.type for layer, _ in planned.steps if layer.name == giving)
+    return (planned.sources[giving][0] if kind == "InnerProduct" else giving), logits
 
 
 def build(prototxt, caffemodel, input_size=None, channel_order="bgr", mean=(0.0,), scale=1.0,
@@ -39,15 +40,15 @@ def build(prototxt, caffemodel, input_size=None, channel_order="bgr", mean=(0.0,
     (x - mean) * scale; `class_names` the classifier's names (default "class 0", ...)."""
     deploy = proto.read_prototxt(prototxt)
     weights = network.weights_of(proto.read_caffemodel(caffemodel))
-    preprocess = lambda: caffe_layers.CaffeInput(channel_order == "bgr", mean, scale,
-                                                 name="caffe_input")
-    built = network.build(deploy, weights, input_size, preprocess())
-    if len(built.ends) != 1:
-        raise network.CaffeError(f"the network has {len(built.ends)} outputs "
-                                 f"({', '.join(built.ends)}); kerasbn imports networks of one "
-                                 "output")
-    source, logits = embedding_source(built, embedding_layer, class_names is not None)
-    built = network.build(deploy, weights, input_size, preprocess(), embedding=source)
+    planned = network.plan(deploy, input_size)
+    if len(planned.ends) != 1:
+        raise network.CaffeError(f"the network has {len(planned.ends)} outputs "
+                                 f"({', '.join(planned.ends)}); kerasbn imports networks of "
+                                 "one output")
+    source, logits = embedding_source(planned, embedding_layer, class_names is not None)
+    preprocess = caffe_layers.CaffeInput(channel_order == "bgr", mean, scale,
+                                         name="caffe_input")
+    built = network.build(deploy, weights, input_size, preprocess, embedding=source)
     embedding = built.model.get_layer("embedding").output
     if len(embedding.shape) != 2:
         raise network.CaffeError(f"the embedding ({source}'s output) must be a vector per "

@@ -347,16 +347,65 @@ def _many_inputs(layer, xs):
 
 
 @dataclasses.dataclass
+class Plan:
+    """What a deploy network runs, found before any Keras layer is made: its one input
+    (blob name, (channels, height, width)), its steps in order (each a layer and the Scale
+    layer a BatchNorm absorbs, or None), per layer the layers whose outputs it reads (None for
+    the input), and its output blobs (those written and never read)."""
+
+    input: tuple
+    steps: list
+    sources: dict
+    ends: list
+
+
+def plan(deploy, input_size=None):
+    """The `Plan` of deploy NetParameter `deploy`, its input of `input_size` (height, width)
+    when given; CaffeError for a network kerasbn cannot import."""
+    layers = layers_of(deploy)
+    shapes = input_shapes(deploy, layers, input_size)
+    if len(shapes) != 1:
+        raise CaffeError(f"the network takes {len(shapes)} inputs ({', '.join(shapes)}); "
+                         "kerasbn imports networks of one image input")
+    [start] = shapes.items()
+    writer = {start[0]: None}
+    sources = {}
+    # Whether each blob's latest value has been read since written: in-place layers (top
+    # equal to bottom) write a blob again, so the outputs are the values never read.
+    read = {}
+    steps = []
+    for index, layer in enumerate(layers):
+        if layer.type == "Input" or (steps and steps[-1][1] is layer):
+            continue
+        if layer.type not in SUPPORTED:
+            raise CaffeError(f"layer {layer.name} has type {layer.type}, which kerasbn does "
+                             f"not import; supported: {', '.join(SUPPORTED)}")
+        missing = [b for b in layer.bottom if b not in writer]
+        if missing:
+            raise CaffeError(f"layer {layer.name} ({layer.type}) reads blob {missing[0]!r}, "
+                             "which no earlier layer produces")
+        after = layers[index + 1] if index + 1 < len(layers) else None
+        scale = after if (layer.type == "BatchNorm" and after is not None
+                          and after.type == "Scale" and after.bottom == layer.top) else None
+        read.update(dict.fromkeys(layer.bottom, True))
+        sources[layer.name] = [writer[b] for b in layer.bottom]
+        tops = (scale or layer).top
+        read.update(dict.fromkeys(tops, False))
+        writer.update(dict.fromkeys(tops, layer.name))
+        steps.append((layer, scale))
+    ends = [blob for blob, was_read in read.items() if not was_read]
+    if not ends:
+        raise CaffeError("the network has no output blob")
+    return Plan(start, steps, sources, ends)
+
+
+@dataclasses.dataclass
 class Built:
-    """A built network: the Keras model from the image to every output blob, each blob's
-    latest tensor, the layers run, the output blobs, and per layer the layers whose outputs
-    it read."""
+    """A built network: the Keras model from the image to every output blob, and each blob's
+    latest tensor."""
 
     model: keras.Model
     blobs: dict
-    layers: list
-    ends: list
-    sources: dict
 
 
 def build(deploy, weights, input_size=None, preprocess=None, embedding=None):
@@ -364,65 +413,36 @@ def build(deploy, weights, input_size=None, preprocess=None, embedding=None):
     [blob arrays]}): one input, NHWC, of `input_size` (height, width) when given, made into
     the network's input first by `preprocess` (a Keras layer: Caffe's preprocessing of RGB
     pixels); a Keras layer `embedding` marks the output of the layer of that name."""
-    layers = layers_of(deploy)
-    shapes = input_shapes(deploy, layers, input_size)
-    if len(shapes) != 1:
-        raise CaffeError(f"the network takes {len(shapes)} inputs ({', '.join(shapes)}); "
-                         "kerasbn imports networks of one image input")
-    [(input_name, (channels, height, width))] = shapes.items()
+    planned = plan(deploy, input_size)
+    input_name, (channels, height, width) = planned.input
     image = keras.Input((height, width, channels), name="image")
     blobs = {input_name: preprocess(image) if preprocess else image}
-    writer = {input_name: None}
-    sources = {}
-    # Whether each blob's latest value has been read since written: in-place layers (top
-    # equal to bottom) write a blob again, so the outputs are the values never read.
-    read = {}
-    fused_scale = set()
-    for index, layer in enumerate(layers):
-        if layer.type == "Input" or layer.name in fused_scale:
-            continue
-        if layer.type not in SUPPORTED:
-            raise CaffeError(f"layer {layer.name} has type {layer.type}, which kerasbn does "
-                             f"not import; supported: {', '.join(SUPPORTED)}")
-        missing = [b for b in layer.bottom if b not in blobs]
-        if missing:
-            raise CaffeError(f"layer {layer.name} ({layer.type}) reads blob {missing[0]!r}, "
-                             "which no earlier layer produces")
+    for layer, scale in planned.steps:
         if layer.type not in _NO_WEIGHTS and layer.name not in weights:
             raise CaffeError(f"layer {layer.name} ({layer.type}) has no weights in the "
                              "caffemodel (no layer of that name there)")
         own = weights.get(layer.name, [])
         xs = [blobs[b] for b in layer.bottom]
-        read.update(dict.fromkeys(layer.bottom, True))
-        sources[layer.name] = [writer[b] for b in layer.bottom]
         if layer.type in ("Split", "Dropout"):
             outputs = [xs[0]] * len(layer.top)
         elif layer.type in ("Eltwise", "Concat", "Slice"):
             outputs = _many_inputs(layer, xs)
         elif layer.type == "BatchNorm":
-            after = layers[index + 1] if index + 1 < len(layers) else None
-            scale = None
-            if after is not None and after.type == "Scale" and after.bottom == layer.top:
-                p = after.message.scale_param
-                bias = p.bias_term
-                scale = _expect(after, weights.get(after.name, []),
-                                [(xs[0].shape[-1],)] * (2 if bias else 1))
+            affine = None
+            if scale is not None:
+                bias = scale.message.scale_param.bias_term
+                affine = _expect(scale, weights.get(scale.name, []),
+                                 [(xs[0].shape[-1],)] * (2 if bias else 1))
                 if not bias:
-                    scale.append(np.zeros(xs[0].shape[-1]))
-                fused_scale.add(after.name)
-                layer = dataclasses.replace(layer, top=after.top)
-            outputs = [_batch_norm(layer, xs[0], own, scale)]
+                    affine.append(np.zeros(xs[0].shape[-1]))
+                layer = dataclasses.replace(layer, top=scale.top)
+            outputs = [_batch_norm(layer, xs[0], own, affine)]
         else:
             outputs = [_one_input(layer, xs[0], own)]
         if layer.name == embedding:
             outputs = [keras.layers.Identity(name="embedding")(outputs[0]), *outputs[1:]]
         blobs.update(zip(layer.top, outputs))
-        read.update(dict.fromkeys(layer.top, False))
-        writer.update(dict.fromkeys(layer.top, layer.name))
-    ends = [blob for blob, was_read in read.items() if not was_read]
-    if not ends:
-        raise CaffeError("the network has no output blob")
-    outputs = [blobs[t] for t in ends]
+    outputs = [blobs[t] for t in planned.ends]
     model = keras.Model(image, outputs[0] if len(outputs) == 1 else outputs,
                         name=deploy.name or "caffe")
-    return Built(model, blobs, layers, ends, sources)
+    return Built(model, blobs)
