@@ -18,7 +18,7 @@ if not hasattr(cv2.dnn, "readNetFromCaffe"):
 
 
 def ours(prototxt, caffemodel, x):
-    built = network.build(proto.read_prototxt(prototxt),
+    built = network.build(network.plan(proto.read_prototxt(prototxt)),
                           network.weights_of(proto.read_caffemodel(caffemodel)))
     out = built.model(x.transpose(0, 2, 3, 1)).numpy()
     return out.transpose(0, 3, 1, 2) if out.ndim == 4 else out

@@ -84,7 +84,7 @@ def run(prototxt, caffemodel, batch_size, steps, rounds):
     import cv2
     import tensorflow as tf
     start = time.perf_counter()
-    built = network.build(proto.read_prototxt(prototxt),
+    built = network.build(network.plan(proto.read_prototxt(prototxt)),
                           network.weights_of(proto.read_caffemodel(caffemodel)))
     convert_s = time.perf_counter() - start
     height, width, channels = built.model.input.shape[1:]

@@ -16,7 +16,7 @@ def embedding_source(planned, embedding_layer=None, classifier=False):
     `classifier`) the output is the embedding and there are no logits. `embedding_layer`
     names the layer instead."""
     [end] = planned.ends
-    last = next(layer for layer, scale in reversed(planned.steps) if end in (scale or layer).top)
+    last = next(layer for layer, _ in reversed(planned.steps) if end in layer.top)
     logits = last.bottom[0] if last.type == "Softmax" else end if classifier else None
     if embedding_layer:
         if embedding_layer not in planned.sources:
@@ -38,9 +38,8 @@ def build(prototxt, caffemodel, input_size=None, channel_order="bgr", mean=(0.0,
     Manifest) of a deploy prototxt and caffemodel. `channel_order`, `mean` (one value or one
     per channel, in the network's channel order) and `scale` are Caffe's preprocessing,
     (x - mean) * scale; `class_names` the classifier's names (default "class 0", ...)."""
-    deploy = proto.read_prototxt(prototxt)
     weights = network.weights_of(proto.read_caffemodel(caffemodel))
-    planned = network.plan(deploy, input_size)
+    planned = network.plan(proto.read_prototxt(prototxt), input_size)
     if len(planned.ends) != 1:
         raise network.CaffeError(f"the network has {len(planned.ends)} outputs "
                                  f"({', '.join(planned.ends)}); kerasbn imports networks of "
@@ -48,14 +47,14 @@ def build(prototxt, caffemodel, input_size=None, channel_order="bgr", mean=(0.0,
     source, logits = embedding_source(planned, embedding_layer, class_names is not None)
     preprocess = caffe_layers.CaffeInput(channel_order == "bgr", mean, scale,
                                          name="caffe_input")
-    built = network.build(deploy, weights, input_size, preprocess, embedding=source)
+    built = network.build(planned, weights, preprocess, embedding=source)
     embedding = built.model.get_layer("embedding").output
     if len(embedding.shape) != 2:
         raise network.CaffeError(f"the embedding ({source}'s output) must be a vector per "
                                  f"image, not of shape {tuple(embedding.shape[1:])}; name a "
                                  "fully connected layer with --embedding_layer")
     out = built.blobs[logits] if logits else embedding
-    model = keras.Model(built.model.input, out, name=deploy.name or "caffe")
+    model = keras.Model(built.model.input, out, name=planned.name)
     classes = int(out.shape[-1]) if logits else 0
     if class_names is not None and len(class_names) != classes:
         raise network.CaffeError(f"--class_names lists {len(class_names)} names; the "

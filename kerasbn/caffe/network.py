@@ -348,11 +348,13 @@ def _many_inputs(layer, xs):
 
 @dataclasses.dataclass
 class Plan:
-    """What a deploy network runs, found before any Keras layer is made: its one input
-    (blob name, (channels, height, width)), its steps in order (each a layer and the Scale
-    layer a BatchNorm absorbs, or None), per layer the layers whose outputs it reads (None for
-    the input), and its output blobs (those written and never read)."""
+    """What a deploy network runs, found before any Keras layer is made: its name, its one
+    input (blob name, (channels, height, width)), its steps in order (each a layer and the
+    Scale layer a BatchNorm absorbs, or None; the BatchNorm then writes the Scale's tops), per
+    layer the layers whose outputs it reads (None for the input), and its output blobs (those
+    written and never read)."""
 
+    name: str
     input: tuple
     steps: list
     sources: dict
@@ -389,14 +391,15 @@ def plan(deploy, input_size=None):
                           and after.type == "Scale" and after.bottom == layer.top) else None
         read.update(dict.fromkeys(layer.bottom, True))
         sources[layer.name] = [writer[b] for b in layer.bottom]
-        tops = (scale or layer).top
-        read.update(dict.fromkeys(tops, False))
-        writer.update(dict.fromkeys(tops, layer.name))
+        if scale is not None:
+            layer = dataclasses.replace(layer, top=scale.top)
+        read.update(dict.fromkeys(layer.top, False))
+        writer.update(dict.fromkeys(layer.top, layer.name))
         steps.append((layer, scale))
     ends = [blob for blob, was_read in read.items() if not was_read]
     if not ends:
         raise CaffeError("the network has no output blob")
-    return Plan(start, steps, sources, ends)
+    return Plan(deploy.name or "caffe", start, steps, sources, ends)
 
 
 @dataclasses.dataclass
@@ -408,12 +411,11 @@ class Built:
     blobs: dict
 
 
-def build(deploy, weights, input_size=None, preprocess=None, embedding=None):
-    """The `Built` network of deploy NetParameter `deploy` with `weights` ({layer name:
-    [blob arrays]}): one input, NHWC, of `input_size` (height, width) when given, made into
-    the network's input first by `preprocess` (a Keras layer: Caffe's preprocessing of RGB
-    pixels); a Keras layer `embedding` marks the output of the layer of that name."""
-    planned = plan(deploy, input_size)
+def build(planned, weights, preprocess=None, embedding=None):
+    """The `Built` network of `planned` (`plan`'s) with `weights` ({layer name: [blob
+    arrays]}): one input, NHWC, made into the network's input first by `preprocess` (a Keras
+    layer: Caffe's preprocessing of RGB pixels); a Keras layer `embedding` marks the output of
+    the layer of that name."""
     input_name, (channels, height, width) = planned.input
     image = keras.Input((height, width, channels), name="image")
     blobs = {input_name: preprocess(image) if preprocess else image}
@@ -435,7 +437,6 @@ def build(deploy, weights, input_size=None, preprocess=None, embedding=None):
                                  [(xs[0].shape[-1],)] * (2 if bias else 1))
                 if not bias:
                     affine.append(np.zeros(xs[0].shape[-1]))
-                layer = dataclasses.replace(layer, top=scale.top)
             outputs = [_batch_norm(layer, xs[0], own, affine)]
         else:
             outputs = [_one_input(layer, xs[0], own)]
@@ -443,6 +444,5 @@ def build(deploy, weights, input_size=None, preprocess=None, embedding=None):
             outputs = [keras.layers.Identity(name="embedding")(outputs[0]), *outputs[1:]]
         blobs.update(zip(layer.top, outputs))
     outputs = [blobs[t] for t in planned.ends]
-    model = keras.Model(image, outputs[0] if len(outputs) == 1 else outputs,
-                        name=deploy.name or "caffe")
+    model = keras.Model(image, outputs[0] if len(outputs) == 1 else outputs, name=planned.name)
     return Built(model, blobs)
