@@ -14,9 +14,11 @@ import keras
 import tensorflow as tf
 
 
-@tf.function(jit_compile=True)
-def _forward(x, alpha):
+def _values(x, alpha):
     return tf.where(x > 0, x, x * alpha)
+
+
+_forward = tf.function(_values, jit_compile=True)
 
 
 @tf.function(jit_compile=True)
@@ -34,7 +36,7 @@ class PReLU(keras.layers.PReLU):
     def call(self, inputs, training=None):
         alpha = tf.cast(self.alpha, inputs.dtype)
         if not training:
-            return tf.where(inputs > 0, inputs, inputs * alpha)
+            return _values(inputs, alpha)
         # The batch axis and the shared ones: where alpha's gradient is summed.
         axes = (0, *(self.shared_axes or ()))
 
