@@ -47,12 +47,21 @@ import tempfile
 import tensorflow as tf
 from absl import flags
 
-from kerasbn.benchmarks import (caffe_speed, input_pipeline, margin_heads, peer_comparison,
-                                photo_pipeline, scaling, separability, timing, whole_run)
+from kerasbn.benchmarks import (
+    caffe_speed,
+    input_pipeline,
+    margin_heads,
+    peer_comparison,
+    photo_pipeline,
+    scaling,
+    separability,
+    timing,
+    whole_run,
+)
 from kerasbn.data import records
 from kerasbn.flags import cli
 from kerasbn.nn import heads, models, norms
-from kerasbn.training import runtime
+from kerasbn.utils import hardware
 
 COMPILE = {"plain": False, "xla": True}
 
@@ -97,7 +106,7 @@ def peer_bench(values):
     """kerasbn against PyTorch at each precision this machine runs natively."""
     precisions = [p for p in values.precisions if p in peer_comparison.PEER_PRECISIONS]
     gpu = bool(tf.config.list_physical_devices("GPU"))
-    if "mixed_bfloat16" in precisions and not gpu and not runtime.native_bfloat16():
+    if "mixed_bfloat16" in precisions and not gpu and not hardware.native_bfloat16():
         print("mixed_bfloat16 left out: this CPU has no bfloat16 instructions (both "
               "frameworks would emulate it, PyTorch at minutes a step)", flush=True)
         precisions.remove("mixed_bfloat16")

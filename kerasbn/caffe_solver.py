@@ -15,7 +15,7 @@ import re
 import sys
 
 from kerasbn.flags import cli
-from kerasbn.training import schedules
+from kerasbn.optim import schedules
 from kerasbn.utils import errors
 
 _LINE = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*:\s*("(?:[^"\\]|\\.)*"|\'[^\']*\'|[^\s#]+)'

@@ -27,10 +27,13 @@ from absl import flags
 
 from kerasbn.analysis import charts, comparison, seeds
 from kerasbn.data import records
+from kerasbn.evaluation import target_metrics
 from kerasbn.flags import cli, train_flags
 from kerasbn.nn import norms
-from kerasbn.training import loop, metrics, schedules
-from kerasbn.training.run_dir import RunDir, stored_config
+from kerasbn.optim import schedules
+from kerasbn.runs import test_records
+from kerasbn.runs.run_dir import RunDir, stored_config
+from kerasbn.training import loop
 from kerasbn.utils import atomic, errors
 
 
@@ -78,7 +81,7 @@ def summarize(runs, targets):
     keras_speed = _speed(runs.get("keras", []))
     for norm, entries in runs.items():
         tested = [{"entries": e} for e in entries if e]
-        jumps = [metrics.stability(e) for e in entries if len(e) > 2]
+        jumps = [test_records.stability(e) for e in entries if len(e) > 2]
         speed = _speed(entries)
         rows.append({
             "norm": norm, "seeds": len(entries),
@@ -92,11 +95,11 @@ def summarize(runs, targets):
 
 
 def _speed(runs):
-    return metrics.median_speed([e for entries in runs for e in entries])
+    return test_records.median_speed([e for entries in runs for e in entries])
 
 
 def markdown(rows, targets):
-    names = [metrics.target_name(t) for t in targets]
+    names = [target_metrics.target_name(t) for t in targets]
     lines = ["| norm | final top-1 | best top-1 | "
              + "".join(f"iterations to {n} | reached {n} | " for n in names)
              + "test jump (mean abs change) | step time / keras |",

@@ -12,9 +12,10 @@ checked by `schedules.ScheduleConfig` itself.
 import dataclasses
 import math
 
+from kerasbn.evaluation import target_metrics
 from kerasbn.nn import heads, imported, iresnet, models, norms
-from kerasbn.training import metrics, runtime, schedules
-from kerasbn.utils import errors, settings
+from kerasbn.optim import schedules
+from kerasbn.utils import errors, hardware, settings
 from kerasbn.utils.settings import setting
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -274,7 +275,7 @@ class RunConfig:
             raise ConfigError("--target_accuracy needs at least one value in (0, 1]")
         for text in self.target:
             try:
-                metrics.parse_target(text)
+                target_metrics.parse_target(text)
             except ValueError as e:
                 raise ConfigError(str(e)) from None
         if self.jit_compile and self.deterministic:
@@ -356,7 +357,7 @@ class RunConfig:
         """Every target of the run as (metric, value): --target_accuracy's on test top-1,
         then --target's."""
         return ([("test_top1", t) for t in self.target_accuracy]
-                + [metrics.parse_target(text) for text in self.target])
+                + [target_metrics.parse_target(text) for text in self.target])
 
     @property
     def max_iter(self):
@@ -438,7 +439,7 @@ def resolve(values, manifest, manifest_path="manifest.json"):
     run = {field.name: values[field.name] for field, spec in declared()
            if field.name in values and field.name not in _SCHEDULE and not spec.from_manifest}
     if run.get("precision") == "auto":
-        run["precision"] = runtime.auto_precision()
+        run["precision"] = hardware.auto_precision()
     if run.get("backbone"):
         problem = imported.check(run["backbone"], (height, width), manifest.channels)
         if problem:
@@ -462,7 +463,7 @@ def _check_verification(config, manifest, manifest_path):
     why = ("--verify_split=none" if config.verify_split == "none"
            else f"{manifest_path} has no holdout pairs")
     for text in config.target:
-        if metrics.parse_target(text)[0].startswith("verify_"):
+        if target_metrics.parse_target(text)[0].startswith("verify_"):
             raise ConfigError(f"--target={text} is a verification figure, but this run never "
                               f"verifies ({why}); drop the target, or verify on a dataset "
                               "with holdout pairs")

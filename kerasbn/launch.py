@@ -37,8 +37,8 @@ from absl import flags
 
 from kerasbn.analysis import comparison, seeds
 from kerasbn.flags import cli, train_flags
+from kerasbn.runs.run_dir import BUSY_EXIT, RunDir
 from kerasbn.serving import exporter
-from kerasbn.training.run_dir import BUSY_EXIT, RunDir
 from kerasbn.utils import errors
 
 WAIT_SECONDS = 10

@@ -25,8 +25,9 @@ from absl import flags
 from kerasbn.data import images
 from kerasbn.faces import photo_alignment
 from kerasbn.flags import cli
-from kerasbn.serving import export_layout, signatures
-from kerasbn.training.run_dir import RunDir
+from kerasbn.runs import export_layout
+from kerasbn.runs.run_dir import RunDir
+from kerasbn.serving import signatures
 from kerasbn.utils import atomic, errors
 from kerasbn.utils.progress import Progress
 

@@ -14,7 +14,7 @@ from absl import flags
 
 from kerasbn.analysis import charts
 from kerasbn.flags import cli, train_flags
-from kerasbn.training import schedules
+from kerasbn.optim import schedules
 from kerasbn.utils import errors
 
 

@@ -11,9 +11,10 @@ import signal
 import sys
 
 from kerasbn.data import records
+from kerasbn.evaluation import target_metrics
 from kerasbn.flags import cli, train_flags
-from kerasbn.training import loop, metrics, runtime
-from kerasbn.training.run_dir import BUSY_EXIT, RunDir, RunDirBusy, stored_config
+from kerasbn.runs.run_dir import BUSY_EXIT, RunDir, RunDirBusy, stored_config
+from kerasbn.training import loop, runtime
 from kerasbn.utils import errors, stop_signals
 
 # What a training command reports as one line (a user's mistake, or a run that diverged);
@@ -26,12 +27,12 @@ def describe(summary, run_dir, export_dir):
     if not summary.get("tests"):
         return "no test was run"
     targets = [
-        f"target {metrics.shown_target(target)}: "
+        f"target {target_metrics.shown_target(target)}: "
         + (f"reached at iteration {hit['iteration']} ({hit['wall_time']:.0f}s)" if hit
            else "not reached")
         for target, hit in sorted(summary["targets"].items(),
-                                  key=lambda item: metrics.target_order(
-                                      metrics.parse_target(item[0])))]
+                                  key=lambda item: target_metrics.target_order(
+                                      target_metrics.parse_target(item[0])))]
     return "\n".join([
         f"best test top-1 {summary['best_test_top1']:.4f} (iteration "
         f"{summary['best_iteration']}), final {summary['final_test_top1']:.4f} "

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 from skimage import data
+from test_faces import PLACEMENTS, composite
 
 from kerasbn import align
-from test_faces import PLACEMENTS, composite
 
 
 @pytest.fixture
@@ -91,6 +91,7 @@ def test_commands_that_cannot_work_are_one_line(argv, message, tmp_path, monkeyp
 
 def test_build_records_aligns_inline_and_counts_photos_without_a_face(photos, tmp_path):
     from conftest import build_folder, read_records
+
     from kerasbn.faces import aligner, detector
 
     manifest = build_folder(photos, tmp_path / "data", align=True, image_size=112,
@@ -108,9 +109,10 @@ def test_build_records_aligns_inline_and_counts_photos_without_a_face(photos, tm
 
 def test_build_records_aligns_by_a_landmarks_file_and_refuses_a_bad_one(photos, tmp_path):
     from conftest import build_folder, read_records
+
     from data_tools import convert
-    from kerasbn.faces import aligner
     from kerasbn.data import records
+    from kerasbn.faces import aligner
 
     source = tmp_path / "faces"
     (source / "a").mkdir(parents=True)
@@ -166,8 +168,9 @@ def test_predict_align_names_every_face_and_compares_the_largest(finished_run, p
 
 def test_evaluate_verifies_pairs_of_whole_photos_by_their_aligned_faces(finished_run,
                                                                         att_faces, tmp_path):
-    from kerasbn import evaluate
     import json
+
+    from kerasbn import evaluate
     root = tmp_path / "lfw"
     rng = np.random.default_rng(0)
     for person in (1, 2, 3):
@@ -202,8 +205,9 @@ def test_a_network_trained_on_aligned_faces_names_each_face_of_a_whole_photo(att
     import sys
 
     from conftest import build_folder, run_train, train_args
-    from kerasbn.training.run_dir import RunDir
     from test_faces import composite
+
+    from kerasbn.runs.run_dir import RunDir
     source = tmp_path / "people"
     for person in (1, 2, 3):
         (source / f"s{person}").mkdir(parents=True)

@@ -3,9 +3,10 @@
 import os
 
 from conftest import run_train
+
 from data_tools import convert, inspect_records
 from kerasbn.data import records
-from kerasbn.training.run_dir import RunDir
+from kerasbn.runs.run_dir import RunDir
 
 # 40 classes: chance is 2.5%; 150 iterations (about 30 s on 2 cores) reach about 90%.
 MIN_TOP1 = 0.5

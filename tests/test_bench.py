@@ -2,6 +2,7 @@ import pytest
 
 from kerasbn import bench
 from kerasbn.benchmarks import input_pipeline, peer_comparison, scaling, timing
+from kerasbn.utils import hardware
 
 
 def test_input_bench_measures_both_readers_on_the_same_shards(small_data):
@@ -89,8 +90,7 @@ def test_the_pytorch_peer_builds_kerasbn_s_networks_layer_for_layer():
 def test_the_pytorch_peer_of_a_field_network_has_its_parameters_and_convolutions(name):
     torch = pytest.importorskip("torch")
     from kerasbn.benchmarks import pytorch_peer
-    from kerasbn.nn import flops
-    from kerasbn.nn import models
+    from kerasbn.nn import flops, models
     ours = models.build(name, 100, **models.made_for(name))
     peer = pytorch_peer.network(name, 100)
     assert sum(p.numel() for p in peer.parameters()) == sum(
@@ -201,7 +201,7 @@ def test_heads_bench_names_a_fraction_too_small_for_the_batch():
 def test_the_photos_bench_times_align_and_serve_photo_against_their_references(
         finished_run, att_faces):
     from kerasbn.benchmarks import photo_pipeline
-    from kerasbn.training.run_dir import RunDir
+    from kerasbn.runs.run_dir import RunDir
     result = photo_pipeline.run(RunDir(finished_run).export, att_faces, repeats=1, photos=1)
     assert set(result) == {"align_640x480_photos_per_sec", "mtcnn_640x480_photos_per_sec",
                            "align_1280x960_photos_per_sec", "mtcnn_1280x960_photos_per_sec",
@@ -232,8 +232,7 @@ def _profiled_flops(model, shape):
 @pytest.mark.parametrize("name, widths", [("iresnet18", (8, 8, 8, 16, 16)),
                                           ("mobilefacenet", (16, 32, 16, 32, 64, 64))])
 def test_flops_per_image_are_tensorflow_profilers_count(name, widths):
-    from kerasbn.nn import flops
-    from kerasbn.nn import models
+    from kerasbn.nn import flops, models
     model = models.build(name, 10, image_size=(32, 32), channels=3, widths=widths,
                          embedding_dim=16)
     counts = flops.per_image(model)
@@ -245,8 +244,7 @@ def test_flops_per_image_are_tensorflow_profilers_count(name, widths):
 
 
 def test_the_published_flops_of_r50_and_mbf():
-    from kerasbn.nn import flops
-    from kerasbn.nn import models
+    from kerasbn.nn import flops, models
     # insightface's tables: r50 6.3G and mbf about 0.45G multiply-adds at 112x112.
     r50 = flops.per_image(models.build("iresnet50", 10, **models.made_for("iresnet50")))
     mbf = flops.per_image(models.build("mobilefacenet", 10,
@@ -256,10 +254,9 @@ def test_the_published_flops_of_r50_and_mbf():
 
 
 def test_the_cpu_peak_is_cores_clock_and_units():
-    from kerasbn.training import runtime
     info = "processor\t: 0\ncpu MHz\t\t: 2600.000\nflags\t\t: fpu avx2 avx512f amx_bf16\n"
-    assert runtime.cpu_peak("float32", info, 2)[0] == 2 * 2.6e9 * 64
-    assert runtime.cpu_peak("mixed_bfloat16", info, 2)[0] == 2 * 2.6e9 * 1024
+    assert hardware.cpu_peak("float32", info, 2)[0] == 2 * 2.6e9 * 64
+    assert hardware.cpu_peak("mixed_bfloat16", info, 2)[0] == 2 * 2.6e9 * 1024
     old = info.replace("avx512f amx_bf16", "")
-    assert runtime.cpu_peak("mixed_bfloat16", old, 4)[0] == 4 * 2.6e9 * 32
-    assert runtime.cpu_peak("float32", "flags: sse2\n", 1)[0] is None
+    assert hardware.cpu_peak("mixed_bfloat16", old, 4)[0] == 4 * 2.6e9 * 32
+    assert hardware.cpu_peak("float32", "flags: sse2\n", 1)[0] is None

@@ -430,12 +430,12 @@ BACKBONE = HEADER.format(name="backbone", c=3, h=32, w=32) + "".join([
 def test_an_import_trains_as_a_backbone_under_a_margin_head(tmp_path, capsys):
     import keras
     import tensorflow as tf
-
     from conftest import run_train, train_args
+
     from data_tools import synth
     from kerasbn.nn import norms
-    from kerasbn.training import checkpoints, network
-    from kerasbn.training.run_dir import RunDir, stored_config
+    from kerasbn.runs import checkpoints, network
+    from kerasbn.runs.run_dir import RunDir, stored_config
     files = proto.write_net(tmp_path, "backbone", BACKBONE, {
         "conv": [_normal(6, 3, 3, 3) * 0.3], "bn": [_normal(6), RNG.uniform(1, 3, 6),
                                                    np.array([1.0])],

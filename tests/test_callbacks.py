@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from kerasbn.runs.run_dir import RunDir
 from kerasbn.training import callbacks
-from kerasbn.training.run_dir import RunDir
 
 
 def _model(optimizer=None):

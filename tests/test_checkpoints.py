@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 
 from kerasbn.data import records
-from kerasbn.training import checkpoints
-from kerasbn.training.run_dir import RunDir
+from kerasbn.runs import checkpoints
+from kerasbn.runs.run_dir import RunDir
 
 
 def _model(width=3):

@@ -7,8 +7,8 @@ import pytest
 from kerasbn import compare_norms
 from kerasbn.data import records
 from kerasbn.flags import cli, train_flags
-from kerasbn.training import metrics
-from kerasbn.training.run_dir import RunDirError, stored_config
+from kerasbn.runs import test_records
+from kerasbn.runs.run_dir import RunDirError, stored_config
 
 
 def _entries(accuracies, every=10, speed=100.0):
@@ -18,7 +18,7 @@ def _entries(accuracies, every=10, speed=100.0):
 
 def test_stability_is_the_mean_jump_over_the_second_half():
     entries = _entries([0.1, 0.5, 0.9, 0.7, 0.8, 0.6])  # tests at 30, 40, 50 are the tail
-    assert metrics.stability(entries) == pytest.approx((0.1 + 0.2) / 2)
+    assert test_records.stability(entries) == pytest.approx((0.1 + 0.2) / 2)
 
 
 def test_summary_table_on_scripted_runs():

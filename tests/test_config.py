@@ -4,7 +4,7 @@ import json
 import pytest
 
 from kerasbn.config import ConfigError, RunConfig
-from kerasbn.training import schedules
+from kerasbn.optim import schedules
 
 BASE = dict(data_dir="d", run_dir="r", num_classes=6, image_size=(50, 50), channels=1)
 

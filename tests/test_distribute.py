@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import train_args
-from kerasbn.training.run_dir import RunDir
+
+from kerasbn.runs.run_dir import RunDir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -82,6 +82,7 @@ def _baseline_args(data, run_dir):
 
 def test_two_local_workers_train_as_one_process_and_only_the_chief_writes(tmp_path):
     from conftest import make_synth
+
     from kerasbn import local_cluster
     data = str(tmp_path / "data")
     # One shard for two workers: each keeps every other record of the one stream, so the

@@ -5,8 +5,9 @@ import pytest
 
 from kerasbn import caffe_solver, config, export, predict
 from kerasbn.analysis import comparison
+from kerasbn.optim import schedules
+from kerasbn.runs import run_dir
 from kerasbn.serving import exporter, signatures
-from kerasbn.training import run_dir, schedules
 from kerasbn.utils import errors
 
 

@@ -5,15 +5,15 @@ import pickle
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_train, train_args
 from PIL import Image
 
-from conftest import run_train, train_args
 from data_tools import synth
 from kerasbn import evaluate
 from kerasbn.data import records
 from kerasbn.evaluation import bin_sets, evaluator, pairs
+from kerasbn.runs.run_dir import RunDir
 from kerasbn.serving import signatures
-from kerasbn.training.run_dir import RunDir
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ import signal
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import run_train, train_args
-from kerasbn.training.run_dir import RunDir
 from test_train import _error, _final_state, _metrics, _scalars, _train_process
+
+from kerasbn.runs.run_dir import RunDir
 
 TIMING = ("wall_time", "images_per_sec", "test_seconds", "verify_seconds")
 

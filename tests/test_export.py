@@ -9,9 +9,9 @@ import tensorflow as tf
 from PIL import Image
 
 from kerasbn.data import pipeline, records
+from kerasbn.runs import checkpoints, network
+from kerasbn.runs.run_dir import RunDir, stored_config
 from kerasbn.serving import exporter, signatures
-from kerasbn.training import checkpoints, network
-from kerasbn.training.run_dir import RunDir, stored_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -211,6 +211,7 @@ def test_the_export_sees_a_large_jpeg_as_the_converter_recorded_it(finished_run,
     # Photos at least twice the record size: the converter once decoded them at a reduced
     # DCT scale (Pillow's draft mode) while the export decodes them whole.
     from conftest import build_folder, read_records
+
     from kerasbn import predict
     from kerasbn.data import preprocess
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from kerasbn import config
 from kerasbn.nn import iresnet, mobilefacenet, models, norms, prelu
-from kerasbn.training import network
+from kerasbn.runs import network
 
 
 def _trainable(model):
@@ -233,12 +233,12 @@ def test_the_field_presets_are_valid_runs_at_112(preset):
 
 
 def test_the_quick_preset_trains_verifies_exports_and_names_an_aligned_photo(tmp_path, capsys):
+    from conftest import run_train
     from skimage import data as photos
 
-    from conftest import run_train
     from data_tools import synth
     from kerasbn import predict
-    from kerasbn.training.run_dir import RunDir
+    from kerasbn.runs.run_dir import RunDir
     synth.build(str(tmp_path / "data"), 6, 12, 0.25, 112, 0, "raw", 64, False,
                 holdout_identities=4, pairs=20, channels=3)
     run_dir = str(tmp_path / "run")
@@ -273,9 +273,10 @@ def _iresnet_args(data_dir, run_dir, **extra):
 def test_an_iresnet_run_resumes_bit_identical_and_tunes_into_new_identities(
         rgb32, tmp_path, capsys, monkeypatch):
     from conftest import run_stopped_then_resumed, run_train
-    from data_tools import synth
     from test_finetune import restored
     from test_train import _final_state, _metrics
+
+    from data_tools import synth
     runs = {name: str(tmp_path / name) for name in ("whole", "cut", "tuned")}
     args = lambda run: _iresnet_args(rgb32, runs[run], deterministic="true")
     run_train(args("whole"))

@@ -4,10 +4,10 @@ import re
 
 import numpy as np
 import pytest
-
 from conftest import make_synth, run_train, train_args
-from kerasbn.training import checkpoints, network
-from kerasbn.training.run_dir import RunDir, stored_config
+
+from kerasbn.runs import checkpoints, network
+from kerasbn.runs.run_dir import RunDir, stored_config
 
 
 def restored(run_dir):

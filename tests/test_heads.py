@@ -11,13 +11,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import make_synth, run_stopped_then_resumed, run_train, train_args
+
 from kerasbn import config
-from kerasbn.nn import heads, models
+from kerasbn.nn import heads, models, partial_fc
+from kerasbn.runs import checkpoints, network
+from kerasbn.runs.run_dir import RunDir, stored_config
 from kerasbn.serving import signatures
-from kerasbn.training import checkpoints, network, partial_fc
-from kerasbn.training.run_dir import RunDir, stored_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

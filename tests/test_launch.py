@@ -155,8 +155,8 @@ def test_a_sweep_that_cannot_report_a_spread_or_names_no_flag_is_refused(args, m
 
 def _fake_runs(tmp_path, count):
     """Commands standing in for training: each writes its run's export marker."""
-    from kerasbn.serving import export_layout
-    from kerasbn.training.run_dir import RunDir
+    from kerasbn.runs import export_layout
+    from kerasbn.runs.run_dir import RunDir
     dirs = [str(tmp_path / f"run{k}") for k in range(count)]
     script = ("import os, sys; os.makedirs(sys.argv[1], exist_ok=True); "
               f"open(os.path.join(sys.argv[1], {export_layout.MARKER!r}), 'w').write('{{}}')")
@@ -165,7 +165,7 @@ def _fake_runs(tmp_path, count):
 
 def test_a_launcher_skips_finished_runs_and_runs_another_process_trains(tmp_path, capsys):
     from kerasbn import launch
-    from kerasbn.training.run_dir import RunDir
+    from kerasbn.runs.run_dir import RunDir
     runs, dirs = _fake_runs(tmp_path, 3)
     assert subprocess.run(runs[0]).returncode == 0
     with RunDir(dirs[1]).lock():
@@ -179,7 +179,7 @@ def test_a_launcher_skips_finished_runs_and_runs_another_process_trains(tmp_path
 def test_a_sweep_waits_for_first_seed_runs_another_process_trains(tmp_path, monkeypatch,
                                                                    capsys):
     from kerasbn import launch
-    from kerasbn.training.run_dir import RunDir
+    from kerasbn.runs.run_dir import RunDir
     commands, dirs = _fake_runs(tmp_path, 2)
     runs = [{"command": c, "run_dir": d} for c, d in zip(commands, dirs)]
     slept = []
@@ -208,7 +208,7 @@ def test_a_run_claimed_between_the_check_and_the_start_is_left_to_its_claimer(tm
 
 def test_training_in_a_locked_run_dir_exits_busy(small_data, tmp_path):
     from kerasbn import train
-    from kerasbn.training.run_dir import RunDir
+    from kerasbn.runs.run_dir import RunDir
     run_dir = str(tmp_path / "claimed")
     with RunDir(run_dir).lock():
         done = subprocess.run([sys.executable, "-m", "kerasbn.train", f"--data_dir={small_data}",
@@ -284,9 +284,10 @@ def test_the_records_of_a_finished_run_count_as_finished_without_its_checkpoints
 
 def test_a_run_killed_in_its_export_is_not_finished(small_data, tmp_path, monkeypatch):
     from conftest import run_train, train_args
+
     from kerasbn import launch
+    from kerasbn.runs.run_dir import RunDir
     from kerasbn.serving import exporter
-    from kerasbn.training.run_dir import RunDir
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt

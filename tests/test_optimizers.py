@@ -4,7 +4,7 @@ import keras
 import numpy as np
 
 from kerasbn.config import RunConfig
-from kerasbn.training import optimizers, schedules
+from kerasbn.optim import optimizers, schedules
 
 X = np.array([[1.0, 2.0], [0.5, -1.0], [-1.5, 0.25], [2.0, 1.0]], np.float32)
 Y = np.array([[1.0], [0.0], [-1.0], [2.0]], np.float32)

@@ -10,13 +10,13 @@ import numpy as np
 import onnxruntime
 import pytest
 from ai_edge_litert.interpreter import Interpreter
-
 from conftest import run_train, train_args
+
 from kerasbn.data import pipeline, records
 from kerasbn.nn import models
+from kerasbn.runs import checkpoints
+from kerasbn.runs.run_dir import RunDir, stored_config
 from kerasbn.serving import exporter, portable
-from kerasbn.training import checkpoints
-from kerasbn.training.run_dir import RunDir, stored_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from kerasbn import predict
 from kerasbn.data import records
-from kerasbn.training.run_dir import RunDir
+from kerasbn.runs.run_dir import RunDir
 
 
 @pytest.fixture(scope="module")

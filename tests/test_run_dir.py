@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from kerasbn.config import RunConfig
-from kerasbn.training.run_dir import RunDir, RunDirError
+from kerasbn.runs.run_dir import RunDir, RunDirError
 
 CONFIG = RunConfig(data_dir="d", run_dir="r", num_classes=6, image_size=(50, 50), channels=1)
 

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from kerasbn.training import schedules
+from kerasbn.optim import schedules
 
 ITERS = np.array([0, 1, 2, 99, 100, 101, 149, 150, 151, 299, 300, 301, 999, 1000])
 FORMULAS = {

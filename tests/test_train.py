@@ -8,14 +8,14 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import make_synth, run_train, train_args
-from data_tools import synth
-from kerasbn import train
-from kerasbn.training import callbacks
-from kerasbn.training.run_dir import RunDir
 from test_pipeline import _damaged
 from test_run_dir import lock_held_elsewhere
+
+from data_tools import synth
+from kerasbn import train
+from kerasbn.runs.run_dir import RunDir
+from kerasbn.training import callbacks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -6,7 +6,7 @@ from kerasbn import config
 from kerasbn.data import records
 from kerasbn.data.manifest import Manifest
 from kerasbn.flags import cli, train_flags
-from kerasbn.training.run_dir import RunDir, run_settings, stored_config
+from kerasbn.runs.run_dir import RunDir, run_settings, stored_config
 
 MANIFEST = Manifest(image_size=(50, 50), channels=1, encoding="raw", class_names=("a", "b", "c"),
                     splits={}, mean=(0.0,), std=(1.0,))

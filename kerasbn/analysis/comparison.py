@@ -10,10 +10,10 @@ import numpy as np
 
 from kerasbn.analysis import charts, seeds
 from kerasbn.config import ConfigError
-from kerasbn.training import metrics
-from kerasbn.training.run_dir import RunDir, RunDirError, run_settings
+from kerasbn.evaluation import target_metrics
+from kerasbn.runs import test_records
+from kerasbn.runs.run_dir import RunDir, RunDirError, run_settings
 from kerasbn.utils import errors
-
 
 FIGURES = {"accuracy_vs_iteration.png": ("iteration", "test_top1", "test top-1"),
            "accuracy_vs_time.png": ("wall_time", "test_top1", "test top-1"),
@@ -48,7 +48,7 @@ def load_run(run_dir):
             "finished": RunDir(run_dir).finished(),
             "flags": settings,
             "targets": [("test_top1", t) for t in settings.get("target_accuracy") or []]
-            + [metrics.parse_target(t) for t in settings.get("target") or []],
+            + [target_metrics.parse_target(t) for t in settings.get("target") or []],
             "entries": entries}
 
 
@@ -81,7 +81,7 @@ def tracked_targets(runs):
                 if value is not None}
     targets = {t for run in runs for t in run["targets"] if t[0] in recorded} or {
         ("test_top1", 0.8)}
-    return sorted(targets, key=metrics.target_order)
+    return sorted(targets, key=target_metrics.target_order)
 
 
 def parse_targets(texts):
@@ -89,7 +89,7 @@ def parse_targets(texts):
     targets = []
     for text in texts:
         try:
-            targets.append(metrics.parse_target(text))
+            targets.append(target_metrics.parse_target(text))
         except ValueError as e:
             raise ReportError(f"--targets={text}: {str(e).split(': ', 1)[1]}; give top-1 "
                               "fractions such as 0.7,0.8, or METRIC:VALUE") from None
@@ -98,7 +98,7 @@ def parse_targets(texts):
 
 def rows(runs, targets, reference):
     """One table row per run; speedups against the run named `reference`."""
-    summaries = {run["dir"]: metrics.summarize(run["entries"], targets) for run in runs}
+    summaries = {run["dir"]: test_records.summarize(run["entries"], targets) for run in runs}
     ref = summaries[reference]["targets"]
     ref_last = summaries[reference]["final_iteration"]
     table = []
@@ -112,9 +112,9 @@ def rows(runs, targets, reference):
                else "-", "policy": run["flags"].get("lr_policy", "?"),
                "best": summary["best_test_top1"], "final": summary["final_test_top1"],
                "iteration": summary["final_iteration"],
-               "jump": metrics.stability(run["entries"]),
+               "jump": test_records.stability(run["entries"]),
                "verify": summary.get("best_verify_acc"),
-               "images_per_sec": metrics.median_speed(run["entries"]), "targets": {}}
+               "images_per_sec": test_records.median_speed(run["entries"]), "targets": {}}
         for target, hit in summary["targets"].items():
             row["targets"][target] = {
                 "iteration": hit and hit["iteration"], "wall_time": hit and hit["wall_time"],
@@ -218,7 +218,7 @@ VERIFICATION = [("verify acc", "verify_acc"), ("AUC", "verify_auc"),
 def grouped_markdown(groups, targets, reference):
     """One row per configuration: mean ± std over its seeds; speedups against the
     configuration `reference` (a group), per seed."""
-    names = [metrics.target_name(t) for t in targets]
+    names = [target_metrics.target_name(t) for t in targets]
     head = ["configuration", "seeds", "best top-1", "final top-1"]
     for name in names:
         head += [f"iters to {name}", f"speedup at {name} vs {reference['name']}"]
@@ -270,7 +270,7 @@ def _at_value(choice, values):
 def sweep_markdown(choices, swept, target, reference):
     """Each configuration at its best swept value, chosen on the first seed and reported on
     the others; speedups best-against-best and at the reference's best value."""
-    name = metrics.target_name(target)
+    name = target_metrics.target_name(target)
     ref_best = reference["best"]
     ref_values = {flag: _value(ref_best, flag) for flag in swept}
     shown_ref = ", ".join(f"{k}={v}" for k, v in ref_values.items())
@@ -316,7 +316,7 @@ def plot_sweep(choices, swept, target, out_dir):
     scale = "log" if positive and max(values) / min(values) >= 10 else "linear"
     path = os.path.join(out_dir, f"iterations_vs_{flag}.png")
     charts.save_lines(curves, path, flag,
-                      f"iterations to {metrics.target_name(target)} (mean over seeds)",
+                      f"iterations to {target_metrics.target_name(target)} (mean over seeds)",
                       xscale=scale, marker="o")
     return path
 

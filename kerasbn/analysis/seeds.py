@@ -19,7 +19,8 @@ import re
 import numpy as np
 
 from kerasbn import config
-from kerasbn.training import metrics
+from kerasbn.evaluation import target_metrics
+from kerasbn.runs import test_records
 
 # Settings that differ between the seeds of one configuration, or that never change a run.
 _NOT_CONFIGURATION = ("seed",) + config.NOT_RUN_DEFINING
@@ -54,7 +55,7 @@ def seed_of(run):
 def iterations_to(run, target):
     """(iterations to `target`, censored): the first tested iteration reaching it, else the
     run's last tested iteration, censored."""
-    hit = metrics.summarize(run["entries"], [target])["targets"][metrics.target_name(target)]
+    hit = test_records.summarize(run["entries"], [target])["targets"][target_metrics.target_name(target)]
     if hit:
         return hit["iteration"], False
     return run["entries"][-1]["iteration"], True
@@ -110,15 +111,15 @@ def _from_the_start(run, base):
 
 
 def accuracy(runs, key):
-    """(mean, std) over `runs` of metrics.summarize's `key` (best_test_top1, ...)."""
-    return spread([metrics.summarize(run["entries"], [])[key] for run in runs])
+    """(mean, std) over `runs` of test_records.summarize's `key` (best_test_top1, ...)."""
+    return spread([test_records.summarize(run["entries"], [])[key] for run in runs])
 
 
 def final_verification(runs, key):
     """(mean, std) over `runs` of the figure `key` (verify_acc, verify_auc, ...) of each
     run's last verification; runs that never verified, or whose figure is unresolved, are
     left out."""
-    finals = [metrics.summarize(run["entries"], []).get("final_verify", {}) for run in runs]
+    finals = [test_records.summarize(run["entries"], []).get("final_verify", {}) for run in runs]
     return spread([final.get(key) for final in finals])
 
 

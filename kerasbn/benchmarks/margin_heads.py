@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from kerasbn import config
 from kerasbn.benchmarks import scaling, timing
-from kerasbn.training import network
+from kerasbn.runs import network
 
 
 def _config(num_classes, fraction, head, batch_size, precision):

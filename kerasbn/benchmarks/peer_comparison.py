@@ -6,7 +6,7 @@ import keras
 
 from kerasbn.benchmarks import subprocesses, timing
 from kerasbn.nn import flops, models
-from kerasbn.training import runtime
+from kerasbn.utils import hardware
 
 # The networks the peer bench has in PyTorch: the study's pair (timed together, for BN's
 # cost) and the field's.
@@ -105,7 +105,7 @@ def bench_field(names, num_classes, precisions, batch_size, steps, rounds, peer=
 def print_field(measured, names, num_classes, precisions):
     """Per network and precision: FLOPs per image, each framework's images/s over the rounds,
     kerasbn/PyTorch in each round, and the FLOP/s of kerasbn's best round against the CPU's
-    peak (runtime.cpu_peak)."""
+    peak (hardware.cpu_peak)."""
     for name in names:
         counts = flops.per_image(models.build(name, num_classes, **models.made_for(name)))
         keras.backend.clear_session()
@@ -121,7 +121,7 @@ def print_field(measured, names, num_classes, precisions):
                 line += (f", PyTorch {_span(theirs)}; kerasbn/PyTorch {_span(ratios, 2)}x "
                          f"({sum(x >= 1.2 for x in ratios)}/{len(ratios)} rounds >= 1.2x)")
             achieved = max(ours) * counts["training"]
-            peak, how = runtime.cpu_peak(precision)
+            peak, how = hardware.cpu_peak(precision)
             line += f"; {achieved / 1e9:.0f} GFLOP/s"
             line += (f" = {100 * achieved / peak:.1f}% of the peak {peak / 1e9:.0f} GFLOP/s "
                      f"({how})" if peak else f" (no peak: {how})")

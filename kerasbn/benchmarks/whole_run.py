@@ -16,7 +16,7 @@ import os
 import tempfile
 
 from kerasbn.benchmarks import subprocesses, timing
-from kerasbn.training.run_dir import RunDir
+from kerasbn.runs.run_dir import RunDir
 
 
 def train_rate(run_flags, data_dir, iterations, run_dir):

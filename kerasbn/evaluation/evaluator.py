@@ -8,11 +8,9 @@ import os
 import numpy as np
 
 from kerasbn.data import images, pipeline, records
-from kerasbn.evaluation import bin_sets, holdout, pairs, verification
+from kerasbn.evaluation import accuracy, bin_sets, holdout, pairs, verification
 from kerasbn.faces import photo_alignment
-from kerasbn.training import metrics
 from kerasbn.utils.progress import Progress
-
 
 WORST = 5
 
@@ -27,9 +25,9 @@ def closed_set(served, data_dir, manifest, split, batch_size):
             f"x {manifest.channels} images of {manifest.num_classes}; give the "
             "--data_dir it was trained on")
     data = pipeline.test_dataset(data_dir, manifest, batch_size, split=split, raw=True)
-    step = metrics.make_test_step(lambda x, training=False: served.serve(x)["logits"])
+    step = accuracy.make_test_step(lambda x, training=False: served.serve(x)["logits"])
     progress = Progress(manifest.splits[split].count, f"{split} split")
-    result = {"split": split, **metrics.evaluate(step, data, num_classes=served.classes,
+    result = {"split": split, **accuracy.evaluate(step, data, num_classes=served.classes,
                                                  progress=progress)}
     hits, counts = result.pop("class_hits"), result.pop("class_counts")
     seen = np.flatnonzero(counts)

@@ -1,5 +1,5 @@
 """A network's floating-point operations per image, so a measured step says how far it is from
-the hardware's peak (training.runtime.cpu_peak; `bench --bench=peer` on the field's networks).
+the hardware's peak (utils.hardware.cpu_peak; `bench --bench=peer` on the field's networks).
 
 FLOPs count multiply-adds as two, in convolutions and fully connected layers only (BN,
 PReLU and additions are a few percent more, as fvcore and ptflops leave them out too). A

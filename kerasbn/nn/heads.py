@@ -9,7 +9,7 @@ lives in the loss (`MarginLoss`), as in insightface's CombinedMarginLoss: the tr
 logit becomes s * (cos(theta) - m) for CosFace and s * cos(theta + m) for ArcFace, before
 softmax cross entropy.
 
-Partial FC (`--sample_classes F`, `kerasbn.training.partial_fc`) trains on the logits of
+Partial FC (`--sample_classes F`, `kerasbn.nn.partial_fc`) trains on the logits of
 `CosineClassifier.sampled`: ceil(F * K) centres only, every class of the batch plus randomly
 drawn others.
 """

@@ -13,8 +13,9 @@ import numpy as np
 from kerasbn.data import records
 from kerasbn.evaluation import holdout
 from kerasbn.faces import graph_detector
-from kerasbn.serving import export_layout, portable, signatures
-from kerasbn.training.run_dir import RunDir
+from kerasbn.runs import export_layout
+from kerasbn.runs.run_dir import RunDir
+from kerasbn.serving import portable, signatures
 from kerasbn.utils import atomic
 
 

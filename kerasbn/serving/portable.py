@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from kerasbn.data import pipeline, records
 from kerasbn.nn import models
-from kerasbn.serving import export_layout
+from kerasbn.runs import export_layout
 from kerasbn.utils import atomic, console
 
 TOLERANCE = 1e-4

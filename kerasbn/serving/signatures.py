@@ -19,10 +19,8 @@ import tensorflow as tf
 
 from kerasbn.data import preprocess, records
 from kerasbn.faces import similarity, template
-from kerasbn.serving import export_layout
-from kerasbn.training import checkpoints, network
-from kerasbn.training.run_dir import RunDir, stored_config
-
+from kerasbn.runs import checkpoints, export_layout, network
+from kerasbn.runs.run_dir import RunDir, stored_config
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,8 @@ import time
 import keras
 import tensorflow as tf
 
-from kerasbn.training import checkpoints, metrics
+from kerasbn.evaluation import target_metrics
+from kerasbn.runs import checkpoints, test_records
 from kerasbn.utils import faults
 from kerasbn.utils.progress import format_seconds
 
@@ -167,7 +168,7 @@ class PeriodicTest(IterationCallback):
         self.progress = progress
         self.writer = writer
         self.entries = list(entries)
-        self.summary = metrics.summarize(self.entries, targets)
+        self.summary = test_records.summarize(self.entries, targets)
         self.tested_at = None
 
     def on_iteration(self, iteration, logs):
@@ -191,7 +192,7 @@ class PeriodicTest(IterationCallback):
         entry.update(per_set)
         self.entries = [e for e in self.entries if e["iteration"] < iteration] + [entry]
         self.run.append_metrics(entry)
-        self.summary = metrics.summarize(self.entries, self.targets)
+        self.summary = test_records.summarize(self.entries, self.targets)
         self.run.write_summary(self.summary)
         self.tested_at = iteration
         print(f"test  iter {iteration}: top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}"
@@ -211,7 +212,7 @@ class PeriodicTest(IterationCallback):
                     tf.summary.scalar(key, value)
             for target, hit in self.summary["targets"].items():
                 if hit and hit["iteration"] == iteration:
-                    print(f"target {metrics.shown_target(target)} reached at iteration {iteration} "
+                    print(f"target {target_metrics.shown_target(target)} reached at iteration {iteration} "
                           f"({hit['wall_time']:.0f}s)", flush=True)
                     tf.summary.scalar(f"iterations_to_{target}", iteration)
                     tf.summary.scalar(f"seconds_to_{target}", hit["wall_time"])
@@ -254,10 +255,10 @@ class StopAtTarget(IterationCallback):
     def __init__(self, tester):
         super().__init__()
         self.tester = tester
-        self.stopped = metrics.all_reached(tester.summary)
+        self.stopped = test_records.all_reached(tester.summary)
 
     def on_iteration(self, iteration, logs):
-        if self.tester.tested_at == iteration and metrics.all_reached(self.tester.summary):
+        if self.tester.tested_at == iteration and test_records.all_reached(self.tester.summary):
             self.model.stop_training = True
             self.stopped = True
 

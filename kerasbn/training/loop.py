@@ -13,16 +13,18 @@ import time
 
 import keras
 import tensorflow as tf
+
 # disable_op_determinism has no public name; tf.config.experimental re-exports this module's.
 from tensorflow.python.framework import config as tf_config
 
 from kerasbn import config as config_lib
 from kerasbn.data import checks, pipeline, records
-from kerasbn.evaluation import bin_sets, holdout
-from kerasbn.nn import precise_bn
+from kerasbn.evaluation import accuracy, bin_sets, holdout
+from kerasbn.nn import keras_compat, precise_bn
+from kerasbn.runs import checkpoints, network, test_records
+from kerasbn.runs.run_dir import RunDir, RunDirError
 from kerasbn.serving import exporter
-from kerasbn.training import callbacks, checkpoints, keras_compat, metrics, network, runtime
-from kerasbn.training.run_dir import RunDir, RunDirError
+from kerasbn.training import callbacks, runtime
 from kerasbn.utils import errors, stop_signals
 
 
@@ -173,7 +175,7 @@ def make_evaluation(config, model, manifest, readable, entries):
     BN recomputed first when asked."""
     test_data = pipeline.test_dataset(config.data_dir, manifest, config.batch_size,
                                       skip_corrupt=config.skip_corrupt_records)
-    test_step = metrics.make_test_step(model)
+    test_step = accuracy.make_test_step(model)
     # Its own seeded stream, so precise BN never shifts the training data order; each test
     # so far has taken precise_bn batches of it.
     precise_batches = iter(pipeline.train_dataset(
@@ -189,7 +191,7 @@ def make_evaluation(config, model, manifest, readable, entries):
         if precise_batches is not None:
             precise_bn.recompute(model, precise_batches, config.precise_bn)
         start = time.perf_counter()
-        result = metrics.evaluate(test_step, test_data, config.test_iter)
+        result = accuracy.evaluate(test_step, test_data, config.test_iter)
         result["seconds"] = time.perf_counter() - start
         if not config.test_iter and result["count"] != readable["test"]:
             raise records.DataError(f"a pass over the test split read {result['count']} "
@@ -302,7 +304,7 @@ def finish(config, run, state, events, manifest):
     in its export is not taken as finished); a signal raises `stop_signals.Stopped`."""
     if events.on_signal.stopped_at is not None:
         raise stop_signals.Stopped(events.requests.signal, events.on_signal.stopped_at)
-    summary = metrics.summarize(run.read_metrics(), config.targets())
+    summary = test_records.summarize(run.read_metrics(), config.targets())
     summary["train_images_per_sec"] = events.progress.steady_images_per_sec()
     if config.export == "best":
         checkpoints.restore_latest(run, state.model, best=True)

@@ -12,8 +12,7 @@ zero gradient: their momentum keeps moving them and weight decay shrinks them.
 import keras
 import tensorflow as tf
 
-from kerasbn.nn import heads
-from kerasbn.training import keras_compat
+from kerasbn.nn import heads, keras_compat
 
 
 @keras.saving.register_keras_serializable(package="kerasbn")

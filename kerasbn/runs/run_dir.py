@@ -24,7 +24,7 @@ import os
 from kerasbn import config as config_lib
 from kerasbn.config import RunConfig
 from kerasbn.data import records
-from kerasbn.serving import export_layout
+from kerasbn.runs import export_layout
 from kerasbn.utils import atomic, errors, owned, settings
 
 FLAGS_NAME = "flags.txt"

@@ -17,8 +17,8 @@ import tensorflow as tf
 from kerasbn.data import records
 from kerasbn.nn import models
 from kerasbn.nn.models import CLASSIFIER
-from kerasbn.serving import export_layout
-from kerasbn.training.run_dir import RunDir, stored_config
+from kerasbn.runs import export_layout
+from kerasbn.runs.run_dir import RunDir, stored_config
 from kerasbn.utils import faults
 
 

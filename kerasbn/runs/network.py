@@ -7,9 +7,8 @@ import warnings
 import keras
 
 from kerasbn.config import ConfigError
-from kerasbn.nn import heads, models
-from kerasbn.training import partial_fc
-from kerasbn.training.optimizers import make_optimizer
+from kerasbn.nn import heads, models, partial_fc
+from kerasbn.optim.optimizers import make_optimizer
 
 
 def make_loss(config):

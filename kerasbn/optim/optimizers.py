@@ -1,4 +1,4 @@
-"""The Caffe-style solver of a `RunConfig` (`kerasbn.training.network` compiles the network
+"""The Caffe-style solver of a `RunConfig` (`kerasbn.runs.network` compiles the network
 with it).
 
 Caffe's update for SGD is v = momentum * v + lr * (grad + wd * w); w -= v. Keras's SGD keeps
@@ -18,7 +18,7 @@ decay and momentum included, as insightface's PartialFC_V2 does.
 import keras
 import tensorflow as tf
 
-from kerasbn.training import schedules
+from kerasbn.optim import schedules
 
 
 @keras.saving.register_keras_serializable(package="kerasbn")
