@@ -47,20 +47,11 @@ import tempfile
 import tensorflow as tf
 from absl import flags
 
-from kerasbn.benchmarks import (
-    caffe_speed,
-    input_pipeline,
-    margin_heads,
-    peer_comparison,
-    photo_pipeline,
-    scaling,
-    separability,
-    timing,
-    whole_run,
-)
+from kerasbn.benchmarks import (caffe_speed, input_pipeline, margin_heads, peer_comparison,
+                                photo_pipeline, scaling, separability, timing, whole_run)
 from kerasbn.data import records
 from kerasbn.flags import cli
-from kerasbn.nn import heads, models, norms
+from kerasbn.nn import models, norms, registry
 from kerasbn.utils import hardware
 
 COMPILE = {"plain": False, "xla": True}
@@ -253,7 +244,7 @@ def define_flags(values):
                          "into TensorFlow.", lower_bound=1, upper_bound=1000, **on)
     flags.DEFINE_string("run_flags", "launch/quickstart/bn.flags", "run bench: the training "
                         "flagfile whose run is timed (--data_dir overrides its dataset).", **on)
-    flags.DEFINE_enum("head", "arcface", heads.HEADS[1:], "heads bench: the margin head.",
+    flags.DEFINE_enum("head", "arcface", registry.margin_heads(), "heads bench: the margin head.",
                       **on)
     flags.DEFINE_multi_integer("class_counts", [14700, 1_000_000], "heads bench: identities "
                                "(repeatable).", lower_bound=2, **on)

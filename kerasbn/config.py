@@ -13,7 +13,8 @@ import dataclasses
 import math
 
 from kerasbn.evaluation import target_metrics
-from kerasbn.nn import heads, imported, iresnet, models, norms
+from kerasbn.nn import models, norms, partial_fc, registry
+from kerasbn.nn.networks import imported, study
 from kerasbn.optim import schedules
 from kerasbn.utils import errors, hardware, settings
 from kerasbn.utils.settings import setting
@@ -25,6 +26,7 @@ VERIFY_SPLITS = ("auto", "holdout", "none")
 FLIP_SUMS = ("unit", "raw")
 EXPORTS = ("latest", "best")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+_DEFAULTS = {name: head.defaults for name, head in registry.HEADS.items()}
 
 
 class ConfigError(errors.UserError):
@@ -41,7 +43,7 @@ class RunConfig:
         "bn",
         "Network: the study's baseline, its BN network, bn_all (BN after every convolution), "
         "insightface's iresnet18/34/50/100 and mobilefacenet (images whose sides are "
-        "multiples of 16, e.g. 112x112 RGB; --widths: kerasbn/nn/iresnet.py and "
+        "multiples of 16, e.g. 112x112 RGB; --widths: kerasbn/nn/networks/iresnet.py and "
         "mobilefacenet.py say which), or Caffe's CIFAR-10 examples cifar10_quick and "
         "cifar10_full_sigmoid_bn.",
         choices=models.MODELS)
@@ -76,15 +78,15 @@ class RunConfig:
         "softmax",
         "Classifier and loss: softmax (the study's), cosface (additive cosine margin) or arcface "
         "(additive angular margin), the margin heads on L2-normalised features and centres.",
-        choices=heads.HEADS)
+        choices=models.HEADS)
     scale: float | None = setting(
         None, "Margin heads: the scale s of the cosine logits (default: cosface "
-        f"{heads.DEFAULTS['cosface'][0]:g}, arcface {heads.DEFAULTS['arcface'][0]:g}; the field "
+        f"{_DEFAULTS['cosface'][0]:g}, arcface {_DEFAULTS['arcface'][0]:g}; the field "
         "uses 30-64, and past 1,000 the softmax saturates: every gradient 0 or 1).",
         lower=0, upper=1000, lower_open=True)
     margin: float | None = setting(
         None, "Margin heads: the margin m, cosine for cosface, radians for arcface (default: "
-        f"cosface {heads.DEFAULTS['cosface'][1]:g}, arcface {heads.DEFAULTS['arcface'][1]:g}).",
+        f"cosface {_DEFAULTS['cosface'][1]:g}, arcface {_DEFAULTS['arcface'][1]:g}).",
         lower=0, upper=1.5707)
     easy_margin: bool = setting(
         False, "arcface: the margin only where cos > 0 (the original's easy_margin; default: its "
@@ -102,7 +104,7 @@ class RunConfig:
         "pool",
         "The feature the classifier takes: pool (the pooled 320-d layer, the study's) or bn_fc "
         "(insightface's neck on it: BN, dropout, a fully connected layer to --embedding_dim, BN).",
-        choices=heads.EMBEDDINGS)
+        choices=study.EMBEDDINGS)
     embedding_dim: int = setting(128, "--embedding=bn_fc: the embedding's width.", lower=1)
     batch_size: int = setting(128, "Images per iteration (global, over all replicas).", lower=1)
     schedule: schedules.ScheduleConfig = schedules.ScheduleConfig()
@@ -286,11 +288,10 @@ class RunConfig:
                               "device or --strategy=mirrored); --strategy=multi_worker runs "
                               "each iteration as its own replicated step: drop them")
         self._check_executions()
-        self._check_head()
-        expected = len(models.default_widths(self.model))
-        if self.widths is not None and len(self.widths) != expected:
-            raise ConfigError(f"--widths for --model={self.model} takes {expected} values, "
-                              f"got {len(self.widths)}")
+        problem = models.problem(self.network()) or registry.head_problem(self)
+        if problem:
+            raise ConfigError(problem)
+        self._check_sampling()
 
     def _check_executions(self):
         """Iteration events land between executions of `steps_per_execution` iterations, so
@@ -307,41 +308,23 @@ class RunConfig:
                               f"{', '.join(off)} {'is' if len(off) == 1 else 'are'} not; "
                               "change them or --steps_per_execution")
 
-    def _check_head(self):
-        margin_head = self.head != "softmax"
-        if self.model in models.FIELD_MODELS and not self.backbone and (
-                self.embedding != "pool" or any(
-                side % iresnet.STRIDE for side in self.image_size)):
-            raise ConfigError(f"--model={self.model} has insightface's neck built in (drop "
-                              f"--embedding) and takes images whose sides are multiples of "
-                              f"{iresnet.STRIDE}, not {self.image_size[0]}x"
-                              f"{self.image_size[1]}; build the dataset at 112x112")
-        if self.model in models.CIFAR_MODELS and (margin_head or self.embedding != "pool"):
-            raise ConfigError(f"--head and --embedding apply to the face networks, not "
-                              f"--model={self.model}; drop them")
-        if not margin_head and (self.scale is not None or self.margin is not None):
-            raise ConfigError("--scale and --margin set a margin head's loss, but "
-                              "--head=softmax; add --head=cosface or --head=arcface")
-        if self.easy_margin and self.head != "arcface":
-            raise ConfigError("--easy_margin is ArcFace's; add --head=arcface or drop it")
-        limit = 1.0 if self.head == "cosface" else math.pi / 2
-        if self.margin is not None and not 0 <= self.margin < limit:
-            raise ConfigError(f"--margin of --head={self.head} must lie in [0, {limit:.4g}), "
-                              f"got {self.margin:g}")
+    def _check_sampling(self):
+        """Partial FC's rules: it samples a margin head's centres, under a solver that
+        touches only the rows drawn, and draws at least a batch's identities."""
         if self.sample_classes == 1:
             if self.sample_update != "drawn":
                 raise ConfigError(f"--sample_update={self.sample_update} sets how Partial FC "
                                   "moves the centres it did not draw; add --sample_classes")
             return
-        if not margin_head:
+        if not registry.HEADS[self.head].samples:
             raise ConfigError("--sample_classes samples a margin head's centres (Partial FC); "
-                              "add --head=cosface or --head=arcface")
+                              f"add --head={' or --head='.join(registry.margin_heads())}")
         if self.solver_type not in ("SGD", "Nesterov") or self.iter_size > 1:
             raise ConfigError(f"--sample_classes={self.sample_classes:g} updates only the "
                               "centres it draws, which needs --solver_type=SGD or Nesterov and "
                               "--iter_size=1 (Adam's moments and accumulated gradients would "
                               "touch every centre)")
-        count = heads.sample_count(self.num_classes, self.sample_classes)
+        count = partial_fc.sample_count(self.num_classes, self.sample_classes)
         if count < self.batch_size:
             raise ConfigError(f"--sample_classes={self.sample_classes:g} draws {count} of "
                               f"{self.num_classes} centres, fewer than the {self.batch_size} "
@@ -367,21 +350,16 @@ class RunConfig:
     def iter_size(self):
         return self.schedule.iter_size
 
-    def model_kwargs(self):
-        """Keyword arguments of `models.build`."""
-        return {"name": self.model, "num_classes": self.num_classes,
-                "image_size": self.image_size, "channels": self.channels,
-                "widths": self.widths, "dropout": self.dropout, "norm": self.norm,
-                "bn_momentum": self.bn_momentum, "bn_epsilon": self.bn_epsilon,
-                # AdamW decays in the optimizer, decoupled from the gradient.
-                "weight_decay": 0.0 if self.solver_type == "AdamW" else self.weight_decay,
-                "bias_decay_mult": self.bias_decay_mult, "bn_decay_mult": self.bn_decay_mult,
-                "weight_filler": self.weight_filler, "filler_std": self.filler_std,
-                "head": self.head, "scale": self.scale, "embedding": self.embedding,
-                "embedding_dim": self.embedding_dim, "backbone": self.backbone,
-                "input_norm": self.input_norm,
-                # Partial FC decays the centres it draws in the optimizer (CaffeSGD).
-                "decay_centres": self.sample_classes == 1}
+    def network(self):
+        """The `models.NetworkSettings` of this run, taken by name from its settings."""
+        names = {field.name for field in dataclasses.fields(models.NetworkSettings)}
+        return models.NetworkSettings(**{
+            **{name: getattr(self, name) for name in names if hasattr(self, name)},
+            "name": self.model,
+            # AdamW decays in the optimizer, decoupled from the gradient.
+            "weight_decay": 0.0 if self.solver_type == "AdamW" else self.weight_decay,
+            # Partial FC decays the centres it draws in the optimizer (CaffeSGD).
+            "decay_centres": self.sample_classes == 1})
 
     def to_dict(self):
         """Plain JSON-ready values (config.json)."""

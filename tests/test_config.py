@@ -57,9 +57,9 @@ def test_invalid_settings_are_refused_naming_the_flag(kw, message):
         _config(**kw)
 
 
-def test_model_kwargs_leave_adamw_decay_to_the_optimizer():
-    assert _config(weight_decay=0.1).model_kwargs()["weight_decay"] == 0.1
-    assert _config(weight_decay=0.1, solver_type="AdamW").model_kwargs()["weight_decay"] == 0.0
+def test_network_settings_leave_adamw_decay_to_the_optimizer():
+    assert _config(weight_decay=0.1).network().weight_decay == 0.1
+    assert _config(weight_decay=0.1, solver_type="AdamW").network().weight_decay == 0.0
 
 
 @pytest.mark.parametrize("kw,message", [

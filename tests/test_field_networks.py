@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from kerasbn import config
-from kerasbn.nn import iresnet, mobilefacenet, models, norms, prelu
+from kerasbn.nn import models, norms, prelu
+from kerasbn.nn.networks import iresnet, mobilefacenet
 from kerasbn.runs import network
 
 

@@ -14,7 +14,8 @@ import tensorflow as tf
 from conftest import make_synth, run_stopped_then_resumed, run_train, train_args
 
 from kerasbn import config
-from kerasbn.nn import heads, models, partial_fc
+from kerasbn.nn import models, partial_fc
+from kerasbn.nn.heads import cosine, margins
 from kerasbn.runs import checkpoints, network
 from kerasbn.runs.run_dir import RunDir, stored_config
 from kerasbn.serving import signatures
@@ -51,7 +52,7 @@ def _numpy_loss(features, centres, labels, head, scale, margin, easy_margin=Fals
 
 
 def _layer(centres, scale):
-    layer = heads.CosineClassifier(len(centres), scale)
+    layer = cosine.CosineClassifier(len(centres), scale)
     layer.build((None, centres.shape[1]))
     layer.kernel.assign(centres)
     return layer
@@ -72,7 +73,7 @@ def test_a_margin_heads_logits_loss_and_gradient_follow_its_formula(batch, head,
     layer = _layer(centres, scale)
     np.testing.assert_allclose(layer(features).numpy(), scale * _cosines(features, centres),
                                rtol=1e-5, atol=1e-5)
-    loss = heads.MarginLoss(head, scale, margin, easy)
+    loss = margins.MarginLoss(head, scale, margin, easy)
     x = tf.Variable(features)
     with tf.GradientTape() as tape:
         value = loss(labels, layer(x))
@@ -98,9 +99,9 @@ def test_arcface_falls_back_beyond_pi_minus_m_as_the_original_does():
     m, scale = 0.5, 10.0
     cos = np.float32(math.cos(math.radians(170)))
     logits = tf.constant([[scale * cos, 0.0]])
-    fallback = heads.margin_logits([0], logits, "arcface", scale, m).numpy()[0, 0]
+    fallback = margins.margin_logits([0], logits, "arcface", scale, m).numpy()[0, 0]
     assert fallback == pytest.approx(scale * (cos - math.sin(math.pi - m) * m), rel=1e-5)
-    easy = heads.margin_logits([0], logits, "arcface", scale, m, easy_margin=True).numpy()[0, 0]
+    easy = margins.margin_logits([0], logits, "arcface", scale, m, easy_margin=True).numpy()[0, 0]
     assert easy == pytest.approx(scale * cos, rel=1e-5)
 
 
@@ -111,10 +112,10 @@ def test_arcface_keeps_a_finite_gradient_where_a_feature_is_parallel_to_its_cent
     centres = rng.normal(size=(4, dim)).astype(np.float32)
     labels = np.array([0, 2, 3])
     features = tf.Variable(centres[labels] * np.float32(2.5))  # cos = 1 with the true centre
-    layer = heads.CosineClassifier(4, 30.0)
+    layer = cosine.CosineClassifier(4, 30.0)
     layer.build((None, dim))
     layer.kernel.assign(centres)
-    loss = heads.MarginLoss("arcface", 30.0, 0.5, easy)
+    loss = margins.MarginLoss("arcface", 30.0, 0.5, easy)
     with tf.GradientTape() as tape:
         value = tf.reduce_mean(loss(labels, layer(features)))
     gradients = tape.gradient(value, [features, layer.kernel])
@@ -123,7 +124,7 @@ def test_arcface_keeps_a_finite_gradient_where_a_feature_is_parallel_to_its_cent
         assert np.all(np.isfinite(gradient.numpy()))
     # The margin's value there is cos(0 + m), to float32's resolution of an angle near 0
     # (a cosine of 1 - 6e-8 is an angle of 3.5e-4).
-    margined = heads.margin_logits(labels, layer(features), "arcface", 30.0, 0.5, easy)
+    margined = margins.margin_logits(labels, layer(features), "arcface", 30.0, 0.5, easy)
     np.testing.assert_allclose(tf.gather(margined, labels, batch_dims=1) / 30.0,
                                math.cos(0.5), atol=5e-4)
 
@@ -133,7 +134,7 @@ def test_margin_zero_is_normalised_softmax_at_the_same_scale(batch, head):
     features, centres, labels = batch
     logits = _layer(centres, 24.0)(features)
     plain = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, logits)
-    margined = heads.MarginLoss(head, 24.0, 0.0)(labels, logits)
+    margined = margins.MarginLoss(head, 24.0, 0.0)(labels, logits)
     assert float(margined) == pytest.approx(float(plain), rel=1e-5)
 
 
@@ -252,15 +253,15 @@ def test_the_neck_feeds_the_classifier_an_embedding_of_its_width():
 
 
 def test_the_head_and_loss_serialize():
-    layer = heads.CosineClassifier(7, 30.0, kernel_regularizer=keras.regularizers.L2(1e-4))
-    again = heads.CosineClassifier.from_config(layer.get_config())
+    layer = cosine.CosineClassifier(7, 30.0, kernel_regularizer=keras.regularizers.L2(1e-4))
+    again = cosine.CosineClassifier.from_config(layer.get_config())
     assert (again.units, again.scale) == (7, 30.0)
     assert again.kernel_regularizer.get_config() == layer.kernel_regularizer.get_config()
-    loss = heads.MarginLoss("arcface", 30.0, 0.3, easy_margin=True)
-    assert heads.MarginLoss.from_config(loss.get_config()).get_config() == loss.get_config()
+    loss = margins.MarginLoss("arcface", 30.0, 0.3, easy_margin=True)
+    assert margins.MarginLoss.from_config(loss.get_config()).get_config() == loss.get_config()
     model = models.build("bn", 5, head="cosface", widths=(8,) * 7)
     copy = keras.models.clone_model(model)
-    assert isinstance(copy.get_layer("logits"), heads.CosineClassifier)
+    assert isinstance(copy.get_layer("logits"), cosine.CosineClassifier)
 
 
 @pytest.mark.parametrize("settings,message", [
@@ -308,7 +309,7 @@ def test_an_arcface_partial_fc_run_resumes_exactly_exports_and_serves_cosines(
                                rtol=1e-5)
     assert outputs["embedding"].shape == (3, 32)
     # Inference gives every centre's unmargined cosine times the scale.
-    scale = heads.resolved("arcface")[0]
+    scale = margins.resolved("arcface")[0]
     assert outputs["logits"].shape == (3, 40)
     assert np.abs(outputs["logits"].numpy()).max() <= scale * (1 + 1e-5)
 

@@ -277,7 +277,7 @@ def test_networks_build_with_every_norm(norm, network, shape, classes):
 
 
 def test_cifar10_quick_has_caffes_parameter_count():
-    model = models.build("cifar10_quick", 10, (32, 32), 3, norm="none")
+    model = models.build("cifar10_quick", 10, image_size=(32, 32), channels=3, norm="none")
     assert model.count_params() == 145_578
     shapes = [model.get_layer(n).output.shape[1:3] for n in ("pool1", "pool2", "pool3")]
     assert shapes == [(16, 16), (8, 8), (4, 4)]

@@ -34,7 +34,7 @@ def float32_reference(run_dir, images):
     with the normalisation and softmax done in numpy."""
     config = stored_config(run_dir)
     keras.mixed_precision.set_global_policy("float32")
-    model = models.build(**config.model_kwargs())
+    model = models.build_from(config.network())
     assert checkpoints.restore_latest(RunDir(run_dir), model)
     features = keras.Model(model.inputs, [model.get_layer("embedding").output, model.output])
     embedding, logits = features({"image": images}, training=False)

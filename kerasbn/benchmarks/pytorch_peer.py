@@ -26,7 +26,8 @@ from absl import flags
 
 from kerasbn.benchmarks import peer_comparison
 from kerasbn.flags import cli
-from kerasbn.nn import iresnet, mobilefacenet, models
+from kerasbn.nn import models
+from kerasbn.nn.networks import iresnet, mobilefacenet, study
 
 PRECISIONS = ("float32", "bfloat16", "float16")
 
@@ -114,7 +115,7 @@ def network(name, num_classes):
             _iresnet(name, embedding_dim, size)
         return torch.nn.Sequential(*layers, torch.nn.Linear(embedding_dim, num_classes))
     layers, channels = [], 1
-    blocks = models.BLOCKS[name]
+    blocks = study.BLOCKS[name]
     for block, (widths, with_bn) in enumerate(blocks, start=1):
         for width, has_bn in zip(widths, with_bn):
             layers.append(torch.nn.Conv2d(channels, width, 3, padding=1, bias=not has_bn))
@@ -125,8 +126,8 @@ def network(name, num_classes):
         if block < len(blocks):
             layers.append(torch.nn.MaxPool2d(2, ceil_mode=True))
     layers += [torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()]
-    if models.DEFAULT_DROPOUT[name]:
-        layers.append(torch.nn.Dropout(models.DEFAULT_DROPOUT[name]))
+    if models.default_dropout(name):
+        layers.append(torch.nn.Dropout(models.default_dropout(name)))
     layers.append(torch.nn.Linear(channels, num_classes))
     return torch.nn.Sequential(*layers)
 

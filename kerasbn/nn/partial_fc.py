@@ -12,7 +12,14 @@ zero gradient: their momentum keeps moving them and weight decay shrinks them.
 import keras
 import tensorflow as tf
 
-from kerasbn.nn import heads, keras_compat
+import math
+
+from kerasbn.nn import keras_compat, registry
+
+
+def sample_count(num_classes, fraction):
+    """How many centres a step of Partial FC with fraction `fraction` takes logits over."""
+    return min(num_classes, math.ceil(fraction * num_classes))
 
 
 @keras.saving.register_keras_serializable(package="kerasbn")
@@ -27,7 +34,7 @@ class SampledTraining(keras.Model):
         # Outside Keras's tracking: the same layers, so neither weights nor checkpoint
         # entries are added.
         object.__setattr__(self, "_features", keras.Model(
-            self.inputs, self.get_layer(heads.CLASSIFIER).input))
+            self.inputs, self.get_layer(registry.CLASSIFIER).input))
 
     def train_step(self, data):
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -40,7 +47,7 @@ class SampledTraining(keras.Model):
             if context.num_replicas_in_sync > 1 else labels
         with tf.GradientTape() as tape:
             features = self._features(images, training=True)
-            logits, targets = self.get_layer(heads.CLASSIFIER).sampled(features, labels, self.count,
+            logits, targets = self.get_layer(registry.CLASSIFIER).sampled(features, labels, self.count,
                                                                  seed, batch_labels)
             loss = keras_compat.compute_loss(self, images, targets, logits)
             keras_compat.track_loss(self, loss, tf.shape(images)[0])

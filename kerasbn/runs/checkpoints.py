@@ -155,7 +155,7 @@ def _run_weights(run_dir, prefix):
     """({variable path: value}, class count) of the network of `run_dir` at checkpoint
     `prefix`, rebuilt from the run's own config, so variables are known by name."""
     config = stored_config(run_dir)
-    donor = models.build(**config.model_kwargs())
+    donor = models.build_from(config.network())
     try:
         tf.train.Checkpoint(model=donor).read(prefix).assert_existing_objects_matched()
     except (AssertionError, ValueError) as e:

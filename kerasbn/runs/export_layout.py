@@ -1,7 +1,7 @@
 """The names an export writes, declared once: replacing an export (`export`, `train
 --overwrite`) removes these and nothing else, so a user's own file beside them survives."""
 
-from kerasbn.nn import imported
+from kerasbn.nn.networks import imported
 
 # Written into every SavedModel export: what a photo must be made into before the network
 # sees it, and the mark that lets a later export replace this one and nothing else.

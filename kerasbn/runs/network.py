@@ -7,26 +7,23 @@ import warnings
 import keras
 
 from kerasbn.config import ConfigError
-from kerasbn.nn import heads, models, partial_fc
+from kerasbn.nn import models, partial_fc, registry
 from kerasbn.optim.optimizers import make_optimizer
 
 
 def make_loss(config):
     """The training loss of the run's head: softmax cross entropy, with its margin."""
-    if config.head == "softmax":
-        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    scale, margin = heads.resolved(config.head, config.scale, config.margin)
-    return heads.MarginLoss(config.head, scale, margin, config.easy_margin)
+    return registry.HEADS[config.head].loss(config)
 
 
 def build_network(config):
     """The network of `config`, as `SampledTraining` when its head samples centres."""
-    model = models.build(**config.model_kwargs())
+    model = models.build_from(config.network())
     if config.sample_classes == 1:
         return model
-    return partial_fc.SampledTraining(model.input, model.output,
-                                 heads.sample_count(config.num_classes, config.sample_classes),
-                                 config.seed, name=model.name)
+    count = partial_fc.sample_count(config.num_classes, config.sample_classes)
+    return partial_fc.SampledTraining(model.input, model.output, count, config.seed,
+                                      name=model.name)
 
 
 def build_and_compile(config):

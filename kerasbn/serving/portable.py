@@ -56,7 +56,7 @@ def float32_core(config, model):
     saved = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
-        copy = models.build(**config.model_kwargs())
+        copy = models.build_from(config.network())
         copy.set_weights(model.get_weights())
         return core(copy, classifier=True)
     finally:

@@ -13,6 +13,7 @@ faster on CPUs than a grouped Conv2D.
 import keras
 
 from kerasbn.nn import grouped_conv, prelu
+from kerasbn.nn.networks import field
 
 # Bottlenecks in each residual stage (arcface_torch's blocks=(1, 4, 6, 2); the first is the
 # single grouped convolution).
@@ -20,7 +21,7 @@ BLOCKS = (4, 6, 2)
 # The two stage widths (64 and 128 x arcface_torch's scale 2), the three bottleneck
 # expansions, and the width before the GDC; --widths scales them.
 WIDTHS = (128, 256, 128, 256, 512, 512)
-STRIDE = 16
+STRIDE = field.STRIDE
 
 
 def _block(x, filters, kernel, stride, groups, name, norm_layer, conv_args, activation=True):
@@ -47,10 +48,12 @@ def _bottleneck(x, filters, expansion, stride, name, norm_layer, conv_args):
     return out
 
 
-def backbone(inputs, widths, embedding_dim, norm_layer, conv_args, dense_args):
+def features(inputs, settings, parts):
     """The embedding tensor of MobileFaceNet on `inputs` ([N, H, W, C], H and W multiples of
-    16), its widths `widths` (WIDTHS' order)."""
-    low, high, expand1, expand2, expand3, separable = widths
+    16), its widths `settings.widths` (WIDTHS' order)."""
+    norm_layer, conv_args = parts.norm, field.conv_args(parts)
+    dense_args = field.dense_args(parts)
+    low, high, expand1, expand2, expand3, separable = settings.widths
     x = _block(inputs, low, 3, 2, 1, "stem", norm_layer, conv_args)
     x = _block(x, low, 3, 1, low // 2, "stem_grouped", norm_layer, conv_args)
     stages = [(low, expand1, 2, 1), (low, expand1, 1, BLOCKS[0]), (high, expand2, 2, 1),
@@ -65,6 +68,9 @@ def backbone(inputs, widths, embedding_dim, norm_layer, conv_args, dense_args):
     x = grouped_conv.conv2d(separable, (height, width), groups=separable, use_bias=False,
                             name="gdc", **conv_args)(x)
     x = keras.layers.Flatten(name="flatten")(norm_layer("gdc_bn")(x))
-    x = keras.layers.Dense(embedding_dim, use_bias=False, name="embedding_fc",
+    x = keras.layers.Dense(settings.embedding_dim, use_bias=False, name="embedding_fc",
                            **dense_args)(x)
     return norm_layer("embedding")(x)
+
+
+field.register("mobilefacenet", features, widths=WIDTHS)

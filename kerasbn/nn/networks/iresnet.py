@@ -9,17 +9,19 @@ a stride-2 convolution on one side only). PReLU starts at 0.25, PyTorch's defaul
 layers are the run's `--norm`, so every BN semantics applies to these networks too.
 """
 
+import functools
+
 import keras
 
 from kerasbn.nn import prelu
+from kerasbn.nn.networks import field
 
 # Blocks per stage, by network.
 LAYERS = {"iresnet18": (2, 2, 2, 2), "iresnet34": (3, 4, 6, 3), "iresnet50": (3, 4, 14, 3),
           "iresnet100": (3, 13, 30, 3)}
 # The stem's width, then each stage's (--widths scales them, e.g. half for CPU trials).
 WIDTHS = (64, 64, 128, 256, 512)
-# The factor each stage shrinks the image by: 112 -> 7.
-STRIDE = 16
+STRIDE = field.STRIDE
 
 
 def _conv(x, filters, kernel, stride, name, conv_args):
@@ -46,18 +48,25 @@ def _block(x, filters, stride, name, norm_layer, conv_args):
     return keras.layers.Add(name=f"{name}_add")([out, shortcut])
 
 
-def backbone(name, inputs, widths, dropout, embedding_dim, norm_layer, conv_args, dense_args):
-    """The embedding tensor of IResNet `name` on `inputs` ([N, H, W, C], H and W multiples
-    of 16), its widths `widths` (stem, then the four stages)."""
+def features(inputs, settings, parts, layers):
+    """The embedding tensor of the IResNet of `layers` blocks per stage on `inputs`
+    ([N, H, W, C], H and W multiples of 16), its widths `settings.widths` (stem, then the
+    four stages)."""
+    widths, norm_layer, conv_args = settings.widths, parts.norm, field.conv_args(parts)
+    dense_args = {**field.dense_args(parts), "bias_regularizer": parts.bias_l2()}
     x = _conv(inputs, widths[0], 3, 1, "stem", conv_args)
     x = _prelu("stem_prelu")(norm_layer("stem_bn")(x))
-    for stage, (blocks, filters) in enumerate(zip(LAYERS[name], widths[1:]), start=1):
+    for stage, (blocks, filters) in enumerate(zip(layers, widths[1:]), start=1):
         for index in range(blocks):
             x = _block(x, filters, 2 if index == 0 else 1, f"stage{stage}_{index + 1}",
                        norm_layer, conv_args)
     x = norm_layer("neck_bn")(x)
     x = keras.layers.Flatten(name="flatten")(x)
-    if dropout:
-        x = keras.layers.Dropout(dropout, name="dropout")(x)
-    x = keras.layers.Dense(embedding_dim, name="embedding_fc", **dense_args)(x)
+    if settings.dropout:
+        x = keras.layers.Dropout(settings.dropout, name="dropout")(x)
+    x = keras.layers.Dense(settings.embedding_dim, name="embedding_fc", **dense_args)(x)
     return norm_layer("embedding")(x)
+
+
+for _name, _layers in LAYERS.items():
+    field.register(_name, functools.partial(features, layers=_layers), widths=WIDTHS)

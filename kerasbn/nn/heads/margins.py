@@ -1,0 +1,88 @@
+"""CosFace and ArcFace: the margin heads. Their classifier is `cosine.CosineClassifier`; the
+margin belongs to training alone and lives in the loss (`MarginLoss`), as in insightface's
+CombinedMarginLoss: the true class's logit becomes s * (cos(theta) - m) for CosFace and
+s * cos(theta + m) for ArcFace, before softmax cross entropy. Their default (scale, margin)
+were chosen by the sweep in BENCHMARKS.md ("Margin heads").
+"""
+
+import math
+
+import keras
+import tensorflow as tf
+
+from kerasbn.nn import registry
+from kerasbn.nn.heads import cosine
+
+
+def margin_logits(labels, logits, head, scale, margin, easy_margin=False):
+    """The cosine `logits` (scale * cos) with `head`'s margin on each true class."""
+    labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
+    cosine = tf.clip_by_value(tf.cast(logits, tf.float32) / scale, -1.0, 1.0)
+    true = tf.gather(cosine, labels, batch_dims=1)
+    if head == "cosface":
+        margined = true - margin
+    else:
+        # sqrt's gradient is infinite at 0 (a feature parallel to its centre, cos = 1, where
+        # the cosine's own gradient is 0: inf x 0 is NaN); sqrt is taken of positive gaps
+        # only, so the value stays exact and the gradient finite.
+        gap = 1.0 - true * true
+        positive = gap > 0.0
+        sine = tf.where(positive, tf.sqrt(tf.where(positive, gap, 1.0)), 0.0)
+        margined = true * math.cos(margin) - sine * math.sin(margin)
+        if easy_margin:
+            margined = tf.where(true > 0, margined, true)
+        else:
+            # Past theta = pi - m, cos(theta + m) would grow again with theta; insightface
+            # falls back to CosFace's margin of m * sin(m) there.
+            margined = tf.where(true > math.cos(math.pi - margin), margined,
+                                true - math.sin(math.pi - margin) * margin)
+    hit = tf.one_hot(labels, tf.shape(cosine)[-1], on_value=True, off_value=False)
+    return scale * tf.where(hit, margined[:, None], cosine)
+
+
+@keras.saving.register_keras_serializable(package="kerasbn")
+class MarginLoss(keras.losses.Loss):
+    """Softmax cross entropy of `CosineClassifier` logits with `head`'s margin on the true
+    class (`head` cosface or arcface; ArcFace's `easy_margin` as in its original code)."""
+
+    def __init__(self, head, scale, margin, easy_margin=False, name="margin_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if head not in ("cosface", "arcface"):
+            raise ValueError(f"unknown margin head {head!r}; choose cosface or arcface")
+        self.head, self.scale, self.margin = head, float(scale), float(margin)
+        self.easy_margin = bool(easy_margin)
+
+    def call(self, y_true, y_pred):
+        labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
+        logits = margin_logits(labels, y_pred, self.head, self.scale, self.margin,
+                               self.easy_margin)
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+
+    def get_config(self):
+        return {**super().get_config(), "head": self.head, "scale": self.scale,
+                "margin": self.margin, "easy_margin": self.easy_margin}
+
+
+def resolved(head, scale=None, margin=None):
+    """(scale, margin) of margin head `head`: the values given, else the head's defaults."""
+    default_scale, default_margin = registry.HEADS[head].defaults
+    return (default_scale if scale is None else float(scale),
+            default_margin if margin is None else float(margin))
+
+
+def _classifier(units, settings, kernel, bias_regularizer):
+    if not settings.decay_centres:
+        kernel = {**kernel, "kernel_regularizer": None}
+    return cosine.CosineClassifier(units, resolved(settings.head, settings.scale)[0], **kernel)
+
+
+def _loss(settings):
+    scale, margin = resolved(settings.head, settings.scale, settings.margin)
+    return MarginLoss(settings.head, scale, margin, settings.easy_margin)
+
+
+registry.register_head("cosface", classifier=_classifier, loss=_loss, defaults=(30.0, 0.35),
+                       margin_limit=1.0, samples=True, title="CosFace")
+registry.register_head("arcface", classifier=_classifier, loss=_loss, defaults=(30.0, 0.3),
+                       margin_limit=math.pi / 2, easy_margin=True, samples=True,
+                       title="ArcFace")
