@@ -132,11 +132,12 @@ def build(name, num_classes, **settings):
 
 def build_from(settings):
     """The network of `settings` (`NetworkSettings`)."""
-    if settings.name not in MODELS:
+    if settings.name not in registry.NETWORKS:
         raise ValueError(f"unknown --model {settings.name!r}; choose one of "
-                         f"{', '.join(MODELS)}")
-    if settings.head not in HEADS:
-        raise ValueError(f"unknown --head {settings.head!r}; choose one of {', '.join(HEADS)}")
+                         f"{', '.join(registry.NETWORKS)}")
+    if settings.head not in registry.HEADS:
+        raise ValueError(f"unknown --head {settings.head!r}; choose one of "
+                         f"{', '.join(registry.HEADS)}")
     why = problem(settings)
     if why:
         raise ValueError(why)

@@ -1,0 +1,76 @@
+"""The registry of networks and heads: a network registered in one place is built, checked
+and listed like the built-in ones, and a name is never registered twice."""
+
+import re
+
+import keras
+import numpy as np
+import pytest
+
+from kerasbn import config
+from kerasbn.nn import models, registry
+
+
+@pytest.fixture
+def tiny():
+    """A network registered as a user would, in the docs' worked example; removed after."""
+    def features(inputs, settings, parts):
+        x = keras.layers.Conv2D(settings.widths[0], 3, name="conv",
+                                kernel_initializer=parts.filler("he_normal"))(inputs)
+        x = parts.norm("conv_bn")(x)
+        return keras.layers.GlobalAveragePooling2D(name="embedding")(x)
+
+    def check(settings):
+        return "--model=tiny takes gray images" if settings.channels != 1 else None
+
+    registry.register_network("tiny", family="study", widths=(4,), check=check)(features)
+    yield "tiny"
+    del registry.NETWORKS["tiny"]
+
+
+def test_a_registered_network_builds_under_every_head(tiny):
+    for head in models.HEADS:
+        model = models.build(tiny, 7, head=head, norm="bvlc")
+        assert model.name == tiny and model.output.shape == (None, 7)
+        assert model.get_layer("conv").filters == 4 and model.layers[-1].name == "logits"
+        logits = model(np.zeros((2, 50, 50, 1), np.float32))
+        assert np.all(np.isfinite(logits))
+
+
+def test_a_registered_networks_rules_and_widths_are_checked(tiny):
+    with pytest.raises(ValueError, match="takes gray images"):
+        models.build(tiny, 7, channels=3)
+    with pytest.raises(ValueError, match="takes 1 values, got 2"):
+        models.build(tiny, 7, widths=(4, 8))
+
+
+def test_the_config_refuses_by_the_same_rule_the_network_registered():
+    values = dict(data_dir="d", run_dir="r", num_classes=7, image_size=(50, 50), channels=3,
+                  schedule={"max_iter": 2}, test_interval=2, model="iresnet18")
+    with pytest.raises(config.ConfigError) as refused:
+        config.RunConfig(**values)
+    settings = models.NetworkSettings(name="iresnet18", num_classes=7, image_size=(50, 50),
+                                      channels=3)
+    assert str(refused.value) == models.problem(settings)
+    assert "multiples of 16" in str(refused.value)
+
+
+def test_names_are_unique_and_every_builtin_is_listed():
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register_head("softmax", classifier=None, loss=None)
+    assert models.MODELS[:3] == ("baseline", "bn", "bn_all")
+    assert set(models.FIELD_MODELS) == {"iresnet18", "iresnet34", "iresnet50", "iresnet100",
+                                        "mobilefacenet"}
+    assert models.HEADS == ("softmax", "cosface", "arcface")
+    assert registry.margin_heads() == ["cosface", "arcface"]
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"head": "softmax", "scale": 30.0}, "--head=softmax; add --head=cosface or --head=arcface"),
+    ({"head": "cosface", "easy_margin": True}, "ArcFace's; add --head=arcface"),
+    ({"head": "arcface", "margin": 1.6}, r"\[0, 1.571\)"),
+])
+def test_head_rules_come_from_the_heads_registration(values, message):
+    settings = type("Settings", (), {"scale": None, "margin": None, "easy_margin": False,
+                                     **values})
+    assert re.search(message, registry.head_problem(settings))
