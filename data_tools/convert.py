@@ -15,6 +15,7 @@ from PIL import Image
 from data_tools import recordio, shards, sources
 from data_tools.workers import ordered_map
 from kerasbn.data import checks, images, records
+from kerasbn.faces import photo_alignment
 from kerasbn.utils import atomic, console
 from kerasbn.utils.progress import Progress
 
@@ -170,28 +171,18 @@ def _check_landmarks(points, splits, path):
 
 
 def _aligned(path, name, points, args):
-    """(the aligned crop of the photo at `path`, None) or (None, why not): its face found by
-    the detector, or placed by the landmarks file's `points`, which must lie in the photo."""
-    from kerasbn.faces import aligner, detector
-
-    photo, reason = images.load(path, 3)
-    if reason:
-        return None, reason
-    if points is None:
-        faces = detector.detect(photo)
-        if not faces:
-            return None, NO_FACE
-        points = faces[0].landmarks
-    height, width = photo.shape[:2]
-    if np.any(points < 0) or np.any(points[:, 0] > width) or np.any(points[:, 1] > height):
-        raise records.DataError(f"{args['landmarks']}: the landmarks of {name} lie outside its "
-                                f"{width}x{height} photo; fix that row")
+    """(the aligned crop of the photo at `path`, None) or (None, why not): its largest face
+    found by the detector, or placed by the landmarks file's `points`."""
     size = args["image_size"]
-    return aligner.crops(photo, points[None], size, size, args["channels"])[0], None
+    settings = photo_alignment.Settings(size, size, args["channels"])
+    try:
+        entry, crops = photo_alignment.align_photo(path, settings, points)
+    except ValueError as e:
+        raise records.DataError(f"{args['landmarks']}: the landmarks of {name} {e}; fix that "
+                                "row") from None
+    return (crops[0], None) if len(crops) else (None, entry["reason"])
 
 
-# The skip reason of a photo --align finds no face in; the manifest counts them.
-NO_FACE = "no face found"
 
 
 def _state_path(out, name):
@@ -381,7 +372,7 @@ def build(source, out, root=None, image_size=None, channels=None, resize_mode="c
             "by": f"landmarks from {os.path.abspath(landmarks)}" if landmarks
             else "MTCNN's largest face (the mtcnn package)", "template": "insightface "
             "arcface_dst, scaled as kerasbn.faces.template says",
-            "faces_missing": sum(item["reason"] == NO_FACE for item in skipped)}
+            "faces_missing": sum(item["reason"] == photo_alignment.NO_FACE for item in skipped)}
     if pairs:
         shards.write_pairs(os.path.join(out, shards.PAIRS_NAME), holdout, holdout_written, pairs, seed)
         manifest["pairs"] = {"file": shards.PAIRS_NAME, "matched": pairs, "mismatched": pairs,

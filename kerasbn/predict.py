@@ -10,20 +10,23 @@ are still predicted. --compare says "same" when the cosine similarity reaches th
 chosen on the dataset's holdout pairs, which travels inside the export. --embed writes the
 L2-normalised embeddings (float32 [N, D]) and, beside them, OUT.txt with one file per row.
 
---align takes whole photos: the faces are found (MTCNN) and aligned to the size the network
-takes (kerasbn.faces), and each face gets its own line (its box and detection confidence,
+--align takes whole photos and runs the export's own serve_photo on each: the faces are found
+(MTCNN) and aligned to the size the network takes inside the export, exactly as it serves
+them, and each face gets its own line (its box and detection confidence,
 then its identities); --compare and --embed take the largest face of each photo and say so.
 """
 
+import io
 import os
 import sys
 
 import numpy as np
 import tensorflow as tf
 from absl import flags
+from PIL import Image
 
 from kerasbn.data import images
-from kerasbn.faces import photo_alignment
+from kerasbn.faces import detector, photo_alignment
 from kerasbn.flags import cli
 from kerasbn.runs import export_layout
 from kerasbn.runs.run_dir import RunDir
@@ -55,23 +58,34 @@ def read_photos(paths, channels):
     return good, bad
 
 
-def aligned_faces(paths, spec, every):
-    """([(label, aligned uint8 crop)], [(path, reason)]) of the photos at `paths`: every face
-    of each (`every`), labelled by photo, box and detection confidence, or its largest,
-    labelled by the photo; cropped to the export's size and channels."""
-    height, width = spec["image_size"]
-    settings = photo_alignment.Settings(height, width, spec["channels"],
-                                        "all" if every else "largest")
+def aligned_faces(loaded, paths, every, progress=None):
+    """([(label, {output: value})], [(path, reason)]) of the photos at `paths`, each read as
+    Pillow reads it and run through the export's own serve_photo (found, aligned and served
+    in its graph, as a server would): every face of each (`every`), labelled by photo, box
+    and detection confidence, or its largest, labelled by the photo."""
+    serve_photo = loaded.signatures["serve_photo"]
     faces, bad = [], []
     for path in paths:
-        entry, crops = photo_alignment.align_photo(path, settings)
-        if not len(crops):
-            bad.append((path, entry["reason"]))
-        for index, crop in zip(entry["kept"], crops):
-            face = entry["faces"][index]
-            box = ",".join(f"{v:.0f}" for v in face["box"])
-            faces.append((f"{path} face {index} at {box} ({face['confidence']:.3f})"
-                          if every else path, crop))
+        photo, reason = images.load(path, 3)
+        if not reason and min(photo.shape[:2]) < detector.SMALLEST_PHOTO:
+            reason = f"smaller than {detector.SMALLEST_PHOTO} px"
+        if reason:
+            bad.append((path, reason))
+            if progress:
+                progress.update(1)
+            continue
+        encoded = io.BytesIO()
+        Image.fromarray(photo).save(encoded, "PNG")
+        out = {key: value.numpy() for key, value in
+               serve_photo(photo=tf.constant(encoded.getvalue())).items()}
+        if not len(out["boxes"]):
+            bad.append((path, photo_alignment.NO_FACE))
+        for index in range(len(out["boxes"]) if every else min(1, len(out["boxes"]))):
+            box = ",".join(f"{v:.0f}" for v in out["boxes"][index])
+            faces.append((f"{path} face {index} at {box} ({out['confidence'][index]:.3f})"
+                          if every else path, {key: value[index] for key, value in out.items()}))
+        if progress:
+            progress.update(1)
     return faces, bad
 
 
@@ -181,9 +195,18 @@ def main(argv):
         print(f"embedding {len(paths)} images under {values.embed}"
               + (" (the largest face of each)" if values.align else ""))
     if values.align:
-        photos, bad = aligned_faces(paths, spec, every=not (values.compare or values.embed))
+        if "serve_photo" not in model.signatures:
+            sys.exit(f"error: {values.model} has no serve_photo (it was exported by an older "
+                     "kerasbn); export the run again with python -m kerasbn.export")
+        photos, bad = aligned_faces(model, paths, not (values.compare or values.embed),
+                                    Progress(len(paths), "embed", unit="photos")
+                                    if values.embed else None)
+        served = lambda name: {key: np.stack([row[key] for _, row in photos])
+                               for key in photos[0][1]} if photos else {}
     else:
         photos, bad = read_photos(paths, spec["channels"])
+        served = lambda name: run(model.signatures[name], photos,
+                                  Progress(len(photos), "embed") if values.embed else None)
     for path, reason in bad:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     if not photos:
@@ -191,13 +214,12 @@ def main(argv):
     if values.compare:
         if bad:
             sys.exit("error: --compare needs both photos")
-        embedding = run(model.signatures["embed"], photos)["embedding"]
+        embedding = served("embed")["embedding"]
         print(compare_line(files[0], files[1], float(embedding[0] @ embedding[1]), threshold,
                            spec.get(export_layout.THRESHOLD_SOURCE))
               + (" (the largest face of each)" if values.align else ""))
     elif values.embed:
-        embedding = run(model.signatures["embed"], photos,
-                        Progress(len(photos), "embed"))["embedding"]
+        embedding = served("embed")["embedding"]
         atomic.write_with(values.out, lambda f: np.save(f, embedding.astype(np.float32)))
         # The names' own bytes, so a name that is not UTF-8 is listed as it is on disk.
         atomic.write_with(list_file(values.out), lambda f: f.write(b"".join(
@@ -208,8 +230,7 @@ def main(argv):
         sys.exit(f"error: {values.model} has no classifier (an imported embedding network); "
                  "compare two photos with --compare or embed a folder with --embed")
     else:
-        print("\n".join(name_lines(photos, run(model.signatures["serving_default"], photos),
-                                   values.top_k)))
+        print("\n".join(name_lines(photos, served("serving_default"), values.top_k)))
 
 
 if __name__ == "__main__":

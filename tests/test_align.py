@@ -238,3 +238,39 @@ for box, names in zip(out["boxes"].numpy(), out["names"].numpy()):
     faces = sorted((int(x), name) for x, name in (line.split() for line in
                                                   done.stdout.splitlines()))
     assert [name for _, name in faces] == ["s1", "s2", "s3"]
+
+
+def test_the_five_paths_from_a_photo_make_the_same_crop(finished_run, tmp_path):
+    """align, build_records --align, evaluate --align, predict --align and an export's
+    serve_photo all run `aligner.align` on the detector graph's faces: one crop, to the bit."""
+    import tensorflow as tf
+    from conftest import build_folder, read_records
+
+    from kerasbn import predict
+    from kerasbn.evaluation import evaluator
+    from kerasbn.runs.run_dir import RunDir
+    from kerasbn.serving import signatures
+
+    source = tmp_path / "photos"
+    for person in ("a", "b"):
+        (source / person).mkdir(parents=True)
+        Image.fromarray(data.astronaut()).save(source / person / "astronaut.png")
+    photo = str(source / "a" / "astronaut.png")
+    served = signatures.from_run(finished_run)
+    (height, width), channels = served.image_size, served.channels
+    align.main(["align", str(source), f"--out={tmp_path / 'aligned'}", f"--size={height}",
+                f"--width={width}", f"--channels={channels}"])
+    by_align = np.asarray(Image.open(tmp_path / "aligned" / "a" / "astronaut.png"))
+    build_folder(source, tmp_path / "data", align=True, image_size=height, channels=channels,
+                 test_fraction=0)
+    crops, _, names = read_records(tmp_path / "data")
+    by_records = crops[names.index("a/astronaut.png")]
+    by_evaluate = evaluator.load_photos([photo], served, align=True)[0]
+    loaded, _, _ = predict.load_model(RunDir(finished_run).export)
+    [(_, by_predict)], _ = predict.aligned_faces(loaded, [photo], every=False)
+    with open(photo, "rb") as f:
+        by_serving = loaded.signatures["serve_photo"](photo=tf.constant(f.read()))["crops"][0]
+    want = by_align.reshape(height, width, channels)
+    assert want.std() > 10
+    for crop in (by_records, by_evaluate, by_predict["crops"], by_serving.numpy()):
+        np.testing.assert_array_equal(crop.reshape(height, width, channels), want)

@@ -40,7 +40,7 @@ def test_the_crop_is_scikit_images_warp_and_opencvs_warp_affine():
     landmarks = np.array([[203.5, 100.1], [245.4, 102.2], [224.2, 126.4], [201.8, 138.6],
                           [244.4, 140.4]])
     for height, width in ((112, 112), (112, 96), (50, 50)):
-        matrix = aligner.matrices([landmarks], height, width)[0]
+        matrix = aligner.matrices([landmarks], height, width)[0].numpy()
         crop = aligner.crops(photo, landmarks[None], height, width, 3)[0].astype(float)
         # scikit-image's bilinear warp in floating point: equal after rounding.
         exact = transform.warp(photo, transform.AffineTransform(

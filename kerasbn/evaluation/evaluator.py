@@ -31,10 +31,10 @@ def closed_set(served, data_dir, manifest, split, batch_size):
                                                  progress=progress)}
     hits, counts = result.pop("class_hits"), result.pop("class_counts")
     seen = np.flatnonzero(counts)
-    accuracy = hits[seen] / counts[seen]
+    rates = hits[seen] / counts[seen]
     result["worst_identities"] = [
-        {"identity": manifest.class_names[seen[i]], "accuracy": float(accuracy[i]),
-         "images": int(counts[seen[i]])} for i in np.argsort(accuracy, kind="stable")[:WORST]]
+        {"identity": manifest.class_names[seen[i]], "accuracy": float(rates[i]),
+         "images": int(counts[seen[i]])} for i in np.argsort(rates, kind="stable")[:WORST]]
     return result
 
 

@@ -39,12 +39,14 @@ class Face:
                               for x, y in self.landmarks]}
 
 
-def _graph():
-    """The detector's compiled graph, built once per process (its networks load here)."""
+def graph():
+    """(the process's `GraphDetector`, its compiled `detect`), built once per process: its
+    networks load and its graph is traced once, however many photos are detected and exports
+    written (an export calls the same function inside its serve_photo)."""
     global _detect
     if _detect is None:
         module = graph_detector.GraphDetector()
-        _detect = tf.function(module.detect, input_signature=[
+        _detect = module, tf.function(module.detect, input_signature=[
             tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([], tf.float32),
             tf.TensorSpec([], tf.float32)])
     return _detect
@@ -57,7 +59,8 @@ def detect(photo, min_face_size=detector_defaults.MIN_FACE_SIZE,
     if min(photo.shape[:2]) < SMALLEST_PHOTO:
         return []
     rgb = np.repeat(photo, 3, axis=2) if photo.shape[2] == 1 else photo
-    boxes, confidence, landmarks = _graph()(rgb, float(min_face_size), float(min_confidence))
+    boxes, confidence, landmarks = graph()[1](rgb, float(min_face_size),
+                                               float(min_confidence))
     return [Face(tuple(float(v) for v in box), float(score), points)
             for box, score, points in zip(boxes.numpy(), confidence.numpy(),
                                           landmarks.numpy().astype(np.float64))]

@@ -1,5 +1,7 @@
-"""One photo made into aligned face crops, with what was found: what `python -m
-kerasbn.align` and `build_records --align` do to each photo."""
+"""One photo file made into aligned face crops, with what was found: what `python -m
+kerasbn.align`, `build_records --align` (and `--landmarks`), `predict --align` on a run and
+`evaluate --align` do to each photo. The crops are `aligner.align`'s, the faces the detector
+graph's, the same two an export's serve_photo runs."""
 
 import dataclasses
 
@@ -9,6 +11,8 @@ from kerasbn.data import images
 from kerasbn.faces import aligner, detector, detector_defaults
 
 KEEP = ("largest", "all")
+# Why a photo gave no crop when it holds no face MTCNN finds (build_records counts them).
+NO_FACE = "no face found"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,20 +28,29 @@ class Settings:
     min_face_size: int = detector_defaults.MIN_FACE_SIZE
 
 
-def align_photo(path, settings):
+def align_photo(path, settings, landmarks=None):
     """(report entry, uint8 crops [K, height, width, channels]) of the photo at `path`: the
     entry says how many faces were found, each one's box, confidence and landmarks, which
-    were kept, or why none was (an unreadable file, no face)."""
+    were kept, or why none was (an unreadable file, no face). With `landmarks` [5, 2] (a
+    landmarks file's row) the face is placed by them instead of found; they must lie in
+    the photo (a ValueError says where they lie otherwise)."""
     photo, reason = images.load(path, 3)
     if reason:
         return {"faces_found": 0, "kept": [], "reason": reason}, _none(settings)
-    faces = detector.detect(photo, settings.min_face_size, settings.min_confidence)
-    entry = {"size": [int(photo.shape[1]), int(photo.shape[0])], "faces_found": len(faces),
+    height, width = photo.shape[:2]
+    if landmarks is not None:
+        points = np.asarray(landmarks, np.float64)
+        if np.any(points < 0) or np.any(points[:, 0] > width) or np.any(points[:, 1] > height):
+            raise ValueError(f"lie outside its {width}x{height} photo")
+        faces = [detector.Face((0.0, 0.0, float(width), float(height)), 1.0, points)]
+    else:
+        faces = detector.detect(photo, settings.min_face_size, settings.min_confidence)
+    entry = {"size": [int(width), int(height)], "faces_found": len(faces),
              "faces": [face.to_dict() for face in faces]}
     if not faces:
         small = min(photo.shape[:2]) < detector.SMALLEST_PHOTO
         entry.update(kept=[], reason=f"smaller than {detector.SMALLEST_PHOTO} px" if small
-                     else "no face found")
+                     else NO_FACE)
         return entry, _none(settings)
     kept = list(range(len(faces))) if settings.keep == "all" else [0]
     entry["kept"] = kept

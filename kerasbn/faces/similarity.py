@@ -8,7 +8,6 @@ makes insightface's crops. Both are tested against those libraries (tests/test_f
 the same warp runs inside a graph, so a served network aligns as its data was aligned.
 """
 
-import numpy as np
 import tensorflow as tf
 
 
@@ -33,12 +32,6 @@ def estimate(source, target):
     shift = mean_t[..., 0, :] - scale[..., None] * tf.linalg.matvec(rotation,
                                                                      mean_s[..., 0, :])
     return tf.concat([scale[..., None, None] * rotation, shift[..., :, None]], -1)
-
-
-def apply(matrix, points):
-    """`points` [N, 2] carried by the 2x3 `matrix`."""
-    points = np.asarray(points, np.float64)
-    return points @ matrix[:, :2].T + matrix[:, 2]
 
 
 def warp(images, matrices, height, width):

@@ -12,7 +12,7 @@ import numpy as np
 
 from kerasbn.data import records
 from kerasbn.evaluation import holdout
-from kerasbn.faces import graph_detector
+from kerasbn.faces import detector as faces_detector
 from kerasbn.runs import export_layout
 from kerasbn.runs.run_dir import RunDir
 from kerasbn.serving import portable, signatures
@@ -67,11 +67,11 @@ def export_saved_model(model, manifest, path, data_dir=None, given=None, keras_f
         cut, source = given or (None, None)
     archive = keras.export.ExportArchive()
     archive.track(model)
-    detector = graph_detector.GraphDetector()
+    detector, detect = faces_detector.graph()
     for network in detector.networks:
         archive.track(network)
     for name, (function, signature) in signatures.serving_functions(
-            model, manifest, cut, detector).items():
+            model, manifest, cut, detect).items():
         archive.add_endpoint(name, function, input_signature=signature)
     tmp = _private_dir(path, "partial")
     try:

@@ -18,7 +18,7 @@ import keras
 import tensorflow as tf
 
 from kerasbn.data import preprocess, records
-from kerasbn.faces import similarity, template
+from kerasbn.faces import aligner, detector_defaults
 from kerasbn.runs import checkpoints, export_layout, network
 from kerasbn.runs.run_dir import RunDir, stored_config
 
@@ -46,8 +46,9 @@ TOP_K = 5
 
 
 def serving_functions(model, manifest, threshold=None, detector=None):
-    """{signature name: (tf.function, input signature)} of the training `model`; with a
-    `graph_detector.GraphDetector`, also `serve_photo`."""
+    """{signature name: (tf.function, input signature)} of the training `model`; with
+    `detector` (`faces.detector.graph()`'s function), also `serve_photo`: every face of one
+    encoded photo found, aligned by `aligner.align` (its `crops`) and served."""
     height, width = manifest.image_size
     channels = manifest.channels
     mode = input_spec(manifest)["resize_mode"]
@@ -95,22 +96,22 @@ def serving_functions(model, manifest, threshold=None, detector=None):
         photo = preprocess.decode(encoded, 3)[0]
         photo = tf.cond(tf.shape(photo)[-1] == 1, lambda: tf.tile(photo, [1, 1, 3]),
                         lambda: photo)
-        boxes, confidence, landmarks = detector.detect(photo)
-        matrices = similarity.estimate(landmarks, template.template(height, width))
-        count = tf.shape(boxes)[0]
+        boxes, confidence, landmarks = detector(photo, detector_defaults.MIN_FACE_SIZE,
+                                                detector_defaults.MIN_CONFIDENCE)
 
         def faces():
-            crops = similarity.warp(tf.repeat(photo[None], count, axis=0), matrices, height,
-                                    width)
-            return outputs(prepare(tf.cast(tf.clip_by_value(tf.round(crops), 0.0, 255.0),
-                                           tf.uint8)))
+            crops = aligner.align(photo, landmarks, height, width, channels)
+            return {"crops": crops, **outputs(prepare(crops))}
 
         # No face: the network cannot take an empty batch, so the outputs' shapes come from
         # one blank crop, emptied.
-        none = lambda: {key: value[:0] for key, value in outputs(prepare(tf.zeros(
-            [1, height, width, 3], tf.uint8))).items()}
+        def none():
+            blank = tf.zeros([1, height, width, channels], tf.uint8)
+            return {key: value[:0] for key, value in
+                    {"crops": blank, **outputs(prepare(blank))}.items()}
+
         return {"boxes": boxes, "confidence": confidence, "landmarks": landmarks,
-                **tf.cond(count > 0, faces, none)}
+                **tf.cond(tf.shape(boxes)[0] > 0, faces, none)}
 
     stored = float("nan") if threshold is None else float(threshold)
     metadata = tf.function(lambda: {"class_names": names,

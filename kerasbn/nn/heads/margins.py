@@ -11,7 +11,7 @@ import keras
 import tensorflow as tf
 
 from kerasbn.nn import registry
-from kerasbn.nn.heads import cosine
+from kerasbn.nn.heads.cosine import CosineClassifier
 
 
 def margin_logits(labels, logits, head, scale, margin, easy_margin=False):
@@ -73,7 +73,7 @@ def resolved(head, scale=None, margin=None):
 def _classifier(units, settings, kernel, bias_regularizer):
     if not settings.decay_centres:
         kernel = {**kernel, "kernel_regularizer": None}
-    return cosine.CosineClassifier(units, resolved(settings.head, settings.scale)[0], **kernel)
+    return CosineClassifier(units, resolved(settings.head, settings.scale)[0], **kernel)
 
 
 def _loss(settings):
