@@ -302,15 +302,9 @@ def _prepare(out, args, overwrite):
     atomic.write_json(args_path, args, indent=None)
 
 
-def build(source, out, root=None, image_size=None, channels=None, resize_mode="crop",
-          boxes=None, test_fraction=0.2, holdout_identities=0, pairs=0,
-          min_images_per_identity=1, seed=0, shard_size=4096, encoding="raw",
-          compression="", workers=1, overwrite=False, command="", log=print,
-          allow_outside_root=False, extensions=images.IMAGE_EXTENSIONS, align=False,
-          landmarks=None):
-    """Converts `source` to shards + manifest in `out`; returns the manifest. `align` finds
-    each photo's largest face and aligns it (kerasbn.faces); `landmarks` (a file) aligns with
-    the five points it gives each photo instead."""
+def _check_settings(image_size, test_fraction, pairs, holdout_identities, shard_size, workers,
+                    encoding):
+    """Raises DataError naming the first of `build`'s settings that cannot work."""
     if image_size is not None and image_size < 1:
         raise records.DataError(f"--image_size must be at least 1, got {image_size}")
     if not 0 <= test_fraction < 1:
@@ -321,6 +315,57 @@ def build(source, out, root=None, image_size=None, channels=None, resize_mode="c
         raise records.DataError("--shard_size and --workers must be at least 1")
     if encoding not in ("raw", "png"):
         raise records.DataError(f"--encoding must be raw or png, got {encoding!r}")
+
+
+def _manifest(args, classes, holdout, splits, train_stats, skipped, dropped, description,
+              command, left_out):
+    """manifest.json's values (less the pairs) of a build with settings `args`."""
+    mean, std = train_stats.mean_std()
+    manifest = {
+        "image_size": [args["image_size"]] * 2, "channels": args["channels"],
+        "encoding": args["encoding"], "compression": args["compression"],
+        "class_names": classes, "holdout_class_names": holdout, "splits": splits,
+        "mean": mean, "std": std, "skipped": skipped, "dropped_identities": dropped,
+        "source": description, "command": command,
+        "label_order": "identities sorted by name (list files: by numeric label)",
+        "resize_mode": args["resize_mode"],
+        "left_out": [{"path": path, "reason": reason} for path, reason in left_out],
+    }
+    if args["align"] or args["landmarks"]:
+        landmarks = args["landmarks"]
+        manifest["aligned"] = {
+            "by": f"landmarks from {os.path.abspath(landmarks)}" if landmarks
+            else "MTCNN's largest face (the mtcnn package)", "template": "insightface "
+            "arcface_dst, scaled as kerasbn.faces.template says",
+            "faces_missing": sum(item["reason"] == photo_alignment.NO_FACE for item in skipped)}
+    return manifest
+
+
+def _report(out, splits, classes, skipped, left_out, dropped, seconds, log):
+    """Logs what a build wrote, skipped and left out."""
+    counts = {split: entry["count"] for split, entry in splits.items()}
+    log(f"wrote {os.path.abspath(out)}: {counts}, {len(classes)} classes, "
+        f"{len(skipped)} skipped, {len(left_out)} files left out (not images), "
+        f"{dropped} identities dropped, {seconds:.1f}s "
+        f"({sum(counts.values()) / seconds:.0f} images/s)")
+    for line in console.at_most([f"  skipped {s['path']}: {s['reason']}" for s in skipped],
+                                20, "listed in manifest.json") + console.at_most(
+            [f"  left out {path}: {reason}" for path, reason in left_out], 5,
+            "listed in manifest.json (left_out)"):
+        log(line)
+
+
+def build(source, out, root=None, image_size=None, channels=None, resize_mode="crop",
+          boxes=None, test_fraction=0.2, holdout_identities=0, pairs=0,
+          min_images_per_identity=1, seed=0, shard_size=4096, encoding="raw",
+          compression="", workers=1, overwrite=False, command="", log=print,
+          allow_outside_root=False, extensions=images.IMAGE_EXTENSIONS, align=False,
+          landmarks=None):
+    """Converts `source` to shards + manifest in `out`; returns the manifest. `align` finds
+    each photo's largest face and aligns it (kerasbn.faces); `landmarks` (a file) aligns with
+    the five points it gives each photo instead."""
+    _check_settings(image_size, test_fraction, pairs, holdout_identities, shard_size, workers,
+                    encoding)
     start = time.perf_counter()
     aligning = bool(align or landmarks)
     # Alignment runs TensorFlow (the detector, the warp), which forked workers must not.
@@ -357,24 +402,11 @@ def build(source, out, root=None, image_size=None, channels=None, resize_mode="c
     if not manifest_splits.get("train", {}).get("count"):
         raise records.DataError(f"no training image of {source} could be read "
                                 f"({len(skipped)} skipped); see the reasons above")
-    mean, std = train_stats.mean_std()
-    manifest = {
-        "image_size": [image_size, image_size], "channels": channels, "encoding": encoding,
-        "compression": compression, "class_names": classes, "holdout_class_names": holdout,
-        "splits": manifest_splits, "mean": mean, "std": std, "skipped": skipped,
-        "dropped_identities": dropped, "source": description, "command": command,
-        "label_order": "identities sorted by name (list files: by numeric label)",
-        "resize_mode": resize_mode,
-        "left_out": [{"path": path, "reason": reason} for path, reason in left_out],
-    }
-    if aligning:
-        manifest["aligned"] = {
-            "by": f"landmarks from {os.path.abspath(landmarks)}" if landmarks
-            else "MTCNN's largest face (the mtcnn package)", "template": "insightface "
-            "arcface_dst, scaled as kerasbn.faces.template says",
-            "faces_missing": sum(item["reason"] == photo_alignment.NO_FACE for item in skipped)}
+    manifest = _manifest(args, classes, holdout, manifest_splits, train_stats, skipped,
+                         dropped, description, command, left_out)
     if pairs:
-        shards.write_pairs(os.path.join(out, shards.PAIRS_NAME), holdout, holdout_written, pairs, seed)
+        shards.write_pairs(os.path.join(out, shards.PAIRS_NAME), holdout, holdout_written,
+                           pairs, seed)
         manifest["pairs"] = {"file": shards.PAIRS_NAME, "matched": pairs, "mismatched": pairs,
                              "numbering": "1-based position among the identity's holdout "
                                           "records sorted by image/filename"}
@@ -382,15 +414,6 @@ def build(source, out, root=None, image_size=None, channels=None, resize_mode="c
     written = records.read_manifest(out)
     checks.mark_written(out, written)
     shutil.rmtree(os.path.join(out, STATE_DIR))
-    seconds = time.perf_counter() - start
-    counts = {split: entry["count"] for split, entry in manifest_splits.items()}
-    log(f"wrote {os.path.abspath(out)}: {counts}, {len(classes)} classes, "
-        f"{len(skipped)} skipped, {len(left_out)} files left out (not images), "
-        f"{dropped} identities dropped, {seconds:.1f}s "
-        f"({sum(counts.values()) / seconds:.0f} images/s)")
-    for line in console.at_most([f"  skipped {s['path']}: {s['reason']}" for s in skipped],
-                                20, "listed in manifest.json") + console.at_most(
-            [f"  left out {path}: {reason}" for path, reason in left_out], 5,
-            "listed in manifest.json (left_out)"):
-        log(line)
+    _report(out, manifest_splits, classes, skipped, left_out, dropped,
+            time.perf_counter() - start, log)
     return written
