@@ -55,7 +55,7 @@ def define_flags(values):
     flags.DEFINE_bool("align", False, "Align the largest face of each --pairs photo first.",
                       **on)
     flags.DEFINE_float("threshold", None, "The verification threshold (cosine), instead of "
-                       "--pairs.", **on)
+                       "--pairs.", lower_bound=-1, upper_bound=1, **on)
     flags.DEFINE_integer("batch_size", 64, "Photos per batch with --pairs.", lower_bound=1,
                          **on)
 

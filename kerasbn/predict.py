@@ -30,7 +30,7 @@ from kerasbn.faces import detector, photo_alignment
 from kerasbn.flags import cli
 from kerasbn.runs import export_layout
 from kerasbn.runs.run_dir import RunDir
-from kerasbn.serving import signatures
+from kerasbn.serving import exporter, signatures
 from kerasbn.utils import atomic, errors
 from kerasbn.utils.progress import Progress
 
@@ -41,8 +41,7 @@ def load_model(path):
     """(the loaded SavedModel, its input spec, threshold or None) of an export (or of a run
     dir's export/). Callers keep the SavedModel, not only its signatures, whose variables it
     holds."""
-    if not os.path.isfile(os.path.join(path, export_layout.MARKER)) and os.path.isfile(
-            os.path.join(RunDir(path).export, export_layout.MARKER)):
+    if not exporter.is_export(path) and exporter.is_export(RunDir(path).export):
         path = RunDir(path).export
     loaded, spec = signatures.load_saved_model(path)
     threshold = float(loaded.signatures["metadata"]()["threshold"])
