@@ -9,14 +9,14 @@ stability of the test curve ("jumps"), and training step time.
 Runs go to OUT/NORM/seedS (a rerun resumes or skips finished runs); the table goes to
 OUT/compare_norms.md and the test curves to OUT/compare_norms.png.
 
-Each implementation runs with its own BN momentum and epsilon (REFERENCE.md section 3) unless
---bn_momentum/--bn_epsilon are given. In a run shorter than the study's 420,000 iterations,
-those whose running statistics start at zero and are read uncorrected (keras, renorm, sync,
-windows, nvidia) have their averaging window scaled with the run as the schedule is
-(norms.scaled_momentum; e.g. nvidia's 0.999 becomes 0.9 at 240 iterations), and the command
-says so; the study's length is 420,000 iterations, or --schedule_iters when given (the length
-a flagfile such as compare_norms_cifar10.flags was written for); bvlc (which divides by its scale factor) and nvidia_caffe (which copies the first
-batch) keep theirs.
+Each implementation runs with its own BN momentum and epsilon (docs/reference.md section 3)
+unless --bn_momentum/--bn_epsilon are given. In a run shorter than the study's 420,000
+iterations, those whose running statistics start at zero and are read uncorrected (keras,
+renorm, sync, windows, nvidia) have their averaging window scaled with the run as the schedule
+is (norms.scaled_momentum; e.g. nvidia's 0.999 becomes 0.9 at 240 iterations), and the
+command says so; the study's length is 420,000 iterations, or --schedule_iters when given (the
+length a flagfile such as compare_norms_cifar10.flags was written for); bvlc (which divides by
+its scale factor) and nvidia_caffe (which copies the first batch) keep theirs.
 """
 
 import dataclasses

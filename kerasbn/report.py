@@ -7,7 +7,7 @@ Reads each run's metrics.jsonl (runs still in progress too) and flags.txt; print
 time to each target, speedup against the reference run, test jump, images/s) and draws test
 accuracy against iteration (the study's figure) and against wall time, training loss and
 learning rate as PNGs. The speedup is the reference's iterations to the target over the run's
-(REFERENCE.md section 1: 64k / 45k = 1.4x in the study); ">2.67x" when the reference never
+(docs/reference.md section 1: 64k / 45k = 1.4x in the study); ">2.67x" when the reference never
 reached the target (the bound uses its last test), "<" when the run never did. The test
 jump is the mean absolute change of test top-1 between consecutive tests over the second half
 of the run (`metrics.stability`): how much stale BN statistics shake the test curve.

@@ -1,4 +1,4 @@
-"""Each BN semantics against a numpy transcription of REFERENCE.md section 3 (Keras's against
+"""Each BN semantics against a numpy transcription of docs/reference.md section 3 (Keras's against
 its own source), and the fused Keras-semantics norm against Keras's own layer."""
 
 import keras

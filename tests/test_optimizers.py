@@ -1,4 +1,4 @@
-"""The optimizer against hand computations of Caffe's update rules (REFERENCE.md section 3)."""
+"""The optimizer against hand computations of Caffe's update rules (docs/reference.md section 3)."""
 
 import keras
 import numpy as np

@@ -1,6 +1,7 @@
 """The registry of networks and heads: a network registered in one place is built, checked
 and listed like the built-in ones, and a name is never registered twice."""
 
+import os
 import re
 
 import keras
@@ -10,20 +11,16 @@ import pytest
 from kerasbn import config
 from kerasbn.nn import models, registry
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 @pytest.fixture
 def tiny():
-    """A network registered as a user would, in the docs' worked example; removed after."""
-    def features(inputs, settings, parts):
-        x = keras.layers.Conv2D(settings.widths[0], 3, name="conv",
-                                kernel_initializer=parts.filler("he_normal"))(inputs)
-        x = parts.norm("conv_bn")(x)
-        return keras.layers.GlobalAveragePooling2D(name="embedding")(x)
-
-    def check(settings):
-        return "--model=tiny takes gray images" if settings.channels != 1 else None
-
-    registry.register_network("tiny", family="study", widths=(4,), check=check)(features)
+    """The network of docs/ARCHITECTURE.md's worked example, registered as the doc writes it
+    (so the doc cannot drift from what works); removed after."""
+    with open(os.path.join(ROOT, "docs", "ARCHITECTURE.md"), encoding="utf-8") as f:
+        example = f.read().split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(example, "nn/networks/tiny.py", "exec"), {"__name__": "tiny"})
     yield "tiny"
     del registry.NETWORKS["tiny"]
 
@@ -32,7 +29,7 @@ def test_a_registered_network_builds_under_every_head(tiny):
     for head in models.HEADS:
         model = models.build(tiny, 7, head=head, norm="bvlc")
         assert model.name == tiny and model.output.shape == (None, 7)
-        assert model.get_layer("conv").filters == 4 and model.layers[-1].name == "logits"
+        assert model.get_layer("conv").filters == 16 and model.layers[-1].name == "logits"
         logits = model(np.zeros((2, 50, 50, 1), np.float32))
         assert np.all(np.isfinite(logits))
 
@@ -42,6 +39,7 @@ def test_a_registered_networks_rules_and_widths_are_checked(tiny):
         models.build(tiny, 7, channels=3)
     with pytest.raises(ValueError, match="takes 1 values, got 2"):
         models.build(tiny, 7, widths=(4, 8))
+    assert models.build(tiny, 7, widths=(4,)).get_layer("conv").filters == 4
 
 
 def test_the_config_refuses_by_the_same_rule_the_network_registered():

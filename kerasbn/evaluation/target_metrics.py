@@ -1,9 +1,9 @@
 """Targets: a figure a run should reach (`--target=METRIC:VALUE`, `--target_accuracy`), named
 once here so the config can check them and a run's summary can report them.
 
-"Reached a target" is the study's measure (docs/study.md): the first tested iteration whose
-test top-1 >= the target; a target on another metric (`verify_acc:0.9`) is reached the same
-way on that metric.
+"Reached a target" is the study's measure (docs/reference.md section 1): the first tested
+iteration whose test top-1 >= the target; a target on another metric (`verify_acc:0.9`) is
+reached the same way on that metric.
 """
 
 from kerasbn.utils import errors

@@ -1,6 +1,6 @@
 """Batch Normalization implementations behind one factory, `make_norm(name, ...)`.
 
-The three Caffe semantics the study compared (REFERENCE.md section 3) are reproduced
+The three Caffe semantics the study compared (docs/reference.md section 3) are reproduced
 exactly, plus Keras's BatchNormalization (on TensorFlow's fused kernel), batch
 renormalisation and synchronised statistics (Keras's own layers), and none.
 Statistics are computed and kept in float32 under mixed precision.
@@ -283,7 +283,7 @@ ZERO_START = ("keras", "renorm", "sync", "windows", "nvidia")
 
 def scaled_momentum(name, max_iter, study_iters=420_000):
     """`name`'s own momentum with its averaging window w = 1/(1 - momentum) scaled to a run
-    of `max_iter` as REFERENCE.md scales the schedule: 1 - 1/max(10, round(w * max_iter /
+    of `max_iter` as docs/reference.md scales the schedule: 1 - 1/max(10, round(w * max_iter /
     420000)), for ZERO_START implementations of runs shorter than the study's, and only ever
     shortened; otherwise its own momentum."""
     own = DEFAULTS[name][0]

@@ -4,7 +4,7 @@ Keras schedules of the global iteration.
 `iter` is the number of finished weight updates, as Caffe's solver counts it: the schedule is
 called with the optimizer's step counter, divided by `iter_size` when gradients accumulate
 over several batches per update. A resumed run restores the counter and so continues the
-same curve. REFERENCE.md sections 1 and 3 give every formula.
+same curve. docs/reference.md sections 1 and 3 give every formula.
 
 `ScheduleConfig` is the schedule's part of a run's settings, checked when it is made;
 `python -m kerasbn.show_schedule` prints and draws it.
@@ -108,7 +108,7 @@ def _iteration(step, iter_size):
 
 @keras.saving.register_keras_serializable(package="kerasbn")
 class CaffePolicy(keras.optimizers.schedules.LearningRateSchedule):
-    """One of Caffe's lr_policy formulas (REFERENCE.md section 3) of the iteration."""
+    """One of Caffe's lr_policy formulas (docs/reference.md section 3) of the iteration."""
 
     def __init__(self, policy, base_lr, gamma=0.1, power=1.0, stepsize=1, stepvalues=(),
                  max_iter=1, iter_size=1):
@@ -205,7 +205,7 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
 
 def scale_to_run(value, max_iter, written_for=STUDY_MAX_ITER):
     """An iteration of a schedule written for `written_for` iterations (the study's 420,000)
-    scaled to a run of `max_iter`: REFERENCE.md section 1."""
+    scaled to a run of `max_iter`: docs/reference.md section 1."""
     return max(1, round(value * max_iter / written_for))
 
 
@@ -228,7 +228,7 @@ def study_policy(name, base_lr, max_iter, iter_size=1):
 def scaled(c):
     """`c` with its iteration values (stepsize, stepvalue, smooth_until, jump_at, and nothing
     else) written for a run of `schedule_iters` iterations scaled to its `max_iter`, by the
-    rule REFERENCE.md scales the study's schedule with; `c` itself without schedule_iters."""
+    rule docs/reference.md scales the study's schedule with; `c` itself without schedule_iters."""
     if not c.schedule_iters:
         return c
     scale = lambda v: scale_to_run(v, c.max_iter, c.schedule_iters)

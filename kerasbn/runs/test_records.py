@@ -43,7 +43,7 @@ def all_reached(summary):
 
 def stability(entries):
     """Mean absolute change of test top-1 between consecutive tests over the second half of
-    the run: how much the test curve jumps once training has settled (REFERENCE.md's side
+    the run: how much the test curve jumps once training has settled (docs/reference.md's side
     study compared BN implementations by it)."""
     last = entries[-1]["iteration"]
     tail = [e["test_top1"] for e in entries if e["iteration"] >= last / 2]

@@ -1,4 +1,4 @@
-"""The study's networks (docs/study.md).
+"""The study's networks (docs/reference.md section 1).
 
 `baseline`: the CASIA-WebFace net less one block; `bn`: the study's BN network (BN after the
 first convolution of each block, block 2's conv 64 removed, no dropout); `bn_all`: the same
