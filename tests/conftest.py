@@ -124,3 +124,14 @@ def build_folder(source, out, **kw):
     """convert.build of a folder tree, quietly, in 6-record shards by default."""
     kw.setdefault("shard_size", 6)
     return convert.build(str(source), str(out), log=lambda _: None, **kw)
+
+
+# Fixtures that train (or export) a network: a test taking one is slow however quick its own
+# body is, so it leaves the fast tier (./test.sh -m "not slow") with them.
+TRAINING_FIXTURES = {"finished_run", "verified_run", "lfw_like", "bfloat16_run"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -26,6 +26,7 @@ def photos(tmp_path, att_faces):
     return root
 
 
+@pytest.mark.slow
 def test_every_face_is_written_aligned_with_a_report_and_a_montage(photos, tmp_path, capsys):
     out = tmp_path / "aligned"
     align.main(["align", str(photos), f"--out={out}", "--faces=all", "--size=112",
@@ -69,6 +70,7 @@ def test_an_interrupted_run_continues_and_each_photo_is_reported_once(photos, tm
     assert sorted(os.listdir(out / "people")) == ["astronaut.png", "group.png"]
 
 
+@pytest.mark.slow
 def test_two_workers_write_what_one_does(photos, tmp_path):
     for workers in (1, 2):
         align.main(["align", str(photos), f"--out={tmp_path / str(workers)}",
@@ -146,6 +148,7 @@ def test_build_records_aligns_by_a_landmarks_file_and_refuses_a_bad_one(photos, 
     assert convert.read_landmarks(str(tmp_path / "points.txt"))["b/2.png"].shape == (5, 2)
 
 
+@pytest.mark.slow
 def test_predict_align_names_every_face_and_compares_the_largest(finished_run, photos,
                                                                  capsys):
     from kerasbn import predict
@@ -166,6 +169,7 @@ def test_predict_align_names_every_face_and_compares_the_largest(finished_run, p
         "(the largest face of each)")
 
 
+@pytest.mark.slow
 def test_evaluate_verifies_pairs_of_whole_photos_by_their_aligned_faces(finished_run,
                                                                         att_faces, tmp_path):
     import json
@@ -196,6 +200,7 @@ def test_evaluate_verifies_pairs_of_whole_photos_by_their_aligned_faces(finished
                        f"--out={out}"])
 
 
+@pytest.mark.slow
 def test_a_network_trained_on_aligned_faces_names_each_face_of_a_whole_photo(att_faces,
                                                                             tmp_path):
     # Three people's AT&T photos, each set in a larger canvas, aligned by build_records
@@ -240,6 +245,7 @@ for box, names in zip(out["boxes"].numpy(), out["names"].numpy()):
     assert [name for _, name in faces] == ["s1", "s2", "s3"]
 
 
+@pytest.mark.slow
 def test_the_five_paths_from_a_photo_make_the_same_crop(finished_run, tmp_path):
     """align, build_records --align, evaluate --align, predict --align and an export's
     serve_photo all run `aligner.align` on the detector graph's faces: one crop, to the bit."""

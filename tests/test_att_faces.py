@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 from conftest import run_train
 
 from data_tools import convert, inspect_records
@@ -12,6 +14,7 @@ from kerasbn.runs.run_dir import RunDir
 MIN_TOP1 = 0.5
 
 
+@pytest.mark.slow
 def test_att_faces_convert_inspect_and_train(att_faces, tmp_path):
     out = str(tmp_path / "att")
     manifest = convert.build(att_faces, out, log=lambda _: None)

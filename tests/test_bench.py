@@ -11,6 +11,7 @@ def test_input_bench_measures_both_readers_on_the_same_shards(small_data):
     assert result["ratio"] == result["pipeline"] / result["bare"]
 
 
+@pytest.mark.slow
 def test_train_bench_times_the_real_pipeline_beside_one_cached_batch(small_data):
     variants = [("float32", "keras", False, 1), ("float32", "keras", False, 2)]
     rates = timing.bench_train("bn", 6, variants, 8, 2, 1, small_data)
@@ -20,6 +21,7 @@ def test_train_bench_times_the_real_pipeline_beside_one_cached_batch(small_data)
     assert list(alone[variants[0]]) == ["cached"]
 
 
+@pytest.mark.slow
 def test_train_bench_prints_the_verdict_and_refuses_an_unknown_compile(small_data, capsys):
     import pytest
     bench.main(["bench", "--bench=train", f"--data_dir={small_data}", "--num_classes=6",
@@ -43,6 +45,7 @@ def test_expected_distinct_identities_matches_uniform_draws():
     assert round(scaling.expected_distinct(14700, 128), 1) == 127.4
 
 
+@pytest.mark.slow
 def test_scale_bench_measures_memory_shuffle_and_first_step(small_data, capsys):
     import os
 
@@ -59,6 +62,7 @@ def test_scale_bench_measures_memory_shuffle_and_first_step(small_data, capsys):
     assert os.path.exists(os.path.join(small_data, checks.FILENAME))
 
 
+@pytest.mark.slow
 def test_scale_bench_names_a_directory_without_a_dataset(tmp_path):
     import subprocess
     import sys
@@ -125,6 +129,7 @@ def test_peer_bench_reports_ranges_and_same_round_ratios(capsys):
                         "per image 1.07-1.10x its baseline's")
 
 
+@pytest.mark.slow
 def test_peer_bench_without_pytorch_measures_kerasbn_alone(monkeypatch, capsys):
     import importlib.util
     real = importlib.util.find_spec
@@ -138,6 +143,7 @@ def test_peer_bench_without_pytorch_measures_kerasbn_alone(monkeypatch, capsys):
     assert "float32, --norm=keras: BN network step per image " in out
 
 
+@pytest.mark.slow
 def test_run_bench_times_a_training_run_beside_its_step(small_data, tmp_path, capsys):
     from kerasbn.benchmarks import whole_run
     flagfile = tmp_path / "run.flags"
@@ -162,6 +168,7 @@ def test_profiles_name_onednn_rewrites_by_their_stock_types():
         "_FusedConv2D": "_FusedConv2D", "Relu": "Relu"}
 
 
+@pytest.mark.slow
 def test_the_profile_names_the_fused_batch_norm_ops_of_the_keras_norm(tmp_path):
     busy = timing.op_profile("bn", 10, "float32", "keras", 8, 2, str(tmp_path))
     assert {"FusedBatchNormV3", "FusedBatchNormGradV3", "Conv2DBackpropFilter"} <= set(busy)
@@ -171,6 +178,7 @@ def test_the_profile_names_the_fused_batch_norm_ops_of_the_keras_norm(tmp_path):
     assert not {"FusedBatchNormV3", "FusedBatchNormGradV3"} & set(plain)
 
 
+@pytest.mark.slow
 def test_norms_bench_gives_step_times_against_the_first_norm(capsys):
     bench.main(["bench", "--bench=norms", "--num_classes=6", "--batch_size=4", "--batches=1",
                 "--repeats=1", "--precisions=float32", "--norms=bvlc,none"])
@@ -180,6 +188,7 @@ def test_norms_bench_gives_step_times_against_the_first_norm(capsys):
     assert second.startswith("bn x6 classes, batch 4, float32, --norm=none: ")
 
 
+@pytest.mark.slow
 def test_heads_bench_gives_each_fractions_step_and_memory_against_the_full_head(capsys):
     bench.main(["bench", "--bench=heads", "--class_counts=40", "--sample_fractions=1",
                 "--sample_fractions=0.5", "--batch_size=8", "--batches=1", "--repeats=1",
@@ -198,6 +207,7 @@ def test_heads_bench_names_a_fraction_too_small_for_the_batch():
     assert "--sample_classes=0.1" in str(info.value) and "fewer than the 8" in str(info.value)
 
 
+@pytest.mark.slow
 def test_the_photos_bench_times_align_and_serve_photo_against_their_references(
         finished_run, att_faces):
     from kerasbn.benchmarks import photo_pipeline
@@ -243,6 +253,7 @@ def test_flops_per_image_are_tensorflow_profilers_count(name, widths):
     assert counts["training"] == 3 * counts["forward"] - 2 * height * width * filters * 3 * 3 * 3
 
 
+@pytest.mark.slow
 def test_the_published_flops_of_r50_and_mbf():
     from kerasbn.nn import flops, models
     # insightface's tables: r50 6.3G and mbf about 0.45G multiply-adds at 112x112.

@@ -177,6 +177,7 @@ def _cli(module, *args):
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
 
 
+@pytest.mark.slow
 def test_command_line_gzip_rgb_and_inspect(folder, tmp_path):
     out = tmp_path / "out"
     done = _cli("data_tools.build_records", str(folder), f"--out={out}", "--gzip",

@@ -256,6 +256,7 @@ def _classifier(directory):
         "fc6": [_normal(4, 16), _normal(4)]})
 
 
+@pytest.mark.slow
 def test_an_import_serves_photos_as_caffe_preprocessed_them(tmp_path, capsys):
     import json
 
@@ -297,6 +298,7 @@ def test_an_import_serves_photos_as_caffe_preprocessed_them(tmp_path, capsys):
     assert "(threshold 0.3000, given at import (--threshold))" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_an_embedding_network_without_classifier_embeds_and_refuses_to_name(tmp_path,
                                                                              capsys):
     text = CLASSIFIER.split('layer { name: "fc6"')[0]
@@ -380,6 +382,7 @@ def test_broken_files_and_networks_are_one_line_and_write_nothing(tmp_path):
             "crop", "Crop", "fc5", "fc5") + 'layer { name: "fc6"'))
 
 
+@pytest.mark.slow
 def test_the_threshold_is_chosen_on_pairs_of_photos(tmp_path, att_faces, capsys):
     import json
     text = HEADER.format(name="gray", c=1, h=32, w=32) + layer(
@@ -427,6 +430,7 @@ BACKBONE = HEADER.format(name="backbone", c=3, h=32, w=32) + "".join([
 ])
 
 
+@pytest.mark.slow
 def test_an_import_trains_as_a_backbone_under_a_margin_head(tmp_path, capsys):
     import keras
     import tensorflow as tf
@@ -474,6 +478,7 @@ def test_an_import_trains_as_a_backbone_under_a_margin_head(tmp_path, capsys):
     assert served["probabilities"].shape == (1, 5) and served["embedding"].shape == (1, 16)
 
 
+@pytest.mark.slow
 def test_a_backbone_that_is_no_import_or_of_another_size_is_one_line(tmp_path):
     from conftest import make_synth, run_train, train_args
     make_synth(tmp_path / "data", image_size=48)
@@ -494,6 +499,7 @@ def test_a_backbone_that_is_no_import_or_of_another_size_is_one_line(tmp_path):
     assert not (tmp_path / "run" / "config.json").exists()
 
 
+@pytest.mark.slow
 def test_an_import_converts_to_a_portable_core_checked_against_keras(tmp_path, capsys):
     # ONNX; LiteRT goes through the same portable.write (tests/test_export.py runs both).
     fmt = "onnx"

@@ -85,6 +85,7 @@ def _command(*args, cwd=ROOT):
                           text=True, env=env)
 
 
+@pytest.mark.slow
 def test_commands_print_no_tensorflow_chatter_unless_asked(tmp_path):
     done = _command("kerasbn.train", f"--data_dir={tmp_path}", f"--run_dir={tmp_path / 'r'}")
     assert done.returncode == 1 and done.stdout == ""
@@ -213,6 +214,7 @@ def test_a_full_disk_is_one_line_naming_the_file():
     assert cli.disk_full_line(ValueError("a bug")) is None
 
 
+@pytest.mark.slow
 def test_a_command_that_fills_the_disk_ends_with_that_line(tmp_path):
     # A real full disk where this machine lets a test mount a small tmpfs (root); else the
     # line itself is tested above.

@@ -53,6 +53,7 @@ def test_a_verification_target_gets_its_own_columns():
     assert "| 15 ± 7 | 2/2 | 15 ± 7 | 2/2 |" in table
 
 
+@pytest.mark.slow
 def test_real_runs_write_table_and_curves(small_data, tmp_path):
     values, _ = cli.parse(["x", f"--data_dir={small_data}", "--model=bn", "--batch_size=16",
                            "--max_iter=6", "--test_interval=3", "--display=3", "--snapshot=6",
@@ -76,6 +77,7 @@ def test_real_runs_write_table_and_curves(small_data, tmp_path):
                               out)
 
 
+@pytest.mark.slow
 def test_each_implementation_keeps_its_own_window_scaled_to_a_short_run(small_data, tmp_path):
     values, _ = cli.parse(["x", f"--data_dir={small_data}", "--model=bn", "--batch_size=16",
                            "--max_iter=4", "--test_interval=2", "--display=2", "--snapshot=4",
@@ -91,6 +93,7 @@ def test_each_implementation_keeps_its_own_window_scaled_to_a_short_run(small_da
     assert compare_norms.momentum_for(given, "nvidia") == (0.5, "--bn_momentum")
 
 
+@pytest.mark.slow
 def test_the_cifar10_comparison_runs_on_the_rgb_stand_in(tmp_path):
     from data_tools import synth
     data = str(tmp_path / "rgb32")

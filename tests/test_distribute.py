@@ -35,6 +35,7 @@ def one_device(small_data, tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first, then", [
     ([], ["--strategy=mirrored", "--cpu_devices=2"]),
     (["--strategy=mirrored", "--cpu_devices=2"], ["--strategy=one_device"]),
@@ -65,6 +66,7 @@ def test_a_run_resumes_under_another_strategy_and_ends_where_one_device_does(
                 "statistics synchronised across replicas") in resumed.stdout
 
 
+@pytest.mark.slow
 def test_a_global_batch_that_does_not_split_over_the_replicas_is_one_error(small_data,
                                                                           tmp_path):
     done = _train(small_data, str(tmp_path / "odd"), "--strategy=mirrored", "--cpu_devices=3")
@@ -80,6 +82,7 @@ def _baseline_args(data, run_dir):
                       widths="16,16,32,24,48,40,64,80")
 
 
+@pytest.mark.slow
 def test_two_local_workers_train_as_one_process_and_only_the_chief_writes(tmp_path):
     from conftest import make_synth
 
@@ -118,6 +121,7 @@ def test_two_local_workers_train_as_one_process_and_only_the_chief_writes(tmp_pa
         '"task": {"type": "worker", "index": 1}}')
 
 
+@pytest.mark.slow
 def test_a_failing_worker_stops_the_cluster_with_one_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "kerasbn.local_cluster", "--workers=2", "--",
                            f"--data_dir={tmp_path / 'missing'}", f"--run_dir={tmp_path / 'r'}"],

@@ -26,6 +26,7 @@ def verified_run(tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_a_run_is_evaluated_closed_set_and_on_unseen_pairs(verified_run, tmp_path, capsys):
     out = tmp_path / "out"
     evaluate.main(["evaluate", f"--run_dir={verified_run}", f"--run_dir={verified_run}",
@@ -185,6 +186,7 @@ def test_a_bin_set_verifies_as_the_same_pairs_over_photos_with_the_same_ten_sets
     assert os.path.getsize(out / "roc.png") > 5_000
 
 
+@pytest.mark.slow
 def test_training_tracks_a_bin_set_as_evaluate_scores_the_same_checkpoint(verified_run,
                                                                          lfw_like, tmp_path,
                                                                          capsys):

@@ -32,6 +32,7 @@ def _position(run_dir):
     return int(reader.get_tensor(name))
 
 
+@pytest.mark.slow
 def test_calls_of_five_iterations_train_the_run_of_single_ones_across_a_kill(small_data,
                                                                              tmp_path):
     assert _train_process(_args(small_data, tmp_path / "single")).returncode == 0
@@ -57,6 +58,7 @@ def test_events_off_a_multiple_of_steps_per_execution_are_refused(small_data, tm
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 
+@pytest.mark.slow
 def test_updates_skipped_by_loss_scaling_leave_the_events_on_their_iterations(
         small_data, tmp_path, capsys):
     # A start at 2^21 overflows this network's float16 gradients (2^19 does not), so the
@@ -83,6 +85,7 @@ def test_updates_skipped_by_loss_scaling_leave_the_events_on_their_iterations(
     assert logged == {5: 2.0 ** (21 - skipped)}
 
 
+@pytest.mark.slow
 def test_xla_trains_the_same_network_within_float_noise(small_data, tmp_path):
     # Separate processes: op determinism, which turns XLA off, stays on in a process once a
     # deterministic run has set it.

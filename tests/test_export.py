@@ -16,6 +16,7 @@ from kerasbn.serving import exporter, signatures
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_saved_model_serves_uint8_and_matches_keras(finished_run, small_data):
     manifest = records.read_manifest(small_data)
     files = records.split_files(small_data, manifest, "test")
@@ -38,6 +39,7 @@ def _serve(path, images):
     return tf.saved_model.load(path).signatures["serving_default"](images=images)
 
 
+@pytest.mark.slow
 def test_export_command_rebuilds_the_run_from_its_config(finished_run, tmp_path):
     out = str(tmp_path / "again")
     done = subprocess.run([sys.executable, "-m", "kerasbn.export", f"--run_dir={finished_run}",
@@ -51,6 +53,7 @@ def test_export_command_rebuilds_the_run_from_its_config(finished_run, tmp_path)
     assert not os.path.exists(out + ".partial")
 
 
+@pytest.mark.slow
 def test_a_directory_that_is_no_run_is_one_clear_error(tmp_path):
     done = subprocess.run([sys.executable, "-m", "kerasbn.export", f"--run_dir={tmp_path}"],
                           cwd=ROOT, capture_output=True, text=True)
@@ -60,6 +63,7 @@ def test_a_directory_that_is_no_run_is_one_clear_error(tmp_path):
         "by `python -m kerasbn.train`"]
 
 
+@pytest.mark.slow
 def test_export_run_reads_a_run_from_before_config_json(finished_run, tmp_path):
     run = RunDir(finished_run)
     saved = open(run.config_json).read()
@@ -74,6 +78,7 @@ def test_export_run_reads_a_run_from_before_config_json(finished_run, tmp_path):
                                _serve(run.export, images)["probabilities"], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_out_over_anything_but_a_previous_export_is_refused(finished_run, tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("keep me")
@@ -88,6 +93,7 @@ def test_out_over_anything_but_a_previous_export_is_refused(finished_run, tmp_pa
     assert exporter.export_run(finished_run, first) == (first, [])  # an export is replaced
 
 
+@pytest.mark.slow
 def test_reexport_replaces_only_the_exports_files_and_no_user_file_is_a_temporary(
         finished_run, tmp_path):
     out = tmp_path / "exp"
@@ -112,6 +118,7 @@ def test_reexport_replaces_only_the_exports_files_and_no_user_file_is_a_temporar
                                atol=1e-6)
 
 
+@pytest.mark.slow
 def test_export_into_a_training_runs_own_export_is_refused(finished_run, tmp_path):
     with RunDir(finished_run).lock():
         with pytest.raises(records.DataError, match="is training now.*give --out elsewhere"):
@@ -120,6 +127,7 @@ def test_export_into_a_training_runs_own_export_is_refused(finished_run, tmp_pat
     assert exporter.is_export(path)
 
 
+@pytest.mark.slow
 def test_out_in_a_missing_directory_and_a_malformed_marker_are_one_line(finished_run,
                                                                          tmp_path):
     with pytest.raises(records.DataError, match="does not exist; create it first"):
@@ -134,6 +142,7 @@ def test_out_in_a_missing_directory_and_a_malformed_marker_are_one_line(finished
             signatures.load_saved_model(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape, dtype, message", [
     ((2, 50, 50, 2), tf.uint8, r"images must be a uint8 batch \[N, H, W, 1 or 3\]; got shape"),
     ((2, 60, 40, 4), tf.uint8, r"images must be a uint8 batch \[N, H, W, 1 or 3\]; got shape"),
@@ -146,6 +155,7 @@ def test_wrong_input_is_one_clear_error_not_an_abort(finished_run, shape, dtype,
         serve(images=tf.zeros(shape, dtype))
 
 
+@pytest.mark.slow
 def test_the_savedmodel_loads_and_serves_photos_without_kerasbn(finished_run, tmp_path):
     # Any size, gray or RGB, as arrays or as encoded files; names and threshold inside.
     from PIL import Image
@@ -184,6 +194,7 @@ print(a["names"].numpy()[0][0].decode(), len(meta["class_names"].numpy()),
         assert f"signature_def['{signature}']" in shown.stdout
 
 
+@pytest.mark.slow
 def test_an_any_size_rgb_photo_embeds_as_the_pipeline_does_its_converted_image(
         finished_run, small_data, tmp_path):
     from PIL import Image
@@ -207,6 +218,7 @@ def test_an_any_size_rgb_photo_embeds_as_the_pipeline_does_its_converted_image(
         assert served @ features > 0.999
 
 
+@pytest.mark.slow
 def test_the_export_sees_a_large_jpeg_as_the_converter_recorded_it(finished_run, tmp_path):
     # Photos at least twice the record size: the converter once decoded them at a reduced
     # DCT scale (Pillow's draft mode) while the export decodes them whole.

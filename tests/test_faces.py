@@ -55,6 +55,7 @@ def test_the_crop_is_scikit_images_warp_and_opencvs_warp_affine():
                                                                      difference.max())
 
 
+@pytest.mark.slow
 def test_landmarks_are_the_mtcnn_packages_own():
     from mtcnn import MTCNN
     photo = data.astronaut()
@@ -110,6 +111,7 @@ def test_a_photo_without_a_face_or_unreadable_or_tiny_is_reported(tmp_path, monk
         assert entry["reason"].startswith(reason) and crops.shape == (0, 112, 112, 3), name
 
 
+@pytest.mark.slow
 def test_the_graph_detector_is_the_mtcnn_packages_detect_faces(att_faces):
     import tensorflow as tf
 

@@ -38,6 +38,7 @@ def by_hand(name, size, channels, embedding, widths=iresnet.WIDTHS):
         embedding)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(iresnet.LAYERS))
 def test_parameter_counts_at_112_are_the_definitions(name):
     model = models.build(name, 10, image_size=(112, 112), channels=3, embedding_dim=512)
@@ -110,6 +111,7 @@ def _narrow(norm, **kw):
 
 # IResNet under every norm; MobileFaceNet (whose grouped convolutions make each case slower)
 # under the study's Caffe semantics and Keras's.
+@pytest.mark.slow
 @pytest.mark.parametrize("model, widths, norm", [
     *((*FIELD_NARROW[0], norm) for norm in norms.NORMS),
     *((*FIELD_NARROW[1], norm) for norm in ("keras", "bvlc", "windows", "nvidia"))])
@@ -118,6 +120,7 @@ def test_a_narrow_field_network_trains_under_every_norm(norm, model, widths):
     _train_a_few(network.build_and_compile(_narrow(norm, model=model, widths=widths)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model, widths", FIELD_NARROW)
 @pytest.mark.parametrize("precision, norm, xla", [
     ("mixed_float16", "bvlc", False), ("mixed_bfloat16", "nvidia", False),
@@ -137,6 +140,7 @@ def test_mixed_precision_and_xla_train_the_field_networks(model, widths, precisi
     _train_a_few(net)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model, widths", FIELD_NARROW)
 def test_bn_runs_the_fused_kernel_on_the_low_precision_tensor_without_casts(model, widths):
     import tensorflow as tf
@@ -200,6 +204,7 @@ def test_the_fused_prelu_is_the_formula_and_kerass_layer_with_their_gradients(sh
     np.testing.assert_array_equal(ours_low(low, training=True), theirs_low(low))
 
 
+@pytest.mark.slow
 def test_it_serializes_and_refuses_what_it_cannot_take(tmp_path):
     model = models.build("iresnet18", 4, image_size=(32, 32), channels=3,
                          widths=(8, 8, 8, 16, 16), embedding_dim=8)
@@ -233,6 +238,7 @@ def test_the_field_presets_are_valid_runs_at_112(preset):
     assert isinstance(values, flags.FlagValues)
 
 
+@pytest.mark.slow
 def test_the_quick_preset_trains_verifies_exports_and_names_an_aligned_photo(tmp_path, capsys):
     from conftest import run_train
     from skimage import data as photos
@@ -271,6 +277,7 @@ def _iresnet_args(data_dir, run_dir, **extra):
     return train_args(data_dir, run_dir, **settings)
 
 
+@pytest.mark.slow
 def test_an_iresnet_run_resumes_bit_identical_and_tunes_into_new_identities(
         rgb32, tmp_path, capsys, monkeypatch):
     from conftest import run_stopped_then_resumed, run_train

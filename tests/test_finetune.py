@@ -24,6 +24,7 @@ def seven_people(tmp_path_factory):
     return str(out)
 
 
+@pytest.mark.slow
 def test_a_run_starts_from_another_class_counts_backbone_with_a_fresh_classifier(
         finished_run, seven_people, tmp_path, capsys):
     # --freeze_backbone_iter covers the whole run: the backbone must come out as it went in.
@@ -41,6 +42,7 @@ def test_a_run_starts_from_another_class_counts_backbone_with_a_fresh_classifier
                 np.testing.assert_array_equal(a, b, err_msg=name)
 
 
+@pytest.mark.slow
 def test_after_the_frozen_iterations_every_layer_trains(finished_run, seven_people, tmp_path):
     run_dir = str(tmp_path / "tuned")
     run_train(train_args(seven_people, run_dir, max_iter=10, weights=finished_run,
@@ -50,6 +52,7 @@ def test_after_the_frozen_iterations_every_layer_trains(finished_run, seven_peop
     assert not np.array_equal(source[first][0], tuned[first][0])
 
 
+@pytest.mark.slow
 def test_a_network_of_the_same_classes_loads_whole(finished_run, small_data, tmp_path, capsys):
     run_train(train_args(small_data, str(tmp_path / "again"), max_iter=1, test_interval=1,
                          weights=finished_run))
@@ -57,6 +60,7 @@ def test_a_network_of_the_same_classes_loads_whole(finished_run, small_data, tmp
     assert "initialised from" in out and "every layer (" in out and "classifier" not in out
 
 
+@pytest.mark.slow
 def test_an_export_of_other_identities_gives_its_backbone_by_name(finished_run, seven_people,
                                                                   tmp_path, capsys):
     run_dir = str(tmp_path / "tuned")
@@ -70,6 +74,7 @@ def test_an_export_of_other_identities_gives_its_backbone_by_name(finished_run, 
                 np.testing.assert_array_equal(a, b, err_msg=name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("donor, here, message", [
     # The study's baseline into a BN run: its convolutions carry biases, BN's do not.
     ({"model": "baseline", "widths": "16,16,32,32,24,48,40,64"}, {},
@@ -96,6 +101,7 @@ def final_test(run_dir):
     return last["test_top1"], last["test_loss"]
 
 
+@pytest.mark.slow
 def test_a_50_class_backbone_beats_a_fresh_network_on_7_new_people(seven_people, tmp_path):
     # The case: 30 iterations with the backbone frozen, so only what the backbone
     # learnt on the 50 other people can tell the 7 apart (chance is 1/7).

@@ -2,9 +2,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_the_gpu_check_runs_on_a_cpu_and_says_what_it_measured(small_data, tmp_path):
     env = {**os.environ, "PYTHON": sys.executable,
            "DATA": small_data, "RUN": str(tmp_path / "run"), "STEPS": "4", "BATCH": "8",

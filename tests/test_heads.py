@@ -188,6 +188,7 @@ def _trained(cfg, steps, init=None):
     return model, head.kernel.numpy(), momentum.numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("solver", ["SGD", "Nesterov"])
 def test_partial_fc_of_every_centre_updates_as_the_full_head_with_its_decay(solver):
     full, kernel, momentum = _trained(_config(solver_type=solver), 3)
@@ -286,6 +287,7 @@ def forty_people(tmp_path_factory):
     return str(out)
 
 
+@pytest.mark.slow
 def test_an_arcface_partial_fc_run_resumes_exactly_exports_and_serves_cosines(
         forty_people, tmp_path, monkeypatch):
     args = lambda run: train_args(forty_people, str(tmp_path / run), head="arcface",
@@ -314,6 +316,7 @@ def test_an_arcface_partial_fc_run_resumes_exactly_exports_and_serves_cosines(
     assert np.abs(outputs["logits"].numpy()).max() <= scale * (1 + 1e-5)
 
 
+@pytest.mark.slow
 def test_partial_fc_over_two_replicas_ends_where_one_device_does(forty_people, tmp_path):
     # Both replicas draw for the global batch, so they take the centres one device takes.
     # One iteration: its loss is taken on the same weights and the same centres, and the test
@@ -332,6 +335,7 @@ def test_partial_fc_over_two_replicas_ends_where_one_device_does(forty_people, t
     assert got["test_loss"] == pytest.approx(want["test_loss"], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_partial_fc_trains_under_xla(forty_people, tmp_path):
     # Its own process: an in-process --deterministic run earlier turns op determinism on
     # for good, and Keras has no XLA under it.
@@ -358,6 +362,7 @@ def test_every_centre_takes_momentum_and_decay_with_sample_update_all():
                                atol=1e-7)
 
 
+@pytest.mark.slow
 def test_sample_update_all_of_every_centre_is_the_full_head():
     full, kernel, momentum = _trained(_config(), 3)
     start = [v.numpy() for v in _trained(_config(), 0)[0].variables]

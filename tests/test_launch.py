@@ -7,6 +7,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_dry_run_prints_the_sets_commands_then_the_report():
     done = subprocess.run([sys.executable, "-m", "kerasbn.launch", "study_quick", "--dry_run",
                            "--data_dir=data/other", "--precision=float32"], cwd=ROOT,
@@ -26,6 +27,7 @@ def test_dry_run_prints_the_sets_commands_then_the_report():
     assert done.stderr == ""
 
 
+@pytest.mark.slow
 def test_sets_are_found_from_any_directory(tmp_path):
     done = subprocess.run([sys.executable, "-m", "kerasbn.launch", "study_quick", "--dry_run"],
                           cwd=tmp_path, capture_output=True, text=True)
@@ -77,6 +79,7 @@ def _launch(*args, cwd=ROOT):
                           capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_a_sweep_runs_the_first_seed_at_every_value_before_it_chooses():
     done = _launch("study_quick", "--dry_run", "--seeds=3", "--sweep=base_lr=0.01,0.05",
                    "--run_root=runs/never_run")
@@ -119,6 +122,7 @@ def _swept_set(tmp_path):
     return str(set_dir)
 
 
+@pytest.mark.slow
 def test_a_sweep_runs_later_seeds_at_each_best_value_and_the_references():
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
@@ -137,6 +141,7 @@ def test_a_sweep_runs_later_seeds_at_each_best_value_and_the_references():
     assert report.endswith("--sweep=base_lr")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--seeds=2", "--sweep=base_lr=0.01,0.02"], "give --seeds=3 or more"),
     (["--seeds=3", "--sweep=base_rate=0.01"], "--sweep=base_rate=0.01: give a training flag"),
@@ -206,6 +211,7 @@ def test_a_run_claimed_between_the_check_and_the_start_is_left_to_its_claimer(tm
     assert launch.finished(dirs[1])
 
 
+@pytest.mark.slow
 def test_training_in_a_locked_run_dir_exits_busy(small_data, tmp_path):
     from kerasbn import train
     from kerasbn.runs.run_dir import RunDir
@@ -262,6 +268,7 @@ def _records_only(run_dir, to):
     return str(to)
 
 
+@pytest.mark.slow
 def test_the_records_of_a_finished_run_count_as_finished_without_its_checkpoints(
         finished_run, tmp_path):
     import json
@@ -282,6 +289,7 @@ def test_the_records_of_a_finished_run_count_as_finished_without_its_checkpoints
     assert not launch.finished(copy)
 
 
+@pytest.mark.slow
 def test_a_run_killed_in_its_export_is_not_finished(small_data, tmp_path, monkeypatch):
     from conftest import run_train, train_args
 

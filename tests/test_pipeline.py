@@ -23,6 +23,7 @@ def test_train_batches_shapes_dtypes_normalisation(small_data):
     assert abs(pixels.mean()) < 0.15 and abs(pixels.std() - 1) < 0.15
 
 
+@pytest.mark.slow
 def test_train_pipeline_is_seeded(small_data):
     manifest = records.read_manifest(small_data)
     make = lambda seed, step=0: _take(pipeline.train_dataset(
@@ -35,6 +36,7 @@ def test_train_pipeline_is_seeded(small_data):
     assert not all(np.array_equal(ya, yd) for (_, ya), (_, yd) in zip(a, d))
 
 
+@pytest.mark.slow
 def test_a_resumed_train_pipeline_continues_the_same_stream(small_data):
     manifest = records.read_manifest(small_data)  # 90 training records: 5.6 batches an epoch
     make = lambda step, n: _take(pipeline.train_dataset(
@@ -228,6 +230,7 @@ def test_a_label_outside_the_classes_is_named(tmp_path):
         checks.check_split(str(tmp_path), manifest, "test")
 
 
+@pytest.mark.slow
 def test_train_pipeline_shards_files_across_input_pipelines(tmp_path, small_data):
     make_synth(tmp_path, shard_size=8)
     manifest = records.read_manifest(tmp_path)
@@ -250,6 +253,7 @@ def test_train_pipeline_shards_files_across_input_pipelines(tmp_path, small_data
     assert len(seen[0] | seen[1]) == manifest.splits["train"].count
 
 
+@pytest.mark.slow
 def test_fewer_shards_than_workers_share_one_stream_record_by_record(tmp_path):
     # One shard, two workers: worker i takes records i, i + 2, ...; their batches k together
     # are batch k of one process reading with the global batch (same images, other order).

@@ -61,6 +61,7 @@ def run_onnx(path, images):
     return out["embedding"], out["probabilities"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt, suffix, label, runtime", [
     ("litert", ".tflite", "LiteRT", run_litert), ("onnx", ".onnx", "ONNX", run_onnx)])
 def test_the_file_gives_the_float32_networks_outputs_in_its_runtime(
@@ -95,6 +96,7 @@ def test_the_file_gives_the_float32_networks_outputs_in_its_runtime(
     assert max(spec["max_abs_difference"].values()) <= 1e-4
 
 
+@pytest.mark.slow
 def test_a_missing_converter_is_named_with_its_package(finished_run, tmp_path, monkeypatch):
     real = portable.importlib.util.find_spec
     monkeypatch.setattr(portable.importlib.util, "find_spec",
@@ -105,6 +107,7 @@ def test_a_missing_converter_is_named_with_its_package(finished_run, tmp_path, m
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_a_file_outside_the_tolerance_is_not_written(finished_run, tmp_path, monkeypatch):
     monkeypatch.setattr(portable, "TOLERANCE", 0.0)
     with pytest.raises(records.DataError, match="differ from Keras's by up to .* nothing "
@@ -113,6 +116,7 @@ def test_a_file_outside_the_tolerance_is_not_written(finished_run, tmp_path, mon
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_out_must_be_a_new_or_kerasbn_file_with_the_formats_suffix(finished_run, tmp_path):
     with pytest.raises(records.DataError, match="must end with .onnx"):
         exporter.export_portable(finished_run, "onnx", str(tmp_path / "m.tflite"))

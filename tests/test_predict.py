@@ -35,6 +35,7 @@ def photos(small_data, tmp_path_factory):
     return root, names
 
 
+@pytest.mark.slow
 def test_each_photo_is_named_and_bad_files_are_skipped(finished_run, photos, capsys):
     root, names = photos
     files = [str(root / n) for n in ("a.pgm", "b.png", "c.jpg", "d.png", "e.png", "junk.jpg",
@@ -52,12 +53,14 @@ def test_each_photo_is_named_and_bad_files_are_skipped(finished_run, photos, cap
     assert f"skipped {files[6]}: unreadable image" in err
 
 
+@pytest.mark.slow
 def test_a_run_dir_serves_through_its_export(finished_run, photos, capsys):
     root, _ = photos
     predict.main(["predict", f"--model={finished_run}", str(root / "a.pgm")])
     assert capsys.readouterr().out.startswith(f"{root / 'a.pgm'}: id")
 
 
+@pytest.mark.slow
 def test_compare_prints_the_cosine_and_says_the_export_has_no_threshold(finished_run, photos,
                                                                        capsys):
     root, _ = photos
@@ -67,6 +70,7 @@ def test_compare_prints_the_cosine_and_says_the_export_has_no_threshold(finished
     assert "cosine 1.0000" in out and "holds no threshold" in out
 
 
+@pytest.mark.slow
 def test_embed_writes_every_readable_image_and_the_file_list(finished_run, photos, tmp_path):
     root, _ = photos
     out = tmp_path / "emb.npy"
@@ -94,6 +98,7 @@ def test_commands_that_cannot_work_are_one_line(argv, message, tmp_path, monkeyp
         predict.main(["predict", *argv])
 
 
+@pytest.mark.slow
 def test_embed_lists_odd_file_names_as_they_are_and_skips_what_is_no_file(finished_run, photos,
                                                                           tmp_path, capsys):
     root, _ = photos
@@ -110,6 +115,7 @@ def test_embed_lists_odd_file_names_as_they_are_and_skips_what_is_no_file(finish
     assert np.load(out).shape == (2, 64)
 
 
+@pytest.mark.slow
 def test_output_cut_short_by_its_reader_ends_quietly(finished_run, photos):
     root, _ = photos
     # Relative names from the photos' folder keep the command line short.

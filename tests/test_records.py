@@ -117,6 +117,7 @@ def test_a_zero_std_is_refused(tmp_path):
         records.read_manifest(tmp_path)
 
 
+@pytest.mark.slow
 def test_the_same_record_is_the_same_bytes_in_every_process():
     import subprocess
     import sys

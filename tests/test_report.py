@@ -77,6 +77,7 @@ def test_speedup_is_a_bound_when_only_one_run_reached_the_target(tmp_path):
     assert "| 300 | 600s | >2.67x |" in text and "| - | - | <3.00x |" in text
 
 
+@pytest.mark.slow
 def test_a_missing_reference_is_one_clear_error(tmp_path):
     import subprocess
     import sys

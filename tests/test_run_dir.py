@@ -34,6 +34,7 @@ def lock_held_elsewhere(path):
         holder.join()
 
 
+@pytest.mark.slow
 def test_a_second_process_is_refused_and_a_killed_holder_frees_the_lock(tmp_path):
     with lock_held_elsewhere(tmp_path) as pid:
         with pytest.raises(RunDirError, match=f"pid {pid}"):

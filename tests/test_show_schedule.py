@@ -9,6 +9,7 @@ def _cli(*args):
                           capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_command_prints_and_plots(tmp_path):
     flagfile = tmp_path / "a.flags"
     flagfile.write_text("--lr_policy=multistep_no_dropout\n--base_lr=0.01\n--max_iter=4200\n")

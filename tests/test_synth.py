@@ -27,6 +27,7 @@ def test_same_seed_same_bytes(tmp_path):
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
 
 
+@pytest.mark.slow
 def test_workers_write_the_bytes_one_process_does(tmp_path):
     # Two identities x 600 images: three render batches in train, so the workers' results
     # arrive out of their processes and must be written in order. RGB checks the tints too.
@@ -96,6 +97,7 @@ def test_render_is_face_sized_and_varied():
     assert images.std() > 20
 
 
+@pytest.mark.slow
 def test_linear_classifier_is_clearly_worse_than_a_small_cnn(tmp_path):
     """The set must be learnable but not trivial (BENCHMARKS.md has the full-size figures)."""
     synth.build(str(tmp_path), 20, 60, 0.2, 50, 0, "raw", 4096, overwrite=False)

@@ -49,6 +49,7 @@ def _scalars(event_dir, tag):
     return values
 
 
+@pytest.mark.slow
 def test_run_writes_everything_and_loss_falls(finished_run, capsys):
     entries = _metrics(finished_run)
     assert [e["iteration"] for e in entries] == [0, 10, 20, 30, 40]
@@ -67,6 +68,7 @@ def test_run_writes_everything_and_loss_falls(finished_run, capsys):
     assert {"top1", "top5", "loss"} <= _tags(os.path.join(finished_run, "tensorboard", "test"))
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_at_the_right_iteration_and_rate(small_data, tmp_path,
                                                                  monkeypatch, capsys):
     policy = dict(lr_policy="stepwise_then_jump", stepsize=5, gamma=0.5, smooth_until=12,
@@ -98,6 +100,7 @@ def test_interrupted_run_resumes_at_the_right_iteration_and_rate(small_data, tmp
     assert sorted(logged(cut)) == [5, 10, 15, 20, 25, 30]
 
 
+@pytest.mark.slow
 def test_weights_start_from_the_given_run(finished_run, small_data, tmp_path):
     run_train(train_args(small_data, str(tmp_path / "a"), max_iter=10,
                     weights=finished_run))
@@ -133,6 +136,7 @@ def test_unloadable_weights_are_refused(small_data, tmp_path):
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 
+@pytest.mark.slow
 def test_run_dir_of_another_run_is_refused_unless_overwrite(finished_run, small_data, tmp_path):
     message = _error(train_args(small_data, finished_run, max_iter=40, base_lr=0.5))
     assert "--base_lr" in message and "--overwrite" in message
@@ -147,6 +151,7 @@ def test_missing_data_dir_is_named(tmp_path):
 def test_unknown_enum_value_is_refused(small_data, tmp_path):
     message = _error(train_args(small_data, str(tmp_path), precision="float8"))
     assert "--precision=float8" in message and "\n" not in message
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_runs_and_exports_float32(small_data, tmp_path, precision):
     run_dir = str(tmp_path / precision)
@@ -160,6 +165,7 @@ def test_mixed_precision_runs_and_exports_float32(small_data, tmp_path, precisio
     np.testing.assert_allclose(out["probabilities"].numpy().sum(axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("solver_type", ["Nesterov", "AdamW"])
 def test_iter_size_and_solver_types_train(small_data, tmp_path, solver_type, capsys):
     run_dir = str(tmp_path / solver_type)
@@ -171,6 +177,7 @@ def test_iter_size_and_solver_types_train(small_data, tmp_path, solver_type, cap
     assert entries[-1]["test_loss"] < entries[0]["test_loss"]
 
 
+@pytest.mark.slow
 def test_stop_at_target_ends_the_run_and_a_rerun_stays_stopped(small_data, tmp_path, capsys):
     run_dir = str(tmp_path / "run")
     args = train_args(small_data, run_dir, max_iter=200, test_interval=5, snapshot=100,
@@ -190,6 +197,7 @@ def test_stop_at_target_ends_the_run_and_a_rerun_stays_stopped(small_data, tmp_p
     assert _metrics(run_dir)[-1]["iteration"] == last
 
 
+@pytest.mark.slow
 def test_precise_bn_run(small_data, tmp_path):
     run_dir = str(tmp_path / "precise")
     run_train(train_args(small_data, run_dir, max_iter=10, test_interval=5, precise_bn=2))
@@ -198,6 +206,7 @@ def test_precise_bn_run(small_data, tmp_path):
     assert all(np.isfinite(e["test_loss"]) for e in entries)
 
 
+@pytest.mark.slow
 def test_run_from_before_config_json_and_a_new_flag_still_resumes(finished_run, small_data):
     run = RunDir(finished_run)
     text, config = open(run.flags_txt).read(), open(run.config_json).read()
@@ -218,6 +227,7 @@ def test_run_from_before_config_json_and_a_new_flag_still_resumes(finished_run, 
             f.write(config)
 
 
+@pytest.mark.slow
 def test_a_resumed_run_may_track_other_targets(finished_run, small_data):
     path = os.path.join(finished_run, "flags.txt")
     text = open(path).read()
@@ -233,6 +243,7 @@ def test_a_resumed_run_may_track_other_targets(finished_run, small_data):
             f.write(text)
 
 
+@pytest.mark.slow
 def test_a_second_training_process_in_the_same_run_dir_is_refused(small_data, tmp_path,
                                                                   capsys):
     with lock_held_elsewhere(tmp_path) as pid:
@@ -251,6 +262,7 @@ def test_a_run_dir_that_is_or_holds_the_dataset_is_refused(small_data, tmp_path)
     assert sorted(os.listdir(small_data)) == before
 
 
+@pytest.mark.slow
 def test_overwrite_deletes_only_what_a_run_wrote(small_data, tmp_path):
     run_dir = str(tmp_path / "run")
     run_train(train_args(small_data, run_dir, max_iter=10, test_interval=5, snapshot=5))
@@ -270,6 +282,7 @@ def test_overwrite_deletes_only_what_a_run_wrote(small_data, tmp_path):
         "README.md", "best", "checkpoint", "ckpt-10.data-00000-of-00001", "ckpt-10.index"]
 
 
+@pytest.mark.slow
 def test_a_run_killed_before_its_first_checkpoint_tests_iteration_0_once(small_data, tmp_path,
                                                                          monkeypatch):
     run_dir = str(tmp_path / "run")
@@ -290,6 +303,7 @@ def test_a_run_killed_before_its_first_checkpoint_tests_iteration_0_once(small_d
     assert [e["iteration"] for e in _metrics(run_dir)] == [0, 5, 10]
 
 
+@pytest.mark.slow
 def test_a_corrupt_shard_stops_training_by_name_or_is_skipped(tmp_path, capsys):
     data = tmp_path / "data"
     _, path = _damaged(data, "flipped")
@@ -320,6 +334,7 @@ def _final_state(run_dir):
             if not name.startswith(("wall_time", "save_counter", "_CHECKPOINTABLE"))}
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_moment_then_rerun_ends_where_an_uninterrupted_run_does(small_data,
                                                                                tmp_path):
     args = lambda run: train_args(small_data, str(tmp_path / run), max_iter=20, snapshot=5,
@@ -348,6 +363,7 @@ def test_sigkill_at_any_moment_then_rerun_ends_where_an_uninterrupted_run_does(s
     assert logged("cut") == logged("whole")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
 def test_a_stop_signal_checkpoints_the_iteration_and_the_rerun_resumes_there(
         small_data, tmp_path, monkeypatch, capsys, name):
@@ -367,6 +383,7 @@ def test_a_stop_signal_checkpoints_the_iteration_and_the_rerun_resumes_there(
     assert [e["iteration"] for e in _metrics(run_dir)] == [0, 10, 20]
 
 
+@pytest.mark.slow
 def test_mistakes_around_the_run_dir_and_the_data_are_one_line(small_data, tmp_path):
     (tmp_path / "file").write_text("not a directory")
     assert "is a file" in _error(train_args(small_data, str(tmp_path / "file")))
@@ -385,6 +402,7 @@ def test_mistakes_around_the_run_dir_and_the_data_are_one_line(small_data, tmp_p
         in message and "\n" not in message
 
 
+@pytest.mark.slow
 def test_verification_on_holdout_identities_is_recorded_at_the_tests_it_is_asked_for(
         small_data, tmp_path, capsys):
     data = str(tmp_path / "data")
@@ -422,6 +440,7 @@ def test_verification_the_run_cannot_measure_is_refused_before_anything_is_writt
     assert not run_dir.exists() or os.listdir(run_dir) == []
 
 
+@pytest.mark.slow
 def test_a_start_refused_on_its_data_leaves_no_settings_behind(small_data, tmp_path):
     run_dir = tmp_path / "run"
     message = _error(train_args(small_data, str(run_dir), max_iter=10,
