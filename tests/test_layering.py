@@ -111,3 +111,21 @@ def test_no_import_circle():
 
     for module in sorted(MODULES):
         visit(module)
+
+
+def test_only_commands_and_the_flag_layer_read_absl_flags():
+    """The library takes plain values: absl's flags are read by the commands (and parsed by
+    kerasbn.flags) alone, so a library function called from Python needs no flags parsed."""
+    readers = set()
+    for name, path in MODULES.items():
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.ImportFrom) and node.module == "absl"
+                    and any(alias.name == "flags" for alias in node.names)) or (
+                    isinstance(node, ast.Import)
+                    and any(alias.name == "absl.flags" for alias in node.names)):
+                readers.add(name)
+    order = layers()
+    library = {m for m in readers if layer_of(m, order) not in (COMMANDS, "flags")}
+    assert readers and not library, f"library modules reading absl flags: {sorted(library)}"

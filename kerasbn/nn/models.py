@@ -107,6 +107,7 @@ def default_widths(name):
 
 
 def default_dropout(name):
+    """The dropout network `name` takes when --dropout is not given."""
     return registry.NETWORKS[name].dropout
 
 
