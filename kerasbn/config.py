@@ -318,7 +318,8 @@ class RunConfig:
             return
         if not registry.HEADS[self.head].samples:
             raise ConfigError("--sample_classes samples a margin head's centres (Partial FC); "
-                              f"add --head={' or --head='.join(registry.margin_heads())}")
+                              "add --head=" + " or --head=".join(
+                                  name for name, head in registry.HEADS.items() if head.samples))
         if self.solver_type not in ("SGD", "Nesterov") or self.iter_size > 1:
             raise ConfigError(f"--sample_classes={self.sample_classes:g} updates only the "
                               "centres it draws, which needs --solver_type=SGD or Nesterov and "
