@@ -78,6 +78,7 @@ class Parts:
         return initializer(self.settings.weight_filler, self.settings.filler_std, own)
 
     def bias_l2(self):
+        """The biases' L2: the weight decay times --bias_decay_mult."""
         return self.l2(self.settings.bias_decay_mult)
 
 
