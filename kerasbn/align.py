@@ -6,7 +6,12 @@
 
 PHOTOS is a folder tree or a list file of photo paths (any format Pillow reads, EXIF
 orientation applied). Each photo's crop goes to the same place in DIR's tree as a PNG
-(PHOTO.png; with --faces=all, PHOTO_0.png for the largest face, PHOTO_1.png, ...). DIR/
+(PHOTO.png; with --faces=all, PHOTO_0.png for the largest face, PHOTO_1.png, ...); a list
+file's photos outside its folder go under DIR/_abs/ (an absolute path) and DIR/_up/ (each
+`..`), so nothing is written outside DIR. Two photos that would share a crop name (a.gif and
+a.webp) keep their extensions (a.gif.png, a.webp.png); align.csv names every crop. DIR may not
+be the photo folder itself, no crop is ever written over a photo, and a rerun continues DIR
+only with the settings it was made with (DIR/align_settings.json). DIR/
 align.jsonl reports every photo as it is done (faces found, their boxes, confidences and
 landmarks, which were kept, or why none was), DIR/align.csv sums it up, and DIR/
 align_montage.png draws a few photos with their boxes and landmarks beside their crops.
@@ -14,8 +19,10 @@ A rerun of the same command continues where an interrupted one stopped; every fi
 written whole. kerasbn.faces.template says where the landmarks go at each crop size.
 """
 
+import collections
 import concurrent.futures
 import csv
+import dataclasses
 import io
 import json
 import multiprocessing
@@ -30,19 +37,79 @@ from kerasbn.analysis import charts
 from kerasbn.data import images
 from kerasbn.faces import detector_defaults, photo_alignment, photos
 from kerasbn.flags import cli
-from kerasbn.utils import atomic, console
+from kerasbn.utils import atomic, console, errors
 from kerasbn.utils.progress import Progress
 
 REPORT = "align.jsonl"
 SUMMARY = "align.csv"
 MONTAGE = "align_montage.png"
+# The settings a --out's crops were made with, so a rerun continues only the same alignment.
+SETTINGS = "align_settings.json"
 MONTAGE_PHOTOS = 6
+# Where a list file's photos outside its folder go inside --out.
+ABSOLUTE, UP = "_abs", "_up"
+# The flag of each alignment setting, to name it in a refusal.
+FLAG_OF = {"height": "size", "width": "width", "keep": "faces"}
 
 
-def crop_names(name, kept, keep):
-    """The crops' file names (relative to --out) of photo `name` and its kept faces."""
-    stem = os.path.splitext(name)[0]
+def safe_name(name):
+    """`name` (a photo's name in the listing) as a path that stays inside --out: an absolute
+    path's root becomes `_abs/`, each `..` becomes `_up` (a list file may name photos
+    anywhere)."""
+    parts = []
+    if os.path.isabs(name):
+        parts.append(ABSOLUTE)
+    for part in name.split("/"):
+        if part in ("", "."):
+            continue
+        parts.append(UP if part == ".." else part)
+    return "/".join(parts)
+
+
+def crop_stems(names):
+    """{photo name: the path, inside --out and without suffix, its crops are named by}: the
+    name without its extension, or with it where two photos would share one (`anim.gif` and
+    `anim.webp` give `anim.gif` and `anim.webp`), then `~N` until it is unique; the names
+    of align's own files are never taken."""
+    shared = collections.Counter(os.path.splitext(safe_name(n))[0] for n in names)
+    taken = {os.path.splitext(MONTAGE)[0]}
+    stems = {}
+    for name in sorted(names):
+        safe = safe_name(name)
+        stem = os.path.splitext(safe)[0]
+        if shared[stem] > 1 or stem in taken:
+            stem = safe
+        base, count = stem, 0
+        while stem in taken:
+            count += 1
+            stem = f"{base}~{count}"
+        taken.add(stem)
+        stems[name] = stem
+    return stems
+
+
+def crop_names(stem, kept, keep):
+    """The crops' file names (relative to --out) of a photo of crop stem `stem`."""
     return [f"{stem}.png"] if keep == "largest" else [f"{stem}_{i}.png" for i in kept]
+
+
+def check_settings(out, settings):
+    """Raises DataError when `out` holds crops made with other settings; records the
+    settings on a first run."""
+    path = os.path.join(out, SETTINGS)
+    wanted = dataclasses.asdict(settings)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            before = json.load(f)
+        if before != wanted:
+            changed = ", ".join(f"--{FLAG_OF.get(k, k)} {before.get(k)} -> {wanted[k]}"
+                                for k in wanted if before.get(k) != wanted[k])
+            raise errors.DataError(f"--out={out} holds crops aligned with other settings "
+                                   f"({changed}); give a new --out, or the settings it was "
+                                   "made with to continue it")
+    else:
+        os.makedirs(out, exist_ok=True)
+        atomic.write_json(path, wanted)
 
 
 def read_report(out):
@@ -84,11 +151,25 @@ def results(jobs, workers):
         yield from pool.map(_aligned, jobs, chunksize=4)
 
 
+def _refuse_overwrite(name, target, sources):
+    if os.path.realpath(target) in sources:
+        raise errors.DataError(f"the crop of {name} would be written over the photo {target}; "
+                               "give an --out outside the photos")
+
+
 def align_all(source, out, settings, workers=1):
     """Aligns every photo of `source` into `out`; returns (the report entries, in order,
     {photo name: its path})."""
+    if os.path.isdir(source) and os.path.realpath(out) == os.path.realpath(source):
+        raise errors.DataError(f"--out={out} is the photo folder itself: crops would be written "
+                               "among (and over) the photos; give another directory")
     listed = photos.listing(source, exclude=out)
-    os.makedirs(out, exist_ok=True)
+    stems = crop_stems([name for name, _ in listed])
+    sources = {os.path.realpath(path) for _, path in listed}
+    for name, _ in listed:
+        _refuse_overwrite(name, os.path.join(out, crop_names(stems[name], [0], settings.keep)[0]),
+                          sources)
+    check_settings(out, settings)
     done = read_report(out)
     todo = [(name, path) for name, path in listed if name not in done]
     if done:
@@ -97,9 +178,10 @@ def align_all(source, out, settings, workers=1):
     with open(os.path.join(out, REPORT), "a", encoding="utf-8") as report:
         jobs = ((path, settings) for _, path in todo)
         for (name, _), (entry, crops) in zip(todo, results(jobs, workers)):
-            names = crop_names(name, entry["kept"], settings.keep)
+            names = crop_names(stems[name], entry["kept"], settings.keep)
             for crop_name, crop in zip(names, crops):
                 target = os.path.join(out, crop_name)
+                _refuse_overwrite(name, target, sources)
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 atomic.write_with(target, lambda f, c=crop: Image.fromarray(
                     c[..., 0] if c.shape[2] == 1 else c).save(f, "PNG"))

@@ -280,3 +280,75 @@ def test_the_five_paths_from_a_photo_make_the_same_crop(finished_run, tmp_path):
     assert want.std() > 10
     for crop in (by_records, by_evaluate, by_predict["crops"], by_serving.numpy()):
         np.testing.assert_array_equal(crop.reshape(height, width, channels), want)
+
+
+def _astronaut(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(data.astronaut()).save(path)
+    return path.read_bytes()
+
+
+def test_a_list_files_outside_photos_are_aligned_inside_out_and_left_untouched(tmp_path):
+    """Data loss guarded: a list file naming photos by absolute path or through `..` once
+    wrote each crop beside (and over) its photo, outside --out."""
+    far = tmp_path / "far" / "x.png"
+    before = _astronaut(far)
+    _astronaut(tmp_path / "lists" / "up.png")
+    (tmp_path / "lists" / "sub").mkdir()
+    listing = tmp_path / "lists" / "sub" / "photos.txt"
+    listing.write_text(f"{far}\n../up.png\n")
+    out = tmp_path / "aligned"
+    align.main(["align", str(listing), f"--out={out}", "--size=50", "--channels=1"])
+    assert far.read_bytes() == before
+    written = sorted(os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out)
+                     for f in fs if f.endswith(".png") and f != align.MONTAGE)
+    assert written == [os.path.join("_abs", *str(far).strip("/").split("/"))[:-4] + ".png",
+                       os.path.join("_up", "up.png")]
+
+
+def test_out_may_not_be_the_photo_folder_and_no_crop_lands_on_a_photo(tmp_path, capsys):
+    """Data loss guarded: `align PHOTOS --out PHOTOS` once overwrote the PNGs with their
+    crops; a list file in --out itself names photos that a crop would replace."""
+    photo = tmp_path / "photos" / "a.png"
+    before = _astronaut(photo)
+    with pytest.raises(SystemExit, match="is the photo folder itself"):
+        align.main(["align", str(photo.parent), f"--out={photo.parent}"])
+    (photo.parent / "list.txt").write_text("a.png\n")
+    with pytest.raises(SystemExit, match="would be written over the photo"):
+        align.main(["align", str(photo.parent / "list.txt"), f"--out={photo.parent}",
+                    "--size=50"])
+    assert photo.read_bytes() == before
+    assert sorted(os.listdir(photo.parent)) == ["a.png", "list.txt"]
+
+
+def test_photos_that_would_share_a_crop_name_get_their_own(tmp_path):
+    """Names once collided: a.gif and a.webp (and the montage's own name) gave one crop."""
+    root = tmp_path / "photos"
+    for name in ("anim.gif", "anim.webp", "align_montage.jpg", "solo.jpg"):
+        _astronaut(root / name)
+    out = tmp_path / "aligned"
+    align.main(["align", str(root), f"--out={out}", "--size=50", "--channels=1"])
+    with open(out / align.SUMMARY) as f:
+        crops = {row["photo"]: row["crops"] for row in csv.DictReader(f)}
+    assert crops == {"align_montage.jpg": "align_montage.jpg.png", "anim.gif": "anim.gif.png",
+                     "anim.webp": "anim.webp.png", "solo.jpg": "solo.png"}
+    assert all((out / crop).is_file() for crop in crops.values())
+    assert align.crop_stems(["a.gif", "a.webp", "a.gif.png"]) == {
+        "a.gif": "a.gif", "a.gif.png": "a.gif.png", "a.webp": "a.webp"}
+
+
+def test_a_rerun_with_other_settings_is_refused_instead_of_keeping_old_crops(tmp_path):
+    """Stale output once reused: a rerun at another size said "continuing: 1 of 1" and kept
+    the old crops."""
+    root = tmp_path / "photos"
+    _astronaut(root / "a.png")
+    out = tmp_path / "aligned"
+    align.main(["align", str(root), f"--out={out}", "--size=50", "--channels=1"])
+    for flag in ("--size=64", "--channels=3", "--faces=all"):
+        args = {"--size": "--size=50", "--channels": "--channels=1"}
+        args[flag.split("=")[0]] = flag
+        with pytest.raises(SystemExit, match="aligned with other settings"):
+            align.main(["align", str(root), f"--out={out}", *args.values(),
+                        *([flag] if flag.startswith("--faces") else [])])
+    align.main(["align", str(root), f"--out={out}", "--size=50", "--channels=1"])
+    assert np.asarray(Image.open(out / "a.png")).shape == (50, 50)
