@@ -3,7 +3,9 @@ read and encoded by a pool of workers, shards written whole and resumable. `pyth
 data_tools.build_records` (its docstring says what each source and split is) and the
 converter benchmark call `build`."""
 
+import collections
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -47,7 +49,7 @@ def read_landmarks(path):
     and its five points (the template's order: left eye, right eye, nose, mouth left, mouth
     right) as `path x1 y1 ... x5 y5`, or an insightface .lst line (`flag<TAB>path<TAB>label
     <TAB>x y x y` box `<TAB>` five x then five y, as face2rec reads them)."""
-    points = {}
+    points, rows = {}, {}
     try:
         with open(path, encoding="utf-8") as f:
             lines = list(f)
@@ -70,7 +72,10 @@ def read_landmarks(path):
         except ValueError:
             raise records.DataError(f"{path}:{number}: expected `path x1 y1 ... x5 y5` (or an "
                                     f"insightface .lst line), got {line.strip()!r}") from None
-        points[name] = values
+        if name in points:
+            raise records.DataError(f"{path}:{number}: {name} has a row already (line "
+                                    f"{rows[name]}); give each photo one row")
+        points[name], rows[name] = values, number
     return points
 
 
@@ -162,12 +167,21 @@ def _encode_batch(job):
 
 
 def _check_landmarks(points, splits, path):
-    """DataError naming the first photo of `splits` the landmarks file has no row for."""
-    for items in splits.values():
-        for _, (name, _) in items:
-            if name not in points and os.path.basename(name) not in points:
-                raise records.DataError(f"{path} has no row for {name}; give every photo its "
-                                        "five points, or drop it from the source")
+    """DataError naming the first photo of `splits` the landmarks file has no row for, or
+    whose row names only a file name that several photos share (which row is whose?)."""
+    names = [name for items in splits.values() for _, (name, _) in items]
+    sharing = collections.Counter(os.path.basename(name) for name in names)
+    for name in names:
+        if name in points:
+            continue
+        base = os.path.basename(name)
+        if base not in points:
+            raise records.DataError(f"{path} has no row for {name}; give every photo its "
+                                    "five points, or drop it from the source")
+        if sharing[base] > 1:
+            raise records.DataError(f"{path} names {base} alone, a file name {sharing[base]} "
+                                    f"photos of the source share ({name} is one); key their "
+                                    "rows by their paths relative to the source")
 
 
 def _aligned(path, name, points, args):
@@ -284,9 +298,22 @@ def collect(source, root, image_size, channels, test_fraction, holdout_identitie
             [(os.path.relpath(path, base), reason) for path, reason in left_out])
 
 
-def _prepare(out, args, overwrite):
+def _listing_digest(splits):
+    """A digest of what a build reads: each split's labels and names and, for a file, its
+    size and modification time, so a resumed build continues only the same source."""
+    digest = hashlib.sha256()
+    for split in sorted(splits):
+        for label, (name, source) in splits[split]:
+            stat = os.stat(source) if isinstance(source, str) else None
+            digest.update(json.dumps([split, label, name, stat and stat.st_size,
+                                      stat and stat.st_mtime_ns]).encode("utf-8", "replace"))
+    return digest.hexdigest()
+
+
+def _prepare(out, args, overwrite, log):
     """Readies --out: refuses another dataset without --overwrite; keeps the complete shards
-    of an interrupted run with the same arguments, clears those of one with others."""
+    of an interrupted run with the same arguments and source, clears those of one with
+    others (saying so)."""
     shards.prepare_out_dir(out, overwrite)
     state_dir = os.path.join(out, STATE_DIR)
     args_path = os.path.join(state_dir, "args.json")
@@ -294,6 +321,8 @@ def _prepare(out, args, overwrite):
         with open(args_path, encoding="utf-8") as f:
             same = json.load(f) == args
         if not same:
+            log(f"{out} holds an interrupted build of another source or settings: starting "
+                "over")
             shutil.rmtree(state_dir)
             for name in os.listdir(out):
                 if shards.is_shard(name):
@@ -381,11 +410,12 @@ def build(source, out, root=None, image_size=None, channels=None, resize_mode="c
                 "shard_size": shard_size, "encoding": encoding, "compression": compression,
                 "extensions": sorted(extensions), "align": bool(align),
                 "landmarks": landmarks}
+        args["listing"] = _listing_digest(splits)
         points = read_landmarks(landmarks) if landmarks else None
         if points is not None:
             _check_landmarks(points, splits, landmarks)
         encoder.configure(args, read_boxes(boxes) if boxes else {}, points)
-        _prepare(out, args, overwrite)
+        _prepare(out, args, overwrite, log)
         progress = Progress(sum(len(items) for items in splits.values()), "build_records")
         manifest_splits, skipped, train_stats, holdout_written = {}, [], None, []
         for split in ("train", "test", "holdout"):

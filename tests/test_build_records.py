@@ -1,5 +1,6 @@
 import os
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -301,3 +302,53 @@ def test_out_keeps_the_users_own_files_and_refuses_a_file(folder, tmp_path):
     with pytest.raises(records.DataError, match="afile is a file; give a directory"):
         build_folder(folder, tmp_path / "afile")
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_a_build_resumed_after_its_source_changed_starts_over(folder, tmp_path, monkeypatch,
+                                                              capsys):
+    """Stale output once reused: a person removed between an interrupted build and its rerun
+    left the old shards in place, so records outnumbered the files and labels shifted."""
+    out = tmp_path / "out"
+    real, calls = convert._write_shard, []
+
+    def interrupted_second_shard(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(convert, "_write_shard", interrupted_second_shard)
+    argv = ["build_records", str(folder), f"--out={out}", "--shard_size=6", "--workers=1",
+            "--test_fraction=0"]
+    with pytest.raises(SystemExit):
+        build_records.main(argv)
+    monkeypatch.setattr(convert, "_write_shard", real)
+    shutil.rmtree(folder / "person0")
+    build_records.main(argv)
+    assert "another source or settings: starting over" in capsys.readouterr().out
+    manifest = records.read_manifest(str(out))
+    _, labels, names = read_records(out)
+    assert "person0" not in manifest.class_names
+    assert set(labels) == set(range(len(manifest.class_names)))
+    assert not any(name.startswith("person0/") for name in names)
+    assert len(names) == manifest.splits["train"].count == len(set(names))
+
+
+def test_a_landmarks_file_that_cannot_say_whose_row_is_whose_is_refused(tmp_path):
+    """One identity's crop once came from another's row: two photos shared a file name, the
+    file keyed its rows by that name alone, and the last row won."""
+    points = "30 40 60 40 45 55 35 70 55 70"
+    for person in ("a", "b"):
+        (tmp_path / "faces" / person).mkdir(parents=True)
+        Image.fromarray(np.full((100, 100, 3), 128, np.uint8)).save(
+            tmp_path / "faces" / person / "1.png")
+    (tmp_path / "twice.txt").write_text(f"a/1.png {points}\na/1.png {points}\n")
+    with pytest.raises(records.DataError, match="twice.txt:2: a/1.png has a row already"):
+        build_folder(tmp_path / "faces", tmp_path / "d1", landmarks=str(tmp_path / "twice.txt"))
+    (tmp_path / "bare.txt").write_text(f"1.png {points}\n")
+    with pytest.raises(records.DataError, match="names 1.png alone, a file name 2 photos"):
+        build_folder(tmp_path / "faces", tmp_path / "d2", landmarks=str(tmp_path / "bare.txt"))
+    (tmp_path / "paths.txt").write_text(f"a/1.png {points}\nb/1.png {points}\n")
+    build_folder(tmp_path / "faces", tmp_path / "d3", landmarks=str(tmp_path / "paths.txt"),
+                 image_size=50, test_fraction=0)
+    assert records.read_manifest(str(tmp_path / "d3")).splits["train"].count == 2
