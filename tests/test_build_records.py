@@ -235,9 +235,8 @@ def test_image_size_zero_is_refused(folder, tmp_path):
         build_folder(folder, tmp_path / "out", image_size=0)
 
 
-def test_an_interrupted_build_keeps_its_finished_shards_and_a_rerun_completes(folder, tmp_path,
-                                                                            monkeypatch, capsys):
-    out = tmp_path / "out"
+def _interrupt_at_the_second_shard(monkeypatch):
+    """Makes the build's second shard write raise Ctrl-C; returns the real writer."""
     real, calls = convert._write_shard, []
 
     def interrupted_second_shard(*args):
@@ -247,6 +246,13 @@ def test_an_interrupted_build_keeps_its_finished_shards_and_a_rerun_completes(fo
         return real(*args)
 
     monkeypatch.setattr(convert, "_write_shard", interrupted_second_shard)
+    return real
+
+
+def test_an_interrupted_build_keeps_its_finished_shards_and_a_rerun_completes(folder, tmp_path,
+                                                                            monkeypatch, capsys):
+    out = tmp_path / "out"
+    real = _interrupt_at_the_second_shard(monkeypatch)
     argv = ["build_records", str(folder), f"--out={out}", "--shard_size=6", "--workers=1"]
     with pytest.raises(SystemExit) as info:
         build_records.main(argv)
@@ -309,15 +315,7 @@ def test_a_build_resumed_after_its_source_changed_starts_over(folder, tmp_path, 
     """Stale output once reused: a person removed between an interrupted build and its rerun
     left the old shards in place, so records outnumbered the files and labels shifted."""
     out = tmp_path / "out"
-    real, calls = convert._write_shard, []
-
-    def interrupted_second_shard(*args):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(convert, "_write_shard", interrupted_second_shard)
+    real = _interrupt_at_the_second_shard(monkeypatch)
     argv = ["build_records", str(folder), f"--out={out}", "--shard_size=6", "--workers=1",
             "--test_fraction=0"]
     with pytest.raises(SystemExit):
