@@ -332,9 +332,10 @@ def test_a_build_resumed_after_its_source_changed_starts_over(folder, tmp_path, 
     assert len(names) == manifest.splits["train"].count == len(set(names))
 
 
-def test_a_landmarks_file_that_cannot_say_whose_row_is_whose_is_refused(tmp_path):
-    """One identity's crop once came from another's row: two photos shared a file name, the
-    file keyed its rows by that name alone, and the last row won."""
+def test_a_landmarks_row_that_cannot_place_its_face_is_refused(tmp_path):
+    """One identity's crop once came from another's row (two photos shared a file name, the
+    file keyed its rows by that name alone, and the last row won); five points at one place
+    once ended in a MatrixInverse traceback."""
     points = "30 40 60 40 45 55 35 70 55 70"
     for person in ("a", "b"):
         (tmp_path / "faces" / person).mkdir(parents=True)
@@ -346,6 +347,11 @@ def test_a_landmarks_file_that_cannot_say_whose_row_is_whose_is_refused(tmp_path
     (tmp_path / "bare.txt").write_text(f"1.png {points}\n")
     with pytest.raises(records.DataError, match="names 1.png alone, a file name 2 photos"):
         build_folder(tmp_path / "faces", tmp_path / "d2", landmarks=str(tmp_path / "bare.txt"))
+    for name, row in (("zero", "0 " * 10), ("one", "5 5 " * 5)):
+        (tmp_path / f"{name}.txt").write_text(f"a/1.png {row}\nb/1.png {points}\n")
+        with pytest.raises(records.DataError, match="landmarks of a/1.png are all at one place"):
+            build_folder(tmp_path / "faces", tmp_path / f"d{name}",
+                         landmarks=str(tmp_path / f"{name}.txt"))
     (tmp_path / "paths.txt").write_text(f"a/1.png {points}\nb/1.png {points}\n")
     build_folder(tmp_path / "faces", tmp_path / "d3", landmarks=str(tmp_path / "paths.txt"),
                  image_size=50, test_fraction=0)

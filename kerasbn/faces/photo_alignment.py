@@ -42,6 +42,10 @@ def align_photo(path, settings, landmarks=None):
         points = np.asarray(landmarks, np.float64)
         if np.any(points < 0) or np.any(points[:, 0] > width) or np.any(points[:, 1] > height):
             raise ValueError(f"lie outside its {width}x{height} photo")
+        if np.ptp(points, axis=0).max() < 1:
+            # No similarity carries one point onto the template's five (the warp would
+            # invert a zero matrix).
+            raise ValueError("are all at one place, not a face's eyes, nose and mouth")
         faces = [detector.Face((0.0, 0.0, float(width), float(height)), 1.0, points)]
     else:
         faces = detector.detect(photo, settings.min_face_size, settings.min_confidence)
