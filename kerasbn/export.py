@@ -27,7 +27,6 @@ from absl import flags
 
 from kerasbn.flags import cli
 from kerasbn.serving import exporter, portable
-from kerasbn.utils import errors
 
 
 LABELS = {"litert": "LiteRT", "onnx": "ONNX"}
@@ -56,20 +55,19 @@ def main(argv):
         sys.exit(f"error: --model={values.model} is a SavedModel already; --model takes "
                  "--format=litert or onnx")
     best = values.checkpoint == "best"
-    try:
-        if values.model:
-            path, measured, checked_on = exporter.export_import_portable(
-                values.model, values.format, values.out)
-        elif values.format == "saved_model":
-            path, kept = exporter.export_run(values.run_dir, values.out, best)
-            print(f"SavedModel: {path}" + (f" (your files there stayed: {', '.join(kept)})"
-                                           if kept else ""))
-            return
-        else:
-            path, measured, checked_on = exporter.export_portable(
-                values.run_dir, values.format, values.out, best)
-    except errors.UserError as e:
-        sys.exit(f"error: {e}")
+    stopped = "nothing was written (an export is written whole or not at all)"
+    if values.model:
+        path, measured, checked_on = cli.run(lambda: exporter.export_import_portable(
+            values.model, values.format, values.out), stopped)
+    elif values.format == "saved_model":
+        path, kept = cli.run(lambda: exporter.export_run(values.run_dir, values.out, best),
+                             stopped)
+        print(f"SavedModel: {path}" + (f" (your files there stayed: {', '.join(kept)})"
+                                       if kept else ""))
+        return
+    else:
+        path, measured, checked_on = cli.run(lambda: exporter.export_portable(
+            values.run_dir, values.format, values.out, best), stopped)
     worst = ", ".join(f"{name} {value:.1e}" for name, value in measured.items())
     print(f"{LABELS[values.format]}: {path} (max |difference| from Keras on {checked_on}: "
           f"{worst}; preprocessing and names in {portable.sidecar(path)})")

@@ -31,7 +31,7 @@ from kerasbn.flags import cli
 from kerasbn.runs import export_layout
 from kerasbn.runs.run_dir import RunDir
 from kerasbn.serving import exporter, signatures
-from kerasbn.utils import atomic, errors
+from kerasbn.utils import atomic
 from kerasbn.utils.progress import Progress
 
 BATCH = 64
@@ -173,6 +173,8 @@ def check(values, files):
             return f"--out={values.out}: it or {list_file(values.out)} is a directory"
         if not os.path.isdir(values.embed):
             return f"--embed={values.embed} is not a directory"
+    elif values.out:
+        return "--out is the file --embed writes; add --embed=DIR or drop --out"
     elif values.compare and len(files) != 2:
         return f"--compare takes exactly two photos, got {len(files)}"
     elif not files:
@@ -185,10 +187,13 @@ def main(argv):
     problem = check(values, files)
     if problem:
         sys.exit(f"error: {problem}")
-    try:
-        model, spec, threshold = load_model(values.model)
-    except errors.UserError as e:
-        sys.exit(f"error: {e}")
+    cli.run(lambda: predict(values, files),
+            "nothing was written (--embed writes its files whole, at the end)")
+
+
+def predict(values, files):
+    """What the command does once its flags are checked."""
+    model, spec, threshold = load_model(values.model)
     paths = image_files(values.embed) if values.embed else files
     if values.embed:
         print(f"embedding {len(paths)} images under {values.embed}"
