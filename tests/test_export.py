@@ -256,3 +256,15 @@ def test_the_export_sees_a_large_jpeg_as_the_converter_recorded_it(finished_run,
         encoded=tf.constant([open(f, "rb").read() for f in files]))
     np.testing.assert_allclose(from_files["probabilities"], from_records["probabilities"],
                                atol=0.02)
+
+
+def test_an_export_is_readable_as_the_umask_says(finished_run, tmp_path):
+    """Exports were once 0700 whatever the umask (tempfile's private directory): a serving
+    process of another user could not read them."""
+    old = os.umask(0o022)
+    try:
+        out, _ = exporter.export_run(finished_run, str(tmp_path / "shared"))
+    finally:
+        os.umask(old)
+    assert os.stat(out).st_mode & 0o777 == 0o755
+    assert os.stat(os.path.join(out, "saved_model.pb")).st_mode & 0o777 == 0o644

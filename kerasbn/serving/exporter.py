@@ -84,6 +84,7 @@ def export_saved_model(model, manifest, path, data_dir=None, given=None, keras_f
             # Not the network's own: --weights from this export leaves them out.
             export_layout.DETECTOR_VARIABLES: sorted(
                 v.path for network in detector.networks for v in network.variables)})
+        atomic.follow_umask(tmp)
         return _replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -143,6 +143,7 @@ def write(core, path, fmt, images, description):
                 f"{TOLERANCE:g}); nothing written. Report it with the run's config.json")
         if os.path.exists(sidecar(path)):
             os.remove(sidecar(path))
+        atomic.follow_umask(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

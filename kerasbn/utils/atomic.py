@@ -34,3 +34,12 @@ def write_json(path, value, indent=1):
     read back as the same name."""
     text = json.dumps(value, indent=indent, ensure_ascii=False) + "\n"
     write_with(path, lambda f: f.write(text.encode("utf-8", "backslashreplace")))
+
+
+def follow_umask(path):
+    """Gives a directory or file made private by tempfile (0700, 0600) the permissions any
+    new one gets under this process's umask, so a serving process of another user can read
+    an export as it reads the rest of the user's files."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~mask)
