@@ -448,6 +448,12 @@ def _check_verification(config, manifest, manifest_path):
                               "with holdout pairs")
 
 
+def network_name(model, backbone=None):
+    """How a run's network is named to a person: --model, or, for a --backbone run (whose
+    --model does not apply), the imported network it trains."""
+    return f"imported {backbone}" if backbone else model
+
+
 def schedule_of(values):
     """The `ScheduleConfig` of the training settings `values` (raises ScheduleError)."""
     return schedules.ScheduleConfig(**{name: values[name] for name in _SCHEDULE

@@ -453,7 +453,8 @@ def test_an_import_trains_as_a_backbone_under_a_margin_head(tmp_path, capsys):
     run_dir = str(tmp_path / "run")
     run_train(train_args(str(data), run_dir, backbone=export, head="arcface", max_iter=4,
                          test_interval=4, snapshot=4, freeze_backbone_iter=2))
-    capsys.readouterr()
+    # It was once introduced as the flagfile's --model and --norm, which it does not train.
+    assert f"{run_dir}: imported {export} + arcface, its own BN, " in capsys.readouterr().out
     config = stored_config(run_dir)
     # Fed the dataset's normalised images, the backbone (as built, before training) gives the
     # import's embedding of the pixels: the normalisation is undone before Caffe's own

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+from kerasbn import config
 from kerasbn.analysis import charts, seeds
 from kerasbn.config import ConfigError
 from kerasbn.evaluation import target_metrics
@@ -105,11 +106,12 @@ def rows(runs, targets, reference):
     for run in runs:
         summary = summaries[run["dir"]]
         head = run["flags"].get("head", "softmax")
+        flags = run["flags"]
         row = {"run": run["name"] + ("" if run["finished"] else " (unfinished)"),
-               "network": run["flags"].get("model", "?") + ("" if head == "softmax"
-                                                           else f" + {head}"),
-               "norm": run["flags"].get("norm", "-") if run["flags"].get("model") != "baseline"
-               else "-", "policy": run["flags"].get("lr_policy", "?"),
+               "network": config.network_name(flags.get("model", "?"), flags.get("backbone"))
+               + ("" if head == "softmax" else f" + {head}"),
+               "norm": "-" if flags.get("model") == "baseline" or flags.get("backbone")
+               else flags.get("norm", "-"), "policy": flags.get("lr_policy", "?"),
                "best": summary["best_test_top1"], "final": summary["final_test_top1"],
                "iteration": summary["final_iteration"],
                "jump": test_records.stability(run["entries"]),

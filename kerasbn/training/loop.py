@@ -106,8 +106,11 @@ def start_runtime(config, run, strategy):
     """Precision, seed, determinism and the strategy of the run, said in its first lines."""
     keras.mixed_precision.set_global_policy(config.precision)
     keras.utils.set_random_seed(config.seed)
-    norm = "" if config.model == "baseline" else f", norm {config.norm}"
-    print(f"{run.path}: {config.model}{norm}, {config.precision}, seed {config.seed}, "
+    norm = ("" if config.model == "baseline" and not config.backbone else
+            ", its own BN" if config.backbone else f", norm {config.norm}")
+    head = "" if config.head == "softmax" else f" + {config.head}"
+    print(f"{run.path}: {config_lib.network_name(config.model, config.backbone)}{head}{norm}, "
+          f"{config.precision}, seed {config.seed}, "
           f"{config.max_iter} iterations of {config.batch_size} at base_lr "
           f"{config.schedule.base_lr:g} ({config.schedule.lr_policy})", flush=True)
     # Set both ways: a run started after a deterministic one in the same process (compare_norms,
