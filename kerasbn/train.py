@@ -45,6 +45,27 @@ def describe(summary, run_dir, export_dir):
         f"SavedModel: {export_dir}"])
 
 
+def given_on_the_command_line(argv, name):
+    """The values of flag `name` written on the command line itself (not in a flagfile)."""
+    given = []
+    for i, token in enumerate(argv):
+        if token.startswith(f"--{name}="):
+            given.append(token.split("=", 1)[1])
+        elif token == f"--{name}" and i + 1 < len(argv):
+            given.append(argv[i + 1])
+    return given
+
+
+def unmeasurable_targets(targets, explicit, manifest, verify_split):
+    """(the targets to keep, those a flagfile set that this dataset cannot measure): a
+    verification target without holdout pairs to verify on. One given on the command line
+    is kept, so the config refuses it in one line."""
+    verifies = verify_split != "none" and manifest.has_holdout_pairs
+    skipped = [t for t in targets if t not in explicit and not verifies
+               and target_metrics.parse_target(t)[0].startswith("verify_")]
+    return [t for t in targets if t not in skipped], skipped
+
+
 def main(argv):
     values, rest = cli.parse(argv, train_flags.define, __doc__)
     if rest:
@@ -59,6 +80,12 @@ def main(argv):
         else None
     try:
         manifest = records.read_manifest(values.data_dir)
+        kept, skipped = unmeasurable_targets(values.target, given_on_the_command_line(
+            argv, "target"), manifest, values.verify_split)
+        for target in skipped:
+            print(f"note: --target={target} (from a flagfile) is skipped: {values.data_dir} "
+                  "has no holdout pairs to verify on", flush=True)
+        values["target"].value = kept
         config = train_flags.to_config(values, manifest)
         run = RunDir(config.run_dir)
         stored = stored_config(config.run_dir, manifest) if run.holds_run() \

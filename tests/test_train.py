@@ -449,3 +449,17 @@ def test_a_start_refused_on_its_data_leaves_no_settings_behind(small_data, tmp_p
     assert sorted(os.listdir(run_dir)) == [".lock"]
     # The same run dir takes other settings at once: nothing was started there.
     run_train(train_args(small_data, str(run_dir), max_iter=2, test_interval=2, base_lr=0.01))
+
+
+@pytest.mark.slow
+def test_a_flagfiles_verification_target_on_data_without_pairs_is_skipped_with_a_line(
+        small_data, tmp_path, capsys):
+    flagfile = tmp_path / "mine.flags"
+    flagfile.write_text("--target=verify_acc:0.9\n--target=test_top1:0.5\n")
+    run_dir = str(tmp_path / "run")
+    run_train([f"--flagfile={flagfile}"] + train_args(small_data, run_dir, max_iter=10,
+                                                      snapshot=10))
+    assert (f"note: --target=verify_acc:0.9 (from a flagfile) is skipped: {small_data} has no "
+            "holdout pairs to verify on") in capsys.readouterr().out
+    summary = json.load(open(os.path.join(run_dir, "summary.json")))
+    assert list(summary["targets"]) == ["0.8", "0.5"]

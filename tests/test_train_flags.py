@@ -49,3 +49,28 @@ def test_a_run_from_before_config_json_is_read_from_its_flags_txt(tmp_path, smal
     assert run_settings(run.path)["max_iter"] == 60
     with pytest.raises(records.DataError, match="config.json not found"):
         stored_config(str(tmp_path / "nothing"))
+
+
+def test_a_flagfiles_verification_target_is_skipped_on_data_without_pairs_but_not_a_given_one():
+    """The quickstart's flagfile sets --target=verify_acc:0.9; on a user's own photos (no
+    holdout pairs) it once stopped training with "drop the target", which a flagfile's user
+    cannot drop."""
+    import dataclasses
+
+    from kerasbn import train
+    from kerasbn.data.manifest import Manifest, Split
+
+    plain = Manifest(image_size=(50, 50), channels=1, encoding="raw", class_names=("a", "b"),
+                     splits={}, mean=(0.0,), std=(1.0,))
+    paired = dataclasses.replace(plain, pairs_file="pairs.txt", holdout_class_names=("c",),
+                                 splits={"holdout": Split(("h.tfrecord",), 10)})
+    targets = ["test_top1:0.8", "verify_acc:0.9"]
+    argv = ["train", "--flagfile=launch/quickstart/baseline.flags", "--target", "verify_auc:0.9"]
+    explicit = train.given_on_the_command_line(argv, "target")
+    assert explicit == ["verify_auc:0.9"]
+    assert train.unmeasurable_targets(targets, explicit, plain, "auto") == (
+        ["test_top1:0.8"], ["verify_acc:0.9"])
+    assert train.unmeasurable_targets(targets + explicit, explicit, plain, "auto") == (
+        ["test_top1:0.8", "verify_auc:0.9"], ["verify_acc:0.9"])
+    assert train.unmeasurable_targets(targets, explicit, paired, "auto") == (targets, [])
+    assert train.unmeasurable_targets(targets, explicit, paired, "none")[1] == ["verify_acc:0.9"]
