@@ -84,6 +84,9 @@ LAUNCHER_FLAGS = ("seed", "run_dir", "overwrite")
 def parse_sweep(texts):
     """[(flag, [values])] of --sweep's FLAG=V1,V2 items; UserError naming a bad one."""
     known = set(train_flags.names())
+    # The training flags themselves check each value, as a run given it would.
+    probe = flags.FlagValues()
+    train_flags.define(probe)
     sweeps = []
     for text in texts:
         flag, _, listed = text.partition("=")
@@ -100,6 +103,12 @@ def parse_sweep(texts):
                                    "in one --sweep")
         if len(set(values)) < len(values):
             raise errors.UserError(f"--sweep={text}: a value is listed twice")
+        for value in values:
+            try:
+                probe[flag].parse(value)
+            except (flags.Error, ValueError) as e:
+                raise errors.UserError(f"--sweep={text}: {value} is no value of --{flag} "
+                                       f"({str(e).splitlines()[0]})") from None
         sweeps.append((flag, values))
     return sweeps
 

@@ -151,6 +151,8 @@ def test_a_sweep_runs_later_seeds_at_each_best_value_and_the_references():
     (["--seeds=3", "--sweep=base_lr=0.01", "--sweep=base_lr=0.02"],
      "--sweep=base_lr=0.02: --base_lr is swept twice"),
     (["--seeds=3", "--sweep=base_lr=0.01,0.01"], "a value is listed twice"),
+    (["--seeds=3", "--sweep=base_lr=abc,def"], "abc is no value of --base_lr"),
+    (["--seeds=3", "--sweep=norm=keras,foo"], "foo is no value of --norm"),
 ])
 def test_a_sweep_that_cannot_report_a_spread_or_names_no_flag_is_refused(args, message):
     done = _launch("study_quick", "--dry_run", *args)
