@@ -21,6 +21,7 @@ from absl import flags
 from data_tools import convert
 from kerasbn.data import images
 from kerasbn.flags import cli
+from kerasbn.utils import writable
 
 
 def main(argv):
@@ -30,6 +31,7 @@ def main(argv):
                  "cifar-10-batches-py")
     if not values.out:
         sys.exit("error: --out is required")
+    cli.run(lambda: writable.check(values.out), "nothing was written")
     cli.run(lambda: convert.build(
         args[0], values.out, values.root, values.image_size,
         int(values.channels) if values.channels else None, values.resize_mode, values.boxes,

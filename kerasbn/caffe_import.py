@@ -28,7 +28,7 @@ from kerasbn.caffe import importer
 from kerasbn.evaluation import evaluator, verification
 from kerasbn.flags import cli
 from kerasbn.serving import exporter, signatures
-from kerasbn.utils import errors
+from kerasbn.utils import errors, writable
 
 
 def define_flags(values):
@@ -133,6 +133,7 @@ def main(argv):
     problem = _problem(values) or (f"unexpected arguments {rest}" if rest else None)
     if problem:
         sys.exit(f"error: {problem}")
+    cli.run(lambda: writable.check(values.out), "nothing was written")
     cli.run(lambda: convert(values), "nothing was written at --out")
 
 

@@ -28,7 +28,7 @@ from kerasbn.data import records
 from kerasbn.evaluation import evaluator
 from kerasbn.flags import cli
 from kerasbn.serving import signatures
-from kerasbn.utils import atomic, errors
+from kerasbn.utils import atomic, errors, writable
 
 
 def request(values):
@@ -144,6 +144,7 @@ def main(argv):
     if problem:
         sys.exit(f"error: {problem}")
     try:
+        writable.check(values.out)
         results = [r for run_dir in values.run_dir for r in evaluate_run(run_dir, values)]
         results += [r for path in values.model
                     for r in evaluator.evaluate_network(signatures.from_saved_model(path),

@@ -27,6 +27,7 @@ from absl import flags
 
 from kerasbn.flags import cli
 from kerasbn.serving import exporter, portable
+from kerasbn.utils import writable
 
 
 LABELS = {"litert": "LiteRT", "onnx": "ONNX"}
@@ -55,6 +56,8 @@ def main(argv):
         sys.exit(f"error: --model={values.model} is a SavedModel already; --model takes "
                  "--format=litert or onnx")
     best = values.checkpoint == "best"
+    if values.out:
+        cli.run(lambda: writable.check(values.out), "nothing was written")
     stopped = "nothing was written (an export is written whole or not at all)"
     if values.model:
         path, measured, checked_on = cli.run(lambda: exporter.export_import_portable(

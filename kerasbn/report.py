@@ -29,7 +29,7 @@ from absl import flags
 
 from kerasbn.analysis import comparison, seeds
 from kerasbn.flags import cli
-from kerasbn.utils import atomic, errors
+from kerasbn.utils import atomic, errors, writable
 
 
 def main(argv):
@@ -37,6 +37,7 @@ def main(argv):
     if not run_dirs:
         sys.exit("error: give one or more run directories")
     try:
+        writable.check(values.out)
         runs = [comparison.load_run(d) for d in run_dirs]
         wanted = os.path.normpath(values.reference or comparison.default_reference(runs))
         reference = next((r for r in runs if os.path.normpath(r["dir"]) == wanted), None)
