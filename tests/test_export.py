@@ -268,3 +268,16 @@ def test_an_export_is_readable_as_the_umask_says(finished_run, tmp_path):
         os.umask(old)
     assert os.stat(out).st_mode & 0o777 == 0o755
     assert os.stat(os.path.join(out, "saved_model.pb")).st_mode & 0o777 == 0o644
+
+
+def test_an_empty_batch_gives_empty_outputs_of_the_right_shapes(finished_run):
+    """An empty batch to serving_default or serve_bytes once failed with unrelated shape
+    errors from inside the network."""
+    loaded, _ = signatures.load_saved_model(RunDir(finished_run).export)
+    classes = len(records.read_manifest(stored_config(finished_run).data_dir).class_names)
+    for out in (loaded.signatures["serving_default"](images=tf.zeros([0, 9, 7, 3], tf.uint8)),
+                loaded.signatures["serve_bytes"](encoded=tf.constant([], tf.string))):
+        assert out["probabilities"].shape == (0, classes)
+        assert out["embedding"].shape[0] == 0 and out["names"].shape == (0, 5)
+    assert loaded.signatures["embed"](images=tf.zeros([0, 50, 50, 1], tf.uint8))[
+        "embedding"].shape[0] == 0

@@ -81,15 +81,27 @@ def serving_functions(model, manifest, threshold=None, detector=None):
         return {"logits": logits, "probabilities": probabilities, "labels": labels,
                 "names": tf.gather(names, labels), "embedding": unit}
 
+    def served(x):
+        """`outputs` of prepared images; for an empty batch, empty outputs of the right
+        shapes (the network cannot take no image, so it runs on one blank one, dropped)."""
+        count = tf.shape(x)[0]
+        x = tf.cond(count > 0, lambda: x,
+                    lambda: tf.zeros([1, height, width, channels], tf.float32))
+        return {key: value[:count] for key, value in outputs(x).items()}
+
+    def prepare_any(images):
+        return tf.cond(tf.shape(images)[0] > 0, lambda: prepare(images),
+                       lambda: tf.zeros([0, height, width, channels], tf.float32))
+
     images = [tf.TensorSpec([None, None, None, None], tf.uint8, name="images")]
-    serve = tf.function(lambda images: outputs(prepare(images)))
-    embed = tf.function(lambda images: {"embedding": outputs(prepare(images))["embedding"]})
+    serve = tf.function(lambda images: served(prepare_any(images)))
+    embed = tf.function(lambda images: {"embedding": served(prepare_any(images))["embedding"]})
 
     @tf.function
     def serve_bytes(encoded):
         decoded = tf.map_fn(lambda one: prepare(preprocess.decode(one, channels))[0], encoded,
                             fn_output_signature=tf.TensorSpec([height, width, channels]))
-        return outputs(decoded)
+        return served(decoded)
 
     @tf.function
     def serve_photo(encoded):
@@ -99,19 +111,11 @@ def serving_functions(model, manifest, threshold=None, detector=None):
         boxes, confidence, landmarks = detector(photo, detector_defaults.MIN_FACE_SIZE,
                                                 detector_defaults.MIN_CONFIDENCE)
 
-        def faces():
-            crops = aligner.align(photo, landmarks, height, width, channels)
-            return {"crops": crops, **outputs(prepare(crops))}
-
-        # No face: the network cannot take an empty batch, so the outputs' shapes come from
-        # one blank crop, emptied.
-        def none():
-            blank = tf.zeros([1, height, width, channels], tf.uint8)
-            return {key: value[:0] for key, value in
-                    {"crops": blank, **outputs(prepare(blank))}.items()}
-
+        crops = tf.cond(tf.shape(boxes)[0] > 0,
+                        lambda: aligner.align(photo, landmarks, height, width, channels),
+                        lambda: tf.zeros([0, height, width, channels], tf.uint8))
         return {"boxes": boxes, "confidence": confidence, "landmarks": landmarks,
-                **tf.cond(tf.shape(boxes)[0] > 0, faces, none)}
+                "crops": crops, **served(prepare_any(crops))}
 
     stored = float("nan") if threshold is None else float(threshold)
     metadata = tf.function(lambda: {"class_names": names,
