@@ -18,7 +18,7 @@ from data_tools import recordio, shards, sources
 from data_tools.workers import ordered_map
 from kerasbn.data import checks, images, records
 from kerasbn.faces import photo_alignment
-from kerasbn.utils import atomic, console
+from kerasbn.utils import atomic, console, dir_lock
 from kerasbn.utils.progress import Progress
 
 
@@ -395,55 +395,60 @@ def build(source, out, root=None, image_size=None, channels=None, resize_mode="c
     the five points it gives each photo instead."""
     _check_settings(image_size, test_fraction, pairs, holdout_identities, shard_size, workers,
                     encoding)
-    start = time.perf_counter()
-    aligning = bool(align or landmarks)
-    # Alignment runs TensorFlow (the detector, the warp), which forked workers must not.
-    with Encoder(1 if aligning else workers) as encoder:
-        (splits, classes, holdout, dropped, channels, image_size, description,
-         left_out) = collect(source, root, image_size, channels, test_fraction,
-                             holdout_identities, min_images_per_identity, seed, out,
-                             allow_outside_root, extensions)
-        args = {"source": os.path.abspath(source), "root": root, "image_size": image_size,
-                "channels": channels, "resize_mode": resize_mode, "boxes": boxes,
-                "test_fraction": test_fraction, "holdout_identities": holdout_identities,
-                "min_images_per_identity": min_images_per_identity, "seed": seed,
-                "shard_size": shard_size, "encoding": encoding, "compression": compression,
-                "extensions": sorted(extensions), "align": bool(align),
-                "landmarks": landmarks}
-        args["listing"] = _listing_digest(splits)
-        points = read_landmarks(landmarks) if landmarks else None
-        if points is not None:
-            _check_landmarks(points, splits, landmarks)
-        encoder.configure(args, read_boxes(boxes) if boxes else {}, points)
-        _prepare(out, args, overwrite, log)
-        progress = Progress(sum(len(items) for items in splits.values()), "build_records")
-        manifest_splits, skipped, train_stats, holdout_written = {}, [], None, []
-        for split in ("train", "test", "holdout"):
-            if not splits[split]:
-                continue
-            entry, stats, split_skipped, written = write_split(
-                out, split, splits[split], encoder, args, progress)
-            manifest_splits[split] = entry
-            skipped += [dict(s, split=split) for s in split_skipped]
-            if split == "train":
-                train_stats = stats
-            if split == "holdout":
-                holdout_written = written
-    if not manifest_splits.get("train", {}).get("count"):
-        raise records.DataError(f"no training image of {source} could be read "
-                                f"({len(skipped)} skipped); see the reasons above")
-    manifest = _manifest(args, classes, holdout, manifest_splits, train_stats, skipped,
-                         dropped, description, command, left_out)
-    if pairs:
-        shards.write_pairs(os.path.join(out, shards.PAIRS_NAME), holdout, holdout_written,
-                           pairs, seed)
-        manifest["pairs"] = {"file": shards.PAIRS_NAME, "matched": pairs, "mismatched": pairs,
-                             "numbering": "1-based position among the identity's holdout "
-                                          "records sorted by image/filename"}
-    records.write_manifest(out, manifest)
-    written = records.read_manifest(out)
-    checks.mark_written(out, written)
-    shutil.rmtree(os.path.join(out, STATE_DIR))
-    _report(out, manifest_splits, classes, skipped, left_out, dropped,
-            time.perf_counter() - start, log)
-    return written
+    shards.check_out_dir(out)
+    busy = lambda holder: records.DataError(
+        f"--out={out} is being written by another build (pid {holder}); wait for it, or "
+        "choose another --out")
+    with dir_lock.held(out, busy):
+        start = time.perf_counter()
+        aligning = bool(align or landmarks)
+        # Alignment runs TensorFlow (the detector, the warp), which forked workers must not.
+        with Encoder(1 if aligning else workers) as encoder:
+            (splits, classes, holdout, dropped, channels, image_size, description,
+             left_out) = collect(source, root, image_size, channels, test_fraction,
+                                 holdout_identities, min_images_per_identity, seed, out,
+                                 allow_outside_root, extensions)
+            args = {"source": os.path.abspath(source), "root": root, "image_size": image_size,
+                    "channels": channels, "resize_mode": resize_mode, "boxes": boxes,
+                    "test_fraction": test_fraction, "holdout_identities": holdout_identities,
+                    "min_images_per_identity": min_images_per_identity, "seed": seed,
+                    "shard_size": shard_size, "encoding": encoding, "compression": compression,
+                    "extensions": sorted(extensions), "align": bool(align),
+                    "landmarks": landmarks}
+            args["listing"] = _listing_digest(splits)
+            points = read_landmarks(landmarks) if landmarks else None
+            if points is not None:
+                _check_landmarks(points, splits, landmarks)
+            encoder.configure(args, read_boxes(boxes) if boxes else {}, points)
+            _prepare(out, args, overwrite, log)
+            progress = Progress(sum(len(items) for items in splits.values()), "build_records")
+            manifest_splits, skipped, train_stats, holdout_written = {}, [], None, []
+            for split in ("train", "test", "holdout"):
+                if not splits[split]:
+                    continue
+                entry, stats, split_skipped, written = write_split(
+                    out, split, splits[split], encoder, args, progress)
+                manifest_splits[split] = entry
+                skipped += [dict(s, split=split) for s in split_skipped]
+                if split == "train":
+                    train_stats = stats
+                if split == "holdout":
+                    holdout_written = written
+        if not manifest_splits.get("train", {}).get("count"):
+            raise records.DataError(f"no training image of {source} could be read "
+                                    f"({len(skipped)} skipped); see the reasons above")
+        manifest = _manifest(args, classes, holdout, manifest_splits, train_stats, skipped,
+                             dropped, description, command, left_out)
+        if pairs:
+            shards.write_pairs(os.path.join(out, shards.PAIRS_NAME), holdout, holdout_written,
+                               pairs, seed)
+            manifest["pairs"] = {"file": shards.PAIRS_NAME, "matched": pairs, "mismatched": pairs,
+                                 "numbering": "1-based position among the identity's holdout "
+                                              "records sorted by image/filename"}
+        records.write_manifest(out, manifest)
+        written = records.read_manifest(out)
+        checks.mark_written(out, written)
+        shutil.rmtree(os.path.join(out, STATE_DIR))
+        _report(out, manifest_splits, classes, skipped, left_out, dropped,
+                time.perf_counter() - start, log)
+        return written

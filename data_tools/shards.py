@@ -26,15 +26,20 @@ def is_shard(name, partial=False):
 PAIRS_NAME = "pairs.txt"
 
 
+def check_out_dir(out):
+    """Raises DataError when --out is a file."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise records.DataError(f"--out={out} is a file; give a directory (new, or a "
+                                "dataset's)")
+
+
 def prepare_out_dir(out, overwrite):
     """Makes `out` ready for a new dataset; refuses to replace another one without `overwrite`.
 
     The old manifest goes first, so an interrupted overwrite never leaves a directory that
     still looks like a complete dataset.
     """
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise records.DataError(f"--out={out} is a file; give a directory (new, or a "
-                                "dataset's)")
+    check_out_dir(out)
     os.makedirs(out, exist_ok=True)
     manifest = records.manifest_path(out)
     if os.path.exists(manifest):

@@ -356,3 +356,18 @@ def test_a_landmarks_row_that_cannot_place_its_face_is_refused(tmp_path):
     build_folder(tmp_path / "faces", tmp_path / "d3", landmarks=str(tmp_path / "paths.txt"),
                  image_size=50, test_fraction=0)
     assert records.read_manifest(str(tmp_path / "d3")).splits["train"].count == 2
+
+
+def test_a_second_build_on_one_out_is_refused_while_the_first_runs(folder, tmp_path):
+    """Two `build_records --align` on one --out: the second once died on the first's
+    .partial; it now takes the lock training takes on a run dir."""
+    from kerasbn.utils import dir_lock
+
+    out = tmp_path / "out"
+    with dir_lock.held(str(out), lambda pid: AssertionError("the test holds no lock yet")):
+        (out / "mine.txt").write_text("kept")
+        with pytest.raises(records.DataError, match=r"being written by another build \(pid "):
+            build_folder(folder, out)
+    build_folder(folder, out)
+    assert (out / "mine.txt").read_text() == "kept"
+    assert records.read_manifest(str(out)).splits["train"].count > 0

@@ -17,7 +17,6 @@ even with SIGKILL never leaves the directory locked.
 """
 
 import contextlib
-import fcntl
 import json
 import os
 
@@ -25,7 +24,7 @@ from kerasbn import config as config_lib
 from kerasbn.config import RunConfig
 from kerasbn.data import records
 from kerasbn.runs import export_layout
-from kerasbn.utils import atomic, errors, owned, settings
+from kerasbn.utils import atomic, dir_lock, errors, owned, settings
 
 FLAGS_NAME = "flags.txt"
 CONFIG_NAME = "config.json"
@@ -35,7 +34,7 @@ TENSORBOARD_NAME = "tensorboard"
 CHECKPOINTS_NAME = "checkpoints"
 EXPORT_NAME = "export"
 BEST_NAME = "best"
-LOCK_NAME = ".lock"
+LOCK_NAME = dir_lock.NAME
 # What --overwrite may delete, as paths in the run dir: only what a run writes (tf.summary's
 # event files, tf.train.CheckpointManager's index and checkpoints, an export's entries).
 _WRITTEN = (
@@ -105,35 +104,14 @@ class RunDir:
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise RunDirError(f"--run_dir={self.path} is a file; give a directory (new or a "
                               "run's)")
-        os.makedirs(self.path, exist_ok=True)
-        fd = os.open(self._join(LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-                raise RunDirBusy(f"--run_dir={self.path} is in use by another training "
-                                  f"process (pid {holder}); wait for it to finish or stop "
-                                  "it, or choose another --run_dir") from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        with dir_lock.held(self.path, lambda holder: RunDirBusy(
+                f"--run_dir={self.path} is in use by another training process (pid {holder}); "
+                "wait for it to finish or stop it, or choose another --run_dir")):
             yield self
-        finally:
-            os.close(fd)
 
     def busy(self):
         """Whether another process holds the run's lock now (without taking it)."""
-        try:
-            fd = os.open(self._join(LOCK_NAME), os.O_RDWR)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return False
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
+        return dir_lock.busy(self.path)
 
     def check_same_run(self, config, stored):
         """Refuses `config` when it differs from `stored` (the run's) in a run-defining setting."""
