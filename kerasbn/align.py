@@ -227,7 +227,9 @@ def draw_montage(source_paths, out, entries, path):
             x, y, w, h = face["box"]
             row[0].add_patch(plt.Rectangle((x, y), w, h, fill=False, color="lime"))
             row[0].scatter(*np.array(face["landmarks"]).T, s=6, color="red")
-        row[0].set_title(entry["photo"][-24:], fontsize=7)
+        # A name that is not UTF-8 is drawn with its odd bytes as U+FFFD.
+        title = entry["photo"].encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        row[0].set_title(title[-24:], fontsize=7)
         for axis, crop in zip(row[1:], entry["crops"]):
             crop_image = np.asarray(Image.open(os.path.join(out, crop)))
             axis.imshow(crop_image, cmap="gray" if crop_image.ndim == 2 else None)

@@ -354,3 +354,18 @@ def test_a_rerun_with_other_settings_is_refused_instead_of_keeping_old_crops(tmp
                         *([flag] if flag.startswith("--faces") else [])])
     align.main(["align", str(root), f"--out={out}", "--size=50", "--channels=1"])
     assert np.asarray(Image.open(out / "a.png")).shape == (50, 50)
+
+
+def test_a_photo_whose_name_is_not_utf8_is_aligned_summed_up_and_drawn(tmp_path, capsys):
+    """Its name once failed align's summary (and so every rerun, the montage never made)."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    name = os.fsdecode(b"caf\xe9.png")
+    Image.fromarray(data.astronaut()).save(os.path.join(root, name))
+    out = tmp_path / "aligned"
+    align.main(["align", str(root), f"--out={out}", "--size=50", "--channels=1"])
+    assert "aligned 1 faces from 1 of 1 photos" in capsys.readouterr().out
+    assert os.path.isfile(os.path.join(out, name))
+    with open(out / align.SUMMARY, "rb") as f:
+        assert b"caf\xe9.png" in f.read()
+    assert (out / align.MONTAGE).stat().st_size > 10_000

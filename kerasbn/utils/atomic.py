@@ -9,8 +9,10 @@ import os
 
 
 def write_text(path, text):
-    """Writes `text` to a temporary file beside `path`, syncs it, then renames it over `path`."""
-    write_with(path, lambda f: f.write(text.encode("utf-8")))
+    """Writes `text` to a temporary file beside `path`, syncs it, then renames it over `path`.
+    A file name in it that is not UTF-8 (held as lone surrogates, as os.fsdecode gives it) is
+    written as its own bytes."""
+    write_with(path, lambda f: f.write(text.encode("utf-8", "surrogateescape")))
 
 
 def write_with(path, write):
