@@ -281,3 +281,16 @@ def test_an_empty_batch_gives_empty_outputs_of_the_right_shapes(finished_run):
         assert out["embedding"].shape[0] == 0 and out["names"].shape == (0, 5)
     assert loaded.signatures["embed"](images=tf.zeros([0, 50, 50, 1], tf.uint8))[
         "embedding"].shape[0] == 0
+
+
+def test_an_export_with_a_truncated_variables_file_is_one_line(finished_run, tmp_path):
+    """predict once ended in an IndexError from TensorFlow's checkpoint reader."""
+    import glob
+    import shutil
+
+    copy = tmp_path / "export"
+    shutil.copytree(RunDir(finished_run).export, copy)
+    [data] = glob.glob(str(copy / "variables" / "variables.data-*"))
+    os.truncate(data, 1000)
+    with pytest.raises(records.DataError, match="cannot load the SavedModel"):
+        signatures.load_saved_model(str(copy))

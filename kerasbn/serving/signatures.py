@@ -179,7 +179,8 @@ def load_saved_model(path):
     try:
         loaded = tf.saved_model.load(path)
         signatures = set(loaded.signatures)
-    except (OSError, ValueError, KeyError, tf.errors.OpError) as e:
+    # IndexError: TensorFlow's checkpoint reader on a truncated variables file.
+    except (OSError, ValueError, KeyError, IndexError, tf.errors.OpError) as e:
         raise records.DataError(f"{path}: cannot load the SavedModel "
                                 f"({str(e).strip().splitlines()[0]}); export it again") from None
     if not {"serving_default", "embed", "metadata"} <= signatures:
