@@ -369,3 +369,17 @@ def test_a_photo_whose_name_is_not_utf8_is_aligned_summed_up_and_drawn(tmp_path,
     with open(out / align.SUMMARY, "rb") as f:
         assert b"caf\xe9.png" in f.read()
     assert (out / align.MONTAGE).stat().st_size > 10_000
+
+
+def test_a_photo_too_large_to_detect_in_is_named_not_run_out_of_memory(tmp_path, monkeypatch,
+                                                                       capsys):
+    """A 10000x10000 JPEG once cost align 12.7 GB (and Pillow's DecompressionBombWarning
+    leaked into the output)."""
+    from kerasbn.faces import photo_alignment
+
+    monkeypatch.setattr(photo_alignment, "MAX_PIXELS", 200 * 200)
+    root = tmp_path / "photos"
+    _astronaut(root / "big.png")
+    align.main(["align", str(root), f"--out={tmp_path / 'out'}", "--size=50"])
+    out = capsys.readouterr().out
+    assert "no crop for big.png: larger than 0.04 megapixels (512x512)" in out

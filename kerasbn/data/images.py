@@ -6,6 +6,7 @@ reason instead of an array, so one bad file never stops a conversion.
 
 import os
 import stat
+import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -107,7 +108,10 @@ def load(path, channels, size=None, mode=None, box=None):
         if isinstance(path, str) and not stat.S_ISREG(os.stat(path).st_mode):
             # A FIFO or a device would block or stream forever on reading.
             return None, "not a regular file"
-        with Image.open(path) as image:
+        with warnings.catch_warnings(), Image.open(path) as image:
+            # Pillow warns past 89 megapixels and refuses past twice that (caught below);
+            # what a photo may cost is its caller's to bound (photo_alignment.MAX_PIXELS).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image.load()
             return to_array(image, channels, size, mode, box), None
     except FileNotFoundError:
