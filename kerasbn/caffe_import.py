@@ -133,7 +133,8 @@ def main(argv):
     problem = _problem(values) or (f"unexpected arguments {rest}" if rest else None)
     if problem:
         sys.exit(f"error: {problem}")
-    cli.run(lambda: writable.check(values.out), "nothing was written")
+    cli.run(lambda: (writable.check_utf8(values.out, "out"), writable.check(values.out)),
+            "nothing was written")
     cli.run(lambda: convert(values), "nothing was written at --out")
 
 

@@ -57,7 +57,8 @@ def main(argv):
                  "--format=litert or onnx")
     best = values.checkpoint == "best"
     if values.out:
-        cli.run(lambda: writable.check(values.out), "nothing was written")
+        cli.run(lambda: (writable.check_utf8(values.out, "out"), writable.check(values.out)),
+                "nothing was written")
     stopped = "nothing was written (an export is written whole or not at all)"
     if values.model:
         path, measured, checked_on = cli.run(lambda: exporter.export_import_portable(

@@ -15,7 +15,7 @@ from kerasbn.evaluation import target_metrics
 from kerasbn.flags import cli, train_flags
 from kerasbn.runs.run_dir import BUSY_EXIT, RunDir, RunDirBusy, stored_config
 from kerasbn.training import loop, runtime
-from kerasbn.utils import errors, stop_signals
+from kerasbn.utils import errors, stop_signals, writable
 
 # What a training command reports as one line (a user's mistake, or a run that diverged);
 # anything else is a bug and keeps its traceback.
@@ -73,6 +73,7 @@ def main(argv):
     for name in ("data_dir", "run_dir"):
         if not values[name].value:
             sys.exit(f"error: --{name} is required")
+        cli.run(lambda: writable.check_utf8(values[name].value, name), "nothing was written")
     runtime.split_cpu(values.cpu_devices)
     # MultiWorkerMirroredStrategy configures collective ops, which must happen before
     # TensorFlow's runtime starts: first thing, before any data is read.

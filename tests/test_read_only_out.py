@@ -1,7 +1,7 @@
-"""Every command that writes a file, given an --out it cannot write (a read-only tmpfs),
-ends in one line naming it before any work: once, seven of them ended in an `OSError: [Errno
-30]` traceback, evaluate after embedding everything. Skipped where a tmpfs cannot be mounted
-(mounting needs root)."""
+"""Every command that writes a file, given an --out it cannot write (a read-only tmpfs, or a
+name TensorFlow cannot take), ends in one line naming it before any work: once, seven of
+them ended in an `OSError: [Errno 30]` traceback, evaluate after embedding everything. The
+read-only cases are skipped where a tmpfs cannot be mounted (mounting needs root)."""
 
 import os
 import subprocess
@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from data_tools import build_records
-from kerasbn import align, caffe_import, evaluate, export, predict, report
+from kerasbn import align, caffe_import, evaluate, export, predict, report, train
 
 
 @pytest.fixture
@@ -50,3 +50,28 @@ def test_a_read_only_out_is_one_line_before_any_work(command, read_only, tmp_pat
     assert message.startswith("error: --out=") and "nothing can be written in" in message, \
         message
     assert "Read-only file system" in message and "\n" not in message
+
+
+UTF8_COMMANDS = {
+    "train --run_dir": lambda path, tmp: train.main([
+        "train", f"--data_dir={tmp}", f"--run_dir={path}"]),
+    "train --data_dir": lambda path, tmp: train.main([
+        "train", f"--data_dir={path}", f"--run_dir={tmp}/run"]),
+    "caffe_import --out": lambda path, tmp: caffe_import.main([
+        "caffe_import", f"--prototxt={tmp}/n.prototxt", f"--caffemodel={tmp}/n.caffemodel",
+        f"--out={path}"]),
+    "export --out": lambda path, tmp: export.main(["export", f"--run_dir={tmp}",
+                                                   f"--out={path}"]),
+}
+
+
+@pytest.mark.parametrize("command", sorted(UTF8_COMMANDS))
+def test_a_path_tensorflow_cannot_take_is_one_line_before_anything_is_written(command,
+                                                                              tmp_path):
+    """A --run_dir that is not UTF-8 once left a run dir holding config.json and a traceback
+    from TensorFlow's checkpoint manager."""
+    path = os.path.join(tmp_path, os.fsdecode(b"caf\xe9"))
+    with pytest.raises(SystemExit) as info:
+        UTF8_COMMANDS[command](path, str(tmp_path))
+    assert "reads and writes only paths that are UTF-8 text" in str(info.value)
+    assert not os.path.exists(path) and not os.path.exists(tmp_path / "run")

@@ -20,3 +20,15 @@ def check(path, flag="out"):
     except OSError as e:
         raise errors.UserError(f"--{flag}={path}: nothing can be written in {folder} "
                                f"({e.strerror}); give a directory you can write to") from None
+
+
+def check_utf8(path, flag):
+    """Raises UserError when `path` is not UTF-8 text: TensorFlow's file functions
+    (checkpoints, SavedModels, TFRecords) take paths as UTF-8 and fail on any other name,
+    once a run dir already held its first files."""
+    try:
+        os.path.abspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise errors.UserError(f"--{flag}={path}: TensorFlow reads and writes only paths that "
+                               "are UTF-8 text, and this one is not; choose another name") \
+            from None
