@@ -138,19 +138,25 @@ def check(values):
     return None
 
 
+def evaluate_all(values):
+    """The results of every --run_dir and --model; UserError for a network whose outputs are
+    not finite, as for any other mistake."""
+    writable.check(values.out)
+    try:
+        results = [r for run_dir in values.run_dir for r in evaluate_run(run_dir, values)]
+        return results + [r for path in values.model
+                          for r in evaluator.evaluate_network(
+                              signatures.from_saved_model(path), request(values))]
+    except FloatingPointError as e:
+        raise errors.UserError(str(e)) from None
+
+
 def main(argv):
     values, rest = cli.parse(argv, define_flags, __doc__)
     problem = "no positional arguments are taken" if rest else check(values)
     if problem:
         sys.exit(f"error: {problem}")
-    try:
-        writable.check(values.out)
-        results = [r for run_dir in values.run_dir for r in evaluate_run(run_dir, values)]
-        results += [r for path in values.model
-                    for r in evaluator.evaluate_network(signatures.from_saved_model(path),
-                                                        request(values))]
-    except (errors.UserError, FloatingPointError) as e:
-        sys.exit(f"error: {e}")
+    results = cli.run(lambda: evaluate_all(values), "nothing was written")
     os.makedirs(values.out, exist_ok=True)
     atomic.write_json(os.path.join(values.out, "evaluate.json"), results)
     print(table(results))
