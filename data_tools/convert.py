@@ -414,8 +414,7 @@ def build(source, out, root=None, image_size=None, channels=None, resize_mode="c
                     "min_images_per_identity": min_images_per_identity, "seed": seed,
                     "shard_size": shard_size, "encoding": encoding, "compression": compression,
                     "extensions": sorted(extensions), "align": bool(align),
-                    "landmarks": landmarks}
-            args["listing"] = _listing_digest(splits)
+                    "landmarks": landmarks, "listing": _listing_digest(splits)}
             points = read_landmarks(landmarks) if landmarks else None
             if points is not None:
                 _check_landmarks(points, splits, landmarks)

@@ -66,8 +66,7 @@ def aligned_faces(loaded, paths, every, progress=None):
     faces, bad = [], []
     for path in paths:
         photo, reason = images.load(path, 3)
-        if not reason and min(photo.shape[:2]) < detector.SMALLEST_PHOTO:
-            reason = f"smaller than {detector.SMALLEST_PHOTO} px"
+        reason = reason or detector.too_small(photo)
         if reason:
             bad.append((path, reason))
             if progress:

@@ -72,3 +72,8 @@ def test_head_rules_come_from_the_heads_registration(values, message):
     settings = type("Settings", (), {"scale": None, "margin": None, "easy_margin": False,
                                      **values})
     assert re.search(message, registry.head_problem(settings))
+
+
+def test_an_unknown_embedding_is_refused_by_the_study_networks_rule():
+    with pytest.raises(ValueError, match="unknown --embedding 'bn-fc'; choose one of pool"):
+        models.build("bn", 7, embedding="bn-fc")

@@ -52,11 +52,18 @@ def graph():
     return _detect
 
 
+def too_small(photo):
+    """Why uint8 `photo` [H, W, C] cannot hold a face MTCNN finds, or None."""
+    if min(photo.shape[:2]) < SMALLEST_PHOTO:
+        return f"smaller than {SMALLEST_PHOTO} px"
+    return None
+
+
 def detect(photo, min_face_size=detector_defaults.MIN_FACE_SIZE,
            min_confidence=detector_defaults.MIN_CONFIDENCE):
     """[Face] in uint8 `photo` [H, W, 1 or 3], largest first; [] for none (or a photo
     smaller than SMALLEST_PHOTO)."""
-    if min(photo.shape[:2]) < SMALLEST_PHOTO:
+    if too_small(photo):
         return []
     rgb = np.repeat(photo, 3, axis=2) if photo.shape[2] == 1 else photo
     boxes, confidence, landmarks = graph()[1](rgb, float(min_face_size),

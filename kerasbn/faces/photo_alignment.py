@@ -1,6 +1,6 @@
 """One photo file made into aligned face crops, with what was found: what `python -m
-kerasbn.align`, `build_records --align` (and `--landmarks`), `predict --align` on a run and
-`evaluate --align` do to each photo. The crops are `aligner.align`'s, the faces the detector
+kerasbn.align`, `build_records --align` (and `--landmarks`) and `evaluate --align` do to each
+photo (`predict --align` runs an export's serve_photo). The crops are `aligner.align`'s, the faces the detector
 graph's, the same two an export's serve_photo runs."""
 
 import dataclasses
@@ -58,9 +58,7 @@ def align_photo(path, settings, landmarks=None):
     entry = {"size": [int(width), int(height)], "faces_found": len(faces),
              "faces": [face.to_dict() for face in faces]}
     if not faces:
-        small = min(photo.shape[:2]) < detector.SMALLEST_PHOTO
-        entry.update(kept=[], reason=f"smaller than {detector.SMALLEST_PHOTO} px" if small
-                     else NO_FACE)
+        entry.update(kept=[], reason=detector.too_small(photo) or NO_FACE)
         return entry, _none(settings)
     kept = list(range(len(faces))) if settings.keep == "all" else [0]
     entry["kept"] = kept

@@ -29,6 +29,13 @@ BLOCKS = {
 DROPOUT = {"baseline": 0.4, "bn": 0.0, "bn_all": 0.0}
 
 
+def check(settings):
+    if settings.embedding not in EMBEDDINGS:
+        return (f"unknown --embedding {settings.embedding!r}; choose one of "
+                f"{', '.join(EMBEDDINGS)}")
+    return None
+
+
 def features(inputs, settings, parts, blocks):
     """The embedding of the study's network of `blocks` on `inputs`."""
     x = inputs
@@ -62,4 +69,4 @@ def features(inputs, settings, parts, blocks):
 for _name, _blocks in BLOCKS.items():
     registry.register_network(
         _name, family="study", widths=tuple(w for widths, _ in _blocks for w in widths),
-        dropout=DROPOUT[_name])(functools.partial(features, blocks=_blocks))
+        dropout=DROPOUT[_name], check=check)(functools.partial(features, blocks=_blocks))
