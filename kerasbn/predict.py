@@ -66,7 +66,7 @@ def aligned_faces(loaded, paths, every, progress=None):
     faces, bad = [], []
     for path in paths:
         photo, reason = images.load(path, 3)
-        reason = reason or detector.too_small(photo)
+        reason = reason or detector.too_large(photo) or detector.too_small(photo)
         if reason:
             bad.append((path, reason))
             if progress:

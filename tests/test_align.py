@@ -375,11 +375,35 @@ def test_a_photo_too_large_to_detect_in_is_named_not_run_out_of_memory(tmp_path,
                                                                        capsys):
     """A 10000x10000 JPEG once cost align 12.7 GB (and Pillow's DecompressionBombWarning
     leaked into the output)."""
-    from kerasbn.faces import photo_alignment
+    from kerasbn.faces import detector_defaults
 
-    monkeypatch.setattr(photo_alignment, "MAX_PIXELS", 200 * 200)
+    monkeypatch.setattr(detector_defaults, "MAX_PIXELS", 200 * 200)
     root = tmp_path / "photos"
     _astronaut(root / "big.png")
     align.main(["align", str(root), f"--out={tmp_path / 'out'}", "--size=50"])
     out = capsys.readouterr().out
     assert "no crop for big.png: larger than 0.04 megapixels (512x512)" in out
+
+
+def test_serve_photo_and_predict_refuse_a_photo_too_large_to_detect_in(tmp_path, monkeypatch):
+    """serve_photo once spent 7.4 GB on a 10000x10000 JPEG: its detector graph refuses a photo
+    over the limit by name before building the pyramid, and predict --align names it as align
+    does without running the export."""
+    import tensorflow as tf
+
+    from kerasbn import predict
+    from kerasbn.faces import detector, detector_defaults, graph_detector
+
+    monkeypatch.setattr(detector_defaults, "MAX_PIXELS", 200 * 200)
+    detect = tf.function(graph_detector.GraphDetector(detector.graph()[0].networks).detect)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="larger than 0.04 megapixels"):
+        detect(tf.zeros([300, 200, 3], tf.uint8))
+    assert detect(tf.zeros([200, 200, 3], tf.uint8))[0].shape == (0, 4)
+
+    class Export:
+        signatures = {"serve_photo": None}
+    big = tmp_path / "big.png"
+    _astronaut(big)
+    faces, bad = predict.aligned_faces(Export(), [str(big)], every=False)
+    assert faces == [] and bad == [(str(big), "larger than 0.04 megapixels (512x512), which "
+                                    "detection would need many GB for; downscale it")]

@@ -110,7 +110,7 @@ def load(path, channels, size=None, mode=None, box=None):
             return None, "not a regular file"
         with warnings.catch_warnings(), Image.open(path) as image:
             # Pillow warns past 89 megapixels and refuses past twice that (caught below);
-            # what a photo may cost is its caller's to bound (photo_alignment.MAX_PIXELS).
+            # what a photo may cost is its caller's to bound (detector_defaults.MAX_PIXELS).
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image.load()
             return to_array(image, channels, size, mode, box), None

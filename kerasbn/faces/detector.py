@@ -59,10 +59,21 @@ def too_small(photo):
     return None
 
 
+def too_large(photo):
+    """Why uint8 `photo` [H, W, C] is refused by the detector (over MAX_PIXELS), or None."""
+    height, width = photo.shape[:2]
+    if height * width > detector_defaults.MAX_PIXELS:
+        return (f"larger than {detector_defaults.MAX_PIXELS / 1e6:g} megapixels ({width}x"
+                f"{height}), which detection would need many GB for; downscale it")
+    return None
+
+
 def detect(photo, min_face_size=detector_defaults.MIN_FACE_SIZE,
            min_confidence=detector_defaults.MIN_CONFIDENCE):
     """[Face] in uint8 `photo` [H, W, 1 or 3], largest first; [] for none (or a photo
-    smaller than SMALLEST_PHOTO)."""
+    smaller than SMALLEST_PHOTO); a ValueError for one over MAX_PIXELS."""
+    if too_large(photo):
+        raise ValueError(too_large(photo))
     if too_small(photo):
         return []
     rgb = np.repeat(photo, 3, axis=2) if photo.shape[2] == 1 else photo

@@ -43,7 +43,8 @@ def networks():
 class GraphDetector(tf.Module):
     """`detect(photo, min_face_size, min_confidence)` of uint8 [H, W, 3]: (boxes [N, 4] x, y,
     width, height, confidence [N], landmarks [N, 5, 2]), largest face first; faces below
-    `min_confidence` dropped."""
+    `min_confidence` dropped. A photo over `detector_defaults.MAX_PIXELS` is refused (an
+    InvalidArgumentError naming the limit) before the pyramid is built."""
 
     def __init__(self, nets=None):
         super().__init__()
@@ -52,7 +53,13 @@ class GraphDetector(tf.Module):
 
     def detect(self, photo, min_face_size=detector_defaults.MIN_FACE_SIZE,
                min_confidence=detector_defaults.MIN_CONFIDENCE):
-        image = (tf.cast(photo, tf.float32) - 127.5) / 128.0
+        pixels = tf.cast(tf.shape(photo)[0], tf.int64) * tf.cast(tf.shape(photo)[1], tf.int64)
+        limit = detector_defaults.MAX_PIXELS
+        check = tf.debugging.Assert(pixels <= limit, [
+            f"the photo is larger than {limit / 1e6:g} megapixels, which detection would need "
+            "many GB for; downscale it. Its height and width:", tf.shape(photo)[:2]])
+        with tf.control_dependencies([check]):
+            image = (tf.cast(photo, tf.float32) - 127.5) / 128.0
         image = image[None]
         shape = tf.shape(image)
         height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)

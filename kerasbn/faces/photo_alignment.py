@@ -11,9 +11,6 @@ from kerasbn.data import images
 from kerasbn.faces import aligner, detector, detector_defaults
 
 KEEP = ("largest", "all")
-# The largest photo detected: the detector's pyramid costs about 130 bytes a pixel (a
-# 10000x10000 photo took 12.7 GB), so larger ones are refused by name, not run out of memory.
-MAX_PIXELS = 40_000_000
 # Why a photo gave no crop when it holds no face MTCNN finds (build_records counts them).
 NO_FACE = "no face found"
 
@@ -38,9 +35,7 @@ def align_photo(path, settings, landmarks=None):
     landmarks file's row) the face is placed by them instead of found; they must lie in
     the photo (a ValueError says where they lie otherwise)."""
     photo, reason = images.load(path, 3)
-    if not reason and photo.shape[0] * photo.shape[1] > MAX_PIXELS:
-        reason = (f"larger than {MAX_PIXELS / 1e6:g} megapixels ({photo.shape[1]}x"
-                  f"{photo.shape[0]}), which detection would need many GB for; downscale it")
+    reason = reason or detector.too_large(photo)
     if reason:
         return {"faces_found": 0, "kept": [], "reason": reason}, _none(settings)
     height, width = photo.shape[:2]
