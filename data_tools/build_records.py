@@ -21,7 +21,6 @@ from absl import flags
 from data_tools import convert
 from kerasbn.data import images
 from kerasbn.flags import cli
-from kerasbn.utils import writable
 
 
 def main(argv):
@@ -31,7 +30,7 @@ def main(argv):
                  "cifar-10-batches-py")
     if not values.out:
         sys.exit("error: --out is required")
-    cli.run(lambda: writable.check(values.out), "nothing was written")
+    cli.check_writable(values.out, by_tensorflow=True)
     cli.run(lambda: convert.build(
         args[0], values.out, values.root, values.image_size,
         int(values.channels) if values.channels else None, values.resize_mode, values.boxes,

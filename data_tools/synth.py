@@ -276,6 +276,7 @@ def main(argv):
     values, args = cli.parse(argv, define_flags, __doc__)
     if not values.out:
         sys.exit("error: --out is required: the directory to write the dataset into")
+    cli.check_writable(values.out, by_tensorflow=True)
     start = time.perf_counter()
     manifest = cli.run(lambda: build(
         values.out, values.identities, values.images_per_identity, values.test_fraction,

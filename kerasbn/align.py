@@ -37,7 +37,7 @@ from kerasbn.analysis import charts
 from kerasbn.data import images
 from kerasbn.faces import detector_defaults, photo_alignment, photos
 from kerasbn.flags import cli
-from kerasbn.utils import atomic, console, errors, writable
+from kerasbn.utils import atomic, console, errors
 from kerasbn.utils.progress import Progress
 
 REPORT = "align.jsonl"
@@ -272,7 +272,7 @@ def main(argv):
     settings = photo_alignment.Settings(values.size, values.width or values.size,
                                         int(values.channels), values.faces,
                                         values.min_confidence, values.min_face_size)
-    cli.run(lambda: writable.check(values.out), "nothing was written")
+    cli.check_writable(values.out)
     console.import_tensorflow()
     entries, sources = cli.run(
         lambda: align_all(args[0], values.out, settings, values.workers),

@@ -28,7 +28,7 @@ from kerasbn.caffe import importer
 from kerasbn.evaluation import evaluator, verification
 from kerasbn.flags import cli
 from kerasbn.serving import exporter, signatures
-from kerasbn.utils import errors, writable
+from kerasbn.utils import errors
 
 
 def define_flags(values):
@@ -133,8 +133,7 @@ def main(argv):
     problem = _problem(values) or (f"unexpected arguments {rest}" if rest else None)
     if problem:
         sys.exit(f"error: {problem}")
-    cli.run(lambda: (writable.check_utf8(values.out, "out"), writable.check(values.out)),
-            "nothing was written")
+    cli.check_writable(values.out, by_tensorflow=True)
     cli.run(lambda: convert(values), "nothing was written at --out")
 
 

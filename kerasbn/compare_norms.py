@@ -34,7 +34,7 @@ from kerasbn.optim import schedules
 from kerasbn.runs import test_records
 from kerasbn.runs.run_dir import RunDir, stored_config
 from kerasbn.training import loop
-from kerasbn.utils import atomic, errors
+from kerasbn.utils import atomic, errors, stop_signals
 
 
 def momentum_for(config, norm):
@@ -147,6 +147,7 @@ def main(argv):
         sys.exit(f"error: --norms takes {', '.join(norms.NORMS)} (got {unknown}); "
                  "--data_dir is required")
     out = values.out
+    cli.check_writable(out, by_tensorflow=True)
     os.makedirs(out, exist_ok=True)
     runs = {}
     try:
@@ -159,6 +160,10 @@ def main(argv):
             runs[norm] = [run_one(config, norm, seed, out) for seed in range(values.seeds)]
     except (errors.UserError, FloatingPointError) as e:
         sys.exit(f"error: {e}")
+    except (KeyboardInterrupt, stop_signals.Stopped):
+        print(f"interrupted: the finished runs under {out} are kept and a stopped one resumes "
+              "from its last checkpoint; rerun the same command to go on", file=sys.stderr)
+        sys.exit(130)
     targets = config.targets()
     table = markdown(summarize(runs, targets), targets)
     atomic.write_text(os.path.join(out, "compare_norms.md"), table)

@@ -28,7 +28,7 @@ from kerasbn.data import records
 from kerasbn.evaluation import evaluator
 from kerasbn.flags import cli
 from kerasbn.serving import signatures
-from kerasbn.utils import atomic, errors, writable
+from kerasbn.utils import atomic, errors
 
 
 def request(values):
@@ -141,7 +141,6 @@ def check(values):
 def evaluate_all(values):
     """The results of every --run_dir and --model; UserError for a network whose outputs are
     not finite, as for any other mistake."""
-    writable.check(values.out)
     try:
         results = [r for run_dir in values.run_dir for r in evaluate_run(run_dir, values)]
         return results + [r for path in values.model
@@ -156,6 +155,7 @@ def main(argv):
     problem = "no positional arguments are taken" if rest else check(values)
     if problem:
         sys.exit(f"error: {problem}")
+    cli.check_writable(values.out)
     results = cli.run(lambda: evaluate_all(values), "nothing was written")
     os.makedirs(values.out, exist_ok=True)
     atomic.write_json(os.path.join(values.out, "evaluate.json"), results)

@@ -27,7 +27,6 @@ from absl import flags
 
 from kerasbn.flags import cli
 from kerasbn.serving import exporter, portable
-from kerasbn.utils import writable
 
 
 LABELS = {"litert": "LiteRT", "onnx": "ONNX"}
@@ -57,8 +56,7 @@ def main(argv):
                  "--format=litert or onnx")
     best = values.checkpoint == "best"
     if values.out:
-        cli.run(lambda: (writable.check_utf8(values.out, "out"), writable.check(values.out)),
-                "nothing was written")
+        cli.check_writable(values.out, by_tensorflow=True)
     stopped = "nothing was written (an export is written whole or not at all)"
     if values.model:
         path, measured, checked_on = cli.run(lambda: exporter.export_import_portable(

@@ -42,6 +42,8 @@ from kerasbn.serving import exporter
 from kerasbn.utils import errors
 
 WAIT_SECONDS = 10
+STOPPED = ("finished runs are kept and a stopped one resumes from its last checkpoint; rerun "
+           "the same command to go on")
 
 
 def sets_dir():
@@ -152,13 +154,18 @@ def commands(name, extra_args, run_root=None, seeds=None, sweeps=()):
     return plan
 
 
+def report_dir(name, report_out=None, run_root=None):
+    """Where set `name`'s report goes: REPORT_OUT, else RUN_ROOT/report, else
+    runs/SET/report."""
+    return report_out or os.path.join(
+        run_root or os.path.join("runs", os.path.basename(name.rstrip("/"))), "report")
+
+
 def report_command(name, run_dirs, report_out=None, run_root=None, reference=None,
                    sweeps=()):
-    """The report over `run_dirs`, written to REPORT_OUT, else RUN_ROOT/report, else
-    runs/SET/report."""
-    report_out = report_out or os.path.join(
-        run_root or os.path.join("runs", os.path.basename(name.rstrip("/"))), "report")
-    return [sys.executable, "-m", "kerasbn.report", *run_dirs, f"--out={report_out}"] + (
+    """The report over `run_dirs`, written to `report_dir`."""
+    return [sys.executable, "-m", "kerasbn.report", *run_dirs,
+            f"--out={report_dir(name, report_out, run_root)}"] + (
         [f"--reference={reference}"] if reference else []) + (
         [f"--sweep={','.join(flag for flag, _ in sweeps)}"] if sweeps else [])
 
@@ -262,6 +269,11 @@ def main(argv):
         plan = commands(names[0], extra, values.run_root, values.seeds, sweeps)
     except (errors.UserError, flags.Error) as e:
         sys.exit(f"error: {e}")
+    if not values.dry_run:
+        for run_dir in dict.fromkeys(run["run_dir"] for run in plan):
+            cli.check_writable(run_dir, "run_dir", by_tensorflow=True)
+        cli.check_writable(report_dir(names[0], values.report_out, values.run_root),
+                           "report_out")
     if sweeps:
         first = [run for run in plan if run["seed"] == 0]
         if values.dry_run and not all(finished(run["run_dir"]) for run in first):
@@ -272,7 +284,7 @@ def main(argv):
                   "--dry_run once they have finished")
             return
         if not values.dry_run:
-            train_all(first, wait=True)
+            cli.run(lambda: train_all(first, wait=True), STOPPED)
         try:
             plan = first + chosen(plan, sweeps, values.reference)
         except errors.UserError as e:
@@ -284,11 +296,11 @@ def main(argv):
             print(shlex.join(run["command"]))
         print(shlex.join(command))
         return
-    if train_all(plan):
+    if cli.run(lambda: train_all(plan), STOPPED):
         print("some runs are being trained by other processes; the one that finishes the "
               f"last run writes the report (or run: {shlex.join(command)})")
         return
-    sys.exit(subprocess.run(command).returncode)
+    sys.exit(cli.run(lambda: subprocess.run(command).returncode, STOPPED))
 
 
 if __name__ == "__main__":

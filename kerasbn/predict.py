@@ -31,7 +31,7 @@ from kerasbn.flags import cli
 from kerasbn.runs import export_layout
 from kerasbn.runs.run_dir import RunDir
 from kerasbn.serving import exporter, signatures
-from kerasbn.utils import atomic, writable
+from kerasbn.utils import atomic
 from kerasbn.utils.progress import Progress
 
 BATCH = 64
@@ -186,14 +186,14 @@ def main(argv):
     problem = check(values, files)
     if problem:
         sys.exit(f"error: {problem}")
+    if values.embed:
+        cli.check_writable(values.out)
     cli.run(lambda: predict(values, files),
             "nothing was written (--embed writes its files whole, at the end)")
 
 
 def predict(values, files):
     """What the command does once its flags are checked."""
-    if values.embed:
-        writable.check(values.out)
     model, spec, threshold = load_model(values.model)
     paths = image_files(values.embed) if values.embed else files
     if values.embed:

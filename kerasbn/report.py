@@ -29,34 +29,37 @@ from absl import flags
 
 from kerasbn.analysis import comparison, seeds
 from kerasbn.flags import cli
-from kerasbn.utils import atomic, errors, writable
+from kerasbn.utils import atomic, errors
 
 
 def main(argv):
     values, run_dirs = cli.parse(argv, define_flags, __doc__)
     if not run_dirs:
         sys.exit("error: give one or more run directories")
-    try:
-        writable.check(values.out)
-        runs = [comparison.load_run(d) for d in run_dirs]
-        wanted = os.path.normpath(values.reference or comparison.default_reference(runs))
-        reference = next((r for r in runs if os.path.normpath(r["dir"]) == wanted), None)
-        if reference is None:
-            reference = comparison.load_run(values.reference)
-            runs.append(reference)
-        targets = comparison.parse_targets(values.targets) if values.targets \
-            else comparison.tracked_targets(runs)
-        groups = seeds.group(runs)
-        comparison.check_distinct(runs, groups)
-    except errors.UserError as e:
-        sys.exit(f"error: {e}")
     if os.path.exists(values.out) and not os.path.isdir(values.out):
         sys.exit(f"error: --out={values.out} is a file; give a directory for report.md and "
                  "the figures")
+    cli.check_writable(values.out)
+    cli.run(lambda: write_report(values, run_dirs),
+            f"each file in {values.out} is written whole or not at all; rerun the same command")
+
+
+def write_report(values, run_dirs):
+    """report.md and the figures of the runs at `run_dirs` in --out, the table printed."""
+    runs = [comparison.load_run(d) for d in run_dirs]
+    wanted = os.path.normpath(values.reference or comparison.default_reference(runs))
+    reference = next((r for r in runs if os.path.normpath(r["dir"]) == wanted), None)
+    if reference is None:
+        reference = comparison.load_run(values.reference)
+        runs.append(reference)
+    targets = comparison.parse_targets(values.targets) if values.targets \
+        else comparison.tracked_targets(runs)
+    groups = seeds.group(runs)
+    comparison.check_distinct(runs, groups)
     unknown = [flag for flag in values.sweep or [] if flag not in reference["flags"]]
     if unknown:
-        sys.exit(f"error: --sweep={','.join(unknown)}: no such setting in the runs' "
-                 "config.json; give the swept flags' names, e.g. --sweep=base_lr")
+        raise errors.UserError(f"--sweep={','.join(unknown)}: no such setting in the runs' "
+                               "config.json; give the swept flags' names, e.g. --sweep=base_lr")
     os.makedirs(values.out, exist_ok=True)
     figures = []
     if values.sweep or any(len(entry["runs"]) > 1 for entry in groups):

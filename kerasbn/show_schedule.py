@@ -33,19 +33,25 @@ def curve(config):
     return iterations, schedules.rates(schedules.make_schedule(config), iterations)
 
 
+def plot(values, paths):
+    """Draws the policies of the flagfiles at `paths` (or of the flags, without any) into
+    --plot."""
+    curves = []
+    for path in paths or [None]:
+        config = (train_flags.schedule_config(train_flags.parse_flagfile(path)) if path
+                  else train_flags.schedule_config(values))
+        curves.append((path or config.lr_policy, *curve(config)))
+    charts.save_lines(curves, values.plot, "iteration", "learning rate", yscale="log")
+
+
 def main(argv):
     values, paths = cli.parse(argv, define_flags, __doc__)
+    if values.plot:
+        cli.check_writable(values.plot, "plot")
+        cli.run(lambda: plot(values, paths), f"{values.plot} is written whole or not at all")
+        print(f"wrote {values.plot}")
+        return
     try:
-        if values.plot:
-            curves = []
-            for path in paths or [None]:
-                config = (train_flags.schedule_config(train_flags.parse_flagfile(path)) if path
-                          else train_flags.schedule_config(values))
-                curves.append((path or config.lr_policy, *curve(config)))
-            charts.save_lines(curves, values.plot, "iteration", "learning rate",
-                              yscale="log")
-            print(f"wrote {values.plot}")
-            return
         config = train_flags.schedule_config(values)
     except errors.UserError as e:
         sys.exit(f"error: {e}")

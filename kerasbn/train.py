@@ -73,7 +73,8 @@ def main(argv):
     for name in ("data_dir", "run_dir"):
         if not values[name].value:
             sys.exit(f"error: --{name} is required")
-        cli.run(lambda: writable.check_utf8(values[name].value, name), "nothing was written")
+    cli.run(lambda: writable.check_utf8(values.data_dir, "data_dir"), "nothing was written")
+    cli.check_writable(values.run_dir, "run_dir", by_tensorflow=True)
     runtime.split_cpu(values.cpu_devices)
     # MultiWorkerMirroredStrategy configures collective ops, which must happen before
     # TensorFlow's runtime starts: first thing, before any data is read.
@@ -103,6 +104,12 @@ def main(argv):
               f"checkpointed in {RunDir(config.run_dir).checkpoints}; rerun the same command "
               "to resume", file=sys.stderr, flush=True)
         sys.exit(128 + e.signum)
+    except KeyboardInterrupt:
+        # Ctrl-C before training began, or a second one that stops at once.
+        print(f"interrupted: {values.run_dir} keeps its last checkpoint; rerun the same "
+              "command to resume",
+              file=sys.stderr, flush=True)
+        sys.exit(130)
     print(describe(summary, config.run_dir, export_dir), flush=True)
 
 

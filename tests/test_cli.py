@@ -235,26 +235,6 @@ def test_a_command_that_fills_the_disk_ends_with_that_line(tmp_path):
         subprocess.run(["umount", str(full)], capture_output=True)
 
 
-@pytest.mark.parametrize("command, target, argv", [
-    (export, "exporter.export_run", ["export", "--run_dir=r"]),
-    (export, "exporter.export_portable", ["export", "--run_dir=r", "--format=onnx"]),
-    (predict, "load_model", ["predict", "--model=m", "a.jpg"]),
-    (evaluate, "evaluate_all", ["evaluate", "--run_dir=r"]),
-])
-def test_ctrl_c_in_export_predict_and_evaluate_is_one_line(command, target, argv, monkeypatch, capsys):
-    """They once ended Ctrl-C in a KeyboardInterrupt traceback (nothing partial was left)."""
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    owner, name = (getattr(command, target.split(".")[0]), target.split(".")[1]) \
-        if "." in target else (command, target)
-    monkeypatch.setattr(owner, name, interrupted)
-    with pytest.raises(SystemExit) as info:
-        command.main(argv)
-    assert info.value.code == 130
-    assert capsys.readouterr().err.strip().startswith("interrupted: nothing was written")
-
-
 def test_predict_refuses_an_out_without_embed():
     with pytest.raises(SystemExit, match="--out is the file --embed writes"):
         predict.main(["predict", "--model=m", "--out=x.npy", "a.jpg"])

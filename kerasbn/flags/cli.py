@@ -16,7 +16,7 @@ import sys
 
 from absl import flags, logging
 
-from kerasbn.utils import errors, stop_signals
+from kerasbn.utils import errors, stop_signals, writable
 
 COMMENT = ("#", "//")
 
@@ -59,6 +59,17 @@ def run(work, interrupted):
     except KeyboardInterrupt:
         print(f"interrupted: {interrupted}", file=sys.stderr)
         sys.exit(130)
+
+
+def check_writable(path, flag="out", by_tensorflow=False):
+    """Ends the command in one line, before its work, when nothing can be written at `path`
+    (`--flag`'s value); with `by_tensorflow` (TensorFlow writes there), also when the path
+    is not UTF-8, which TensorFlow cannot take."""
+    def check():
+        if by_tensorflow:
+            writable.check_utf8(path, flag)
+        writable.check(path, flag)
+    run(check, "nothing was written")
 
 
 def _settle_console():
