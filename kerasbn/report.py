@@ -29,6 +29,7 @@ from absl import flags
 
 from kerasbn.analysis import comparison, seeds
 from kerasbn.flags import cli
+from kerasbn.runs.run_dir import RunDir
 from kerasbn.utils import atomic, errors
 
 
@@ -47,6 +48,10 @@ def main(argv):
 def write_report(values, run_dirs):
     """report.md and the figures of the runs at `run_dirs` in --out, the table printed."""
     runs = [comparison.load_run(d) for d in run_dirs]
+    for run in runs:
+        if run["torn"]:
+            print(f"note: {RunDir(run['dir']).metrics_jsonl} ends in a torn line (a run still "
+                  "writing it, or killed): skipped, its earlier tests are reported")
     wanted = os.path.normpath(values.reference or comparison.default_reference(runs))
     reference = next((r for r in runs if os.path.normpath(r["dir"]) == wanted), None)
     if reference is None:

@@ -157,3 +157,17 @@ def test_unfinished_runs_are_marked(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| bn (unfinished) | bn |" in out and "| baseline |" in out
     assert "1 run(s) marked unfinished" in out
+
+
+def test_a_torn_last_line_of_a_run_in_progress_is_skipped_with_a_note(tmp_path, capsys):
+    """A run being written (or killed mid-line) ends its metrics.jsonl in a torn line: the
+    set is reported from its earlier tests, and the note says which line was skipped."""
+    base = _run(tmp_path / "baseline", "baseline", [0.2, 0.5])
+    running = _run(tmp_path / "bn", "bn", [0.3, 0.6], finished=False)
+    with open(os.path.join(running, "metrics.jsonl"), "a") as f:
+        f.write('{"iteration": 200, "wall_time": 40')
+    report.main(["report", base, running, f"--out={tmp_path / 'out'}"])
+    out = capsys.readouterr().out
+    assert f"note: {running}/metrics.jsonl ends in a torn line" in out
+    assert "| bn (unfinished) | bn | keras | long_step | 0.6000 |" in out
+    assert not comparison.load_run(base)["torn"]

@@ -50,9 +50,12 @@ def test_metrics_append_whole_lines_and_a_torn_last_line_is_dropped(tmp_path):
         run.append_metrics({"iteration": i * 10, "test_top1": 0.1 * i})
     with open(run.metrics_jsonl, "a") as f:
         f.write('{"iteration": 30, "test_to')
-    assert [e["iteration"] for e in run.read_metrics()] == [0, 10, 20]
+    assert [e["iteration"] for e in run.read_metrics()] == [0, 10, 20] and run.metrics_torn()
     assert [e["iteration"] for e in run.keep_metrics_until(10)] == [0, 10]
-    assert open(run.metrics_jsonl).read().count("\n") == 2
+    assert open(run.metrics_jsonl).read().count("\n") == 2 and not run.metrics_torn()
+    with open(run.metrics_jsonl, "a") as f:
+        f.write("1")  # torn to something that parses, but no record
+    assert [e["iteration"] for e in run.read_metrics()] == [0, 10]
     with open(run.metrics_jsonl, "w") as f:
         f.write('{"iteration": 0}\nbroken\n{"iteration": 20}\n')
     with pytest.raises(RunDirError, match="metrics.jsonl:2"):

@@ -29,7 +29,8 @@ class ReportError(errors.UserError):
 
 
 def load_run(run_dir):
-    """{name, dir, flags, entries} of one run; ReportError when it has no test yet."""
+    """{name, dir, finished, torn, flags, targets, entries} of one run (`torn`: its
+    metrics.jsonl's torn last line was skipped); ReportError when it has no test yet."""
     try:
         entries = RunDir(run_dir).read_metrics()
         settings = run_settings(run_dir) if entries else {}
@@ -46,7 +47,7 @@ def load_run(run_dir):
                                   "figures are not finite cannot be averaged or compared, "
                                   "leave it out")
     return {"name": os.path.basename(os.path.normpath(run_dir)), "dir": run_dir,
-            "finished": RunDir(run_dir).finished(),
+            "finished": RunDir(run_dir).finished(), "torn": RunDir(run_dir).metrics_torn(),
             "flags": settings,
             "targets": [("test_top1", t) for t in settings.get("target_accuracy") or []]
             + [target_metrics.parse_target(t) for t in settings.get("target") or []],

@@ -158,13 +158,28 @@ class RunDir:
         entries = []
         for number, line in enumerate(lines, start=1):
             try:
-                entries.append(json.loads(line.decode("utf-8")))
-            except (UnicodeDecodeError, json.JSONDecodeError):
+                entry = json.loads(line.decode("utf-8"))
+                if not isinstance(entry, dict):
+                    raise ValueError("not a record")
+                entries.append(entry)
+            except ValueError:  # UnicodeDecodeError and JSONDecodeError among them
                 if number == len(lines):
                     break
                 raise RunDirError(f"{self.metrics_jsonl}:{number} is not a JSON line; "
                                   "delete that line to keep the rest") from None
         return entries
+
+    def metrics_torn(self):
+        """Whether metrics.jsonl ends in a torn line (its writer killed, or still writing,
+        mid-line), which `read_metrics` drops."""
+        if not os.path.exists(self.metrics_jsonl):
+            return False
+        with open(self.metrics_jsonl, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if not f.tell():
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
 
     def append_metrics(self, entry):
         """Appends one record as one whole line, flushed to disk."""
