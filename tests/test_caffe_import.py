@@ -3,6 +3,7 @@ implementation of Caffe's layers), both network formats, the command's export an
 one-line refusals."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -339,6 +340,197 @@ def test_an_embedding_ending_in_batchnorm_and_scale_is_that_bn_s_output(tmp_path
     assert_close(embedding, opencv(*files, x))
 
 
+NAMES = HEADER.format(name="names", c=3, h=9, w=8) + "".join([
+    # Names Caffe takes and Keras or TensorFlow's scopes do not, and names that differ only
+    # in those characters (once a Python traceback: "cannot contain character `/`").
+    layer("conv1/3x3", "Convolution", "data", params="convolution_param { num_output: 4 "
+          "kernel_size: 3 pad: 1 }"),
+    layer("conv1_3x3", "Convolution", "conv1/3x3", params="convolution_param { "
+          "num_output: 4 kernel_size: 1 }"),
+    layer("conv1 3x3", "Convolution", "conv1_3x3", params="convolution_param { "
+          "num_output: 4 kernel_size: 1 }"),
+    layer("conv1.3x3", "PReLU", "conv1 3x3"),
+    layer("_plus0", "Eltwise", ["conv1.3x3", "conv1/3x3"]),
+    layer("embedding", "Pooling", "_plus0", params="pooling_param { pool: MAX kernel_size: 2 "
+          "stride: 2 }"),
+    layer("fc/out", "InnerProduct", "embedding", params="inner_product_param { "
+          "num_output: 5 }"),
+])
+
+
+def _names_weights():
+    return {"conv1/3x3": [_normal(4, 3, 3, 3), _normal(4)],
+            "conv1_3x3": [_normal(4, 4, 1, 1), _normal(4)],
+            "conv1 3x3": [_normal(4, 4, 1, 1), _normal(4)],
+            "conv1.3x3": [RNG.uniform(0, 0.5, 4)], "fc/out": [_normal(5, 4 * 5 * 4), _normal(5)]}
+
+
+def test_any_layer_name_caffe_takes_imports_by_its_caffe_name_and_equals_opencv(tmp_path):
+    files = proto.write_net(tmp_path, "names", NAMES, _names_weights())
+    x = _normal(2, 3, 9, 8)
+    assert_close(ours(*files, x), opencv(*files, x))
+    planned = network.plan(proto.read_prototxt(files[0]))
+    keras_names = [step.keras for step, _ in planned.steps]
+    assert keras_names == ["conv1_3x3_2", "conv1_3x3", "conv1_3x3_3", "conv1.3x3",
+                           "layer_plus0", "embedding_2", "fc_out"]
+    # The embedding is chosen, and messages name layers, as the prototxt does.
+    model, _ = importer.build(*files, embedding_layer="fc/out")
+    assert model.get_layer("embedding").input.shape[1:] == (5,)
+    assert model.get_layer("fc_out").input.shape[1:] == (80,)
+    wrong = {**_names_weights(), "conv1 3x3": [_normal(4, 3, 1, 1), _normal(4)]}
+    with pytest.raises(network.CaffeError, match=r"layer conv1 3x3 \(Convolution\): blob 0 "):
+        ours(*proto.write_net(tmp_path, "wrong", NAMES, wrong), x)
+
+
+def test_keras_names_are_valid_distinct_and_the_same_every_time():
+    names = ["a/b", "a_b", "a b", "a.b", "-x", "_y", "image", "embedding", "é", "a>b"]
+    mapped = network.keras_names(names)
+    assert mapped == network.keras_names(names)
+    assert len(set(mapped.values())) == len(names)
+    assert not set(mapped.values()) & set(network.RESERVED)
+    assert all(network._KERAS_NAME.fullmatch(n) and ">" not in n for n in mapped.values())
+    assert mapped["a_b"] == "a_b" and mapped["a.b"] == "a.b"
+
+
+def caffe_pooling(x, method, kernel, stride, pad, round_mode="CEIL"):
+    """Caffe's Pooling forward in NumPy, transcribed from BVLC's pooling_layer.cpp
+    (Reshape, Forward_cpu) for N,C,H,W `x`. OpenCV is not the reference here: it applies the
+    last-window clip per axis, where Caffe clips both axes when either is padded, and it
+    reads no round_mode."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
+    height, width = x.shape[2:]
+    rounding = np.ceil if round_mode == "CEIL" else np.floor
+    pooled_h = int(rounding((height + 2 * ph - kh) / sh)) + 1
+    pooled_w = int(rounding((width + 2 * pw - kw) / sw)) + 1
+    if ph or pw:
+        if (pooled_h - 1) * sh >= height + ph:
+            pooled_h -= 1
+        if (pooled_w - 1) * sw >= width + pw:
+            pooled_w -= 1
+    out = np.zeros(x.shape[:2] + (pooled_h, pooled_w), np.float32)
+    for i in range(pooled_h):
+        for j in range(pooled_w):
+            hstart, wstart = i * sh - ph, j * sw - pw
+            if method == "MAX":
+                hend, wend = min(hstart + kh, height), min(wstart + kw, width)
+                hstart, wstart = max(hstart, 0), max(wstart, 0)
+                out[:, :, i, j] = x[:, :, hstart:hend, wstart:wend].max(axis=(2, 3))
+            else:
+                hend, wend = min(hstart + kh, height + ph), min(wstart + kw, width + pw)
+                size = (hend - hstart) * (wend - wstart)
+                hstart, wstart = max(hstart, 0), max(wstart, 0)
+                hend, wend = min(hend, height), min(wend, width)
+                out[:, :, i, j] = x[:, :, hstart:hend, wstart:wend].sum(axis=(2, 3)) / size
+    return out
+
+
+@pytest.mark.parametrize("method", ["MAX", "AVE"])
+@pytest.mark.parametrize("kernel, stride, pad, round_mode, size", [
+    ((3, 3), (2, 2), (0, 0), "FLOOR", (10, 11)),  # FLOOR: 4x5 where CEIL gives 5x5
+    ((3, 3), (2, 2), (1, 1), "CEIL", (10, 11)),
+    ((3, 3), (2, 2), (1, 1), "FLOOR", (10, 11)),
+    # One axis padded: Caffe clips the unpadded one too (2x3; a per-axis rule gives 3x3).
+    ((1, 3), (2, 2), (0, 1), "CEIL", (4, 5)),
+    ((2, 2), (3, 3), (1, 0), "CEIL", (7, 6)),
+])
+def test_pooling_follows_caffes_source(method, kernel, stride, pad, round_mode, size,
+                                       tmp_path):
+    text = HEADER.format(name="pool", c=3, h=size[0], w=size[1]) + layer(
+        "pool", "Pooling", "data", params=f"pooling_param {{ pool: {method} kernel_h: "
+        f"{kernel[0]} kernel_w: {kernel[1]} stride_h: {stride[0]} stride_w: {stride[1]} "
+        f"pad_h: {pad[0]} pad_w: {pad[1]} round_mode: {round_mode} }}")
+    x = _normal(2, 3, *size)
+    expected = caffe_pooling(x, method, kernel, stride, pad, round_mode)
+    built = network.build(network.plan(proto.read_prototxt(
+        proto.write_net(tmp_path, "pool", text, {})[0])), {})
+    mine = built.model(x.transpose(0, 2, 3, 1)).numpy().transpose(0, 3, 1, 2)
+    assert mine.shape == expected.shape
+    np.testing.assert_allclose(mine, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_settings_kerasbn_does_not_compute_are_refused_by_name(tmp_path):
+    """use_global_stats: false once imported as true, silently: Caffe normalises such a
+    deploy network's every batch by its own statistics."""
+    base = HEADER.format(name="refused", c=3, h=8, w=8)
+    conv = layer("conv", "Convolution", "data", params="convolution_param { num_output: 4 "
+                 "kernel_size: 3 }")
+    for extra, said in (
+            (layer("bn", "BatchNorm", "conv", params="batch_norm_param { use_global_stats: "
+                   "false }"), "layer bn (BatchNorm): batch_norm_param { use_global_stats: "
+             "false } normalises every batch by its own statistics"),
+            (layer("c3", "Convolution", "conv", params="convolution_param { num_output: 2 "
+                   "kernel_size: 1 kernel_size: 1 kernel_size: 1 }"), "layer c3 "
+             "(Convolution): a kernel, stride, pad or dilation of more than 2 axes"),
+            (layer("c4", "Convolution", "conv", params="convolution_param { num_output: 2 "
+                   "kernel_size: 1 axis: 2 }"), "convolution_param { axis: 2 }")):
+        with pytest.raises(network.CaffeError, match=re.escape(said)):
+            network.plan(proto.read_prototxt(proto.write_net(tmp_path, "r", base + conv + extra,
+                                                             {})[0]))
+    kept = base + conv + layer("bn", "BatchNorm", "conv", params="batch_norm_param { "
+                                "use_global_stats: true }")
+    assert network.plan(proto.read_prototxt(proto.write_net(tmp_path, "k", kept, {})[0]))
+
+
+MIRROR = HEADER.format(name="mirror", c=3, h=6, w=5) + "".join([
+    # happynear's mirror fusion: a face and its mirror embedded in one batch, then summed
+    # and L2-normalised (AM-Softmax's and NormFace's deploy files).
+    layer("flip", "Flip", "data"),
+    layer("both", "Concat", ["data", "flip"], params="concat_param { axis: 0 }"),
+    layer("conv", "Convolution", "both", params="convolution_param { num_output: 4 "
+          "kernel_size: 3 }"),
+    layer("fc", "InnerProduct", "conv", params="inner_product_param { num_output: 6 }"),
+    layer("halves", "Slice", "fc", ["orig", "mirror"], "slice_param { axis: 0 }"),
+    layer("sum", "Eltwise", ["orig", "mirror"]),
+    layer("norm", "Normalize", "sum", params='normalize_param { normalize_type: "L2" }'),
+])
+
+
+def test_ssd_heads_permute_flatten_reshape_and_softmax_on_axis_2_equal_opencv(tmp_path):
+    text = HEADER.format(name="head", c=3, h=5, w=4) + "".join([
+        layer("conf", "Convolution", "data", params="convolution_param { num_output: 6 "
+              "kernel_size: 3 pad: 1 }"),
+        layer("perm", "Permute", "conf", params="permute_param { order: 0 order: 2 order: 3 "
+              "order: 1 }"),
+        layer("flat", "Flatten", "perm"),
+        layer("pairs", "Reshape", "flat", params="reshape_param { shape { dim: 0 dim: -1 "
+              "dim: 2 } }"),
+        layer("prob", "Softmax", "pairs", params="softmax_param { axis: 2 }"),
+    ])
+    files = proto.write_net(tmp_path, "head", text, {"conf": [_normal(6, 3, 3, 3), _normal(6)]})
+    x = _normal(2, 3, 5, 4)
+    assert_close(ours(*files, x), opencv(*files, x))
+
+
+def test_mirror_fusion_and_axpy_equal_their_definitions(tmp_path):
+    conv, fc = _normal(4, 3, 3, 3), _normal(6, 4 * 4 * 3)
+    x = _normal(2, 3, 6, 5)
+    mine = ours(*proto.write_net(tmp_path, "mirror", MIRROR, {"conv": [conv, _normal(4) * 0],
+                                                               "fc": [fc, _normal(6) * 0]}), x)
+
+    def embed(images):  # the trunk, by hand: a valid 3x3 convolution, then fc
+        windows = np.lib.stride_tricks.sliding_window_view(images, (3, 3), axis=(2, 3))
+        maps = np.einsum("nchwij,ocij->nohw", windows, conv)
+        return maps.reshape(len(images), -1) @ fc.T
+
+    summed = embed(x) + embed(x[..., ::-1])
+    np.testing.assert_allclose(mine, summed / np.linalg.norm(summed, axis=1, keepdims=True),
+                               rtol=1e-4, atol=1e-5)
+    # Axpy: a * x + y, `a` per sample and channel.
+    text = HEADER.format(name="axpy", c=3, h=4, w=4) + "".join([
+        layer("gap", "Pooling", "data", params="pooling_param { pool: AVE global_pooling: "
+              "true }"),
+        layer("gate", "Sigmoid", "gap"),
+        layer("conv", "Convolution", "data", params="convolution_param { num_output: 3 "
+              "kernel_size: 1 bias_term: false }"),
+        layer("axpy", "Axpy", ["gate", "conv", "data"])])
+    w = _normal(3, 3, 1, 1)
+    x = _normal(2, 3, 4, 4)
+    gate = 1 / (1 + np.exp(-x.mean(axis=(2, 3), keepdims=True)))
+    expected = gate * np.einsum("nchw,oc->nohw", x, w[:, :, 0, 0]) + x
+    np.testing.assert_allclose(ours(*proto.write_net(tmp_path, "axpy", text, {"conv": [w]}), x),
+                               expected, rtol=1e-5, atol=1e-5)
+
+
 def _refusal(tmp_path, prototxt, caffemodel):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as info:
@@ -377,7 +569,8 @@ def test_broken_files_and_networks_are_one_line_and_write_nothing(tmp_path):
     assert "layer fc6 (InnerProduct) reads blob 'nothing', which no earlier layer " \
            "produces" in variant("bottom", CLASSIFIER.replace('bottom: "fc5" top: "fc6"',
                                                               'bottom: "nothing" top: "fc6"'))
-    assert "layer crop has type Crop, which kerasbn does not import; supported: BatchNorm" in \
+    assert "layer crop has type Crop, which kerasbn does not import; supported: Axpy, " \
+           "BatchNorm" in \
         variant("unknown", CLASSIFIER.replace('layer { name: "fc6"', layer(
             "crop", "Crop", "fc5", "fc5") + 'layer { name: "fc6"'))
 

@@ -34,6 +34,10 @@ CASES = {
     "ChannelsFirstFlatten": (lambda: caffe_layers.ChannelsFirstFlatten(), IMAGES),
     "CaffeInput": (lambda: caffe_layers.CaffeInput(True, (1.0, 2.0, 3.0), 0.5), (2, 6, 6, 3)),
     "Eltwise": (lambda: caffe_layers.Eltwise("SUM", [1.0, -2.0]), [IMAGES, IMAGES]),
+    "VectorNormalize": (lambda: caffe_layers.VectorNormalize("L2"), (2, 8)),
+    "Flip": (lambda: caffe_layers.Flip(width=True, height=True), IMAGES),
+    "Axpy": (lambda: caffe_layers.Axpy(), [(2, 1, 1, 4), IMAGES, IMAGES]),
+    "CaffePermute": (lambda: caffe_layers.CaffePermute([0, 2, 3, 1]), IMAGES),
 }
 
 

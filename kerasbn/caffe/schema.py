@@ -1,8 +1,11 @@
 """The part of Caffe's caffe.proto that a deploy network and its weights use, with Caffe's own
-field numbers and defaults (BVLC/caffe src/caffe/proto/caffe.proto; NormalizeParameter is
-SSD's, at its number there). Fields a deploy file may carry but the import does not read
-(fillers, learning-rate multipliers, loss weights) are declared too, so such files parse;
-layers of other Caffe forks parse with their unknown fields skipped."""
+field numbers and defaults (BVLC/caffe src/caffe/proto/caffe.proto; NormalizeParameter and
+PermuteParameter are SSD's, at their numbers there). Fields a deploy file may carry but the
+import does not read (fillers, learning-rate multipliers, loss weights) are declared too, so
+such files parse; layers of other Caffe forks parse with their unknown fields skipped. The
+parameters of the fork layers kerasbn imports (happynear's Flip and L2 Normalize) are read
+from prototxts by name; their field numbers here (20001 on) are kerasbn's, as only the
+caffemodel's blobs are read from it."""
 
 CAFFE_PROTO = """
 enum Phase { TRAIN = 0; TEST = 1; }
@@ -83,6 +86,7 @@ message LayerParameter {
   optional InputParameter input_param = 143;
   optional LRNParameter lrn_param = 118;
   optional NormalizeParameter norm_param = 206;
+  optional PermuteParameter permute_param = 202;
   optional PoolingParameter pooling_param = 121;
   optional PowerParameter power_param = 122;
   optional PReLUParameter prelu_param = 131;
@@ -91,6 +95,8 @@ message LayerParameter {
   optional ScaleParameter scale_param = 142;
   optional SoftmaxParameter softmax_param = 125;
   optional SliceParameter slice_param = 126;
+  optional FlipParameter flip_param = 20001;
+  optional VectorNormalizeParameter normalize_param = 20002;
 }
 message V1LayerParameter {
   enum LayerType {
@@ -205,7 +211,19 @@ message PoolingParameter {
   optional uint32 stride_w = 8;
   optional Engine engine = 11 [default = DEFAULT];
   optional bool global_pooling = 12 [default = false];
+  enum RoundMode { CEIL = 0; FLOOR = 1; }
+  optional RoundMode round_mode = 13 [default = CEIL];
 }
+message FlipParameter {
+  optional bool flip_width = 1 [default = true];
+  optional bool flip_height = 2 [default = false];
+}
+message VectorNormalizeParameter {
+  optional string normalize_type = 1 [default = "L2"];
+  optional bool fix_gradient = 2 [default = false];
+  optional bool bp_norm = 3 [default = false];
+}
+message PermuteParameter { repeated uint32 order = 1; }
 message PowerParameter {
   optional float power = 1 [default = 1];
   optional float scale = 2 [default = 1];

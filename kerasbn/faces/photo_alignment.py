@@ -1,7 +1,7 @@
 """One photo file made into aligned face crops, with what was found: what `python -m
 kerasbn.align`, `build_records --align` (and `--landmarks`) and `evaluate --align` do to each
-photo (`predict --align` runs an export's serve_photo). The crops are `aligner.align`'s, the faces the detector
-graph's, the same two an export's serve_photo runs."""
+photo (`predict --align` runs an export's serve_photo). The crops are `aligner.align`'s,
+the faces the detector graph's, the same two an export's serve_photo runs."""
 
 import dataclasses
 

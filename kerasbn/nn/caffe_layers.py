@@ -1,18 +1,22 @@
 """Keras layers for the Caffe operations Keras has no exact twin for, channels last: Caffe's
-pooling (output size rounded up, average over the window clipped to the padded input), LRN,
-SSD's Normalize, Scale, Power, Eltwise, Slice, Reshape in Caffe's C,H,W order, and Caffe's
-preprocessing of an image (channel order, mean, scale). Each serializes with get_config."""
+pooling (output size rounded up or down, average over the window clipped to the padded
+input), LRN, SSD's and happynear's Normalize, SSD's Permute, Flip, Axpy, Scale, Power,
+Eltwise, Slice, Reshape in Caffe's C,H,W order, and Caffe's preprocessing of an image
+(channel order, mean, scale). Each serializes with get_config."""
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 
-def pooled_size(size, kernel, stride, pad):
-    """Caffe's pooling output length: rounded up, less one where the last window would
-    start in the padding (pooling_layer.cpp)."""
-    out = int(np.ceil((size + 2 * pad - kernel) / stride)) + 1
-    if pad and (out - 1) * stride >= size + pad:
+def pooled_size(size, kernel, stride, pad, padded=None, round_mode="CEIL"):
+    """Caffe's pooling output length along one axis (pooling_layer.cpp): the windows'
+    count rounded up (or down, with `round_mode` FLOOR), less one where the last window
+    would start in the padding. Caffe makes that clip on both axes when either is padded
+    (`padded`, default this axis's `pad`), so an unpadded axis can lose a window too."""
+    windows = (size + 2 * pad - kernel) / stride
+    out = int(np.ceil(windows) if round_mode == "CEIL" else np.floor(windows)) + 1
+    if (pad if padded is None else padded) and (out - 1) * stride >= size + pad:
         out -= 1
     return out
 
@@ -26,18 +30,19 @@ def _average_divisors(size, kernel, stride, pad, out):
 @keras.saving.register_keras_serializable(package="kerasbn_caffe")
 class CaffePooling(keras.layers.Layer):
     """Caffe's MAX or AVE pooling of NHWC input: `kernel`, `stride`, `pad` as (h, w);
-    `global_pooling` over the whole map."""
+    `global_pooling` over the whole map; the output's size rounded as `round_mode` says
+    (CEIL, Caffe's default, or FLOOR)."""
 
     def __init__(self, method, kernel=(1, 1), stride=(1, 1), pad=(0, 0), global_pooling=False,
-                 **kwargs):
+                 round_mode="CEIL", **kwargs):
         super().__init__(**kwargs)
-        self.method, self.global_pooling = method, global_pooling
+        self.method, self.global_pooling, self.round_mode = method, global_pooling, round_mode
         self.kernel, self.stride, self.pad = tuple(kernel), tuple(stride), tuple(pad)
 
     def _geometry(self, height, width):
         if self.global_pooling:
             return (height, width), (1, 1), (0, 0), (1, 1)
-        out = tuple(pooled_size(s, k, st, p) for s, k, st, p in
+        out = tuple(pooled_size(s, k, st, p, any(self.pad), self.round_mode) for s, k, st, p in
                     zip((height, width), self.kernel, self.stride, self.pad))
         return self.kernel, self.stride, self.pad, out
 
@@ -62,7 +67,8 @@ class CaffePooling(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "method": self.method, "kernel": self.kernel,
-                "stride": self.stride, "pad": self.pad, "global_pooling": self.global_pooling}
+                "stride": self.stride, "pad": self.pad, "global_pooling": self.global_pooling,
+                "round_mode": self.round_mode}
 
 
 @keras.saving.register_keras_serializable(package="kerasbn_caffe")
@@ -115,6 +121,52 @@ class Normalize(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "across_spatial": self.across_spatial,
                 "channel_shared": self.channel_shared, "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package="kerasbn_caffe")
+class VectorNormalize(keras.layers.Layer):
+    """happynear's Normalize (the AM-Softmax and NormFace forks): each sample divided by
+    its L2 (or L1) norm over all its values, no learned scale."""
+
+    def __init__(self, norm="L2", **kwargs):
+        super().__init__(**kwargs)
+        self.norm = norm
+
+    def call(self, x):
+        axes = list(range(1, len(x.shape)))
+        if self.norm == "L1":
+            return x / tf.reduce_sum(tf.abs(x), axes, keepdims=True)
+        return x * tf.math.rsqrt(tf.reduce_sum(tf.square(x), axes, keepdims=True))
+
+    def get_config(self):
+        return {**super().get_config(), "norm": self.norm}
+
+
+@keras.saving.register_keras_serializable(package="kerasbn_caffe")
+class Flip(keras.layers.Layer):
+    """happynear's Flip: the image mirrored left to right (`width`) and/or upside down
+    (`height`), as mirror-fusion face networks embed a face and its mirror together."""
+
+    def __init__(self, width=True, height=False, **kwargs):
+        super().__init__(**kwargs)
+        self.width, self.height = bool(width), bool(height)
+
+    def call(self, x):
+        axes = [axis for axis, on in ((1, self.height), (2, self.width)) if on]
+        return tf.reverse(x, axes) if axes else x
+
+    def get_config(self):
+        return {**super().get_config(), "width": self.width, "height": self.height}
+
+
+@keras.saving.register_keras_serializable(package="kerasbn_caffe")
+class Axpy(keras.layers.Layer):
+    """The Axpy layer of SE networks converted to Caffe: a * x + y, `a` one value per
+    sample and channel (the squeeze-excitation weights), `x` the features, `y` the shortcut."""
+
+    def call(self, inputs):
+        a, x, y = inputs
+        return a * x + y
 
 
 @keras.saving.register_keras_serializable(package="kerasbn_caffe")
@@ -179,20 +231,26 @@ class Eltwise(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="kerasbn_caffe")
 class SliceAxis(keras.layers.Layer):
-    """One part, [start, stop), of its input along `axis` (Caffe's Slice gives several)."""
+    """One part, [start, stop), of its input along `axis` (Caffe's Slice gives several).
+    With `parts`, start and stop count equal parts of the axis's length when called: a
+    Slice of the batch (mirror fusion's) whose size is known only then."""
 
-    def __init__(self, axis, start, stop, **kwargs):
+    def __init__(self, axis, start, stop, parts=0, **kwargs):
         super().__init__(**kwargs)
-        self.axis, self.start, self.stop = int(axis), int(start), int(stop)
+        self.axis, self.start, self.stop, self.parts = int(axis), int(start), int(stop), parts
 
     def call(self, x):
+        start, stop = self.start, self.stop
+        if self.parts:
+            part = tf.shape(x)[self.axis] // self.parts
+            start, stop = start * part, stop * part
         index = [slice(None)] * len(x.shape)
-        index[self.axis] = slice(self.start, self.stop)
+        index[self.axis] = slice(start, stop)
         return x[tuple(index)]
 
     def get_config(self):
         return {**super().get_config(), "axis": self.axis, "start": self.start,
-                "stop": self.stop}
+                "stop": self.stop, "parts": self.parts}
 
 
 @keras.saving.register_keras_serializable(package="kerasbn_caffe")
@@ -212,6 +270,23 @@ class CaffeReshape(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "shape": self.shape}
+
+
+@keras.saving.register_keras_serializable(package="kerasbn_caffe")
+class CaffePermute(keras.layers.Layer):
+    """SSD's Permute of a 4-D blob: its N,C,H,W axes put in `order`, the result laid out
+    channels last again (its second axis is the new channels)."""
+
+    def __init__(self, order, **kwargs):
+        super().__init__(**kwargs)
+        self.order = [int(axis) for axis in order]
+
+    def call(self, x):
+        permuted = tf.transpose(tf.transpose(x, [0, 3, 1, 2]), self.order)
+        return tf.transpose(permuted, [0, 2, 3, 1])
+
+    def get_config(self):
+        return {**super().get_config(), "order": self.order}
 
 
 @keras.saving.register_keras_serializable(package="kerasbn_caffe")
