@@ -19,6 +19,7 @@ holdout pairs, or given with --threshold. --out follows export's rules: nothing,
 earlier export, is replaced; nothing is written when the import fails.
 """
 
+import math
 import sys
 import time
 
@@ -73,9 +74,16 @@ def _problem(values):
             v.isdigit() and int(v) > 0 for v in values.input_size)):
         return f"--input_size takes H,W in pixels, got {','.join(values.input_size)}"
     try:
-        [float(v) for v in values.mean]
+        mean = [float(v) for v in values.mean]
     except ValueError:
         return f"--mean takes numbers, got {','.join(values.mean)}"
+    if not all(math.isfinite(v) for v in mean):
+        return f"--mean={','.join(values.mean)} is not a number of pixels; give finite values"
+    if not math.isfinite(values.scale) or values.scale <= 0:
+        # A scale of 0 makes every photo the same input: an export of all-equal embeddings.
+        return f"--scale={values.scale} must be a positive number (e.g. 0.0078125)"
+    if values.threshold is not None and math.isnan(values.threshold):
+        return "--threshold=nan is not a cosine; give one in [-1, 1]"
     return None
 
 

@@ -531,11 +531,11 @@ def test_mirror_fusion_and_axpy_equal_their_definitions(tmp_path):
                                expected, rtol=1e-5, atol=1e-5)
 
 
-def _refusal(tmp_path, prototxt, caffemodel):
+def _refusal(tmp_path, prototxt, caffemodel, *flags):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as info:
         caffe_import.main(["caffe_import", f"--prototxt={prototxt}",
-                           f"--caffemodel={caffemodel}", f"--out={out}"])
+                           f"--caffemodel={caffemodel}", f"--out={out}", *flags])
     assert not out.exists()
     message = str(info.value.code)
     assert message.startswith("error: ") and "\n" not in message
@@ -573,6 +573,34 @@ def test_broken_files_and_networks_are_one_line_and_write_nothing(tmp_path):
            "BatchNorm" in \
         variant("unknown", CLASSIFIER.replace('layer { name: "fc6"', layer(
             "crop", "Crop", "fc5", "fc5") + 'layer { name: "fc6"'))
+
+
+def test_bad_values_are_refused_at_import_by_name_and_write_nothing(tmp_path):
+    """Each once gave a traceback or an export whose embeddings were all zeros, whose
+    threshold said a photo differs from itself, or whose predict blamed the photos."""
+    def refused(*flags, text=CLASSIFIER, weights=None):
+        return _refusal(tmp_path, *proto.write_net(tmp_path, "variant", text, weights or {
+            "conv": [_normal(6, 3, 3, 3), _normal(6)], "fc5": [_normal(16, 6 * 15 * 13),
+                                                                _normal(16)],
+            "fc6": [_normal(4, 16), _normal(4)]}), *flags)
+
+    broken = _normal(6, 3, 3, 3)
+    broken[0, 0, 0, :2] = [np.nan, np.inf]
+    assert "layer conv: a blob holds 2 values that are NaN or infinite" in refused(weights={
+        "conv": [broken, _normal(6)], "fc5": [_normal(16, 6 * 15 * 13), _normal(16)],
+        "fc6": [_normal(4, 16), _normal(4)]})
+    assert "--mean=nan,1,2 is not a number" in refused("--mean=nan,1,2")
+    assert "--mean takes one value or 3" in refused("--mean=1,2")
+    assert "--scale=0.0 must be a positive number" in refused("--scale=0")
+    assert "--scale=nan must be a positive number" in refused("--scale=nan")
+    assert "--threshold=nan is not a cosine" in refused("--threshold=nan")
+    assert "--threshold" in refused("--threshold=1.5")
+    assert "input 'data' has shape [2, 3, 0, 28]: each of C, H and W must be positive" in \
+        refused(text=CLASSIFIER.replace("input_dim: 32", "input_dim: 0"))
+    assert "input 'data' takes 4 channels; kerasbn feeds networks photos" in refused(
+        text=CLASSIFIER.replace("input_dim: 3 ", "input_dim: 4 "))
+    assert "layer conv (Convolution): its 3x3 window is larger than its padded 2x2 input" in \
+        refused("--input_size=2,2")
 
 
 @pytest.mark.slow

@@ -44,6 +44,10 @@ def build(prototxt, caffemodel, input_size=None, channel_order="bgr", mean=(0.0,
         raise network.CaffeError(f"the network has {len(planned.ends)} outputs "
                                  f"({', '.join(planned.ends)}); kerasbn imports networks of "
                                  "one output")
+    channels = planned.input[1][0]
+    if len(mean) not in (1, channels):
+        raise network.CaffeError(f"--mean takes one value or {channels} (one per channel), "
+                                 f"got {len(mean)}")
     source, logits = embedding_source(planned, embedding_layer, class_names is not None)
     preprocess = caffe_layers.CaffeInput(channel_order == "bgr", mean, scale,
                                          name="caffe_input")
@@ -59,10 +63,7 @@ def build(prototxt, caffemodel, input_size=None, channel_order="bgr", mean=(0.0,
     if class_names is not None and len(class_names) != classes:
         raise network.CaffeError(f"--class_names lists {len(class_names)} names; the "
                                  f"network's classifier has {classes} classes")
-    height, width, channels = model.input.shape[1:]
-    if len(mean) not in (1, channels):
-        raise network.CaffeError(f"--mean takes one value or {channels} (one per channel), "
-                                 f"got {len(mean)}")
+    height, width = model.input.shape[1:3]
     # The network preprocesses its pixels itself, so the export passes them unchanged.
     manifest = Manifest(
         image_size=(height, width), channels=channels, encoding="raw",

@@ -64,6 +64,11 @@ def blob_array(blob):
     data = np.asarray(blob.double_data if len(blob.double_data) else blob.data, np.float32)
     if data.size != int(np.prod(shape)):
         raise CaffeError(f"a blob holds {data.size} values but its shape is {shape}")
+    broken = int(np.count_nonzero(~np.isfinite(data)))
+    if broken:
+        raise CaffeError(f"a blob holds {broken} values that are NaN or infinite: the "
+                         "caffemodel is damaged (or was saved from a diverged training); "
+                         "take it again from where it came")
     return data.reshape(shape)
 
 
@@ -110,6 +115,12 @@ def input_shapes(deploy, layers, input_size=None):
     for name, shape in shapes.items():
         if shape is None or len(shape) != 4:
             raise CaffeError(f"input {name!r} needs a 4-D N,C,H,W shape, got {shape}")
+        if min(shape[1:]) <= 0:
+            raise CaffeError(f"input {name!r} has shape {list(shape)}: each of C, H and W "
+                             "must be positive")
+        if shape[1] not in (1, 3):
+            raise CaffeError(f"input {name!r} takes {shape[1]} channels; kerasbn feeds "
+                             "networks photos, which have 1 (gray) or 3 (color)")
         height, width = input_size or shape[2:]
         out[name] = (int(shape[1]), int(height), int(width))
     return out
@@ -174,6 +185,18 @@ def _axis(axis, rank):
     return {0: 0, 1: 3, 2: 1, 3: 2}[axis] if rank == 4 else axis
 
 
+def _check_window(layer, x, kernel, pad, dilation=(1, 1)):
+    """CaffeError when a window (dilated) is larger than its padded input, which Caffe
+    refuses too: a network given a smaller --input_size than it was made for, or a broken
+    prototxt."""
+    padded = [size + 2 * p for size, p in zip(x.shape[1:3], pad)]
+    span = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
+    if any(s > size for s, size in zip(span, padded)):
+        raise CaffeError(f"layer {layer.name} ({layer.type}): its {span[0]}x{span[1]} window "
+                         f"is larger than its padded {padded[0]}x{padded[1]} input; is "
+                         "--input_size smaller than the network was made for?")
+
+
 def _convolution(layer, x, blobs):
     p = layer.message.convolution_param
     channels = x.shape[-1]
@@ -185,6 +208,7 @@ def _convolution(layer, x, blobs):
     if channels % groups or outputs % groups:
         raise CaffeError(f"layer {layer.name}: group {groups} does not divide its "
                          f"{channels} input and {outputs} output channels")
+    _check_window(layer, x, kernel, pad, dilation)
     shapes = [(outputs, channels // groups, *kernel)] + ([(outputs,)] if p.bias_term else [])
     weights = _expect(layer, blobs, shapes)
     if pad != (0, 0):
@@ -293,9 +317,11 @@ def _pooling(layer, x):
         raise CaffeError(f"layer {layer.name} (Pooling): STOCHASTIC pooling is not supported")
     rounding = type(p).DESCRIPTOR.enum_types_by_name["RoundMode"].values_by_number[
         p.round_mode].name
-    return caffe_layers.CaffePooling(method, _pair(p, "kernel", 1), _pair(p, "stride", 1),
-                                     _pair(p, "pad", 0), p.global_pooling, rounding,
-                                     name=layer.keras)(x)
+    kernel, pad = _pair(p, "kernel", 1), _pair(p, "pad", 0)
+    if not p.global_pooling:
+        _check_window(layer, x, kernel, pad)
+    return caffe_layers.CaffePooling(method, kernel, _pair(p, "stride", 1), pad,
+                                     p.global_pooling, rounding, name=layer.keras)(x)
 
 
 def _one_input(layer, x, blobs):
