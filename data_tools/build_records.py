@@ -49,8 +49,7 @@ def define_flags(values):
     flags.DEFINE_string("out", None, "Directory to write the shards and manifest.json into.", **on)
     flags.DEFINE_string("root", None, "List files: the directory their paths are relative to "
                         "(default: the list file's directory).", **on)
-    flags.DEFINE_integer("image_size", None, "Output height and width (default 50; CIFAR-10 32).",
-                         lower_bound=1, **on)
+    cli.define_image_size(values, None, "Output height and width (default 50; CIFAR-10 32)")
     flags.DEFINE_enum("channels", None, ["1", "3"], "1 grayscale or 3 RGB (default 1; CIFAR-10 3).",
                       **on)
     flags.DEFINE_enum("resize_mode", "crop", images.RESIZE_MODES, "crop: keep the aspect, crop "

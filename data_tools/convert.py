@@ -187,8 +187,8 @@ def _check_landmarks(points, splits, path):
 def _aligned(path, name, points, args):
     """(the aligned crop of the photo at `path`, None) or (None, why not): its largest face
     found by the detector, or placed by the landmarks file's `points`."""
-    size = args["image_size"]
-    settings = photo_alignment.Settings(size, size, args["channels"])
+    height, width = args["image_size"]
+    settings = photo_alignment.Settings(height, width, args["channels"])
     try:
         entry, crops = photo_alignment.align_photo(path, settings, points)
     except ValueError as e:
@@ -270,13 +270,13 @@ def collect(source, root, image_size, channels, test_fraction, holdout_identitie
                      for label, name in enumerate(names)
                      for i, image in enumerate(per_class[name])]
             splits[split] = [items[i] for i in rng.permutation(len(items))]
-        return (splits, names, [], 0, channels or 3, image_size or 32,
+        return (splits, names, [], 0, channels or 3, image_size or [32, 32],
                 "CIFAR-10 python batches (official split)", [])
     if source.endswith(".rec") and os.path.isfile(source):
         listing, description = recordio.identities(source)
         splits, classes, holdout, dropped = split_identities(
             listing, test_fraction, holdout_identities, min_images, seed)
-        return (splits, classes, holdout, dropped, channels or 1, image_size or 50,
+        return (splits, classes, holdout, dropped, channels or 1, image_size or [50, 50],
                 description, [])
     left_out = []
     if os.path.isdir(source):
@@ -293,7 +293,7 @@ def collect(source, root, image_size, channels, test_fraction, holdout_identitie
                   for name, paths in listing.items()}
     splits, classes, holdout, dropped = split_identities(
         identities, test_fraction, holdout_identities, min_images, seed)
-    return (splits, classes, holdout, dropped, channels or 1, image_size or 50,
+    return (splits, classes, holdout, dropped, channels or 1, image_size or [50, 50],
             f"{kind} {os.path.abspath(source)}",
             [(os.path.relpath(path, base), reason) for path, reason in left_out])
 
@@ -334,8 +334,9 @@ def _prepare(out, args, overwrite, log):
 def _check_settings(image_size, test_fraction, pairs, holdout_identities, shard_size, workers,
                     encoding):
     """Raises DataError naming the first of `build`'s settings that cannot work."""
-    if image_size is not None and image_size < 1:
-        raise records.DataError(f"--image_size must be at least 1, got {image_size}")
+    if image_size is not None and min(image_size) < 1:
+        raise records.DataError(f"--image_size must be at least 1, got "
+                                f"{','.join(map(str, dict.fromkeys(image_size)))}")
     if not 0 <= test_fraction < 1:
         raise records.DataError(f"--test_fraction must lie in [0, 1), got {test_fraction}")
     if pairs and not holdout_identities:
@@ -351,7 +352,7 @@ def _manifest(args, classes, holdout, splits, train_stats, skipped, dropped, des
     """manifest.json's values (less the pairs) of a build with settings `args`."""
     mean, std = train_stats.mean_std()
     manifest = {
-        "image_size": [args["image_size"]] * 2, "channels": args["channels"],
+        "image_size": list(args["image_size"]), "channels": args["channels"],
         "encoding": args["encoding"], "compression": args["compression"],
         "class_names": classes, "holdout_class_names": holdout, "splits": splits,
         "mean": mean, "std": std, "skipped": skipped, "dropped_identities": dropped,
@@ -392,7 +393,10 @@ def build(source, out, root=None, image_size=None, channels=None, resize_mode="c
           landmarks=None):
     """Converts `source` to shards + manifest in `out`; returns the manifest. `align` finds
     each photo's largest face and aligns it (kerasbn.faces); `landmarks` (a file) aligns with
-    the five points it gives each photo instead."""
+    the five points it gives each photo instead. `image_size` is one side (square) or
+    [height, width]."""
+    if image_size is not None:
+        image_size = [image_size] * 2 if isinstance(image_size, int) else list(image_size)
     _check_settings(image_size, test_fraction, pairs, holdout_identities, shard_size, workers,
                     encoding)
     shards.check_out_dir(out)

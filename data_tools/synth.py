@@ -193,9 +193,13 @@ def write_split(out, split, params, first, count, size, seed, encoding, shard_si
 def _render_batch(job):
     """(images, serialized records) of one batch: its identities' labels and image indices,
     their parameters and tints, and the batch's own seed."""
-    labels, indices, params, tints, seed, size, encoding, prefix = job
+    labels, indices, params, tints, seed, (height, width), encoding, prefix = job
     rng = np.random.default_rng(seed)
-    gray = render(params, rng, size)
+    # A face drawn on the square of the longer side, its centre kept: a 112x96 crop is the
+    # middle of a 112x112 one, as the field's 112x96 template is.
+    side = max(height, width)
+    top, left = (side - height) // 2, (side - width) // 2
+    gray = render(params, rng, side)[:, top:top + height, left:left + width]
     images = gray[..., None] if tints is None else colorize(gray, tints, rng)
     serialized = [records.encode_example(image, label, encoding,
                                          f"{prefix}{label:05d}/{index:05d}.png")
@@ -211,14 +215,17 @@ def build(out, identities, images_per_identity, test_fraction, image_size, seed,
     `holdout_identities` more identities (drawn apart, so the train and test records of a
     seed stay the same) go to a `holdout` split, with `pairs` matched and `pairs` mismatched
     pairs of them in pairs.txt, for verification on people the network never saw. `workers`
-    processes render and encode; the bytes are the same for any number."""
+    processes render and encode; the bytes are the same for any number. `image_size` is
+    one side (square) or [height, width]."""
+    image_size = [image_size] * 2 if isinstance(image_size, int) else list(image_size)
     if identities < 2 or images_per_identity < 2:
         raise errors.UserError("--identities and --images_per_identity must both be at least 2")
     if not 0 < test_fraction < 1:
         raise errors.UserError(f"--test_fraction must lie in (0, 1), got {test_fraction}")
-    if image_size < 16 or shard_size < 1:
-        raise errors.UserError(f"--image_size must be at least 16 (faces are drawn at that scale) "
-                         f"and --shard_size at least 1, got {image_size} and {shard_size}")
+    if min(image_size) < 16 or shard_size < 1:
+        raise errors.UserError(f"--image_size must be at least 16 (faces are drawn at that "
+                               f"scale) and --shard_size at least 1, got "
+                               f"{','.join(map(str, image_size))} and {shard_size}")
     if workers < 1:
         raise errors.UserError(f"--workers must be at least 1, got {workers}")
     if channels not in (1, 3):
@@ -244,7 +251,7 @@ def build(out, identities, images_per_identity, test_fraction, image_size, seed,
             tints=identity_tints(seed, holdout_identities, 1) if channels == 3 else None,
         )[0] if holdout_identities else None
     manifest = {
-        "image_size": [image_size, image_size], "channels": channels, "encoding": encoding,
+        "image_size": image_size, "channels": channels, "encoding": encoding,
         "compression": "",
         "class_names": [f"id{i:05d}" for i in range(identities)],
         "splits": {"train": train, "test": test},
@@ -304,8 +311,7 @@ def define_flags(values):
     flags.DEFINE_integer("channels", 1, "1: gray faces; 3: RGB, each identity tinted (a "
                          "stand-in for CIFAR-10-shaped data: --channels 3 --image_size 32).",
                          lower_bound=1, upper_bound=3, **on)
-    flags.DEFINE_integer("image_size", 50, "Height and width of the square images, in pixels.",
-                         lower_bound=16, **on)
+    cli.define_image_size(values, "50", "Height and width of the images")
     flags.DEFINE_integer("seed", 0, "Seed: the same seed and flags give the same bytes.",
                          lower_bound=0, **on)
     flags.DEFINE_enum("encoding", "raw", records.ENCODINGS, "How images are stored in the records.",

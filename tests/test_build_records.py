@@ -4,7 +4,7 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from conftest import build_folder, read_records
 from data_tools import build_records, convert, inspect_records
@@ -371,3 +371,17 @@ def test_a_second_build_on_one_out_is_refused_while_the_first_runs(folder, tmp_p
     build_folder(folder, out)
     assert (out / "mine.txt").read_text() == "kept"
     assert records.read_manifest(str(out)).splits["train"].count > 0
+
+
+def test_an_image_size_of_height_and_width_makes_non_square_records(folder, tmp_path):
+    """112x96 (SphereFace's and CosFace's crop) once had no tool that made it: --image_size
+    took one side. Each photo is resized as Pillow's ImageOps.fit makes it that size."""
+    out = tmp_path / "data"
+    build_records.main(["build_records", str(folder), f"--out={out}", "--image_size=40,30",
+                        "--test_fraction=0"])
+    assert list(records.read_manifest(str(out)).image_size) == [40, 30]
+    images, _, names = read_records(out)
+    index = names.index("person1/2.png")
+    with Image.open(folder / "person1" / "2.png") as photo:
+        want = np.asarray(ImageOps.fit(photo.convert("L"), (30, 40), Image.BILINEAR))
+    np.testing.assert_array_equal(np.asarray(images[index]).reshape(40, 30), want)

@@ -2,6 +2,7 @@
 implementation of Caffe's layers), both network formats, the command's export and its
 one-line refusals."""
 
+import json
 import os
 import re
 
@@ -698,6 +699,44 @@ def test_an_import_trains_as_a_backbone_under_a_margin_head(tmp_path, capsys):
     served = tf.saved_model.load(RunDir(run_dir).export).signatures["serving_default"](
         images=tf.constant(pixels[:1].astype(np.uint8)))
     assert served["probabilities"].shape == (1, 5) and served["embedding"].shape == (1, 16)
+
+
+@pytest.mark.slow
+def test_a_112x96_import_fine_tunes_on_faces_aligned_at_112x96(tmp_path, att_faces, capsys):
+    """SphereFace's and CosFace's crop: build_records --align --image_size 112,96 makes the
+    dataset an imported 112x96 network trains on (once no tool could make one)."""
+    from PIL import Image
+    from conftest import run_train, train_args
+
+    from data_tools import build_records
+    from kerasbn.runs.run_dir import RunDir
+    text = BACKBONE.replace("input_dim: 32 input_dim: 32", "input_dim: 112 input_dim: 96")
+    files = proto.write_net(tmp_path, "sphere", text.replace("stride: 2", "stride: 4"), {
+        "conv": [_normal(6, 3, 3, 3) * 0.3], "bn": [_normal(6), RNG.uniform(1, 3, 6),
+                                                   np.array([1.0])],
+        "scale": [_normal(6), _normal(6)], "prelu": [RNG.uniform(0, 0.3, 6)],
+        "fc5": [_normal(16, 6 * 28 * 24) * 0.1, _normal(16)]})
+    export = tmp_path / "import"
+    caffe_import.main(["caffe_import", f"--prototxt={files[0]}", f"--caffemodel={files[1]}",
+                       f"--out={export}", "--mean=127.5", "--scale=0.0078125"])
+    photos = tmp_path / "photos"
+    for person in (1, 2, 3):
+        (photos / f"s{person}").mkdir(parents=True)
+        for image in range(1, 7):
+            canvas = Image.new("L", (200, 220), 128)
+            canvas.paste(Image.open(os.path.join(att_faces, f"s{person}", f"{image}.pgm")),
+                         (50 + 3 * image, 50))
+            canvas.save(photos / f"s{person}" / f"{image}.png")
+    data = tmp_path / "data"
+    build_records.main(["build_records", str(photos), f"--out={data}", "--align",
+                        "--image_size=112,96", "--channels=3", "--test_fraction=0.34"])
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert manifest["image_size"] == [112, 96] and manifest["aligned"]["faces_missing"] == 0
+    run_dir = str(tmp_path / "run")
+    run_train(train_args(str(data), run_dir, backbone=export, head="arcface", max_iter=4,
+                         test_interval=4, snapshot=4, batch_size=4))
+    assert RunDir(run_dir).finished()
+    assert f"{run_dir}: imported {export} + arcface" in capsys.readouterr().out
 
 
 @pytest.mark.slow

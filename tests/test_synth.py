@@ -153,3 +153,17 @@ def test_rgb_faces_carry_identity_in_colour_and_leave_gray_sets_as_they_were(tmp
     assert gray.channels == 1 and _digest(tmp_path / "gray") == _digest(tmp_path / "gray2")
     with pytest.raises(ValueError, match="--channels must be 1"):
         synth.build(str(tmp_path / "two"), 6, 20, 0.25, 32, 0, "raw", 64, False, channels=2)
+
+
+def test_a_non_square_size_is_the_middle_of_the_square_faces(tmp_path):
+    """--image_size 112,96: each face is the square one's centre, as the field's 112x96
+    template is the middle of the 112x112 one."""
+    from conftest import read_records
+    square, narrow = tmp_path / "square", tmp_path / "narrow"
+    synth.build(str(square), 3, 4, 0.25, 40, 0, "raw", 64, False)
+    synth.build(str(narrow), 3, 4, 0.25, [40, 30], 0, "raw", 64, False)
+    assert list(records.read_manifest(str(narrow)).image_size) == [40, 30]
+    wide, _, _ = read_records(square)
+    cut, _, _ = read_records(narrow)
+    np.testing.assert_array_equal(np.asarray(cut[0]).reshape(40, 30),
+                                  np.asarray(wide[0]).reshape(40, 40)[:, 5:35])

@@ -44,14 +44,16 @@ def files_under(root, extensions=IMAGE_EXTENSIONS, exclude=None):
 
 
 def resize(image, size, mode):
-    """Resizes a PIL image to size x size: `crop` keeps the aspect and crops the centre,
-    `pad` keeps the aspect and pads with black, `stretch` ignores the aspect."""
+    """Resizes a PIL image to `size` (one side, or [height, width]): `crop` keeps the
+    aspect and crops the centre, `pad` keeps the aspect and pads with black, `stretch`
+    ignores the aspect."""
+    height, width = (size, size) if isinstance(size, int) else size
     if mode == "stretch":
-        return image.resize((size, size), Image.BILINEAR)
+        return image.resize((width, height), Image.BILINEAR)
     if mode == "crop":
-        return ImageOps.fit(image, (size, size), Image.BILINEAR)
+        return ImageOps.fit(image, (width, height), Image.BILINEAR)
     if mode == "pad":
-        return ImageOps.pad(image, (size, size), Image.BILINEAR, color=0)
+        return ImageOps.pad(image, (width, height), Image.BILINEAR, color=0)
     raise errors.UserError(f"unknown --resize_mode {mode!r}; choose one of "
                            f"{', '.join(RESIZE_MODES)}")
 
@@ -85,7 +87,8 @@ def convert(image, target):
 
 
 def to_array(image, channels, size, mode, box=None):
-    """PIL image -> uint8 [size, size, channels]: EXIF orientation applied, then the face box
+    """PIL image -> uint8 [height, width, channels] (`size` one side or [height, width]):
+    EXIF orientation applied, then the face box
     (x, y, w, h) cropped when given, then converted and resized (kept at its own size when
     `size` is None)."""
     image = ImageOps.exif_transpose(image)

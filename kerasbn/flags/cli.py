@@ -61,6 +61,32 @@ def run(work, interrupted):
         sys.exit(130)
 
 
+class _ImageSize(flags.ArgumentParser):
+    """An image size given as N (square) or H,W, parsed to [height, width]."""
+
+    syntax = "N or H,W in pixels, e.g. 50 or 112,96"
+
+    def parse(self, argument):
+        parts = list(argument) if isinstance(argument, (list, tuple)) \
+            else str(argument).split(",")
+        try:
+            sizes = [int(str(part).strip()) for part in parts]
+        except ValueError:
+            sizes = []
+        if len(sizes) not in (1, 2) or min(sizes) < 1:
+            raise ValueError(f"takes {self.syntax}, got {argument!r}")
+        return sizes * 2 if len(sizes) == 1 else sizes
+
+    def flag_type(self):
+        return "image size"
+
+
+def define_image_size(values, default, help_text):
+    """Defines --image_size on `values`: N or H,W (a 112x96 face crop is 112,96)."""
+    flags.DEFINE(_ImageSize(), "image_size", default, f"{help_text} ({_ImageSize.syntax}).",
+                 flag_values=values, serializer=flags.ListSerializer(","))
+
+
 def check_writable(path, flag="out", by_tensorflow=False):
     """Ends the command in one line, before its work, when nothing can be written at `path`
     (`--flag`'s value); with `by_tensorflow` (TensorFlow writes there), also when the path
