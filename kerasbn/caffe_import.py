@@ -26,6 +26,8 @@ import time
 from absl import flags
 
 from kerasbn.caffe import importer
+from kerasbn.nn import caffe_layers
+from kerasbn.runs import export_layout
 from kerasbn.evaluation import evaluator, verification
 from kerasbn.flags import cli
 from kerasbn.serving import exporter, signatures
@@ -119,19 +121,30 @@ def convert(values):
     start = time.perf_counter()
     exporter.check_out(values.out)
     size = tuple(int(v) for v in values.input_size) if values.input_size else None
-    model, manifest = importer.build(
+    imported = importer.build(
         values.prototxt, values.caffemodel, size, values.channel_order,
         tuple(float(v) for v in values.mean), values.scale, values.embedding_layer,
         _class_names(values.class_names))
+    model, manifest = imported.model, imported.manifest
     embedding = model.get_layer("embedding").output.shape[-1]
     height, width = manifest.image_size
+    raw = {layer.name.rsplit(">", 1)[0]: layer.blob for layer in model.layers
+           if isinstance(layer, caffe_layers.CaffeOutput)}
     print(f"{values.prototxt}: {len(model.layers)} layers, {model.count_params():,} "
           f"parameters, {height}x{width}x{manifest.channels} "
           f"{values.channel_order.upper()} in, a {embedding}-d embedding, "
-          f"{manifest.num_classes or 'no'} classes", flush=True)
+          f"{manifest.num_classes or 'no'} classes"
+          + (f"; every output in serving_raw: {', '.join(raw.values())}" if raw else ""),
+          flush=True)
+    if imported.caffe_names:
+        shown = ", ".join(f"{caffe} as {name}" for name, caffe in
+                          list(imported.caffe_names.items())[:3])
+        print(f"{len(imported.caffe_names)} layer names are not Keras names ({shown}, ...); "
+              f"{export_layout.MARKER} lists each with its Caffe name", flush=True)
     given = _threshold(values, model, manifest)
-    kept = exporter.export_saved_model(model, manifest, values.out, given=given,
-                                       keras_file=True)
+    kept = exporter.export_saved_model(
+        model, manifest, values.out, given=given, keras_file=True,
+        notes={export_layout.CAFFE: {"layer_names": imported.caffe_names, "outputs": raw}})
     print(f"SavedModel and model.keras: {values.out} in {time.perf_counter() - start:.1f}s"
           + (f" (your files there stayed: {', '.join(kept)})" if kept else ""))
 

@@ -333,7 +333,8 @@ def test_an_embedding_ending_in_batchnorm_and_scale_is_that_bn_s_output(tmp_path
         "fc5": [_normal(16, 6 * 15 * 13), _normal(16)],
         "fc5_bn": [_normal(16), np.abs(_normal(16)) + 0.5, np.array([2.0], np.float32)],
         "fc5_scale": [_normal(16), _normal(16)]})
-    model, manifest = importer.build(*files, channel_order="rgb")
+    imported = importer.build(*files, channel_order="rgb")
+    model, manifest = imported.model, imported.manifest
     assert manifest.num_classes == 0
     x = RNG.uniform(0, 255, (2, 3, 32, 28)).astype(np.float32)
     embedding = model(x.transpose(0, 2, 3, 1)).numpy()
@@ -375,7 +376,7 @@ def test_any_layer_name_caffe_takes_imports_by_its_caffe_name_and_equals_opencv(
     assert keras_names == ["conv1_3x3_2", "conv1_3x3", "conv1_3x3_3", "conv1.3x3",
                            "layer_plus0", "embedding_2", "fc_out"]
     # The embedding is chosen, and messages name layers, as the prototxt does.
-    model, _ = importer.build(*files, embedding_layer="fc/out")
+    model = importer.build(*files, embedding_layer="fc/out").model
     assert model.get_layer("embedding").input.shape[1:] == (5,)
     assert model.get_layer("fc_out").input.shape[1:] == (80,)
     wrong = {**_names_weights(), "conv1 3x3": [_normal(4, 3, 1, 1), _normal(4)]}
@@ -699,6 +700,51 @@ def test_an_import_trains_as_a_backbone_under_a_margin_head(tmp_path, capsys):
     served = tf.saved_model.load(RunDir(run_dir).export).signatures["serving_default"](
         images=tf.constant(pixels[:1].astype(np.uint8)))
     assert served["probabilities"].shape == (1, 5) and served["embedding"].shape == (1, 16)
+
+
+TWO_HEADS = HEADER.format(name="two_heads", c=3, h=24, w=24) + "".join([
+    # MTCNN's RNet, in small: a trunk, then a face classifier and a box regressor.
+    layer("conv1/3x3", "Convolution", "data", params="convolution_param { num_output: 4 "
+          "kernel_size: 3 stride: 2 }"),
+    layer("prelu1", "PReLU", "conv1/3x3"),
+    layer("conv4", "InnerProduct", "prelu1", params="inner_product_param { num_output: 8 }"),
+    layer("conv5-1", "InnerProduct", "conv4", params="inner_product_param { num_output: 2 }"),
+    layer("conv5-2", "InnerProduct", "conv4", params="inner_product_param { num_output: 4 }"),
+    layer("prob1", "Softmax", "conv5-1"),
+])
+
+
+@pytest.mark.slow
+def test_an_import_of_several_outputs_keeps_each_by_name(tmp_path, capsys):
+    import keras
+    import tensorflow as tf
+
+    files = proto.write_net(tmp_path, "two_heads", TWO_HEADS, {
+        "conv1/3x3": [_normal(4, 3, 3, 3), _normal(4)], "prelu1": [RNG.uniform(0, 0.3, 4)],
+        "conv4": [_normal(8, 4 * 11 * 11) * 0.1, _normal(8)],
+        "conv5-1": [_normal(2, 8), _normal(2)], "conv5-2": [_normal(4, 8), _normal(4)]})
+    assert "the network has 2 outputs (conv5-2, prob1); name the layer" in _refusal(
+        tmp_path, *files)
+    out = tmp_path / "out"
+    caffe_import.main(["caffe_import", f"--prototxt={files[0]}", f"--caffemodel={files[1]}",
+                       f"--out={out}", "--embedding_layer=conv4"])
+    printed = capsys.readouterr().out
+    assert "every output in serving_raw: conv5-2, prob1" in printed
+    assert "1 layer names are not Keras names (conv1/3x3 as conv1_3x3, ...)" in printed
+    marker = json.loads((out / "kerasbn_export.json").read_text())
+    assert marker["caffe"] == {"layer_names": {"conv1_3x3": "conv1/3x3"},
+                               "outputs": {"conv5-2": "conv5-2", "prob1": "prob1"}}
+    pixels = RNG.integers(0, 256, (2, 24, 24, 3)).astype(np.uint8)
+    raw = tf.saved_model.load(str(out)).signatures["serving_raw"](images=tf.constant(pixels))
+    # The network as OpenCV runs it on the pixels Caffe's preprocessing (BGR) makes.
+    bgr = pixels[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32)
+    net = cv2.dnn.readNetFromCaffe(*files)
+    net.setInput(bgr)
+    for name, value in zip(("conv5-2", "prob1"), net.forward(["conv5-2", "prob1"])):
+        assert_close(raw[name].numpy(), value)
+    model = keras.saving.load_model(out / "model.keras")
+    assert [o.shape[-1] for o in model.outputs] == [8, 4, 2]
+    assert model.get_layer("prob1>output").blob == "prob1"
 
 
 @pytest.mark.slow

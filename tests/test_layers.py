@@ -38,6 +38,7 @@ CASES = {
     "Flip": (lambda: caffe_layers.Flip(width=True, height=True), IMAGES),
     "Axpy": (lambda: caffe_layers.Axpy(), [(2, 1, 1, 4), IMAGES, IMAGES]),
     "CaffePermute": (lambda: caffe_layers.CaffePermute([0, 2, 3, 1]), IMAGES),
+    "CaffeOutput": (lambda: caffe_layers.CaffeOutput("conv4-2"), IMAGES),
 }
 
 

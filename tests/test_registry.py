@@ -4,7 +4,6 @@ and listed like the built-in ones, and a name is never registered twice."""
 import os
 import re
 
-import keras
 import numpy as np
 import pytest
 

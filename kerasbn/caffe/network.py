@@ -118,9 +118,6 @@ def input_shapes(deploy, layers, input_size=None):
         if min(shape[1:]) <= 0:
             raise CaffeError(f"input {name!r} has shape {list(shape)}: each of C, H and W "
                              "must be positive")
-        if shape[1] not in (1, 3):
-            raise CaffeError(f"input {name!r} takes {shape[1]} channels; kerasbn feeds "
-                             "networks photos, which have 1 (gray) or 3 (color)")
         height, width = input_size or shape[2:]
         out[name] = (int(shape[1]), int(height), int(width))
     return out

@@ -170,6 +170,22 @@ class Axpy(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kerasbn_caffe")
+class CaffeOutput(keras.layers.Layer):
+    """An output of an imported network of several (its `blob`'s value, by the Caffe name),
+    kept beside the face output: the export's serving_raw returns each."""
+
+    def __init__(self, blob, **kwargs):
+        super().__init__(**kwargs)
+        self.blob = blob
+
+    def call(self, x):
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "blob": self.blob}
+
+
+@keras.saving.register_keras_serializable(package="kerasbn_caffe")
 class Scale(keras.layers.Layer):
     """Caffe's Scale along the channels: x * gamma (+ beta with `bias_term`)."""
 

@@ -11,6 +11,9 @@ MARKER = "kerasbn_export.json"
 DETECTOR_VARIABLES = "detector_variables"
 # The marker's note of where the verification threshold came from.
 THRESHOLD_SOURCE = "threshold_source"
+# The marker's record of an imported Caffe network: its layers' Caffe names where Keras took
+# others, and its outputs' (serving_raw's) Caffe blob names.
+CAFFE = "caffe"
 # The Keras model file an imported network's export also holds (caffe_import).
 KERAS_MODEL = imported.FILE
 # What a SavedModel export holds: TensorFlow's entries, the marker and, for an imported

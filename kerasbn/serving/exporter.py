@@ -52,14 +52,16 @@ def threshold(model, data_dir, manifest, batch_size=256):
     return holdout.verifier(model, data_dir, manifest, batch_size)()["verify_threshold"]
 
 
-def export_saved_model(model, manifest, path, data_dir=None, given=None, keras_file=False):
+def export_saved_model(model, manifest, path, data_dir=None, given=None, keras_file=False,
+                       notes=None):
     """Writes the SavedModel to `path` through a temporary directory of this process's own,
     so a crash never leaves a partial export where a complete one is expected. `path` must
     hold nothing or an export (the caller checks an --out with `check_out`; a run dir's
     export/ is the run's own); an earlier export there is replaced, and any other file in it
     stays. With the dataset's `data_dir`, the threshold is chosen on its holdout pairs;
     `given` is (threshold, where it came from) instead. `keras_file` also writes the Keras
-    model file. Returns the files of the user's that stayed beside the export."""
+    model file; `notes` ({key: value}) go into the marker too. Returns the files of the
+    user's that stayed beside the export."""
     if data_dir:
         cut = threshold(model, data_dir, manifest)
         source = f"chosen on the holdout pairs of {data_dir}" if cut is not None else None
@@ -83,7 +85,8 @@ def export_saved_model(model, manifest, path, data_dir=None, given=None, keras_f
             export_layout.THRESHOLD_SOURCE: source,
             # Not the network's own: --weights from this export leaves them out.
             export_layout.DETECTOR_VARIABLES: sorted(
-                v.path for network in detector.networks for v in network.variables)})
+                v.path for network in detector.networks for v in network.variables),
+            **(notes or {})})
         atomic.follow_umask(tmp)
         return _replace(tmp, path)
     finally:

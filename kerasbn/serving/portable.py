@@ -69,7 +69,8 @@ def core(model, classifier):
     outputs = {"embedding": keras.layers.UnitNormalization(name="embedding_l2")(
         model.get_layer("embedding").output)}
     if classifier:
-        outputs["probabilities"] = keras.layers.Softmax(name="probabilities")(model.output)
+        outputs["probabilities"] = keras.layers.Softmax(name="probabilities")(
+            model.outputs[0])
     return keras.Model(model.inputs, outputs, name="core")
 
 

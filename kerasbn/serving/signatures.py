@@ -7,7 +7,8 @@ any height and width with 1 or 3 channels and applies the dataset's preprocessin
 `logits`, `probabilities`, the top-k `labels` and `names` and the L2-normalised `embedding`;
 `embed` returns only the embedding; `serve_bytes` takes encoded JPEG/PNG/GIF/BMP strings;
 `metadata` returns the class names and the verification threshold chosen on the holdout
-pairs (NaN when the dataset had none).
+pairs (NaN when the dataset had none); an imported network of several outputs also has
+`serving_raw`, each of them by name (its Caffe blob's, made a Keras name).
 """
 
 import dataclasses
@@ -19,6 +20,7 @@ import tensorflow as tf
 
 from kerasbn.data import preprocess, records
 from kerasbn.faces import aligner, detector_defaults
+from kerasbn.nn import caffe_layers
 from kerasbn.runs import checkpoints, export_layout, network
 from kerasbn.runs.run_dir import RunDir, stored_config
 
@@ -57,7 +59,11 @@ def serving_functions(model, manifest, threshold=None, detector=None):
     names = tf.constant(manifest.class_names)
     k = min(TOP_K, manifest.num_classes)
     # Two outputs always: a network without a classifier gives its embedding twice.
-    features = keras.Model(model.inputs, [model.get_layer("embedding").output, model.output])
+    features = keras.Model(model.inputs, [model.get_layer("embedding").output,
+                                          model.outputs[0]])
+    # An import of several outputs keeps them after the first (CaffeOutput layers).
+    raw = [layer for layer in model.layers if isinstance(layer, caffe_layers.CaffeOutput)]
+    every = keras.Model(model.inputs, [layer.output for layer in raw]) if raw else None
 
     def prepare(images):
         # A batch of 2 or 4 channels would otherwise reach the kernels, which abort.
@@ -81,13 +87,18 @@ def serving_functions(model, manifest, threshold=None, detector=None):
         return {"logits": logits, "probabilities": probabilities, "labels": labels,
                 "names": tf.gather(names, labels), "embedding": unit}
 
-    def served(x):
-        """`outputs` of prepared images; for an empty batch, empty outputs of the right
+    def served(x, run=outputs):
+        """`run`'s outputs of prepared images; for an empty batch, empty outputs of the right
         shapes (the network cannot take no image, so it runs on one blank one, dropped)."""
         count = tf.shape(x)[0]
         x = tf.cond(count > 0, lambda: x,
                     lambda: tf.zeros([1, height, width, channels], tf.float32))
-        return {key: value[:count] for key, value in outputs(x).items()}
+        return {key: value[:count] for key, value in run(x).items()}
+
+    def raw_outputs(x):
+        values = every(x, training=False)
+        return {layer.name.rsplit(">", 1)[0]: tf.cast(value, tf.float32)
+                for layer, value in zip(raw, values)}
 
     def prepare_any(images):
         return tf.cond(tf.shape(images)[0] > 0, lambda: prepare(images),
@@ -95,6 +106,7 @@ def serving_functions(model, manifest, threshold=None, detector=None):
 
     images = [tf.TensorSpec([None, None, None, None], tf.uint8, name="images")]
     serve = tf.function(lambda images: served(prepare_any(images)))
+    serve_raw = tf.function(lambda images: served(prepare_any(images), raw_outputs))
     embed = tf.function(lambda images: {"embedding": served(prepare_any(images))["embedding"]})
 
     @tf.function
@@ -123,6 +135,7 @@ def serving_functions(model, manifest, threshold=None, detector=None):
     return {"serving_default": (serve, images), "embed": (embed, images),
             "serve_bytes": (serve_bytes, [tf.TensorSpec([None], tf.string, name="encoded")]),
             "metadata": (metadata, []),
+            **({"serving_raw": (serve_raw, images)} if raw else {}),
             **({"serve_photo": (serve_photo, [tf.TensorSpec([], tf.string, name="photo")])}
                if detector is not None else {})}
 
