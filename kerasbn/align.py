@@ -1,7 +1,7 @@
 """Finds the faces in photos and writes each one aligned: its five landmarks (MTCNN, the
 `mtcnn` package) carried onto insightface's ArcFace template by a similarity transform.
 
-    python -m kerasbn.align PHOTOS --out DIR [--size 112] [--width W] [--channels 3]
+    python -m kerasbn.align PHOTOS --out DIR [--image_size 112 | 112,96] [--channels 3]
         [--faces largest|all] [--min_confidence 0.9] [--min_face_size 20] [--workers N]
 
 PHOTOS is a folder tree or a list file of photo paths (any format Pillow reads, EXIF
@@ -49,7 +49,9 @@ MONTAGE_PHOTOS = 6
 # Where a list file's photos outside its folder go inside --out.
 ABSOLUTE, UP = "_abs", "_up"
 # The flag of each alignment setting, to name it in a refusal.
-FLAG_OF = {"height": "size", "width": "width", "keep": "faces"}
+FLAG_OF = {"height": "image_size", "width": "image_size", "keep": "faces"}
+# The crop sizes taken, in pixels, each side.
+SIDES = (16, 1024)
 
 
 def safe_name(name):
@@ -243,12 +245,8 @@ def define_flags(values):
     on = {"flag_values": values}
     flags.DEFINE_string("out", None, "The directory for the aligned crops and the report.",
                         **on)
-    flags.DEFINE_integer("size", 112, "The crop's height (and width unless --width): 112 "
-                         "for the field's networks, 50 for the study's.", lower_bound=16,
-                         upper_bound=1024, **on)
-    flags.DEFINE_integer("width", None, "The crop's width (default --size; 96 for the 112x96 "
-                         "crops of SphereFace and CosFace).", lower_bound=16,
-                         upper_bound=1024, **on)
+    cli.define_image_size(values, "112", "The crop's size: 112 for the field's networks, "
+                          "112,96 for SphereFace's and CosFace's, 50 for the study's")
     flags.DEFINE_enum("channels", "3", ["1", "3"], "1 gray (Pillow's luma) or 3 RGB.", **on)
     flags.DEFINE_enum("faces", "largest", list(photo_alignment.KEEP), "largest: one crop "
                       "per photo, its largest face; all: every face found.", **on)
@@ -269,8 +267,11 @@ def main(argv):
         sys.exit("error: --out is required")
     if os.path.exists(values.out) and not os.path.isdir(values.out):
         sys.exit(f"error: --out={values.out} is a file; give a directory")
-    settings = photo_alignment.Settings(values.size, values.width or values.size,
-                                        int(values.channels), values.faces,
+    height, width = values.image_size
+    if not SIDES[0] <= min(height, width) <= max(height, width) <= SIDES[1]:
+        sys.exit(f"error: --image_size={height},{width}: each side must be {SIDES[0]} to "
+                 f"{SIDES[1]} pixels")
+    settings = photo_alignment.Settings(height, width, int(values.channels), values.faces,
                                         values.min_confidence, values.min_face_size)
     cli.check_writable(values.out)
     console.import_tensorflow()

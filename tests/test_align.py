@@ -29,8 +29,8 @@ def photos(tmp_path, att_faces):
 @pytest.mark.slow
 def test_every_face_is_written_aligned_with_a_report_and_a_montage(photos, tmp_path, capsys):
     out = tmp_path / "aligned"
-    align.main(["align", str(photos), f"--out={out}", "--faces=all", "--size=112",
-                "--width=96", "--channels=1"])
+    align.main(["align", str(photos), f"--out={out}", "--faces=all",
+                "--image_size=112,96", "--channels=1"])
     printed = capsys.readouterr().out
     assert "aligned 4 faces from 2 of 4 photos" in printed
     assert "no crop for empty/broken.jpg: not an image Pillow can read" in printed
@@ -266,8 +266,7 @@ def test_the_five_paths_from_a_photo_make_the_same_crop(finished_run, tmp_path):
     photo = str(source / "a" / "astronaut.jpg")
     served = signatures.from_run(finished_run)
     (height, width), channels = served.image_size, served.channels
-    align.main(["align", str(source), f"--out={tmp_path / 'aligned'}", f"--size={height}",
-                f"--width={width}", f"--channels={channels}"])
+    align.main(["align", str(source), f"--out={tmp_path / 'aligned'}", f"--image_size={height},{width}", f"--channels={channels}"])
     by_align = np.asarray(Image.open(tmp_path / "aligned" / "a" / "astronaut.png"))
     build_folder(source, tmp_path / "data", align=True, image_size=height, channels=channels,
                  test_fraction=0)
@@ -300,7 +299,7 @@ def test_a_list_files_outside_photos_are_aligned_inside_out_and_left_untouched(t
     listing = tmp_path / "lists" / "sub" / "photos.txt"
     listing.write_text(f"{far}\n../up.png\n")
     out = tmp_path / "aligned"
-    align.main(["align", str(listing), f"--out={out}", "--size=50", "--channels=1"])
+    align.main(["align", str(listing), f"--out={out}", "--image_size=50", "--channels=1"])
     assert far.read_bytes() == before
     written = sorted(os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out)
                      for f in fs if f.endswith(".png") and f != align.MONTAGE)
@@ -318,7 +317,7 @@ def test_out_may_not_be_the_photo_folder_and_no_crop_lands_on_a_photo(tmp_path, 
     (photo.parent / "list.txt").write_text("a.png\n")
     with pytest.raises(SystemExit, match="would be written over the photo"):
         align.main(["align", str(photo.parent / "list.txt"), f"--out={photo.parent}",
-                    "--size=50"])
+                    "--image_size=50"])
     assert photo.read_bytes() == before
     assert sorted(os.listdir(photo.parent)) == ["a.png", "list.txt"]
 
@@ -329,7 +328,7 @@ def test_photos_that_would_share_a_crop_name_get_their_own(tmp_path):
     for name in ("anim.gif", "anim.webp", "align_montage.jpg", "solo.jpg"):
         _astronaut(root / name)
     out = tmp_path / "aligned"
-    align.main(["align", str(root), f"--out={out}", "--size=50", "--channels=1"])
+    align.main(["align", str(root), f"--out={out}", "--image_size=50", "--channels=1"])
     with open(out / align.SUMMARY) as f:
         crops = {row["photo"]: row["crops"] for row in csv.DictReader(f)}
     assert crops == {"align_montage.jpg": "align_montage.jpg.png", "anim.gif": "anim.gif.png",
@@ -345,14 +344,14 @@ def test_a_rerun_with_other_settings_is_refused_instead_of_keeping_old_crops(tmp
     root = tmp_path / "photos"
     _astronaut(root / "a.png")
     out = tmp_path / "aligned"
-    align.main(["align", str(root), f"--out={out}", "--size=50", "--channels=1"])
-    for flag in ("--size=64", "--channels=3", "--faces=all"):
-        args = {"--size": "--size=50", "--channels": "--channels=1"}
+    align.main(["align", str(root), f"--out={out}", "--image_size=50", "--channels=1"])
+    for flag in ("--image_size=64", "--channels=3", "--faces=all"):
+        args = {"--image_size": "--image_size=50", "--channels": "--channels=1"}
         args[flag.split("=")[0]] = flag
         with pytest.raises(SystemExit, match="aligned with other settings"):
             align.main(["align", str(root), f"--out={out}", *args.values(),
                         *([flag] if flag.startswith("--faces") else [])])
-    align.main(["align", str(root), f"--out={out}", "--size=50", "--channels=1"])
+    align.main(["align", str(root), f"--out={out}", "--image_size=50", "--channels=1"])
     assert np.asarray(Image.open(out / "a.png")).shape == (50, 50)
 
 
@@ -363,7 +362,7 @@ def test_a_photo_whose_name_is_not_utf8_is_aligned_summed_up_and_drawn(tmp_path,
     name = os.fsdecode(b"caf\xe9.png")
     Image.fromarray(data.astronaut()).save(os.path.join(root, name))
     out = tmp_path / "aligned"
-    align.main(["align", str(root), f"--out={out}", "--size=50", "--channels=1"])
+    align.main(["align", str(root), f"--out={out}", "--image_size=50", "--channels=1"])
     assert "aligned 1 faces from 1 of 1 photos" in capsys.readouterr().out
     assert os.path.isfile(os.path.join(out, name))
     with open(out / align.SUMMARY, "rb") as f:
@@ -380,7 +379,7 @@ def test_a_photo_too_large_to_detect_in_is_named_not_run_out_of_memory(tmp_path,
     monkeypatch.setattr(detector_defaults, "MAX_PIXELS", 200 * 200)
     root = tmp_path / "photos"
     _astronaut(root / "big.png")
-    align.main(["align", str(root), f"--out={tmp_path / 'out'}", "--size=50"])
+    align.main(["align", str(root), f"--out={tmp_path / 'out'}", "--image_size=50"])
     out = capsys.readouterr().out
     assert "no crop for big.png: larger than 0.04 megapixels (512x512)" in out
 
