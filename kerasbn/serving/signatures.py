@@ -53,28 +53,14 @@ def serving_functions(model, manifest, threshold=None, detector=None):
     encoded photo found, aligned by `aligner.align` (its `crops`) and served."""
     height, width = manifest.image_size
     channels = manifest.channels
-    mode = input_spec(manifest)["resize_mode"]
-    mean = tf.constant(manifest.mean, tf.float32)
-    std = tf.constant(manifest.std, tf.float32)
     names = tf.constant(manifest.class_names)
     k = min(TOP_K, manifest.num_classes)
     # Two outputs always: a network without a classifier gives its embedding twice.
     features = keras.Model(model.inputs, [model.get_layer("embedding").output,
                                           model.outputs[0]])
-    # An import of several outputs keeps them after the first (CaffeOutput layers).
-    raw = [layer for layer in model.layers if isinstance(layer, caffe_layers.CaffeOutput)]
-    every = keras.Model(model.inputs, [layer.output for layer in raw]) if raw else None
 
     def prepare(images):
-        # A batch of 2 or 4 channels would otherwise reach the kernels, which abort.
-        check = tf.debugging.Assert(
-            tf.reduce_any(tf.equal(tf.shape(images)[-1], [1, 3])),
-            ["images must be a uint8 batch [N, H, W, 1 or 3]; got shape", tf.shape(images)])
-        with tf.control_dependencies([check]):
-            gray = preprocess.to_channels(images, channels)
-        # A non-square network (112x96 Caffe nets) takes photos stretched to its shape.
-        sized = preprocess.resize(gray, height, mode if height == width else "stretch", width)
-        return (tf.ensure_shape(sized, [None, height, width, channels]) - mean) / std
+        return prepared(images, manifest)
 
     def outputs(x):
         embedding, logits = features(x, training=False)
@@ -95,18 +81,13 @@ def serving_functions(model, manifest, threshold=None, detector=None):
                     lambda: tf.zeros([1, height, width, channels], tf.float32))
         return {key: value[:count] for key, value in run(x).items()}
 
-    def raw_outputs(x):
-        values = every(x, training=False)
-        return {layer.name.rsplit(">", 1)[0]: tf.cast(value, tf.float32)
-                for layer, value in zip(raw, values)}
-
     def prepare_any(images):
         return tf.cond(tf.shape(images)[0] > 0, lambda: prepare(images),
                        lambda: tf.zeros([0, height, width, channels], tf.float32))
 
     images = [tf.TensorSpec([None, None, None, None], tf.uint8, name="images")]
     serve = tf.function(lambda images: served(prepare_any(images)))
-    serve_raw = tf.function(lambda images: served(prepare_any(images), raw_outputs))
+    raw = raw_outputs(model)
     embed = tf.function(lambda images: {"embedding": served(prepare_any(images))["embedding"]})
 
     @tf.function
@@ -135,9 +116,42 @@ def serving_functions(model, manifest, threshold=None, detector=None):
     return {"serving_default": (serve, images), "embed": (embed, images),
             "serve_bytes": (serve_bytes, [tf.TensorSpec([None], tf.string, name="encoded")]),
             "metadata": (metadata, []),
-            **({"serving_raw": (serve_raw, images)} if raw else {}),
+            **({"serving_raw": (tf.function(lambda images: served(prepare_any(images), raw)),
+                                images)} if raw else {}),
             **({"serve_photo": (serve_photo, [tf.TensorSpec([], tf.string, name="photo")])}
                if detector is not None else {})}
+
+
+def prepared(images, manifest):
+    """A uint8 batch [N, H, W, 1 or 3] made what the network of `manifest` takes: its
+    channels, its size (by the dataset's resize mode) and the training split's mean/std."""
+    height, width = manifest.image_size
+    # A batch of 2 or 4 channels would otherwise reach the kernels, which abort.
+    check = tf.debugging.Assert(
+        tf.reduce_any(tf.equal(tf.shape(images)[-1], [1, 3])),
+        ["images must be a uint8 batch [N, H, W, 1 or 3]; got shape", tf.shape(images)])
+    with tf.control_dependencies([check]):
+        gray = preprocess.to_channels(images, manifest.channels)
+    # A non-square network (112x96 Caffe nets) takes photos stretched to its shape.
+    mode = input_spec(manifest)["resize_mode"] if height == width else "stretch"
+    sized = preprocess.resize(gray, height, mode, width)
+    sized = tf.ensure_shape(sized, [None, height, width, manifest.channels])
+    return (sized - tf.constant(manifest.mean, tf.float32)) / tf.constant(manifest.std,
+                                                                         tf.float32)
+
+
+def raw_outputs(model):
+    """The function of prepared images giving every output of an import of several (its
+    CaffeOutput layers, after the face output) by name, or None for any other network."""
+    marked = [layer for layer in model.layers if isinstance(layer, caffe_layers.CaffeOutput)]
+    if not marked:
+        return None
+    every = keras.Model(model.inputs, [layer.output for layer in marked])
+
+    def run(x):
+        return {layer.name.rsplit(">", 1)[0]: tf.cast(value, tf.float32)
+                for layer, value in zip(marked, every(x, training=False))}
+    return run
 
 
 def input_spec(manifest):
