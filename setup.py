@@ -40,5 +40,9 @@ setup(
         # (and scikit-image's astronaut the public-domain photo it is tested on).
         "test": ["pytest>=8", "scikit-image>=0.26", "opencv-python-headless>=4.8,<5", *LITERT,
                  *ONNX],
+        # PyTorch's CPU build: the reference the field's semantics (arcface_torch's BN,
+        # margins, schedule and step) are tested against, and the peer bench. The tests
+        # that need it skip without it, so ./test.sh stays light; CI installs it.
+        "torch": ["torch==2.13.0"],
     },
 )

@@ -121,8 +121,27 @@ class NvidiaCaffe:
         return [float(self.it), self.mean, self.var]
 
 
+class Torch:
+    """torch.nn.BatchNorm2d's forward (F.batch_norm): PyTorch's momentum is 1 - b."""
+
+    def __init__(self, b, eps, c):
+        self.b, self.eps, self.mean, self.var = b, eps, np.zeros(c), np.ones(c)
+
+    def train(self, x, g, be):
+        mu, v, m = _moments(x)
+        self.mean = self.b * self.mean + (1 - self.b) * mu
+        self.var = self.b * self.var + (1 - self.b) * v * m / (m - 1)
+        return _y(x, g, be, mu, v, self.eps)
+
+    def infer(self, x, g, be):
+        return _y(x, g, be, self.mean, self.var, self.eps)
+
+    def stats(self):
+        return [self.mean, self.var]
+
+
 REFERENCES = {"keras": Keras, "bvlc": BVLC, "windows": Windows, "nvidia": Nvidia,
-              "nvidia_caffe": NvidiaCaffe}
+              "nvidia_caffe": NvidiaCaffe, "torch": Torch}
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCES))
@@ -145,6 +164,43 @@ def test_training_steps_statistics_and_inference_match_the_pseudo_code(name):
     x = _batches(1, seed=9)[0]
     np.testing.assert_allclose(layer(x, training=False), reference.infer(x, gamma, beta),
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("epsilon", [1e-5, 1e-7])
+@pytest.mark.parametrize("shape", [SHAPE, (36, 5)])
+def test_torch_norm_computes_what_pytorchs_batchnorm_does(shape, epsilon):
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference here: pip install "
+                                                "-e '.[torch]'")
+    layer = norms.make_norm("torch", epsilon=epsilon)
+    layer.build(shape)
+    theirs = (torch.nn.BatchNorm2d if len(shape) == 4 else torch.nn.BatchNorm1d)(
+        shape[-1], eps=epsilon)
+    rng = np.random.default_rng(3)
+    gamma, beta = rng.uniform(0.5, 2, 5).astype(np.float32), rng.normal(0, 1, 5).astype(
+        np.float32)
+    layer.gamma.assign(gamma)
+    layer.beta.assign(beta)
+    with torch.no_grad():
+        theirs.weight.copy_(torch.from_numpy(gamma))
+        theirs.bias.copy_(torch.from_numpy(beta))
+
+    def nchw(x):
+        return torch.from_numpy(np.moveaxis(x, -1, 1).copy() if x.ndim == 4 else x)
+
+    for x in _batches(4, seed=5):
+        x = x.reshape(shape)
+        theirs.train()
+        want = theirs(nchw(x)).detach().numpy()
+        got = layer(x, training=True).numpy()
+        np.testing.assert_allclose(np.moveaxis(got, -1, 1) if got.ndim == 4 else got, want,
+                                   rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(layer.moving_variance.numpy(),
+                                   theirs.running_var.numpy(), rtol=1e-5)
+    theirs.eval()
+    x = _batches(1, seed=8)[0].reshape(shape)
+    got = layer(x, training=False).numpy()
+    np.testing.assert_allclose(np.moveaxis(got, -1, 1) if got.ndim == 4 else got,
+                               theirs(nchw(x)).detach().numpy(), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("shape", [SHAPE, (36, 5)])

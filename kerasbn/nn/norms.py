@@ -1,8 +1,9 @@
 """Batch Normalization implementations behind one factory, `make_norm(name, ...)`.
 
 The three Caffe semantics the study compared (docs/reference.md section 3) are reproduced
-exactly, plus Keras's BatchNormalization (on TensorFlow's fused kernel), batch
-renormalisation and synchronised statistics (Keras's own layers), and none.
+exactly, plus Keras's BatchNormalization (on TensorFlow's fused kernel), PyTorch's
+BatchNorm2d/1d (arcface_torch's networks), batch renormalisation and synchronised
+statistics (Keras's own layers), and none.
 Statistics are computed and kept in float32 under mixed precision.
 
 Conventions of the options: `momentum` is the weight of the old running statistic (Keras's
@@ -15,11 +16,12 @@ import tensorflow as tf
 
 # The least epsilon cuDNN's batch norm takes (CUDNN_BN_MIN_EPSILON).
 _CUDNN_EPSILON = 1e-5
-NORMS = ("keras", "bvlc", "windows", "nvidia", "nvidia_caffe", "renorm", "sync", "none")
+NORMS = ("keras", "bvlc", "windows", "nvidia", "nvidia_caffe", "torch", "renorm", "sync",
+         "none")
 # Each implementation's own (momentum, epsilon), as its source sets them.
 DEFAULTS = {"keras": (0.99, 1e-3), "renorm": (0.99, 1e-3), "sync": (0.99, 1e-3),
             "bvlc": (0.999, 1e-5), "windows": (0.95, 1e-10), "nvidia": (0.999, 1e-5),
-            "nvidia_caffe": (0.999, 1e-5), "none": (None, None)}
+            "nvidia_caffe": (0.999, 1e-5), "torch": (0.9, 1e-5), "none": (None, None)}
 
 
 class CaffeNorm(keras.layers.Layer):
@@ -272,13 +274,56 @@ class NvidiaCaffeBatchNorm(CaffeNorm):
         return self.normalize(x, self.moving_mean, self.moving_variance, self.epsilon)
 
 
+@keras.saving.register_keras_serializable(package="kerasbn")
+class TorchBatchNorm(CaffeNorm):
+    """PyTorch's torch.nn.BatchNorm2d/1d (torch/nn/modules/batchnorm.py and F.batch_norm),
+    affine, tracking running statistics, as insightface's arcface_torch networks use it:
+    the running variance takes the unbiased batch variance, normalisation the biased one.
+
+    ```
+    torch     b=0.9 (momentum; PyTorch's momentum 0.1 is 1-b), eps=1e-5
+      train:  rmean = b*rmean + (1-b)*mu;  rvar = b*rvar + (1-b)*v*m/(m-1)   (start 0 and 1)
+              y = gamma*(x - mu)/sqrt(v + eps) + beta
+      infer:  y = gamma*(x - rmean)/sqrt(rvar + eps) + beta
+    ```
+    TensorFlow's fused kernel computes exactly this (its exponential_avg_factor is 1-b);
+    an epsilon under cuDNN's least, 1e-5, normalises unfused.
+    """
+
+    def build_statistics(self, channels):
+        self.moving_mean = self._weight("moving_mean", channels, 0.0)
+        self.moving_variance = self._weight("moving_variance", channels, 1.0)
+
+    def call(self, inputs, training=False):
+        training = training and self.trainable
+        if self.epsilon < _CUDNN_EPSILON:
+            return super().call(inputs, training)
+        y, mean, variance = fused(inputs, self, self.epsilon, training, 1.0 - self.momentum)
+        if training:
+            self.moving_mean.assign(mean)
+            self.moving_variance.assign(variance)
+        return y
+
+    def train_step(self, x):
+        mean, variance, count = self.moments(x)
+        b = self.momentum
+        unbiased = variance * count / tf.maximum(count - 1.0, 1.0)
+        self.moving_mean.assign(b * self.moving_mean + (1 - b) * tf.stop_gradient(mean))
+        self.moving_variance.assign(b * self.moving_variance
+                                    + (1 - b) * tf.stop_gradient(unbiased))
+        return self.normalize(x, mean, variance, self.epsilon)
+
+    def infer(self, x):
+        return self.normalize(x, self.moving_mean, self.moving_variance, self.epsilon)
+
+
 _OWN = {"keras": KerasBatchNorm, "bvlc": BVLCBatchNorm, "windows": WindowsBatchNorm,
-        "nvidia": NvidiaBatchNorm, "nvidia_caffe": NvidiaCaffeBatchNorm}
+        "nvidia": NvidiaBatchNorm, "nvidia_caffe": NvidiaCaffeBatchNorm, "torch": TorchBatchNorm}
 
 # Running statistics that start at zero and are read without correction, so a run shorter
 # than the averaging window tests with statistics still near their start. bvlc divides by
 # its own scale factor and nvidia_caffe copies the first batch: neither needs scaling.
-ZERO_START = ("keras", "renorm", "sync", "windows", "nvidia")
+ZERO_START = ("keras", "renorm", "sync", "windows", "nvidia", "torch")
 
 
 def scaled_momentum(name, max_iter, study_iters=420_000):
