@@ -69,6 +69,7 @@ def test_warmup_and_iter_size():
     schedules.CaffePolicy("inv", 0.1, 0.5, 0.75, iter_size=3),
     schedules.StepwiseThenJump(schedules.CaffePolicy("exp", 0.1, 0.99), 50, 0.2, [60, 70]),
     schedules.LinearWarmup(schedules.study_policy("short_step", 0.05, 1000), 20),
+    schedules.PolynomialWarmup(0.1, 5, 40, 2.0),
 ])
 def test_serialization_round_trip(schedule, tmp_path):
     again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
@@ -95,6 +96,7 @@ def test_serialization_round_trip(schedule, tmp_path):
     (dict(lr_policy="step", stepsize=0), "--stepsize"),
     (dict(lr_policy="poly", max_iter=0), "--max_iter"),
     (dict(lr_policy="cosine"), "--lr_policy=cosine"),
+    (dict(lr_policy="poly_warmup", warmup_iter=10, max_iter=10), "--warmup_iter=10 leaves"),
 ])
 def test_invalid_combinations_are_refused(kw, message):
     with pytest.raises(schedules.ScheduleError, match=message):
@@ -135,3 +137,62 @@ def test_schedule_iters_scales_a_written_schedule_to_max_iter():
                                     schedule_iters=800)
     assert schedules.scaled(jump) == dataclasses.replace(
         jump, stepsize=50, smooth_until=200, jump_at=[300], schedule_iters=0)
+
+
+def _polynomial_lr_warmup(torch):
+    """arcface_torch's PolynomialLRWarmup (recognition/arcface_torch/lr_scheduler.py at
+    insightface HEAD, July 2026), transcribed: get_lr's chained form, as it runs."""
+    class PolynomialLRWarmup(torch.optim.lr_scheduler._LRScheduler):
+        def __init__(self, optimizer, warmup_iters, total_iters=5, power=1.0):
+            super().__init__(optimizer, last_epoch=-1)
+            self.total_iters, self.power, self.warmup_iters = total_iters, power, warmup_iters
+
+        def get_lr(self):
+            if self.last_epoch == 0 or self.last_epoch > self.total_iters:
+                return [group["lr"] for group in self.optimizer.param_groups]
+            if self.last_epoch <= self.warmup_iters:
+                return [base * self.last_epoch / self.warmup_iters for base in self.base_lrs]
+            step, w, t = self.last_epoch, self.warmup_iters, self.total_iters
+            factor = ((1.0 - (step - w) / (t - w)) / (1.0 - (step - 1 - w) / (t - w))) \
+                ** self.power
+            return [group["lr"] * factor for group in self.optimizer.param_groups]
+    return PolynomialLRWarmup
+
+
+@pytest.mark.parametrize("warmup, total, power", [(4, 30, 1.0), (0, 25, 2.0), (7, 12, 0.5)])
+def test_poly_warmup_is_arcface_torchs_polynomial_lr_warmup_at_every_iteration(warmup, total,
+                                                                               power):
+    """The rate of each update as train_v2.py steps the scheduler (after each optimizer
+    step), against PyTorch running a transcription of it; iteration 0 at the full rate."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference here: pip install "
+                                                "-e '.[torch]'")
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    scheduler = _polynomial_lr_warmup(torch)(optimizer, warmup, total, power)
+    theirs = []
+    for _ in range(total + 3):
+        theirs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    config = schedules.ScheduleConfig(base_lr=0.1, lr_policy="poly_warmup", warmup_iter=warmup,
+                                      max_iter=total, power=power)
+    ours = schedules.rates(schedules.make_schedule(config), range(total + 3))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-9)
+    assert ours[0] == pytest.approx(0.1)
+
+
+@pytest.mark.slow
+def test_a_poly_warmup_run_logs_arcface_torchs_rate_at_every_iteration(small_data, tmp_path):
+    """The rate each test records (that of the update after it) is PolynomialLRWarmup's."""
+    import json
+
+    from conftest import run_train, train_args
+    run_dir = tmp_path / "run"
+    run_train(train_args(small_data, str(run_dir), lr_policy="poly_warmup", warmup_iter=3,
+                         max_iter=9, power=2.0, base_lr=0.05, test_interval=1, snapshot=9))
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    want = [0.05] + [0.05 * i / 3 for i in (1, 2, 3)] + [
+        0.05 * (1 - (i - 3) / 6) ** 2 for i in range(4, 10)]
+    np.testing.assert_allclose([e["lr"] for e in logged], want[:len(logged)], rtol=1e-6,
+                               atol=1e-12)
+    assert [e["iteration"] for e in logged] == list(range(10))

@@ -22,7 +22,9 @@ from kerasbn.utils.settings import setting
 CAFFE_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 SMOOTH_POLICIES = ("step", "exp", "inv")
 STUDY_POLICIES = ("long_step", "short_step", "multistep_no_dropout")
-POLICIES = CAFFE_POLICIES + ("stepwise_then_jump",) + STUDY_POLICIES
+# arcface_torch's PolynomialLRWarmup (recognition/arcface_torch/lr_scheduler.py).
+ARCFACE_POLICY = "poly_warmup"
+POLICIES = CAFFE_POLICIES + ("stepwise_then_jump", ARCFACE_POLICY) + STUDY_POLICIES
 STUDY_MAX_ITER = 420_000
 
 
@@ -39,13 +41,14 @@ class ScheduleConfig:
     lr_policy: str = setting(
         "multistep",
         "Caffe lr_policy (fixed, step, exp, inv, multistep, poly, sigmoid), stepwise_then_jump, "
+        "poly_warmup (arcface_torch's PolynomialLRWarmup: --warmup_iter, --power, --max_iter), "
         "or a study preset: long_step, short_step, multistep_no_dropout (iterations scaled to "
         "--max_iter).", choices=POLICIES)
     gamma: float = setting(
         0.1,
         "Caffe gamma of step, exp, inv, multistep and sigmoid (negative only for sigmoid, whose "
         "rate then decays).")
-    power: float = setting(1.0, "Caffe power of inv and poly.")
+    power: float = setting(1.0, "Caffe power of inv and poly; the power of poly_warmup.")
     stepsize: int = setting(10000, "Caffe stepsize of step and sigmoid.", lower=1)
     stepvalue: tuple = setting(
         (), "multistep: iterations at which lr *= gamma.", lower=1, kind="multi_integer")
@@ -61,7 +64,9 @@ class ScheduleConfig:
     schedule_iters: int = setting(
         0, "The run length that --stepsize, --stepvalue, --smooth_until and --jump_at are written "
         "for; they scale to --max_iter as the study's policies do (0: as written).", lower=0)
-    warmup_iter: int = setting(0, "Linear warm-up over the first N iterations.", lower=0)
+    warmup_iter: int = setting(
+        0, "Linear warm-up over the first N iterations (poly_warmup: arcface_torch's, its "
+        "iteration 0 at the full rate).", lower=0)
     iter_size: int = setting(
         1, "Batches accumulated per weight update (Caffe iter_size): the effective batch is "
         "batch_size * iter_size. BN statistics still come from each batch of --batch_size.",
@@ -81,6 +86,9 @@ class ScheduleConfig:
             raise ScheduleError(f"--gamma={self.gamma} is negative, which makes --lr_policy="
                                 f"{smooth} rates negative or undefined; give gamma >= 0 "
                                 "(sigmoid alone decays with a negative gamma)")
+        if policy == ARCFACE_POLICY and self.warmup_iter >= self.max_iter:
+            raise ScheduleError(f"--warmup_iter={self.warmup_iter} leaves no iteration of "
+                                f"--max_iter={self.max_iter} to decay over; give fewer")
         if self.schedule_iters and policy in STUDY_POLICIES:
             raise ScheduleError(f"--schedule_iters={self.schedule_iters}: give 0 or the run "
                                 "length the schedule's iterations were written for; the "
@@ -203,6 +211,36 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
                 "warmup_iter": self.warmup_iter, "iter_size": self.iter_size}
 
 
+@keras.saving.register_keras_serializable(package="kerasbn")
+class PolynomialWarmup(keras.optimizers.schedules.LearningRateSchedule):
+    """arcface_torch's PolynomialLRWarmup as its training loop steps it (the scheduler stepped
+    after each optimizer step, from its construction's step 0): the rate of update i is
+
+        base                                      i = 0 (its quirk: the full rate first)
+        base * i / w                              1 <= i <= w
+        base * (1 - (min(i, T) - w) / (T - w)) ** power          i > w
+
+    with w `warmup_iter` and T `max_iter`; its chained form multiplies to the same."""
+
+    def __init__(self, base_lr, warmup_iter, max_iter, power=1.0, iter_size=1):
+        self.base_lr, self.power = float(base_lr), float(power)
+        self.warmup_iter, self.max_iter = int(warmup_iter), int(max_iter)
+        self.iter_size = int(iter_size)
+
+    def __call__(self, step):
+        i = ops.cast(_iteration(step, self.iter_size), "float32")
+        w, total = float(self.warmup_iter), float(self.max_iter)
+        warm = self.base_lr * i / max(w, 1.0)
+        decay = self.base_lr * ops.power(
+            ops.maximum(1.0 - (ops.minimum(i, total) - w) / (total - w), 0.0), self.power)
+        rate = ops.where(i <= w, warm, decay)
+        return ops.where(i == 0, self.base_lr * ops.ones_like(i), rate)
+
+    def get_config(self):
+        return {"base_lr": self.base_lr, "warmup_iter": self.warmup_iter,
+                "max_iter": self.max_iter, "power": self.power, "iter_size": self.iter_size}
+
+
 def scale_to_run(value, max_iter, written_for=STUDY_MAX_ITER):
     """An iteration of a schedule written for `written_for` iterations (the study's 420,000)
     scaled to a run of `max_iter`: docs/reference.md section 1."""
@@ -243,6 +281,8 @@ def make_schedule(c):
     c = scaled(c)
     if c.lr_policy in STUDY_POLICIES:
         schedule = study_policy(c.lr_policy, c.base_lr, c.max_iter, c.iter_size)
+    elif c.lr_policy == ARCFACE_POLICY:
+        return PolynomialWarmup(c.base_lr, c.warmup_iter, c.max_iter, c.power, c.iter_size)
     elif c.lr_policy == "stepwise_then_jump":
         smooth = CaffePolicy(c.smooth_policy, c.base_lr, c.gamma, c.power, c.stepsize,
                              iter_size=c.iter_size)
