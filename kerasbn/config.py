@@ -51,7 +51,8 @@ class RunConfig:
         "keras",
         "BN implementation for networks with BN: keras, the study's Caffe semantics bvlc, "
         "windows, nvidia (cuDNN engine, what the study ran) and nvidia_caffe (CPU engine), "
-        "renorm, sync (statistics across replicas), none.", choices=norms.NORMS)
+        "torch (PyTorch's BatchNorm2d, as arcface_torch's networks use it), renorm, sync "
+        "(statistics across replicas), none.", choices=norms.NORMS)
     num_classes: int = setting(
         None, "Classes; default (and must equal): the manifest's.", lower=2, from_manifest=True)
     image_size: tuple = setting(
@@ -113,6 +114,13 @@ class RunConfig:
         "Caffe solver type. SGD, Nesterov and Adam use Caffe's coupled weight decay (an L2 term "
         "in the gradient); AdamW decouples it, as its paper defines: w -= lr * weight_decay * w, "
         "apart from the gradient step.", choices=SOLVER_TYPES)
+    sgd: str = setting(
+        "caffe", "Where SGD/Nesterov keep the rate: caffe (inside the momentum buffer, v = m v + "
+        "lr g; w -= v) or torch (outside it, buf = m buf + g; w -= lr buf, as torch.optim.SGD "
+        "and arcface_torch); equal while the rate is constant.", choices=("caffe", "torch"))
+    clip_grad_norm: float = setting(
+        0.0, "Clip the global L2 norm of the backbone's gradients (every one but the "
+        "classifier's) to this, as arcface_torch clips them to 5 (0: no clipping).", lower=0)
     momentum: float = setting(
         0.9, "SGD/Nesterov momentum; Adam's beta_1 (BN's is --bn_momentum).", lower=0, upper=1,
         upper_open=True)

@@ -20,6 +20,7 @@ CASES = {
     "WindowsBatchNorm": (lambda: norms.make_norm("windows", name_prefix="n"), IMAGES),
     "NvidiaBatchNorm": (lambda: norms.make_norm("nvidia", name_prefix="n"), IMAGES),
     "NvidiaCaffeBatchNorm": (lambda: norms.make_norm("nvidia_caffe", name_prefix="n"), IMAGES),
+    "TorchBatchNorm": (lambda: norms.make_norm("torch", name_prefix="n"), IMAGES),
     "PReLU": (lambda: prelu.PReLU(keras.initializers.Constant(0.25), shared_axes=[1, 2]),
               IMAGES),
     "GroupedConv2D": (lambda: grouped_conv.conv2d(8, 3, 1, 2, use_bias=False), IMAGES),

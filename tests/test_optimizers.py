@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import pytest
 
 from kerasbn.config import RunConfig
 from kerasbn.optim import optimizers, schedules
@@ -128,3 +129,63 @@ def test_bias_lr_mult_is_refused_where_it_is_no_caffe_lr_mult():
     from kerasbn.config import ConfigError
     with pytest.raises(ConfigError, match="--bias_lr_mult=2 needs --solver_type=SGD"):
         _config(bias_lr_mult=2.0, solver_type="Adam")
+
+
+def _two_layers():
+    """A backbone layer and a classifier named as kerasbn's heads name it ("logits")."""
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, name="body"),
+                              keras.layers.Dense(1, name="logits")])
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.normal(size=w.shape).astype(np.float32)
+                       for w in model.get_weights()])
+    return model
+
+
+@pytest.mark.parametrize("solver, nesterov", [("SGD", False), ("Nesterov", True)])
+def test_torch_sgd_and_backbone_clipping_update_as_pytorch_does(solver, nesterov):
+    """--sgd=torch with --clip_grad_norm: arcface_torch's step (torch.optim.SGD after
+    clip_grad_norm_ on the backbone alone), under a changing rate, where Caffe's buffer
+    would part from it. Weight decay is the L2 term of the loss in both."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference here: pip install "
+                                                "-e '.[torch]'")
+    config = _config(solver_type=solver, sgd="torch", clip_grad_norm=0.5, weight_decay=0.0,
+                     lr_policy="poly_warmup", warmup_iter=2, max_iter=6, power=1.0)
+    model = _two_layers()
+    theirs = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+    with torch.no_grad():
+        for layer, (kernel, bias) in zip(theirs, zip(*[iter(model.get_weights())] * 2)):
+            layer.weight.copy_(torch.from_numpy(kernel.T.copy()))
+            layer.bias.copy_(torch.from_numpy(bias))
+    model.compile(optimizers.make_optimizer(config), "mse")
+    optimizer = torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=0.9, nesterov=nesterov)
+    rates = schedules.rates(schedules.make_schedule(config.schedule), range(5))
+    for rate in rates:
+        model.train_on_batch(X, Y)
+        for group in optimizer.param_groups:
+            group["lr"] = float(rate)
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(theirs(torch.from_numpy(X)), torch.from_numpy(Y)).backward()
+        norm = torch.nn.utils.clip_grad_norm_(theirs[0].parameters(), 0.5)
+        assert float(norm) > 0.5  # the clip is at work
+        optimizer.step()
+    want = [p.detach().numpy() for p in theirs.parameters()]
+    got = model.get_weights()
+    for ours, them in zip(got, [want[0].T, want[1], want[2].T, want[3]]):
+        np.testing.assert_allclose(ours, them, rtol=1e-5, atol=1e-6)
+
+
+def test_backbone_clipping_leaves_the_classifier_and_spares_small_gradients():
+    optimizer = optimizers.CaffeSGD(0.1, backbone_clipnorm=1.0)
+    model = _two_layers()
+    variables = model.trainable_variables
+    optimizer.build(variables)
+    assert [optimizers.is_head(v) for v in variables] == [False, False, True, True]
+    optimizer._heads = [optimizers.is_head(v) for v in variables]
+    big = [np.full(v.shape, 3.0, np.float32) for v in variables]
+    clipped = [np.asarray(g) for g in optimizer._clip_gradients(big)]
+    norm = np.sqrt(sum((g ** 2).sum() for g in clipped[:2]))
+    assert norm == pytest.approx(1.0, rel=1e-5)
+    np.testing.assert_array_equal(clipped[2], big[2])
+    small = [g / 100 for g in big]
+    for a, b in zip(optimizer._clip_gradients(small), small):
+        np.testing.assert_allclose(np.asarray(a), b)
