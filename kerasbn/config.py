@@ -92,6 +92,13 @@ class RunConfig:
     easy_margin: bool = setting(
         False, "arcface: the margin only where cos > 0 (the original's easy_margin; default: its "
         "threshold fallback).")
+    margins: tuple = setting(
+        tuple(map(str, registry.DEFAULT_MARGINS)), "--head=combined: insightface's margin_list m1,m2,m3 (1,0.5,0 "
+        "ArcFace, 1,0,0.4 CosFace), as today's CombinedMarginLoss applies them.", kind="list")
+    interclass_filtering_threshold: float = setting(
+        0.0, "--head=combined: a class other than the true one whose cosine exceeds this "
+        "counts 0 in the softmax (insightface's *_filter04 configs; 0: none).", lower=0,
+        upper=1, upper_open=True)
     sample_classes: float = setting(
         1.0, "Margin heads: the fraction F of class centres each training step takes logits over "
         "(Partial FC): the batch's classes plus random others; what moves the centres not drawn "
@@ -262,6 +269,11 @@ class RunConfig:
                 fix("widths", tuple(int(w) for w in self.widths))
             except ValueError:
                 raise ConfigError(f"--widths must be integers, got {list(self.widths)}") from None
+        try:
+            fix("margins", tuple(float(m) for m in self.margins))
+        except ValueError:
+            raise ConfigError(f"--margins must be three numbers m1,m2,m3, got "
+                              f"{','.join(map(str, self.margins))}") from None
         self._check()
 
     def _check(self):

@@ -370,3 +370,94 @@ def test_sample_update_all_of_every_centre_is_the_full_head():
         _config(sample_classes=0.99, sample_update="all"), 3, init=start)
     np.testing.assert_allclose(sampled_kernel, kernel, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(sampled_momentum, momentum, rtol=1e-4, atol=1e-7)
+
+
+def _combined_margin_loss(torch, s, m1, m2, m3, threshold=0.0):
+    """insightface's CombinedMarginLoss (recognition/arcface_torch/losses.py at HEAD, July
+    2026, after commit 657ae30), transcribed: its forward on logits = cos, in place."""
+    def forward(logits, labels):
+        index_positive = torch.where(labels != -1)[0]
+        if threshold > 0:
+            with torch.no_grad():
+                dirty = (logits > threshold).float()
+                mask = torch.ones([index_positive.size(0), logits.size(1)])
+                mask.scatter_(1, labels[index_positive].view(-1, 1), 0)
+                dirty[index_positive] *= mask
+                tensor_mul = 1 - dirty
+            logits = tensor_mul * logits
+        target_logit = logits[index_positive, labels[index_positive].view(-1)]
+        if m1 == 1.0 and m3 == 0.0:
+            with torch.no_grad():
+                target_logit.arccos_()
+                logits.arccos_()
+                final_target_logit = target_logit + m2
+                logits[index_positive, labels[index_positive].view(-1)] = final_target_logit
+                logits.cos_()
+            logits = logits * s
+        else:
+            final_target_logit = target_logit - m3
+            logits[index_positive, labels[index_positive].view(-1)] = final_target_logit
+            logits = logits * s
+        return logits
+    return forward
+
+
+@pytest.mark.parametrize("margin_list, threshold", [
+    ((1.0, 0.5, 0.0), 0.0), ((1.0, 0.0, 0.4), 0.0), ((1.0, 0.5, 0.0), 0.2)])
+def test_the_combined_head_is_insightfaces_combined_margin_loss_value_and_gradient(
+        margin_list, threshold):
+    """Today's loss: no fallback past pi - m2 and the gradient straight through the margin
+    (its angles reach past 2.8, where the 2018 ArcFace's logits were 12.4 lower at s = 64),
+    against PyTorch running insightface's code as transcribed."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the reference here: pip install "
+                                                "-e '.[torch]'")
+    rng = np.random.default_rng(4)
+    cos = rng.uniform(-1, 1, (6, 9)).astype(np.float32)
+    cos[0, 2] = math.cos(3.1)  # a true class past pi - m
+    labels = np.array([2, 0, 5, 8, 1, 3])
+    scale = 64.0
+    theirs_cos = torch.tensor(cos.copy(), requires_grad=True)
+    theirs = _combined_margin_loss(torch, scale, *margin_list, threshold)(
+        theirs_cos.clone(), torch.from_numpy(labels))
+    theirs_loss = torch.nn.functional.cross_entropy(theirs, torch.from_numpy(labels),
+                                                    reduction="sum")
+    theirs_loss.backward()
+    ours_cos = tf.constant(cos)
+    with tf.GradientTape() as tape:
+        tape.watch(ours_cos)
+        ours = margins.combined_logits(labels, scale * ours_cos, scale, margin_list, threshold)
+        ours_loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, ours))
+    np.testing.assert_allclose(ours.numpy(), theirs.detach().numpy(), rtol=1e-4, atol=2e-3)
+    np.testing.assert_allclose(float(ours_loss), theirs_loss.item(), rtol=1e-4)
+    np.testing.assert_allclose(tape.gradient(ours_loss, ours_cos).numpy(),
+                               theirs_cos.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_the_combined_arcface_has_no_fallback_and_a_straight_through_gradient():
+    """By hand: cos(theta + m) on the true class whatever theta, dL/dcos = s (p - y)."""
+    theta = np.array([0.3, 2.8, 3.1], np.float32)
+    cos = np.stack([np.cos(theta), np.full(3, 0.1, np.float32)], axis=1)
+    labels = np.zeros(3, np.int64)
+    x = tf.constant(cos)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        logits = margins.combined_logits(labels, 64.0 * x, 64.0, (1.0, 0.5, 0.0))
+        loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+    np.testing.assert_allclose(logits.numpy()[:, 0], 64 * np.cos(theta + 0.5), rtol=1e-4,
+                               atol=1e-3)
+    p = tf.nn.softmax(logits).numpy()
+    np.testing.assert_allclose(tape.gradient(loss, x).numpy(),
+                               64.0 * (p - np.eye(2)[labels]), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_combined_head_run_trains_with_partial_fc_and_says_its_margins(small_data, tmp_path,
+                                                                        capsys):
+    run_dir = str(tmp_path / "run")
+    run_train(train_args(small_data, run_dir, head="combined", margins="1,0,0.35",
+                         interclass_filtering_threshold=0.5, sample_classes=0.9, max_iter=6,
+                         test_interval=3, snapshot=6, batch_size=4))
+    assert "bn + combined (margins 1,0,0.35), norm keras" in capsys.readouterr().out
+    stored = stored_config(run_dir)
+    assert stored.margins == (1.0, 0.0, 0.35) and stored.interclass_filtering_threshold == 0.5
+    assert RunDir(run_dir).finished()

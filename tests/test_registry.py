@@ -58,18 +58,25 @@ def test_names_are_unique_and_every_builtin_is_listed():
     assert models.MODELS[:3] == ("baseline", "bn", "bn_all")
     assert set(models.FIELD_MODELS) == {"iresnet18", "iresnet34", "iresnet50", "iresnet100",
                                         "mobilefacenet"}
-    assert models.HEADS == ("softmax", "cosface", "arcface")
-    assert registry.margin_heads() == ["cosface", "arcface"]
+    assert models.HEADS == ("softmax", "cosface", "arcface", "combined")
+    assert registry.margin_heads() == ["cosface", "arcface", "combined"]
 
 
 @pytest.mark.parametrize("values,message", [
     ({"head": "softmax", "scale": 30.0}, "--head=softmax; add --head=cosface or --head=arcface"),
     ({"head": "cosface", "easy_margin": True}, "ArcFace's; add --head=arcface"),
     ({"head": "arcface", "margin": 1.6}, r"\[0, 1.571\)"),
+    ({"head": "combined", "margin": 0.5}, "takes its margins from --margins=m1,m2,m3"),
+    ({"head": "arcface", "margins": (1.0, 0.0, 0.4)}, "set --head=combined's loss"),
+    ({"head": "softmax", "interclass_filtering_threshold": 0.4}, "set --head=combined's loss"),
+    ({"head": "combined", "margins": (0.9, 0.4, 0.0)}, "m1 .*must be 1"),
+    ({"head": "combined", "margins": (1.0, 0.3, 0.2)}, "would drop m2 silently"),
+    ({"head": "combined", "margins": (1.0, 0.5)}, "takes three values"),
 ])
 def test_head_rules_come_from_the_heads_registration(values, message):
     settings = type("Settings", (), {"scale": None, "margin": None, "easy_margin": False,
-                                     **values})
+                                     "margins": registry.DEFAULT_MARGINS,
+                                     "interclass_filtering_threshold": 0.0, **values})
     assert re.search(message, registry.head_problem(settings))
 
 

@@ -46,21 +46,25 @@ class Head:
     `bias_regularizer`: for a bias, if it has one); `loss(settings)` the training
     loss (a margin lives in the loss, so inference sees plain logits). `defaults`: the
     (scale, margin) a margin head takes when none are given (None: it takes neither);
-    `margin_limit`: the margin's open upper bound; `easy_margin`: whether it takes
-    --easy_margin; `samples`: whether Partial FC can sample its centres; `title`: its name
-    as the field writes it."""
+    `margin_limit`: the margin's open upper bound (None: it takes no --margin);
+    `easy_margin`: whether it takes --easy_margin; `margins`: whether it takes --margins and
+    --interclass_filtering_threshold; `samples`: whether Partial FC can sample its centres;
+    `title`: its name as the field writes it."""
     name: str
     classifier: object
     loss: object
     defaults: tuple | None = None
     margin_limit: float | None = None
     easy_margin: bool = False
+    margins: bool = False
     samples: bool = False
     title: str = ""
 
 
 NETWORKS = {}
 HEADS = {}
+# insightface's margin_list of ArcFace, --margins's default.
+DEFAULT_MARGINS = (1.0, 0.5, 0.0)
 
 
 def register_network(name, **spec):
@@ -105,9 +109,34 @@ def head_problem(settings):
         takers = [h for h in HEADS.values() if h.easy_margin]
         return (f"--easy_margin is {' and '.join(h.title for h in takers)}'s; add "
                 f"--head={takers[0].name} or drop it")
+    if settings.margin is not None and head.margin_limit is None:
+        return (f"--head={head.name} takes its margins from --margins=m1,m2,m3, not --margin")
     if settings.margin is not None and not 0 <= settings.margin < head.margin_limit:
         return (f"--margin of --head={head.name} must lie in [0, {head.margin_limit:.4g}), "
                 f"got {settings.margin:g}")
+    return margins_problem(settings, head)
+
+
+def margins_problem(settings, head):
+    """Why `--margins` and `--interclass_filtering_threshold` cannot be used with `head`, or
+    None: insightface's CombinedMarginLoss takes m1 = 1 only, and with m3 > 0 it applies m3
+    alone, silently dropping m2, which is refused here instead."""
+    margins, threshold = tuple(settings.margins), settings.interclass_filtering_threshold
+    if not head.margins:
+        if margins != DEFAULT_MARGINS or threshold:
+            takers = [h.name for h in HEADS.values() if h.margins]
+            return (f"--margins and --interclass_filtering_threshold set --head="
+                    f"{' or --head='.join(takers)}'s loss, but --head={head.name}")
+        return None
+    if len(margins) != 3:
+        return f"--margins takes three values m1,m2,m3 (insightface's margin_list), got {margins}"
+    m1, m2, m3 = margins
+    if m1 != 1:
+        return (f"--margins={m1:g},{m2:g},{m3:g}: m1 (SphereFace's multiplicative margin) "
+                "must be 1, as insightface's CombinedMarginLoss takes no other")
+    if not (0 <= m2 < 1.5708 and 0 <= m3 < 1) or (m2 > 0 and m3 > 0):
+        return (f"--margins=1,{m2:g},{m3:g}: give ArcFace's m2 in [0, pi/2) with m3 = 0, or "
+                "CosFace's m3 in [0, 1) with m2 = 0 (insightface would drop m2 silently)")
     return None
 
 

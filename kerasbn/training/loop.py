@@ -20,7 +20,7 @@ from tensorflow.python.framework import config as tf_config
 from kerasbn import config as config_lib
 from kerasbn.data import checks, pipeline, records
 from kerasbn.evaluation import accuracy, bin_sets, holdout
-from kerasbn.nn import keras_compat, precise_bn
+from kerasbn.nn import keras_compat, precise_bn, registry
 from kerasbn.runs import checkpoints, network, test_records
 from kerasbn.runs.run_dir import RunDir, RunDirError
 from kerasbn.serving import exporter
@@ -109,6 +109,8 @@ def start_runtime(config, run, strategy):
     norm = ("" if config.model == "baseline" and not config.backbone else
             ", its own BN" if config.backbone else f", norm {config.norm}")
     head = "" if config.head == "softmax" else f" + {config.head}"
+    if registry.HEADS[config.head].margins:
+        head += f" (margins {','.join(f'{m:g}' for m in config.margins)})"
     print(f"{run.path}: {config_lib.network_name(config.model, config.backbone)}{head}{norm}, "
           f"{config.precision}, seed {config.seed}, "
           f"{config.max_iter} iterations of {config.batch_size} at base_lr "
