@@ -97,7 +97,7 @@ def test_the_pytorch_peer_of_a_field_network_has_its_parameters_and_convolutions
     from kerasbn.nn import flops, models
     ours = models.build(name, 100, **models.made_for(name))
     peer = pytorch_peer.network(name, 100)
-    assert sum(p.numel() for p in peer.parameters()) == sum(
+    assert sum(p.numel() for p in peer.parameters() if p.requires_grad) == sum(
         int(v.shape.num_elements()) for v in ours.trainable_variables)
     # The same multiply-adds, convolution for convolution, counted on PyTorch's side by hooks.
     macs = []

@@ -20,8 +20,9 @@ def _trainable(model):
 
 
 def by_hand(name, size, channels, embedding, widths=iresnet.WIDTHS):
-    """The backbone's parameters from insightface's definition: convolutions without bias,
-    BN's scale and shift, PReLU's one slope per channel, the neck's fully connected layer."""
+    """The backbone's trainable parameters from insightface's definition: convolutions
+    without bias, BN's scale and shift (the last BN's shift alone: its weight is fixed),
+    PReLU's one slope per channel, the neck's fully connected layer."""
     bn = lambda c: 2 * c
     stem, *stages = widths
     count = 3 * 3 * channels * stem + bn(stem) + stem
@@ -34,8 +35,7 @@ def by_hand(name, size, channels, embedding, widths=iresnet.WIDTHS):
                 count += inplanes * planes + bn(planes)
             inplanes = planes
     height, width = (side // iresnet.STRIDE for side in size)
-    return count + bn(inplanes) + inplanes * height * width * embedding + embedding + bn(
-        embedding)
+    return count + bn(inplanes) + inplanes * height * width * embedding + embedding + embedding
 
 
 @pytest.mark.slow
@@ -311,3 +311,25 @@ def test_an_iresnet_run_resumes_bit_identical_and_tunes_into_new_identities(
         if name != "logits":
             for a, b in zip(weights, tuned[name]):
                 np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+@pytest.mark.parametrize("norm", ["torch", "sync"])
+def test_the_iresnet_embedding_bn_keeps_its_scale_at_1_through_training_and_unfreezing(norm):
+    """insightface fixes its IResNet's last BN weight (features.weight.requires_grad =
+    False): untrained, it stays 1 after steps and after --freeze_backbone_iter unfreezes."""
+    from kerasbn.nn import keras_compat
+    model = models.build("iresnet18", 5, image_size=(16, 16), channels=3, widths=(4, 4, 4, 4, 4),
+                         embedding_dim=8, norm=norm)
+    embedding = model.get_layer("embedding")
+    assert all(v.path != f"{embedding.name}/gamma" for v in model.trainable_variables)
+    keras_compat.freeze_backbone(model, True)
+    keras_compat.freeze_backbone(model, False)
+    assert all(not v.path.endswith("embedding/gamma") for v in model.trainable_variables)
+    model.compile(keras.optimizers.SGD(0.5), keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True))
+    x = np.random.default_rng(0).normal(size=(4, 16, 16, 3)).astype(np.float32)
+    model.fit(x, np.arange(4) % 5, epochs=2, verbose=0)
+    gammas = [v for v in embedding.weights if v.name == "gamma"]
+    for gamma in gammas:
+        np.testing.assert_array_equal(gamma.numpy(), 1.0)
+    assert [v.name for v in embedding.weights].count("beta") == 1

@@ -62,9 +62,11 @@ def _iresnet(name, embedding_dim, size):
             layers.append(_IBasicBlock(inplanes, planes, 2 if index == 0 else 1))
             inplanes = planes
     side = size // iresnet.STRIDE
+    features = torch.nn.BatchNorm1d(embedding_dim, eps=1e-3, momentum=0.01)
+    # insightface's backbones/iresnet.py fixes it, as kerasbn's iresnet does.
+    features.weight.requires_grad = False
     return layers + [_bn(inplanes), torch.nn.Flatten(),
-                     torch.nn.Linear(inplanes * side * side, embedding_dim),
-                     torch.nn.BatchNorm1d(embedding_dim, eps=1e-3, momentum=0.01)]
+                     torch.nn.Linear(inplanes * side * side, embedding_dim), features]
 
 
 def _conv_block(c_in, c_out, kernel, stride, groups, activation=True):

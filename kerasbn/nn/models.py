@@ -67,11 +67,12 @@ class Parts:
         decay = self.settings.weight_decay * mult
         return keras.regularizers.L2(decay / 2) if decay else None
 
-    def norm(self, name):
-        """A new norm layer `name` of the settings' BN implementation."""
+    def norm(self, name, fixed_scale=False):
+        """A new norm layer `name` of the settings' BN implementation (`fixed_scale`: its
+        scale kept at 1)."""
         s = self.settings
         return norms.make_norm(s.norm, s.bn_momentum, s.bn_epsilon, name_prefix=name,
-                               regularizer=self.l2(s.bn_decay_mult))
+                               regularizer=self.l2(s.bn_decay_mult), fixed_scale=fixed_scale)
 
     def filler(self, own="glorot_uniform"):
         """The kernel initializer of the settings' filler (`own`: the network's own)."""

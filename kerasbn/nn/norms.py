@@ -25,14 +25,16 @@ DEFAULTS = {"keras": (0.99, 1e-3), "renorm": (0.99, 1e-3), "sync": (0.99, 1e-3),
 
 
 class CaffeNorm(keras.layers.Layer):
-    """Per-channel (last axis) normalisation with a learned scale and shift (start 1 and 0);
-    subclasses define the running statistics and how they are used."""
+    """Per-channel (last axis) normalisation with a learned scale and shift (start 1 and 0;
+    with `fixed_scale` the scale stays 1, as insightface fixes its IResNet's last BN's
+    weight); subclasses define the running statistics and how they are used."""
 
-    def __init__(self, momentum, epsilon, regularizer=None, **kwargs):
+    def __init__(self, momentum, epsilon, regularizer=None, fixed_scale=False, **kwargs):
         super().__init__(**kwargs)
         self.momentum = float(momentum)
         self.epsilon = float(epsilon)
         self.regularizer = keras.regularizers.get(regularizer)
+        self.fixed_scale = bool(fixed_scale)
 
     def _weight(self, name, shape, value, trainable=False, dtype="float32", regularizer=None):
         # autocast=False: statistics and scale stay float32 under mixed precision.
@@ -42,7 +44,10 @@ class CaffeNorm(keras.layers.Layer):
 
     def build(self, input_shape):
         channels = (input_shape[-1],)
-        self.gamma = self._weight("gamma", channels, 1.0, True, regularizer=self.regularizer)
+        # A variable made untrainable stays so when its layer is unfrozen (Keras sets only
+        # the trainable ones' flag), so a fixed scale survives --freeze_backbone_iter.
+        self.gamma = self._weight("gamma", channels, 1.0, not self.fixed_scale,
+                                  regularizer=None if self.fixed_scale else self.regularizer)
         self.beta = self._weight("beta", channels, 0.0, True, regularizer=self.regularizer)
         self.build_statistics(channels)
 
@@ -74,7 +79,7 @@ class CaffeNorm(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum, "epsilon": self.epsilon,
                 "regularizer": keras.regularizers.serialize(self.regularizer)
-                if self.regularizer else None}
+                if self.regularizer else None, "fixed_scale": self.fixed_scale}
 
 
 def fused(inputs, layer, epsilon, training, average=1.0):
@@ -339,16 +344,18 @@ def scaled_momentum(name, max_iter, study_iters=420_000):
     return 1 - 1 / scaled if scaled < window else own
 
 
-def make_norm(name, momentum=None, epsilon=None, name_prefix=None, regularizer=None):
+def make_norm(name, momentum=None, epsilon=None, name_prefix=None, regularizer=None,
+              fixed_scale=False):
     """A new normalisation layer of implementation `name` over the last axis; `regularizer`
-    applies to its scale and shift (Caffe's decay_mult on them)."""
+    applies to its scale and shift (Caffe's decay_mult on them); `fixed_scale` keeps the
+    scale at 1, untrained."""
     if name not in NORMS:
         raise ValueError(f"unknown --norm {name!r}; choose one of {', '.join(NORMS)}")
     default_momentum, default_epsilon = DEFAULTS[name]
     momentum = default_momentum if momentum is None else momentum
     epsilon = default_epsilon if epsilon is None else epsilon
     if name in _OWN:
-        return _OWN[name](momentum, epsilon, regularizer, name=name_prefix)
+        return _OWN[name](momentum, epsilon, regularizer, fixed_scale, name=name_prefix)
     if name == "none":
         return keras.layers.Identity(name=name_prefix)
     # Keras keeps its moving statistics in float32 under mixed precision on its own.
@@ -358,8 +365,9 @@ def make_norm(name, momentum=None, epsilon=None, name_prefix=None, regularizer=N
         return keras.layers.BatchNormalization(
             momentum=momentum, epsilon=epsilon, renorm=True, renorm_momentum=momentum,
             renorm_clipping={"rmax": 3.0, "rmin": 1 / 3.0, "dmax": 5.0}, name=name_prefix,
-            gamma_regularizer=regularizer, beta_regularizer=regularizer)
+            gamma_regularizer=regularizer, beta_regularizer=regularizer,
+            scale=not fixed_scale)
     return keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon,
                                            synchronized=True, name=name_prefix,
                                            gamma_regularizer=regularizer,
-                                           beta_regularizer=regularizer)
+                                           beta_regularizer=regularizer, scale=not fixed_scale)

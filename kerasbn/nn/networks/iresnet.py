@@ -2,7 +2,8 @@
 ArcFace with: a 3x3 stem of 64 with BN and PReLU; four stages of improved residual blocks
 (BN, 3x3 conv, BN, PReLU, 3x3 conv carrying the stride, BN; a 1x1 conv and BN on the
 shortcut where the shape changes), each stage halving the size; then BN, dropout, the
-flattened map through a fully connected layer to the embedding and a last BN, `embedding`.
+flattened map through a fully connected layer to the embedding and a last BN, `embedding`,
+whose scale stays 1 as insightface fixes it.
 
 Convolutions pad explicitly by one pixel, as PyTorch's padding=1 does (Keras's "same" pads
 a stride-2 convolution on one side only). PReLU starts at 0.25, PyTorch's default. The norm
@@ -65,7 +66,8 @@ def features(inputs, settings, parts, layers):
     if settings.dropout:
         x = keras.layers.Dropout(settings.dropout, name="dropout")(x)
     x = keras.layers.Dense(settings.embedding_dim, name="embedding_fc", **dense_args)(x)
-    return norm_layer("embedding")(x)
+    # insightface fixes this BN's weight at 1 (features.weight.requires_grad = False).
+    return norm_layer("embedding", fixed_scale=True)(x)
 
 
 for _name, _layers in LAYERS.items():
