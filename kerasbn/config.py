@@ -149,8 +149,10 @@ class RunConfig:
     weight_filler: str = setting(
         "network", "Caffe weight filler of every kernel: xavier (uniform +-sqrt(3/fan_in)), msra "
         "(untruncated Gaussian, std sqrt(2/fan_in)), gaussian (std --filler_std), keras "
-        "(glorot_uniform), network (each network's own: he_normal for the face networks, the "
-        "prototxt's per-layer Gaussians for CIFAR-10's).", choices=models.FILLERS)
+        "(glorot_uniform), network (each network's own: insightface's for the field networks, "
+        "the prototxt's per-layer Gaussians for CIFAR-10's).", choices=models.FILLERS)
+    zero_init_residual: bool = setting(
+        False, "IResNet: each block's bn2 scale starts at 0 (insightface's zero_init_residual).")
     filler_std: float = setting(
         0.01, "--weight_filler=gaussian: its std.", lower=0, lower_open=True)
     test_interval: int = setting(5000, "Test every this many iterations.", lower=1)

@@ -333,3 +333,31 @@ def test_the_iresnet_embedding_bn_keeps_its_scale_at_1_through_training_and_unfr
     for gamma in gammas:
         np.testing.assert_array_equal(gamma.numpy(), 1.0)
     assert [v.name for v in embedding.weights].count("beta") == 1
+
+
+def _kernel_std(model, name):
+    return float(np.std(model.get_layer(name).kernel.numpy()))
+
+
+def test_the_field_networks_start_from_insightfaces_initialisation():
+    """Statistics of freshly built weights against insightface's _initialize_weights: IResNet's
+    convolutions N(0, 0.1) (once He-normal: 0.27 in the stem, 0.059 in stage 1), its fully
+    connected layer and bias uniform on +-1/sqrt(fan_in) (once Glorot); MobileFaceNet's
+    N(0, 2 / fan_out)."""
+    keras.utils.set_random_seed(0)
+    ir = models.build("iresnet18", 5, image_size=(32, 32), channels=3,
+                      widths=(64, 64, 64, 64, 64), embedding_dim=64)
+    for name in ("stem", "stage1_1_conv1", "stage2_1_conv2"):
+        assert _kernel_std(ir, name) == pytest.approx(0.1, rel=0.05)
+    fc = ir.get_layer("embedding_fc")
+    bound = 1 / np.sqrt(fc.kernel.shape[0])
+    for weights in (fc.kernel.numpy(), fc.bias.numpy()):
+        assert np.abs(weights).max() <= bound
+    assert float(np.std(fc.kernel.numpy())) == pytest.approx(bound / np.sqrt(3), rel=0.05)
+    mbf = models.build("mobilefacenet", 5, image_size=(32, 32), channels=3, embedding_dim=64)
+    for name, fan_out in (("stem", 128 * 9), ("stage1_1_expand", 128), ("gdc", 512 * 4)):
+        assert _kernel_std(mbf, name) == pytest.approx(np.sqrt(2 / fan_out), rel=0.08)
+    zero = models.build("iresnet18", 5, image_size=(32, 32), channels=3,
+                        widths=(4, 4, 4, 4, 4), embedding_dim=8, zero_init_residual=True)
+    np.testing.assert_array_equal(zero.get_layer("stage1_1_bn2").gamma.numpy(), 0)
+    np.testing.assert_array_equal(zero.get_layer("stage1_1_bn3").gamma.numpy(), 1)

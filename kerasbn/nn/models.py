@@ -48,6 +48,7 @@ class NetworkSettings:
     bn_decay_mult: float = 0.0
     weight_filler: str = "network"
     filler_std: float = 0.01
+    zero_init_residual: bool = False
     head: str = "softmax"
     scale: float | None = None
     embedding: str = "pool"

@@ -1,7 +1,7 @@
 """What insightface's networks (iresnet, mobilefacenet) share: the input they are made for
 (112x112 RGB, a 512-d embedding), their rule (sides a multiple of the stride, the neck built
-in), and their kernels' arguments (he_normal convolutions, glorot fully connected ones, each
-with the run's filler and weight decay)."""
+in), and their kernels' arguments (each network's own initializer, insightface's, unless
+--weight_filler names another; each with the run's weight decay)."""
 
 from kerasbn.nn import registry
 
@@ -19,12 +19,14 @@ def check(settings):
     return None
 
 
-def conv_args(parts):
-    return {"kernel_initializer": parts.filler("he_normal"), "kernel_regularizer": parts.l2()}
+def conv_args(parts, own):
+    """A convolution's kernel initializer (`own`: the network's, insightface's) and L2."""
+    return {"kernel_initializer": parts.filler(own), "kernel_regularizer": parts.l2()}
 
 
-def dense_args(parts):
-    return {"kernel_initializer": parts.filler(), "kernel_regularizer": parts.l2()}
+def dense_args(parts, own):
+    """A fully connected layer's kernel initializer (`own`: the network's) and L2."""
+    return {"kernel_initializer": parts.filler(own), "kernel_regularizer": parts.l2()}
 
 
 def register(name, features, **spec):

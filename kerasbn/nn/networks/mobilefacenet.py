@@ -8,6 +8,10 @@ bias to the embedding and a BN, `embedding`. Every convolution block is convolut
 PReLU (the linear ones without PReLU); the norm layers are the run's `--norm`. The grouped
 and depthwise convolutions are kerasbn.nn.grouped_conv's, which TensorFlow runs 20-300x
 faster on CPUs than a grouped Conv2D.
+
+Its own initialisation is insightface's (_initialize_weights): every convolution and the
+fully connected layer from PyTorch's kaiming_normal_ (fan_out, ReLU gain), N(0, 2 / fan_out);
+the grouped kernels' fans are Conv2D's, so PyTorch's.
 """
 
 import keras
@@ -18,6 +22,8 @@ from kerasbn.nn.networks import field
 # Bottlenecks in each residual stage (arcface_torch's blocks=(1, 4, 6, 2); the first is the
 # single grouped convolution).
 BLOCKS = (4, 6, 2)
+# insightface's kaiming_normal_(mode="fan_out", nonlinearity="relu"), untruncated.
+KAIMING_FAN_OUT = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
 # The two stage widths (64 and 128 x arcface_torch's scale 2), the three bottleneck
 # expansions, and the width before the GDC; --widths scales them.
 WIDTHS = (128, 256, 128, 256, 512, 512)
@@ -51,8 +57,8 @@ def _bottleneck(x, filters, expansion, stride, name, norm_layer, conv_args):
 def features(inputs, settings, parts):
     """The embedding tensor of MobileFaceNet on `inputs` ([N, H, W, C], H and W multiples of
     16), its widths `settings.widths` (WIDTHS' order)."""
-    norm_layer, conv_args = parts.norm, field.conv_args(parts)
-    dense_args = field.dense_args(parts)
+    norm_layer, conv_args = parts.norm, field.conv_args(parts, KAIMING_FAN_OUT)
+    dense_args = field.dense_args(parts, KAIMING_FAN_OUT)
     low, high, expand1, expand2, expand3, separable = settings.widths
     x = _block(inputs, low, 3, 2, 1, "stem", norm_layer, conv_args)
     x = _block(x, low, 3, 1, low // 2, "stem_grouped", norm_layer, conv_args)
