@@ -155,6 +155,12 @@ class RunConfig:
         False, "IResNet: each block's bn2 scale starts at 0 (insightface's zero_init_residual).")
     filler_std: float = setting(
         0.01, "--weight_filler=gaussian: its std.", lower=0, lower_open=True)
+    num_epoch: int = setting(
+        0, "Epochs to train: --max_iter becomes (training images // --batch_size) * N, as "
+        "arcface_torch's train_v2.py derives total_step (0: --max_iter as given).", lower=0)
+    warmup_epoch: int = setting(
+        0, "With --num_epoch: --warmup_iter becomes (training images // --batch_size) * N, as "
+        "train_v2.py derives warmup_step.", lower=0)
     test_interval: int = setting(5000, "Test every this many iterations.", lower=1)
     test_iter: int = setting(0, "Test batches per test; 0 = the whole test split.", lower=0)
     test_initialization: bool = setting(True, "Also test at iteration 0, as Caffe does.")
@@ -437,6 +443,7 @@ def resolve(values, manifest, manifest_path="manifest.json"):
     if values.get("image_size") is not None and [values["image_size"]] * 2 != [height, width]:
         raise ConfigError(f"--image_size={values['image_size']} but {manifest_path} holds "
                           f"{height}x{width} images; drop --image_size or rebuild the data")
+    values = {**values, **epochs(values, manifest)}
     run = {field.name: values[field.name] for field, spec in declared()
            if field.name in values and field.name not in _SCHEDULE and not spec.from_manifest}
     if run.get("precision") == "auto":
@@ -450,6 +457,27 @@ def resolve(values, manifest, manifest_path="manifest.json"):
                        channels=manifest.channels, schedule=schedule_of(values), **run)
     _check_verification(config, manifest, manifest_path)
     return config
+
+
+def epochs(values, manifest):
+    """{max_iter, warmup_iter} of `--num_epoch` and `--warmup_epoch` as arcface_torch's
+    train_v2.py derives them (steps per epoch: the training images // the global batch, so
+    a last partial batch is not a step), or {} without --num_epoch."""
+    num_epoch, warmup_epoch = values.get("num_epoch") or 0, values.get("warmup_epoch") or 0
+    if not num_epoch:
+        if warmup_epoch:
+            raise ConfigError(f"--warmup_epoch={warmup_epoch} counts epochs of --num_epoch; "
+                              "give --num_epoch, or --warmup_iter instead")
+        return {}
+    batch = values.get("batch_size") or RunConfig.batch_size
+    per_epoch = manifest.splits["train"].count // batch
+    if per_epoch < 1:
+        raise ConfigError(f"--num_epoch={num_epoch}: the {manifest.splits['train'].count} "
+                          f"training images make no batch of --batch_size={batch}")
+    if warmup_epoch >= num_epoch:
+        raise ConfigError(f"--warmup_epoch={warmup_epoch} must be fewer than --num_epoch="
+                          f"{num_epoch}")
+    return {"max_iter": per_epoch * num_epoch, "warmup_iter": per_epoch * warmup_epoch}
 
 
 def _check_verification(config, manifest, manifest_path):

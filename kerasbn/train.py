@@ -89,6 +89,11 @@ def main(argv):
                   "has no holdout pairs to verify on", flush=True)
         values["target"].value = kept
         config = train_flags.to_config(values, manifest)
+        if config.num_epoch:
+            count = manifest.splits["train"].count
+            print(f"--num_epoch={config.num_epoch}: {config.max_iter} iterations, warm-up "
+                  f"{config.schedule.warmup_iter} ({count} training images // batch "
+                  f"{config.batch_size} = {count // config.batch_size} per epoch)", flush=True)
         run = RunDir(config.run_dir)
         stored = stored_config(config.run_dir, manifest) if run.holds_run() \
             else None

@@ -70,3 +70,28 @@ def test_network_settings_leave_adamw_decay_to_the_optimizer():
 def test_settings_that_would_train_on_nothing_are_refused(kw, message):
     with pytest.raises(ConfigError, match=message):
         _config(**kw)
+
+
+@pytest.mark.parametrize("images, batch, num_epoch, warmup_epoch", [
+    (5_179_510, 128 * 8, 20, 0),   # ms1mv3_r50: 5058 steps an epoch, 101,160 in all
+    (17_091_657, 1024, 20, 0),     # glint360k_r100
+    (1_000, 128, 3, 1),            # a partial last batch is no step
+])
+def test_epochs_become_iterations_as_arcface_torch_derives_them(images, batch, num_epoch,
+                                                                warmup_epoch):
+    """train_v2.py: total_step = num_image // total_batch_size * num_epoch, warmup_step the
+    same with warmup_epoch; kerasbn's --batch_size is the global batch."""
+    from kerasbn import config
+    manifest = type("Manifest", (), {"splits": {"train": type("Split", (), {
+        "count": images})()}})()
+    got = config.epochs({"num_epoch": num_epoch, "warmup_epoch": warmup_epoch,
+                         "batch_size": batch}, manifest)
+    assert got == {"max_iter": images // batch * num_epoch,
+                   "warmup_iter": images // batch * warmup_epoch}
+    assert config.epochs({"num_epoch": 0, "batch_size": batch}, manifest) == {}
+    with pytest.raises(ConfigError, match="--warmup_epoch=2 counts epochs of --num_epoch"):
+        config.epochs({"warmup_epoch": 2, "batch_size": batch}, manifest)
+    with pytest.raises(ConfigError, match="must be fewer than --num_epoch"):
+        config.epochs({"num_epoch": 2, "warmup_epoch": 2, "batch_size": batch}, manifest)
+    with pytest.raises(ConfigError, match="make no batch"):
+        config.epochs({"num_epoch": 2, "batch_size": images + 1}, manifest)
