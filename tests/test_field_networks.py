@@ -222,20 +222,60 @@ LAUNCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
                       "field")
 
 
-@pytest.mark.parametrize("preset", ["arcface_r50", "arcface_r100", "arcface_mbf", "quick"])
-def test_the_field_presets_are_valid_runs_at_112(preset):
-    from absl import flags
+# Today's arcface_torch configs (insightface d9cb10e6, recognition/arcface_torch/configs),
+# transcribed: network, margin_list, embedding_size, sample_rate, momentum, weight_decay,
+# per-GPU batch_size (x 8 GPUs for the global batch), lr, num_epoch, warmup_epoch, fp16.
+CONFIGS = {
+    "ms1mv3_r50": ("iresnet50", (1.0, 0.5, 0.0), 512, 1.0, 0.9, 5e-4, 128, 0.1, 20, 0, True),
+    "ms1mv3_r100": ("iresnet100", (1.0, 0.5, 0.0), 512, 1.0, 0.9, 5e-4, 128, 0.1, 20, 0, True),
+    "ms1mv3_mbf": ("mobilefacenet", (1.0, 0.5, 0.0), 512, 1.0, 0.9, 1e-4, 128, 0.1, 40, 0,
+                   True),
+    "glint360k_r100": ("iresnet100", (1.0, 0.0, 0.4), 512, 1.0, 0.9, 5e-4, 128, 0.1, 20, 0,
+                       True),
+    "wf42m_pfc02_r50": ("iresnet50", (1.0, 0.5, 0.0), 512, 0.2, 0.9, 5e-4, 512, 0.4, 20, 2,
+                        True),
+}
+# What train_v2.py fixes for every config: the loss's scale, the clip of the backbone's
+# gradient norm, PolynomialLRWarmup's power, torch.optim.SGD, PyTorch's BatchNorm, and its
+# dataset's random horizontal flip.
+TRAIN_V2 = {"scale": 64.0, "clip_grad_norm": 5.0, "power": 1.0, "sgd": "torch",
+            "norm": "torch", "head": "combined", "lr_policy": "poly_warmup", "mirror": True}
 
-    from kerasbn.data.manifest import Manifest
+
+def _preset(name, train_images=5_179_510):
+    from kerasbn.data.manifest import Manifest, Split
     from kerasbn.flags import cli, train_flags
-    values = cli.parse(["train", f"--flagfile={os.path.join(LAUNCH, preset + '.flags')}"],
+    values = cli.parse(["train", f"--flagfile={os.path.join(LAUNCH, name + '.flags')}"],
                        train_flags.define)[0]
     manifest = Manifest(image_size=(112, 112), channels=3, encoding="raw",
-                        class_names=tuple(f"id{i}" for i in range(100)), splits={},
+                        class_names=tuple(f"id{i}" for i in range(93_431)),
+                        splits={"train": Split((), train_images)},
                         mean=(0.0,) * 3, std=(1.0,) * 3)
-    run = train_flags.to_config(values, manifest)
-    assert run.model.startswith(("iresnet", "mobilefacenet")) and run.head == "arcface"
-    assert isinstance(values, flags.FlagValues)
+    return train_flags.to_config(values, manifest)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_each_preset_is_its_arcface_torch_config(name):
+    (network_name, margin_list, embedding, sample_rate, momentum, weight_decay, batch, lr,
+     num_epoch, warmup_epoch, fp16) = CONFIGS[name]
+    run = _preset(name)
+    per_epoch = 5_179_510 // (batch * 8)
+    assert (run.model, run.margins, run.embedding_dim, run.sample_classes, run.momentum,
+            run.weight_decay, run.batch_size, run.schedule.base_lr, run.num_epoch,
+            run.warmup_epoch, run.precision == "mixed_float16") == (
+        network_name, margin_list, embedding, sample_rate, momentum, weight_decay, batch * 8,
+        lr, num_epoch, warmup_epoch, fp16)
+    assert (run.max_iter, run.schedule.warmup_iter) == (per_epoch * num_epoch,
+                                                        per_epoch * warmup_epoch)
+    got = {key: getattr(run.schedule if key in ("power", "lr_policy") else run, key)
+           for key in TRAIN_V2}
+    assert got == TRAIN_V2
+    assert run.sample_update == ("all" if sample_rate < 1 else "drawn")
+
+
+def test_the_quick_preset_is_a_valid_run_at_112():
+    run = _preset("quick", 1000)
+    assert run.model == "iresnet18" and run.head == "arcface"
 
 
 @pytest.mark.slow
