@@ -236,10 +236,11 @@ CONFIGS = {
                         True),
 }
 # What train_v2.py fixes for every config: the loss's scale, the clip of the backbone's
-# gradient norm, PolynomialLRWarmup's power, torch.optim.SGD, PyTorch's BatchNorm, and its
-# dataset's random horizontal flip.
+# gradient norm, PolynomialLRWarmup's power, torch.optim.SGD (weight decay on every
+# parameter), PyTorch's BatchNorm, and its dataset's random horizontal flip.
 TRAIN_V2 = {"scale": 64.0, "clip_grad_norm": 5.0, "power": 1.0, "sgd": "torch",
-            "norm": "torch", "head": "combined", "lr_policy": "poly_warmup", "mirror": True}
+            "norm": "torch", "head": "combined", "lr_policy": "poly_warmup", "mirror": True,
+            "bias_decay_mult": 1.0, "bn_decay_mult": 1.0}
 
 
 def _preset(name, train_images=5_179_510):
