@@ -26,10 +26,10 @@ import time
 from absl import flags
 
 from kerasbn.caffe import importer
-from kerasbn.nn import caffe_layers
-from kerasbn.runs import export_layout
 from kerasbn.evaluation import evaluator, verification
 from kerasbn.flags import cli
+from kerasbn.nn import caffe_layers
+from kerasbn.runs import export_layout
 from kerasbn.serving import exporter, signatures
 from kerasbn.utils import errors
 

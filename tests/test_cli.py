@@ -7,7 +7,7 @@ from absl import flags
 
 from data_tools import bench_convert, build_records, inspect_records, synth
 from kerasbn import (align, bench, caffe_import, compare_norms, evaluate, export, launch,
-                     local_cluster, predict, report, show_schedule)
+                     local_cluster, predict, report, show_schedule, torch_import)
 from kerasbn.data.manifest import Manifest
 from kerasbn.flags import cli, train_flags
 
@@ -111,6 +111,7 @@ COMMANDS = {
     "kerasbn.launch": launch.define_flags,
     "kerasbn.bench": bench.define_flags,
     "kerasbn.caffe_import": caffe_import.define_flags,
+    "kerasbn.torch_import": torch_import.define_flags,
     "data_tools.synth": synth.define_flags,
     "data_tools.build_records": build_records.define_flags,
     "data_tools.inspect_records": inspect_records.define_flags,

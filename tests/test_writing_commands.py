@@ -19,7 +19,7 @@ from PIL import Image
 
 from data_tools import build_records, convert, synth
 from kerasbn import (align, caffe_import, compare_norms, evaluate, export, launch, predict,
-                     report, show_schedule, train)
+                     report, show_schedule, torch_import, train)
 from kerasbn.analysis import comparison
 from kerasbn.serving import exporter
 from kerasbn.training import loop
@@ -71,6 +71,9 @@ WRITERS = {
     "show_schedule --plot": Writer(show_schedule, lambda s, out: [
         "show_schedule", f"--plot={out}.png", "--max_iter=100"], (show_schedule, "plot"),
         False),
+    "torch_import": Writer(torch_import, lambda s, out: [
+        "torch_import", f"--pth={s.empty}/model.pt", "--network=r18", f"--out={out}"],
+        (torch_import, "convert"), True),
     "train": Writer(train, lambda s, out: ["train", f"--data_dir={s.data}", f"--run_dir={out}"],
                     (loop, "start"), True),
 }

@@ -14,7 +14,9 @@ THRESHOLD_SOURCE = "threshold_source"
 # The marker's record of an imported Caffe network: its layers' Caffe names where Keras took
 # others, and its outputs' (serving_raw's) Caffe blob names.
 CAFFE = "caffe"
-# The Keras model file an imported network's export also holds (caffe_import).
+# The marker's record of an arcface_torch backbone brought in: its state dict and network.
+PYTORCH = "pytorch"
+# The Keras model file an imported network's export also holds (caffe_import, torch_import).
 KERAS_MODEL = imported.FILE
 # What a SavedModel export holds: TensorFlow's entries, the marker and, for an imported
 # network, its Keras model file.

@@ -1,7 +1,7 @@
-"""An imported network (`python -m kerasbn.caffe_import`) as the backbone of a kerasbn network:
-its layers from the photo's pixels to its embedding, under kerasbn's heads. Its BN layers are
-kerasbn's Caffe norms (bvlc, windows, nvidia), so they train on with their own semantics and
-statistics."""
+"""An imported network (`python -m kerasbn.caffe_import` or `torch_import`) as the backbone of
+a kerasbn network: its layers from the photo's pixels to its embedding, under kerasbn's heads.
+Its BN layers are kerasbn's Caffe norms (bvlc, windows, nvidia) or PyTorch's (torch), so they
+train on with their own semantics and statistics."""
 
 import os
 
@@ -19,7 +19,7 @@ def check(path, image_size, channels):
     model_file = os.path.join(path, FILE)
     if not os.path.isfile(model_file):
         return (f"--backbone={path} holds no {FILE}; give an export written by "
-                "python -m kerasbn.caffe_import")
+                "python -m kerasbn.caffe_import or kerasbn.torch_import")
     size = tuple(keras.saving.load_model(model_file).input.shape[1:])
     if size != (*image_size, channels):
         return (f"--backbone={path} takes {size[0]}x{size[1]}x{size[2]} images but the dataset "

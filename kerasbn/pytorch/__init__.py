@@ -1,0 +1,2 @@
+"""PyTorch's files read without PyTorch: arcface_torch's trained backbones brought into
+kerasbn's networks."""
