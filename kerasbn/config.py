@@ -93,7 +93,8 @@ class RunConfig:
         False, "arcface: the margin only where cos > 0 (the original's easy_margin; default: its "
         "threshold fallback).")
     margins: tuple = setting(
-        tuple(map(str, registry.DEFAULT_MARGINS)), "--head=combined: insightface's margin_list m1,m2,m3 (1,0.5,0 "
+        tuple(map(str, registry.DEFAULT_MARGINS)),
+        "--head=combined: insightface's margin_list m1,m2,m3 (1,0.5,0 "
         "ArcFace, 1,0,0.4 CosFace), as today's CombinedMarginLoss applies them.", kind="list")
     interclass_filtering_threshold: float = setting(
         0.0, "--head=combined: a class other than the true one whose cosine exceeds this "

@@ -120,6 +120,19 @@ def folder(tmp_path):
     return root
 
 
+def framed_faces(att_faces, root, images=10):
+    """Photos of AT&T people 1-3 (their first `images`), each set in a larger gray canvas
+    where MTCNN finds it, in one folder per person under `root`."""
+    for person in (1, 2, 3):
+        (root / f"s{person}").mkdir(parents=True)
+        for image in range(1, images + 1):
+            canvas = Image.new("L", (200, 220), 128)
+            canvas.paste(Image.open(os.path.join(att_faces, f"s{person}", f"{image}.pgm")),
+                         (50 + 3 * image, 50))
+            canvas.save(root / f"s{person}" / f"{image}.png")
+    return root
+
+
 def build_folder(source, out, **kw):
     """convert.build of a folder tree, quietly, in 6-record shards by default."""
     kw.setdefault("shard_size", 6)

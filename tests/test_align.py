@@ -209,18 +209,11 @@ def test_a_network_trained_on_aligned_faces_names_each_face_of_a_whole_photo(att
     import subprocess
     import sys
 
-    from conftest import build_folder, run_train, train_args
+    from conftest import build_folder, framed_faces, run_train, train_args
     from test_faces import composite
 
     from kerasbn.runs.run_dir import RunDir
-    source = tmp_path / "people"
-    for person in (1, 2, 3):
-        (source / f"s{person}").mkdir(parents=True)
-        for image in range(1, 11):
-            canvas = Image.new("L", (200, 220), 128)
-            canvas.paste(Image.open(os.path.join(att_faces, f"s{person}", f"{image}.pgm")),
-                         (50 + 3 * image, 50))
-            canvas.save(source / f"s{person}" / f"{image}.png")
+    source = framed_faces(att_faces, tmp_path / "people")
     build_folder(source, tmp_path / "data", align=True, image_size=50, channels=1,
                  test_fraction=0.2)
     run_dir = str(tmp_path / "run")
@@ -266,7 +259,8 @@ def test_the_five_paths_from_a_photo_make_the_same_crop(finished_run, tmp_path):
     photo = str(source / "a" / "astronaut.jpg")
     served = signatures.from_run(finished_run)
     (height, width), channels = served.image_size, served.channels
-    align.main(["align", str(source), f"--out={tmp_path / 'aligned'}", f"--image_size={height},{width}", f"--channels={channels}"])
+    align.main(["align", str(source), f"--out={tmp_path / 'aligned'}",
+                f"--image_size={height},{width}", f"--channels={channels}"])
     by_align = np.asarray(Image.open(tmp_path / "aligned" / "a" / "astronaut.png"))
     build_folder(source, tmp_path / "data", align=True, image_size=height, channels=channels,
                  test_fraction=0)

@@ -751,8 +751,7 @@ def test_an_import_of_several_outputs_keeps_each_by_name(tmp_path, capsys):
 def test_a_112x96_import_fine_tunes_on_faces_aligned_at_112x96(tmp_path, att_faces, capsys):
     """SphereFace's and CosFace's crop: build_records --align --image_size 112,96 makes the
     dataset an imported 112x96 network trains on (once no tool could make one)."""
-    from PIL import Image
-    from conftest import run_train, train_args
+    from conftest import framed_faces, run_train, train_args
 
     from data_tools import build_records
     from kerasbn.runs.run_dir import RunDir
@@ -765,14 +764,7 @@ def test_a_112x96_import_fine_tunes_on_faces_aligned_at_112x96(tmp_path, att_fac
     export = tmp_path / "import"
     caffe_import.main(["caffe_import", f"--prototxt={files[0]}", f"--caffemodel={files[1]}",
                        f"--out={export}", "--mean=127.5", "--scale=0.0078125"])
-    photos = tmp_path / "photos"
-    for person in (1, 2, 3):
-        (photos / f"s{person}").mkdir(parents=True)
-        for image in range(1, 7):
-            canvas = Image.new("L", (200, 220), 128)
-            canvas.paste(Image.open(os.path.join(att_faces, f"s{person}", f"{image}.pgm")),
-                         (50 + 3 * image, 50))
-            canvas.save(photos / f"s{person}" / f"{image}.png")
+    photos = framed_faces(att_faces, tmp_path / "photos", images=6)
     data = tmp_path / "data"
     build_records.main(["build_records", str(photos), f"--out={data}", "--align",
                         "--image_size=112,96", "--channels=3", "--test_fraction=0.34"])

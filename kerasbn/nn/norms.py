@@ -280,7 +280,7 @@ class NvidiaCaffeBatchNorm(CaffeNorm):
 
 
 @keras.saving.register_keras_serializable(package="kerasbn")
-class TorchBatchNorm(CaffeNorm):
+class TorchBatchNorm(KerasBatchNorm):
     """PyTorch's torch.nn.BatchNorm2d/1d (torch/nn/modules/batchnorm.py and F.batch_norm),
     affine, tracking running statistics, as insightface's arcface_torch networks use it:
     the running variance takes the unbiased batch variance, normalisation the biased one.
@@ -292,12 +292,9 @@ class TorchBatchNorm(CaffeNorm):
       infer:  y = gamma*(x - rmean)/sqrt(rvar + eps) + beta
     ```
     TensorFlow's fused kernel computes exactly this (its exponential_avg_factor is 1-b);
-    an epsilon under cuDNN's least, 1e-5, normalises unfused.
+    an epsilon under cuDNN's least, 1e-5, normalises unfused. Its statistics start and infer
+    as Keras's do; only their update differs.
     """
-
-    def build_statistics(self, channels):
-        self.moving_mean = self._weight("moving_mean", channels, 0.0)
-        self.moving_variance = self._weight("moving_variance", channels, 1.0)
 
     def call(self, inputs, training=False):
         training = training and self.trainable
@@ -317,9 +314,6 @@ class TorchBatchNorm(CaffeNorm):
         self.moving_variance.assign(b * self.moving_variance
                                     + (1 - b) * tf.stop_gradient(unbiased))
         return self.normalize(x, mean, variance, self.epsilon)
-
-    def infer(self, x):
-        return self.normalize(x, self.moving_mean, self.moving_variance, self.epsilon)
 
 
 _OWN = {"keras": KerasBatchNorm, "bvlc": BVLCBatchNorm, "windows": WindowsBatchNorm,
