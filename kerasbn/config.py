@@ -145,6 +145,9 @@ class RunConfig:
         0.0,
         "Caffe decay_mult of BN's scale and shift (a Caffe Scale layer's default 1; kerasbn's 0).",
         lower=0)
+    prelu_decay_mult: float = setting(
+        0.0, "Decay multiplier of PReLU's slopes (arcface_torch's SGD decays every parameter: "
+        "1; kerasbn's default 0, undecayed).", lower=0)
     bias_lr_mult: float = setting(
         1.0, "Caffe lr_mult of the biases (prototxts commonly 2); SGD and Nesterov only.", lower=0)
     weight_filler: str = setting(

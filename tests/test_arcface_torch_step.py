@@ -28,6 +28,7 @@ def _config():
         model="iresnet18", widths=WIDTHS, embedding_dim=EMBEDDING, dropout=0.0, norm="torch",
         head="combined", margins=(1.0, 0.5, 0.0), scale=64.0, sgd="torch", clip_grad_norm=CLIP,
         momentum=0.9, weight_decay=DECAY, bias_decay_mult=1.0, bn_decay_mult=1.0,
+        prelu_decay_mult=1.0,
         batch_size=BATCH, test_interval=1,
         schedule=schedules.ScheduleConfig(base_lr=LR, lr_policy="poly_warmup",
                                           warmup_iter=WARMUP, max_iter=TOTAL, power=1.0))
@@ -109,13 +110,9 @@ def test_two_steps_equal_arcface_torchs():
     loss_fn = _combined_margin_loss(torch, 64.0, 1.0, 0.5, 0.0)
     backbone = [t for name, q in params.items() if name != "logits" for t in q.values()
                 if t.requires_grad]
-    # train_v2.py: SGD over the backbone and the classifier, weight decay on every parameter
-    # (kerasbn leaves PReLU's slopes undecayed: their group decays nothing here).
-    slopes = [q["alpha"] for q in params.values() if "alpha" in q]
-    decayed = [t for t in backbone if not any(t is s for s in slopes)] + [
-        params["logits"]["kernel"]]
-    optimizer = torch.optim.SGD([{"params": decayed}, {"params": slopes, "weight_decay": 0.0}],
-                                lr=LR, momentum=0.9, weight_decay=DECAY)
+    # train_v2.py: SGD over the backbone and the classifier, weight decay on every parameter.
+    decayed = backbone + [params["logits"]["kernel"]]
+    optimizer = torch.optim.SGD(decayed, lr=LR, momentum=0.9, weight_decay=DECAY)
     x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
     for step in range(2):
         ours = float(model.train_on_batch(images, labels))
@@ -131,6 +128,9 @@ def test_two_steps_equal_arcface_torchs():
         assert torch.nn.utils.clip_grad_norm_(backbone, CLIP) > CLIP
         optimizer.step()
         assert ours == pytest.approx(loss.item() + penalty, rel=1e-4)
+    # Every parameter is decayed, as train_v2.py's SGD decays them: the L2 terms of the loss
+    # are the PyTorch side's penalty, PReLU's slopes among them.
+    assert all(layer.losses for layer in model.layers if layer.name.endswith("prelu"))
     theirs = _to_torch(model)
     for name, q in params.items():
         for key, value in q.items():

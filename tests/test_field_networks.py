@@ -240,7 +240,7 @@ CONFIGS = {
 # parameter), PyTorch's BatchNorm, and its dataset's random horizontal flip.
 TRAIN_V2 = {"scale": 64.0, "clip_grad_norm": 5.0, "power": 1.0, "sgd": "torch",
             "norm": "torch", "head": "combined", "lr_policy": "poly_warmup", "mirror": True,
-            "bias_decay_mult": 1.0, "bn_decay_mult": 1.0}
+            "bias_decay_mult": 1.0, "bn_decay_mult": 1.0, "prelu_decay_mult": 1.0}
 
 
 def _preset(name, train_images=5_179_510):

@@ -10,14 +10,15 @@ Weight fillers (`weight_filler`) follow Caffe's definitions: `xavier` uniform on
 truncates), `gaussian` N(0, filler_std); `keras` Keras's glorot_uniform; `network` (the
 default) each network's own. Biases start at 0, as Caffe's constant filler. Caffe's
 weight_decay is an L2 penalty of weight_decay / 2 on every kernel, times `bias_decay_mult` on
-biases and `bn_decay_mult` on BN's scale and shift (Caffe's decay_mult).
+biases, `bn_decay_mult` on BN's scale and shift (Caffe's decay_mult) and `prelu_decay_mult`
+on PReLU's slopes (arcface_torch decays every parameter).
 """
 
 import dataclasses
 
 import keras
 
-from kerasbn.nn import norms, registry
+from kerasbn.nn import norms, prelu, registry
 from kerasbn.nn.networks import imported
 
 CLASSIFIER = registry.CLASSIFIER
@@ -46,6 +47,7 @@ class NetworkSettings:
     weight_decay: float = 0.0
     bias_decay_mult: float = 0.0
     bn_decay_mult: float = 0.0
+    prelu_decay_mult: float = 0.0
     weight_filler: str = "network"
     filler_std: float = 0.01
     zero_init_residual: bool = False
@@ -74,6 +76,12 @@ class Parts:
         s = self.settings
         return norms.make_norm(s.norm, s.bn_momentum, s.bn_epsilon, name_prefix=name,
                                regularizer=self.l2(s.bn_decay_mult), fixed_scale=fixed_scale)
+
+    def prelu(self, name):
+        """A new PReLU layer `name`: a slope per channel from 0.25 (PyTorch's default),
+        decayed by the weight decay times `prelu_decay_mult`."""
+        return prelu.PReLU(keras.initializers.Constant(0.25), shared_axes=[1, 2],
+                           alpha_regularizer=self.l2(self.settings.prelu_decay_mult), name=name)
 
     def filler(self, own="glorot_uniform"):
         """The kernel initializer of the settings' filler (`own`: the network's own)."""

@@ -20,7 +20,6 @@ import math
 
 import keras
 
-from kerasbn.nn import prelu
 from kerasbn.nn.networks import field
 
 # Blocks per stage, by network.
@@ -42,19 +41,15 @@ def _conv(x, filters, kernel, stride, name, conv_args):
                                **conv_args)(x)
 
 
-def _prelu(name):
-    return prelu.PReLU(keras.initializers.Constant(0.25), shared_axes=[1, 2], name=name)
-
-
-def _block(x, filters, stride, name, norm_layer, conv_args, zero_init_residual=False):
-    shortcut = x
+def _block(x, filters, stride, name, parts, conv_args, zero_init_residual=False):
+    shortcut, norm_layer = x, parts.norm
     out = norm_layer(f"{name}_bn1")(x)
     out = _conv(out, filters, 3, 1, f"{name}_conv1", conv_args)
     bn2 = norm_layer(f"{name}_bn2")
     out = bn2(out)
     if zero_init_residual and getattr(bn2, "gamma", None) is not None:
         bn2.gamma.assign(keras.ops.zeros_like(bn2.gamma))
-    out = _prelu(f"{name}_prelu")(out)
+    out = parts.prelu(f"{name}_prelu")(out)
     out = _conv(out, filters, 3, stride, f"{name}_conv2", conv_args)
     out = norm_layer(f"{name}_bn3")(out)
     if stride != 1 or x.shape[-1] != filters:
@@ -70,11 +65,11 @@ def features(inputs, settings, parts, layers):
     widths, norm_layer = settings.widths, parts.norm
     conv_args = field.conv_args(parts, CONV_INIT)
     x = _conv(inputs, widths[0], 3, 1, "stem", conv_args)
-    x = _prelu("stem_prelu")(norm_layer("stem_bn")(x))
+    x = parts.prelu("stem_prelu")(norm_layer("stem_bn")(x))
     for stage, (blocks, filters) in enumerate(zip(layers, widths[1:]), start=1):
         for index in range(blocks):
             x = _block(x, filters, 2 if index == 0 else 1, f"stage{stage}_{index + 1}",
-                       norm_layer, conv_args, settings.zero_init_residual)
+                       parts, conv_args, settings.zero_init_residual)
     x = norm_layer("neck_bn")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     if settings.dropout:

@@ -16,7 +16,7 @@ the grouped kernels' fans are Conv2D's, so PyTorch's.
 
 import keras
 
-from kerasbn.nn import grouped_conv, prelu
+from kerasbn.nn import grouped_conv
 from kerasbn.nn.networks import field
 
 # Bottlenecks in each residual stage (arcface_torch's blocks=(1, 4, 6, 2); the first is the
@@ -30,24 +30,23 @@ WIDTHS = (128, 256, 128, 256, 512, 512)
 STRIDE = field.STRIDE
 
 
-def _block(x, filters, kernel, stride, groups, name, norm_layer, conv_args, activation=True):
+def _block(x, filters, kernel, stride, groups, name, parts, conv_args, activation=True):
     """Convolution (padded by kernel // 2, as PyTorch's padding), BN and, with `activation`,
     PReLU (slopes start at 0.25, PyTorch's default)."""
     if kernel > 1 and kernel % 2:
         x = keras.layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
     x = grouped_conv.conv2d(filters, kernel, stride, groups, use_bias=False, name=name,
                             **conv_args)(x)
-    x = norm_layer(f"{name}_bn")(x)
+    x = parts.norm(f"{name}_bn")(x)
     if activation:
-        x = prelu.PReLU(keras.initializers.Constant(0.25), shared_axes=[1, 2],
-                        name=f"{name}_prelu")(x)
+        x = parts.prelu(f"{name}_prelu")(x)
     return x
 
 
-def _bottleneck(x, filters, expansion, stride, name, norm_layer, conv_args):
-    out = _block(x, expansion, 1, 1, 1, f"{name}_expand", norm_layer, conv_args)
-    out = _block(out, expansion, 3, stride, expansion, f"{name}_dw", norm_layer, conv_args)
-    out = _block(out, filters, 1, 1, 1, f"{name}_project", norm_layer, conv_args,
+def _bottleneck(x, filters, expansion, stride, name, parts, conv_args):
+    out = _block(x, expansion, 1, 1, 1, f"{name}_expand", parts, conv_args)
+    out = _block(out, expansion, 3, stride, expansion, f"{name}_dw", parts, conv_args)
+    out = _block(out, filters, 1, 1, 1, f"{name}_project", parts, conv_args,
                  activation=False)
     if stride == 1 and x.shape[-1] == filters:
         out = keras.layers.Add(name=f"{name}_add")([x, out])
@@ -60,16 +59,16 @@ def features(inputs, settings, parts):
     norm_layer, conv_args = parts.norm, field.conv_args(parts, KAIMING_FAN_OUT)
     dense_args = field.dense_args(parts, KAIMING_FAN_OUT)
     low, high, expand1, expand2, expand3, separable = settings.widths
-    x = _block(inputs, low, 3, 2, 1, "stem", norm_layer, conv_args)
-    x = _block(x, low, 3, 1, low // 2, "stem_grouped", norm_layer, conv_args)
+    x = _block(inputs, low, 3, 2, 1, "stem", parts, conv_args)
+    x = _block(x, low, 3, 1, low // 2, "stem_grouped", parts, conv_args)
     stages = [(low, expand1, 2, 1), (low, expand1, 1, BLOCKS[0]), (high, expand2, 2, 1),
               (high, expand2, 1, BLOCKS[1]), (high, expand3, 2, 1), (high, expand2, 1,
                                                                     BLOCKS[2])]
     for stage, (filters, expansion, stride, count) in enumerate(stages, start=1):
         for index in range(count):
             x = _bottleneck(x, filters, expansion, stride, f"stage{stage}_{index + 1}",
-                            norm_layer, conv_args)
-    x = _block(x, separable, 1, 1, 1, "separable", norm_layer, conv_args)
+                            parts, conv_args)
+    x = _block(x, separable, 1, 1, 1, "separable", parts, conv_args)
     height, width = x.shape[1], x.shape[2]
     x = grouped_conv.conv2d(separable, (height, width), groups=separable, use_bias=False,
                             name="gdc", **conv_args)(x)
