@@ -44,7 +44,8 @@ class RunConfig:
         "Network: the study's baseline, its BN network, bn_all (BN after every convolution), "
         "insightface's iresnet18/34/50/100 and mobilefacenet (images whose sides are "
         "multiples of 16, e.g. 112x112 RGB; --widths: kerasbn/nn/networks/iresnet.py and "
-        "mobilefacenet.py say which), or Caffe's CIFAR-10 examples cifar10_quick and "
+        "mobilefacenet.py say which), arcface_torch's ViTs vit_t/s/b (112x112 RGB), or "
+        "Caffe's CIFAR-10 examples cifar10_quick and "
         "cifar10_full_sigmoid_bn.",
         choices=models.MODELS)
     norm: str = setting(
@@ -157,6 +158,13 @@ class RunConfig:
         "the prototxt's per-layer Gaussians for CIFAR-10's).", choices=models.FILLERS)
     zero_init_residual: bool = setting(
         False, "IResNet: each block's bn2 scale starts at 0 (insightface's zero_init_residual).")
+    drop_path: float | None = setting(
+        None, "ViTs: stochastic depth, the last block's drop probability (the first's 0, "
+        "linear between; default: the network's, 0.1).", lower=0, upper=1, upper_open=True)
+    mask_ratio: float | None = setting(
+        None, "ViTs: the fraction of patch tokens dropped in training, a learned mask token "
+        "in their place after the blocks (default: the network's, 0.1).", lower=0, upper=1,
+        upper_open=True)
     filler_std: float = setting(
         0.01, "--weight_filler=gaussian: its std.", lower=0, lower_open=True)
     num_epoch: int = setting(
@@ -352,11 +360,13 @@ class RunConfig:
             raise ConfigError("--sample_classes samples a margin head's centres (Partial FC); "
                               "add --head=" + " or --head=".join(
                                   name for name, head in registry.HEADS.items() if head.samples))
-        if self.solver_type not in ("SGD", "Nesterov") or self.iter_size > 1:
+        if self.sample_update == "drawn" and (self.solver_type not in ("SGD", "Nesterov")
+                                              or self.iter_size > 1):
             raise ConfigError(f"--sample_classes={self.sample_classes:g} updates only the "
                               "centres it draws, which needs --solver_type=SGD or Nesterov and "
                               "--iter_size=1 (Adam's moments and accumulated gradients would "
-                              "touch every centre)")
+                              "touch every centre); or add --sample_update=all, which moves "
+                              "every centre each step as PartialFC_V2 does")
         count = partial_fc.sample_count(self.num_classes, self.sample_classes)
         if count < self.batch_size:
             raise ConfigError(f"--sample_classes={self.sample_classes:g} draws {count} of "

@@ -234,7 +234,14 @@ CONFIGS = {
                        True),
     "wf42m_pfc02_r50": ("iresnet50", (1.0, 0.5, 0.0), 512, 0.2, 0.9, 5e-4, 512, 0.4, 20, 2,
                         True),
+    # configs/wf42m_pfc03_40epoch_8gpu_vit_t.py at insightface 5ef98047.
+    "wf42m_pfc03_vit_t": ("vit_t", (1.0, 0.0, 0.4), 512, 0.3, 0.9, 0.1, 512, 0.001, 40, 4,
+                          True),
 }
+# The configs' optimizer (config.optimizer; sgd where not named here), and get_model's
+# network variant as (drop_path_rate, mask_ratio) where the config names one.
+OPTIMIZERS = {"wf42m_pfc03_vit_t": "AdamW"}
+VARIANTS = {"wf42m_pfc03_vit_t": (0.05, 0.0)}
 # What train_v2.py fixes for every config: the loss's scale, the clip of the backbone's
 # gradient norm, PolynomialLRWarmup's power, torch.optim.SGD (weight decay on every
 # parameter), PyTorch's BatchNorm, and its dataset's random horizontal flip.
@@ -272,6 +279,10 @@ def test_each_preset_is_its_arcface_torch_config(name):
            for key in TRAIN_V2}
     assert got == TRAIN_V2
     assert run.sample_update == ("all" if sample_rate < 1 else "drawn")
+    assert run.solver_type == OPTIMIZERS.get(name, "SGD")
+    assert (run.drop_path, run.mask_ratio) == VARIANTS.get(name, (None, None))
+    if run.solver_type == "AdamW":  # torch.optim.AdamW's defaults
+        assert (run.momentum2, run.delta, run.iter_size) == (0.999, 1e-8, 1)
 
 
 def test_the_quick_preset_is_a_valid_run_at_112():

@@ -10,10 +10,20 @@ import keras
 import numpy as np
 import pytest
 
-from kerasbn.nn import caffe_layers, grouped_conv, norms, prelu
+from kerasbn.nn import caffe_layers, grouped_conv, norms, prelu, transformer
 from kerasbn.nn.heads import cosine
 
 IMAGES = (2, 6, 6, 4)
+TOKENS = (2, 6, 8)
+
+
+def _tokens_and_order(seed):
+    """Tokens and a per-sample order of them, as TokenMasking hands TokenRestoring."""
+    rng = np.random.default_rng(seed)
+    order = np.stack([rng.permutation(TOKENS[1]) for _ in range(TOKENS[0])]).astype(np.int32)
+    return [rng.normal(size=TOKENS).astype(np.float32), order]
+
+
 CASES = {
     "KerasBatchNorm": (lambda: norms.make_norm("keras", name_prefix="n"), IMAGES),
     "BVLCBatchNorm": (lambda: norms.make_norm("bvlc", name_prefix="n"), IMAGES),
@@ -40,10 +50,17 @@ CASES = {
     "Axpy": (lambda: caffe_layers.Axpy(), [(2, 1, 1, 4), IMAGES, IMAGES]),
     "CaffePermute": (lambda: caffe_layers.CaffePermute([0, 2, 3, 1]), IMAGES),
     "CaffeOutput": (lambda: caffe_layers.CaffeOutput("conv4-2"), IMAGES),
+    "PositionEmbedding": (lambda: transformer.PositionEmbedding(), TOKENS),
+    "TokenMasking": (lambda: transformer.TokenMasking(0.25), TOKENS),
+    "TokenRestoring": (lambda: transformer.TokenRestoring(), _tokens_and_order),
+    "SelfAttention": (lambda: transformer.SelfAttention(2), TOKENS),
+    "DropPath": (lambda: transformer.DropPath(0.5), TOKENS),
 }
 
 
 def _inputs(shape, seed=0):
+    if callable(shape):
+        return shape(seed)
     rng = np.random.default_rng(seed)
     if isinstance(shape, list):
         return [rng.normal(size=s).astype(np.float32) for s in shape]
@@ -51,6 +68,8 @@ def _inputs(shape, seed=0):
 
 
 def _symbolic(shape):
+    if callable(shape):
+        return [keras.Input(a.shape[1:], dtype=str(a.dtype)) for a in shape(0)]
     if isinstance(shape, list):
         return [keras.Input(s[1:]) for s in shape]
     return keras.Input(shape[1:])
@@ -68,19 +87,27 @@ def test_a_layer_builds_declares_its_shape_and_round_trips(name, tmp_path):
     make, shape = CASES[name]
     layer = make()
     assert type(layer).__name__ == name
-    symbolic = layer(_symbolic(shape))
+    symbolic = _arrays(layer(_symbolic(shape)))
     x = _inputs(shape)
-    y = np.asarray(layer(x))
-    assert np.all(np.isfinite(y))
-    assert tuple(symbolic.shape[1:]) == y.shape[1:]
+    y = _arrays(layer(x))
+    assert all(np.all(np.isfinite(part)) for part in y)
+    assert [tuple(s.shape[1:]) for s in symbolic] == [part.shape[1:] for part in y]
     again = type(layer).from_config(layer.get_config())
     assert again.get_config() == layer.get_config()
     again(_inputs(shape, 1))
     again.set_weights(layer.get_weights())
-    np.testing.assert_allclose(np.asarray(again(x)), y, rtol=1e-6, atol=1e-6)
+    for got, expected in zip(_arrays(again(x)), y):
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
     inputs = _symbolic(shape)
     model = keras.Model(inputs, make()(inputs))
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
-    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), rtol=1e-6,
-                               atol=1e-6)
+    for got, expected in zip(_arrays(loaded(x)), _arrays(model(x))):
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def _arrays(outputs):
+    """A layer's output (or outputs) as a list of tensors or arrays."""
+    if isinstance(outputs, (tuple, list)):
+        return [o if isinstance(o, keras.KerasTensor) else np.asarray(o) for o in outputs]
+    return [outputs if isinstance(outputs, keras.KerasTensor) else np.asarray(outputs)]

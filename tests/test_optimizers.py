@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from kerasbn.config import RunConfig
+from kerasbn.config import ConfigError, RunConfig
 from kerasbn.optim import optimizers, schedules
 
 X = np.array([[1.0, 2.0], [0.5, -1.0], [-1.5, 0.25], [2.0, 1.0]], np.float32)
@@ -189,3 +189,28 @@ def test_backbone_clipping_leaves_the_classifier_and_spares_small_gradients():
     small = [g / 100 for g in big]
     for a, b in zip(optimizer._clip_gradients(small), small):
         np.testing.assert_allclose(np.asarray(a), b)
+
+
+@pytest.mark.parametrize("kind", ["Adam", "AdamW"])
+def test_adam_takes_partial_fcs_rows_as_the_dense_gradient_partial_fc_v2_gives(kind):
+    import tensorflow as tf
+    config = _config(solver_type=kind, lr_policy="fixed", weight_decay=0.1)
+    start = np.arange(15, dtype=np.float32).reshape(5, 3) / 10 + 1
+    rows = tf.IndexedSlices(tf.constant(np.ones((2, 3), np.float32)), tf.constant([1, 3]),
+                            tf.constant([5, 3]))
+    sparse, dense = keras.Variable(start), keras.Variable(start)
+    first, second = optimizers.make_optimizer(config), optimizers.make_optimizer(config)
+    for _ in range(2):
+        first.apply_gradients([(rows, sparse)])
+        second.apply_gradients([(tf.convert_to_tensor(rows), dense)])
+    np.testing.assert_allclose(sparse.numpy(), dense.numpy(), rtol=1e-6)
+    assert np.all(sparse.numpy()[[1, 3]] < start[[1, 3]])
+    # The undrawn rows: AdamW decays them (PartialFC_V2), Adam has nothing to move them by.
+    undrawn = sparse.numpy()[[0, 2, 4]]
+    assert np.all(undrawn < start[[0, 2, 4]]) if kind == "AdamW" else np.array_equal(
+        undrawn, start[[0, 2, 4]])
+
+
+def test_partial_fc_under_adam_needs_partial_fc_v2s_update():
+    with pytest.raises(ConfigError, match="or add --sample_update=all"):
+        _config(solver_type="AdamW", head="cosface", sample_classes=0.5)

@@ -57,7 +57,7 @@ def test_names_are_unique_and_every_builtin_is_listed():
         registry.register_head("softmax", classifier=None, loss=None)
     assert models.MODELS[:3] == ("baseline", "bn", "bn_all")
     assert set(models.FIELD_MODELS) == {"iresnet18", "iresnet34", "iresnet50", "iresnet100",
-                                        "mobilefacenet"}
+                                        "mobilefacenet", "vit_t", "vit_s", "vit_b"}
     assert models.HEADS == ("softmax", "cosface", "arcface", "combined")
     assert registry.margin_heads() == ["cosface", "arcface", "combined"]
 

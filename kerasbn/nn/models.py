@@ -26,6 +26,8 @@ MODELS, HEADS = registry.load()
 FIELD_MODELS = tuple(n for n, net in registry.NETWORKS.items() if net.family == "field")
 CIFAR_MODELS = tuple(n for n, net in registry.NETWORKS.items() if net.family == "cifar")
 FILLERS = ("network", "keras", "xavier", "msra", "gaussian")
+# Settings only some networks take (`registry.Network.options`); None: the network's own.
+OPTIONS = ("drop_path", "mask_ratio")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -51,6 +53,8 @@ class NetworkSettings:
     weight_filler: str = "network"
     filler_std: float = 0.01
     zero_init_residual: bool = False
+    drop_path: float | None = None
+    mask_ratio: float | None = None
     head: str = "softmax"
     scale: float | None = None
     embedding: str = "pool"
@@ -70,11 +74,12 @@ class Parts:
         decay = self.settings.weight_decay * mult
         return keras.regularizers.L2(decay / 2) if decay else None
 
-    def norm(self, name, fixed_scale=False):
+    def norm(self, name, fixed_scale=False, epsilon=None):
         """A new norm layer `name` of the settings' BN implementation (`fixed_scale`: its
-        scale kept at 1)."""
+        scale kept at 1; `epsilon`: the network's own, where --bn_epsilon is not given)."""
         s = self.settings
-        return norms.make_norm(s.norm, s.bn_momentum, s.bn_epsilon, name_prefix=name,
+        epsilon = epsilon if s.bn_epsilon is None else s.bn_epsilon
+        return norms.make_norm(s.norm, s.bn_momentum, epsilon, name_prefix=name,
                                regularizer=self.l2(s.bn_decay_mult), fixed_scale=fixed_scale)
 
     def prelu(self, name):
@@ -128,6 +133,12 @@ def problem(settings):
     if settings.backbone:
         return None
     network = registry.NETWORKS[settings.name]
+    given = [name for name in OPTIONS if getattr(settings, name) is not None]
+    foreign = [name for name in given if name not in network.options]
+    if foreign:
+        takers = [n for n, net in registry.NETWORKS.items() if foreign[0] in net.options]
+        return (f"--{foreign[0]} is a setting of --model={' or --model='.join(takers)}, not "
+                f"of --model={network.name}; drop it")
     own = network.check(settings) if network.check else None
     expected = len(network.widths)
     if own is None and settings.widths is not None and len(settings.widths) != expected:

@@ -28,7 +28,8 @@ class Network:
     its convolution widths in order (what --widths replaces); `dropout`: its default;
     `made_for`: `build`'s keyword arguments of the input (and embedding) it is made for;
     `check(settings)`: why settings cannot build it, or None; `classifier_std`: the std of
-    its own Gaussian classifier filler (None: the run's filler's glorot)."""
+    its own Gaussian classifier filler (None: the run's filler's glorot); `options`: the
+    settings of `models.OPTIONS` it takes."""
     name: str
     features: object
     family: str
@@ -37,6 +38,7 @@ class Network:
     made_for: dict = dataclasses.field(default_factory=lambda: dict(STUDY_INPUT))
     check: object = None
     classifier_std: float | None = None
+    options: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)

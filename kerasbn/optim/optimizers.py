@@ -37,7 +37,13 @@ def is_head(variable):
 
 class BackboneClipping:
     """Clips the backbone's gradients to the global norm `backbone_clipnorm` (0: not at all)
-    in a Keras optimizer it is mixed into."""
+    in a Keras optimizer it is mixed into. Adam and AdamW take a gradient of some rows
+    (Partial FC's) as the dense gradient it is, zero on the rows not drawn, as PartialFC_V2's
+    optimizer sees it."""
+
+    def __init__(self, learning_rate, backbone_clipnorm=0.0, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.backbone_clipnorm = float(backbone_clipnorm)
 
     def _backend_apply_gradients(self, grads, trainable_variables):
         self._heads = [is_head(v) for v in trainable_variables]
@@ -53,6 +59,14 @@ class BackboneClipping:
         return [g if g is None or head else g * tf.cast(factor, g.dtype)
                 for g, head in zip(grads, self._heads)]
 
+    def update_step(self, gradient, variable, learning_rate):
+        if isinstance(gradient, tf.IndexedSlices):
+            gradient = tf.convert_to_tensor(gradient)
+        return super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        return {**super().get_config(), "backbone_clipnorm": self.backbone_clipnorm}
+
 
 @keras.saving.register_keras_serializable(package="kerasbn")
 class CaffeSGD(BackboneClipping, keras.optimizers.SGD):
@@ -60,13 +74,12 @@ class CaffeSGD(BackboneClipping, keras.optimizers.SGD):
     `torch_momentum`, torch.optim.SGD's buffer instead of Caffe's."""
 
     def __init__(self, learning_rate=0.01, bias_lr_mult=1.0, row_decay=0.0, every_row=False,
-                 torch_momentum=False, backbone_clipnorm=0.0, **kwargs):
+                 torch_momentum=False, **kwargs):
         super().__init__(learning_rate, **kwargs)
         self.bias_lr_mult = float(bias_lr_mult)
         self.row_decay = float(row_decay)
         self.every_row = bool(every_row)
         self.torch_momentum = bool(torch_momentum)
-        self.backbone_clipnorm = float(backbone_clipnorm)
 
     def build(self, variables):
         super().build(variables)
@@ -123,33 +136,18 @@ class CaffeSGD(BackboneClipping, keras.optimizers.SGD):
     def get_config(self):
         return {**super().get_config(), "bias_lr_mult": self.bias_lr_mult,
                 "row_decay": self.row_decay, "every_row": self.every_row,
-                "torch_momentum": self.torch_momentum,
-                "backbone_clipnorm": self.backbone_clipnorm}
+                "torch_momentum": self.torch_momentum}
 
 
 @keras.saving.register_keras_serializable(package="kerasbn")
 class ClippedAdam(BackboneClipping, keras.optimizers.Adam):
     """Keras's Adam, the backbone's gradients clipped to `backbone_clipnorm`."""
 
-    def __init__(self, learning_rate=0.001, backbone_clipnorm=0.0, **kwargs):
-        super().__init__(learning_rate, **kwargs)
-        self.backbone_clipnorm = float(backbone_clipnorm)
-
-    def get_config(self):
-        return {**super().get_config(), "backbone_clipnorm": self.backbone_clipnorm}
-
 
 @keras.saving.register_keras_serializable(package="kerasbn")
 class ClippedAdamW(BackboneClipping, keras.optimizers.AdamW):
     """Keras's AdamW (torch.optim.AdamW's decoupled decay), the backbone's gradients clipped
     to `backbone_clipnorm`: arcface_torch's ViT configs."""
-
-    def __init__(self, learning_rate=0.001, backbone_clipnorm=0.0, **kwargs):
-        super().__init__(learning_rate, **kwargs)
-        self.backbone_clipnorm = float(backbone_clipnorm)
-
-    def get_config(self):
-        return {**super().get_config(), "backbone_clipnorm": self.backbone_clipnorm}
 
 def make_optimizer(config):
     """The optimizer of `config.solver_type` on the config's learning-rate schedule."""
