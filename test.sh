@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")"
 launch/install_venv.sh "[test]"
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
-exec .venv/bin/python -m pytest -q tests "$@"
+exec .venv/bin/python -m pytest -q --durations=25 tests "$@"

@@ -128,7 +128,7 @@ def convert(values):
     model, manifest = imported.model, imported.manifest
     embedding = model.get_layer("embedding").output.shape[-1]
     height, width = manifest.image_size
-    raw = {layer.name.rsplit(">", 1)[0]: layer.blob for layer in model.layers
+    raw = {layer.key: layer.blob for layer in model.layers
            if isinstance(layer, caffe_layers.CaffeOutput)}
     print(f"{values.prototxt}: {len(model.layers)} layers, {model.count_params():,} "
           f"parameters, {height}x{width}x{manifest.channels} "

@@ -19,6 +19,14 @@ run it, and a JSON file beside it with the preprocessing, class names and thresh
 
 `--model` converts an imported Caffe network's export (kerasbn.caffe_import): its core takes
 RGB pixels and does Caffe's preprocessing itself.
+
+`--format=pth` writes the backbone of a run of an arcface_torch network (iresnet18-100,
+mobilefacenet, vit_t/s/b, or a --backbone from kerasbn.torch_import), or a torch_import's
+export given as --model, as the state dict arcface_torch's
+`get_model(NAME, num_features=D).load_state_dict` takes (kerasbn.serving.pth), with a JSON
+beside it naming NAME and D:
+
+    python -m kerasbn.export --run_dir runs/r50 --format=pth [--out FILE.pth]
 """
 
 import sys
@@ -26,7 +34,7 @@ import sys
 from absl import flags
 
 from kerasbn.flags import cli
-from kerasbn.serving import exporter, portable
+from kerasbn.serving import exporter, portable, pth
 
 
 LABELS = {"litert": "LiteRT", "onnx": "ONNX"}
@@ -37,27 +45,36 @@ def define_flags(values):
     flags.DEFINE_string("run_dir", None, "A directory made by kerasbn.train.", **on)
     flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "The newest checkpoint, or "
                       "the weights of the run's best test.", **on)
-    flags.DEFINE_enum("format", "saved_model", ["saved_model", "litert", "onnx"],
+    flags.DEFINE_enum("format", "saved_model", ["saved_model", "litert", "onnx", "pth"],
                       "saved_model: the serving SavedModel; litert (.tflite) or onnx: the "
-                      "fixed-size float32 core for phones and other runtimes.", **on)
-    flags.DEFINE_string("model", None, "Instead of --run_dir, with --format=litert|onnx: an "
-                        "imported network's export (python -m kerasbn.caffe_import).", **on)
+                      "fixed-size float32 core for phones and other runtimes; pth: the "
+                      "backbone as an arcface_torch state dict.", **on)
+    flags.DEFINE_string("model", None, "Instead of --run_dir, with --format=litert|onnx|pth: "
+                        "an imported network's export (python -m kerasbn.caffe_import or "
+                        "torch_import).", **on)
     flags.DEFINE_string("out", None, "Where to write it (default: RUN_DIR/export, "
-                        "RUN_DIR/export.tflite or RUN_DIR/export.onnx).", **on)
+                        "RUN_DIR/export.tflite, .onnx or .pth).", **on)
 
 
 def main(argv):
     values, _ = cli.parse(argv, define_flags, __doc__)
     if bool(values.run_dir) == bool(values.model):
         sys.exit("error: give --run_dir (a directory made by kerasbn.train), or --model (an "
-                 "imported network's export) with --format=litert|onnx")
+                 "imported network's export) with --format=litert|onnx|pth")
     if values.model and values.format == "saved_model":
         sys.exit(f"error: --model={values.model} is a SavedModel already; --model takes "
-                 "--format=litert or onnx")
+                 "--format=litert, onnx or pth")
     best = values.checkpoint == "best"
     if values.out:
         cli.check_writable(values.out, by_tensorflow=True)
     stopped = "nothing was written (an export is written whole or not at all)"
+    if values.format == "pth":
+        source = values.model or values.run_dir
+        path, network, keys = cli.run(lambda: pth.export(
+            source, values.out, best, from_export=bool(values.model)), stopped)
+        print(f"arcface_torch {network} state dict: {path} ({keys} keys; how to load it: "
+              f"{portable.sidecar(path)})")
+        return
     if values.model:
         path, measured, checked_on = cli.run(lambda: exporter.export_import_portable(
             values.model, values.format, values.out), stopped)

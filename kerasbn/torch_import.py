@@ -6,8 +6,9 @@ and fed aligned photos like a trained run's, and a `train --backbone` to keep tr
 
 PyTorch is not needed: the file is read by an unpickler that builds only tensors, so a
 malicious pickle runs nothing (kerasbn.pytorch.state_dict). --network is arcface_torch's
-get_model name (r18, r34, r50, r100); the widths, embedding size and input size come from
-the weights. The export takes RGB photos and normalises them as arcface_torch's transform
+get_model name (r18, r34, r50, r100, mbf, vit_t, vit_s, vit_b); the widths, embedding size
+and input size come from the weights. `python -m kerasbn.export --model DIR --format=pth`
+writes it back. The export takes RGB photos and normalises them as arcface_torch's transform
 does, (x - 127.5) / 127.5. --out follows export's rules: nothing, or an earlier export, is
 replaced; nothing is written when the import fails.
 """

@@ -181,6 +181,12 @@ class CaffeOutput(keras.layers.Layer):
     def call(self, x):
         return x
 
+    @property
+    def key(self):
+        """The name serving_raw gives this output: the layer's, less its ">output" helper
+        suffix."""
+        return self.name.rsplit(">", 1)[0]
+
     def get_config(self):
         return {**super().get_config(), "blob": self.blob}
 

@@ -1,17 +1,20 @@
 """A PyTorch state dict (`torch.save(model.state_dict(), path)`, PyTorch's zip format) read
-into numpy arrays without PyTorch.
+into numpy arrays, and written from them, without PyTorch.
 
 The zip holds `<name>/data.pkl`, a pickle of the dict whose tensors refer to storages, and
 `<name>/data/<key>`, each storage's raw little-endian bytes. The pickle is read by an
 unpickler that builds nothing but ordered dicts and tensors (as the `.bin` reader builds
 only arrays): a pickle that names any other callable is refused, so a malicious file runs
-nothing.
+nothing. `write` emits the same format opcode by opcode (a pickler would have to import
+torch to name its functions), as torch.save writes it: what `torch.load(weights_only=True)`
+and `load_state_dict` take.
 """
 
 import collections
 import io
 import os
 import pickle
+import struct
 import zipfile
 
 import numpy as np
@@ -23,6 +26,8 @@ STORAGES = {"FloatStorage": np.float32, "HalfStorage": np.float16, "DoubleStorag
             "BFloat16Storage": None, "LongStorage": np.int64, "IntStorage": np.int32,
             "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
             "BoolStorage": np.bool_}
+# The archive's folder name inside the zip, and its format version, as torch.save writes them.
+ARCHIVE, VERSION = "archive", "3"
 
 
 class StateDictError(errors.UserError):
@@ -93,3 +98,50 @@ def read(path):
         raise StateDictError(f"--pth={path} holds no state dict of tensors")
     # A model wrapped in DataParallel or DistributedDataParallel saves its keys under "module.".
     return collections.OrderedDict((k.removeprefix("module."), v) for k, v in loaded.items())
+
+
+def _global(module, name):
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def _int(value):
+    return b"J" + struct.pack("<i", value)
+
+
+def _text(value):
+    data = value.encode("utf-8")
+    return b"X" + struct.pack("<I", len(data)) + data
+
+
+def _tuple(items):
+    return b"(" + b"".join(items) + b"t"
+
+
+_EMPTY_ORDERED_DICT = _global("collections", "OrderedDict") + b")R"
+
+
+def _tensor(index, array):
+    """The pickle of torch._utils._rebuild_tensor_v2 over storage `index` holding `array`."""
+    storage = next(name for name, dtype in STORAGES.items()
+                   if dtype is not None and np.dtype(dtype) == array.dtype)
+    location = _tuple([_text("storage"), _global("torch", storage), _text(str(index)),
+                       _text("cpu"), _int(array.size)]) + b"Q"
+    strides = [int(np.prod(array.shape[i + 1:])) for i in range(array.ndim)]
+    return (_global("torch._utils", "_rebuild_tensor_v2")
+            + _tuple([location, _int(0), _tuple(map(_int, array.shape)),
+                      _tuple(map(_int, strides)), b"\x89", _EMPTY_ORDERED_DICT]) + b"R")
+
+
+def write(path, state):
+    """Writes `state` ({key: numpy array}, in order) to `path` (or a binary file) as
+    torch.save writes a state dict."""
+    arrays = [np.array(v, v.dtype.newbyteorder("<"), order="C") for v in state.values()]
+    pickled = (b"\x80\x02" + _EMPTY_ORDERED_DICT + b"("
+               + b"".join(_text(k) + _tensor(i, a) for i, (k, a) in enumerate(zip(state, arrays)))
+               + b"u.")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr(f"{ARCHIVE}/data.pkl", pickled)
+        archive.writestr(f"{ARCHIVE}/byteorder", "little")
+        for index, array in enumerate(arrays):
+            archive.writestr(f"{ARCHIVE}/data/{index}", array.tobytes())
+        archive.writestr(f"{ARCHIVE}/version", VERSION + "\n")

@@ -22,7 +22,7 @@ KERAS_MODEL = imported.FILE
 # network, its Keras model file.
 SAVED_MODEL = ("saved_model.pb", "fingerprint.pb", "variables", "assets", MARKER, KERAS_MODEL)
 # The fixed-size core's file suffix per format, and the suffix of the JSON beside it.
-SUFFIXES = {"litert": ".tflite", "onnx": ".onnx"}
+SUFFIXES = {"litert": ".tflite", "onnx": ".onnx", "pth": ".pth"}
 SIDECAR = ".json"
 
 

@@ -32,7 +32,7 @@ def check_out(path, fmt="saved_model"):
         raise records.DataError(f"--out={path}: the directory {parent} does not exist; "
                                 "create it first")
     if fmt != "saved_model":
-        suffix = portable.FORMATS[fmt][0]
+        suffix = export_layout.SUFFIXES[fmt]
         if not path.endswith(suffix):
             raise records.DataError(f"--out={path}: a {fmt} file's name must end with {suffix}")
         if os.path.exists(path) and not (os.path.isfile(path) and portable.is_portable(path)):

@@ -149,7 +149,7 @@ def raw_outputs(model):
     every = keras.Model(model.inputs, [layer.output for layer in marked])
 
     def run(x):
-        return {layer.name.rsplit(">", 1)[0]: tf.cast(value, tf.float32)
+        return {layer.key: tf.cast(value, tf.float32)
                 for layer, value in zip(marked, every(x, training=False))}
     return run
 
