@@ -26,6 +26,8 @@ setup(
         "absl-py>=2.1",
         "numpy>=1.26",
         "matplotlib>=3.8",
+        # The ROC the field reads IJB's TARs from (insightface's eval_ijbc.py uses it).
+        "scikit-learn>=1.5",
         # Face detection (kerasbn.faces.detector): MIT-licensed code and weights, the
         # weights inside the wheel; the version tested.
         "mtcnn==1.0.0",

@@ -1,6 +1,7 @@
 """A network evaluated as `python -m kerasbn.evaluate` reports it: closed-set top-1/top-5/loss
-with per-identity accuracy, and face verification (with its ROC) on the dataset's holdout
-pairs, on a pairs.txt over face photos, or on insightface .bin sets."""
+with per-identity accuracy, face verification (with its ROC) on the dataset's holdout
+pairs, on a pairs.txt over face photos, or on insightface .bin sets, and the IJB-B/C
+template protocols (1:1 and 1:N)."""
 
 import dataclasses
 import os
@@ -8,7 +9,8 @@ import os
 import numpy as np
 
 from kerasbn.data import images, pipeline, records
-from kerasbn.evaluation import accuracy, bin_sets, holdout, pairs, verification
+from kerasbn.evaluation import (accuracy, bin_sets, holdout, ijb, ijb_features, pairs,
+                                verification)
 from kerasbn.faces import photo_alignment
 from kerasbn.utils.progress import Progress
 
@@ -104,9 +106,10 @@ def figures(scores, flip):
 @dataclasses.dataclass(frozen=True)
 class Request:
     """What to evaluate a network on (`python -m kerasbn.evaluate`'s flags of the same names):
-    a dataset's split, a pairs.txt over photos, insightface .bin sets; `verify_flip` None:
-    as the network's run verified, else False or how the mirrored views are summed
-    ("unit", "raw")."""
+    a dataset's split, a pairs.txt over photos, insightface .bin sets, an IJB release (`ijb`,
+    its features as `ijb_settings` say, cached under `ijb_cache`); `verify_flip` None: as
+    the network's run verified, else False or how the mirrored views are summed ("unit",
+    "raw")."""
 
     data_dir: str | None = None
     split: str = "test"
@@ -116,6 +119,24 @@ class Request:
     bins: tuple = ()
     verify_flip: bool | str | None = None
     align: bool = False
+    ijb: str | None = None
+    ijb_settings: ijb_features.Settings = ijb_features.Settings()
+    ijb_cache: str = "ijb_cache"
+
+
+def ijb_figures(served, values):
+    """(the "ijb" figures of `served` on the release at `values.ijb`, the scores of its
+    pairs in the pair file's order)."""
+    meta = ijb.read(values.ijb)
+    views = ijb_features.embed(served, meta, values.ijb_cache, values.batch_size)
+    feats = ijb_features.features(views, meta, values.ijb_settings)
+    unit, ids = ijb.pool(feats, meta.templates, meta.medias)
+    scores = ijb.pair_scores(unit, ids, meta.pairs)
+    figures = {"set": meta.set, "templates": int(len(ids)), **ijb.verify(scores, meta.labels),
+               "settings": dataclasses.asdict(values.ijb_settings)}
+    if meta.galleries is not None:
+        figures.update(ijb.identify(feats, meta))
+    return figures, scores
 
 
 def evaluate_network(served, values):
@@ -146,4 +167,8 @@ def evaluate_network(served, values):
         results.append({"source": served.source, "checkpoint": served.checkpoint,
                         "pairs": path, "set": bin_sets.name(path),
                         **figures(bin_scores(served, path, values.batch_size, flip), flip)})
+    if values.ijb:
+        figures_of, scores = ijb_figures(served, values)
+        results.append({"source": served.source, "checkpoint": served.checkpoint,
+                        "ijb": figures_of, "ijb_scores": scores})
     return results

@@ -66,12 +66,15 @@ def serving_functions(model, manifest, threshold=None, detector=None):
         embedding, logits = features(x, training=False)
         embedding, logits = tf.cast(embedding, tf.float32), tf.cast(logits, tf.float32)
         unit = tf.math.l2_normalize(embedding, axis=-1, epsilon=1e-24)
+        # The raw embedding's length: the field's template protocols (IJB) pool raw
+        # embeddings, whose norm weighs each image, and unit * norm gives them back.
+        embedded = {"embedding": unit, "embedding_norm": tf.norm(embedding, axis=-1)}
         if not manifest.num_classes:  # an imported embedding network, no classifier
-            return {"embedding": unit}
+            return embedded
         probabilities = tf.nn.softmax(logits)
         labels = tf.math.top_k(probabilities, k).indices
         return {"logits": logits, "probabilities": probabilities, "labels": labels,
-                "names": tf.gather(names, labels), "embedding": unit}
+                "names": tf.gather(names, labels), **embedded}
 
     def served(x, run=outputs):
         """`run`'s outputs of prepared images; for an empty batch, empty outputs of the right
