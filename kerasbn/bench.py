@@ -34,6 +34,10 @@
     python -m kerasbn.bench --bench=photos --export=runs/bn/export --faces_dir=att_faces
         align's photos/s at two photo sizes, and serve_photo's latency with one and six
         faces against serve_bytes on the same faces aligned (kerasbn.benchmarks.photo_pipeline).
+    python -m kerasbn.bench --bench=gallery --export=runs/r50/export --faces_dir=att_faces
+        serve_photo naming faces among 1k, 10k and 100k enrolled templates against serve_photo
+        without a gallery, and IJB embedding's images/s against serving aligned crops
+        (kerasbn.benchmarks.gallery_search).
     python -m kerasbn.bench --bench=caffe [--prototxt=P --caffemodel=M] [--batch_size=64]
         an imported Caffe network's conversion time and images/s against OpenCV's dnn on the
         same files, and their largest difference (kerasbn.benchmarks.caffe_speed; without
@@ -47,8 +51,9 @@ import tempfile
 import tensorflow as tf
 from absl import flags
 
-from kerasbn.benchmarks import (caffe_speed, input_pipeline, margin_heads, peer_comparison,
-                                photo_pipeline, scaling, separability, timing, whole_run)
+from kerasbn.benchmarks import (caffe_speed, gallery_search, input_pipeline, margin_heads,
+                                peer_comparison, photo_pipeline, scaling, separability, timing,
+                                whole_run)
 from kerasbn.data import records
 from kerasbn.flags import cli
 from kerasbn.nn import models, norms, registry
@@ -193,6 +198,13 @@ def photos_bench(values):
     photo_pipeline.run(values.export, values.faces_dir, values.repeats)
 
 
+def gallery_bench(values):
+    if not values.export or not values.faces_dir:
+        sys.exit("error: --bench=gallery needs --export (a SavedModel written by "
+                 "kerasbn.export) and --faces_dir (a folder of face images, e.g. the AT&T set)")
+    gallery_search.run(values.export, values.faces_dir, values.repeats)
+
+
 def caffe_bench(values):
     if bool(values.prototxt) != bool(values.caffemodel):
         sys.exit("error: --prototxt and --caffemodel go together (or neither, for the study's "
@@ -212,7 +224,7 @@ def _data_dirs(values):
 BENCHES = {"input": input_bench, "separability": separability_bench, "train": train_bench,
            "norms": norms_bench, "peer": peer_bench, "profile": profile_bench,
            "run": run_bench, "scale": scale_bench, "heads": heads_bench,
-           "photos": photos_bench, "caffe": caffe_bench}
+           "photos": photos_bench, "gallery": gallery_bench, "caffe": caffe_bench}
 
 
 def main(argv):
@@ -251,10 +263,10 @@ def define_flags(values):
     flags.DEFINE_multi_float("sample_fractions", [1.0, 0.1], "heads bench: --sample_classes "
                              "values, ratios to the first (repeatable).", lower_bound=0,
                              upper_bound=1, **on)
-    flags.DEFINE_string("export", None, "photos bench: the SavedModel whose serve_photo is "
-                        "timed.", **on)
-    flags.DEFINE_string("faces_dir", None, "photos bench: face images pasted into the timed "
-                        "photos (the AT&T set).", **on)
+    flags.DEFINE_string("export", None, "photos, gallery benches: the SavedModel whose "
+                        "serve_photo is timed.", **on)
+    flags.DEFINE_string("faces_dir", None, "photos, gallery benches: face images pasted into "
+                        "the timed photos (the AT&T set).", **on)
     flags.DEFINE_string("prototxt", None, "caffe bench: a deploy prototxt.", **on)
     flags.DEFINE_string("caffemodel", None, "caffe bench: its caffemodel.", **on)
     flags.DEFINE_list("networks", ["baseline", "bn"], "peer bench: the study's baseline,bn "

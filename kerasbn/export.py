@@ -27,14 +27,24 @@ export given as --model, as the state dict arcface_torch's
 beside it naming NAME and D:
 
     python -m kerasbn.export --run_dir runs/r50 --format=pth [--out FILE.pth]
+
+`--far=F` stores the threshold at false accept rate F on the run's holdout pairs (the
+loosest with FAR at most F) instead of the best-accuracy one. `--gallery=GALLERY` (made by
+kerasbn.enroll) writes an export whose serve_photo also names each face it finds among the
+enrolled people, `identity` (or "unknown") and `identity_score`, searched inside the graph:
+
+    python -m kerasbn.export --model runs/r50/export --gallery=gallery --out=exports/door
 """
 
+import os
+import shutil
 import sys
+import tempfile
 
 from absl import flags
 
 from kerasbn.flags import cli
-from kerasbn.serving import exporter, portable, pth
+from kerasbn.serving import exporter, gallery, portable, pth
 
 
 LABELS = {"litert": "LiteRT", "onnx": "ONNX"}
@@ -52,8 +62,30 @@ def define_flags(values):
     flags.DEFINE_string("model", None, "Instead of --run_dir, with --format=litert|onnx|pth: "
                         "an imported network's export (python -m kerasbn.caffe_import or "
                         "torch_import).", **on)
+    flags.DEFINE_float("far", None, "Choose the stored threshold at this false accept rate on "
+                       "the run's holdout pairs.", lower_bound=0, upper_bound=1, **on)
+    flags.DEFINE_string("gallery", None, "A gallery (kerasbn.enroll) whose people the "
+                        "export's serve_photo names; needs --out.", **on)
     flags.DEFINE_string("out", None, "Where to write it (default: RUN_DIR/export, "
                         "RUN_DIR/export.tflite, .onnx or .pth).", **on)
+
+
+def export_gallery(values, best):
+    """(path, kept) of the export with --gallery inside, from --model or --run_dir's newest
+    (or best) checkpoint."""
+    people = gallery.read(values.gallery)
+    exporter.check_out(values.out)
+    if values.model:
+        return values.out, gallery.export_with(values.model, people, values.out,
+                                               values.gallery)
+    scratch = tempfile.mkdtemp(prefix=".export.", dir=os.path.dirname(
+        os.path.abspath(values.out)))
+    try:
+        exporter.export_run(values.run_dir, os.path.join(scratch, "export"), best, values.far)
+        return values.out, gallery.export_with(os.path.join(scratch, "export"), people,
+                                               values.out, values.gallery)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def main(argv):
@@ -61,13 +93,23 @@ def main(argv):
     if bool(values.run_dir) == bool(values.model):
         sys.exit("error: give --run_dir (a directory made by kerasbn.train), or --model (an "
                  "imported network's export) with --format=litert|onnx|pth")
-    if values.model and values.format == "saved_model":
+    if values.gallery and (values.format != "saved_model" or not values.out):
+        sys.exit("error: --gallery writes a SavedModel to --out: give --out=DIR and no --format")
+    if values.model and values.format == "saved_model" and not values.gallery:
         sys.exit(f"error: --model={values.model} is a SavedModel already; --model takes "
-                 "--format=litert, onnx or pth")
+                 "--format=litert, onnx or pth, or --gallery")
+    if values.far is not None and (values.model or values.format != "saved_model"):
+        sys.exit("error: --far chooses a run's SavedModel threshold on its holdout pairs; give "
+                 "--run_dir and no --format")
     best = values.checkpoint == "best"
     if values.out:
         cli.check_writable(values.out, by_tensorflow=True)
     stopped = "nothing was written (an export is written whole or not at all)"
+    if values.gallery:
+        path, kept = cli.run(lambda: export_gallery(values, best), stopped)
+        print(f"SavedModel with the gallery {values.gallery}: {path}"
+              + (f" (your files there stayed: {', '.join(kept)})" if kept else ""))
+        return
     if values.format == "pth":
         source = values.model or values.run_dir
         path, network, keys = cli.run(lambda: pth.export(
@@ -79,8 +121,8 @@ def main(argv):
         path, measured, checked_on = cli.run(lambda: exporter.export_import_portable(
             values.model, values.format, values.out), stopped)
     elif values.format == "saved_model":
-        path, kept = cli.run(lambda: exporter.export_run(values.run_dir, values.out, best),
-                             stopped)
+        path, kept = cli.run(lambda: exporter.export_run(values.run_dir, values.out, best,
+                                                         values.far), stopped)
         print(f"SavedModel: {path}" + (f" (your files there stayed: {', '.join(kept)})"
                                        if kept else ""))
         return

@@ -3,6 +3,7 @@
     python -m kerasbn.predict --model=runs/bn/export photo.jpg other.png ...
     python -m kerasbn.predict --model=runs/bn/export --compare a.jpg b.jpg
     python -m kerasbn.predict --model=runs/bn/export --embed=photos/ --out=emb.npy
+    python -m kerasbn.predict --model=runs/bn/export --gallery=gallery --align photo.jpg ...
 
 Photos may be any format Pillow reads and any size: the SavedModel converts and resizes them
 as its dataset was made. A file that is not a usable image is named and skipped; the rest
@@ -14,9 +15,15 @@ L2-normalised embeddings (float32 [N, D]) and, beside them, OUT.txt with one fil
 (MTCNN) and aligned to the size the network takes inside the export, exactly as it serves
 them, and each face gets its own line (its box and detection confidence,
 then its identities); --compare and --embed take the largest face of each photo and say so.
+
+--gallery names each face (each photo, without --align) among the people enrolled by
+kerasbn.enroll: the enrolled name and its cosine, or `unknown` with the best candidate and
+the gallery's threshold; --top_k candidates each; --out=FILE.jsonl also writes one JSON
+line per face for scripts.
 """
 
 import io
+import json
 import os
 import sys
 
@@ -30,7 +37,7 @@ from kerasbn.faces import detector, photo_alignment
 from kerasbn.flags import cli
 from kerasbn.runs import export_layout
 from kerasbn.runs.run_dir import RunDir
-from kerasbn.serving import exporter, signatures
+from kerasbn.serving import exporter, gallery, signatures
 from kerasbn.utils import atomic
 from kerasbn.utils.progress import Progress
 
@@ -152,14 +159,24 @@ def define_flags(values):
     flags.DEFINE_bool("align", False, "Whole photos: find the faces (MTCNN), align each to "
                       "the network's size, and name every face (--compare, --embed: the "
                       "largest of each photo).", **on)
-    flags.DEFINE_integer("top_k", 5, "Identities printed per photo.", lower_bound=1,
-                         upper_bound=signatures.TOP_K, **on)
+    flags.DEFINE_integer("top_k", None, "Identities printed per photo (default: 5 classes; "
+                         "with --gallery, the best enrolled person).", lower_bound=1, **on)
+    flags.DEFINE_string("gallery", None, "A gallery made by kerasbn.enroll: name each face "
+                        "among its people, or unknown.", **on)
 
 
 def check(values, files):
     """One line naming what is wrong with the command, or None."""
     if not values.model:
         return "--model is required: a SavedModel written by kerasbn.export"
+    if values.top_k and not values.gallery and values.top_k > signatures.TOP_K:
+        return f"--top_k goes up to {signatures.TOP_K} classes"
+    if values.gallery:
+        if values.embed or values.compare or not files:
+            return "--gallery names the photos given: no --embed or --compare"
+        if values.out and not values.out.endswith(".jsonl"):
+            return "--out with --gallery is the FILE.jsonl of one line per face"
+        return None
     if values.embed:
         if files or values.compare:
             return "--embed takes a folder and no photo arguments or --compare"
@@ -186,15 +203,55 @@ def main(argv):
     problem = check(values, files)
     if problem:
         sys.exit(f"error: {problem}")
-    if values.embed:
+    if values.out:
         cli.check_writable(values.out)
     cli.run(lambda: predict(values, files),
             "nothing was written (--embed writes its files whole, at the end)")
 
 
+def identify(values, model, spec, paths):
+    """The --gallery lines: each face (or photo) named among the gallery's people."""
+    people = gallery.read(values.gallery)
+    serve = lambda images: model.signatures["serving_default"](images=tf.constant(images))
+    gallery.check_model(people, values.gallery, gallery.fingerprint(
+        serve, tuple(spec["image_size"]), spec["channels"]))
+    if values.align:
+        faces, bad = aligned_faces(model, paths, True)
+        crops = [(label, row["crops"]) for label, row in faces]
+    else:
+        photos, bad = read_photos(paths, spec["channels"])
+        crops = [(path, array) for path, array in photos]
+    for path, reason in bad:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    records_out, cut = [], (people.threshold or {}).get("value")
+    for label, crop in crops:
+        raw = gallery.raw_embeddings(serve, crop[None]) + gallery.raw_embeddings(
+            serve, crop[None, :, ::-1])
+        unit = raw / max(float(np.linalg.norm(raw)), 1e-12)
+        best, scores = gallery.search(people, unit, values.top_k or 1)
+        name = gallery.verdict(people, best[0][0], scores[0][0])
+        candidates = [{"name": people.names[i], "score": float(v)}
+                      for i, v in zip(best[0], scores[0])]
+        shown = "  ".join(f"{c['name']} {c['score']:.3f}" for c in candidates)
+        print(f"{label}: {name} {scores[0][0]:.3f}" + (f"  ({shown})" if len(candidates) > 1
+                                                      else "")
+              if name != gallery.UNKNOWN else
+              f"{label}: unknown (best {shown}; threshold {cut})")
+        records_out.append({"face": label, "identity": name, "score": float(scores[0][0]),
+                            "candidates": candidates, "threshold": cut})
+    if values.out:
+        atomic.write_text(values.out, "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                              for r in records_out))
+        print(f"wrote {values.out} ({len(records_out)} faces)")
+    if not crops:
+        sys.exit("error: no usable face among the files given")
+
+
 def predict(values, files):
     """What the command does once its flags are checked."""
     model, spec, threshold = load_model(values.model)
+    if values.gallery:
+        return identify(values, model, spec, files)
     paths = image_files(values.embed) if values.embed else files
     if values.embed:
         print(f"embedding {len(paths)} images under {values.embed}"
@@ -235,7 +292,7 @@ def predict(values, files):
         sys.exit(f"error: {values.model} has no classifier (an imported embedding network); "
                  "compare two photos with --compare or embed a folder with --embed")
     else:
-        print("\n".join(name_lines(photos, served("serving_default"), values.top_k)))
+        print("\n".join(name_lines(photos, served("serving_default"), values.top_k or 5)))
 
 
 if __name__ == "__main__":

@@ -92,6 +92,17 @@ def finished_run(small_data, tmp_path_factory):
 FORMATS = [("pgm", "PPM"), ("jpg", "JPEG"), ("png", "PNG"), ("bmp", "BMP"), ("tif", "TIFF")]
 
 
+@pytest.fixture(scope="session")
+def verified_run(tmp_path_factory):
+    """A 20-iteration run on synthetic faces with 4 holdout people and 60 holdout pairs."""
+    root = tmp_path_factory.mktemp("evaluate")
+    data = str(root / "data")
+    synth.build(data, 6, 20, 0.25, 50, 0, "raw", 32, False, holdout_identities=4, pairs=60)
+    run_dir = str(root / "run")
+    run_train(train_args(data, run_dir, max_iter=20, test_interval=10, verify_split="none"))
+    return run_dir
+
+
 def _face(seed, size=(60, 80), mode="L"):
     rng = np.random.default_rng(seed)
     shape = (size[1], size[0]) + (() if mode == "L" else (3,))

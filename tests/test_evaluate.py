@@ -8,22 +8,11 @@ import tensorflow as tf
 from conftest import run_train, train_args
 from PIL import Image
 
-from data_tools import synth
 from kerasbn import evaluate
 from kerasbn.data import records
 from kerasbn.evaluation import bin_sets, evaluator, pairs
 from kerasbn.runs.run_dir import RunDir
 from kerasbn.serving import signatures
-
-
-@pytest.fixture(scope="module")
-def verified_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("evaluate")
-    data = str(root / "data")
-    synth.build(data, 6, 20, 0.25, 50, 0, "raw", 32, False, holdout_identities=4, pairs=60)
-    run_dir = str(root / "run")
-    run_train(train_args(data, run_dir, max_iter=20, test_interval=10, verify_split="none"))
-    return run_dir
 
 
 @pytest.mark.slow

@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from data_tools import build_records, convert, synth
-from kerasbn import (align, caffe_import, compare_norms, evaluate, export, launch, predict,
-                     report, show_schedule, torch_import, train)
+from kerasbn import (align, caffe_import, compare_norms, enroll, evaluate, export, launch,
+                     predict, report, show_schedule, torch_import, train)
 from kerasbn.analysis import comparison
 from kerasbn.serving import exporter
 from kerasbn.training import loop
@@ -49,6 +49,9 @@ WRITERS = {
     "compare_norms": Writer(compare_norms, lambda s, out: [
         "compare_norms", f"--data_dir={s.data}", f"--out={out}", "--seeds=1"],
         (compare_norms, "run_one"), True),
+    "enroll": Writer(enroll, lambda s, out: [
+        "enroll", f"--model={s.run}/export", f"--photos={s.people}", f"--out={out}",
+        "--threshold=0.3"], (enroll, "enroll"), False),
     "evaluate": Writer(evaluate, lambda s, out: ["evaluate", f"--run_dir={s.run}",
                                                  f"--out={out}"],
                        (evaluate, "evaluate_all"), False),
@@ -105,15 +108,18 @@ def _sources(tmp_path, small_data, request, whole):
     run and photos where the command runs whole."""
     empty = tmp_path / "source"
     empty.mkdir()
-    photos = empty
+    photos = people = empty
     if whole:
         from skimage import data
         photos = tmp_path / "photos"
         photos.mkdir()
         Image.fromarray(data.astronaut()).save(photos / "astronaut.jpg", quality=90)
+        people = tmp_path / "people"
+        (people / "astronaut").mkdir(parents=True)
+        os.link(photos / "astronaut.jpg", people / "astronaut" / "astronaut.jpg")
     run = request.getfixturevalue("finished_run") if whole else str(empty)
     return types.SimpleNamespace(empty=str(empty), photos=str(photos), data=small_data,
-                                 run=run)
+                                 run=run, people=str(people))
 
 
 @pytest.mark.parametrize("name, hazard", _cases())

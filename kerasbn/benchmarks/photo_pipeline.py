@@ -37,7 +37,8 @@ def group_photo(face_paths, size, faces):
     return buffer.getvalue()
 
 
-def _best(function, repeats):
+def best_of(function, repeats):
+    """The fastest of `repeats` timed calls of `function`, in seconds."""
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
@@ -71,7 +72,7 @@ def run(export, faces_dir, repeats=5, photos=8):
                 package.detect_faces(array)
 
         package.detect_faces(array)
-        seconds, reference = _best(align_photos, repeats), _best(package_photos, repeats)
+        seconds, reference = best_of(align_photos, repeats), best_of(package_photos, repeats)
         result[f"align_{size[0]}x{size[1]}_photos_per_sec"] = photos / seconds
         result[f"mtcnn_{size[0]}x{size[1]}_photos_per_sec"] = photos / reference
         print(f"align, {size[0]}x{size[1]} photos with one face: {photos / seconds:.1f} "
@@ -92,7 +93,7 @@ def run(export, faces_dir, repeats=5, photos=8):
         whole = lambda: photo(photo=tf.constant(encoded))
         aligned = lambda: crops_bytes(encoded=tf.constant(crop_files))
         whole(), aligned()
-        t_whole, t_aligned = _best(whole, repeats), _best(aligned, repeats)
+        t_whole, t_aligned = best_of(whole, repeats), best_of(aligned, repeats)
         result[f"serve_photo_{faces}_faces_ms"] = 1000 * t_whole
         result[f"serve_bytes_{faces}_faces_ms"] = 1000 * t_aligned
         print(f"serve_photo, 640x480 with {len(found)} face(s): {1000 * t_whole:.1f} ms; "

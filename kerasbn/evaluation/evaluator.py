@@ -172,3 +172,31 @@ def evaluate_network(served, values):
         results.append({"source": served.source, "checkpoint": served.checkpoint,
                         "ijb": figures_of, "ijb_scores": scores})
     return results
+
+
+def threshold_pairs(served, values):
+    """(scores, same, what they are) of the verification pairs a threshold is chosen on:
+    `values`' pairs.txt over photos, first .bin set, IJB release (its 1:1 template pairs), or
+    its dataset's holdout pairs, each face embedded with its mirror (the two served
+    embeddings summed)."""
+    flip = "raw"
+    if values.pairs:
+        scores = photo_scores(served, values.pairs, values.image_root, values.batch_size, flip,
+                              values.align)
+        return scores[0], scores[1], f"the pairs of {values.pairs}"
+    if values.bins:
+        scores = bin_scores(served, values.bins[0], values.batch_size, flip)
+        return scores[0], scores[1], f"the pairs of {values.bins[0]}"
+    if values.ijb:
+        _, scores = ijb_figures(served, values)
+        return scores, ijb.read(values.ijb).labels.astype(bool), \
+            f"the template pairs of {values.ijb}"
+    manifest = records.read_manifest(values.data_dir, check_files=True)
+    if not manifest.has_holdout_pairs:
+        raise records.DataError(f"--data_dir={values.data_dir} has no holdout pairs to choose a "
+                                "threshold on; give --pairs, --bin or --ijb")
+    embed = lambda x: served.serve(x)["embedding"]
+    scores = holdout.scorer(embed, values.data_dir, manifest, values.batch_size, flip, raw=True,
+                            progress=Progress(manifest.splits["holdout"].count,
+                                              "holdout split"))()
+    return scores[0], scores[1], f"the holdout pairs of {values.data_dir}"

@@ -128,6 +128,20 @@ def tar_at_far(scores, is_same, far):
     return float(tars[np.flatnonzero(fars <= far)[-1]])
 
 
+def threshold_at_far(scores, is_same, far):
+    """(threshold, false accept rate reached, true accept rate there) of the loosest
+    threshold whose false accept rate is at most `far`, accepting scores >= it; the threshold
+    is a float32 value just above the first impostor score it must refuse, so float32 scores
+    compare with it as they were counted."""
+    scores, is_same = np.asarray(scores, np.float32), np.asarray(is_same, bool)
+    require_both_kinds(is_same, "the pairs a threshold is chosen on")
+    impostor = np.sort(scores[~is_same])[::-1]
+    allowed = min(int(np.floor(far * len(impostor) + 1e-9)), len(impostor) - 1)
+    threshold = np.nextafter(impostor[allowed], np.float32(np.inf))
+    return (float(threshold), float(np.mean(scores[~is_same] >= threshold)),
+            float(np.mean(scores[is_same] >= threshold)))
+
+
 def _val_far(distances, is_same, thresholds):
     """(true accept rate, false accept rate) of accepting distance < each threshold."""
     genuine, impostor = np.sort(distances[is_same]), np.sort(distances[~is_same])

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 from kerasbn.data import records
-from kerasbn.evaluation import holdout
+from kerasbn.evaluation import holdout, verification
 from kerasbn.faces import detector as faces_detector
 from kerasbn.runs import export_layout
 from kerasbn.runs.run_dir import RunDir
@@ -44,27 +44,34 @@ def check_out(path, fmt="saved_model"):
                                 "new directory (kerasbn replaces only its own exports)")
 
 
-def threshold(model, data_dir, manifest, batch_size=256):
+def threshold(model, data_dir, manifest, batch_size=256, far=None):
     """The cosine threshold best separating the holdout pairs' matched from mismatched
-    (the mean of LFW's ten folds' choices) for `model`; None without holdout pairs."""
+    (the mean of LFW's ten folds' choices) for `model`, or with `far` the loosest whose
+    false accept rate there is at most `far`; None without holdout pairs."""
     if not manifest.has_holdout_pairs:
         return None
+    if far is not None:
+        scores = holdout.scorer(holdout.model_embedding(model), data_dir, manifest,
+                                batch_size)()
+        return verification.threshold_at_far(scores[0], scores[1], far)[0]
     return holdout.verifier(model, data_dir, manifest, batch_size)()["verify_threshold"]
 
 
 def export_saved_model(model, manifest, path, data_dir=None, given=None, keras_file=False,
-                       notes=None):
+                       notes=None, far=None):
     """Writes the SavedModel to `path` through a temporary directory of this process's own,
     so a crash never leaves a partial export where a complete one is expected. `path` must
     hold nothing or an export (the caller checks an --out with `check_out`; a run dir's
     export/ is the run's own); an earlier export there is replaced, and any other file in it
-    stays. With the dataset's `data_dir`, the threshold is chosen on its holdout pairs;
+    stays. With the dataset's `data_dir`, the threshold is chosen on its holdout pairs (at
+    false accept rate `far` when given, else for the best accuracy);
     `given` is (threshold, where it came from) instead. `keras_file` also writes the Keras
     model file; `notes` ({key: value}) go into the marker too. Returns the files of the
     user's that stayed beside the export."""
     if data_dir:
-        cut = threshold(model, data_dir, manifest)
-        source = f"chosen on the holdout pairs of {data_dir}" if cut is not None else None
+        cut = threshold(model, data_dir, manifest, far=far)
+        how = f"at FAR {far:g}" if far is not None else "for the best accuracy"
+        source = f"chosen {how} on the holdout pairs of {data_dir}" if cut is not None else None
     else:
         cut, source = given or (None, None)
     archive = keras.export.ExportArchive()
@@ -75,8 +82,7 @@ def export_saved_model(model, manifest, path, data_dir=None, given=None, keras_f
     for name, (function, signature) in signatures.serving_functions(
             model, manifest, cut, detect).items():
         archive.add_endpoint(name, function, input_signature=signature)
-    tmp = _private_dir(path, "partial")
-    try:
+    def write(tmp):
         archive.write_out(tmp, verbose=False)
         if keras_file:
             model.save(os.path.join(tmp, export_layout.KERAS_MODEL))
@@ -87,6 +93,16 @@ def export_saved_model(model, manifest, path, data_dir=None, given=None, keras_f
             export_layout.DETECTOR_VARIABLES: sorted(
                 v.path for network in detector.networks for v in network.variables),
             **(notes or {})})
+    return write_export(path, write)
+
+
+def write_export(path, write):
+    """Writes an export to `path` through a temporary directory of this process's own:
+    `write(tmp)` fills it, then it replaces an earlier export at `path` (whose other files,
+    the user's, stay; their names are returned)."""
+    tmp = _private_dir(path, "partial")
+    try:
+        write(tmp)
         atomic.follow_umask(tmp)
         return _replace(tmp, path)
     finally:
@@ -116,7 +132,7 @@ def _replace(new, path):
     return kept
 
 
-def export_run(run_dir, out=None, best=False):
+def export_run(run_dir, out=None, best=False, far=None):
     """Exports the newest (or best) checkpoint of a training run, rebuilt from its config;
     returns (the export's path, the user's files that stayed in it)."""
     run = RunDir(run_dir)
@@ -128,7 +144,10 @@ def export_run(run_dir, out=None, best=False):
                                 "export of its newest checkpoint")
     config, manifest, model, _ = signatures.restore_run(run_dir, best)
     path = out or run.export
-    return path, export_saved_model(model, manifest, path, config.data_dir)
+    if far is not None and not manifest.has_holdout_pairs:
+        raise records.DataError(f"--far chooses the threshold on the holdout pairs, and "
+                                f"{config.data_dir} has none")
+    return path, export_saved_model(model, manifest, path, config.data_dir, far=far)
 
 
 def export_portable(run_dir, fmt, out=None, best=False):
