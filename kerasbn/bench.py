@@ -37,7 +37,7 @@
     python -m kerasbn.bench --bench=gallery --export=runs/r50/export --faces_dir=att_faces
         serve_photo naming faces among 1k, 10k and 100k enrolled templates against serve_photo
         without a gallery, and IJB embedding's images/s against serving aligned crops
-        (kerasbn.benchmarks.gallery_search).
+        (kerasbn.benchmarks.photo_pipeline).
     python -m kerasbn.bench --bench=caffe [--prototxt=P --caffemodel=M] [--batch_size=64]
         an imported Caffe network's conversion time and images/s against OpenCV's dnn on the
         same files, and their largest difference (kerasbn.benchmarks.caffe_speed; without
@@ -51,9 +51,8 @@ import tempfile
 import tensorflow as tf
 from absl import flags
 
-from kerasbn.benchmarks import (caffe_speed, gallery_search, input_pipeline, margin_heads,
-                                peer_comparison, photo_pipeline, scaling, separability, timing,
-                                whole_run)
+from kerasbn.benchmarks import (caffe_speed, input_pipeline, margin_heads, peer_comparison,
+                                photo_pipeline, scaling, separability, timing, whole_run)
 from kerasbn.data import records
 from kerasbn.flags import cli
 from kerasbn.nn import models, norms, registry
@@ -202,7 +201,7 @@ def gallery_bench(values):
     if not values.export or not values.faces_dir:
         sys.exit("error: --bench=gallery needs --export (a SavedModel written by "
                  "kerasbn.export) and --faces_dir (a folder of face images, e.g. the AT&T set)")
-    gallery_search.run(values.export, values.faces_dir, values.repeats)
+    photo_pipeline.run_gallery(values.export, values.faces_dir, values.repeats)
 
 
 def caffe_bench(values):

@@ -80,7 +80,9 @@ def check(values, rest):
 
 
 def crops_of(files, served, align):
-    """(uint8 crops of the usable `files`, [(file, why not)] of the others)."""
+    """([uint8 image of each usable file], [(file, why not)] of the others): with `align`
+    its largest face aligned, else the file at its own size, which the export resizes as it
+    resizes every photo it serves (so a face is enrolled as predict will see it)."""
     height, width = served.image_size
     crops, skipped = [], []
     settings = photo_alignment.Settings(height, width, served.channels)
@@ -89,14 +91,13 @@ def crops_of(files, served, align):
             entry, faces = photo_alignment.align_photo(path, settings)
             reason = entry.get("reason")
         else:
-            faces, reason = images.load(path, served.channels, (height, width),
-                                        served.resize_mode)
+            faces, reason = images.load(path, served.channels)
             faces = None if reason else faces[None]
         if faces is None or not len(faces):
             skipped.append((path, reason))
         else:
             crops.append(faces[0])
-    return (np.stack(crops) if crops else None), skipped
+    return crops, skipped
 
 
 def people(root):
@@ -150,7 +151,7 @@ def enroll(values):
         crops, skipped = crops_of(files, served, values.align)
         for path, why in skipped:
             print(f"skipped {path}: {why}", file=sys.stderr)
-        if crops is None:
+        if not crops:
             not_enrolled.append(f"{name} (no usable face in its {len(files)} photos)")
         else:
             names.append(name)

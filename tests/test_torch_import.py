@@ -212,7 +212,8 @@ def _cosines(a, b):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, layers", [("r18", (2, 2, 2, 2)), ("r34", (3, 4, 6, 3))])
+# r34 differs from r18 only in its block counts, which the state dict check names below.
+@pytest.mark.parametrize("name, layers", [("r18", (2, 2, 2, 2))])
 def test_an_arcface_torch_iresnet_ports_with_its_embeddings(name, layers, tmp_path, capsys):
     import tensorflow as tf
 

@@ -170,6 +170,7 @@ def verify(scores, labels):
     """1:1 figures of the pair `scores` and their `labels`: AUC, TAR at each of FARS by
     insightface's nearest-vertex reading and by kerasbn's at-most reading, and the ROC."""
     labels = np.asarray(labels).astype(bool)
+    verification.require_both_kinds(labels, "the template pair file")
     fpr, tpr, _ = metrics.roc_curve(labels, scores)
     flipped_fpr, flipped_tpr = fpr[::-1], tpr[::-1]
     nearest = {f"{far:.0e}": float(flipped_tpr[np.argmin(np.abs(flipped_fpr - far))])

@@ -31,8 +31,10 @@ from kerasbn.utils import atomic
 
 TEMPLATES, META = "templates.npy", "gallery.json"
 UNKNOWN = "unknown"
-# How close a model's fingerprint must come to the gallery's to be the model it was made by.
-SAME_MODEL = 0.9999
+# How near a model's fingerprint must lie to the gallery's to be the model it was made by
+# (the distance of unit vectors whose cosine is 0.9999; a model whose embedding of the noise
+# image is degenerate, all zero, still matches itself).
+SAME_MODEL = 0.0142
 # The gallery an export serves, as its marker records it.
 MARKER_KEY = "gallery"
 
@@ -72,10 +74,17 @@ def raw_embeddings(serve, crops):
 
 
 def pooled(serve, crops):
-    """One person's template from their uint8 `crops`: each embedded with its mirror, the raw
-    embeddings summed, then L2-normalised."""
-    total = raw_embeddings(serve, crops) + raw_embeddings(serve, crops[:, :, ::-1])
-    total = total.sum(axis=0)
+    """One person's template from their uint8 images (a list; each any size the serving
+    function takes, batched by size): each embedded with its mirror, the raw embeddings
+    summed, then L2-normalised."""
+    by_shape = {}
+    for crop in crops:
+        by_shape.setdefault(crop.shape, []).append(crop)
+    total = 0.0
+    for same in by_shape.values():
+        batch = np.stack(same)
+        total = total + (raw_embeddings(serve, batch)
+                         + raw_embeddings(serve, batch[:, :, ::-1])).sum(axis=0)
     return (total / max(np.linalg.norm(total), 1e-12)).astype(np.float32)
 
 
@@ -87,8 +96,8 @@ def fingerprint(serve, image_size, channels):
 
 def check_model(gallery, path, prints):
     """DataError unless `prints` (a model's fingerprint) is the gallery's model's."""
-    if len(prints) != len(gallery.fingerprint) or float(
-            np.dot(prints, gallery.fingerprint)) < SAME_MODEL:
+    if len(prints) != len(gallery.fingerprint) or not float(np.linalg.norm(
+            np.subtract(prints, gallery.fingerprint))) <= SAME_MODEL:
         raise records.DataError(f"--gallery={path} was enrolled with {gallery.model}, another "
                                 "model than this one; enroll the people again with this model "
                                 "(python -m kerasbn.enroll) or use that one")
@@ -159,10 +168,11 @@ class _Served(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([], tf.string, name="photo")])
     def serve_photo(self, photo):
         out = self.loaded.signatures["serve_photo"](photo=photo)
-        serve = self.loaded.signatures["serving_default"]
-        raw = lambda images: (lambda o: o["embedding"] * o["embedding_norm"][:, None])(
-            serve(images=images))
-        total = raw(out["crops"]) + raw(tf.reverse(out["crops"], [2]))
+        raw = lambda served: served["embedding"] * served["embedding_norm"][:, None]
+        # serve_photo embedded each face already; only the mirror images are embedded here.
+        mirrored = self.loaded.signatures["serving_default"](
+            images=tf.reverse(out["crops"], [2]))
+        total = raw(out) + raw(mirrored)
         scores = tf.math.l2_normalize(total, axis=-1, epsilon=1e-24) @ self.templates
         best = tf.argmax(scores, axis=1, output_type=tf.int32)
         score = tf.reduce_max(scores, axis=1)
