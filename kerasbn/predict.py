@@ -225,9 +225,8 @@ def identify(values, model, spec, paths):
         print(f"skipped {path}: {reason}", file=sys.stderr)
     records_out, cut = [], (people.threshold or {}).get("value")
     for label, crop in crops:
-        raw = gallery.raw_embeddings(serve, crop[None]) + gallery.raw_embeddings(
-            serve, crop[None, :, ::-1])
-        unit = raw / max(float(np.linalg.norm(raw)), 1e-12)
+        # A face is searched as a template of one image, pooled as the enrolled ones were.
+        unit = gallery.pooled(serve, [crop])[None]
         best, scores = gallery.search(people, unit, values.top_k or 1)
         name = gallery.verdict(people, best[0][0], scores[0][0])
         candidates = [{"name": people.names[i], "score": float(v)}

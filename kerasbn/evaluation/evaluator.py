@@ -126,7 +126,7 @@ class Request:
 
 def ijb_figures(served, values):
     """(the "ijb" figures of `served` on the release at `values.ijb`, the scores of its
-    pairs in the pair file's order)."""
+    pairs in the pair file's order, their labels)."""
     meta = ijb.read(values.ijb)
     views = ijb_features.embed(served, meta, values.ijb_cache, values.batch_size)
     feats = ijb_features.features(views, meta, values.ijb_settings)
@@ -136,7 +136,7 @@ def ijb_figures(served, values):
                "settings": dataclasses.asdict(values.ijb_settings)}
     if meta.galleries is not None:
         figures.update(ijb.identify(feats, meta))
-    return figures, scores
+    return figures, scores, meta.labels
 
 
 def evaluate_network(served, values):
@@ -168,7 +168,7 @@ def evaluate_network(served, values):
                         "pairs": path, "set": bin_sets.name(path),
                         **figures(bin_scores(served, path, values.batch_size, flip), flip)})
     if values.ijb:
-        figures_of, scores = ijb_figures(served, values)
+        figures_of, scores, _ = ijb_figures(served, values)
         results.append({"source": served.source, "checkpoint": served.checkpoint,
                         "ijb": figures_of, "ijb_scores": scores})
     return results
@@ -188,9 +188,8 @@ def threshold_pairs(served, values):
         scores = bin_scores(served, values.bins[0], values.batch_size, flip)
         return scores[0], scores[1], f"the pairs of {values.bins[0]}"
     if values.ijb:
-        _, scores = ijb_figures(served, values)
-        return scores, ijb.read(values.ijb).labels.astype(bool), \
-            f"the template pairs of {values.ijb}"
+        _, scores, labels = ijb_figures(served, values)
+        return scores, labels.astype(bool), f"the template pairs of {values.ijb}"
     manifest = records.read_manifest(values.data_dir, check_files=True)
     if not manifest.has_holdout_pairs:
         raise records.DataError(f"--data_dir={values.data_dir} has no holdout pairs to choose a "

@@ -44,9 +44,10 @@ def _crop(meta, index, settings):
     return crops[0]
 
 
-def _raw(served, crops):
-    """The raw embeddings of uint8 `crops`: the served unit embedding times its length."""
-    out = served.serve(crops)
+def raw_embeddings(serve, crops):
+    """Raw embeddings [N, D] of uint8 `crops` through a serving function that returns the
+    unit `embedding` and its `embedding_norm`."""
+    out = serve(crops)
     return np.asarray(out["embedding"]) * np.asarray(out["embedding_norm"])[:, None]
 
 
@@ -77,7 +78,8 @@ def embed(served, meta, cache_dir, batch_size):
         for start in range(done, total, batch_size):
             indices = range(start, min(start + batch_size, total))
             crops = np.stack([_crop(meta, i, align) for i in indices])
-            pair = np.stack([_raw(served, crops), _raw(served, crops[:, :, ::-1])], axis=1)
+            pair = np.stack([raw_embeddings(served.serve, crops),
+                             raw_embeddings(served.serve, crops[:, :, ::-1])], axis=1)
             if views is None:
                 views = np.lib.format.open_memmap(array_path, mode="w+", dtype=np.float32,
                                                   shape=(total, 2, pair.shape[-1]))

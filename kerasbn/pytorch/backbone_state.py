@@ -51,9 +51,7 @@ def state_of(model, network):
             state.update(_norm_state(layer, prefix,
                                      layouts.torch_epsilon(network, layer_name)))
             continue
-        flattened = None
-        if layer_name in layouts.FLATTENED and "flatten" in layers:
-            flattened = tuple(layers["flatten"].input.shape[1:])
+        flattened = layouts.flattened(layers, layer_name)
         for weight in layer.weights:
             state[layouts.key(prefix, weight, layer)] = layouts.to_torch(
                 np.asarray(weight, np.float32), layouts.local_name(weight, layer), flattened)

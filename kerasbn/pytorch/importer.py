@@ -81,17 +81,6 @@ def build(state, name):
     return model, manifest
 
 
-def flattened(model, layer_name):
-    """The [H, W, C] (or [tokens, width]) map that layer `layer_name` of `model` takes
-    flattened, or None where it takes no flattened map."""
-    if layer_name not in layouts.FLATTENED:
-        return None
-    try:
-        return tuple(model.get_layer("flatten").input.shape[1:])
-    except ValueError:
-        return None
-
-
 def _load(model, state, names, name):
     """Sets each layer of `model` named in `names` ({module: layer}) from `state`; a key of
     the state dict that no layer takes, or a layer whose key is missing, is named."""
@@ -108,7 +97,7 @@ def _load(model, state, names, name):
                 raise StateDictError(f"the state dict has no {key}, which an arcface_torch "
                                      f"{name} has: is --network right?")
             value = layouts.to_keras(state[key], tuple(weight.shape),
-                                     flattened(model, layer_name))
+                                     layouts.flattened(ours, layer_name))
             if tuple(weight.shape) != value.shape:
                 raise StateDictError(f"{key}: shape {state[key].shape} where kerasbn's {name} "
                                      f"takes {tuple(weight.shape)}")

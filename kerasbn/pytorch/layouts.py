@@ -95,6 +95,14 @@ def modules(network):
     return _mobilefacenet()
 
 
+def flattened(layers, layer_name):
+    """The [H, W, C] (or [tokens, width]) map that layer `layer_name` takes flattened, from
+    the model's {name: layer} `layers`; None where it takes no flattened map."""
+    if layer_name not in FLATTENED or "flatten" not in layers:
+        return None
+    return tuple(layers["flatten"].input.shape[1:])
+
+
 def local_name(weight, layer):
     """Keras `weight`'s path below its `layer` (a SUFFIXES key)."""
     marker = layer.name + "/"

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerasbn.data import records
+from kerasbn.evaluation import ijb_features
 from kerasbn.runs import export_layout
 from kerasbn.serving import exporter, signatures
 from kerasbn.utils import atomic
@@ -66,13 +67,6 @@ class Gallery:
                                    templates=np.stack(stacked).astype(np.float32))
 
 
-def raw_embeddings(serve, crops):
-    """Raw embeddings [N, D] of uint8 `crops` through a serving function that returns the
-    unit `embedding` and its `embedding_norm`."""
-    out = serve(crops)
-    return np.asarray(out["embedding"]) * np.asarray(out["embedding_norm"])[:, None]
-
-
 def pooled(serve, crops):
     """One person's template from their uint8 images (a list; each any size the serving
     function takes, batched by size): each embedded with its mirror, the raw embeddings
@@ -83,8 +77,8 @@ def pooled(serve, crops):
     total = 0.0
     for same in by_shape.values():
         batch = np.stack(same)
-        total = total + (raw_embeddings(serve, batch)
-                         + raw_embeddings(serve, batch[:, :, ::-1])).sum(axis=0)
+        total = total + (ijb_features.raw_embeddings(serve, batch)
+                         + ijb_features.raw_embeddings(serve, batch[:, :, ::-1])).sum(axis=0)
     return (total / max(np.linalg.norm(total), 1e-12)).astype(np.float32)
 
 

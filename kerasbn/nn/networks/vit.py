@@ -73,7 +73,7 @@ def features(inputs, settings, parts, depth):
     dim = settings.widths[0]
     drop_path = DROP_PATH if settings.drop_path is None else settings.drop_path
     mask_ratio = MASK_RATIO if settings.mask_ratio is None else settings.mask_ratio
-    token_l2 = parts.l2(parts.settings.bias_decay_mult)
+    token_l2 = parts.bias_l2()
     dense = {**field.dense_args(parts, transformer.TOKEN_INIT),
              "bias_regularizer": parts.bias_l2()}
     bound = (PATCH * PATCH * inputs.shape[-1]) ** -0.5
