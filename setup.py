@@ -4,6 +4,7 @@ from setuptools import find_packages, setup
 
 LITERT = ["ai-edge-litert>=2.0"]
 ONNX = ["tf2onnx>=1.17", "onnxruntime>=1.20"]
+POSTGRES = ["psycopg[binary]>=3.2"]
 
 setup(
     name="kerasbn",
@@ -16,7 +17,8 @@ setup(
     # The flagfiles stay at launch/ in the repository (the README's paths) and install as
     # kerasbn.launch_files, where python -m kerasbn.launch finds the experiment sets.
     package_dir={"kerasbn.launch_files": "launch"},
-    package_data={"kerasbn.launch_files": ["*.flags", "*/*.flags", "sets/*/*.flags"]},
+    package_data={"kerasbn.launch_files": ["*.flags", "*/*.flags", "sets/*/*.flags",
+                                           "tune/*.yaml"]},
     python_requires=">=3.11",
     install_requires=[
         "tensorflow>=2.21,<2.22",
@@ -31,6 +33,10 @@ setup(
         # Face detection (kerasbn.faces.detector): MIT-licensed code and weights, the
         # weights inside the wheel; the version tested.
         "mtcnn==1.0.0",
+        # The search behind `python -m kerasbn.tune` (TPE, pruners, RDB storage, plots); its
+        # PyYAML reads the search spaces. The version tested.
+        "optuna==5.1.0",
+        "PyYAML>=6",
     ],
     # The converters' runtimes for `python -m kerasbn.export --format=litert|onnx`; the tests
     # run both formats, so the test extra carries them.
@@ -38,10 +44,14 @@ setup(
         "and-cuda": ["tensorflow[and-cuda]>=2.21,<2.22"],
         "litert": LITERT,
         "onnx": ONNX,
+        # A PostgreSQL study shared by several tune processes (SQLAlchemy's default driver),
+        # and optuna-dashboard to watch one.
+        "postgres": POSTGRES,
+        "dashboard": ["optuna-dashboard>=0.21"],
         # scikit-image and OpenCV are the references the alignment is tested against
         # (and scikit-image's astronaut the public-domain photo it is tested on).
         "test": ["pytest>=8", "scikit-image>=0.26", "opencv-python-headless>=4.8,<5", *LITERT,
-                 *ONNX],
+                 *ONNX, *POSTGRES],
         # PyTorch's CPU build: the reference the field's semantics (arcface_torch's BN,
         # margins, schedule and step) are tested against, and the peer bench. The tests
         # that need it skip without it, so ./test.sh stays light; CI installs it.

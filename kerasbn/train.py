@@ -13,13 +13,10 @@ import sys
 from kerasbn.data import records
 from kerasbn.evaluation import target_metrics
 from kerasbn.flags import cli, train_flags
-from kerasbn.runs.run_dir import BUSY_EXIT, RunDir, RunDirBusy, stored_config
+from kerasbn.runs.run_dir import BUSY_EXIT, DIVERGED_EXIT, RunDir, RunDirBusy, stored_config
 from kerasbn.training import loop, runtime
 from kerasbn.utils import errors, stop_signals, writable
 
-# What a training command reports as one line (a user's mistake, or a run that diverged);
-# anything else is a bug and keeps its traceback.
-ERRORS = (errors.UserError, FloatingPointError)
 
 
 def describe(summary, run_dir, export_dir):
@@ -102,8 +99,11 @@ def main(argv):
     except RunDirBusy as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(BUSY_EXIT)
-    except ERRORS as e:
+    except errors.UserError as e:
         sys.exit(f"error: {e}")
+    except FloatingPointError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(DIVERGED_EXIT)
     except stop_signals.Stopped as e:
         print(f"stopped by {signal.Signals(e.signum).name} after iteration {e.iteration}, "
               f"checkpointed in {RunDir(config.run_dir).checkpoints}; rerun the same command "

@@ -7,7 +7,8 @@ from absl import flags
 
 from data_tools import bench_convert, build_records, inspect_records, synth
 from kerasbn import (align, bench, caffe_import, compare_norms, enroll, evaluate, export,
-                     launch, local_cluster, predict, report, show_schedule, torch_import)
+                     launch, local_cluster, predict, report, show_schedule, torch_import,
+                     tune)
 from kerasbn.data.manifest import Manifest
 from kerasbn.flags import cli, train_flags
 
@@ -113,6 +114,7 @@ COMMANDS = {
     "kerasbn.caffe_import": caffe_import.define_flags,
     "kerasbn.torch_import": torch_import.define_flags,
     "kerasbn.enroll": enroll.define_flags,
+    "kerasbn.tune": tune.define_flags,
     "data_tools.synth": synth.define_flags,
     "data_tools.build_records": build_records.define_flags,
     "data_tools.inspect_records": inspect_records.define_flags,

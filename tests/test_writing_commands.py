@@ -19,10 +19,11 @@ from PIL import Image
 
 from data_tools import build_records, convert, synth
 from kerasbn import (align, caffe_import, compare_norms, enroll, evaluate, export, launch,
-                     predict, report, show_schedule, torch_import, train)
+                     predict, report, show_schedule, torch_import, train, tune)
 from kerasbn.analysis import comparison
 from kerasbn.serving import exporter
 from kerasbn.training import loop
+from kerasbn.tuning import search
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +78,9 @@ WRITERS = {
     "torch_import": Writer(torch_import, lambda s, out: [
         "torch_import", f"--pth={s.empty}/model.pt", "--network=r18", f"--out={out}"],
         (torch_import, "convert"), True),
+    "tune": Writer(tune, lambda s, out: [
+        "tune", f"--space={os.path.dirname(__file__)}/../launch/tune/study_quick.yaml",
+        f"--data_dir={s.data}", f"--study_dir={out}", "--trials=1"], (search, "work"), True),
     "train": Writer(train, lambda s, out: ["train", f"--data_dir={s.data}", f"--run_dir={out}"],
                     (loop, "start"), True),
 }

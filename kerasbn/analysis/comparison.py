@@ -48,6 +48,7 @@ def load_run(run_dir):
                                   "leave it out")
     return {"name": os.path.basename(os.path.normpath(run_dir)), "dir": run_dir,
             "finished": RunDir(run_dir).finished(), "torn": RunDir(run_dir).metrics_torn(),
+            "pruned": RunDir(run_dir).read_summary().get("pruned"),
             "flags": settings,
             "targets": [("test_top1", t) for t in settings.get("target_accuracy") or []]
             + [target_metrics.parse_target(t) for t in settings.get("target") or []],
@@ -108,7 +109,7 @@ def rows(runs, targets, reference):
         summary = summaries[run["dir"]]
         head = run["flags"].get("head", "softmax")
         flags = run["flags"]
-        row = {"run": run["name"] + ("" if run["finished"] else " (unfinished)"),
+        row = {"run": run["name"] + _unfinished(run),
                "network": config.network_name(flags.get("model", "?"), flags.get("backbone"))
                + ("" if head == "softmax" else f" + {head}"),
                "norm": "-" if flags.get("model") == "baseline" or flags.get("backbone")
@@ -125,6 +126,14 @@ def rows(runs, targets, reference):
                            _first_update_test(run["entries"]))}
         table.append(row)
     return table
+
+
+def _unfinished(run):
+    """What a run's name says after it when it did not finish."""
+    if run["finished"]:
+        return ""
+    pruned = run.get("pruned")
+    return f" (pruned at {pruned['iteration']})" if pruned else " (unfinished)"
 
 
 def _first_update_test(entries):

@@ -11,12 +11,14 @@ from kerasbn.utils import errors
 # Metrics a --target may name: recorded at tests, higher is better.
 TARGET_METRICS = ("test_top1", "test_top5", "verify_acc", "verify_auc", "verify_tar@far=0.01",
                   "verify_tar@far=0.001")
+# Short names a target may use for the test figures (top1:0.8).
+ALIASES = {"top1": "test_top1", "top5": "test_top5"}
 
 
 def parse_target(text):
     """(metric, value) of a `METRIC:VALUE` target; a bare number is a test top-1 target."""
     metric, _, value = text.rpartition(":")
-    metric = metric or "test_top1"
+    metric = ALIASES.get(metric, metric or "test_top1")
     if metric not in TARGET_METRICS:
         raise errors.UserError(f"--target={text}: the metric must be one of "
                          f"{', '.join(TARGET_METRICS)}")

@@ -19,6 +19,7 @@ even with SIGKILL never leaves the directory locked.
 import contextlib
 import json
 import os
+import re
 
 from kerasbn import config as config_lib
 from kerasbn.config import RunConfig
@@ -63,6 +64,9 @@ class RunDirBusy(RunDirError):
 # The exit status of a run refused because another process trains in its run dir, so a
 # launcher moves on to the next run (EX_TEMPFAIL).
 BUSY_EXIT = 75
+# The exit status of a run that ended because its loss or outputs stopped being finite, so a
+# tuner ranks the configuration instead of taking it for a crash (EX_DATAERR).
+DIVERGED_EXIT = 65
 
 
 class RunDir:
@@ -196,6 +200,29 @@ class RunDir:
 
     def write_summary(self, summary):
         atomic.write_json(self.summary_json, summary)
+
+    def read_summary(self):
+        """summary.json as last written ({} before the first test)."""
+        try:
+            with open(self.summary_json, encoding="utf-8") as f:
+                return json.load(f)
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    def mark_pruned(self, record):
+        """Notes in summary.json that a tuner stopped this run for falling behind (`record`:
+        where and by what), so report shows it; the lock keeps training from writing
+        meanwhile, and a later test of a resumed run writes the summary afresh."""
+        with self.lock():
+            self.write_summary({**self.read_summary(), "pruned": record})
+
+    def checkpoint_iteration(self):
+        """The iteration of the newest checkpoint (0 when there is none): how far the run
+        trained, between tests too."""
+        names = os.listdir(self.checkpoints) if os.path.isdir(self.checkpoints) else []
+        numbers = [int(m.group(1)) for m in map(re.compile(r"ckpt-(\d+)\.index$").match, names)
+                   if m]
+        return max(numbers, default=0)
 
     def finished(self):
         """Whether training ended here: its last summary.json, written after the export, says
