@@ -87,6 +87,14 @@ def checker(base, train_args, manifest):
 
 def make_plan(values, train_args):
     loaded = space.load(values.space)
+    searched = {e.name for e in loaded.entries} | set(loaded.fixed)
+    for arg in train_args:
+        if cli.flag_name(arg) in searched:
+            raise errors.UserError(f"{arg}: {values.space} sets --{cli.flag_name(arg)} for "
+                                   "every trial; leave it out here, or out of the space")
+        if cli.flag_name(arg) in ("run_dir", "overwrite"):
+            raise errors.UserError(f"{arg}: tune places each trial's run in "
+                                   "STUDY_DIR/trials/NNN itself; give --study_dir")
     target = target_metrics.parse_target(values.target)
     train_args = [f"--data_dir={values.data_dir}", *train_args]
     manifest = records.read_manifest(values.data_dir)

@@ -137,6 +137,10 @@ def test_tune_refuses_bad_input_in_one_line(tmp_path, small_data):
           "--trials=2", "--sampler=grid"], "has 48 points: give --trials=48"),
         (["--space=" + STUDY_QUICK, f"--data_dir={small_data}", f"--study_dir={tmp_path}/s",
           "--trials=2", "--batch_size=-3"], "--batch_size"),
+        (["--space=" + STUDY_QUICK, f"--data_dir={small_data}", f"--study_dir={tmp_path}/s",
+          "--trials=2", "--base_lr=0.1"], "sets --base_lr for every trial"),
+        (["--space=" + STUDY_QUICK, f"--data_dir={small_data}", f"--study_dir={tmp_path}/s",
+          "--trials=2", "--run_dir=x"], "give --study_dir"),
     ]
     for argv, message in cases:
         with pytest.raises(SystemExit) as info:
@@ -280,3 +284,26 @@ def test_trials_that_fall_behind_stop_at_the_first_rung_and_the_study_gives_its_
     for name in results.PLOTS[:2] + ("intermediate",):
         assert open(os.path.join(study_dir, f"{name}.png"), "rb").read(4) == b"\x89PNG"
     assert "iterations trained: " in out and "against 90 for a grid of 3" in out
+
+
+def test_a_study_refuses_to_continue_under_another_definition(tmp_path):
+    url = study_lib.default_storage(str(tmp_path))
+    made = study_lib.open_study(url, "s", {"space": "a", "target": "0.8"},
+                                study_lib.sampler("tpe", 0), study_lib.pruner("none", 10, 40))
+    again = study_lib.open_study(url, "s", {"space": "a", "target": "0.8"},
+                                 study_lib.sampler("tpe", 1), study_lib.pruner("none", 10, 40))
+    assert again._study_id == made._study_id
+    with pytest.raises(study_lib.StudyError, match="was made with another target; rerun it"):
+        study_lib.open_study(url, "s", {"space": "a", "target": "0.9"},
+                             study_lib.sampler("tpe", 0), study_lib.pruner("none", 10, 40))
+
+
+def test_a_grid_study_holds_every_point_once_in_order(tmp_path):
+    loaded = space.load(STUDY_QUICK)
+    url = study_lib.default_storage(str(tmp_path))
+    grid = loaded.grid()
+    study = study_lib.open_study(url, "g", {"space": loaded.digest},
+                                 study_lib.sampler("grid", 0), study_lib.pruner("none", 10, 40),
+                                 grid)
+    drawn = [loaded.sample(study_lib.ask(study)) for _ in grid]
+    assert drawn == grid

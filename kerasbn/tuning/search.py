@@ -64,7 +64,7 @@ def work(study, plan, say=print):
                 waiting_said = True
             time.sleep(WAIT_SECONDS)
             continue
-        trial = study.ask()
+        trial = study_lib.ask(study)
         if study_lib.surplus(study, trial, plan.trials):
             trial.set_user_attr(study_lib.SURPLUS, True)
             study.tell(trial, state=STATES.FAIL)

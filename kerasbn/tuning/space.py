@@ -29,8 +29,9 @@ from kerasbn.utils import errors, settings
 
 _RANGE_KEYS = {"low", "high", "log", "step", "grid", "when"}
 _CHOICE_KEYS = {"choices", "when"}
-# Settings a trial's command sets itself, and the run length every trial shares: the
-# objective counts iterations against it (docs/training.md, "Tuning").
+# Settings the same for every trial: where it runs and on what data, the seed (a comparison
+# changes one thing at a time), the target, and the run length the objective counts
+# iterations against (docs/tuning.md).
 TUNER_SETTINGS = ("run_dir", "data_dir", "seed", "target", "max_iter")
 
 

@@ -35,12 +35,18 @@ class StudyError(errors.UserError):
 
 
 def quiet():
-    """Optuna's own log lines and experimental-API warnings off: tune prints its own."""
+    """Optuna's own log lines off: tune prints its own."""
     optuna.logging.set_verbosity(logging.WARNING)
     optuna.logging.disable_default_handler()
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    # tune beats the heartbeat itself (`beat`), which Optuna expects only of Study.optimize.
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+
+
+def _unwarned(make):
+    """`make()` without Optuna's warnings that heartbeats and their retry are experimental
+    and meant for Study.optimize: tune beats them itself (`beat`) around ask and tell."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+        return make()
 
 
 def default_storage(study_dir):
@@ -52,10 +58,10 @@ def storage(url):
     """Optuna's RDB storage at `url`, with heartbeats and retries of stale trials."""
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     try:
-        return optuna.storages.RDBStorage(
+        return _unwarned(lambda: optuna.storages.RDBStorage(
             url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS,
             grace_period=GRACE_SECONDS,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback())
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback()))
     except Exception as e:  # SQLAlchemy's and the drivers' errors have no common base
         raise StudyError(f"--storage={hidden(url)} cannot be opened: "
                          f"{' '.join(str(e).split())[:300]}") from None
@@ -106,6 +112,11 @@ def open_study(url, name, definition, sampler_, pruner_, grid_points=None):
     return study
 
 
+def ask(study):
+    """The next trial of `study`: a queued one (a retry, a grid point) first."""
+    return _unwarned(study.ask)
+
+
 def tally(study):
     """(trials done, places taken, trials waiting): places are the done, running and waiting
     trials (a surplus one excluded), which --trials bounds."""
@@ -136,7 +147,7 @@ def frozen(study, trial):
 
 def retry(study, trial):
     """Queues `trial` (stopped before it ended) to run again with the same parameters."""
-    optuna.storages.RetryHeartbeatStaleTrialCallback()(study, frozen(study, trial))
+    _unwarned(optuna.storages.RetryHeartbeatStaleTrialCallback)(study, frozen(study, trial))
 
 
 def beat(study, trial):
@@ -146,4 +157,4 @@ def beat(study, trial):
 
 def fail_stale(study):
     """Fails the trials whose process stopped beating, queueing each again."""
-    optuna.storages.fail_stale_trials(study)
+    _unwarned(lambda: optuna.storages.fail_stale_trials(study))
