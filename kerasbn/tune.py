@@ -71,14 +71,15 @@ def split_argv(argv):
     return own, train
 
 
-def checker(base, train_args, manifest):
-    """check(flags): the RunConfig a trial with `flags` would train, or a UserError."""
+def checker(base, manifest):
+    """check(training flags): the RunConfig a trial given them after the base flagfile
+    would train, or a UserError."""
     def check(trial_flags):
         values = flags.FlagValues()
         train_flags.define(values)
         try:
-            values(cli.expand(["train", f"--flagfile={base}", *trial_flags, *train_args,
-                               "--run_dir=trial"], values))
+            values(cli.expand(["train", f"--flagfile={base}", *trial_flags, "--run_dir=trial"],
+                              values))
         except (flags.Error, OSError) as e:
             raise errors.UserError(" ".join(str(e).split())) from None
         return train_flags.to_config(values, manifest)
@@ -98,8 +99,8 @@ def make_plan(values, train_args):
     target = target_metrics.parse_target(values.target)
     train_args = [f"--data_dir={values.data_dir}", *train_args]
     manifest = records.read_manifest(values.data_dir)
-    check = checker(loaded.base, train_args, manifest)
-    base = check([f"--target={target[0]}:{target[1]:g}"])
+    check = checker(loaded.base, manifest)
+    base = check([*train_args, f"--target={target[0]}:{target[1]:g}"])
     if not base.test_interval:
         raise errors.UserError("tune judges trials at their tests: give --test_interval")
     cap = base.max_iter if values.objective == "iterations" else values.seconds_cap

@@ -31,12 +31,17 @@ class Plan:
     cap: float          # what a reaching trial scores at most (objective.value)
     max_iter: int
     trials: int
-    check: Callable     # check(flags): raises UserError when a trial's config is impossible
+    check: Callable     # check(training flags): UserError when a trial's config is impossible
+
+    def training_flags(self, flags):
+        """A trial's training flags after the base flagfile: the space's `flags`, the
+        command line's, the target."""
+        metric, value = self.target
+        return [*flags, *self.train_args, f"--target={metric}:{value:g}"]
 
     def command(self, flags, run_dir):
-        metric, value = self.target
-        return [sys.executable, "-m", "kerasbn.train", f"--flagfile={self.space.base}", *flags,
-                *self.train_args, f"--target={metric}:{value:g}", f"--run_dir={run_dir}"]
+        return [sys.executable, "-m", "kerasbn.train", f"--flagfile={self.space.base}",
+                *self.training_flags(flags), f"--run_dir={run_dir}"]
 
 
 def trial_dir(trial):
@@ -79,9 +84,11 @@ def run_one(study, trial, plan, say):
     values = plan.space.sample(trial)
     flags = plan.space.flags(values)
     try:
-        plan.check(flags)
+        plan.check(plan.training_flags(flags))
     except errors.UserError as e:
+        # Queued again, so a rerun after the base flagfile is fixed still runs this point.
         study.tell(trial, state=STATES.FAIL)
+        study_lib.retry(study, trial)
         raise space.SpaceError(f"trial {trial.number} ({shown(values)}) cannot train: {e}; "
                                f"narrow {plan.space.path}") from None
     relative = trial_dir(trial)
