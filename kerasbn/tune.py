@@ -31,7 +31,7 @@ STOPPED = ("every trial's run is kept and a stopped trial resumes from its check
            "the same command to go on")
 # tune's own flags; any other training flag given is passed to every trial.
 OWN = ("space", "data_dir", "study_dir", "trials", "storage", "target", "objective", "seed",
-       "sampler", "pruner", "seconds_cap", "verbosity", "v", "flagfile")
+       "sampler", "pruner", "seconds_cap", "versus_grid", "verbosity", "v", "flagfile")
 
 
 def define_flags(values):
@@ -55,6 +55,9 @@ def define_flags(values):
     flags.DEFINE_enum("pruner", "halving", study_lib.PRUNERS, "Successive halving or "
                       "Hyperband, rungs at the first test interval x3^k; none runs every "
                       "trial to its end or target.", **on)
+    flags.DEFINE_string("versus_grid", None, "STUDY_DIR of a finished --sampler=grid study "
+                        "of the same space and flags (on the same storage kind): compare the "
+                        "best found and the iterations spent with it.", **on)
     flags.DEFINE_float("seconds_cap", 86400.0, "With --objective=seconds: a trial is stopped "
                        "after this many training seconds without reaching the target.",
                        lower_bound=1.0, **on)
@@ -118,6 +121,10 @@ def main(argv):
         if values[name].value is None:
             sys.exit(f"error: --{name} is required")
     cli.check_writable(values.study_dir, "study_dir", by_tensorflow=True)
+    if values.versus_grid and not os.path.isfile(
+            os.path.join(values.versus_grid, study_lib.DB_NAME)):
+        sys.exit(f"error: --versus_grid={values.versus_grid} holds no {study_lib.DB_NAME}; "
+                 "give the --study_dir of a finished --sampler=grid study")
     study_lib.quiet()
     try:
         plan, first_rung = make_plan(values, train_args)
@@ -143,6 +150,11 @@ def main(argv):
     cli.run(lambda: search.work(study, plan), STOPPED)
     for line in results.write(study, plan):
         print(line, flush=True)
+    if values.versus_grid:
+        grid = cli.run(lambda: study_lib.load(study_lib.default_storage(values.versus_grid),
+                                              name), "nothing was compared")
+        print(cli.run(lambda: results.versus_grid(study, grid, first_rung),
+                      "nothing was compared"), flush=True)
 
 
 if __name__ == "__main__":

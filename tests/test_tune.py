@@ -307,3 +307,43 @@ def test_a_grid_study_holds_every_point_once_in_order(tmp_path):
                                  grid)
     drawn = [loaded.sample(study_lib.ask(study)) for _ in grid]
     assert drawn == grid
+
+
+def test_a_trial_the_run_config_refuses_ends_the_study_in_one_line_and_stays_queued(
+        tmp_path, small_data):
+    space_file = write_space(tmp_path, ["widths: [\"16,16\"]"])
+    study_dir = str(tmp_path / "study")
+    with pytest.raises(SystemExit) as info:
+        tune.main(["tune", f"--space={space_file}", f"--data_dir={small_data}",
+                   f"--study_dir={study_dir}", "--trials=2"])
+    message = str(info.value.code)
+    assert message.startswith("error: trial 0 (widths=16,16) cannot train: ") and \
+        "--widths" in message and "\n" not in message
+    study = _study(study_dir)
+    assert [t.state for t in study.trials] == [study_lib.STATES.FAIL, study_lib.STATES.WAITING]
+    assert not os.path.exists(os.path.join(study_dir, "trials"))
+
+
+def _finished(study, values, iterations):
+    for value, spent in zip(values, iterations):
+        study.add_trial(optuna.create_trial(
+            value=value, user_attrs={"iterations": spent, "run_dir": f"trials/{spent}{value}"}))
+
+
+def test_a_study_against_its_grid_counts_best_and_iterations_by_hand(tmp_path):
+    definition = {"space": "a", "cap": 400}
+    def made(name, definition=definition):
+        (tmp_path / name).mkdir()
+        return study_lib.open_study(study_lib.default_storage(str(tmp_path / name)), "s",
+                                    definition, study_lib.sampler("tpe", 0),
+                                    study_lib.pruner("none", 25, 400))
+    grid, tuned = made("grid"), made("tuned")
+    _finished(grid, [225, 300, 1.4 * 400, 1.2 * 400], [225, 300, 400, 400])
+    _finished(tuned, [250, 1.5 * 400], [250, 75])
+    line = results.versus_grid(tuned, grid, 25)
+    assert line == ("against the grid (4 points): best 250 here, 225 there (+1.0 test "
+                    "intervals); iterations trained 325 here, 1325 by the grid stopping at the "
+                    "target, 1600 by the grid run to completion (0.20 of it)")
+    other = made("other", {"space": "b", "cap": 400})
+    with pytest.raises(study_lib.StudyError, match="another space"):
+        results.versus_grid(other, grid, 25)

@@ -96,6 +96,28 @@ def grid_cost(space, max_iter):
     return len(points), len(points) * max_iter
 
 
+def versus_grid(study, grid, test_interval):
+    """The line comparing `study` with `grid`, a finished grid study of the same question
+    (space, flags, target, objective): the best objective of each, how many test intervals
+    apart, and the iterations each trained against the grid run to completion."""
+    if grid.user_attrs.get("definition") != study.user_attrs.get("definition"):
+        raise study_lib.StudyError("--versus_grid names a study of another space, flags, "
+                                   "target or objective; compare studies of one question")
+    points = [t for t in grid.get_trials(deepcopy=False) if not t.user_attrs.get(
+        study_lib.SURPLUS) and t.state != STATES.FAIL]
+    cap = study.user_attrs["definition"]["cap"]
+    try:
+        best, grid_best = study.best_value, grid.best_value
+    except ValueError:
+        return "no trial of the study or of the grid completed: nothing to compare"
+    used, grid_used = spent(rows(study)), spent(rows(grid))
+    return (f"against the grid ({len(points)} points): best {best:g} here, {grid_best:g} "
+            f"there ({(best - grid_best) / test_interval:+.1f} test intervals); iterations "
+            f"trained {used} here, {grid_used} by the grid stopping at the target, "
+            f"{len(points) * cap:g} by the grid run to completion "
+            f"({used / (len(points) * cap):.2f} of it)")
+
+
 def _intermediate_plot(study):
     """Optuna's intermediate-values plot with each pruned trial's last value marked."""
     ax = optuna_plots.plot_intermediate_values(study)

@@ -28,6 +28,7 @@ STATES = optuna.trial.TrialState
 DONE = (STATES.COMPLETE, STATES.PRUNED)
 LIVE = DONE + (STATES.RUNNING, STATES.WAITING)
 SURPLUS = "surplus"
+DB_NAME = "study.db"
 
 
 class StudyError(errors.UserError):
@@ -51,7 +52,7 @@ def _unwarned(make):
 
 def default_storage(study_dir):
     """The SQLite file a study keeps when no --storage is given."""
-    return f"sqlite:///{os.path.abspath(os.path.join(study_dir, 'study.db'))}"
+    return f"sqlite:///{os.path.abspath(os.path.join(study_dir, DB_NAME))}"
 
 
 def storage(url):
@@ -110,6 +111,14 @@ def open_study(url, name, definition, sampler_, pruner_, grid_points=None):
                          f"{', '.join(changed)}; rerun it as it was, or give a new --study_dir "
                          "(or --storage) for the new study")
     return study
+
+
+def load(url, name):
+    """The existing study `name` at `url`."""
+    try:
+        return optuna.load_study(study_name=name, storage=storage(url))
+    except KeyError:
+        raise StudyError(f"no study {name!r} at {hidden(url)}; run it first") from None
 
 
 def ask(study):
