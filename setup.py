@@ -50,7 +50,8 @@ setup(
         "dashboard": ["optuna-dashboard>=0.21"],
         # scikit-image and OpenCV are the references the alignment is tested against
         # (and scikit-image's astronaut the public-domain photo it is tested on).
-        "test": ["pytest>=8", "scikit-image>=0.26", "opencv-python-headless>=4.8,<5", *LITERT,
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-image>=0.26",
+                 "opencv-python-headless>=4.8,<5", *LITERT,
                  *ONNX, *POSTGRES],
         # PyTorch's CPU build: the reference the field's semantics (arcface_torch's BN,
         # margins, schedule and step) are tested against, and the peer bench. The tests
