@@ -5,7 +5,6 @@ trials made to fall behind pruned at the first rung."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time

@@ -80,8 +80,9 @@ def best_flagfile(study, study_dir):
     with open(RunDir(os.path.join(study_dir, best.user_attrs["run_dir"])).flags_txt,
               encoding="utf-8") as f:
         lines = [line for line in f.read().splitlines() if not line.startswith("--run_dir=")]
+    drawn = " ".join(f"{k}={space_lib.flag_text(v)}" for k, v in best.params.items())
     head = [f"# The best trial of study {study.study_name!r}: trial {best.number}, objective "
-            f"{best.value:g}", f"# ({' '.join(f'{k}={space_lib.flag_text(v)}' for k, v in best.params.items())}).",
+            f"{best.value:g}", f"# ({drawn}).",
             "# python -m kerasbn.train --flagfile=THIS trains it from scratch."]
     return "\n".join(head + lines + [f"--run_dir={os.path.join(study_dir, 'best')}"]) + "\n"
 
