@@ -5,6 +5,7 @@ trials made to fall behind pruned at the first rung."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -206,48 +207,60 @@ def test_two_tune_processes_share_one_study_and_run_no_trial_twice(
     assert sorted(os.listdir(os.path.join(study_dir, "trials"))) == ["000", "001", "002", "003"]
 
 
+def _wait_for(condition, process=None, seconds=300):
+    deadline = time.time() + seconds
+    while not condition():
+        assert (process is None or process.poll() is None) and time.time() < deadline
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
-def test_a_tune_killed_mid_trial_and_rerun_resumes_that_trial_and_loses_no_run(
+def test_a_tune_stopped_then_killed_mid_trial_resumes_that_trial_and_loses_no_run(
         tmp_path, small_data):
     space_file = write_space(tmp_path, ["base_lr: [0.02, 0.01]"],
-                             base=BASE[:4] + ["--max_iter=40", "--test_interval=10",
+                             base=BASE[:4] + ["--max_iter=100", "--test_interval=10",
                                               "--snapshot=10", "--precision=float32"])
     study_dir = str(tmp_path / "study")
     args = [f"--space={space_file}", f"--data_dir={small_data}", f"--study_dir={study_dir}",
             "--trials=2", "--sampler=grid", "--pruner=none", "--target=top1:0.99"]
-    killed = _tune(args)
     first = RunDir(os.path.join(study_dir, "trials", "000"))
-    deadline = time.time() + 300
-    while first.checkpoint_iteration() < 10 or len(first.read_metrics()) < 2:
-        assert killed.poll() is None and time.time() < deadline
-        time.sleep(0.2)
+    # SIGTERM (a cluster's preemption, Ctrl-C): the trial checkpoints, tune queues it again.
+    stopped = _tune(args)
+    _wait_for(lambda: first.checkpoint_iteration() >= 10, stopped)
+    stopped.send_signal(signal.SIGTERM)
+    out = stopped.communicate(timeout=300)[0]
+    assert stopped.returncode == 130 and out.strip().splitlines()[-1].startswith(
+        "interrupted: every trial's run is kept"), out
+    stopped_at = first.checkpoint_iteration()
+    assert 10 <= stopped_at < 100 and not first.busy()
+    # Rerun, then SIGKILL while the queued trial resumes: the kernel stops its training
+    # process (a checkpoint), its heartbeat stops, and the next rerun retries it.
+    killed = _tune(args)
+    _wait_for(lambda: first.checkpoint_iteration() > stopped_at, killed)
     killed.kill()
     killed.wait()
-    # The trial's training process, told by the kernel, checkpoints and stops.
-    deadline = time.time() + 120
-    while first.busy():
-        assert time.time() < deadline
-        time.sleep(0.5)
-    stopped_at = first.checkpoint_iteration()
-    assert 10 <= stopped_at < 40
+    _wait_for(lambda: not first.busy(), seconds=120)
+    killed_at = first.checkpoint_iteration()
+    assert stopped_at < killed_at <= 100
     rerun = _tune(args)
     out = rerun.communicate(timeout=600)[0]
     assert rerun.returncode == 0, out
     study = _study(study_dir)
-    states = {t.number: t.state for t in study.get_trials()}
-    assert states[0] == study_lib.STATES.FAIL
-    retried = [t for t in study.get_trials() if t.system_attrs.get("failed_trial") == 0]
-    assert len(retried) == 1 and retried[0].state == study_lib.STATES.COMPLETE
-    assert retried[0].params == study.trials[0].params
-    assert retried[0].user_attrs["run_dir"] == os.path.join("trials", "000")
-    assert f"(resumes trials/000 at iteration {stopped_at})" in out
-    # Resumed, not restarted: one test per iteration, the last at max_iter.
+    by_number = {t.number: t for t in study.get_trials()}
+    chain = [t for t in study.get_trials() if t.params == {"base_lr": 0.02}]
+    assert [t.state for t in chain] == [study_lib.STATES.FAIL] * (len(chain) - 1) + [
+        study_lib.STATES.COMPLETE]
+    assert all(t.user_attrs["run_dir"] == os.path.join("trials", "000") for t in chain)
+    assert all(t.system_attrs["failed_trial"] == 0 for t in chain[1:])
+    assert f"(resumes trials/000 at iteration {killed_at})" in out
     done = study.get_trials(states=(study_lib.STATES.COMPLETE,))
-    assert len(done) == 2
+    assert len(done) == 2 and by_number[1].state == study_lib.STATES.COMPLETE
+    # Resumed each time, not restarted: one test per iteration, the last at max_iter.
     _trained_once(study_dir, done)
-    assert first.read_metrics()[-1]["iteration"] == 40
+    assert first.read_metrics()[-1]["iteration"] == 100
+    assert sorted(os.listdir(os.path.join(study_dir, "trials"))) == ["000", "001"]
     table = open(os.path.join(study_dir, results.TABLE)).read()
-    assert f"stopped, retried as {retried[0].number}" in table
+    assert f"stopped, retried as {chain[1].number}" in table
 
 
 @pytest.mark.slow
