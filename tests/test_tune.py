@@ -359,3 +359,39 @@ def test_a_study_against_its_grid_counts_best_and_iterations_by_hand(tmp_path):
     other = made("other", {"space": "b", "cap": 400})
     with pytest.raises(study_lib.StudyError, match="another space"):
         results.versus_grid(other, grid, 25)
+
+
+def test_the_field_space_loads_and_its_margin_exists_only_under_arcface():
+    loaded = space.load(os.path.join(REPO, "launch", "tune", "field_quick.yaml"))
+    grid = loaded.grid()
+    # arcface at two margins, or cosface; three rates; two weight decays.
+    assert len(grid) == (2 + 1) * 3 * 2
+    assert all(("margin" in p) == (p["head"] == "arcface") for p in grid)
+
+
+@pytest.mark.slow
+def test_a_stopped_trial_whose_run_cannot_resume_is_retried_from_scratch(
+        tmp_path, small_data):
+    space_file = write_space(tmp_path, ["base_lr: [0.02]"],
+                             base=BASE[:4] + ["--max_iter=200", "--test_interval=10",
+                                              "--snapshot=10", "--precision=float32"])
+    study_dir = str(tmp_path / "study")
+    args = [f"--space={space_file}", f"--data_dir={small_data}", f"--study_dir={study_dir}",
+            "--trials=1", "--sampler=grid", "--pruner=none", "--target=top1:0.99",
+            "--max_iter=100"]
+    first = RunDir(os.path.join(study_dir, "trials", "000"))
+    stopped = _tune(args)
+    _wait_for(lambda: first.checkpoint_iteration() >= 10, stopped)
+    stopped.send_signal(signal.SIGTERM)
+    stopped.communicate(timeout=300)
+    with open(first.config_json, "w") as f:
+        f.write("{not json")
+    rerun = _tune(args)
+    out = rerun.communicate(timeout=600)[0]
+    assert rerun.returncode == 0, out
+    assert "trial 1 failed (error: " in out and "retried from scratch" in out
+    states = [t.state for t in _study(study_dir).get_trials()]
+    assert states == [study_lib.STATES.FAIL] * 2 + [study_lib.STATES.COMPLETE]
+    assert _study(study_dir).trials[2].user_attrs["run_dir"] == os.path.join("trials", "002")
+    # The run that could not resume is left as it was.
+    assert open(first.config_json).read() == "{not json" and first.checkpoint_iteration()
