@@ -8,7 +8,8 @@ behind at a rung, and every trial is an ordinary run in STUDY_DIR/trials/NNN.
     python -m kerasbn.tune ... --storage=postgresql://kerasbn:PASS@db-host/kerasbn
 
 The objective is iterations to --target (or seconds, --objective=seconds); a trial that
-never reaches it ranks behind all that do, by its best figure (docs/training.md, "Tuning").
+never reaches it ranks behind all that do, by its best figure (docs/tuning.md). Any other
+training flag goes to every trial.
 The study lives in STUDY_DIR/study.db (SQLite) unless --storage names a database, which any
 number of tune processes, on any number of machines, share: each takes the next trial. Rerun
 the same command after a stop (Ctrl-C, SIGTERM, a killed machine) to continue: a trial that
@@ -56,7 +57,7 @@ def define_flags(values):
                       "Hyperband, rungs at the first test interval x3^k; none runs every "
                       "trial to its end or target.", **on)
     flags.DEFINE_string("versus_grid", None, "STUDY_DIR of a finished --sampler=grid study "
-                        "of the same space and flags (on the same storage kind): compare the "
+                        "of the same space and flags (its SQLite study.db): compare the "
                         "best found and the iterations spent with it.", **on)
     flags.DEFINE_float("seconds_cap", 86400.0, "With --objective=seconds: a trial is stopped "
                        "after this many training seconds without reaching the target.",
