@@ -102,7 +102,7 @@ def run_one(study, trial, plan, say):
     try:
         code, reason, entries = trial_run.watch(
             plan.command(flags, run.path), run, os.path.join(run.path, TRAIN_LOG), judge,
-            lambda: study_lib.beat(study, trial))
+            lambda: study_lib.beat(study, trial), study_lib.HEARTBEAT_SECONDS)
     except KeyboardInterrupt:
         study.tell(trial, state=STATES.FAIL)
         study_lib.retry(study, trial)

@@ -45,18 +45,18 @@ def _stop(child):
         return child.wait()
 
 
-def watch(command, run, log_path, on_test, beat):
+def watch(command, run, log_path, on_test, beat, beat_seconds):
     """Runs `command`, a training run in `run` (a RunDir), its output appended to `log_path`.
 
     After each test `on_test(entries so far)` returns None to go on, or a reason to stop the
-    run (stopped with SIGTERM, checkpointed); `beat()` is called every poll. Returns
+    run (stopped with SIGTERM, checkpointed); `beat()` is called every `beat_seconds`. Returns
     (exit status, the reason it was stopped or None, its test entries). On KeyboardInterrupt
     the child is stopped the same way before it is re-raised.
     """
     with open(log_path, "ab") as log:
         child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                  start_new_session=True, preexec_fn=_stop_with_parent)
-    seen, reason = 0, None
+    seen, reason, next_beat = 0, None, 0.0
     try:
         while True:
             code = child.poll()
@@ -68,7 +68,9 @@ def watch(command, run, log_path, on_test, beat):
                     code = _stop(child)
             if code is not None:
                 return code, reason, _entries(run)
-            beat()
+            if time.monotonic() >= next_beat:
+                beat()
+                next_beat = time.monotonic() + beat_seconds
             time.sleep(POLL_SECONDS)
     except KeyboardInterrupt:
         _stop(child)
