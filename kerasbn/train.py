@@ -18,7 +18,6 @@ from kerasbn.training import loop, runtime
 from kerasbn.utils import errors, stop_signals, writable
 
 
-
 def describe(summary, run_dir, export_dir):
     """The end-of-run lines a user reads."""
     if not summary.get("tests"):

@@ -104,7 +104,7 @@ def make_plan(values, train_args):
     train_args = [f"--data_dir={values.data_dir}", *train_args]
     manifest = records.read_manifest(values.data_dir)
     check = checker(loaded.base, manifest)
-    base = check([*train_args, f"--target={target[0]}:{target[1]:g}"])
+    base = check([*train_args, search.target_flag(target)])
     if not base.test_interval:
         raise errors.UserError("tune judges trials at their tests: give --test_interval")
     cap = base.max_iter if values.objective == "iterations" else values.seconds_cap

@@ -33,6 +33,17 @@ def write_space(tmp_path, search, base=BASE, name="space.yaml"):
     return str(path)
 
 
+def study_args(tmp_path, small_data, search, max_iter, test_interval, *extra):
+    """(study dir, tune's arguments) of a study of `search` over a short BN run on
+    small_data, tested and checkpointed every `test_interval` iterations."""
+    space_file = write_space(tmp_path, search, base=BASE[:4] + [
+        f"--max_iter={max_iter}", f"--test_interval={test_interval}",
+        f"--snapshot={test_interval}", "--precision=float32"])
+    study_dir = str(tmp_path / "study")
+    return study_dir, [f"--space={space_file}", f"--data_dir={small_data}",
+                       f"--study_dir={study_dir}", *extra]
+
+
 def test_the_study_quick_space_searches_the_studys_question_and_its_grid_counts_by_hand():
     loaded = space.load(STUDY_QUICK)
     assert [e.name for e in loaded.entries] == ["model", "norm", "lr_policy", "base_lr"]
@@ -181,15 +192,11 @@ def _trained_once(study_dir, trials):
 def test_two_tune_processes_share_one_study_and_run_no_trial_twice(
         tmp_path, small_data, storage):
     url = _postgres() if storage == "postgresql" else None
-    space_file = write_space(tmp_path, ["base_lr: {low: 0.005, high: 0.05, log: true}"],
-                             base=BASE[:4] + ["--max_iter=10", "--test_interval=5",
-                                              "--snapshot=5", "--precision=float32"])
-    study_dir = str(tmp_path / "study")
-    if url:
-        optuna.delete_study(study_name="space", storage=url) if "space" in [
-            s.study_name for s in optuna.get_all_study_summaries(url)] else None
-    args = [f"--space={space_file}", f"--data_dir={small_data}", f"--study_dir={study_dir}",
-            "--trials=4", *([f"--storage={url}"] if url else [])]
+    study_dir, args = study_args(tmp_path, small_data,
+                                 ["base_lr: {low: 0.005, high: 0.05, log: true}"], 10, 5,
+                                 "--trials=4", *([f"--storage={url}"] if url else []))
+    if url and "space" in [s.study_name for s in optuna.get_all_study_summaries(url)]:
+        optuna.delete_study(study_name="space", storage=url)
     first = _tune(args)
     time.sleep(3)
     second = _tune(args)
@@ -217,12 +224,9 @@ def _wait_for(condition, process=None, seconds=300):
 @pytest.mark.slow
 def test_a_tune_stopped_then_killed_mid_trial_resumes_that_trial_and_loses_no_run(
         tmp_path, small_data):
-    space_file = write_space(tmp_path, ["base_lr: [0.02, 0.01]"],
-                             base=BASE[:4] + ["--max_iter=100", "--test_interval=10",
-                                              "--snapshot=10", "--precision=float32"])
-    study_dir = str(tmp_path / "study")
-    args = [f"--space={space_file}", f"--data_dir={small_data}", f"--study_dir={study_dir}",
-            "--trials=2", "--sampler=grid", "--pruner=none", "--target=top1:0.99"]
+    study_dir, args = study_args(tmp_path, small_data, ["base_lr: [0.02, 0.01]"], 100, 10,
+                                 "--trials=2", "--sampler=grid", "--pruner=none",
+                                 "--target=top1:0.99")
     first = RunDir(os.path.join(study_dir, "trials", "000"))
     # SIGTERM (a cluster's preemption, Ctrl-C): the trial checkpoints, tune queues it again.
     stopped = _tune(args)
@@ -267,13 +271,9 @@ def test_a_tune_stopped_then_killed_mid_trial_resumes_that_trial_and_loses_no_ru
 def test_trials_that_fall_behind_stop_at_the_first_rung_and_the_study_gives_its_results(
         tmp_path, small_data, capsys):
     # Grid order: the good rate first, then a tiny one and one that diverges.
-    space_file = write_space(tmp_path, ["base_lr: [0.05, 0.000001, 1000]"],
-                             base=BASE[:4] + ["--max_iter=30", "--test_interval=10",
-                                              "--snapshot=10", "--precision=float32"])
-    study_dir = str(tmp_path / "study")
-    tune.main(["tune", f"--space={space_file}", f"--data_dir={small_data}",
-               f"--study_dir={study_dir}", "--trials=3", "--sampler=grid",
-               "--target=top1:0.99"])
+    study_dir, args = study_args(tmp_path, small_data, ["base_lr: [0.05, 0.000001, 1000]"],
+                                 30, 10, "--trials=3", "--sampler=grid", "--target=top1:0.99")
+    tune.main(["tune", *args])
     out = capsys.readouterr().out
     study = _study(study_dir)
     good, tiny, diverging = study.trials
@@ -372,13 +372,10 @@ def test_the_field_space_loads_and_its_margin_exists_only_under_arcface():
 @pytest.mark.slow
 def test_a_stopped_trial_whose_run_cannot_resume_is_retried_from_scratch(
         tmp_path, small_data):
-    space_file = write_space(tmp_path, ["base_lr: [0.02]"],
-                             base=BASE[:4] + ["--max_iter=200", "--test_interval=10",
-                                              "--snapshot=10", "--precision=float32"])
-    study_dir = str(tmp_path / "study")
-    args = [f"--space={space_file}", f"--data_dir={small_data}", f"--study_dir={study_dir}",
-            "--trials=1", "--sampler=grid", "--pruner=none", "--target=top1:0.99",
-            "--max_iter=100"]
+    # The run length given on tune's command line overrides the base's, as for any flag.
+    study_dir, args = study_args(tmp_path, small_data, ["base_lr: [0.02]"], 200, 10,
+                                 "--trials=1", "--sampler=grid", "--pruner=none",
+                                 "--target=top1:0.99", "--max_iter=100")
     first = RunDir(os.path.join(study_dir, "trials", "000"))
     stopped = _tune(args)
     _wait_for(lambda: first.checkpoint_iteration() >= 10, stopped)

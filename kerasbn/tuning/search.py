@@ -36,12 +36,17 @@ class Plan:
     def training_flags(self, flags):
         """A trial's training flags after the base flagfile: the space's `flags`, the
         command line's, the target."""
-        metric, value = self.target
-        return [*flags, *self.train_args, f"--target={metric}:{value:g}"]
+        return [*flags, *self.train_args, target_flag(self.target)]
 
     def command(self, flags, run_dir):
         return [sys.executable, "-m", "kerasbn.train", f"--flagfile={self.space.base}",
                 *self.training_flags(flags), f"--run_dir={run_dir}"]
+
+
+def target_flag(target):
+    """Training's --target for (metric, value)."""
+    metric, value = target
+    return f"--target={metric}:{value:g}"
 
 
 def trial_dir(trial):

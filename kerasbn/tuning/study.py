@@ -13,6 +13,7 @@ import os
 import warnings
 
 import optuna
+import sqlalchemy
 
 from kerasbn.utils import errors
 
@@ -69,9 +70,12 @@ def storage(url):
 
 
 def hidden(url):
-    """`url` without its password, for messages."""
-    head, at, tail = url.rpartition("@")
-    return url if not at else head.split(":", 2)[0] + ":" + head.split(":", 2)[1] + ":***@" + tail
+    """`url` with its password as ***, for messages (SQLAlchemy's rendering); a URL it
+    cannot parse is shown from its host on."""
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return url.rpartition("@")[2]
 
 
 def sampler(name, seed):
