@@ -110,6 +110,11 @@ class RunConfig:
         "only) updates only the centres drawn, their momentum and weight decay with them; all "
         "(insightface's PartialFC_V2) lets momentum and weight decay act on every centre each "
         "step, the undrawn ones with a zero gradient.", choices=("drawn", "all"))
+    shard_classes: bool = setting(
+        False, "Margin heads: shard the class centres across the replicas, as arcface_torch's "
+        "PartialFC_V2 does (replica r holds classes [r*C/R, (r+1)*C/R) and their momentum; a "
+        "softmax across replicas; --sample_classes draws within each shard). Resumes on any "
+        "replica count.")
     embedding: str = setting(
         "pool",
         "The feature the classifier takes: pool (the pooled 320-d layer, the study's) or bn_fc "
@@ -332,6 +337,7 @@ class RunConfig:
         if problem:
             raise ConfigError(problem)
         self._check_sampling()
+        self._check_sharding()
 
     def _check_executions(self):
         """Iteration events land between executions of `steps_per_execution` iterations, so
@@ -347,6 +353,22 @@ class RunConfig:
                               f"so every iteration event must fall on a multiple of it: "
                               f"{', '.join(off)} {'is' if len(off) == 1 else 'are'} not; "
                               "change them or --steps_per_execution")
+
+    def _check_sharding(self):
+        """--shard_classes's rules: a margin head's centres, moved by the SGD rule the shards
+        apply themselves, one update a step."""
+        if not self.shard_classes:
+            return
+        problems = [text for bad, text in [
+            (not registry.HEADS[self.head].samples, "--head=" + " or --head=".join(
+                name for name, head in registry.HEADS.items() if head.samples)),
+            (self.solver_type not in ("SGD", "Nesterov"), "--solver_type=SGD or Nesterov"),
+            (self.iter_size > 1, "--iter_size=1"),
+            (self.jit_compile, "no --jit_compile (XLA does not compile the step's "
+             "collectives here)")] if bad]
+        if problems:
+            raise ConfigError("--shard_classes shards a margin head's centres and moves them "
+                              "by SGD each step; it needs " + ", ".join(problems))
 
     def _check_sampling(self):
         """Partial FC's rules: it samples a margin head's centres, under a solver that

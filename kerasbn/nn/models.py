@@ -153,8 +153,9 @@ def build(name, num_classes, **settings):
     return build_from(NetworkSettings(name=name, num_classes=num_classes, **settings))
 
 
-def build_from(settings):
-    """The network of `settings` (`NetworkSettings`)."""
+def build_from(settings, classifier=None):
+    """The network of `settings` (`NetworkSettings`); `classifier`, called as a head's
+    registered one is, replaces the head's classifier layer (`--shard_classes`)."""
     if settings.name not in registry.NETWORKS:
         raise ValueError(f"unknown --model {settings.name!r}; choose one of "
                          f"{', '.join(registry.NETWORKS)}")
@@ -167,7 +168,8 @@ def build_from(settings):
     if settings.backbone:
         inputs, x = imported.backbone(settings.backbone, settings.image_size, settings.channels,
                                       settings.input_norm)
-        return _with_classifier(inputs, x, "imported", Parts(settings), "glorot_uniform")
+        return _with_classifier(inputs, x, "imported", Parts(settings), "glorot_uniform",
+                                classifier)
     network = registry.NETWORKS[settings.name]
     settings = dataclasses.replace(
         settings, widths=tuple(settings.widths or network.widths),
@@ -177,14 +179,15 @@ def build_from(settings):
     x = network.features(inputs, settings, parts)
     own = "glorot_uniform" if network.classifier_std is None else \
         keras.initializers.RandomNormal(stddev=network.classifier_std)
-    return _with_classifier(inputs, x, settings.name, parts, own)
+    return _with_classifier(inputs, x, settings.name, parts, own, classifier)
 
 
-def _with_classifier(inputs, x, name, parts, own):
-    """The network from `inputs` to the logits of the settings' head on the embedding `x`."""
+def _with_classifier(inputs, x, name, parts, own, classifier=None):
+    """The network from `inputs` to the logits of the settings' head (or of `classifier`) on
+    the embedding `x`."""
     settings = parts.settings
     kernel = {"kernel_initializer": parts.filler(own), "kernel_regularizer": parts.l2(),
               "dtype": "float32", "name": CLASSIFIER}
-    layer = registry.HEADS[settings.head].classifier(settings.num_classes, settings, kernel,
-                                                     parts.bias_l2())
+    classifier = classifier or registry.HEADS[settings.head].classifier
+    layer = classifier(settings.num_classes, settings, kernel, parts.bias_l2())
     return keras.Model(inputs, layer(x), name=name)

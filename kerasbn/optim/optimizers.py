@@ -120,18 +120,27 @@ class CaffeSGD(BackboneClipping, keras.optimizers.SGD):
             values = tf.math.unsorted_segment_sum(values, position, tf.shape(rows)[0])
         # The backend hands update_step tf.Variables, but its slots are Keras variables.
         resource = lambda v: v.value if isinstance(v, keras.Variable) else v
-        variable = resource(variable)
-        weights = tf.gather(variable, rows)
-        learning_rate = tf.cast(learning_rate, variable.dtype)
+        momentum = resource(self.momentums[self._get_variable_index(variable)]) \
+            if self.momentum else None
+        self.row_update(resource(variable), momentum, rows, values, learning_rate)
+
+    def row_update(self, weights, momentum, rows, values, learning_rate):
+        """Caffe's update (torch's with `torch_momentum`) of rows `rows` of `weights` by their
+        gradient `values`, weight decay `row_decay` included. `weights` and `momentum` (None
+        without momentum) are read and written as a tf.Variable's rows are (sparse_read,
+        scatter_add, scatter_update): a variable, or a replica's shard of the centres."""
+        current = weights.sparse_read(rows)
+        learning_rate = tf.cast(learning_rate, current.dtype)
         # Caffe's rate is inside the momentum buffer, torch's outside it.
         inside, outside = (1.0, -learning_rate) if self.torch_momentum else (-learning_rate, 1.0)
-        step = inside * (tf.cast(values, variable.dtype) + self.row_decay * weights)
+        step = inside * (tf.cast(values, current.dtype) + self.row_decay * current)
+        updates = []
         if self.momentum:
-            momentum = resource(self.momentums[self._get_variable_index(variable)])
-            velocity = self.momentum * tf.gather(momentum, rows) + step
-            momentum.scatter_update(tf.IndexedSlices(velocity, rows))
+            velocity = self.momentum * momentum.sparse_read(rows) + step
+            updates.append(momentum.scatter_update(tf.IndexedSlices(velocity, rows)))
             step = self.momentum * velocity + step if self.nesterov else velocity
-        variable.scatter_add(tf.IndexedSlices(outside * step, rows))
+        with tf.control_dependencies(updates):
+            return weights.scatter_add(tf.IndexedSlices(outside * step, rows))
 
     def get_config(self):
         return {**super().get_config(), "bias_lr_mult": self.bias_lr_mult,

@@ -2,12 +2,16 @@
 margin in the loss only, so inference sees plain logits) and its Caffe-style solver, as
 training, export and evaluation all rebuild it."""
 
+import math
 import warnings
 
 import keras
+import tensorflow as tf
 
 from kerasbn.config import ConfigError
 from kerasbn.nn import models, partial_fc, registry
+from kerasbn.nn.heads import margins
+from kerasbn.nn.sharded import centres, training
 from kerasbn.optim.optimizers import make_optimizer
 
 
@@ -17,13 +21,48 @@ def make_loss(config):
 
 
 def build_network(config):
-    """The network of `config`, as `SampledTraining` when its head samples centres."""
+    """The network of `config`, as `SampledTraining` when its head samples centres, as
+    `ShardedTraining` with `--shard_classes` (its shards over the current strategy's
+    replicas)."""
+    if config.shard_classes:
+        return _sharded_network(config)
     model = models.build_from(config.network())
     if config.sample_classes == 1:
         return model
     count = partial_fc.sample_count(config.num_classes, config.sample_classes)
     return partial_fc.SampledTraining(model.input, model.output, count, config.seed,
                                       name=model.name)
+
+
+def _sharded_network(config):
+    scale = margins.resolved(config.head, config.scale)[0]
+    layer = lambda units, settings, kernel, bias: training.ShardedClassifier(
+        units, scale, seed=config.seed, momentum=config.momentum > 0, name=registry.CLASSIFIER)
+    model = models.build_from(config.network(), classifier=layer)
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    rows = centres.shard_rows(config.num_classes, replicas)
+    take = partial_fc.sample_count(rows, config.sample_classes)
+    if take < min(rows, config.batch_size):
+        raise ConfigError(
+            f"--sample_classes={config.sample_classes:g} draws {take} of the {rows} centres of "
+            f"each of {replicas} shards, fewer than the {config.batch_size} identities a global "
+            "batch may hold in one shard; raise it to at least "
+            f"{math.ceil(config.batch_size / rows * 1000) / 1000:g}")
+    return training.ShardedTraining(model.input, model.output, take, name=model.name)
+
+
+def servable(config, model):
+    """`model` as exports and evaluation take it: a `--shard_classes` network becomes the
+    same network with its whole classifier (the shards' rows in one `CosineClassifier`)."""
+    if not isinstance(model, training.ShardedTraining):
+        return model
+    whole = models.build_from(config.network())
+    for layer in whole.layers:
+        if layer.name == registry.CLASSIFIER:
+            layer.kernel.assign(model.get_layer(registry.CLASSIFIER).shards.whole())
+        elif layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return whole
 
 
 def build_and_compile(config):

@@ -21,10 +21,11 @@ from kerasbn.nn.heads.cosine import CosineClassifier
 
 
 def margin_logits(labels, logits, head, scale, margin, easy_margin=False):
-    """The cosine `logits` (scale * cos) with `head`'s margin on each true class."""
+    """The cosine `logits` (scale * cos) with `head`'s margin on each true class (a label of
+    -1: its class is not among these logits, a shard's of `--shard_classes`)."""
     labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
     cosine = tf.clip_by_value(tf.cast(logits, tf.float32) / scale, -1.0, 1.0)
-    true = tf.gather(cosine, labels, batch_dims=1)
+    true = tf.gather(cosine, tf.maximum(labels, 0), batch_dims=1)
     if head == "cosface":
         margined = true - margin
     else:
@@ -53,7 +54,8 @@ def combined_logits(labels, logits, scale, margins, threshold=0.0):
     no fallback past theta = pi - m2, computed outside autograd, so the gradient passes
     straight through as if there were no margin (dL/dcos = s (p - y)); CosFace (m3 > 0) puts
     cos - m3 there, its gradient the analytic one. With `threshold`, a class other than the
-    true one whose cosine exceeds it counts 0 (interclass filtering), its gradient 0."""
+    true one whose cosine exceeds it counts 0 (interclass filtering), its gradient 0. A label
+    of -1 has no class among these logits."""
     _, m2, m3 = margins
     labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
     cosine = tf.clip_by_value(tf.cast(logits, tf.float32) / scale, -1.0, 1.0)
@@ -61,7 +63,7 @@ def combined_logits(labels, logits, scale, margins, threshold=0.0):
     if threshold > 0:
         dirty = tf.logical_and(cosine > threshold, tf.logical_not(hit))
         cosine = cosine * tf.stop_gradient(tf.cast(tf.logical_not(dirty), tf.float32))
-    true = tf.gather(cosine, labels, batch_dims=1)
+    true = tf.gather(cosine, tf.maximum(labels, 0), batch_dims=1)
     if m3 > 0:
         margined = true - m3
     else:
@@ -78,10 +80,14 @@ class CombinedMarginLoss(keras.losses.Loss):
         self.scale, self.margins = float(scale), tuple(float(m) for m in margins)
         self.threshold = float(threshold)
 
+    def margined(self, labels, logits):
+        """`logits` with the margin on each label's class (none for a label of -1)."""
+        return combined_logits(labels, logits, self.scale, self.margins, self.threshold)
+
     def call(self, y_true, y_pred):
         labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
-        logits = combined_logits(labels, y_pred, self.scale, self.margins, self.threshold)
-        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels, self.margined(labels, y_pred))
 
     def get_config(self):
         return {**super().get_config(), "scale": self.scale, "margins": list(self.margins),
@@ -100,11 +106,15 @@ class MarginLoss(keras.losses.Loss):
         self.head, self.scale, self.margin = head, float(scale), float(margin)
         self.easy_margin = bool(easy_margin)
 
+    def margined(self, labels, logits):
+        """`logits` with the margin on each label's class (none for a label of -1)."""
+        return margin_logits(labels, logits, self.head, self.scale, self.margin,
+                             self.easy_margin)
+
     def call(self, y_true, y_pred):
         labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
-        logits = margin_logits(labels, y_pred, self.head, self.scale, self.margin,
-                               self.easy_margin)
-        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels, self.margined(labels, y_pred))
 
     def get_config(self):
         return {**super().get_config(), "head": self.head, "scale": self.scale,

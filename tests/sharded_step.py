@@ -1,0 +1,63 @@
+"""One training step of a `--shard_classes` network on R logical CPU devices, run as its own
+process (the CPU is split before TensorFlow starts): writes the network's values before and
+after the step, the step's loss and its batch to an .npz, for tests/test_sharded.py.
+
+    python tests/sharded_step.py OUT.npz REPLICAS CLASSES SAMPLE_CLASSES HEAD [LABELS...]
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from kerasbn import config  # noqa: E402
+from kerasbn.runs import network  # noqa: E402
+from kerasbn.training import runtime  # noqa: E402
+
+BATCH, SIZE = 8, 20
+
+
+def settings(classes, sample_classes, head, **kw):
+    """The run config of the step (a narrow study network without dropout)."""
+    values = dict(data_dir="d", run_dir="r", num_classes=classes, image_size=(SIZE, SIZE),
+                  channels=1, batch_size=BATCH, test_interval=2, seed=7,
+                  schedule={"max_iter": 2, "base_lr": 0.1}, widths=(4, 4, 4, 4, 4, 4, 8),
+                  dropout=0.0, head=head, weight_decay=0.01, momentum=0.9,
+                  sample_classes=sample_classes, shard_classes=True)
+    values.update(kw)
+    return config.RunConfig(**values)
+
+
+def main(out, replicas, classes, sample_classes, head, *labels):
+    runtime.split_cpu(4)
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:int(replicas)]
+    strategy = tf.distribute.MirroredStrategy(devices) if int(replicas) > 1 else \
+        tf.distribute.get_strategy()
+    cfg = settings(int(classes), float(sample_classes), head)
+    keras.utils.set_random_seed(3)
+    with strategy.scope():
+        model = network.build_and_compile(cfg)
+    shards = model.get_layer("logits").shards
+    rng = np.random.default_rng(5)
+    images = rng.random((BATCH, SIZE, SIZE, 1), np.float32)
+    labels = np.array([int(x) for x in labels]) if labels else rng.integers(0, int(classes),
+                                                                            BATCH)
+    before = [v.numpy() for v in model.trainable_variables]
+    centres = shards.whole().numpy()
+    # fit splits the batch over the replicas as training does (train_on_batch would give
+    # each replica the whole batch).
+    loss = model.fit(tf.data.Dataset.from_tensors((images, labels)), verbose=0).history[
+        "loss"][0]
+    np.savez(out, loss=loss, images=images, labels=labels, centres=centres,
+             after_centres=shards.whole().numpy(),
+             after_momentum=shards.whole(shards.momentum).numpy(),
+             **{f"before_{i}": v for i, v in enumerate(before)},
+             **{f"after_{i}": v.numpy() for i, v in enumerate(model.trainable_variables)})
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,0 +1,120 @@
+"""--shard_classes: the centres sharded across replicas (logical CPU devices, each run in its
+own process by tests/sharded_step.py), checked against one device with the whole classifier
+computed here with plain TensorFlow (data-parallel BN: each replica's images normalised on
+their own), and Caffe's SGD written out in numpy."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kerasbn.nn import models
+from kerasbn.nn.sharded import centres, softmax
+from kerasbn.optim import schedules
+from kerasbn.runs import network
+
+sys.path.insert(0, os.path.dirname(__file__))
+import sharded_step  # noqa: E402
+
+
+def _step(tmp_path, replicas, classes, sample_classes=1.0, head="cosface", labels=()):
+    out = tmp_path / f"r{replicas}.npz"
+    subprocess.run([sys.executable, sharded_step.__file__, str(out), str(replicas),
+                    str(classes), str(sample_classes), head, *map(str, labels)],
+                   check=True, capture_output=True)
+    return dict(np.load(out))
+
+
+def _drawn(cfg, replicas, labels):
+    """The classes each shard's first step takes logits over (the step's own draw)."""
+    rows = centres.shard_rows(cfg.num_classes, replicas)
+    take = min(rows, int(np.ceil(cfg.sample_classes * rows)))
+    drawn = []
+    for r in range(replicas):
+        first, end = centres.bounds(cfg.num_classes, replicas, r)
+        index = softmax.draw(tf.constant(labels, tf.int32), first, end - first, rows, take,
+                             softmax.draw_seed(cfg.seed, 0, r)).numpy()
+        drawn += [first + i for i in index if i < end - first]
+    return np.array(sorted(drawn))
+
+
+def _reference(cfg, result, replicas, drawn=None):
+    """(loss, backbone after, centres after, momentum after) of the step on one device with
+    the whole classifier, over the classes `drawn` (all by default)."""
+    net = models.build_from(dataclasses.replace(cfg.network(), decay_centres=False))
+    features = keras.Model(net.inputs, net.get_layer("logits").input)
+    backbone = [v for v in net.trainable_variables if "logits" not in v.path]
+    for i, v in enumerate(backbone):
+        v.assign(result[f"before_{i}"])
+    weights = tf.Variable(result["centres"])
+    drawn = np.arange(cfg.num_classes) if drawn is None else drawn
+    labels = np.searchsorted(drawn, result["labels"])
+    loss_fn = network.make_loss(cfg)
+    with tf.GradientTape() as tape:
+        parts = np.split(result["images"], replicas)
+        embedded = tf.concat([features(part, training=True) for part in parts], axis=0)
+        embedded = tf.math.l2_normalize(embedded, axis=-1, epsilon=1e-12)
+        rows = tf.math.l2_normalize(tf.gather(weights, drawn), axis=-1, epsilon=1e-12)
+        logits = loss_fn.scale * tf.matmul(embedded, rows, transpose_b=True)
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels, loss_fn.margined(labels, logits)))
+        total = loss + tf.add_n(net.losses)
+    grads = tape.gradient(total, [*backbone, weights])
+    lr = float(schedules.make_schedule(cfg.schedule)(0))
+    after = [v.numpy() - lr * g.numpy() for v, g in zip(backbone, grads[:-1])]
+    centre_grad = tf.convert_to_tensor(grads[-1]).numpy()
+    velocity = np.zeros_like(result["centres"])
+    velocity[drawn] = -lr * (centre_grad[drawn] + cfg.weight_decay * result["centres"][drawn])
+    return float(total), after, result["centres"] + velocity, velocity
+
+
+def _check(result, reference):
+    loss, backbone, weights, momentum = reference
+    assert float(result["loss"]) == pytest.approx(loss, rel=1e-5)
+    for i, value in enumerate(backbone):
+        np.testing.assert_allclose(result[f"after_{i}"], value, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(result["after_centres"], weights, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(result["after_momentum"], momentum, rtol=1e-4, atol=1e-8)
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 4])
+def test_a_sharded_step_is_the_one_device_step_of_the_whole_classifier(tmp_path, replicas):
+    # 10 classes do not divide over 4 replicas: shards of 2, 3, 2, 3 rows.
+    result = _step(tmp_path, replicas, 10)
+    cfg = sharded_step.settings(10, 1.0, "cosface")
+    _check(result, _reference(cfg, result, replicas))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", ["arcface", "combined"])
+def test_the_margin_of_each_head_is_put_on_by_the_shard_that_owns_the_class(tmp_path, head):
+    result = _step(tmp_path, 2, 10, head=head)
+    _check(result, _reference(sharded_step.settings(10, 1.0, head), result, 2))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("labels", [
+    # Every label in the first of two shards: the second holds none of the batch.
+    [0, 1, 2, 3, 4, 0, 1, 2],
+    # Every label in the last shard of four.
+    [30, 31, 39, 38, 35, 36, 37, 30]])
+def test_a_sampled_sharded_step_is_the_one_device_step_over_the_same_draw(tmp_path, labels):
+    replicas = 2 if max(labels) < 10 else 4
+    result = _step(tmp_path, replicas, 40, 0.8, labels=labels)
+    cfg = sharded_step.settings(40, 0.8, "cosface")
+    drawn = _drawn(cfg, replicas, labels)
+    assert set(labels) <= set(drawn) and len(drawn) < 40
+    _check(result, _reference(cfg, result, replicas, drawn))
+
+
+def test_the_first_centres_do_not_depend_on_the_replica_count():
+    whole = centres._initial_rows(7, 0, 10_000, 3).numpy()
+    assert whole.std() == pytest.approx(centres.INIT_STDDEV, rel=0.02)
+    for first, count in [(0, 2500), (2500, 2500), (4095, 7), (9999, 1)]:
+        np.testing.assert_array_equal(centres._initial_rows(7, first, count, 3).numpy(),
+                                      whole[first:first + count])
