@@ -1,8 +1,11 @@
 """One training step of a `--shard_classes` network on R logical CPU devices, run as its own
 process (the CPU is split before TensorFlow starts): writes the network's values before and
-after the step, the step's loss and its batch to an .npz, for tests/test_sharded.py.
+after the step, the step's loss and its batch to an .npz, for tests/test_sharded.py. With
+`restore`, writes the whole centres and momentum of a run's newest checkpoint restored on R
+devices instead.
 
     python tests/sharded_step.py OUT.npz REPLICAS CLASSES SAMPLE_CLASSES HEAD [LABELS...]
+    python tests/sharded_step.py restore OUT.npz REPLICAS RUN_DIR
 """
 
 import os
@@ -15,7 +18,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from kerasbn import config  # noqa: E402
-from kerasbn.runs import network  # noqa: E402
+from kerasbn.runs import checkpoints, network  # noqa: E402
+from kerasbn.runs.run_dir import RunDir, stored_config  # noqa: E402
 from kerasbn.training import runtime  # noqa: E402
 
 BATCH, SIZE = 8, 20
@@ -32,11 +36,28 @@ def settings(classes, sample_classes, head, **kw):
     return config.RunConfig(**values)
 
 
-def main(out, replicas, classes, sample_classes, head, *labels):
+def _strategy(replicas):
     runtime.split_cpu(4)
     devices = [d.name for d in tf.config.list_logical_devices("CPU")][:int(replicas)]
-    strategy = tf.distribute.MirroredStrategy(devices) if int(replicas) > 1 else \
+    return tf.distribute.MirroredStrategy(devices) if int(replicas) > 1 else \
         tf.distribute.get_strategy()
+
+
+def restore(out, replicas, run_dir):
+    strategy = _strategy(replicas)
+    with strategy.scope():
+        model = network.build_and_compile(stored_config(run_dir))
+        manager = checkpoints.make_manager(RunDir(run_dir), model,
+                                           tf.Variable(0.0, dtype=tf.float64),
+                                           tf.Variable(0, dtype=tf.int64), 1)
+    checkpoints.restore(manager)
+    shards = model.get_layer("logits").shards
+    np.savez(out, centres=shards.whole().numpy(), momentum=shards.whole(shards.momentum).numpy(),
+             rows=shards.rows)
+
+
+def main(out, replicas, classes, sample_classes, head, *labels):
+    strategy = _strategy(replicas)
     cfg = settings(int(classes), float(sample_classes), head)
     keras.utils.set_random_seed(3)
     with strategy.scope():
@@ -60,4 +81,4 @@ def main(out, replicas, classes, sample_classes, head, *labels):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    restore(*sys.argv[2:]) if sys.argv[1] == "restore" else main(*sys.argv[1:])

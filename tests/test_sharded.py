@@ -5,6 +5,7 @@ their own), and Caffe's SGD written out in numpy."""
 
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,14 +13,19 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import make_synth, train_args
 
 from kerasbn.nn import models
 from kerasbn.nn.sharded import centres, softmax
 from kerasbn.optim import schedules
 from kerasbn.runs import network
+from kerasbn.runs.run_dir import RunDir
+from kerasbn.serving import signatures
 
 sys.path.insert(0, os.path.dirname(__file__))
 import sharded_step  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _step(tmp_path, replicas, classes, sample_classes=1.0, head="cosface", labels=()):
@@ -118,3 +124,54 @@ def test_the_first_centres_do_not_depend_on_the_replica_count():
     for first, count in [(0, 2500), (2500, 2500), (4095, 7), (9999, 1)]:
         np.testing.assert_array_equal(centres._initial_rows(7, first, count, 3).numpy(),
                                       whole[first:first + count])
+
+
+@pytest.fixture(scope="module")
+def forty_people(tmp_path_factory):
+    out = tmp_path_factory.mktemp("forty")
+    make_synth(out, identities=42, images_per_identity=6, seed=4)
+    return str(out)
+
+
+def _train(args, devices, fault=None):
+    flags = ["--strategy=mirrored", f"--cpu_devices={devices}"] if devices > 1 else \
+        ["--strategy=one_device"]
+    env = {**os.environ, **({"KERASBN_FAULT": fault} if fault else {})}
+    return subprocess.run([sys.executable, "-m", "kerasbn.train", *args, *flags], cwd=ROOT,
+                          env=env, capture_output=True, text=True)
+
+
+@pytest.mark.slow
+def test_a_sharded_run_resumes_on_another_replica_count_and_exports_the_whole_classifier(
+        forty_people, tmp_path):
+    run = str(tmp_path / "two")
+    args = train_args(forty_people, run, head="cosface", shard_classes="true", max_iter=6,
+                      snapshot=2, test_interval=2, display=2, batch_size=8, momentum=0.9)
+    stopped = _train(args, 2, fault="iteration:3:SIGTERM")
+    assert stopped.returncode != 0
+    assert "centres: 42 x 64, sharded over 2 replicas: 0.0 MiB per replica" in stopped.stdout
+    saved = {}
+    for replicas in (2, 4, 1):
+        out = tmp_path / f"restored{replicas}.npz"
+        subprocess.run([sys.executable, sharded_step.__file__, "restore", str(out),
+                        str(replicas), run], check=True, capture_output=True)
+        saved[replicas] = dict(np.load(out))
+    # 42 classes: shards of 21 rows on two replicas, 11 (padded) on four.
+    assert [int(saved[r]["rows"]) for r in (2, 4, 1)] == [21, 11, 42]
+    assert np.abs(saved[2]["momentum"]).max() > 0
+    for replicas in (4, 1):
+        np.testing.assert_array_equal(saved[replicas]["centres"], saved[2]["centres"])
+        np.testing.assert_array_equal(saved[replicas]["momentum"], saved[2]["momentum"])
+    for replicas in (4, 1):
+        copy = str(tmp_path / f"on{replicas}")
+        shutil.copytree(run, copy)
+        flags = [a for a in args if not a.startswith("--run_dir")] + [f"--run_dir={copy}"]
+        done = _train(flags, replicas)
+        assert done.returncode == 0, done.stderr
+        assert f"resuming from {copy}" in done.stdout
+        assert [m["iteration"] for m in RunDir(copy).read_metrics()][-1] == 6
+    served = signatures.from_saved_model(RunDir(str(tmp_path / "on4")).export)
+    images = np.random.default_rng(0).integers(0, 256, (3, 50, 50, 1), np.uint8)
+    logits = served.serve(tf.constant(images))["logits"].numpy()
+    assert logits.shape == (3, 42)
+    assert np.abs(logits).max() <= 30 * (1 + 1e-5)

@@ -178,7 +178,7 @@ def restore_run(run_dir, best=False, check_files=False):
     if not prefix:
         raise records.DataError(f"{run.best if best else run.checkpoints} holds no "
                                 "checkpoint; train the run first")
-    return config, manifest, model, prefix
+    return config, manifest, network.servable(config, model), prefix
 
 
 def from_run(run_dir, best=False):

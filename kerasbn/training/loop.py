@@ -21,6 +21,7 @@ from kerasbn import config as config_lib
 from kerasbn.data import checks, pipeline, records
 from kerasbn.evaluation import accuracy, bin_sets, holdout
 from kerasbn.nn import keras_compat, precise_bn, registry
+from kerasbn.nn.sharded import centres
 from kerasbn.runs import checkpoints, network, test_records
 from kerasbn.runs.run_dir import RunDir, RunDirError
 from kerasbn.serving import exporter
@@ -159,6 +160,8 @@ def build_state(config, run, strategy):
         position = tf.Variable(-1, dtype=tf.int64, trainable=False)
         manager = checkpoints.make_manager(run, model, wall_time, position,
                                            config.keep_checkpoints)
+    if registry.HEADS[config.head].samples:
+        _describe_centres(config, model, strategy.num_replicas_in_sync)
     if manager.latest_checkpoint:
         print(f"resuming from {checkpoints.restore(manager)}", flush=True)
     elif config.weights:
@@ -172,6 +175,20 @@ def build_state(config, run, strategy):
     if int(position.numpy()) < 0:  # a new run, or a checkpoint from before positions
         position.assign(start_iter * config.iter_size)
     return State(model, wall_time, position, manager, start_iter)
+
+
+def _describe_centres(config, model, replicas):
+    """Says what the margin head's centres and a step's logits cost each replica."""
+    dim = model.get_layer(registry.CLASSIFIER).input.shape[-1]
+    shards = replicas if config.shard_classes else 1
+    batch = config.batch_size if config.shard_classes else config.batch_size // replicas
+    weights, logits = centres.footprint(config.num_classes, dim, shards, batch,
+                                        config.sample_classes, config.momentum > 0)
+    where = f"sharded over {replicas} replicas" if config.shard_classes else \
+        "the whole matrix on each replica" if replicas > 1 else "on one device"
+    print(f"centres: {config.num_classes} x {dim}, {where}: {weights / 2**20:.1f} MiB per "
+          f"replica with their momentum; logits {logits / 2**20:.1f} MiB per step",
+          flush=True)
 
 
 def make_evaluation(config, model, manifest, readable, entries):
@@ -313,7 +330,8 @@ def finish(config, run, state, events, manifest):
     summary["train_images_per_sec"] = events.progress.steady_images_per_sec()
     if config.export == "best":
         checkpoints.restore_latest(run, state.model, best=True)
-    exporter.export_saved_model(state.model, manifest, run.export, config.data_dir)
+    exporter.export_saved_model(network.servable(config, state.model), manifest, run.export,
+                                config.data_dir)
     run.write_summary({**summary, "finished": True})
     return summary, run.export
 

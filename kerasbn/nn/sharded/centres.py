@@ -15,6 +15,8 @@ import functools
 import tensorflow as tf
 from tensorflow.python.training.saving import saveable_object
 
+from kerasbn.nn import partial_fc
+
 BLOCK_ROWS = 4096
 INIT_STDDEV = 0.01
 
@@ -29,14 +31,14 @@ def shard_rows(num_classes, replicas):
     return -(-num_classes // replicas)
 
 
-def footprint(num_classes, dim, replicas, batch_size, sample_classes=1.0, momentum=True):
-    """{centre_bytes, logits_bytes} per replica of a sharded classifier: the shard's float32
-    rows with their momentum, and the float32 logits of a step (the global batch against
-    the rows a replica takes logits over)."""
-    rows = shard_rows(num_classes, replicas)
-    taken = min(rows, -(-int(sample_classes * rows * 1e6) // int(1e6)))
-    return {"centre_bytes": rows * dim * 4 * (2 if momentum else 1),
-            "logits_bytes": batch_size * taken * 4}
+def footprint(num_classes, dim, shards, batch_size, sample_classes=1.0, momentum=True):
+    """(centre bytes, logits bytes) per replica of a classifier in `shards` shards (1: the
+    whole matrix on every replica): its float32 rows with their momentum, and the float32
+    logits of a step, `batch_size` rows (a sharded step's: the global batch) against the
+    rows a replica takes logits over."""
+    rows = shard_rows(num_classes, shards)
+    taken = partial_fc.sample_count(rows, sample_classes)
+    return rows * dim * 4 * (2 if momentum else 1), batch_size * taken * 4
 
 
 def _initial_rows(seed, first, count, dim):
@@ -60,8 +62,9 @@ class _Slices(saveable_object.SaveableObject):
 
     def __init__(self, shards, variable, name):
         self.shards, self.variable = shards, variable
-        specs = [saveable_object.SaveSpec(functools.partial(value, count), spec, name)
-                 for value, count, spec, _ in shards.slices(variable)]
+        specs = [saveable_object.SaveSpec(functools.partial(value, count), spec, name,
+                                          dtype=tf.float32, device=device)
+                 for value, count, spec, _, device in shards.slices(variable)]
         super().__init__(variable, specs, name)
 
     def restore(self, restored_tensors, restored_shapes):
@@ -113,25 +116,27 @@ class CentreShards(tf.__internal__.tracking.Trackable):
             if self.replicas > 1 else [variable]
 
     def slices(self, variable):
-        """(value(count), count, slice spec, replica) of each shard this process writes and
-        reads: its own shards, or every shard under several workers (gathered at save, since
-        only the chief's file is kept)."""
+        """(value(count), count, slice spec, replica, device) of each shard this process
+        writes and reads: its own shards, or every shard under several workers (gathered at
+        save, since only the chief's file is kept)."""
         strategy = self.strategy
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             gathered = lambda: strategy.experimental_local_results(strategy.run(
                 lambda: tf.distribute.get_replica_context().all_gather(
                     tf.identity(variable)[None], axis=0)))[0]
-            shards = [(lambda count, r=r: gathered()[r][:count], r)
+            device = self._local(variable)[0].device
+            shards = [(lambda count, r=r: gathered()[r][:count], r, device)
                       for r in range(self.replicas)]
         else:
-            shards = [(lambda count, v=v: v.read_value()[:count], r)
+            shards = [(lambda count, v=v: v.read_value()[:count], r, v.device)
                       for v, r in zip(self._local(variable), self.local_replicas)]
         out = []
-        for value, replica in shards:
+        for value, replica, device in shards:
             first, end = self.bounds(replica)
             if end > first:
                 out.append((value, end - first,
-                            f"{self.num_classes} {self.dim} {first},{end - first}:-", replica))
+                            f"{self.num_classes} {self.dim} {first},{end - first}:-", replica,
+                            device))
         return out
 
     def assign_slices(self, variable, tensors):
@@ -139,7 +144,7 @@ class CentreShards(tf.__internal__.tracking.Trackable):
         local = dict(zip(self.local_replicas, self._local(variable)))
         return tf.group([
             local[replica].assign(tf.pad(tensor, [[0, self.rows - count], [0, 0]]))
-            for tensor, (_, count, _, replica) in zip(tensors, self.slices(variable))
+            for tensor, (_, count, _, replica, _) in zip(tensors, self.slices(variable))
             if replica in local])
 
     def _gather_saveables_for_checkpoint(self):
@@ -153,6 +158,6 @@ class CentreShards(tf.__internal__.tracking.Trackable):
         concatenated."""
         variable = self.weights if variable is None else variable
         slices = self.slices(variable)
-        if sum(count for _, count, _, _ in slices) != self.num_classes:
+        if sum(count for _, count, *_ in slices) != self.num_classes:
             raise ValueError("this process holds only some of the shards")
-        return tf.concat([value(count) for value, count, _, _ in slices], axis=0)
+        return tf.concat([value(count) for value, count, *_ in slices], axis=0)
