@@ -12,6 +12,7 @@ import pytest
 
 from kerasbn.nn import caffe_layers, grouped_conv, norms, prelu, transformer
 from kerasbn.nn.heads import cosine
+from kerasbn.nn.sharded import training
 
 IMAGES = (2, 6, 6, 4)
 TOKENS = (2, 6, 8)
@@ -35,6 +36,7 @@ CASES = {
               IMAGES),
     "GroupedConv2D": (lambda: grouped_conv.conv2d(8, 3, 1, 2, use_bias=False), IMAGES),
     "CosineClassifier": (lambda: cosine.CosineClassifier(5, 30.0), (2, 4)),
+    "ShardedClassifier": (lambda: training.ShardedClassifier(5, 30.0, seed=1), (2, 4)),
     "CaffePooling": (lambda: caffe_layers.CaffePooling("MAX", (3, 3), (2, 2)), IMAGES),
     "LRN": (lambda: caffe_layers.LRN(3, 1e-4, 0.75, 1.0), IMAGES),
     "Normalize": (lambda: caffe_layers.Normalize(across_spatial=False), IMAGES),
