@@ -28,6 +28,10 @@
         the BN network's training step and peak memory with a margin head at each class count,
         the full classifier against Partial FC's --sample_fractions
         (kerasbn.benchmarks.margin_heads).
+    python -m kerasbn.bench --bench=shard [--replicas=1 --replicas=2 --class_counts=100000]
+        the same step with a 512-d embedding on R logical devices (--batch_size per replica,
+        the first --sample_fractions), the centres replicated against sharded
+        (--shard_classes), and what does not fit (kerasbn.benchmarks.margin_heads).
     python -m kerasbn.bench --bench=scale --data_dir=data/synth_30k --data_dir=data/synth_2940k
         the input pipeline's peak memory, shuffle quality and time to the first training
         step on each dataset, against the first (kerasbn.benchmarks.scaling).
@@ -170,6 +174,12 @@ def heads_bench(values):
                      values.batch_size, values.batches, values.repeats, values.precisions[0])
 
 
+def shard_bench(values):
+    margin_heads.run_sharded(values.class_counts, values.sample_fractions[0], values.head,
+                             values.batch_size, values.batches, values.repeats,
+                             values.precisions[0], values.replicas)
+
+
 def scale_bench(values):
     scaling.run(_data_dirs(values), values.batch_size, values.batches)
 
@@ -222,7 +232,7 @@ def _data_dirs(values):
 
 BENCHES = {"input": input_bench, "separability": separability_bench, "train": train_bench,
            "norms": norms_bench, "peer": peer_bench, "profile": profile_bench,
-           "run": run_bench, "scale": scale_bench, "heads": heads_bench,
+           "run": run_bench, "scale": scale_bench, "heads": heads_bench, "shard": shard_bench,
            "photos": photos_bench, "gallery": gallery_bench, "caffe": caffe_bench}
 
 
@@ -262,6 +272,10 @@ def define_flags(values):
     flags.DEFINE_multi_float("sample_fractions", [1.0, 0.1], "heads bench: --sample_classes "
                              "values, ratios to the first (repeatable).", lower_bound=0,
                              upper_bound=1, **on)
+    flags.DEFINE_multi_integer("replicas", [1, 2, 4], "shard bench: logical CPU devices to "
+                               "time the replicated and the sharded centres on (repeatable; "
+                               "on a GPU machine, its GPU count: every GPU is used).",
+                               lower_bound=1, upper_bound=64, **on)
     flags.DEFINE_string("export", None, "photos, gallery benches: the SavedModel whose "
                         "serve_photo is timed.", **on)
     flags.DEFINE_string("faces_dir", None, "photos, gallery benches: face images pasted into "

@@ -4,7 +4,8 @@ after the step, the step's loss and its batch to an .npz, for tests/test_sharded
 `restore`, writes the whole centres and momentum of a run's newest checkpoint restored on R
 devices instead.
 
-    python tests/sharded_step.py OUT.npz REPLICAS CLASSES SAMPLE_CLASSES HEAD [LABELS...]
+    python tests/sharded_step.py OUT.npz REPLICAS CLASSES SAMPLE_CLASSES HEAD [LABEL...]
+        [precision=P initial_loss_scale=S]
     python tests/sharded_step.py restore OUT.npz REPLICAS RUN_DIR
 """
 
@@ -56,9 +57,14 @@ def restore(out, replicas, run_dir):
              rows=shards.rows)
 
 
-def main(out, replicas, classes, sample_classes, head, *labels):
+def main(out, replicas, classes, sample_classes, head, *rest):
     strategy = _strategy(replicas)
-    cfg = settings(int(classes), float(sample_classes), head)
+    labels = [x for x in rest if "=" not in x]
+    given = dict(x.split("=") for x in rest if "=" in x)
+    if "initial_loss_scale" in given:
+        given["initial_loss_scale"] = float(given["initial_loss_scale"])
+    cfg = settings(int(classes), float(sample_classes), head, **given)
+    keras.mixed_precision.set_global_policy(cfg.precision)
     keras.utils.set_random_seed(3)
     with strategy.scope():
         model = network.build_and_compile(cfg)
@@ -73,7 +79,10 @@ def main(out, replicas, classes, sample_classes, head, *labels):
     # each replica the whole batch).
     loss = model.fit(tf.data.Dataset.from_tensors((images, labels)), verbose=0).history[
         "loss"][0]
+    scale = getattr(model.optimizer, "dynamic_scale", None)
     np.savez(out, loss=loss, images=images, labels=labels, centres=centres,
+             scale=np.nan if scale is None else float(scale.numpy()),
+             logits_dtype=model(images[:2]).dtype.name,
              after_centres=shards.whole().numpy(),
              after_momentum=shards.whole(shards.momentum).numpy(),
              **{f"before_{i}": v for i, v in enumerate(before)},

@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 from conftest import make_synth, train_args
 
+from kerasbn import config
 from kerasbn.nn import models
 from kerasbn.nn.sharded import centres, softmax
 from kerasbn.optim import schedules
@@ -141,6 +142,13 @@ def _train(args, devices, fault=None):
                           env=env, capture_output=True, text=True)
 
 
+def _restored(tmp_path, run, replicas):
+    out = tmp_path / f"restored{replicas}.npz"
+    subprocess.run([sys.executable, sharded_step.__file__, "restore", str(out), str(replicas),
+                    run], check=True, capture_output=True)
+    return dict(np.load(out))
+
+
 @pytest.mark.slow
 def test_a_sharded_run_resumes_on_another_replica_count_and_exports_the_whole_classifier(
         forty_people, tmp_path):
@@ -150,12 +158,7 @@ def test_a_sharded_run_resumes_on_another_replica_count_and_exports_the_whole_cl
     stopped = _train(args, 2, fault="iteration:3:SIGTERM")
     assert stopped.returncode != 0
     assert "centres: 42 x 64, sharded over 2 replicas: 0.0 MiB per replica" in stopped.stdout
-    saved = {}
-    for replicas in (2, 4, 1):
-        out = tmp_path / f"restored{replicas}.npz"
-        subprocess.run([sys.executable, sharded_step.__file__, "restore", str(out),
-                        str(replicas), run], check=True, capture_output=True)
-        saved[replicas] = dict(np.load(out))
+    saved = {replicas: _restored(tmp_path, run, replicas) for replicas in (2, 4, 1)}
     # 42 classes: shards of 21 rows on two replicas, 11 (padded) on four.
     assert [int(saved[r]["rows"]) for r in (2, 4, 1)] == [21, 11, 42]
     assert np.abs(saved[2]["momentum"]).max() > 0
@@ -175,3 +178,78 @@ def test_a_sharded_run_resumes_on_another_replica_count_and_exports_the_whole_cl
     logits = served.serve(tf.constant(images))["logits"].numpy()
     assert logits.shape == (3, 42)
     assert np.abs(logits).max() <= 30 * (1 + 1e-5)
+
+
+@pytest.mark.slow
+def test_under_mixed_precision_the_logits_are_float32_and_an_overflow_moves_nothing(tmp_path):
+    cfg = sharded_step.settings(10, 1.0, "cosface")
+    exact = _step(tmp_path, 2, 10)
+    # A scale whose gradients fit float16 (the centres' are large at 0.01-norm rows).
+    mixed = _step(tmp_path, 2, 10, labels=["precision=mixed_float16", "initial_loss_scale=8"])
+    assert str(mixed["logits_dtype"]) == "float32" and float(mixed["scale"]) == 8
+    # float16 activations: the step's loss and centres near the float32 step's, and its
+    # own reference.
+    assert float(mixed["loss"]) == pytest.approx(float(exact["loss"]), rel=1e-2)
+    # (The first step moves the 0.01-norm centres by up to 20.)
+    np.testing.assert_allclose(mixed["after_centres"], exact["after_centres"], rtol=1e-2,
+                               atol=0.05)
+    _, _, weights, _ = _reference(cfg, mixed, 2)
+    np.testing.assert_allclose(mixed["after_centres"], weights, rtol=1e-2, atol=0.05)
+    # A loss scale that overflows float16: the step is skipped on every replica, the
+    # backbone and every shard unmoved, momentum still zero, the scale halved.
+    skipped = _step(tmp_path, 2, 10, labels=["precision=mixed_float16",
+                                             "initial_loss_scale=1073741824"])
+    assert float(skipped["scale"]) == 2.0 ** 29
+    np.testing.assert_array_equal(skipped["after_centres"], skipped["centres"])
+    assert not skipped["after_momentum"].any()
+    for i in range(3):
+        np.testing.assert_array_equal(skipped[f"after_{i}"], skipped[f"before_{i}"])
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"head_": "softmax"}, "--head=cosface or --head=arcface or --head=combined"),
+    ({"solver_type": "Adam"}, "--solver_type=SGD or Nesterov"),
+    ({"schedule": {"max_iter": 2, "base_lr": 0.1, "iter_size": 2}}, "--iter_size=1"),
+    ({"jit_compile": True}, "no --jit_compile"),
+])
+def test_what_sharding_cannot_train_is_refused_in_one_line(settings, message):
+    with pytest.raises(config.ConfigError, match="--shard_classes") as refused:
+        sharded_step.settings(10, 1.0, settings.pop("head_", "cosface"), **settings)
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_shard_that_draws_fewer_rows_than_a_batch_is_refused_by_its_replica_count(
+        tmp_path):
+    # 40 classes at 0.25 draw 10 >= the batch of 8 on one device; two shards of 20 draw 5.
+    with pytest.raises(subprocess.CalledProcessError) as refused:
+        _step(tmp_path, 2, 40, 0.25)
+    assert "draws 5 of the 20 centres of each of 2 shards" in refused.value.stderr.decode()
+
+
+@pytest.mark.slow
+def test_two_local_workers_shard_as_one_process_with_two_devices(tmp_path):
+    data = str(tmp_path / "data")
+    # One shard for two workers: each keeps every other record of the one stream, so each
+    # worker's batch is the one process's replica's (as in test_distribute).
+    make_synth(data, identities=10, shard_size=10_000)
+    args = lambda run: train_args(data, str(tmp_path / run), model="baseline", dropout=0,
+                                  max_iter=6, test_interval=2, display=2, snapshot=2,
+                                  widths="16,16,32,24,48,40,64,80", head="cosface",
+                                  shard_classes="true", momentum=0.9)
+    single = _train(args("single"), 2)
+    assert single.returncode == 0, single.stderr
+    done = subprocess.run([sys.executable, "-m", "kerasbn.local_cluster", "--workers=2", "--",
+                           *args("chief")], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "CollectiveAllReduceStrategy: 2 replicas" in done.stdout
+    assert "sharded over 2 replicas" in done.stdout
+    for want, got in zip(RunDir(str(tmp_path / "single")).read_metrics(),
+                         RunDir(str(tmp_path / "chief")).read_metrics(), strict=True):
+        assert got["iteration"] == want["iteration"]
+        assert got["train_loss"] == pytest.approx(want["train_loss"], abs=2e-4)
+        assert got["test_loss"] == pytest.approx(want["test_loss"], abs=2e-4)
+    # The chief's checkpoint holds both workers' shards: it restores whole on one device.
+    want = _restored(tmp_path, str(tmp_path / "single"), 1)
+    got = _restored(tmp_path, str(tmp_path / "chief"), 1)
+    np.testing.assert_allclose(got["centres"], want["centres"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got["momentum"], want["momentum"], rtol=1e-4, atol=1e-7)

@@ -9,9 +9,15 @@ seconds per step and the process's peak resident memory, and both over the growt
 network and its optimizer were built: what the step itself holds (logits, their gradients,
 the centres' gradient), where sampling saves. The centres and their momentum are in memory
 whole either way on one device.
+
+`--bench=shard [--replicas=1,2,4 --class_counts=100000,1000000,2000000]` times the same step
+with a 512-d embedding on R logical CPU devices (`--batch_size` per replica), the centres
+replicated on every replica against sharded (`--shard_classes`); a variant whose centres and
+momentum would not fit in this machine's memory is reported so, not run.
 """
 
 import json
+import os
 import sys
 
 import keras
@@ -20,21 +26,34 @@ import tensorflow as tf
 
 from kerasbn import config
 from kerasbn.benchmarks import scaling, timing
+from kerasbn.nn.sharded import centres
 from kerasbn.runs import network
+from kerasbn.training import runtime
+
+SHARD_DIM = 512
 
 
-def _config(num_classes, fraction, head, batch_size, precision):
+def _config(num_classes, fraction, head, batch_size, precision, **sharding):
+    embedding = {"embedding": "bn_fc", "embedding_dim": SHARD_DIM} if sharding else {}
     return config.RunConfig(data_dir="-", run_dir="-", num_classes=num_classes,
                             image_size=(50, 50), channels=1, head=head, sample_classes=fraction,
-                            batch_size=batch_size, test_interval=1, precision=precision)
+                            batch_size=batch_size, test_interval=1, precision=precision,
+                            **embedding, **sharding)
 
 
-def probe(num_classes, fraction, head, batch_size, steps, precision):
-    """Times `steps` training steps; prints {seconds_per_step, rss_built_mb, rss_peak_mb}
-    as JSON."""
+def probe(num_classes, fraction, head, batch_size, steps, precision, replicas=0,
+          shard=False):
+    """Times `steps` training steps (with `replicas`, on that many logical CPU devices,
+    the centres sharded with `shard`, `batch_size` the global batch); prints
+    {seconds_per_step, rss_built_mb, rss_peak_mb} as JSON."""
     keras.mixed_precision.set_global_policy(precision)
-    model = network.build_and_compile(_config(num_classes, fraction, head, batch_size,
-                                                 precision))
+    sharding = {"shard_classes": shard} if replicas else {}
+    cfg = _config(num_classes, fraction, head, batch_size, precision, **sharding)
+    if replicas:
+        runtime.split_cpu(replicas)
+        cfg = config.RunConfig(**{**cfg.to_dict(), "strategy": "mirrored"})
+    with runtime.make_strategy(cfg.strategy).scope():
+        model = network.build_and_compile(cfg)
     built = scaling.peak_rss_mb()
     rng = np.random.default_rng(0)
     data = tf.data.Dataset.from_tensors(
@@ -81,4 +100,60 @@ def run(class_counts, fractions, head, batch_size, steps, repeats, precision):
                   f"+{grown(r):.0f} MB over the built network "
                   f"({grown(r) / max(grown(reference), 1):.2f}x F={fractions[0]:g}'s)",
                   flush=True)
+    return best
+
+
+def _memory_gib():
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
+def run_sharded(class_counts, fraction, head, batch_size, steps, repeats, precision,
+                replicas_list):
+    """Measures each (class count, replicas), replicated and sharded; prints one line each
+    (the sharded step's time over the replicated one's) and returns
+    {(classes, replicas, layout): result or None where it would not fit}."""
+    for classes in class_counts:
+        try:
+            _config(classes, fraction, head, batch_size, precision, shard_classes=True)
+        except config.ConfigError as e:
+            sys.exit(f"error: {e}")
+    memory = _memory_gib()
+    best = {}
+    for _ in range(repeats):
+        for classes in class_counts:
+            for replicas in replicas_list:
+                for shard in (False, True):
+                    held = centres.footprint(classes, SHARD_DIM, replicas if shard else 1,
+                                             batch_size)[0] / 2**30
+                    # Each replica's centres, momentum and one gradient's worth, with a GiB
+                    # for the network, the process and the logits.
+                    if (held * 1.5) * replicas + 1 > memory:
+                        best[classes, replicas, shard] = None
+                        continue
+                    result = scaling.probe_process(
+                        "from kerasbn.benchmarks import margin_heads; margin_heads.probe("
+                        f"{classes}, {fraction}, {head!r}, {batch_size * replicas}, {steps}, "
+                        f"{precision!r}, {replicas}, {shard})",
+                        f"the {head} step at {classes} classes on {replicas} replicas"
+                        f"{', sharded' if shard else ''}")
+                    kept = best.get((classes, replicas, shard))
+                    if kept is None or result["seconds_per_step"] < kept["seconds_per_step"]:
+                        best[classes, replicas, shard] = result
+    for classes in class_counts:
+        for replicas in replicas_list:
+            for shard in (False, True):
+                held = centres.footprint(classes, SHARD_DIM, replicas if shard else 1,
+                                         batch_size)[0]
+                r = best[classes, replicas, shard]
+                what = (f"{classes:,} classes on {replicas} replica{'s' * (replicas > 1)}, "
+                        f"{'sharded' if shard else 'replicated'}: centres and momentum "
+                        f"{held / 2**30:.2f} GiB per replica")
+                if r is None:
+                    print(f"{what}: does not fit in this machine's {memory:.0f} GiB", flush=True)
+                    continue
+                other = best[classes, replicas, not shard]
+                ratio = f" ({r['seconds_per_step'] / other['seconds_per_step']:.2f}x " \
+                    "replicated)" if shard and other else ""
+                print(f"{what}: {r['seconds_per_step']:.3f} s per step of {batch_size} per "
+                      f"replica{ratio}, peak {r['rss_peak_mb'] / 1024:.1f} GiB", flush=True)
     return best

@@ -120,27 +120,29 @@ class CaffeSGD(BackboneClipping, keras.optimizers.SGD):
             values = tf.math.unsorted_segment_sum(values, position, tf.shape(rows)[0])
         # The backend hands update_step tf.Variables, but its slots are Keras variables.
         resource = lambda v: v.value if isinstance(v, keras.Variable) else v
+        variable = resource(variable)
         momentum = resource(self.momentums[self._get_variable_index(variable)]) \
             if self.momentum else None
-        self.row_update(resource(variable), momentum, rows, values, learning_rate)
+        velocity, delta = self.row_step(
+            tf.gather(variable, rows), None if momentum is None else tf.gather(momentum, rows),
+            values, learning_rate)
+        if velocity is not None:
+            momentum.scatter_update(tf.IndexedSlices(velocity, rows))
+        variable.scatter_add(tf.IndexedSlices(delta, rows))
 
-    def row_update(self, weights, momentum, rows, values, learning_rate):
-        """Caffe's update (torch's with `torch_momentum`) of rows `rows` of `weights` by their
-        gradient `values`, weight decay `row_decay` included. `weights` and `momentum` (None
-        without momentum) are read and written as a tf.Variable's rows are (sparse_read,
-        scatter_add, scatter_update): a variable, or a replica's shard of the centres."""
-        current = weights.sparse_read(rows)
-        learning_rate = tf.cast(learning_rate, current.dtype)
+    def row_step(self, weights, velocity, gradient, learning_rate):
+        """(new momentum or None, the change to the weights) of rows `weights` with momentum
+        `velocity` (None without momentum) and gradient `gradient`, by Caffe's rule (torch's
+        with `torch_momentum`), weight decay `row_decay` included: Partial FC's drawn rows,
+        or a replica's shard of the centres (`--shard_classes`)."""
+        learning_rate = tf.cast(learning_rate, weights.dtype)
         # Caffe's rate is inside the momentum buffer, torch's outside it.
         inside, outside = (1.0, -learning_rate) if self.torch_momentum else (-learning_rate, 1.0)
-        step = inside * (tf.cast(values, current.dtype) + self.row_decay * current)
-        updates = []
+        step = inside * (tf.cast(gradient, weights.dtype) + self.row_decay * weights)
         if self.momentum:
-            velocity = self.momentum * momentum.sparse_read(rows) + step
-            updates.append(momentum.scatter_update(tf.IndexedSlices(velocity, rows)))
+            velocity = self.momentum * velocity + step
             step = self.momentum * velocity + step if self.nesterov else velocity
-        with tf.control_dependencies(updates):
-            return weights.scatter_add(tf.IndexedSlices(outside * step, rows))
+        return (velocity if self.momentum else None), outside * step
 
     def get_config(self):
         return {**super().get_config(), "bias_lr_mult": self.bias_lr_mult,

@@ -13,10 +13,9 @@ from kerasbn.nn.sharded import centres, softmax
 
 
 class _LocalRows:
-    """The rows of this replica's shard of a `CentreShards` variable, in the terms an
-    optimizer's row update reads and writes (a tf.Variable's sparse_read, scatter_add,
-    scatter_update): tf.distribute offers no scatter on an ON_READ variable, but its handle
-    in a replica is that replica's own."""
+    """The rows of this replica's shard of a `CentreShards` variable, read and written as a
+    tf.Variable's are (sparse_read, scatter_add, scatter_update): tf.distribute offers no
+    scatter on an ON_READ variable, but its handle in a replica is that replica's own."""
 
     def __init__(self, variable):
         self.handle = variable.handle
@@ -51,14 +50,20 @@ class ShardedClassifier(keras.layers.Layer):
 
     def call(self, inputs):
         features = tf.math.l2_normalize(tf.cast(inputs, tf.float32), axis=-1, epsilon=1e-12)
-        parts = []
-        for value, (first, end) in zip(self.shards._local(self.shards.weights),  # noqa: SLF001
-                                       map(self.shards.bounds, self.shards.local_replicas)):
-            with tf.device(value.device):
-                rows = tf.math.l2_normalize(value.read_value()[:end - first], axis=-1,
-                                            epsilon=1e-12)
-                parts.append(self.scale * tf.matmul(features, rows, transpose_b=True))
-        return tf.concat(parts, axis=1)
+        shards = self.shards
+        if len(shards.local_replicas) < shards.replicas:
+            # Under several workers a test needs the other workers' rows: gathered whole.
+            parts = [(shards.whole(), None)]
+        else:
+            parts = [(value.read_value()[:end - first], value.device) for value, (first, end)
+                     in zip(shards._local(shards.weights),  # noqa: SLF001
+                            map(shards.bounds, shards.local_replicas))]
+        logits = []
+        for rows, device in parts:
+            with tf.device(device):
+                rows = tf.math.l2_normalize(rows, axis=-1, epsilon=1e-12)
+                logits.append(self.scale * tf.matmul(features, rows, transpose_b=True))
+        return tf.ensure_shape(tf.concat(logits, axis=1), [None, self.units])
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.units)
@@ -135,9 +140,14 @@ class ShardedTraining(keras.Model):
             gradient = tf.scatter_nd(index[:, None], gradient, [shards.rows, shards.dim])
             index = None
         rows = tf.range(shards.rows) if index is None else index
+        weights = _LocalRows(shards.weights)
         momentum = None if shards.momentum is None else _LocalRows(shards.momentum)
-        solver.row_update(_LocalRows(shards.weights), momentum, rows, gradient,
-                          solver.learning_rate)
+        velocity, delta = solver.row_step(
+            weights.sparse_read(rows), None if momentum is None else momentum.sparse_read(rows),
+            gradient, solver.learning_rate)
+        if velocity is not None:
+            momentum.scatter_update(tf.IndexedSlices(velocity, rows))
+        weights.scatter_add(tf.IndexedSlices(delta, rows))
 
     def get_config(self):
         return {**super().get_config(), "take": self.take}
