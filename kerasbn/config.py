@@ -364,6 +364,8 @@ class RunConfig:
                 name for name, head in registry.HEADS.items() if head.samples)),
             (self.solver_type not in ("SGD", "Nesterov"), "--solver_type=SGD or Nesterov"),
             (self.iter_size > 1, "--iter_size=1"),
+            (self.freeze_backbone_iter > 0, "no --freeze_backbone_iter (the step moves the "
+             "shards beside the backbone's optimizer, which a frozen backbone leaves idle)"),
             (self.jit_compile, "no --jit_compile (XLA does not compile the step's "
              "collectives here)")] if bad]
         if problems:

@@ -5,7 +5,8 @@
 # (images/s and whether the step is input-bound), with PyTorch installed the baseline and BN
 # networks against the same in PyTorch (AMP, channels-last) on the GPU, the field's
 # IResNet-50 and MobileFaceNet at 112x112 the same way (kerasbn alone without PyTorch),
-# their FLOPs per image beside the rates, then a short real
+# their FLOPs per image beside the rates, the margin head's centres at 1M classes on every GPU
+# replicated against sharded (--shard_classes), then a short real
 # training run end to end with NVIDIA Caffe's BN (dynamic loss scaling, the loss scale on its
 # display lines).
 #   launch/gpu_check.sh                       # after: pip install -e ".[and-cuda]"
@@ -50,6 +51,11 @@ if [ "$PRECISION" = mixed_float16 ]; then
     --precisions="$PRECISION" --num_classes="$CLASSES" --batch_size="$BATCH" \
     --batches="$STEPS" --repeats=2
 fi
+GPUS=$("$PYTHON" -c "import tensorflow as tf; print(max(1, len(tf.config.list_physical_devices('GPU'))))")
+echo "== 1M classes, 512-d, on $GPUS device(s): the centres replicated against sharded =="
+"$PYTHON" -m kerasbn.bench --bench=shard --class_counts=1000000 --replicas="$GPUS" \
+  --sample_fractions=0.1 --batch_size="$BATCH" --batches=50 --repeats=1 \
+  --precisions="$PRECISION"
 echo "== a real training run: $STEPS iterations, $PRECISION =="
 "$PYTHON" -m kerasbn.train --data_dir="$DATA" --run_dir="$RUN" --overwrite --model=bn \
   --norm=nvidia --bn_momentum=0.9 --batch_size="$BATCH" --precision="$PRECISION" \

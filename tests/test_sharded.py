@@ -19,7 +19,7 @@ from kerasbn import config
 from kerasbn.nn import models
 from kerasbn.nn.sharded import centres, softmax
 from kerasbn.optim import schedules
-from kerasbn.runs import network
+from kerasbn.runs import checkpoints, network
 from kerasbn.runs.run_dir import RunDir
 from kerasbn.serving import signatures
 
@@ -52,7 +52,8 @@ def _drawn(cfg, replicas, labels):
 
 def _reference(cfg, result, replicas, drawn=None):
     """(loss, backbone after, centres after, momentum after) of the step on one device with
-    the whole classifier, over the classes `drawn` (all by default)."""
+    the whole classifier, over the classes `drawn` (all by default); every centre moves
+    under `--sample_update=all`, only those drawn otherwise."""
     net = models.build_from(dataclasses.replace(cfg.network(), decay_centres=False))
     features = keras.Model(net.inputs, net.get_layer("logits").input)
     backbone = [v for v in net.trainable_variables if "logits" not in v.path]
@@ -76,7 +77,8 @@ def _reference(cfg, result, replicas, drawn=None):
     after = [v.numpy() - lr * g.numpy() for v, g in zip(backbone, grads[:-1])]
     centre_grad = tf.convert_to_tensor(grads[-1]).numpy()
     velocity = np.zeros_like(result["centres"])
-    velocity[drawn] = -lr * (centre_grad[drawn] + cfg.weight_decay * result["centres"][drawn])
+    moved = slice(None) if cfg.sample_update == "all" else drawn
+    velocity[moved] = -lr * (centre_grad[moved] + cfg.weight_decay * result["centres"][moved])
     return float(total), after, result["centres"] + velocity, velocity
 
 
@@ -117,6 +119,16 @@ def test_a_sampled_sharded_step_is_the_one_device_step_over_the_same_draw(tmp_pa
     drawn = _drawn(cfg, replicas, labels)
     assert set(labels) <= set(drawn) and len(drawn) < 40
     _check(result, _reference(cfg, result, replicas, drawn))
+
+
+@pytest.mark.slow
+def test_with_sample_update_all_every_row_of_every_shard_takes_decay(tmp_path):
+    labels = [0, 1, 2, 3, 20, 21, 22, 23]
+    result = _step(tmp_path, 2, 40, 0.5, labels=[*labels, "sample_update=all"])
+    cfg = sharded_step.settings(40, 0.5, "cosface", sample_update="all")
+    drawn = _drawn(cfg, 2, labels)
+    assert len(drawn) == 20 and np.all(result["after_centres"] != result["centres"])
+    _check(result, _reference(cfg, result, 2, drawn))
 
 
 def test_the_first_centres_do_not_depend_on_the_replica_count():
@@ -173,6 +185,16 @@ def test_a_sharded_run_resumes_on_another_replica_count_and_exports_the_whole_cl
         assert done.returncode == 0, done.stderr
         assert f"resuming from {copy}" in done.stdout
         assert [m["iteration"] for m in RunDir(copy).read_metrics()][-1] == 6
+    # A sharded run's backbone initialises another run (--weights), its classifier left.
+    cfg, _, whole, _ = signatures.restore_run(str(tmp_path / "on1"))
+    fresh = network.build_and_compile(dataclasses.replace(cfg, shard_classes=False,
+                                                          num_classes=7))
+    assert "every layer but the classifier" in checkpoints.load_weights(fresh,
+                                                                        str(tmp_path / "on1"))
+    for layer in fresh.layers:
+        if layer.weights and layer.name != "logits":
+            for mine, theirs in zip(layer.get_weights(), whole.get_layer(layer.name).get_weights()):
+                np.testing.assert_array_equal(mine, theirs)
     served = signatures.from_saved_model(RunDir(str(tmp_path / "on4")).export)
     images = np.random.default_rng(0).integers(0, 256, (3, 50, 50, 1), np.uint8)
     logits = served.serve(tf.constant(images))["logits"].numpy()
@@ -211,6 +233,7 @@ def test_under_mixed_precision_the_logits_are_float32_and_an_overflow_moves_noth
     ({"solver_type": "Adam"}, "--solver_type=SGD or Nesterov"),
     ({"schedule": {"max_iter": 2, "base_lr": 0.1, "iter_size": 2}}, "--iter_size=1"),
     ({"jit_compile": True}, "no --jit_compile"),
+    ({"freeze_backbone_iter": 2}, "no --freeze_backbone_iter"),
 ])
 def test_what_sharding_cannot_train_is_refused_in_one_line(settings, message):
     with pytest.raises(config.ConfigError, match="--shard_classes") as refused:

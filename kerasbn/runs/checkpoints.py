@@ -17,7 +17,7 @@ import tensorflow as tf
 from kerasbn.data import records
 from kerasbn.nn import models
 from kerasbn.nn.models import CLASSIFIER
-from kerasbn.runs import export_layout
+from kerasbn.runs import export_layout, network
 from kerasbn.runs.run_dir import RunDir, stored_config
 from kerasbn.utils import faults
 
@@ -155,7 +155,9 @@ def _run_weights(run_dir, prefix):
     """({variable path: value}, class count) of the network of `run_dir` at checkpoint
     `prefix`, rebuilt from the run's own config, so variables are known by name."""
     config = stored_config(run_dir)
-    donor = models.build_from(config.network())
+    # A --shard_classes run's centres are its shards', restored whole on this one device.
+    donor = network.build_network(config) if config.shard_classes else \
+        models.build_from(config.network())
     try:
         tf.train.Checkpoint(model=donor).read(prefix).assert_existing_objects_matched()
     except (AssertionError, ValueError) as e:
@@ -191,16 +193,16 @@ def _load_by_name(model, donor, classes_there, where, source):
                                     f"{tuple(value.shape)}, which this one lacks; give a run "
                                     "of the same --model, --norm and --embedding")
     classifier = {n: v for n, v in mine.items() if is_classifier(n)}
-    whole = all(n in donor and tuple(donor[n].shape) == tuple(v.shape)
-                for n, v in classifier.items()) and len(classifier) == sum(
+    # A --shard_classes network's centres are no Keras variables: they never come along.
+    whole = bool(classifier) and all(n in donor and tuple(donor[n].shape) == tuple(v.shape)
+                                     for n, v in classifier.items()) and len(classifier) == sum(
         1 for n in donor if is_classifier(n))
     for name, variable in mine.items():
         if whole or not is_classifier(name):
             variable.assign(tf.cast(donor[name], variable.dtype))
     if whole:
         return f"{source}: every layer ({len(mine)} variables)"
-    here = model.get_layer(CLASSIFIER).kernel.shape[
-        getattr(model.get_layer(CLASSIFIER), "class_axis", 1)]
+    here = model.get_layer(CLASSIFIER).units
     there = "another class count" if classes_there is None else f"{classes_there} classes"
     return (f"{source}: every layer but the classifier ({len(mine) - len(classifier)} "
             f"variables; {there} there, {here} here; the classifier starts fresh)")

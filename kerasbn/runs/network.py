@@ -38,8 +38,11 @@ def _sharded_network(config):
     scale = margins.resolved(config.head, config.scale)[0]
     layer = lambda units, settings, kernel, bias: training.ShardedClassifier(
         units, scale, seed=config.seed, momentum=config.momentum > 0, name=registry.CLASSIFIER)
-    model = models.build_from(config.network(), classifier=layer)
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    if config.num_classes < replicas:
+        raise ConfigError(f"--shard_classes: {config.num_classes} classes cannot be sharded "
+                          f"over {replicas} replicas; train on at most {config.num_classes}")
+    model = models.build_from(config.network(), classifier=layer)
     rows = centres.shard_rows(config.num_classes, replicas)
     take = partial_fc.sample_count(rows, config.sample_classes)
     if take < min(rows, config.batch_size):

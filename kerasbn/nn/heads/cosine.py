@@ -14,8 +14,6 @@ class CosineClassifier(keras.layers.Layer):
     L2-normalised class centres (no bias). The centres are a [units, features] `kernel`, one
     row per class, so a sampled step's gradient is a set of rows (`tf.IndexedSlices`)."""
 
-    class_axis = 0
-
     def __init__(self, units, scale, kernel_initializer="glorot_uniform",
                  kernel_regularizer=None, **kwargs):
         super().__init__(**kwargs)

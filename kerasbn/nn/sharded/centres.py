@@ -103,15 +103,18 @@ class CentreShards(tf.__internal__.tracking.Trackable):
     def initialise(self):
         """Every local shard's rows from the seed (arcface_torch's normal(0, 0.01)), padding
         and momentum zero."""
-        for replica, weights in zip(self.local_replicas, self._local(self.weights)):
+        for replica, weights in zip(self.local_replicas, self.local_values(self.weights)):
             first, end = self.bounds(replica)
-            rows = _initial_rows(self.seed, first, end - first, self.dim)
-            weights.assign(tf.pad(rows, [[0, self.rows - (end - first)], [0, 0]]))
+            with tf.device(weights.device):
+                rows = _initial_rows(self.seed, first, end - first, self.dim)
+                weights.assign(tf.pad(rows, [[0, self.rows - (end - first)], [0, 0]]))
         if self.momentum is not None:
-            for momentum in self._local(self.momentum):
+            for momentum in self.local_values(self.momentum):
                 momentum.assign(tf.zeros_like(momentum))
 
-    def _local(self, variable):
+    def local_values(self, variable):
+        """The components of shard variable `variable` this process holds, in the order of
+        `local_replicas`."""
         return self.strategy.experimental_local_results(variable) \
             if self.replicas > 1 else [variable]
 
@@ -124,12 +127,12 @@ class CentreShards(tf.__internal__.tracking.Trackable):
             gathered = lambda: strategy.experimental_local_results(strategy.run(
                 lambda: tf.distribute.get_replica_context().all_gather(
                     tf.identity(variable)[None], axis=0)))[0]
-            device = self._local(variable)[0].device
+            device = self.local_values(variable)[0].device
             shards = [(lambda count, r=r: gathered()[r][:count], r, device)
                       for r in range(self.replicas)]
         else:
             shards = [(lambda count, v=v: v.read_value()[:count], r, v.device)
-                      for v, r in zip(self._local(variable), self.local_replicas)]
+                      for v, r in zip(self.local_values(variable), self.local_replicas)]
         out = []
         for value, replica, device in shards:
             first, end = self.bounds(replica)
@@ -141,7 +144,7 @@ class CentreShards(tf.__internal__.tracking.Trackable):
 
     def assign_slices(self, variable, tensors):
         """Writes restored slices (in `slices` order) into this process's shards."""
-        local = dict(zip(self.local_replicas, self._local(variable)))
+        local = dict(zip(self.local_replicas, self.local_values(variable)))
         return tf.group([
             local[replica].assign(tf.pad(tensor, [[0, self.rows - count], [0, 0]]))
             for tensor, (_, count, _, replica, _) in zip(tensors, self.slices(variable))

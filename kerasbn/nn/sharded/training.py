@@ -56,7 +56,7 @@ class ShardedClassifier(keras.layers.Layer):
             parts = [(shards.whole(), None)]
         else:
             parts = [(value.read_value()[:end - first], value.device) for value, (first, end)
-                     in zip(shards._local(shards.weights),  # noqa: SLF001
+                     in zip(shards.local_values(shards.weights),
                             map(shards.bounds, shards.local_replicas))]
         logits = []
         for rows, device in parts:
