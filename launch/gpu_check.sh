@@ -19,6 +19,7 @@ DATA=${DATA:-data/gpu_check}
 RUN=${RUN:-runs/gpu_check}
 STEPS=${STEPS:-200}
 CLASSES=${CLASSES:-14700}
+SHARD_CLASSES=${SHARD_CLASSES:-1000000}
 BATCH=${BATCH:-128}
 COMPILE=${COMPILE:-plain,xla}
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
@@ -51,10 +52,11 @@ if [ "$PRECISION" = mixed_float16 ]; then
     --precisions="$PRECISION" --num_classes="$CLASSES" --batch_size="$BATCH" \
     --batches="$STEPS" --repeats=2
 fi
-GPUS=$("$PYTHON" -c "import tensorflow as tf; print(max(1, len(tf.config.list_physical_devices('GPU'))))")
-echo "== 1M classes, 512-d, on $GPUS device(s): the centres replicated against sharded =="
-"$PYTHON" -m kerasbn.bench --bench=shard --class_counts=1000000 --replicas="$GPUS" \
-  --sample_fractions=0.1 --batch_size="$BATCH" --batches=50 --repeats=1 \
+GPUS=$("$PYTHON" -c "import kerasbn, tensorflow as tf
+print(max(1, len(tf.config.list_physical_devices('GPU'))))")
+echo "== $SHARD_CLASSES classes, 512-d, on $GPUS device(s): the centres replicated against sharded =="
+"$PYTHON" -m kerasbn.bench --bench=shard --class_counts="$SHARD_CLASSES" --replicas="$GPUS" \
+  --sample_fractions=0.1 --batch_size="$BATCH" --batches="$STEPS" --repeats=1 \
   --precisions="$PRECISION"
 echo "== a real training run: $STEPS iterations, $PRECISION =="
 "$PYTHON" -m kerasbn.train --data_dir="$DATA" --run_dir="$RUN" --overwrite --model=bn \
