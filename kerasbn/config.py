@@ -10,7 +10,6 @@ checked by `schedules.ScheduleConfig` itself.
 """
 
 import dataclasses
-import math
 
 from kerasbn.evaluation import target_metrics
 from kerasbn.nn import models, norms, partial_fc, registry
@@ -360,8 +359,7 @@ class RunConfig:
         if not self.shard_classes:
             return
         problems = [text for bad, text in [
-            (not registry.HEADS[self.head].samples, "--head=" + " or --head=".join(
-                name for name, head in registry.HEADS.items() if head.samples)),
+            (not registry.HEADS[self.head].samples, _sampling_heads()),
             (self.solver_type not in ("SGD", "Nesterov"), "--solver_type=SGD or Nesterov"),
             (self.iter_size > 1, "--iter_size=1"),
             (self.freeze_backbone_iter > 0, "no --freeze_backbone_iter (the step moves the "
@@ -382,8 +380,7 @@ class RunConfig:
             return
         if not registry.HEADS[self.head].samples:
             raise ConfigError("--sample_classes samples a margin head's centres (Partial FC); "
-                              "add --head=" + " or --head=".join(
-                                  name for name, head in registry.HEADS.items() if head.samples))
+                              "add " + _sampling_heads())
         if self.sample_update == "drawn" and (self.solver_type not in ("SGD", "Nesterov")
                                               or self.iter_size > 1):
             raise ConfigError(f"--sample_classes={self.sample_classes:g} updates only the "
@@ -396,7 +393,7 @@ class RunConfig:
             raise ConfigError(f"--sample_classes={self.sample_classes:g} draws {count} of "
                               f"{self.num_classes} centres, fewer than the {self.batch_size} "
                               "identities a batch may hold; raise it to at least "
-                              f"{math.ceil(self.batch_size / self.num_classes * 1000) / 1000:g}")
+                              f"{partial_fc.least_fraction(self.batch_size, self.num_classes):g}")
 
     def flip(self):
         """How verification embeds a face: False (one view), or how the two views are
@@ -446,6 +443,12 @@ class RunConfig:
         mine, theirs = flat(self.to_dict()), flat(other.to_dict())
         return [(name, theirs.get(name), mine.get(name)) for name in sorted(mine)
                 if name not in NOT_RUN_DEFINING and mine.get(name) != theirs.get(name)]
+
+
+def _sampling_heads():
+    """The heads whose centres Partial FC and --shard_classes take, as the flags to add."""
+    return "--head=" + " or --head=".join(
+        name for name, head in registry.HEADS.items() if head.samples)
 
 
 def declared():

@@ -33,12 +33,14 @@ from kerasbn.training import runtime
 SHARD_DIM = 512
 
 
-def _config(num_classes, fraction, head, batch_size, precision, **sharding):
-    embedding = {"embedding": "bn_fc", "embedding_dim": SHARD_DIM} if sharding else {}
+def _config(num_classes, fraction, head, batch_size, precision, **distributed):
+    """The bench's run config; with `distributed` settings (the shard bench's), a 512-d
+    embedding."""
+    embedding = {"embedding": "bn_fc", "embedding_dim": SHARD_DIM} if distributed else {}
     return config.RunConfig(data_dir="-", run_dir="-", num_classes=num_classes,
                             image_size=(50, 50), channels=1, head=head, sample_classes=fraction,
                             batch_size=batch_size, test_interval=1, precision=precision,
-                            **embedding, **sharding)
+                            **embedding, **distributed)
 
 
 def probe(num_classes, fraction, head, batch_size, steps, precision, replicas=0,
@@ -47,11 +49,10 @@ def probe(num_classes, fraction, head, batch_size, steps, precision, replicas=0,
     the centres sharded with `shard`, `batch_size` the global batch); prints
     {seconds_per_step, rss_built_mb, rss_peak_mb} as JSON."""
     keras.mixed_precision.set_global_policy(precision)
-    sharding = {"shard_classes": shard} if replicas else {}
-    cfg = _config(num_classes, fraction, head, batch_size, precision, **sharding)
+    distributed = {"shard_classes": shard, "strategy": "mirrored"} if replicas else {}
+    cfg = _config(num_classes, fraction, head, batch_size, precision, **distributed)
     if replicas:
         runtime.split_cpu(replicas)
-        cfg = config.RunConfig(**{**cfg.to_dict(), "strategy": "mirrored"})
     with runtime.make_strategy(cfg.strategy).scope():
         model = network.build_and_compile(cfg)
     built = scaling.peak_rss_mb()
@@ -118,42 +119,39 @@ def run_sharded(class_counts, fraction, head, batch_size, steps, repeats, precis
         except config.ConfigError as e:
             sys.exit(f"error: {e}")
     memory = _memory_gib()
+    variants = [(classes, replicas, shard) for classes in class_counts
+                for replicas in replicas_list for shard in (False, True)]
+    held = {(classes, replicas, shard): centres.footprint(
+        classes, SHARD_DIM, replicas if shard else 1, batch_size)[0] / 2**30
+        for classes, replicas, shard in variants}
     best = {}
     for _ in range(repeats):
-        for classes in class_counts:
-            for replicas in replicas_list:
-                for shard in (False, True):
-                    held = centres.footprint(classes, SHARD_DIM, replicas if shard else 1,
-                                             batch_size)[0] / 2**30
-                    # Each replica's centres, momentum and one gradient's worth, with a GiB
-                    # for the network, the process and the logits.
-                    if (held * 1.5) * replicas + 1 > memory:
-                        best[classes, replicas, shard] = None
-                        continue
-                    result = scaling.probe_process(
-                        "from kerasbn.benchmarks import margin_heads; margin_heads.probe("
-                        f"{classes}, {fraction}, {head!r}, {batch_size * replicas}, {steps}, "
-                        f"{precision!r}, {replicas}, {shard})",
-                        f"the {head} step at {classes} classes on {replicas} replicas"
-                        f"{', sharded' if shard else ''}")
-                    kept = best.get((classes, replicas, shard))
-                    if kept is None or result["seconds_per_step"] < kept["seconds_per_step"]:
-                        best[classes, replicas, shard] = result
-    for classes in class_counts:
-        for replicas in replicas_list:
-            for shard in (False, True):
-                held = centres.footprint(classes, SHARD_DIM, replicas if shard else 1,
-                                         batch_size)[0]
-                r = best[classes, replicas, shard]
-                what = (f"{classes:,} classes on {replicas} replica{'s' * (replicas > 1)}, "
-                        f"{'sharded' if shard else 'replicated'}: centres and momentum "
-                        f"{held / 2**30:.2f} GiB per replica")
-                if r is None:
-                    print(f"{what}: does not fit in this machine's {memory:.0f} GiB", flush=True)
-                    continue
-                other = best[classes, replicas, not shard]
-                ratio = f" ({r['seconds_per_step'] / other['seconds_per_step']:.2f}x " \
-                    "replicated)" if shard and other else ""
-                print(f"{what}: {r['seconds_per_step']:.3f} s per step of {batch_size} per "
-                      f"replica{ratio}, peak {r['rss_peak_mb'] / 1024:.1f} GiB", flush=True)
+        for classes, replicas, shard in variants:
+            # Each replica's centres, momentum and one gradient's worth, with a GiB
+            # for the network, the process and the logits.
+            if held[classes, replicas, shard] * 1.5 * replicas + 1 > memory:
+                best[classes, replicas, shard] = None
+                continue
+            result = scaling.probe_process(
+                "from kerasbn.benchmarks import margin_heads; margin_heads.probe("
+                f"{classes}, {fraction}, {head!r}, {batch_size * replicas}, {steps}, "
+                f"{precision!r}, {replicas}, {shard})",
+                f"the {head} step at {classes} classes on {replicas} replicas"
+                f"{', sharded' if shard else ''}")
+            kept = best.get((classes, replicas, shard))
+            if kept is None or result["seconds_per_step"] < kept["seconds_per_step"]:
+                best[classes, replicas, shard] = result
+    for classes, replicas, shard in variants:
+        r = best[classes, replicas, shard]
+        what = (f"{classes:,} classes on {replicas} replica{'s' * (replicas > 1)}, "
+                f"{'sharded' if shard else 'replicated'}: centres and momentum "
+                f"{held[classes, replicas, shard]:.2f} GiB per replica")
+        if r is None:
+            print(f"{what}: does not fit in this machine's {memory:.0f} GiB", flush=True)
+            continue
+        other = best[classes, replicas, not shard]
+        ratio = f" ({r['seconds_per_step'] / other['seconds_per_step']:.2f}x " \
+            "replicated)" if shard and other else ""
+        print(f"{what}: {r['seconds_per_step']:.3f} s per step of {batch_size} per "
+              f"replica{ratio}, peak {r['rss_peak_mb'] / 1024:.1f} GiB", flush=True)
     return best

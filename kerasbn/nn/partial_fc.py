@@ -22,6 +22,12 @@ def sample_count(num_classes, fraction):
     return min(num_classes, math.ceil(fraction * num_classes))
 
 
+def least_fraction(batch_size, num_classes):
+    """The smallest --sample_classes (to 3 decimals, rounded up) that draws `batch_size` of
+    `num_classes` centres: what a refusal of too few asks for."""
+    return math.ceil(batch_size / num_classes * 1000) / 1000
+
+
 @keras.saving.register_keras_serializable(package="kerasbn")
 class SampledTraining(keras.Model):
     """A network with a `CosineClassifier` whose training steps take their logits over

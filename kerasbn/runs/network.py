@@ -2,7 +2,6 @@
 margin in the loss only, so inference sees plain logits) and its Caffe-style solver, as
 training, export and evaluation all rebuild it."""
 
-import math
 import warnings
 
 import keras
@@ -50,7 +49,7 @@ def _sharded_network(config):
             f"--sample_classes={config.sample_classes:g} draws {take} of the {rows} centres of "
             f"each of {replicas} shards, fewer than the {config.batch_size} identities a global "
             "batch may hold in one shard; raise it to at least "
-            f"{math.ceil(config.batch_size / rows * 1000) / 1000:g}")
+            f"{partial_fc.least_fraction(config.batch_size, rows):g}")
     return training.ShardedTraining(model.input, model.output, take, name=model.name)
 
 

@@ -124,9 +124,10 @@ class CentreShards(tf.__internal__.tracking.Trackable):
         save, since only the chief's file is kept)."""
         strategy = self.strategy
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-            gathered = lambda: strategy.experimental_local_results(strategy.run(
-                lambda: tf.distribute.get_replica_context().all_gather(
-                    tf.identity(variable)[None], axis=0)))[0]
+            # One all-gather serves every shard's slice.
+            gathered = functools.cache(lambda: strategy.experimental_local_results(
+                strategy.run(lambda: tf.distribute.get_replica_context().all_gather(
+                    tf.identity(variable)[None], axis=0)))[0])
             device = self.local_values(variable)[0].device
             shards = [(lambda count, r=r: gathered()[r][:count], r, device)
                       for r in range(self.replicas)]

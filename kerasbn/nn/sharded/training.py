@@ -50,18 +50,12 @@ class ShardedClassifier(keras.layers.Layer):
 
     def call(self, inputs):
         features = tf.math.l2_normalize(tf.cast(inputs, tf.float32), axis=-1, epsilon=1e-12)
-        shards = self.shards
-        if len(shards.local_replicas) < shards.replicas:
-            # Under several workers a test needs the other workers' rows: gathered whole.
-            parts = [(shards.whole(), None)]
-        else:
-            parts = [(value.read_value()[:end - first], value.device) for value, (first, end)
-                     in zip(shards.local_values(shards.weights),
-                            map(shards.bounds, shards.local_replicas))]
         logits = []
-        for rows, device in parts:
+        # Each shard's block on its own device; under several workers the other workers'
+        # shards are gathered to this one.
+        for value, count, _, _, device in self.shards.slices(self.shards.weights):
             with tf.device(device):
-                rows = tf.math.l2_normalize(rows, axis=-1, epsilon=1e-12)
+                rows = tf.math.l2_normalize(value(count), axis=-1, epsilon=1e-12)
                 logits.append(self.scale * tf.matmul(features, rows, transpose_b=True))
         return tf.ensure_shape(tf.concat(logits, axis=1), [None, self.units])
 
@@ -92,19 +86,19 @@ class ShardedTraining(keras.Model):
         shards = head.shards
         context = tf.distribute.get_replica_context()
         replica, replicas = context.replica_id_in_sync_group, context.num_replicas_in_sync
-        first = replica * shards.num_classes // replicas
-        real = (replica + 1) * shards.num_classes // replicas - first
+        first, end = shards.bounds(replica)
+        real = end - first
         labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
         every_label = context.all_gather(labels, axis=0)
         batch = tf.shape(every_label)[0]
-        rows = _LocalRows(shards.weights)
         if self.take < shards.rows:
             seed = softmax.draw_seed(shards.seed, self.optimizer.iterations, replica)
             index = softmax.draw(every_label, first, real, shards.rows, self.take, seed)
-            weights = rows.sparse_read(index)
+            weights = _LocalRows(shards.weights).sparse_read(index)
         else:
             index = None
-            weights = tf.raw_ops.ReadVariableOp(resource=rows.handle, dtype=tf.float32)
+            weights = tf.raw_ops.ReadVariableOp(resource=shards.weights.handle,
+                                                dtype=tf.float32)
         variables = self.trainable_variables
         with tf.GradientTape() as tape:
             tape.watch(weights)
