@@ -203,7 +203,8 @@ def test_a_sharded_run_resumes_on_another_replica_count_and_exports_the_whole_cl
 
 
 @pytest.mark.slow
-def test_under_mixed_precision_the_logits_are_float32_and_an_overflow_moves_nothing(tmp_path):
+def test_under_mixed_precision_the_logits_are_float32_and_an_overflow_moves_nothing(
+        tmp_path):
     cfg = sharded_step.settings(10, 1.0, "cosface")
     exact = _step(tmp_path, 2, 10)
     # A scale whose gradients fit float16 (the centres' are large at 0.01-norm rows).
@@ -217,6 +218,13 @@ def test_under_mixed_precision_the_logits_are_float32_and_an_overflow_moves_noth
                                atol=0.05)
     _, _, weights, _ = _reference(cfg, mixed, 2)
     np.testing.assert_allclose(mixed["after_centres"], weights, rtol=1e-2, atol=0.05)
+    # bfloat16 (--precision=auto on a CPU with native bfloat16): its embeddings are gathered
+    # in float32, as TensorFlow's collectives take no bfloat16; three significant digits.
+    brain = _step(tmp_path, 2, 10, labels=["precision=mixed_bfloat16"])
+    assert str(brain["logits_dtype"]) == "float32"
+    assert float(brain["loss"]) == pytest.approx(float(exact["loss"]), rel=1e-2)
+    np.testing.assert_allclose(brain["after_centres"], exact["after_centres"], rtol=5e-2,
+                               atol=0.5)
     # A loss scale that overflows float16: the step is skipped on every replica, the
     # backbone and every shard unmoved, momentum still zero, the scale halved.
     skipped = _step(tmp_path, 2, 10, labels=["precision=mixed_float16",

@@ -102,7 +102,10 @@ class ShardedTraining(keras.Model):
         variables = self.trainable_variables
         with tf.GradientTape() as tape:
             tape.watch(weights)
-            features = context.all_gather(self._features(images, training=True), axis=0)
+            # Gathered in float32, as arcface_torch gathers them: TensorFlow's collectives take
+            # no bfloat16, and the logits are float32 anyway.
+            features = context.all_gather(
+                tf.cast(self._features(images, training=True), tf.float32), axis=0)
             logits, positions = softmax.shard_logits(features, weights, index, every_label,
                                                      first, real, head.scale,
                                                      self.loss.margined)
